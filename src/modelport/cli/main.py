@@ -1,0 +1,89 @@
+"""``modelport`` command line.
+
+Turns flags into a ServerConfig (flags override ``MODELPORT_*`` environment
+variables, which override the ``--config`` file) and starts the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from modelport.errors import ConfigError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Serve machine-learning models.")
+
+
+@app.callback()
+def _root() -> None:
+    """modelport: Open Inference Protocol (REST and gRPC) model server."""
+
+
+@app.command()
+def serve(
+    repository: Annotated[
+        Path | None,
+        typer.Argument(
+            help="Model repository in Triton's layout; omit to serve the bundled examples."
+        ),
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1).")] = None,
+    http_port: Annotated[int | None, typer.Option(help="REST port (default 8000).")] = None,
+    grpc_port: Annotated[int | None, typer.Option(help="gRPC port (default 8001).")] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Port serving only /metrics (default 8002).")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="Server config file (YAML).")
+    ] = None,
+    poll_interval: Annotated[
+        float | None, typer.Option(help="Seconds between repository scans for changes.")
+    ] = None,
+    max_body_bytes: Annotated[
+        int | None, typer.Option(help="Largest request body in bytes (default 64 MiB).")
+    ] = None,
+    log_level: Annotated[str | None, typer.Option(help="debug, info, warning or error.")] = None,
+) -> None:
+    """Serve a model repository over REST and gRPC."""
+    from modelport.config.server import load_server_config
+    from modelport.observability.logs import configure_logging
+
+    flags = {
+        "repository": repository,
+        "host": host,
+        "http_port": http_port,
+        "grpc_port": grpc_port,
+        "metrics_port": metrics_port,
+        "poll_interval": poll_interval,
+        "max_body_bytes": max_body_bytes,
+        "log_level": log_level,
+    }
+    try:
+        settings = load_server_config(config, os.environ, flags)
+    except ConfigError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(2) from None
+    if settings.repository is not None and not settings.repository.is_dir():
+        typer.echo(f"error: repository {settings.repository} is not a directory", err=True)
+        raise typer.Exit(2)
+    configure_logging(settings.log_level)
+    from modelport.server import serve as run_server
+
+    try:
+        import uvloop
+
+        uvloop.run(run_server(settings))
+    except ImportError:
+        asyncio.run(run_server(settings))
+
+
+def main() -> None:
+    app(prog_name="modelport")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Configuration: the server settings and each model's Triton-style config."""

@@ -1,0 +1,260 @@
+"""Triton's model configuration as a validated object.
+
+One object, three syntaxes: ``config.yaml``, Triton's ``config.pbtxt`` and
+the JSON of ``GET /v2/models/{m}/config``. Field names, shapes and enum names
+are Triton's; whatever modelport adds lives in the ``modelport:`` block, so
+unknown top-level keys are errors rather than silently ignored.
+
+Sections that modelport reads today are typed closely; Triton sections it
+accepts but does not act on yet (sequence batching, ensembles ...) are kept
+as plain mappings so an existing Triton repository still loads.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from modelport.errors import ConfigError
+from modelport.types import CONFIG_TYPES
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _Open(BaseModel):
+    """A Triton section whose sub-fields modelport passes through untouched."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+def _check_data_type(value: str) -> str:
+    if value not in CONFIG_TYPES:
+        names = ", ".join(sorted(CONFIG_TYPES))
+        raise ValueError(f"unknown data_type {value!r}; expected one of {names}")
+    return value
+
+
+def _check_dims(dims: list[int]) -> list[int]:
+    for d in dims:
+        if d < -1 or d == 0:
+            raise ValueError(f"dims must be positive or -1 (any size), got {d}")
+    return dims
+
+
+class TensorReshape(_Strict):
+    shape: list[int] = Field(default_factory=list)
+
+
+class ModelInput(_Strict):
+    name: str
+    data_type: str
+    format: str = "FORMAT_NONE"
+    dims: list[int]
+    reshape: TensorReshape | None = None
+    is_shape_tensor: bool = False
+    is_non_linear_format_io: bool = False
+    allow_ragged_batch: bool = False
+    optional: bool = False
+
+    _dt = field_validator("data_type")(_check_data_type)
+    _dims = field_validator("dims")(_check_dims)
+
+
+class ModelOutput(_Strict):
+    name: str
+    data_type: str
+    dims: list[int]
+    reshape: TensorReshape | None = None
+    label_filename: str = ""
+    is_shape_tensor: bool = False
+    is_non_linear_format_io: bool = False
+
+    _dt = field_validator("data_type")(_check_data_type)
+    _dims = field_validator("dims")(_check_dims)
+
+
+class LatestPolicy(_Strict):
+    num_versions: int = Field(default=1, ge=1)
+
+
+class SpecificPolicy(_Strict):
+    versions: list[int] = Field(min_length=1)
+
+    @field_validator("versions")
+    @classmethod
+    def _positive(cls, versions: list[int]) -> list[int]:
+        if any(v < 1 for v in versions):
+            raise ValueError("versions are positive integers")
+        return versions
+
+
+class VersionPolicy(_Strict):
+    """Exactly one of latest, all, specific; none given means latest 1."""
+
+    latest: LatestPolicy | None = None
+    all: dict[str, Any] | None = None
+    specific: SpecificPolicy | None = None
+
+    def model_post_init(self, __context: Any) -> None:
+        chosen = [k for k in ("latest", "all", "specific") if getattr(self, k) is not None]
+        if len(chosen) > 1:
+            raise ValueError(f"choose one of latest, all, specific (got {', '.join(chosen)})")
+
+    def select(self, available: list[int]) -> list[int]:
+        """The versions this policy serves out of those on disk, ascending."""
+        ordered = sorted(available)
+        if self.all is not None:
+            return ordered
+        if self.specific is not None:
+            wanted = set(self.specific.versions)
+            return [v for v in ordered if v in wanted]
+        n = self.latest.num_versions if self.latest is not None else 1
+        return ordered[-n:]
+
+
+class InstanceGroup(_Strict):
+    name: str = ""
+    kind: Literal["KIND_AUTO", "KIND_GPU", "KIND_CPU", "KIND_MODEL"] = "KIND_AUTO"
+    count: int = Field(default=1, ge=1, le=256)
+    gpus: list[int] = Field(default_factory=list)
+    secondary_devices: list[dict[str, Any]] = Field(default_factory=list)
+    profile: list[str] = Field(default_factory=list)
+    passive: bool = False
+    host_policy: str = ""
+    rate_limiter: dict[str, Any] | None = None
+
+
+class QueuePolicy(_Strict):
+    timeout_action: Literal["REJECT", "DELAY"] = "REJECT"
+    default_timeout_microseconds: int = Field(default=0, ge=0)
+    allow_timeout_override: bool = False
+    max_queue_size: int = Field(default=0, ge=0)
+
+
+class DynamicBatching(_Strict):
+    preferred_batch_size: list[int] = Field(default_factory=list)
+    max_queue_delay_microseconds: int = Field(default=0, ge=0)
+    preserve_ordering: bool = False
+    priority_levels: int = Field(default=0, ge=0)
+    default_priority_level: int = Field(default=0, ge=0)
+    default_queue_policy: QueuePolicy | None = None
+    priority_queue_policy: dict[int, QueuePolicy] = Field(default_factory=dict)
+
+
+class Accelerator(_Strict):
+    name: str
+    parameters: dict[str, str] = Field(default_factory=dict)
+
+
+class ExecutionAccelerators(_Strict):
+    gpu_execution_accelerator: list[Accelerator] = Field(default_factory=list)
+    cpu_execution_accelerator: list[Accelerator] = Field(default_factory=list)
+
+
+class GraphOptimization(_Strict):
+    level: int = 0
+
+
+class Optimization(_Open):
+    graph: GraphOptimization | None = None
+    priority: str | None = None
+    execution_accelerators: ExecutionAccelerators | None = None
+
+
+class Parameter(_Strict):
+    string_value: str
+
+
+class ResponseCache(_Strict):
+    enable: bool = False
+
+
+class ModelportOptions(_Strict):
+    """modelport's own additions to a model's configuration."""
+
+    description: str = ""
+
+
+class ModelConfig(_Strict):
+    """A model's configuration in Triton's schema plus the ``modelport`` block."""
+
+    name: str = ""
+    platform: str = ""
+    backend: str = ""
+    runtime: str = ""
+    version_policy: VersionPolicy = Field(default_factory=VersionPolicy)
+    max_batch_size: int = Field(default=0, ge=0, le=1 << 20)
+    input: list[ModelInput] = Field(default_factory=list)
+    output: list[ModelOutput] = Field(default_factory=list)
+    batch_input: list[dict[str, Any]] = Field(default_factory=list)
+    batch_output: list[dict[str, Any]] = Field(default_factory=list)
+    optimization: Optimization | None = None
+    dynamic_batching: DynamicBatching | None = None
+    sequence_batching: dict[str, Any] | None = None
+    ensemble_scheduling: dict[str, Any] | None = None
+    instance_group: list[InstanceGroup] = Field(default_factory=list)
+    default_model_filename: str = ""
+    cc_model_filenames: dict[str, str] = Field(default_factory=dict)
+    metric_tags: dict[str, str] = Field(default_factory=dict)
+    parameters: dict[str, Parameter] = Field(default_factory=dict)
+    model_warmup: list[dict[str, Any]] = Field(default_factory=list)
+    model_operations: dict[str, Any] | None = None
+    model_transaction_policy: dict[str, Any] | None = None
+    model_repository_agents: dict[str, Any] | None = None
+    response_cache: ResponseCache | None = None
+    modelport: ModelportOptions = Field(default_factory=ModelportOptions)
+
+    def parameter(self, key: str) -> str | None:
+        """A Triton ``parameters`` string value, or None when not set."""
+        p = self.parameters.get(key)
+        return p.string_value if p is not None else None
+
+    def to_json(self) -> dict[str, Any]:
+        """The object ``GET /v2/models/{m}/config`` returns (Triton's shape)."""
+        data = self.model_dump(mode="json", exclude_none=True)
+        for key in (
+            "sequence_batching",
+            "ensemble_scheduling",
+            "dynamic_batching",
+            "response_cache",
+            "optimization",
+            "model_operations",
+            "model_transaction_policy",
+            "model_repository_agents",
+        ):
+            if data.get(key) is None:
+                data.pop(key, None)
+        return data
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def parse_model_config(data: Any, source: str) -> ModelConfig:
+    """Validate a config mapping; errors name ``source`` and the first bad field."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(source, "", "expected a mapping of Triton model configuration fields")
+    try:
+        return ModelConfig.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = tuple(p for p in first["loc"] if not str(p).startswith("function-"))
+        problem = first["msg"]
+        if first["type"] == "extra_forbidden":
+            problem = (
+                "unknown field (Triton's field names only; modelport's own "
+                "settings go in the 'modelport:' block)"
+            )
+        raise ConfigError(source, _field_path(loc), problem) from None

@@ -1,0 +1,103 @@
+"""Server settings, and the one place that reads files and the environment for them.
+
+Precedence, lowest first: defaults, the server config file (YAML), ``MODELPORT_*``
+environment variables, command-line flags. Nothing here runs at import: the
+CLI calls :func:`load_server_config` with what it read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from modelport.errors import ConfigError
+
+ENV_PREFIX = "MODELPORT_"
+
+
+class ServerConfig(BaseModel):
+    """Everything the composition root needs to build a server."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    repository: Path | None = None
+    """Model repository in Triton's layout; None serves the bundled examples."""
+    host: str = "127.0.0.1"
+    """Address both transports bind; loopback unless asked otherwise."""
+    http_port: int = Field(default=8000, ge=0, le=65535)
+    """REST port (Open Inference Protocol v2, KServe v1, Triton extensions); 0 picks a free one."""
+    grpc_port: int = Field(default=8001, ge=0, le=65535)
+    """gRPC port (inference.GRPCInferenceService and grpc.health.v1)."""
+    metrics_port: int | None = Field(default=8002, ge=0, le=65535)
+    """Extra port that serves only /metrics; None turns it off."""
+    poll_interval: float | None = Field(default=None, gt=0)
+    """Seconds between repository scans for new, changed and removed versions."""
+    max_body_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
+    """Largest request body (HTTP) or message (gRPC) accepted, in bytes."""
+    max_elements: int = Field(default=1 << 28, gt=0)
+    """Most elements one input tensor may claim, checked before any allocation."""
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """Threshold of the structured JSON log."""
+    shutdown_grace: float = Field(default=30.0, ge=0)
+    """Seconds SIGTERM waits for requests in flight before closing."""
+
+
+_FIELDS = set(ServerConfig.model_fields)
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in env.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        name = key[len(ENV_PREFIX) :].lower()
+        if name in _FIELDS:
+            out[name] = value
+    return out
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(str(path), "", f"cannot read: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(str(path), "", f"invalid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(str(path), "", "expected a mapping of server settings")
+    return data
+
+
+def load_server_config(
+    file: Path | None, env: Mapping[str, str], flags: Mapping[str, Any]
+) -> ServerConfig:
+    """Merge file, environment and flags (flags win); errors name source and field."""
+    layers: list[tuple[str, dict[str, Any]]] = []
+    if file is not None:
+        layers.append((str(file), _read_file(file)))
+    layers.append(("environment", _from_env(env)))
+    layers.append(("command line", {k: v for k, v in flags.items() if v is not None}))
+    merged: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for source, values in layers:
+        for key, value in values.items():
+            merged[key] = value
+            origin[key] = source
+    try:
+        return ServerConfig.model_validate(merged)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else ""
+        source = origin.get(field, "server config")
+        if source == "environment":
+            field = ENV_PREFIX + field.upper()
+        problem = first["msg"]
+        if first["type"] == "extra_forbidden":
+            problem = "unknown setting"
+        raise ConfigError(source, field, problem) from None

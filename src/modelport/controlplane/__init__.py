@@ -1,0 +1,1 @@
+"""Beside the request path: where models come from, and their lifecycle."""

@@ -1,0 +1,318 @@
+"""The ModelTable: which versions are loaded, and keeping that in step with disk.
+
+Requests read two dictionaries (``_serving`` and ``_default``) that are only
+replaced whole, on the event loop, after a new version is ready, so a
+request never sees a half-loaded model. A version being replaced keeps
+serving until its successor is ready, then drains its requests in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from modelport.config.model import ModelConfig
+from modelport.controlplane.lifecycle import (
+    LOADING,
+    READY,
+    UNAVAILABLE,
+    load_version,
+)
+from modelport.controlplane.repository.config_files import read_model_config
+from modelport.controlplane.repository.layout import (
+    ModelSource,
+    check_model_name,
+    scan_model,
+    scan_repository,
+)
+from modelport.dataplane.table import ModelVersion, RepositoryEntry
+from modelport.errors import ModelLoadError, ModelNotReady, ModelportError, NotFound
+from modelport.observability.metrics import Metrics
+
+log = logging.getLogger("modelport.registry")
+
+
+@dataclass
+class VersionRecord:
+    state: str
+    reason: str = ""
+    fingerprint: tuple[tuple[str, int, int], ...] = ()
+
+
+@dataclass
+class ModelRecord:
+    """What the registry knows of one model directory."""
+
+    name: str
+    reason: str = ""
+    config_fingerprint: tuple[tuple[str, int, int], ...] = ()
+    override: dict[str, Any] | None = None
+    unloaded: bool = False
+    versions: dict[int, VersionRecord] = field(default_factory=dict)
+
+
+class Registry:
+    """Implements the data plane's ModelTable and RepositoryControl protocols."""
+
+    def __init__(self, repository: Path, metrics: Metrics) -> None:
+        self.repository = repository
+        self.metrics = metrics
+        self._records: dict[str, ModelRecord] = {}
+        self._serving: dict[str, dict[str, ModelVersion]] = {}
+        self._default: dict[str, ModelVersion] = {}
+        self._lock = asyncio.Lock()
+        self._started = False
+        self._stopping = False
+
+    # ------------------------------------------------------------ ModelTable
+
+    def resolve(self, name: str, version: str | None) -> ModelVersion:
+        if version is None:
+            model = self._default.get(name)
+            if model is not None:
+                return model
+        else:
+            versions = self._serving.get(name)
+            if versions is not None:
+                found = versions.get(version)
+                if found is not None:
+                    return found
+        raise self._why_not(name, version)
+
+    def _why_not(self, name: str, version: str | None) -> ModelportError:
+        record = self._records.get(name)
+        if record is None:
+            return NotFound(f"unknown model {name!r}")
+        if version is None:
+            return ModelNotReady(f"model {name!r} is not ready: {self._reason(record)}")
+        if not version.isdigit() or int(version) not in record.versions:
+            return NotFound(f"unknown version {version!r} of model {name!r}")
+        v = record.versions[int(version)]
+        why = v.reason or v.state.lower()
+        return ModelNotReady(f"model {name!r} version {version} is not ready: {why}")
+
+    @staticmethod
+    def _reason(record: ModelRecord) -> str:
+        if record.reason:
+            return record.reason
+        reasons = [
+            f"version {v}: {r.reason}" for v, r in sorted(record.versions.items()) if r.reason
+        ]
+        return "; ".join(reasons) or "no version is loaded"
+
+    def versions(self, name: str) -> list[str]:
+        record = self._records.get(name)
+        if record is None:
+            raise NotFound(f"unknown model {name!r}")
+        return [str(v) for v in sorted(record.versions)]
+
+    def ready(self) -> list[ModelVersion]:
+        return [m for versions in self._serving.values() for m in versions.values()]
+
+    def is_ready(self) -> bool:
+        return self._started and not self._stopping
+
+    # ---------------------------------------------------- RepositoryControl
+
+    def index(self, ready_only: bool) -> list[RepositoryEntry]:
+        entries: list[RepositoryEntry] = []
+        for name, record in sorted(self._records.items()):
+            if not record.versions:
+                if not ready_only:
+                    entries.append(RepositoryEntry(name, "", UNAVAILABLE, self._reason(record)))
+                continue
+            for v, vr in sorted(record.versions.items()):
+                if ready_only and vr.state != READY:
+                    continue
+                entries.append(RepositoryEntry(name, str(v), vr.state, vr.reason))
+        return entries
+
+    async def load(self, name: str, config: dict[str, Any] | None) -> None:
+        check_model_name(name)
+        async with self._lock:
+            source = scan_model(self.repository, name)
+            if source is None:
+                raise NotFound(f"unknown model {name!r}: no directory in the repository")
+            record = await self._sync(source, override=config, force=True)
+        if record.reason:
+            raise ModelLoadError(f"failed to load {name!r}: {record.reason}")
+        if not any(v.state == READY for v in record.versions.values()):
+            raise ModelLoadError(f"failed to load {name!r}: {self._reason(record)}")
+
+    async def unload(self, name: str) -> None:
+        check_model_name(name)
+        async with self._lock:
+            record = self._records.get(name)
+            if record is None:
+                raise NotFound(f"unknown model {name!r}")
+            await self._retire(name, set(self._serving.get(name, {})))
+            for vr in record.versions.values():
+                vr.state, vr.reason = UNAVAILABLE, "unloaded"
+            record.unloaded = True
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Load every model in the repository; broken ones are marked unavailable."""
+        await self.poll()
+        self._started = True
+
+    async def poll(self) -> None:
+        """Bring the loaded versions in step with the repository on disk."""
+        async with self._lock:
+            found = await asyncio.to_thread(scan_repository, self.repository)
+            for name in list(self._records):
+                if name not in found:
+                    await self._retire(name, set(self._serving.get(name, {})))
+                    del self._records[name]
+                    log.info("model removed", extra={"model": name})
+            for source in found.values():
+                record = self._records.get(source.name)
+                if record is not None and record.unloaded and not self._changed(record, source):
+                    continue
+                await self._sync(source, override=None, force=False)
+
+    def stop_accepting(self) -> None:
+        """Report not ready from now on (shutdown has begun)."""
+        self._stopping = True
+
+    async def close(self) -> None:
+        """Drain and release every version (server shutdown)."""
+        self._stopping = True
+        async with self._lock:
+            for name in list(self._serving):
+                await self._retire(name, set(self._serving[name]))
+
+    # --------------------------------------------------------------- helpers
+
+    @staticmethod
+    def _changed(record: ModelRecord, source: ModelSource) -> bool:
+        if record.config_fingerprint != source.config_fingerprint:
+            return True
+        on_disk = source.version_fingerprints
+        return set(on_disk) != set(record.versions) or any(
+            record.versions[v].fingerprint != fp for v, fp in on_disk.items()
+        )
+
+    async def _sync(
+        self, source: ModelSource, override: dict[str, Any] | None, force: bool
+    ) -> ModelRecord:
+        name = source.name
+        record = self._records.get(name)
+        if record is None:
+            record = self._records[name] = ModelRecord(name)
+        config_changed = (
+            force
+            or record.config_fingerprint != source.config_fingerprint
+            or record.override != override
+        )
+        record.config_fingerprint = source.config_fingerprint
+        record.override = override
+        record.unloaded = False
+        record.reason = ""
+        if source.problem:
+            record.reason = source.problem
+            self._mark_all(record, source, source.problem)
+            return record
+        try:
+            config = read_model_config(source, override)
+            wanted = config.version_policy.select(list(source.versions))
+        except ModelportError as exc:
+            record.reason = exc.message
+            self._mark_all(record, source, exc.message)
+            log.error("model config invalid", extra={"model": name, "reason": exc.message})
+            return record
+        if not source.versions:
+            record.reason = f"{source.path}: no version directories (positive integers)"
+            return record
+        serving = self._serving.get(name, {})
+        for v in sorted(set(record.versions) - set(source.versions)):
+            del record.versions[v]
+        for v in source.versions:
+            if v not in wanted:
+                record.versions[v] = VersionRecord(UNAVAILABLE, "not selected by version_policy")
+        for v in wanted:
+            fp = source.version_fingerprints[v]
+            current = record.versions.get(v)
+            up_to_date = (
+                current is not None
+                and current.fingerprint == fp
+                and str(v) in serving
+                and not config_changed
+            )
+            if up_to_date:
+                continue
+            await self._load_one(record, source, v, config, fp)
+        stale = set(self._serving.get(name, {})) - {str(v) for v in wanted}
+        await self._retire(name, stale)
+        return record
+
+    def _mark_all(self, record: ModelRecord, source: ModelSource, reason: str) -> None:
+        serving = self._serving.get(record.name, {})
+        for v in source.versions:
+            if str(v) not in serving:
+                record.versions[v] = VersionRecord(UNAVAILABLE, reason)
+
+    async def _load_one(
+        self,
+        record: ModelRecord,
+        source: ModelSource,
+        version: int,
+        config: ModelConfig,
+        fingerprint: tuple[tuple[str, int, int], ...],
+    ) -> None:
+        name = record.name
+        previous = record.versions.get(version)
+        if previous is None or previous.state != READY:
+            record.versions[version] = VersionRecord(LOADING)
+        origin = str(source.config_file or source.path)
+        try:
+            model = await asyncio.to_thread(
+                load_version, name, version, source.versions[version], config, origin
+            )
+        except ModelportError as exc:
+            log.error(
+                "model version failed to load",
+                extra={"model": name, "version": version, "reason": exc.message},
+            )
+            if str(version) in self._serving.get(name, {}):
+                # The old copy keeps serving; say why the new one did not replace it.
+                record.versions[version] = VersionRecord(
+                    READY, f"reload failed, previous copy serving: {exc.message}", fingerprint
+                )
+            else:
+                record.versions[version] = VersionRecord(UNAVAILABLE, exc.message, fingerprint)
+            return
+        old = self._serving.get(name, {}).get(str(version))
+        self._publish(name, {**self._serving.get(name, {}), str(version): model})
+        record.versions[version] = VersionRecord(READY, "", fingerprint)
+        if old is not None:
+            await old.instances.drain_and_close()
+
+    async def _retire(self, name: str, versions: set[str]) -> None:
+        if not versions:
+            return
+        current = self._serving.get(name, {})
+        leaving = [current[v] for v in versions if v in current]
+        self._publish(name, {v: m for v, m in current.items() if v not in versions})
+        for model in leaving:
+            await model.instances.drain_and_close()
+            record = self._records.get(name)
+            if record is not None and int(model.version) in record.versions:
+                record.versions[int(model.version)].state = UNAVAILABLE
+
+    def _publish(self, name: str, versions: dict[str, ModelVersion]) -> None:
+        """Swap in a model's serving versions; the highest one is the default."""
+        serving = dict(self._serving)
+        default = dict(self._default)
+        if versions:
+            serving[name] = versions
+            default[name] = versions[max(versions, key=int)]
+        else:
+            serving.pop(name, None)
+            default.pop(name, None)
+        self._serving, self._default = serving, default
+        self.metrics.models_loaded.set(sum(len(v) for v in serving.values()))

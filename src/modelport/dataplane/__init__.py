@@ -1,0 +1,1 @@
+"""The request path: transport → codec → pipeline → scheduling → runtime."""

@@ -1,0 +1,1 @@
+"""Wire formats ↔ core types: OIP JSON, Triton's binary extension, gRPC messages."""

@@ -1,0 +1,205 @@
+"""Open Inference Protocol v2 JSON bodies and Triton's binary tensor extension.
+
+A binary request is a JSON header of ``Inference-Header-Content-Length``
+bytes followed by each binary input's raw bytes, in the order of the inputs
+that carry ``parameters.binary_data_size``. The header is decoded with a
+msgspec decoder built once; binary tensors become zero-copy numpy views of
+the body, so no per-element Python object is made for them.
+
+Responses mirror this: outputs asked for with ``binary_data`` (or all
+outputs, with the request parameter ``binary_data_output``) are appended as
+raw bytes after the JSON header.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from modelport.dataplane.codec.parameters import apply_request_parameters
+from modelport.dataplane.codec.tensors import (
+    array_from_buffer,
+    array_from_json,
+    array_to_bytes,
+    array_to_json,
+    check_datatype,
+    check_shape,
+)
+from modelport.errors import InvalidRequest, Unsupported
+from modelport.types import InferenceRequest, InferenceResponse, RequestedOutput, Tensor
+
+Params = dict[str, str | int | float | bool | None]
+
+
+class InputTensor(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: Params = {}
+    data: Any = msgspec.UNSET
+
+
+class OutputRequest(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+    parameters: Params = {}
+
+
+class RequestBody(msgspec.Struct, forbid_unknown_fields=True):
+    inputs: list[InputTensor]
+    id: str | None = None
+    parameters: Params = {}
+    outputs: list[OutputRequest] | None = None
+
+
+class OutputTensor(msgspec.Struct, omit_defaults=True):
+    name: str
+    datatype: str
+    shape: list[int]
+    parameters: dict[str, Any] | None = None
+    data: Any = msgspec.UNSET
+
+
+class ResponseBody(msgspec.Struct, omit_defaults=True):
+    model_name: str
+    model_version: str
+    outputs: list[OutputTensor]
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+
+
+_request_decoder = msgspec.json.Decoder(RequestBody)
+_encoder = msgspec.json.Encoder()
+
+
+def decode_request(
+    body: bytes | memoryview,
+    header_length: int | None,
+    model_name: str,
+    model_version: str | None,
+    max_elements: int,
+) -> InferenceRequest:
+    """Decode a JSON or binary-extension request body into an InferenceRequest."""
+    view = memoryview(body)
+    if header_length is None:
+        header, binary = view, view[:0]
+    else:
+        if header_length < 0 or header_length > len(view):
+            raise InvalidRequest(
+                f"Inference-Header-Content-Length is {header_length} but the body has "
+                f"{len(view)} bytes"
+            )
+        header, binary = view[:header_length], view[header_length:]
+    try:
+        parsed = _request_decoder.decode(header)
+    except msgspec.ValidationError as exc:
+        raise InvalidRequest(f"request JSON: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise InvalidRequest(f"malformed request JSON: {exc}") from None
+
+    tensors: list[Tensor] = []
+    seen: set[str] = set()
+    offset = 0
+    for i, inp in enumerate(parsed.inputs):
+        where = f"input {inp.name!r}"
+        if inp.name in seen:
+            raise InvalidRequest(f"{where} appears more than once")
+        seen.add(inp.name)
+        check_datatype(inp.datatype, where)
+        shape = check_shape(inp.shape, max_elements, where)
+        size = inp.parameters.get("binary_data_size")
+        if size is not None:
+            if type(size) is not int or size < 0:
+                raise InvalidRequest(f"{where}: binary_data_size must be a non-negative integer")
+            if inp.data is not msgspec.UNSET:
+                raise InvalidRequest(f"{where}: has both binary_data_size and JSON data")
+            if offset + size > len(binary):
+                raise InvalidRequest(
+                    f"{where}: binary_data_size {size} runs past the end of the body "
+                    f"({len(binary) - offset} bytes left)"
+                )
+            array = array_from_buffer(binary[offset : offset + size], inp.datatype, shape, where)
+            offset += size
+        else:
+            if inp.data is msgspec.UNSET:
+                raise InvalidRequest(f"{where} (inputs[{i}]) has no data")
+            array = array_from_json(inp.data, inp.datatype, shape, where)
+        params = {k: v for k, v in inp.parameters.items() if k != "binary_data_size"}
+        tensors.append(Tensor(inp.name, inp.datatype, shape, array, params))
+    if offset != len(binary):
+        raise InvalidRequest(
+            f"body has {len(binary) - offset} bytes of binary data no input claims "
+            "(check binary_data_size and Inference-Header-Content-Length)"
+        )
+
+    outputs: list[RequestedOutput] | None = None
+    if parsed.outputs is not None:
+        outputs = []
+        names: set[str] = set()
+        for out in parsed.outputs:
+            if out.name in names:
+                raise InvalidRequest(f"output {out.name!r} is requested more than once")
+            names.add(out.name)
+            if out.parameters.get("classification"):
+                raise Unsupported(
+                    f"output {out.name!r}: the classification extension is not served"
+                )
+            outputs.append(RequestedOutput(out.name, dict(out.parameters)))
+    request = InferenceRequest(
+        model_name=model_name,
+        model_version=model_version,
+        inputs=tensors,
+        outputs=outputs,
+        id=parsed.id,
+        parameters=dict(parsed.parameters),
+    )
+    apply_request_parameters(request)
+    return request
+
+
+def _binary_wanted(request: InferenceRequest) -> dict[str, bool] | bool:
+    default = bool(request.parameters.get("binary_data_output", False))
+    if request.outputs is None:
+        return default
+    return {o.name: bool(o.parameters.get("binary_data", default)) for o in request.outputs}
+
+
+def encode_response(
+    request: InferenceRequest, response: InferenceResponse
+) -> tuple[bytes, int | None]:
+    """Encode a response; the int is the JSON header length when binary data follows."""
+    wanted = _binary_wanted(request)
+    tensors: list[OutputTensor] = []
+    chunks: list[bytes] = []
+    for t in response.outputs:
+        binary = wanted if isinstance(wanted, bool) else wanted.get(t.name, False)
+        if binary:
+            raw = array_to_bytes(t.data, t.datatype)
+            chunks.append(raw)
+            tensors.append(
+                OutputTensor(
+                    t.name, t.datatype, list(t.shape), parameters={"binary_data_size": len(raw)}
+                )
+            )
+        else:
+            tensors.append(
+                OutputTensor(
+                    t.name, t.datatype, list(t.shape), data=array_to_json(t.data, t.datatype)
+                )
+            )
+    body = ResponseBody(
+        model_name=response.model_name,
+        model_version=response.model_version,
+        outputs=tensors,
+        id=response.id,
+        parameters=response.parameters or None,
+    )
+    header = _encoder.encode(body)
+    if not chunks:
+        return header, None
+    return b"".join([header, *chunks]), len(header)
+
+
+def encode_json(value: Any) -> bytes:
+    """Encode any JSON-able value with the shared encoder."""
+    return _encoder.encode(value)

@@ -1,0 +1,82 @@
+"""One inference request through the data plane: resolve → validate → compute.
+
+Transports decode the wire into an InferenceRequest, call :meth:`Pipeline.infer`
+and encode what it returns; everything a policy needs to see happens here,
+once, for HTTP and gRPC alike. No I/O of its own.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from modelport.dataplane.table import ModelTable, ModelVersion
+from modelport.dataplane.validate import check_request
+from modelport.errors import ModelportError
+from modelport.observability.metrics import Metrics
+from modelport.types import DTYPES, InferenceRequest, InferenceResponse, Tensor
+
+
+class Pipeline:
+    """The data plane's single entry point for inference."""
+
+    def __init__(
+        self,
+        table: ModelTable,
+        metrics: Metrics,
+        clock: Callable[[], int] = time.perf_counter_ns,
+    ) -> None:
+        self.table = table
+        self.metrics = metrics
+        self._clock = clock
+
+    def resolve(self, name: str, version: str | None) -> ModelVersion:
+        return self.table.resolve(name, version)
+
+    async def infer(self, request: InferenceRequest, protocol: str) -> InferenceResponse:
+        """Serve one request; raises a ModelportError subclass on any refusal."""
+        start = self._clock()
+        model = self.table.resolve(request.model_name, request.model_version)
+        labels = (model.name, model.version, protocol)
+        self.metrics.requests.labels(*labels).inc()
+        try:
+            response = await self._compute(model, request, start)
+        except ModelportError as exc:
+            self.metrics.failures.labels(*labels, type(exc).__name__).inc()
+            raise
+        self.metrics.request_duration.labels(*labels).observe((self._clock() - start) / 1e9)
+        return response
+
+    async def _compute(
+        self, model: ModelVersion, request: InferenceRequest, start: int
+    ) -> InferenceResponse:
+        samples = check_request(model, request)
+        wanted = (
+            [o.name for o in request.outputs] if request.outputs is not None else model.output_names
+        )
+        feeds = {t.name: t.data for t in request.inputs}
+        prepared = self._clock()
+        try:
+            ex = await model.instances.run(feeds, wanted)
+        except ModelportError:
+            model.stats.record_failure(self._clock() - start)
+            raise
+        finished = self._clock()
+        outputs = []
+        for name in wanted:
+            array = ex.outputs[name]
+            datatype = model.outputs[name].datatype
+            want = DTYPES[datatype]
+            if datatype != "BYTES" and array.dtype != want:
+                array = array.astype(want)
+            outputs.append(Tensor(name, datatype, array.shape, array))
+        done = self._clock()
+        input_ns = prepared - start
+        output_ns = done - finished
+        model.stats.record_execution(samples, input_ns, ex.infer_ns, output_ns)
+        model.stats.record_success(
+            done - start, ex.queue_ns, input_ns, ex.infer_ns, output_ns, samples
+        )
+        self.metrics.queue_duration.labels(model.name, model.version).observe(ex.queue_ns / 1e9)
+        self.metrics.compute_duration.labels(model.name, model.version).observe(ex.infer_ns / 1e9)
+        return InferenceResponse(model.name, model.version, outputs, id=request.id)

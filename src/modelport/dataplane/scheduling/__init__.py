@@ -1,0 +1,1 @@
+"""Per model-version queues and the instances that compute on them."""

@@ -1,0 +1,84 @@
+"""What the data plane reads about models: the ModelTable protocol.
+
+The control plane implements these protocols; the data plane never imports
+it. A ``ModelVersion`` is everything a request needs about one loaded
+version, built once at load so the request path does no lookups beyond a
+dictionary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from modelport.config.model import ModelConfig
+from modelport.dataplane.scheduling.instances import InstancePool
+from modelport.observability.statistics import ModelStatistics
+from modelport.types import ModelSignature, TensorSpec
+
+
+@dataclass(eq=False)
+class ModelVersion:
+    """One ready model version."""
+
+    name: str
+    version: str
+    platform: str
+    signature: ModelSignature
+    config: ModelConfig
+    instances: InstancePool
+    stats: ModelStatistics = field(default_factory=ModelStatistics)
+    inputs: dict[str, TensorSpec] = field(init=False)
+    outputs: dict[str, TensorSpec] = field(init=False)
+    output_names: tuple[str, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.inputs = {s.name: s for s in self.signature.inputs}
+        self.outputs = {s.name: s for s in self.signature.outputs}
+        self.output_names = tuple(self.outputs)
+
+
+@dataclass(frozen=True, slots=True)
+class RepositoryEntry:
+    """One line of the repository index: a model version and its state."""
+
+    name: str
+    version: str
+    state: str
+    reason: str = ""
+
+
+class ModelTable(Protocol):
+    """Loaded models, looked up by name and version."""
+
+    def resolve(self, name: str, version: str | None) -> ModelVersion:
+        """The version to serve: the given one, or the highest ready one.
+
+        Raises NotFound for an unknown model or version, ModelNotReady when it
+        exists but cannot serve (the reason says why).
+        """
+        ...
+
+    def versions(self, name: str) -> list[str]:
+        """Every version of a model the repository offers (NotFound if none)."""
+        ...
+
+    def ready(self) -> list[ModelVersion]:
+        """Every ready version of every model."""
+        ...
+
+    def is_ready(self) -> bool:
+        """Whether the server is ready: every model that should serve does."""
+        ...
+
+
+class RepositoryControl(Protocol):
+    """Triton's model-repository extension: index, load, unload."""
+
+    def index(self, ready_only: bool) -> list[RepositoryEntry]: ...
+
+    async def load(self, name: str, config: dict[str, Any] | None) -> None:
+        """Load or reload a model; ``config`` overrides its config file."""
+        ...
+
+    async def unload(self, name: str) -> None: ...

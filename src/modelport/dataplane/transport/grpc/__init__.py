@@ -1,0 +1,1 @@
+"""gRPC: inference.GRPCInferenceService and grpc.health.v1.Health."""

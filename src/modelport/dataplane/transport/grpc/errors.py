@@ -1,0 +1,38 @@
+"""The gRPC status code of every modelport error: the one table for gRPC."""
+
+from __future__ import annotations
+
+import grpc
+
+from modelport.errors import (
+    ConfigError,
+    DeadlineExceeded,
+    InferenceFailed,
+    InvalidRequest,
+    ModelLoadError,
+    ModelNotReady,
+    ModelportError,
+    NotFound,
+    PayloadTooLarge,
+    Unavailable,
+)
+
+#: Most specific class first: the first match wins.
+STATUS: tuple[tuple[type[ModelportError], grpc.StatusCode], ...] = (
+    (PayloadTooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotFound, grpc.StatusCode.NOT_FOUND),
+    (ModelNotReady, grpc.StatusCode.UNAVAILABLE),
+    (Unavailable, grpc.StatusCode.UNAVAILABLE),
+    (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (ModelLoadError, grpc.StatusCode.INVALID_ARGUMENT),
+    (ConfigError, grpc.StatusCode.INVALID_ARGUMENT),
+    (InferenceFailed, grpc.StatusCode.INTERNAL),
+)
+
+
+def grpc_status(exc: ModelportError) -> grpc.StatusCode:
+    for cls, code in STATUS:
+        if isinstance(exc, cls):
+            return code
+    return grpc.StatusCode.INTERNAL

@@ -1,0 +1,168 @@
+"""inference.GRPCInferenceService over the same pipeline as REST.
+
+Each rpc decodes, calls the shared data plane and encodes; a ModelportError
+becomes the status from ``errors.STATUS`` with its message. On the
+bidirectional stream an error answers that one request (``error_message``)
+and the stream carries on, as Triton's clients expect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import json_format
+
+from modelport.config.pbtxt import config_to_proto
+from modelport.dataplane.codec.grpc_v2 import decode_request, encode_response, parameter_value
+from modelport.dataplane.codec.repository import load_config_parameter
+from modelport.dataplane.transport.context import EXTENSIONS, TransportContext
+from modelport.dataplane.transport.grpc.errors import grpc_status
+from modelport.errors import ModelportError, NotFound
+from modelport.protos import grpc_service_pb2 as pb
+from modelport.protos import grpc_service_pb2_grpc as pb_grpc
+
+log = logging.getLogger("modelport.grpc")
+
+T = TypeVar("T")
+Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[T]]
+
+
+def _mapped(method: Handler[T]) -> Handler[T]:
+    """Turn a ModelportError into its gRPC status, once for every rpc."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> T:
+        try:
+            return await method(self, request, context)
+        except ModelportError as exc:
+            await context.abort(grpc_status(exc), exc.message)
+            raise  # unreachable: abort raises
+
+    return wrapper
+
+
+def _tensor_metadata(specs: Any) -> list[Any]:
+    return [
+        pb.ModelMetadataResponse.TensorMetadata(
+            name=s.name, datatype=s.datatype, shape=list(s.shape)
+        )
+        for s in specs
+    ]
+
+
+class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, ctx: TransportContext) -> None:
+        self.ctx = ctx
+
+    async def ServerLive(self, request: Any, context: Any) -> Any:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: Any, context: Any) -> Any:
+        return pb.ServerReadyResponse(ready=self.ctx.table.is_ready())
+
+    @_mapped
+    async def ModelReady(self, request: Any, context: Any) -> Any:
+        try:
+            self.ctx.pipeline.resolve(request.name, request.version or None)
+        except NotFound:
+            raise
+        except ModelportError:
+            return pb.ModelReadyResponse(ready=False)
+        return pb.ModelReadyResponse(ready=True)
+
+    async def ServerMetadata(self, request: Any, context: Any) -> Any:
+        return pb.ServerMetadataResponse(
+            name=self.ctx.server_name, version=self.ctx.server_version, extensions=list(EXTENSIONS)
+        )
+
+    @_mapped
+    async def ModelMetadata(self, request: Any, context: Any) -> Any:
+        model = self.ctx.pipeline.resolve(request.name, request.version or None)
+        versions = [request.version] if request.version else self.ctx.table.versions(request.name)
+        return pb.ModelMetadataResponse(
+            name=model.name,
+            versions=versions,
+            platform=model.platform,
+            inputs=_tensor_metadata(model.signature.inputs),
+            outputs=_tensor_metadata(model.signature.outputs),
+        )
+
+    async def _infer(self, request: Any) -> Any:
+        self.ctx.pipeline.resolve(request.model_name, request.model_version or None)
+        req = decode_request(request, self.ctx.max_elements)
+        resp = await self.ctx.pipeline.infer(req, "grpc")
+        return encode_response(resp)
+
+    @_mapped
+    async def ModelInfer(self, request: Any, context: Any) -> Any:
+        return await self._infer(request)
+
+    async def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
+    ) -> None:
+        """Serve each request on the stream concurrently; answer in completion order."""
+        write_lock = asyncio.Lock()
+
+        async def one(msg: Any) -> None:
+            try:
+                reply = pb.ModelStreamInferResponse(infer_response=await self._infer(msg))
+            except ModelportError as exc:
+                reply = pb.ModelStreamInferResponse(
+                    error_message=exc.message,
+                    infer_response=pb.ModelInferResponse(
+                        model_name=msg.model_name, model_version=msg.model_version, id=msg.id
+                    ),
+                )
+            async with write_lock:
+                await context.write(reply)
+
+        async with asyncio.TaskGroup() as tasks:
+            async for msg in request_iterator:
+                tasks.create_task(one(msg))
+
+    @_mapped
+    async def ModelConfig(self, request: Any, context: Any) -> Any:
+        model = self.ctx.pipeline.resolve(request.name, request.version or None)
+        return pb.ModelConfigResponse(config=config_to_proto(model.config.to_json()))
+
+    @_mapped
+    async def ModelStatistics(self, request: Any, context: Any) -> Any:
+        models = self.ctx.table.ready()
+        if request.name:
+            self.ctx.table.versions(request.name)
+            models = [m for m in models if m.name == request.name]
+            if request.version:
+                models = [m for m in models if m.version == request.version]
+                if not models:
+                    raise NotFound(
+                        f"model {request.name!r} version {request.version!r} is not loaded"
+                    )
+        models.sort(key=lambda m: (m.name, int(m.version)))
+        out = pb.ModelStatisticsResponse()
+        for m in models:
+            json_format.ParseDict(m.stats.to_json(m.name, m.version), out.model_stats.add())
+        return out
+
+    @_mapped
+    async def RepositoryIndex(self, request: Any, context: Any) -> Any:
+        out = pb.RepositoryIndexResponse()
+        for e in self.ctx.repository.index(request.ready):
+            out.models.add(name=e.name, version=e.version, state=e.state, reason=e.reason)
+        return out
+
+    @_mapped
+    async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
+        params = {k: parameter_value(v) for k, v in request.parameters.items()}
+        config = load_config_parameter(params or None)
+        await self.ctx.repository.load(request.model_name, config)
+        return pb.RepositoryModelLoadResponse()
+
+    @_mapped
+    async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
+        await self.ctx.repository.unload(request.model_name)
+        return pb.RepositoryModelUnloadResponse()

@@ -1,0 +1,83 @@
+"""The REST application: routes of every protocol, and the one error mapping.
+
+Every error leaves as ``{"error": "..."}`` with the status from
+``errors.STATUS``, including the framework's own 404 and 405, so clients
+never see a different error shape.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from modelport.dataplane.transport.context import TransportContext
+from modelport.dataplane.transport.http import routes_triton, routes_v1, routes_v2
+from modelport.dataplane.transport.http.errors import http_status
+from modelport.dataplane.transport.http.responses import error_response
+from modelport.errors import ModelportError
+from modelport.observability.metrics import CONTENT_TYPE, Metrics
+
+log = logging.getLogger("modelport.http")
+
+
+async def _modelport_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ModelportError)
+    status = http_status(exc)
+    log.info(
+        "request refused",
+        extra={"path": request.url.path, "status": status, "error": exc.message},
+    )
+    return error_response(exc.message, status)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        message = f"no route for {request.method} {request.url.path}"
+    elif exc.status_code == 405:
+        message = f"method {request.method} is not allowed on {request.url.path}"
+    else:
+        message = str(exc.detail)
+    return error_response(message, exc.status_code)
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unexpected error", extra={"path": request.url.path})
+    return error_response(f"internal error: {type(exc).__name__}", 500)
+
+
+def metrics_routes(metrics: Metrics) -> list[Route]:
+    async def render(request: Request) -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    return [Route("/metrics", render, methods=["GET"])]
+
+
+def build_metrics_app(metrics: Metrics) -> Starlette:
+    """The app on --metrics-port: /metrics only."""
+    return Starlette(
+        routes=metrics_routes(metrics),
+        exception_handlers={HTTPException: _http_error, Exception: _unexpected},
+    )
+
+
+def build_app(ctx: TransportContext) -> Starlette:
+    """The REST app: OIP v2, Triton's extensions, KServe v1 and /metrics."""
+    return Starlette(
+        routes=[
+            *routes_triton.routes(ctx),
+            *routes_v2.routes(ctx),
+            *routes_v1.routes(ctx),
+            *metrics_routes(ctx.metrics),
+        ],
+        exception_handlers={
+            ModelportError: _modelport_error,
+            HTTPException: _http_error,
+            Exception: _unexpected,
+        },
+    )

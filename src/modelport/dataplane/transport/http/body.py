@@ -1,0 +1,71 @@
+"""Reading a request body within the size limit, and undoing Content-Encoding.
+
+The declared Content-Length is checked before a byte is read, and the
+stream is cut off at the limit whatever the header claimed, so a lying
+header or an endless body costs at most the limit. Compressed bodies are
+inflated with the same limit on the output (no zip bombs).
+"""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+
+from starlette.requests import Request
+
+from modelport.errors import InvalidRequest, PayloadTooLarge, Unsupported
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise InvalidRequest(f"Content-Length {declared!r} is not a number")
+        if int(declared) > limit:
+            raise PayloadTooLarge(
+                f"request body of {declared} bytes is over the limit of {limit} bytes"
+            )
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    encoding = request.headers.get("content-encoding", "").strip().lower()
+    if encoding in ("", "identity"):
+        return body
+    if encoding in ("gzip", "deflate"):
+        return _inflate(body, encoding, limit)
+    raise Unsupported(f"Content-Encoding {encoding!r} is not supported (use gzip or deflate)")
+
+
+def _inflate(body: bytes, encoding: str, limit: int) -> bytes:
+    # wbits: 16+MAX_WBITS reads gzip framing; MAX_WBITS reads zlib (HTTP "deflate").
+    wbits = 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS
+    inflater = zlib.decompressobj(wbits)
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        if encoding == "deflate":
+            try:  # some clients send raw deflate without the zlib header
+                raw = zlib.decompressobj(-zlib.MAX_WBITS)
+                out = raw.decompress(body, limit + 1)
+            except zlib.error:
+                raise InvalidRequest(f"body is not valid {encoding} data: {exc}") from None
+        else:
+            raise InvalidRequest(f"body is not valid {encoding} data: {exc}") from None
+    if len(out) > limit:
+        raise PayloadTooLarge(f"decompressed request body is over the limit of {limit} bytes")
+    return out
+
+
+def compress(body: bytes, accept_encoding: str) -> tuple[bytes, str | None]:
+    """Compress a response body with what the client accepts (gzip preferred)."""
+    accepted = {part.split(";")[0].strip().lower() for part in accept_encoding.split(",")}
+    if "gzip" in accepted:
+        return gzip.compress(body, compresslevel=1), "gzip"
+    if "deflate" in accepted:
+        return zlib.compress(body, 1), "deflate"
+    return body, None

@@ -1,0 +1,89 @@
+"""Triton's HTTP extensions: model repository, model configuration, statistics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from modelport.dataplane.codec.repository import load_config_parameter
+from modelport.dataplane.transport.context import TransportContext
+from modelport.dataplane.transport.http.body import read_body
+from modelport.dataplane.transport.http.responses import json_response
+from modelport.errors import InvalidRequest, NotFound
+
+_SMALL_BODY = 1 << 20
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    body = await read_body(request, _SMALL_BODY)
+    if not body.strip():
+        return {}
+    try:
+        value = msgspec.json.decode(body)
+    except msgspec.DecodeError as exc:
+        raise InvalidRequest(f"malformed request JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise InvalidRequest("request body must be a JSON object")
+    return value
+
+
+def routes(ctx: TransportContext) -> list[Route]:
+    async def model_config(request: Request) -> Response:
+        model = ctx.pipeline.resolve(
+            request.path_params["model"], request.path_params.get("version")
+        )
+        return json_response(model.config.to_json())
+
+    async def stats(request: Request) -> Response:
+        name: str | None = request.path_params.get("model")
+        version: str | None = request.path_params.get("version")
+        models = ctx.table.ready()
+        if name is not None:
+            ctx.table.versions(name)  # NotFound for an unknown model
+            models = [m for m in models if m.name == name]
+            if version is not None:
+                models = [m for m in models if m.version == version]
+                if not models:
+                    raise NotFound(f"model {name!r} version {version!r} is not loaded")
+        models.sort(key=lambda m: (m.name, int(m.version)))
+        return json_response({"model_stats": [m.stats.to_json(m.name, m.version) for m in models]})
+
+    async def index(request: Request) -> Response:
+        body = await _json_body(request)
+        ready_only = body.get("ready", False)
+        if not isinstance(ready_only, bool):
+            raise InvalidRequest("'ready' must be true or false")
+        entries = ctx.repository.index(ready_only)
+        out = []
+        for e in entries:
+            item: dict[str, Any] = {"name": e.name, "version": e.version, "state": e.state}
+            if e.reason:
+                item["reason"] = e.reason
+            out.append(item)
+        return json_response(out)
+
+    async def load(request: Request) -> Response:
+        body = await _json_body(request)
+        config = load_config_parameter(body.get("parameters"))
+        await ctx.repository.load(request.path_params["model"], config)
+        return json_response({})
+
+    async def unload(request: Request) -> Response:
+        await _json_body(request)
+        await ctx.repository.unload(request.path_params["model"])
+        return json_response({})
+
+    return [
+        Route("/v2/models/stats", stats, methods=["GET"]),
+        Route("/v2/models/{model}/stats", stats, methods=["GET"]),
+        Route("/v2/models/{model}/versions/{version}/stats", stats, methods=["GET"]),
+        Route("/v2/models/{model}/config", model_config, methods=["GET"]),
+        Route("/v2/models/{model}/versions/{version}/config", model_config, methods=["GET"]),
+        Route("/v2/repository/index", index, methods=["POST"]),
+        Route("/v2/repository/models/{model}/load", load, methods=["POST"]),
+        Route("/v2/repository/models/{model}/unload", unload, methods=["POST"]),
+    ]

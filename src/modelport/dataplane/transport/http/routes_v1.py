@@ -1,0 +1,109 @@
+"""KServe's V1 protocol, for clients written for it.
+
+``POST /v1/models/{m}:predict`` takes ``instances`` (a list of rows) or
+``inputs`` (rows, or a mapping of input name to rows) and answers
+``predictions``: one value per row for a single-output model, or one object
+per row mapping output names to values.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from modelport.dataplane.codec.tensors import array_from_json, array_to_json, check_shape
+from modelport.dataplane.table import ModelVersion
+from modelport.dataplane.transport.context import TransportContext
+from modelport.dataplane.transport.http.body import read_body
+from modelport.dataplane.transport.http.responses import json_response
+from modelport.errors import InvalidRequest
+from modelport.types import InferenceRequest, Tensor
+
+
+def _shape_of(rows: list[Any]) -> list[int]:
+    shape = [len(rows)]
+    probe: Any = rows[0] if rows else None
+    while isinstance(probe, list):
+        shape.append(len(probe))
+        probe = probe[0] if probe else None
+    return shape
+
+
+def _tensor(model: ModelVersion, name: str, rows: Any, max_elements: int) -> Tensor:
+    where = f"input {name!r}"
+    if not isinstance(rows, list):
+        raise InvalidRequest(f"{where}: expected a list of rows")
+    spec = model.inputs.get(name)
+    if spec is None:
+        raise InvalidRequest(f"unknown input {name!r}; expected {', '.join(model.inputs)}")
+    shape = check_shape(_shape_of(rows), max_elements, where)
+    return Tensor(name, spec.datatype, shape, array_from_json(rows, spec.datatype, shape, where))
+
+
+def decode_v1(model: ModelVersion, body: Any, max_elements: int) -> list[Tensor]:
+    if not isinstance(body, dict):
+        raise InvalidRequest("request body must be a JSON object with 'instances' or 'inputs'")
+    data = body.get("instances", body.get("inputs"))
+    if data is None:
+        raise InvalidRequest("request body needs 'instances' or 'inputs'")
+    if isinstance(data, dict):
+        return [_tensor(model, k, v, max_elements) for k, v in data.items()]
+    if len(model.inputs) != 1:
+        raise InvalidRequest(
+            f"model {model.name!r} has {len(model.inputs)} inputs; send 'inputs' as an object "
+            "mapping input names to rows"
+        )
+    return [_tensor(model, next(iter(model.inputs)), data, max_elements)]
+
+
+def routes(ctx: TransportContext) -> list[Route]:
+    async def model_status(request: Request) -> Response:
+        model = ctx.pipeline.resolve(request.path_params["model"], None)
+        return json_response({"name": model.name, "ready": True})
+
+    async def predict(request: Request) -> Response:
+        model = ctx.pipeline.resolve(request.path_params["model"], None)
+        raw = await read_body(request, ctx.max_body_bytes)
+        try:
+            body = msgspec.json.decode(raw)
+        except msgspec.DecodeError as exc:
+            raise InvalidRequest(f"malformed request JSON: {exc}") from None
+        inputs = decode_v1(model, body, ctx.max_elements)
+        req = InferenceRequest(model.name, model.version, inputs)
+        resp = await ctx.pipeline.infer(req, "http")
+        outputs = {t.name: t for t in resp.outputs}
+        if len(outputs) == 1:
+            (only,) = outputs.values()
+            predictions: list[Any] = _rows(only)
+        else:
+            columns = {n: _rows(t) for n, t in outputs.items()}
+            count = len(next(iter(columns.values()))) if columns else 0
+            predictions = [{n: col[i] for n, col in columns.items()} for i in range(count)]
+        return json_response({"predictions": predictions})
+
+    return [
+        Route("/v1/models/{model}", model_status, methods=["GET"]),
+        Route("/v1/models/{model}:predict", predict, methods=["POST"]),
+    ]
+
+
+def _rows(t: Tensor) -> list[Any]:
+    flat = array_to_json(t.data, t.datatype)
+    if not t.shape:
+        return flat
+    rows = t.shape[0]
+    per = len(flat) // rows if rows else 0
+    if len(t.shape) == 1:
+        return flat
+    return [_nest(flat[i * per : (i + 1) * per], list(t.shape[1:])) for i in range(rows)]
+
+
+def _nest(flat: list[Any], shape: list[int]) -> Any:
+    if len(shape) <= 1:
+        return flat
+    step = len(flat) // shape[0] if shape[0] else 0
+    return [_nest(flat[i * step : (i + 1) * step], shape[1:]) for i in range(shape[0])]

@@ -1,0 +1,80 @@
+"""The one exception tree of modelport.
+
+Core errors carry no transport status: each transport owns a table that maps
+these classes to HTTP status codes or gRPC codes, once
+(``dataplane/transport/http/errors.py`` and ``dataplane/transport/grpc/errors.py``).
+
+::
+
+    ModelportError
+    ├── InvalidRequest          the caller sent something wrong (400 / INVALID_ARGUMENT)
+    │   ├── PayloadTooLarge     the body or message is over the size limit (413)
+    │   └── Unsupported         a valid feature that modelport does not serve (400)
+    ├── NotFound                no such model, version or route (404 / NOT_FOUND)
+    ├── ModelNotReady           the model exists but cannot serve now (503 / UNAVAILABLE)
+    ├── Unavailable             the server sheds load or is shutting down (503 / UNAVAILABLE)
+    ├── DeadlineExceeded        the request's deadline passed (504 / DEADLINE_EXCEEDED)
+    ├── InferenceFailed         the runtime raised while computing (500 / INTERNAL)
+    ├── ModelLoadError          a version could not be loaded (reason kept on the model)
+    └── ConfigError             a config file or field is invalid (names both)
+"""
+
+from __future__ import annotations
+
+
+class ModelportError(Exception):
+    """Base of every error modelport raises on purpose."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidRequest(ModelportError):
+    """Raised when a request is malformed or disagrees with the model's signature."""
+
+
+class PayloadTooLarge(InvalidRequest):
+    """Raised when a request body or message exceeds the configured size limit."""
+
+
+class Unsupported(InvalidRequest):
+    """Raised when a request asks for a protocol feature modelport does not serve."""
+
+
+class NotFound(ModelportError):
+    """Raised when a model, a version of it, or a route does not exist."""
+
+
+class ModelNotReady(ModelportError):
+    """Raised when a model exists but none of the requested versions is ready."""
+
+
+class Unavailable(ModelportError):
+    """Raised when the server cannot take the request now (queue full, shutting down)."""
+
+
+class DeadlineExceeded(ModelportError):
+    """Raised when a request's deadline passes before it is computed."""
+
+
+class InferenceFailed(ModelportError):
+    """Raised when a runtime fails on inputs that passed validation."""
+
+
+class ModelLoadError(ModelportError):
+    """Raised when a model version cannot be loaded; the reason is shown to users."""
+
+
+class ConfigError(ModelportError):
+    """Raised when a configuration file or value is invalid.
+
+    The message always names the file (or source) and the field.
+    """
+
+    def __init__(self, source: str, field: str, problem: str) -> None:
+        where = f"{source}: {field}" if field else source
+        super().__init__(f"{where}: {problem}")
+        self.source = source
+        self.field = field
+        self.problem = problem

@@ -1,0 +1,1 @@
+"""Metrics, statistics and logs: beside the data and control planes, used by both."""

@@ -1,0 +1,67 @@
+"""Prometheus metrics, built in the composition root and passed down.
+
+Durations are histograms, not summaries, so percentiles can be aggregated
+across replicas by the monitoring system.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+#: Buckets from 100 µs to 10 s: model servers answer small models in well under 1 ms.
+LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class Metrics:
+    """The server's metrics; one instance per server, never a module global."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        labels = ("model", "version", "protocol")
+        self.requests = Counter(
+            "modelport_inference_requests",
+            "Inference requests received, by model, version and protocol.",
+            labels,
+            registry=self.registry,
+        )
+        self.failures = Counter(
+            "modelport_inference_failures",
+            "Inference requests that failed, by model, version, protocol and reason.",
+            (*labels, "reason"),
+            registry=self.registry,
+        )
+        self.request_duration = Histogram(
+            "modelport_request_duration_seconds",
+            "Time from a decoded request to its response, in seconds.",
+            labels,
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.queue_duration = Histogram(
+            "modelport_queue_duration_seconds",
+            "Time a request waited for a model instance, in seconds.",
+            ("model", "version"),
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.compute_duration = Histogram(
+            "modelport_compute_duration_seconds",
+            "Time a model instance spent computing one batch, in seconds.",
+            ("model", "version"),
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.models_loaded = Gauge(
+            "modelport_models_loaded",
+            "Model versions loaded and ready.",
+            registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
+        return generate_latest(self.registry)

@@ -1,0 +1,141 @@
+"""The composition root: builds every part from a ServerConfig and runs them.
+
+One event loop carries the REST server, the metrics server, the gRPC server
+and the repository poller, all inside one task group. SIGTERM or SIGINT
+starts a graceful stop: readiness turns false, listeners stop accepting,
+requests in flight finish (up to ``shutdown_grace`` seconds), then models
+are released. Nothing imports this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import uvicorn
+
+from modelport import __version__
+from modelport.config.server import ServerConfig
+from modelport.controlplane.registry import Registry
+from modelport.dataplane.pipeline import Pipeline
+from modelport.dataplane.transport.context import TransportContext
+from modelport.dataplane.transport.grpc.server import build_grpc_server, mark_serving
+from modelport.dataplane.transport.http.app import build_app, build_metrics_app
+from modelport.observability.metrics import Metrics
+
+log = logging.getLogger("modelport.server")
+
+SERVER_NAME = "modelport"
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn without its own signal handling: this module owns shutdown."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _uvicorn(app: object, config: ServerConfig, port: int) -> _Uvicorn:
+    return _Uvicorn(
+        uvicorn.Config(
+            app,  # type: ignore[arg-type]
+            host=config.host,
+            port=port,
+            loop="none",
+            http="httptools",
+            lifespan="off",
+            access_log=False,
+            log_config=None,
+            server_header=False,
+            timeout_graceful_shutdown=int(config.shutdown_grace) or None,
+            timeout_keep_alive=30,
+        )
+    )
+
+
+def repository_of(config: ServerConfig) -> Path:
+    if config.repository is not None:
+        return config.repository
+    from modelport.examples import repository_path
+
+    return repository_path()
+
+
+async def serve(config: ServerConfig) -> None:
+    """Run until SIGTERM/SIGINT, then stop gracefully."""
+    metrics = Metrics()
+    repository = repository_of(config)
+    registry = Registry(repository, metrics)
+    log.info("loading models", extra={"repository": str(repository)})
+    await registry.start()
+    pipeline = Pipeline(registry, metrics)
+    ctx = TransportContext(
+        pipeline=pipeline,
+        table=registry,
+        repository=registry,
+        metrics=metrics,
+        server_name=SERVER_NAME,
+        server_version=__version__,
+        max_body_bytes=config.max_body_bytes,
+        max_elements=config.max_elements,
+    )
+    http = _uvicorn(build_app(ctx), config, config.http_port)
+    metrics_http = (
+        _uvicorn(build_metrics_app(metrics), config, config.metrics_port)
+        if config.metrics_port is not None
+        else None
+    )
+    grpc_server, grpc_health = build_grpc_server(ctx, config)
+    await grpc_server.start()
+    await mark_serving(grpc_health)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    async def poll_repository() -> None:
+        assert config.poll_interval is not None
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), config.poll_interval)
+            if not stop.is_set():
+                try:
+                    await registry.poll()
+                except Exception:
+                    log.exception("repository poll failed")
+
+    async def shutdown() -> None:
+        await stop.wait()
+        log.info("shutting down: finishing requests in flight")
+        registry.stop_accepting()
+        await grpc_health.enter_graceful_shutdown()
+        http.should_exit = True
+        if metrics_http is not None:
+            metrics_http.should_exit = True
+        await grpc_server.stop(config.shutdown_grace)
+
+    log.info(
+        "serving",
+        extra={
+            "host": config.host,
+            "http_port": config.http_port,
+            "grpc_port": config.grpc_port,
+            "metrics_port": config.metrics_port,
+            "models": sorted({m.name for m in registry.ready()}),
+        },
+    )
+    async with asyncio.TaskGroup() as tasks:
+        tasks.create_task(http.serve())
+        if metrics_http is not None:
+            tasks.create_task(metrics_http.serve())
+        if config.poll_interval is not None:
+            tasks.create_task(poll_repository())
+        tasks.create_task(shutdown())
+    await registry.close()
+    log.info("stopped")

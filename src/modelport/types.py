@@ -1,0 +1,145 @@
+"""Core types shared by every layer: tensors, requests, responses, signatures.
+
+They are framework-free and carry numpy arrays, never Python lists, so that a
+request can travel from the wire to a runtime without per-element objects.
+
+Datatypes use the Open Inference Protocol names (``FP32``, ``BYTES`` ...).
+Each maps to the numpy dtype that holds its bytes. Two need a note:
+
+- ``BYTES`` is held as a one-dimensional-or-more ``object`` array of ``bytes``.
+- ``BF16`` has no numpy dtype; its raw 16-bit patterns are held as ``uint16``
+  and converted only where a value is needed (JSON text).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+#: OIP datatype name -> numpy dtype that stores it.
+DTYPES: dict[str, np.dtype[Any]] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+    "BF16": np.dtype("<u2"),
+    "BYTES": np.dtype(object),
+}
+
+#: Size in bytes of one element, for fixed-size datatypes.
+ITEMSIZE: dict[str, int] = {name: dt.itemsize for name, dt in DTYPES.items() if name != "BYTES"}
+
+#: Triton model-config enum name (``TYPE_FP32``) <-> OIP datatype name.
+#: Triton spells BYTES as TYPE_STRING.
+CONFIG_TYPES: dict[str, str] = {
+    **{f"TYPE_{name}": name for name in DTYPES if name != "BYTES"},
+    "TYPE_STRING": "BYTES",
+}
+DATATYPE_TO_CONFIG: dict[str, str] = {v: k for k, v in CONFIG_TYPES.items()}
+
+Array = npt.NDArray[Any]
+
+
+def numpy_dtype(datatype: str) -> np.dtype[Any]:
+    """Return the storage dtype of an OIP datatype (KeyError if unknown)."""
+    return DTYPES[datatype]
+
+
+def datatype_of(array: Array) -> str:
+    """Name the OIP datatype for a numpy array produced by a runtime."""
+    kind = array.dtype
+    if kind.kind in ("O", "S", "U"):
+        return "BYTES"
+    for name, dt in DTYPES.items():
+        if name not in ("BF16", "BYTES") and dt == kind.newbyteorder("<"):
+            return name
+    raise TypeError(f"numpy dtype {kind} has no Open Inference Protocol datatype")
+
+
+def element_count(shape: tuple[int, ...] | list[int]) -> int:
+    """Number of elements a shape holds (1 for a scalar)."""
+    return math.prod(shape)
+
+
+@dataclass(slots=True)
+class Tensor:
+    """A named tensor: OIP datatype, shape, and the numpy array holding it."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    data: Array
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class RequestedOutput:
+    """An output the caller asked for, with its wire options (``binary_data``)."""
+
+    name: str
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class InferenceRequest:
+    """One inference call as the data plane sees it, whatever the transport.
+
+    ``priority`` and ``timeout_us`` are Triton's request parameters, kept for
+    the scheduler; ``deadline`` is a monotonic time in seconds, or None.
+    """
+
+    model_name: str
+    model_version: str | None
+    inputs: list[Tensor]
+    outputs: list[RequestedOutput] | None = None
+    id: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+    priority: int = 0
+    timeout_us: int | None = None
+    deadline: float | None = None
+
+
+@dataclass(slots=True)
+class InferenceResponse:
+    """The answer to one InferenceRequest: the outputs it asked for."""
+
+    model_name: str
+    model_version: str
+    outputs: list[Tensor]
+    id: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """One input or output of a model: its name, OIP datatype and shape.
+
+    ``shape`` is the full shape as clients see it in model metadata: when the
+    model batches, it starts with -1 for the batch dimension; -1 elsewhere
+    means any size.
+    """
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSignature:
+    """What a model takes and gives; ``max_batch_size`` 0 means no batching."""
+
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    max_batch_size: int = 0
