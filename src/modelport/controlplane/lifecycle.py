@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from modelport.config.model import ModelConfig
+from modelport.config.model import InstanceGroup, ModelConfig
 from modelport.controlplane.repository.autoconfig import (
     choose_backend,
     complete_config,
@@ -48,10 +48,8 @@ def load_version(
         runtime.unload()
         raise
     if not config.instance_group:
-        config = config.model_copy(
-            update={"instance_group": [{"name": name, "kind": "KIND_CPU", "count": 1}]}
-        )
-        config = ModelConfig.model_validate(config.model_dump())
+        group = InstanceGroup(name=name, kind="KIND_CPU", count=1)
+        config = config.model_copy(update={"instance_group": [group]})
     pool = InstancePool(runtime, count, f"{name}-v{version}")
     log.info("model version ready", extra={"model": name, "version": version, "instances": count})
     return ModelVersion(

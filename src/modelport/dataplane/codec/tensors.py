@@ -157,6 +157,10 @@ def array_from_json(data: Any, datatype: str, shape: tuple[int, ...], where: str
             raise InvalidRequest(f"{where}: BOOL data must be true/false, got {raw.dtype.name}")
         return raw.astype(np.bool_).reshape(shape)
     if datatype in _INT_TYPES:
+        if kind == "f" and datatype == "UINT64":
+            # numpy infers float64 for integers past INT64's range; re-read them exactly.
+            raw = _exact_uint64(data, where)
+            kind = "u"
         if kind not in ("i", "u", "n"):
             raise InvalidRequest(f"{where}: {datatype} data must be integers, got {_kind(raw)}")
         info = np.iinfo(DTYPES[datatype])
@@ -207,3 +211,12 @@ def array_to_json(array: Array, datatype: str) -> list[Any]:
     if datatype == "BF16":
         return bf16_to_float(array.ravel()).tolist()  # type: ignore[no-any-return,unused-ignore]
     return array.ravel().tolist()  # type: ignore[no-any-return,unused-ignore]
+
+
+def _exact_uint64(data: list[Any], where: str) -> Array:
+    flat = np.asarray(data, dtype=object).ravel()
+    if not all(type(v) is int for v in flat):
+        raise InvalidRequest(f"{where}: UINT64 data must be integers, got floats")
+    if any(v < 0 or v >= 1 << 64 for v in flat):
+        raise InvalidRequest(f"{where}: value out of range for UINT64")
+    return np.asarray(data, dtype=np.uint64)

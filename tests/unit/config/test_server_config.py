@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from modelport.config.server import load_server_config
+from modelport.errors import ConfigError
+
+
+def test_defaults_bind_loopback() -> None:
+    config = load_server_config(None, {}, {})
+    assert config.host == "127.0.0.1"
+    assert (config.http_port, config.grpc_port, config.metrics_port) == (8000, 8001, 8002)
+    assert config.max_body_bytes == 64 * 1024 * 1024
+
+
+def test_flags_override_environment_override_file(tmp_path: Path) -> None:
+    file = tmp_path / "server.yaml"
+    file.write_text("http_port: 9000\ngrpc_port: 9001\nlog_level: debug\n")
+    env = {"MODELPORT_HTTP_PORT": "9100", "MODELPORT_GRPC_PORT": "9101", "OTHER": "x"}
+    config = load_server_config(file, env, {"http_port": 9200, "grpc_port": None})
+    assert config.http_port == 9200
+    assert config.grpc_port == 9101
+    assert config.log_level == "debug"
+
+
+def test_errors_name_the_source_and_field(tmp_path: Path) -> None:
+    file = tmp_path / "server.yaml"
+    file.write_text("http_port: seventy\n")
+    with pytest.raises(ConfigError) as info:
+        load_server_config(file, {}, {})
+    assert info.value.source == str(file)
+    assert info.value.field == "http_port"
+    with pytest.raises(ConfigError) as env_info:
+        load_server_config(None, {"MODELPORT_LOG_LEVEL": "loud"}, {})
+    assert env_info.value.field == "MODELPORT_LOG_LEVEL"
+    file.write_text("colour: blue\n")
+    with pytest.raises(ConfigError, match="colour: unknown setting"):
+        load_server_config(file, {}, {})
+
+
+def test_invalid_yaml_names_the_file(tmp_path: Path) -> None:
+    file = tmp_path / "server.yaml"
+    file.write_text("http_port: [\n")
+    with pytest.raises(ConfigError, match=r"server\.yaml: invalid YAML"):
+        load_server_config(file, {}, {})

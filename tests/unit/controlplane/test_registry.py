@@ -1,0 +1,116 @@
+"""The registry over a real repository on disk (tiny ONNX models)."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+
+import onnx
+import pytest
+
+from modelport.controlplane.registry import Registry
+from modelport.errors import InvalidRequest, ModelLoadError, ModelNotReady, NotFound
+from modelport.observability.metrics import Metrics
+from tests.integration.models import add_sub_model, identity_model
+
+
+def _write(path: Path, model: onnx.ModelProto) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    _write(tmp_path / "add_sub" / "1" / "model.onnx", add_sub_model())
+    _write(tmp_path / "add_sub" / "2" / "model.onnx", add_sub_model())
+    _write(tmp_path / "ident" / "1" / "model.onnx", identity_model("FP32"))
+    return tmp_path
+
+
+def run(coro: object) -> object:
+    return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def test_auto_configuration_from_the_graph(repo: Path) -> None:
+    async def scenario() -> None:
+        reg = Registry(repo, Metrics())
+        await reg.start()
+        model = reg.resolve("add_sub", None)
+        assert model.version == "2"  # latest 1 by default
+        assert model.config.max_batch_size == 64
+        assert [i.dims for i in model.config.input] == [[16], [16]]
+        assert model.signature.inputs[0].shape == (-1, 16)
+        assert model.config.platform == "onnxruntime_onnx"
+        with pytest.raises(NotFound, match="unknown version '7'"):
+            reg.resolve("add_sub", "7")
+        with pytest.raises(ModelNotReady, match="not selected by version_policy"):
+            reg.resolve("add_sub", "1")
+        await reg.close()
+
+    run(scenario())
+
+
+def test_config_that_disagrees_with_the_graph_names_the_field(repo: Path) -> None:
+    (repo / "ident" / "config.yaml").write_text(
+        "max_batch_size: 8\ninput: [{name: INPUT0, data_type: TYPE_INT32, dims: [4]}]\n"
+    )
+
+    async def scenario() -> None:
+        reg = Registry(repo, Metrics())
+        await reg.start()
+        with pytest.raises(ModelNotReady) as info:
+            reg.resolve("ident", None)
+        assert "config.yaml: input[0].data_type: TYPE_INT32 but the model has TYPE_FP32" in str(
+            info.value
+        )
+        assert reg.resolve("add_sub", None).version == "2"  # the others serve on
+        await reg.close()
+
+    run(scenario())
+
+
+def test_poll_follows_the_disk(repo: Path) -> None:
+    async def scenario() -> None:
+        reg = Registry(repo, Metrics())
+        await reg.start()
+        old = reg.resolve("add_sub", None)
+        shutil.copytree(repo / "add_sub" / "2", repo / "add_sub" / "3")
+        shutil.rmtree(repo / "ident")
+        shutil.copytree(repo / "add_sub", repo / "copy")
+        await reg.poll()
+        assert reg.resolve("add_sub", None).version == "3"
+        assert reg.resolve("copy", None).version == "3"
+        with pytest.raises(NotFound):
+            reg.resolve("ident", None)
+        with pytest.raises(Exception, match="being unloaded"):
+            await old.instances.run({}, [])
+        await reg.close()
+
+    run(scenario())
+
+
+def test_explicit_load_and_unload(repo: Path) -> None:
+    async def scenario() -> None:
+        reg = Registry(repo, Metrics())
+        await reg.start()
+        await reg.unload("ident")
+        with pytest.raises(ModelNotReady, match="unloaded"):
+            reg.resolve("ident", None)
+        await reg.poll()  # an explicit unload sticks until the files change
+        with pytest.raises(ModelNotReady):
+            reg.resolve("ident", None)
+        await reg.load("ident", {"max_batch_size": 4})
+        assert reg.resolve("ident", None).config.max_batch_size == 4
+        with pytest.raises(ModelLoadError, match="max_batch_size"):
+            await reg.load("ident", {"max_batch_size": "many"})
+        with pytest.raises(NotFound):
+            await reg.load("nothing_here", None)
+        with pytest.raises(InvalidRequest):
+            await reg.load("../etc", None)
+        entries = {(e.name, e.version): e.state for e in reg.index(ready_only=False)}
+        assert entries[("add_sub", "2")] == "READY"
+        assert entries[("add_sub", "1")] == "UNAVAILABLE"
+        await reg.close()
+
+    run(scenario())
