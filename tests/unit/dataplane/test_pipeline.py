@@ -84,7 +84,7 @@ def _request(a: Any, b: Any, outputs: list[str] | None = None) -> InferenceReque
 
 
 def test_infer_returns_outputs_in_declared_dtype(setup: Any) -> None:
-    pipeline, model, runtime, metrics = setup
+    pipeline, model, _runtime, metrics = setup
     resp = asyncio.run(pipeline.infer(_request([[1, 2], [3, 4]], [[1, 1], [1, 1]]), "http"))
     assert resp.id == "req-7"
     assert resp.model_version == "1"
@@ -120,7 +120,7 @@ def test_requested_outputs_only(setup: Any) -> None:
 def test_invalid_requests_never_reach_the_model(
     setup: Any, request_: InferenceRequest, message: str
 ) -> None:
-    pipeline, model, runtime, metrics = setup
+    pipeline, _model, runtime, metrics = setup
     with pytest.raises(InvalidRequest) as info:
         asyncio.run(pipeline.infer(request_, "http"))
     assert message in info.value.message
@@ -142,7 +142,7 @@ def test_wrong_datatype_and_unknown_input(setup: Any) -> None:
 
 def test_runtime_failure_is_reported_with_first_line_and_counted(setup: Any) -> None:
     pipeline, model, *_ = setup
-    with pytest.raises(InferenceFailed, match="NaN reached the model$"):
+    with pytest.raises(InferenceFailed, match=r"NaN reached the model$"):
         asyncio.run(pipeline.infer(_request([[np.nan, 1]], [[1, 1]]), "http"))
     assert model.stats.fail.count == 1
 
