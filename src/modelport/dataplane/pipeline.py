@@ -7,6 +7,7 @@ once, for HTTP and gRPC alike. No I/O of its own.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 
@@ -15,6 +16,9 @@ from modelport.dataplane.validate import check_request
 from modelport.errors import ModelportError
 from modelport.observability.metrics import Metrics
 from modelport.types import DTYPES, InferenceRequest, InferenceResponse, Tensor
+
+
+log = logging.getLogger("modelport.inference")
 
 
 class Pipeline:
@@ -43,8 +47,30 @@ class Pipeline:
             response = await self._compute(model, request, start)
         except ModelportError as exc:
             self.metrics.failures.labels(*labels, type(exc).__name__).inc()
+            log.info(
+                "inference refused",
+                extra={
+                    "request_id": request.id,
+                    "model": model.name,
+                    "version": model.version,
+                    "protocol": protocol,
+                    "error": exc.message,
+                },
+            )
             raise
-        self.metrics.request_duration.labels(*labels).observe((self._clock() - start) / 1e9)
+        elapsed = (self._clock() - start) / 1e9
+        self.metrics.request_duration.labels(*labels).observe(elapsed)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "inference",
+                extra={
+                    "request_id": request.id,
+                    "model": model.name,
+                    "version": model.version,
+                    "protocol": protocol,
+                    "seconds": elapsed,
+                },
+            )
         return response
 
     async def _compute(
