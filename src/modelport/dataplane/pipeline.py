@@ -17,7 +17,6 @@ from modelport.errors import ModelportError
 from modelport.observability.metrics import Metrics
 from modelport.types import DTYPES, InferenceRequest, InferenceResponse, Tensor
 
-
 log = logging.getLogger("modelport.inference")
 
 
