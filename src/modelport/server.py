@@ -25,6 +25,7 @@ from modelport.dataplane.pipeline import Pipeline
 from modelport.dataplane.transport.context import TransportContext
 from modelport.dataplane.transport.grpc.server import build_grpc_server, mark_serving
 from modelport.dataplane.transport.http.app import build_app, build_metrics_app
+from modelport.dataplane.transport.http.protocol import JsonErrorHttpToolsProtocol
 from modelport.observability.metrics import Metrics
 
 log = logging.getLogger("modelport.server")
@@ -47,7 +48,7 @@ def _uvicorn(app: object, config: ServerConfig, port: int) -> _Uvicorn:
             host=config.host,
             port=port,
             loop="none",
-            http="httptools",
+            http=JsonErrorHttpToolsProtocol,
             lifespan="off",
             access_log=False,
             log_config=None,

@@ -17,6 +17,7 @@ from typing import Any
 
 import msgspec
 
+from modelport.dataplane.codec.jsonbody import decode_json
 from modelport.dataplane.codec.parameters import apply_request_parameters
 from modelport.dataplane.codec.tensors import (
     array_from_buffer,
@@ -90,12 +91,7 @@ def decode_request(
                 f"{len(view)} bytes"
             )
         header, binary = view[:header_length], view[header_length:]
-    try:
-        parsed = _request_decoder.decode(header)
-    except msgspec.ValidationError as exc:
-        raise InvalidRequest(f"request JSON: {exc}") from None
-    except msgspec.DecodeError as exc:
-        raise InvalidRequest(f"malformed request JSON: {exc}") from None
+    parsed: RequestBody = decode_json(header, _request_decoder)
 
     tensors: list[Tensor] = []
     seen: set[str] = set()

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import msgspec
-
+from modelport.dataplane.codec.jsonbody import decode_json
 from modelport.errors import InvalidRequest, Unsupported
 
 
@@ -24,9 +23,9 @@ def load_config_parameter(parameters: Any) -> dict[str, Any] | None:
     if not isinstance(raw, str):
         raise InvalidRequest("parameter 'config' must be a string holding a JSON object")
     try:
-        config = msgspec.json.decode(raw)
-    except msgspec.DecodeError as exc:
-        raise InvalidRequest(f"parameter 'config' is not valid JSON: {exc}") from None
+        config = decode_json(raw)
+    except InvalidRequest as exc:
+        raise InvalidRequest(f"parameter 'config': {exc.message}") from None
     if not isinstance(config, dict):
         raise InvalidRequest("parameter 'config' must hold a JSON object")
     return config

@@ -40,7 +40,7 @@ def check_shape(shape: Any, max_elements: int, where: str) -> tuple[int, ...]:
                 f"{where}: shape {list(shape)} has {d!r}; dimensions are non-negative integers"
             )
     count = math.prod(shape)
-    if count > max_elements:
+    if count > max_elements or any(d > max_elements for d in shape):
         raise InvalidRequest(
             f"{where}: shape {list(shape)} claims {count} elements, more than the limit "
             f"of {max_elements}"
@@ -152,6 +152,9 @@ def array_from_json(data: Any, datatype: str, shape: tuple[int, ...], where: str
     kind: str = raw.dtype.kind
     if count == 0:
         kind = "n"
+    if kind in ("i", "u", "f") and _contains_bool(data):
+        # numpy silently turns true/false among numbers into 1/0.
+        raise InvalidRequest(f"{where}: {datatype} data must be numbers, got a boolean")
     if datatype == "BOOL":
         if kind not in ("b", "n"):
             raise InvalidRequest(f"{where}: BOOL data must be true/false, got {raw.dtype.name}")
@@ -220,3 +223,15 @@ def _exact_uint64(data: list[Any], where: str) -> Array:
     if any(v < 0 or v >= 1 << 64 for v in flat):
         raise InvalidRequest(f"{where}: value out of range for UINT64")
     return np.asarray(data, dtype=np.uint64)
+
+
+def _contains_bool(data: list[Any]) -> bool:
+    stack = [data]
+    while stack:
+        items = stack.pop()
+        types = set(map(type, items))
+        if bool in types:
+            return True
+        if list in types:
+            stack.extend(x for x in items if type(x) is list)
+    return False

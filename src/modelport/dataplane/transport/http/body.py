@@ -19,7 +19,7 @@ from modelport.errors import InvalidRequest, PayloadTooLarge, Unsupported
 async def read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.isdigit():
+        if not (declared.isascii() and declared.isdigit()):
             raise InvalidRequest(f"Content-Length {declared!r} is not a number")
         if int(declared) > limit:
             raise PayloadTooLarge(
@@ -58,6 +58,10 @@ def _inflate(body: bytes, encoding: str, limit: int) -> bytes:
             raise InvalidRequest(f"body is not valid {encoding} data: {exc}") from None
     if len(out) > limit:
         raise PayloadTooLarge(f"decompressed request body is over the limit of {limit} bytes")
+    if inflater.eof and inflater.unused_data:
+        raise InvalidRequest(
+            f"body has {len(inflater.unused_data)} bytes after the {encoding} data"
+        )
     return out
 
 

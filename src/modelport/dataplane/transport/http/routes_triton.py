@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from modelport.dataplane.codec.jsonbody import decode_json
 from modelport.dataplane.codec.repository import load_config_parameter
 from modelport.dataplane.transport.context import TransportContext
 from modelport.dataplane.transport.http.body import read_body
@@ -22,10 +22,7 @@ async def _json_body(request: Request) -> dict[str, Any]:
     body = await read_body(request, _SMALL_BODY)
     if not body.strip():
         return {}
-    try:
-        value = msgspec.json.decode(body)
-    except msgspec.DecodeError as exc:
-        raise InvalidRequest(f"malformed request JSON: {exc}") from None
+    value = decode_json(body)
     if not isinstance(value, dict):
         raise InvalidRequest("request body must be a JSON object")
     return value

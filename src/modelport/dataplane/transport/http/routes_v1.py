@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from modelport.dataplane.codec.jsonbody import decode_json
 from modelport.dataplane.codec.tensors import array_from_json, array_to_json, check_shape
 from modelport.dataplane.table import ModelVersion
 from modelport.dataplane.transport.context import TransportContext
@@ -68,10 +68,7 @@ def routes(ctx: TransportContext) -> list[Route]:
     async def predict(request: Request) -> Response:
         model = ctx.pipeline.resolve(request.path_params["model"], None)
         raw = await read_body(request, ctx.max_body_bytes)
-        try:
-            body = msgspec.json.decode(raw)
-        except msgspec.DecodeError as exc:
-            raise InvalidRequest(f"malformed request JSON: {exc}") from None
+        body = decode_json(raw)
         inputs = decode_v1(model, body, ctx.max_elements)
         req = InferenceRequest(model.name, model.version, inputs)
         resp = await ctx.pipeline.infer(req, "http")

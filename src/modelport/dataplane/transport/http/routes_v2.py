@@ -46,7 +46,8 @@ def header_length(request: Request) -> int | None:
     raw = request.headers.get(HEADER_LENGTH)
     if raw is None:
         return None
-    if not raw.strip().isdigit():
+    raw = raw.strip()
+    if not (raw.isascii() and raw.isdigit()):
         raise InvalidRequest(
             f"Inference-Header-Content-Length {raw!r} is not a non-negative integer"
         )
