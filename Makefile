@@ -27,8 +27,11 @@ protos: $(STAMP)
 serve: venv
 	$(VENV)/bin/modelport serve $(ARGS)
 
+# Unit and integration tests run as two processes: tritonclient.grpc and
+# modelport's own protobuf modules both define inference.* and cannot share one.
 test: venv
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check .

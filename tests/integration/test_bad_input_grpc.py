@@ -152,7 +152,9 @@ def test_unknown_model_or_version_is_not_found(
     assert_serving(server, stub)
 
 
-@pytest.mark.parametrize("rpc", ["ModelMetadata", "ModelReady", "ModelConfig"])
+# ModelReady is the exception: an unknown model is simply not ready (ready=false),
+# which is what tritonclient's is_model_ready expects; test_grpc_client covers it.
+@pytest.mark.parametrize("rpc", ["ModelMetadata", "ModelConfig"])
 def test_unknown_model_metadata_is_not_found(server: Server, stub: Any, rpc: str) -> None:
     message_class = getattr(service_pb2, f"{rpc}Request")
     with pytest.raises(grpc.RpcError) as info:

@@ -18,7 +18,7 @@ import numpy as np
 import onnxruntime as ort
 
 from modelport.config.model import ModelConfig
-from modelport.errors import ModelLoadError
+from modelport.errors import InvalidRequest, ModelLoadError
 from modelport.types import Array, ModelSignature, TensorSpec
 
 log = logging.getLogger("modelport.runtime.onnx")
@@ -151,9 +151,8 @@ class OnnxRuntime:
     def predict(self, inputs: Mapping[str, Array], outputs: Sequence[str]) -> dict[str, Array]:
         feed: dict[str, Array] = dict(inputs)
         for name in self._string_inputs:
-            # ONNX Runtime wants str elements for string tensors; the wire gives bytes.
-            arr = feed[name]
-            feed[name] = np.vectorize(_as_text, otypes=[object])(arr) if arr.size else arr
+            # ONNX Runtime string tensors hold UTF-8 text (str); the wire gives bytes.
+            feed[name] = _as_text(name, feed[name])
         results = self._session.run(list(outputs), feed)
         return dict(zip(outputs, results, strict=True))
 
@@ -161,8 +160,18 @@ class OnnxRuntime:
         del self._session
 
 
-def _as_text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+def _as_text(name: str, array: Array) -> Array:
+    out = np.empty(array.shape, dtype=object)
+    flat = out.reshape(-1)
+    for i, value in enumerate(array.reshape(-1)):
+        try:
+            flat[i] = value.decode("utf-8") if isinstance(value, bytes) else str(value)
+        except UnicodeDecodeError:
+            raise InvalidRequest(
+                f"input {name!r}: BYTES element {i} is not valid UTF-8; ONNX Runtime "
+                "string tensors hold UTF-8 text"
+            ) from None
+    return out
 
 
 def load_onnx(version_dir: Path, config: ModelConfig, instances: int) -> OnnxRuntime:

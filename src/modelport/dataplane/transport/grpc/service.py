@@ -65,12 +65,10 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     async def ServerReady(self, request: Any, context: Any) -> Any:
         return pb.ServerReadyResponse(ready=self.ctx.table.is_ready())
 
-    @_mapped
     async def ModelReady(self, request: Any, context: Any) -> Any:
+        # Unknown models are simply not ready here, as clients of this rpc expect.
         try:
             self.ctx.pipeline.resolve(request.name, request.version or None)
-        except NotFound:
-            raise
         except ModelportError:
             return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=True)
