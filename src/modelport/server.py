@@ -21,6 +21,7 @@ import uvicorn
 from modelport import __version__
 from modelport.config.server import ServerConfig
 from modelport.controlplane.registry import Registry
+from modelport.dataplane.cache import ResponseCache
 from modelport.dataplane.pipeline import Pipeline
 from modelport.dataplane.transport.context import TransportContext
 from modelport.dataplane.transport.grpc.server import build_grpc_server, mark_serving
@@ -71,10 +72,11 @@ async def serve(config: ServerConfig) -> None:
     """Run until SIGTERM/SIGINT, then stop gracefully."""
     metrics = Metrics()
     repository = repository_of(config)
-    registry = Registry(repository, metrics)
+    registry = Registry(repository, metrics, config.default_timeout)
     log.info("loading models", extra={"repository": str(repository)})
     await registry.start()
-    pipeline = Pipeline(registry, metrics)
+    cache = ResponseCache(config.cache_size) if config.cache_size > 0 else None
+    pipeline = Pipeline(registry, metrics, cache)
     ctx = TransportContext(
         pipeline=pipeline,
         table=registry,

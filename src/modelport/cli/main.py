@@ -46,6 +46,13 @@ def serve(
     max_body_bytes: Annotated[
         int | None, typer.Option(help="Largest request body in bytes (default 64 MiB).")
     ] = None,
+    default_timeout: Annotated[
+        float | None,
+        typer.Option(help="Seconds a request may wait in a queue when nothing else sets it."),
+    ] = None,
+    cache_size: Annotated[
+        int | None, typer.Option(help="Response cache size in bytes (0: off).")
+    ] = None,
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning or error.")] = None,
 ) -> None:
     """Serve a model repository over REST and gRPC."""
@@ -60,6 +67,8 @@ def serve(
         "metrics_port": metrics_port,
         "poll_interval": poll_interval,
         "max_body_bytes": max_body_bytes,
+        "default_timeout": default_timeout,
+        "cache_size": cache_size,
         "log_level": log_level,
     }
     try:

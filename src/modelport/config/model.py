@@ -176,6 +176,11 @@ class ModelportOptions(_Strict):
     """modelport's own additions to a model's configuration."""
 
     description: str = ""
+    batching: bool = True
+    """Batch queued requests greedily when max_batch_size > 0, even without a
+    ``dynamic_batching`` section; false runs every request on its own."""
+    batch_key: str | None = None
+    """A request parameter whose differing values never share a batch."""
 
 
 class ModelConfig(_Strict):

@@ -40,6 +40,11 @@ class ServerConfig(BaseModel):
     """Largest request body (HTTP) or message (gRPC) accepted, in bytes."""
     max_elements: int = Field(default=1 << 28, gt=0)
     """Most elements one input tensor may claim, checked before any allocation."""
+    default_timeout: float | None = Field(default=None, gt=0)
+    """Seconds a request may wait in a model's queue when neither the request
+    (Triton's ``timeout`` parameter) nor the model's queue policy sets one."""
+    cache_size: int = Field(default=0, ge=0)
+    """Bytes of the response cache shared by models with ``response_cache.enable``; 0 is off."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Threshold of the structured JSON log."""
     shutdown_grace: float = Field(default=30.0, ge=0)

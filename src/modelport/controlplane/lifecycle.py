@@ -17,9 +17,12 @@ from modelport.controlplane.repository.autoconfig import (
     complete_config,
     signature_of,
 )
+from modelport.controlplane.warmup import warm_up
 from modelport.dataplane.runtime import runtime_loader
-from modelport.dataplane.scheduling.instances import InstancePool
+from modelport.dataplane.scheduling.policy import scheduling_policy
+from modelport.dataplane.scheduling.scheduler import Scheduler
 from modelport.dataplane.table import ModelVersion
+from modelport.observability.statistics import ModelStatistics
 
 log = logging.getLogger("modelport.lifecycle")
 
@@ -35,7 +38,12 @@ def instance_count(config: ModelConfig) -> int:
 
 
 def load_version(
-    name: str, version: int, version_dir: Path, config: ModelConfig, source: str
+    name: str,
+    version: int,
+    version_dir: Path,
+    config: ModelConfig,
+    source: str,
+    server_timeout_s: float | None = None,
 ) -> ModelVersion:
     """Build a ready version; raises ModelLoadError or ConfigError with the reason."""
     config = choose_backend(config, source)
@@ -50,13 +58,30 @@ def load_version(
     if not config.instance_group:
         group = InstanceGroup(name=name, kind="KIND_CPU", count=1)
         config = config.model_copy(update={"instance_group": [group]})
-    pool = InstancePool(runtime, count, f"{name}-v{version}")
-    log.info("model version ready", extra={"model": name, "version": version, "instances": count})
+    signature = signature_of(config)
+    try:
+        warmed = warm_up(runtime.predict, config, signature, version_dir.parent)
+    except Exception:
+        runtime.unload()
+        raise
+    stats = ModelStatistics()
+    scheduler = Scheduler(
+        runtime,
+        scheduling_policy(config, server_timeout_s),
+        count,
+        f"{name}-v{version}",
+        on_execution=stats.record_execution,
+    )
+    log.info(
+        "model version ready",
+        extra={"model": name, "version": version, "instances": count, "warmup_runs": warmed},
+    )
     return ModelVersion(
         name=name,
         version=str(version),
         platform=config.platform,
-        signature=signature_of(config),
+        signature=signature,
         config=config,
-        instances=pool,
+        scheduler=scheduler,
+        stats=stats,
     )

@@ -57,9 +57,12 @@ class ModelRecord:
 class Registry:
     """Implements the data plane's ModelTable and RepositoryControl protocols."""
 
-    def __init__(self, repository: Path, metrics: Metrics) -> None:
+    def __init__(
+        self, repository: Path, metrics: Metrics, default_timeout: float | None = None
+    ) -> None:
         self.repository = repository
         self.metrics = metrics
+        self.default_timeout = default_timeout
         self._records: dict[str, ModelRecord] = {}
         self._serving: dict[str, dict[str, ModelVersion]] = {}
         self._default: dict[str, ModelVersion] = {}
@@ -271,7 +274,13 @@ class Registry:
         origin = str(source.config_file or source.path)
         try:
             model = await asyncio.to_thread(
-                load_version, name, version, source.versions[version], config, origin
+                load_version,
+                name,
+                version,
+                source.versions[version],
+                config,
+                origin,
+                self.default_timeout,
             )
         except ModelportError as exc:
             log.error(
@@ -290,7 +299,7 @@ class Registry:
         self._publish(name, {**self._serving.get(name, {}), str(version): model})
         record.versions[version] = VersionRecord(READY, "", fingerprint)
         if old is not None:
-            await old.instances.drain_and_close()
+            await old.scheduler.drain_and_close()
 
     async def _retire(self, name: str, versions: set[str]) -> None:
         if not versions:
@@ -299,7 +308,7 @@ class Registry:
         leaving = [current[v] for v in versions if v in current]
         self._publish(name, {v: m for v, m in current.items() if v not in versions})
         for model in leaving:
-            await model.instances.drain_and_close()
+            await model.scheduler.drain_and_close()
             record = self._records.get(name)
             if record is not None and int(model.version) in record.versions:
                 record.versions[int(model.version)].state = UNAVAILABLE

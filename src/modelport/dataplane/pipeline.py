@@ -11,11 +11,12 @@ import logging
 import time
 from collections.abc import Callable
 
+from modelport.dataplane.cache import ResponseCache, cache_key
 from modelport.dataplane.table import ModelTable, ModelVersion
 from modelport.dataplane.validate import check_request
 from modelport.errors import ModelportError
 from modelport.observability.metrics import Metrics
-from modelport.types import DTYPES, InferenceRequest, InferenceResponse, Tensor
+from modelport.types import DTYPES, Array, InferenceRequest, InferenceResponse, Tensor
 
 log = logging.getLogger("modelport.inference")
 
@@ -27,10 +28,12 @@ class Pipeline:
         self,
         table: ModelTable,
         metrics: Metrics,
+        cache: ResponseCache | None = None,
         clock: Callable[[], int] = time.perf_counter_ns,
     ) -> None:
         self.table = table
         self.metrics = metrics
+        self.cache = cache
         self._clock = clock
 
     def resolve(self, name: str, version: str | None) -> ModelVersion:
@@ -77,31 +80,57 @@ class Pipeline:
     ) -> InferenceResponse:
         samples = check_request(model, request)
         wanted = (
-            [o.name for o in request.outputs] if request.outputs is not None else model.output_names
+            tuple(o.name for o in request.outputs)
+            if request.outputs is not None
+            else model.output_names
         )
+        key = None
+        if self.cache is not None and model.cached:
+            key = cache_key(model.name, model.version, request.inputs, wanted)
+            hit = self.cache.get(key)
+            if hit is not None:
+                model.stats.record_cache_hit(self._clock() - start)
+                self.metrics.cache.labels(model.name, model.version, "hit").inc()
+                return self._response(model, request, hit, wanted)
         feeds = {t.name: t.data for t in request.inputs}
         prepared = self._clock()
+        group = request.parameters.get(model.batch_key) if model.batch_key else None
         try:
-            ex = await model.instances.run(feeds, wanted)
+            ex = await model.scheduler.submit(
+                feeds, wanted, samples, request.priority, request.timeout_us, group
+            )
         except ModelportError:
             model.stats.record_failure(self._clock() - start)
             raise
         finished = self._clock()
-        outputs = []
-        for name in wanted:
-            array = ex.outputs[name]
-            datatype = model.outputs[name].datatype
-            want = DTYPES[datatype]
-            if datatype != "BYTES" and array.dtype != want:
-                array = array.astype(want)
-            outputs.append(Tensor(name, datatype, array.shape, array))
+        response = self._response(model, request, ex.outputs, wanted)
+        if key is not None and self.cache is not None:
+            self.cache.put(key, ex.outputs)
+            model.stats.record_cache_miss(self._clock() - finished)
+            self.metrics.cache.labels(model.name, model.version, "miss").inc()
         done = self._clock()
-        input_ns = prepared - start
-        output_ns = done - finished
-        model.stats.record_execution(samples, input_ns, ex.infer_ns, output_ns)
+        input_ns = prepared - start + ex.input_ns
+        output_ns = done - finished + ex.output_ns
         model.stats.record_success(
             done - start, ex.queue_ns, input_ns, ex.infer_ns, output_ns, samples
         )
         self.metrics.queue_duration.labels(model.name, model.version).observe(ex.queue_ns / 1e9)
         self.metrics.compute_duration.labels(model.name, model.version).observe(ex.infer_ns / 1e9)
+        return response
+
+    @staticmethod
+    def _response(
+        model: ModelVersion,
+        request: InferenceRequest,
+        arrays: dict[str, Array],
+        wanted: tuple[str, ...],
+    ) -> InferenceResponse:
+        outputs = []
+        for name in wanted:
+            array = arrays[name]
+            datatype = model.outputs[name].datatype
+            want = DTYPES[datatype]
+            if datatype != "BYTES" and array.dtype != want:
+                array = array.astype(want)
+            outputs.append(Tensor(name, datatype, array.shape, array))
         return InferenceResponse(model.name, model.version, outputs, id=request.id)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from modelport.config.model import ModelConfig
-from modelport.dataplane.scheduling.instances import InstancePool
+from modelport.dataplane.scheduling.scheduler import Scheduler
 from modelport.observability.statistics import ModelStatistics
 from modelport.types import ModelSignature, TensorSpec
 
@@ -26,16 +26,21 @@ class ModelVersion:
     platform: str
     signature: ModelSignature
     config: ModelConfig
-    instances: InstancePool
-    stats: ModelStatistics = field(default_factory=ModelStatistics)
+    scheduler: Scheduler
+    stats: ModelStatistics
     inputs: dict[str, TensorSpec] = field(init=False)
     outputs: dict[str, TensorSpec] = field(init=False)
     output_names: tuple[str, ...] = field(init=False)
+    cached: bool = field(init=False)
+    """Whether responses are cached (Triton's ``response_cache.enable``)."""
+    batch_key: str | None = field(init=False)
 
     def __post_init__(self) -> None:
         self.inputs = {s.name: s for s in self.signature.inputs}
         self.outputs = {s.name: s for s in self.signature.outputs}
         self.output_names = tuple(self.outputs)
+        self.cached = self.config.response_cache is not None and self.config.response_cache.enable
+        self.batch_key = self.config.modelport.batch_key
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,9 +51,15 @@ class Metrics:
         )
         self.compute_duration = Histogram(
             "modelport_compute_duration_seconds",
-            "Time a model instance spent computing one batch, in seconds.",
+            "Time the model computed the batch each request was part of, in seconds.",
             ("model", "version"),
             buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.cache = Counter(
+            "modelport_response_cache",
+            "Response cache lookups, by model, version and result (hit or miss).",
+            ("model", "version", "result"),
             registry=self.registry,
         )
         self.models_loaded = Gauge(

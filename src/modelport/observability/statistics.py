@@ -71,6 +71,16 @@ class ModelStatistics:
         self.inference_count += samples
         self.last_inference_ms = time.time_ns() // 1_000_000
 
+    def record_cache_hit(self, lookup_ns: int) -> None:
+        """A request answered from the response cache (not an inference)."""
+        self.cache_hit.add(lookup_ns)
+        self.success.add(lookup_ns)
+        self.last_inference_ms = time.time_ns() // 1_000_000
+
+    def record_cache_miss(self, insert_ns: int) -> None:
+        """A cacheable request that had to compute; ``insert_ns`` is the cache's cost."""
+        self.cache_miss.add(insert_ns)
+
     def record_failure(self, total_ns: int) -> None:
         """One request that reached the model and failed there or in its queue."""
         self.fail.add(total_ns)

@@ -11,10 +11,12 @@ import pytest
 
 from modelport.config.model import parse_model_config
 from modelport.dataplane.pipeline import Pipeline
-from modelport.dataplane.scheduling.instances import InstancePool
+from modelport.dataplane.scheduling.policy import scheduling_policy
+from modelport.dataplane.scheduling.scheduler import Scheduler
 from modelport.dataplane.table import ModelVersion
 from modelport.errors import InferenceFailed, InvalidRequest, ModelNotReady, NotFound
 from modelport.observability.metrics import Metrics
+from modelport.observability.statistics import ModelStatistics
 from modelport.types import InferenceRequest, ModelSignature, RequestedOutput, Tensor, TensorSpec
 
 SIGNATURE = ModelSignature(
@@ -67,7 +69,11 @@ class Table:
 def setup() -> tuple[Pipeline, ModelVersion, AddSub, Metrics]:
     runtime = AddSub()
     config = parse_model_config({"max_batch_size": 4}, "t")
-    model = ModelVersion("m", "1", "fake", SIGNATURE, config, InstancePool(runtime, 1, "t"))
+    stats = ModelStatistics()
+    scheduler = Scheduler(
+        runtime, scheduling_policy(config, None), 1, "t", on_execution=stats.record_execution
+    )
+    model = ModelVersion("m", "1", "fake", SIGNATURE, config, scheduler, stats)
     metrics = Metrics()
     return Pipeline(Table(model), metrics), model, runtime, metrics
 
@@ -159,7 +165,7 @@ def test_draining_pool_refuses_new_work_and_unloads(setup: Any) -> None:
     pipeline, model, runtime, _ = setup
 
     async def scenario() -> None:
-        await model.instances.drain_and_close()
+        await model.scheduler.drain_and_close()
         with pytest.raises(Exception, match="being unloaded"):
             await pipeline.infer(_request([[1, 2]], [[1, 1]]), "http")
 

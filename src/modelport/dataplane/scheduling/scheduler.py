@@ -1,0 +1,294 @@
+"""The scheduler of one model version: queue → batch → instance → split.
+
+Event-driven, with no task of its own: ``_pump`` runs whenever something
+changes (a request arrives, an instance finishes, a batching delay ends) and
+starts as many batches as there are free instances. Instances are threads
+(ONNX Runtime releases the GIL); a finished batch comes back to the event
+loop as a callback that splits the outputs by rows and answers each caller.
+
+Invariants:
+
+- a request's rows go to exactly one execution and its caller gets exactly
+  those rows back (outputs are sliced by each request's row offsets);
+- a request past its deadline is answered DeadlineExceeded before compute,
+  by a timer, so no request waits longer than its timeout in the queue;
+- a caller that goes away (cancelled) is dropped from the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from modelport.dataplane.runtime.base import Runtime
+from modelport.dataplane.scheduling.batcher import choose_batch
+from modelport.dataplane.scheduling.policy import SchedulingPolicy
+from modelport.dataplane.scheduling.queue import LevelQueues, Pending
+from modelport.errors import (
+    DeadlineExceeded,
+    InferenceFailed,
+    InvalidRequest,
+    ModelportError,
+    Unavailable,
+)
+from modelport.types import Array
+
+
+@dataclass(slots=True)
+class Execution:
+    """One request's share of a runtime call, with the call's timings (ns)."""
+
+    outputs: dict[str, Array]
+    queue_ns: int
+    input_ns: int
+    infer_ns: int
+    output_ns: int
+    batch_rows: int
+
+
+@dataclass(slots=True)
+class _Result:
+    outputs: dict[str, Array] | None
+    error: ModelportError | None
+    input_ns: int
+    infer_ns: int
+
+
+ExecutionRecorder = Callable[[int, int, int, int], None]
+
+
+class Scheduler:
+    """Queues, batches and runs requests for one loaded model version."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        policy: SchedulingPolicy,
+        instances: int,
+        label: str,
+        on_execution: ExecutionRecorder | None = None,
+        clock: Callable[[], int] = time.perf_counter_ns,
+    ) -> None:
+        self.runtime = runtime
+        self.policy = policy
+        self.instances = instances
+        self._executor = ThreadPoolExecutor(max_workers=instances, thread_name_prefix=label)
+        self._queues = LevelQueues(len(policy.levels))
+        self._free = instances
+        self._clock = clock
+        self._on_execution = on_execution
+        self._wake: asyncio.TimerHandle | None = None
+        self._wake_at: int | None = None
+        self._running = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._closing = False
+
+    @property
+    def queued(self) -> int:
+        return len(self._queues)
+
+    # ------------------------------------------------------------ requests
+
+    async def submit(
+        self,
+        inputs: dict[str, Array],
+        outputs: Sequence[str],
+        rows: int,
+        priority: int = 0,
+        timeout_us: int | None = None,
+        group: Any = None,
+    ) -> Execution:
+        """Queue one request and wait for its rows of the result."""
+        if self._closing:
+            raise Unavailable("this model version is being unloaded; retry")
+        policy = self.policy
+        level = policy.level_of(priority)
+        lp = policy.levels[level]
+        if self._queues.waiting[level] >= lp.max_queue_size:
+            raise Unavailable(
+                f"queue full: {lp.max_queue_size} requests already wait at this priority; retry"
+            )
+        loop = asyncio.get_running_loop()
+        now = self._clock()
+        deadline = policy.deadline_ns(level, timeout_us, now)
+        key: Any = None
+        if policy.batching:
+            key = (group, tuple((n, a.shape[1:], a.dtype.str) for n, a in inputs.items()))
+        pending = Pending(
+            inputs, rows, key, level, now, deadline, loop.create_future(), tuple(outputs)
+        )
+        self._queues.push(pending)
+        self._idle.clear()
+        timer = None
+        if deadline is not None and not lp.delay_on_timeout:
+            delay = (deadline - now) / 1e9
+            timer = loop.call_later(delay, self._expire, pending)
+        self._pump()
+        try:
+            result: Execution = await pending.future
+        except asyncio.CancelledError:
+            self._queues.retire(pending)
+            self._check_idle()
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+        return result
+
+    def _expire(self, p: Pending) -> None:
+        if p.done:
+            return
+        self._queues.retire(p)
+        if not p.future.done():
+            waited_ms = (self._clock() - p.enqueued_ns) / 1e6
+            p.future.set_exception(
+                DeadlineExceeded(f"request timed out after waiting {waited_ms:.1f} ms in the queue")
+            )
+        self._check_idle()
+
+    def _check_idle(self) -> None:
+        if self._running == 0 and len(self._queues) == 0:
+            self._idle.set()
+
+    # ------------------------------------------------------------ batches
+
+    def _pump(self) -> None:
+        """Start batches while an instance is free and something is due."""
+        while self._free > 0 and len(self._queues) > 0:
+            now = self._clock()
+            decision = choose_batch(list(self._queues.live()), self.policy, now)
+            if not decision.batch:
+                if decision.wake_at_ns is not None:
+                    self._wake_later(decision.wake_at_ns, now)
+                return
+            for p in decision.batch:
+                self._queues.retire(p)
+            self._free -= 1
+            self._launch(decision.batch, now)
+        self._queues.sweep()
+        self._check_idle()
+
+    def _wake_later(self, at_ns: int, now_ns: int) -> None:
+        if self._wake is not None and self._wake_at is not None and self._wake_at <= at_ns:
+            return
+        if self._wake is not None:
+            self._wake.cancel()
+        self._wake_at = at_ns
+        self._wake = asyncio.get_running_loop().call_later((at_ns - now_ns) / 1e9, self._woken)
+
+    def _woken(self) -> None:
+        self._wake = None
+        self._wake_at = None
+        self._pump()
+
+    def _launch(self, batch: Sequence[Pending], started: int) -> None:
+        names = batch[0].outputs
+        for p in batch[1:]:
+            if p.outputs != names:
+                names = tuple(dict.fromkeys((*names, *p.outputs)))
+        self._running += 1
+        loop = asyncio.get_running_loop()
+        fut = loop.run_in_executor(self._executor, self._compute, batch, names)
+        fut.add_done_callback(lambda f: self._finish(batch, started, f))
+
+    def _compute(self, batch: Sequence[Pending], names: Sequence[str]) -> _Result:
+        """Runs on an instance thread: concatenate, predict."""
+        t0 = time.perf_counter_ns()
+        if len(batch) == 1:
+            feed: Mapping[str, Array] = batch[0].inputs
+        else:
+            feed = {
+                name: np.concatenate([p.inputs[name] for p in batch], axis=0)
+                for name in batch[0].inputs
+            }
+        t1 = time.perf_counter_ns()
+        try:
+            out = self.runtime.predict(feed, names)
+        except ModelportError as exc:
+            return _Result(None, exc, t1 - t0, time.perf_counter_ns() - t1)
+        except (ValueError, TypeError) as exc:
+            err = InvalidRequest(f"model rejected the inputs: {_first_line(exc)}")
+            return _Result(None, err, t1 - t0, time.perf_counter_ns() - t1)
+        except Exception as exc:
+            err2 = InferenceFailed(f"model failed: {_first_line(exc)}")
+            return _Result(None, err2, t1 - t0, time.perf_counter_ns() - t1)
+        return _Result(out, None, t1 - t0, time.perf_counter_ns() - t1)
+
+    def _finish(self, batch: Sequence[Pending], started: int, fut: asyncio.Future[_Result]) -> None:
+        """On the event loop: split outputs by rows and answer every caller."""
+        self._free += 1
+        self._running -= 1
+        t0 = self._clock()
+        try:
+            result = fut.result()
+        except Exception as exc:  # the executor itself failed
+            result = _Result(None, InferenceFailed(f"model failed: {_first_line(exc)}"), 0, 0)
+        total_rows = sum(p.rows for p in batch)
+        error = result.error
+        outputs = result.outputs or {}
+        if error is None and len(batch) > 1:
+            bad = [n for n, a in outputs.items() if a.ndim == 0 or a.shape[0] != total_rows]
+            if bad:
+                error = InferenceFailed(
+                    f"model returned {bad[0]!r} with a first dimension other than the batch's "
+                    f"{total_rows} rows; it cannot batch (set max_batch_size: 0)"
+                )
+        split_ns = self._clock() - t0
+        if self._on_execution is not None:
+            self._on_execution(total_rows, result.input_ns, result.infer_ns, split_ns)
+        offset = 0
+        for p in batch:
+            if p.future.done():  # its caller went away meanwhile
+                offset += p.rows
+                continue
+            if error is not None:
+                p.future.set_exception(error)
+                continue
+            if len(batch) == 1:
+                mine = outputs
+            else:
+                mine = {n: a[offset : offset + p.rows] for n, a in outputs.items()}
+            offset += p.rows
+            p.future.set_result(
+                Execution(
+                    mine,
+                    started - p.enqueued_ns,
+                    result.input_ns,
+                    result.infer_ns,
+                    split_ns,
+                    total_rows,
+                )
+            )
+        self._pump()
+
+    # ------------------------------------------------------------ lifecycle
+
+    def warm(self, inputs: Mapping[str, Array], outputs: Sequence[str]) -> None:
+        """Run the runtime once, synchronously, outside the queue (load-time warm-up)."""
+        self.runtime.predict(inputs, outputs)
+
+    async def drain_and_close(self) -> None:
+        """Refuse new work, let queued and running requests finish, then release."""
+        self._closing = True
+        await self._idle.wait()
+        await asyncio.to_thread(self.close)
+
+    def close(self) -> None:
+        """Release threads and the runtime (callers made sure nothing runs)."""
+        self._closing = True
+        if self._wake is not None:
+            self._wake.cancel()
+        self._executor.shutdown(wait=True)
+        self.runtime.unload()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:500] if text else type(exc).__name__
