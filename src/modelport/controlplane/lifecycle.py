@@ -19,7 +19,7 @@ from modelport.controlplane.repository.autoconfig import (
 )
 from modelport.controlplane.warmup import warm_up
 from modelport.dataplane.runtime import runtime_loader
-from modelport.dataplane.scheduling.policy import scheduling_policy
+from modelport.dataplane.scheduling.policy import scheduling_policy, with_scheduling_shown
 from modelport.dataplane.scheduling.scheduler import Scheduler
 from modelport.dataplane.table import ModelVersion
 from modelport.observability.statistics import ModelStatistics
@@ -58,6 +58,7 @@ def load_version(
     if not config.instance_group:
         group = InstanceGroup(name=name, kind="KIND_CPU", count=1)
         config = config.model_copy(update={"instance_group": [group]})
+    config = with_scheduling_shown(config)
     signature = signature_of(config)
     try:
         warmed = warm_up(runtime.predict, config, signature, version_dir.parent)

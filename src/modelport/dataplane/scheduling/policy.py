@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from modelport.config.model import ModelConfig, QueuePolicy
+from modelport.config.model import DynamicBatching, ModelConfig, QueuePolicy
 
 #: Requests one priority level may hold when no max_queue_size is configured.
 DEFAULT_MAX_QUEUE_SIZE = 256
@@ -82,6 +82,32 @@ def _level(policy: QueuePolicy | None) -> LevelPolicy:
         allow_timeout_override=policy.allow_timeout_override,
         delay_on_timeout=policy.timeout_action == "DELAY",
     )
+
+
+def with_scheduling_shown(config: ModelConfig) -> ModelConfig:
+    """The config as served at ``/config``: batching and queue bounds in effect.
+
+    A model that batches by default gets a ``dynamic_batching`` section, and
+    queue policies without ``max_queue_size`` show the default bound, so
+    tools that read the config (perf_analyzer, dashboards) see what runs.
+    """
+    batching = config.max_batch_size > 0 and (
+        config.dynamic_batching is not None or config.modelport.batching
+    )
+    if not batching:
+        return config
+    db = config.dynamic_batching or DynamicBatching()
+    default = db.default_queue_policy or QueuePolicy()
+    if default.max_queue_size == 0:
+        default = default.model_copy(update={"max_queue_size": DEFAULT_MAX_QUEUE_SIZE})
+    levels = {
+        level: p
+        if p.max_queue_size
+        else p.model_copy(update={"max_queue_size": DEFAULT_MAX_QUEUE_SIZE})
+        for level, p in db.priority_queue_policy.items()
+    }
+    db = db.model_copy(update={"default_queue_policy": default, "priority_queue_policy": levels})
+    return config.model_copy(update={"dynamic_batching": db})
 
 
 def scheduling_policy(config: ModelConfig, server_timeout_s: float | None) -> SchedulingPolicy:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -22,6 +24,7 @@ from modelport.dataplane.transport.http.responses import (
 from modelport.errors import InvalidRequest, ModelportError
 
 HEADER_LENGTH = "inference-header-content-length"
+T = TypeVar("T")
 
 
 def tensor_metadata(model: ModelVersion) -> dict[str, Any]:
@@ -52,6 +55,28 @@ def header_length(request: Request) -> int | None:
             f"Inference-Header-Content-Length {raw!r} is not a non-negative integer"
         )
     return int(raw)
+
+
+async def infer_until_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """Await ``work``, cancelling it if the client disconnects first.
+
+    Once the body is read, the next ASGI message is the disconnect; a watcher
+    owned by this call waits for it and cancels the request, so queued work
+    for a client that left is dropped instead of computed.
+    """
+    current = asyncio.current_task()
+
+    async def watch() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        if current is not None:
+            current.cancel()
+
+    watcher = asyncio.get_running_loop().create_task(watch())
+    try:
+        return await work
+    finally:
+        watcher.cancel()
 
 
 def routes(ctx: TransportContext) -> list[Route]:
@@ -95,7 +120,7 @@ def routes(ctx: TransportContext) -> list[Route]:
         ctx.pipeline.resolve(name, version)  # unknown models fail before the body is read
         body = await read_body(request, ctx.max_body_bytes)
         req = decode_request(body, header_length(request), name, version, ctx.max_elements)
-        resp = await ctx.pipeline.infer(req, "http")
+        resp = await infer_until_disconnect(request, ctx.pipeline.infer(req, "http"))
         payload, hlen = encode_response(req, resp)
         if hlen is None:
             return body_response(request, payload, JSON)

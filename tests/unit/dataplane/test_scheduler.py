@@ -1,0 +1,229 @@
+"""The scheduler with a fake runtime: correctness first, then admission rules.
+
+A runtime that blocks on a threading.Event holds the only instance busy, so
+queue states are set up exactly, with no timing guesses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pytest
+
+from modelport.config.model import parse_model_config
+from modelport.dataplane.scheduling.policy import scheduling_policy
+from modelport.dataplane.scheduling.scheduler import Scheduler
+from modelport.errors import DeadlineExceeded, InferenceFailed, Unavailable
+from modelport.types import ModelSignature, TensorSpec
+
+
+class Doubler:
+    """y = 2x; records each batch's first column so tests see who ran when."""
+
+    native = ModelSignature(
+        (TensorSpec("x", "FP32", (-1, 2)),), (TensorSpec("y", "FP32", (-1, 2)),)
+    )
+
+    def __init__(self, gate: threading.Event | None = None, broken: bool = False) -> None:
+        self.gate = gate
+        self.batches: list[list[float]] = []
+        self.broken = broken
+        self.entered = threading.Event()
+
+    def predict(self, inputs: Mapping[str, Any], outputs: Sequence[str]) -> dict[str, Any]:
+        self.entered.set()
+        if self.gate is not None:
+            self.gate.wait(10)
+        x = inputs["x"]
+        self.batches.append(x[:, 0].tolist())
+        if self.broken:
+            return {"y": (2 * x)[:1]}
+        return {"y": 2 * x}
+
+    def unload(self) -> None:
+        pass
+
+
+def make(runtime: Doubler, instances: int = 1, **config: Any) -> Scheduler:
+    cfg = parse_model_config({"max_batch_size": 16, **config}, "t")
+    return Scheduler(runtime, scheduling_policy(cfg, None), instances, "t")
+
+
+def rows(start: float, n: int) -> np.ndarray[Any, Any]:
+    return np.stack([np.arange(start, start + n), np.full(n, -start)], axis=1).astype(np.float32)
+
+
+async def wait_entered(runtime: Doubler) -> None:
+    await asyncio.to_thread(runtime.entered.wait, 10)
+
+
+def test_parallel_callers_get_exactly_their_rows() -> None:
+    runtime = Doubler()
+    sched = make(runtime, instances=2)
+    rng = random.Random(7)
+
+    async def caller(i: int) -> None:
+        n = rng.randint(1, 4)
+        x = rows(i * 10, n)
+        ex = await sched.submit({"x": x}, ["y"], n)
+        assert ex.outputs["y"].shape == (n, 2)
+        np.testing.assert_array_equal(ex.outputs["y"], 2 * x)
+
+    async def scenario() -> None:
+        await asyncio.gather(*(caller(i) for i in range(250)))
+
+    asyncio.run(scenario())
+    assert sum(len(b) for b in runtime.batches) >= 250
+    assert len(runtime.batches) < 250  # requests were batched together
+    assert max(len(b) for b in runtime.batches) <= 16
+    sched.close()
+
+
+def test_different_inner_shapes_or_groups_never_mix() -> None:
+    gate = threading.Event()
+    runtime = Doubler(gate)
+    sched = make(runtime)
+
+    async def scenario() -> list[Any]:
+        first = asyncio.ensure_future(sched.submit({"x": rows(0, 1)}, ["y"], 1))
+        await wait_entered(runtime)
+        rest = [
+            asyncio.ensure_future(sched.submit({"x": rows(1, 1)}, ["y"], 1, group="a")),
+            asyncio.ensure_future(sched.submit({"x": rows(2, 1)}, ["y"], 1, group="b")),
+            asyncio.ensure_future(sched.submit({"x": rows(3, 1)}, ["y"], 1, group="a")),
+            asyncio.ensure_future(sched.submit({"x": np.ones((1, 3), np.float32)}, ["y"], 1)),
+        ]
+        await asyncio.sleep(0)
+        gate.set()
+        await first
+        return await asyncio.gather(*rest)
+
+    results = asyncio.run(scenario())
+    assert [r.outputs["y"][0, 0] for r in results] == [2, 4, 6, 2]
+    assert results[3].outputs["y"].shape == (1, 3)
+    assert runtime.batches[1:] == [[1.0, 3.0], [2.0], [1.0]]
+
+
+def test_full_queue_is_refused_at_once() -> None:
+    gate = threading.Event()
+    runtime = Doubler(gate)
+    sched = make(runtime, dynamic_batching={"default_queue_policy": {"max_queue_size": 2}})
+
+    async def scenario() -> None:
+        first = asyncio.ensure_future(sched.submit({"x": rows(0, 16)}, ["y"], 16))
+        await wait_entered(runtime)
+        queued = [asyncio.ensure_future(sched.submit({"x": rows(1, 16)}, ["y"], 16)) for _ in "ab"]
+        await asyncio.sleep(0)
+        with pytest.raises(Unavailable, match="queue full"):
+            await sched.submit({"x": rows(2, 1)}, ["y"], 1)
+        gate.set()
+        await asyncio.gather(first, *queued)
+
+    asyncio.run(scenario())
+
+
+def test_deadline_drops_a_queued_request_before_compute() -> None:
+    gate = threading.Event()
+    runtime = Doubler(gate)
+    sched = make(runtime)
+
+    async def scenario() -> None:
+        first = asyncio.ensure_future(sched.submit({"x": rows(0, 16)}, ["y"], 16))
+        await wait_entered(runtime)
+        with pytest.raises(DeadlineExceeded, match="timed out"):
+            await sched.submit({"x": rows(5, 1)}, ["y"], 1, timeout_us=1000)
+        gate.set()
+        await first
+
+    asyncio.run(scenario())
+    assert [5.0] not in runtime.batches
+
+
+def test_cancelled_callers_are_dropped_from_the_queue() -> None:
+    gate = threading.Event()
+    runtime = Doubler(gate)
+    sched = make(runtime)
+
+    async def scenario() -> None:
+        first = asyncio.ensure_future(sched.submit({"x": rows(0, 16)}, ["y"], 16))
+        await wait_entered(runtime)
+        gone = asyncio.ensure_future(sched.submit({"x": rows(7, 1)}, ["y"], 1))
+        stays = asyncio.ensure_future(sched.submit({"x": rows(8, 1)}, ["y"], 1))
+        await asyncio.sleep(0)
+        assert sched.queued == 2
+        gone.cancel()
+        await asyncio.sleep(0)
+        assert sched.queued == 1
+        gate.set()
+        await first
+        assert (await stays).outputs["y"][0, 0] == 16
+
+    asyncio.run(scenario())
+    assert runtime.batches[-1] == [8.0]
+
+
+def test_higher_priority_runs_first() -> None:
+    gate = threading.Event()
+    runtime = Doubler(gate)
+    sched = make(
+        runtime,
+        max_batch_size=0,
+        dynamic_batching={"priority_levels": 2, "default_priority_level": 2},
+    )
+
+    async def scenario() -> None:
+        first = asyncio.ensure_future(sched.submit({"x": rows(0, 1)}, ["y"], 1))
+        await wait_entered(runtime)
+        low = asyncio.ensure_future(sched.submit({"x": rows(1, 1)}, ["y"], 1))
+        high = asyncio.ensure_future(sched.submit({"x": rows(2, 1)}, ["y"], 1, priority=1))
+        await asyncio.sleep(0)
+        gate.set()
+        await asyncio.gather(first, low, high)
+
+    asyncio.run(scenario())
+    assert runtime.batches == [[0.0], [2.0], [1.0]]
+
+
+def test_a_model_that_cannot_batch_fails_its_batch_clearly() -> None:
+    gate = threading.Event()
+    runtime = Doubler(gate, broken=True)
+    sched = make(runtime)
+
+    async def scenario() -> None:
+        first = asyncio.ensure_future(sched.submit({"x": rows(0, 1)}, ["y"], 1))
+        await wait_entered(runtime)
+        pair = [asyncio.ensure_future(sched.submit({"x": rows(i, 1)}, ["y"], 1)) for i in (1, 2)]
+        await asyncio.sleep(0)
+        gate.set()
+        await first
+        for p in pair:
+            with pytest.raises(InferenceFailed, match="cannot batch"):
+                await p
+
+    asyncio.run(scenario())
+
+
+def test_drain_finishes_queued_work_then_refuses() -> None:
+    gate = threading.Event()
+    runtime = Doubler(gate)
+    sched = make(runtime)
+
+    async def scenario() -> None:
+        work = [
+            asyncio.ensure_future(sched.submit({"x": rows(i, 16)}, ["y"], 16)) for i in range(3)
+        ]
+        await wait_entered(runtime)
+        drain = asyncio.ensure_future(sched.drain_and_close())
+        await asyncio.sleep(0)
+        with pytest.raises(Unavailable, match="being unloaded"):
+            await sched.submit({"x": rows(9, 1)}, ["y"], 1)
+        gate.set()
+        await drain
+        assert all(w.done() and not w.exception() for w in work)
+
+    asyncio.run(scenario())
