@@ -15,7 +15,7 @@ from modelport.dataplane.cache import ResponseCache, cache_key
 from modelport.dataplane.table import ModelTable, ModelVersion
 from modelport.dataplane.validate import check_request
 from modelport.errors import ModelportError
-from modelport.observability.metrics import Metrics
+from modelport.observability.metrics import Metrics, ModelMetrics
 from modelport.types import DTYPES, Array, InferenceRequest, InferenceResponse, Tensor
 
 log = logging.getLogger("modelport.inference")
@@ -43,12 +43,14 @@ class Pipeline:
         """Serve one request; raises a ModelportError subclass on any refusal."""
         start = self._clock()
         model = self.table.resolve(request.model_name, request.model_version)
-        labels = (model.name, model.version, protocol)
-        self.metrics.requests.labels(*labels).inc()
+        series = self.metrics.for_model(model.name, model.version, protocol)
+        series.requests.inc()
         try:
-            response = await self._compute(model, request, start)
+            response = await self._compute(model, request, start, series)
         except ModelportError as exc:
-            self.metrics.failures.labels(*labels, type(exc).__name__).inc()
+            self.metrics.failures.labels(
+                model.name, model.version, protocol, type(exc).__name__
+            ).inc()
             log.info(
                 "inference refused",
                 extra={
@@ -61,7 +63,7 @@ class Pipeline:
             )
             raise
         elapsed = (self._clock() - start) / 1e9
-        self.metrics.request_duration.labels(*labels).observe(elapsed)
+        series.request_duration.observe(elapsed)
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "inference",
@@ -76,7 +78,7 @@ class Pipeline:
         return response
 
     async def _compute(
-        self, model: ModelVersion, request: InferenceRequest, start: int
+        self, model: ModelVersion, request: InferenceRequest, start: int, series: ModelMetrics
     ) -> InferenceResponse:
         samples = check_request(model, request)
         wanted = (
@@ -114,8 +116,8 @@ class Pipeline:
         model.stats.record_success(
             done - start, ex.queue_ns, input_ns, ex.infer_ns, output_ns, samples
         )
-        self.metrics.queue_duration.labels(model.name, model.version).observe(ex.queue_ns / 1e9)
-        self.metrics.compute_duration.labels(model.name, model.version).observe(ex.infer_ns / 1e9)
+        series.queue_duration.observe(ex.queue_ns / 1e9)
+        series.compute_duration.observe(ex.infer_ns / 1e9)
         return response
 
     @staticmethod

@@ -6,6 +6,9 @@ across replicas by the monitoring system.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 #: Buckets from 100 µs to 10 s: model servers answer small models in well under 1 ms.
@@ -17,11 +20,22 @@ LATENCY_BUCKETS = (
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
+@dataclass(frozen=True, slots=True)
+class ModelMetrics:
+    """The labelled series one (model, version, protocol) writes on every request."""
+
+    requests: Any
+    request_duration: Any
+    queue_duration: Any
+    compute_duration: Any
+
+
 class Metrics:
     """The server's metrics; one instance per server, never a module global."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._children: dict[tuple[str, str, str], ModelMetrics] = {}
         labels = ("model", "version", "protocol")
         self.requests = Counter(
             "modelport_inference_requests",
@@ -67,6 +81,19 @@ class Metrics:
             "Model versions loaded and ready.",
             registry=self.registry,
         )
+
+    def for_model(self, model: str, version: str, protocol: str) -> ModelMetrics:
+        """Labelled children, looked up once per (model, version, protocol)."""
+        key = (model, version, protocol)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = ModelMetrics(
+                self.requests.labels(model, version, protocol),
+                self.request_duration.labels(model, version, protocol),
+                self.queue_duration.labels(model, version),
+                self.compute_duration.labels(model, version),
+            )
+        return found
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""

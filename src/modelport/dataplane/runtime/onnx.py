@@ -104,10 +104,14 @@ def _session_options(config: ModelConfig, instances: int) -> ort.SessionOptions:
     intra = _int_parameter(config, "intra_op_thread_count")
     inter = _int_parameter(config, "inter_op_thread_count")
     if intra is None:
-        # Several instances each running a batch at once must not each
-        # start one thread per core: split the cores between them.
-        intra = max(1, (os.cpu_count() or 1) // max(1, instances))
+        # One core stays with the event loop that decodes and encodes every
+        # request; the rest are split between the instances, so instances x
+        # threads never oversubscribes the machine. (Measured on 2 cores: an
+        # MLP served 2.3 times the requests with 1 thread than with 2.)
+        intra = max(1, ((os.cpu_count() or 1) - 1) // max(1, instances))
     opts.intra_op_num_threads = intra
+    # Idle intra-op threads spin by default, stealing the loop's core.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if inter is not None:
         opts.inter_op_num_threads = inter
     level = 0

@@ -14,10 +14,12 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp
 
 from modelport.dataplane.transport.context import TransportContext
 from modelport.dataplane.transport.http import routes_triton, routes_v1, routes_v2
 from modelport.dataplane.transport.http.errors import http_status
+from modelport.dataplane.transport.http.fastpath import InferenceFastPath, InferRoute
 from modelport.dataplane.transport.http.responses import error_response
 from modelport.errors import ModelportError
 from modelport.observability.metrics import CONTENT_TYPE, Metrics
@@ -66,12 +68,13 @@ def build_metrics_app(metrics: Metrics) -> Starlette:
     )
 
 
-def build_app(ctx: TransportContext) -> Starlette:
+def build_app(ctx: TransportContext) -> ASGIApp:
     """The REST app: OIP v2, Triton's extensions, KServe v1 and /metrics."""
-    return Starlette(
+    infer = InferRoute(ctx)
+    router = Starlette(
         routes=[
             *routes_triton.routes(ctx),
-            *routes_v2.routes(ctx),
+            *routes_v2.routes(ctx, infer),
             *routes_v1.routes(ctx),
             *metrics_routes(ctx.metrics),
         ],
@@ -81,3 +84,4 @@ def build_app(ctx: TransportContext) -> Starlette:
             Exception: _unexpected,
         },
     )
+    return InferenceFastPath(infer, router)

@@ -12,12 +12,29 @@ import gzip
 import zlib
 
 from starlette.requests import Request
+from starlette.types import Receive
 
 from modelport.errors import InvalidRequest, PayloadTooLarge, Unsupported
 
 
+class ClientDisconnected(Exception):
+    """Raised when the client goes away while its body is being read."""
+
+
 async def read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
+    """Read a Starlette request's body (see :func:`receive_body`)."""
+    return await receive_body(
+        request.receive,
+        request.headers.get("content-length"),
+        request.headers.get("content-encoding", ""),
+        limit,
+    )
+
+
+async def receive_body(
+    receive: Receive, declared: str | None, content_encoding: str, limit: int
+) -> bytes:
+    """Read an ASGI request body within ``limit`` bytes, inflating gzip/deflate."""
     if declared is not None:
         if not (declared.isascii() and declared.isdigit()):
             raise InvalidRequest(f"Content-Length {declared!r} is not a number")
@@ -27,13 +44,20 @@ async def read_body(request: Request, limit: int) -> bytes:
             )
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnected("the client closed the connection before sending the body")
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
-        chunks.append(chunk)
+        if chunk:
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
     body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-    encoding = request.headers.get("content-encoding", "").strip().lower()
+    encoding = content_encoding.strip().lower()
     if encoding in ("", "identity"):
         return body
     if encoding in ("gzip", "deflate"):

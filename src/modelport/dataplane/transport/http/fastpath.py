@@ -1,0 +1,166 @@
+"""The inference route as a bare ASGI app, in front of the Starlette router.
+
+``POST /v2/models/{m}[/versions/{v}]/infer`` is almost all of a busy
+server's traffic, and for a small model the web framework's routing,
+request objects and exception middleware cost more than the model. This
+callable recognises that one route with string operations, reads the body,
+runs codec → pipeline → codec, and writes the response itself; every other
+request goes on to the Starlette app unchanged. Behaviour (limits, errors,
+compression, disconnect handling) is the same as the framework route's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from modelport.dataplane.codec.json_v2 import decode_request, encode_json, encode_response
+from modelport.dataplane.transport.context import TransportContext
+from modelport.dataplane.transport.http.body import ClientDisconnected, compress, receive_body
+from modelport.dataplane.transport.http.errors import http_status
+from modelport.errors import InvalidRequest, ModelportError
+from modelport.types import InferenceResponse
+
+log = logging.getLogger("modelport.http")
+
+_PREFIX = "/v2/models/"
+_SUFFIX = "/infer"
+_JSON = [(b"content-type", b"application/json")]
+_BINARY = b"application/octet-stream"
+
+
+def match_infer(path: str) -> tuple[str, str | None] | None:
+    """(model, version) when ``path`` is the infer route, else None."""
+    if not (path.startswith(_PREFIX) and path.endswith(_SUFFIX)):
+        return None
+    parts = path[len(_PREFIX) : -len(_SUFFIX)].split("/")
+    if len(parts) == 1 and parts[0]:
+        return parts[0], None
+    if len(parts) == 3 and parts[1] == "versions" and parts[0] and parts[2]:
+        return parts[0], parts[2]
+    return None
+
+
+def _header_length(raw: bytes | None) -> int | None:
+    if raw is None:
+        return None
+    text = raw.strip()
+    if not text.isdigit():
+        shown = raw.decode("latin-1")
+        raise InvalidRequest(
+            f"Inference-Header-Content-Length {shown!r} is not a non-negative integer"
+        )
+    return int(text)
+
+
+class InferenceFastPath:
+    """ASGI app: the infer route handled directly, everything else to ``app``."""
+
+    def __init__(self, infer: InferRoute, app: ASGIApp) -> None:
+        self.infer = infer
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            route = match_infer(scope["path"])
+            if route is not None:
+                await self.infer.handle(scope, receive, send, *route)
+                return
+        await self.app(scope, receive, send)
+
+
+class InferRoute:
+    """The infer endpoint as an ASGI app (also mounted in the router for 405s)."""
+
+    def __init__(self, ctx: TransportContext) -> None:
+        self.ctx = ctx
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        params = scope.get("path_params", {})
+        await self.handle(scope, receive, send, params["model"], params.get("version"))
+
+    async def handle(
+        self, scope: Scope, receive: Receive, send: Send, name: str, version: str | None
+    ) -> None:
+        headers: dict[bytes, bytes] = dict(scope["headers"])
+        try:
+            ctx = self.ctx
+            ctx.pipeline.resolve(name, version)  # unknown models fail before the body is read
+            length = headers.get(b"content-length")
+            body = await receive_body(
+                receive,
+                length.decode("latin-1") if length is not None else None,
+                headers.get(b"content-encoding", b"").decode("latin-1"),
+                ctx.max_body_bytes,
+            )
+            request = decode_request(
+                body,
+                _header_length(headers.get(b"inference-header-content-length")),
+                name,
+                version,
+                ctx.max_elements,
+            )
+            response = await _until_disconnect(receive, ctx.pipeline.infer(request, "http"))
+            payload, hlen = encode_response(request, response)
+        except ModelportError as exc:
+            status = http_status(exc)
+            log.info(
+                "request refused",
+                extra={"path": scope["path"], "status": status, "error": exc.message},
+            )
+            await _send(send, status, _JSON, encode_json({"error": exc.message}))
+            return
+        except ClientDisconnected:
+            return
+        extra: list[tuple[bytes, bytes]]
+        if hlen is None:
+            extra = list(_JSON)
+        else:
+            extra = [
+                (b"content-type", _BINARY),
+                (b"inference-header-content-length", str(hlen).encode()),
+            ]
+        accept = headers.get(b"accept-encoding")
+        if accept:
+            payload, encoding = compress(payload, accept.decode("latin-1"))
+            if encoding is not None:
+                extra.append((b"content-encoding", encoding.encode()))
+                extra.append((b"vary", b"Accept-Encoding"))
+        await _send(send, 200, extra, payload)
+
+
+async def _send(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [*headers, (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _until_disconnect(receive: Receive, work: Any) -> InferenceResponse:
+    """Await the pipeline, cancelling it if the client disconnects first.
+
+    Once the body is read, the next ASGI message is the disconnect; a watcher
+    owned by this call waits for it and cancels the request, so queued work
+    for a client that left is dropped instead of computed.
+    """
+    current = asyncio.current_task()
+
+    async def watch() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        if current is not None:
+            current.cancel()
+
+    watcher = asyncio.get_running_loop().create_task(watch())
+    try:
+        result: InferenceResponse = await work
+        return result
+    finally:
+        watcher.cancel()
