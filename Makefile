@@ -43,5 +43,17 @@ format: venv
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# Benchmark (benchmarks/README.md): BENCH_ARGS=--quick for a one-minute smoke run.
+# Needs wrk (and libb64-0d for perf_analyzer); as root they are installed if missing.
+bench: venv
+	@if [ "$$(id -u)" = 0 ]; then \
+		pkgs=""; \
+		command -v wrk >/dev/null 2>&1 || pkgs="$$pkgs wrk"; \
+		dpkg -s libb64-0d >/dev/null 2>&1 || pkgs="$$pkgs libb64-0d"; \
+		if [ -n "$$pkgs" ]; then apt-get update -qq && apt-get install -y -qq $$pkgs \
+			|| echo "could not install$$pkgs; see benchmarks/README.md" >&2; fi; \
+	fi
+	$(PY) benchmarks/run.py $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import shutil
 import warnings
 from collections.abc import Callable, Mapping
@@ -100,14 +101,12 @@ def build_mlp() -> onnx.ModelProto:
     nodes: list[onnx.NodeProto] = []
     inits: list[onnx.TensorProto] = []
     current = "x"
-    for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:], strict=False)):
+    for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
         inits.append(numpy_helper.from_array(_weights(rng, n_out, n_in), f"W{i}"))
         inits.append(numpy_helper.from_array(np.zeros(n_out, np.float32), f"B{i}"))
         last = i == len(sizes) - 2
         gemm_out = "y" if last else f"h{i}"
-        nodes.append(
-            helper.make_node("Gemm", [current, f"W{i}", f"B{i}"], [gemm_out], transB=1)
-        )
+        nodes.append(helper.make_node("Gemm", [current, f"W{i}", f"B{i}"], [gemm_out], transB=1))
         if not last:
             nodes.append(helper.make_node("Relu", [gemm_out], [f"r{i}"]))
             current = f"r{i}"
