@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from collections.abc import Iterator
@@ -75,6 +76,12 @@ async def serve(config: ServerConfig) -> None:
     registry = Registry(repository, metrics, config.default_timeout)
     log.info("loading models", extra={"repository": str(repository)})
     await registry.start()
+    # Everything built so far (sessions, configs, libraries) lives as long as
+    # the server. Freezing it keeps the collector's full passes from walking
+    # it again and again: without this, those passes stretched p99 latency
+    # of a small model from about 3.5 ms to 25 ms at 32 concurrent requests.
+    gc.collect()
+    gc.freeze()
     cache = ResponseCache(config.cache_size) if config.cache_size > 0 else None
     pipeline = Pipeline(registry, metrics, cache)
     ctx = TransportContext(

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from modelport.dataplane.cache import ResponseCache, cache_key
 from modelport.dataplane.table import ModelTable, ModelVersion
 from modelport.dataplane.validate import check_request
-from modelport.errors import ModelportError
+from modelport.errors import InferenceFailed, ModelportError
 from modelport.observability.metrics import Metrics, ModelMetrics
 from modelport.types import DTYPES, Array, InferenceRequest, InferenceResponse, Tensor
 
@@ -51,7 +51,10 @@ class Pipeline:
             self.metrics.failures.labels(
                 model.name, model.version, protocol, type(exc).__name__
             ).inc()
-            log.info(
+            # Client mistakes and load shedding are counted in metrics; logging
+            # each one would make overload costlier. Model failures are logged.
+            log.log(
+                logging.WARNING if isinstance(exc, InferenceFailed) else logging.DEBUG,
                 "inference refused",
                 extra={
                     "request_id": request.id,

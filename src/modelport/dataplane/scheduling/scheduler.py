@@ -94,6 +94,18 @@ class Scheduler:
     def queued(self) -> int:
         return len(self._queues)
 
+    def saturated(self) -> bool:
+        """Whether any new request would be refused (single priority level, full).
+
+        Lets a transport refuse before reading and decoding a body under overload.
+        """
+        levels = self.policy.levels
+        return len(levels) == 1 and self._queues.waiting[0] >= levels[0].max_queue_size
+
+    def refusal(self, level: int) -> Unavailable:
+        size = self.policy.levels[level].max_queue_size
+        return Unavailable(f"queue full: {size} requests already wait at this priority; retry")
+
     # ------------------------------------------------------------ requests
 
     async def submit(
@@ -112,9 +124,7 @@ class Scheduler:
         level = policy.level_of(priority)
         lp = policy.levels[level]
         if self._queues.waiting[level] >= lp.max_queue_size:
-            raise Unavailable(
-                f"queue full: {lp.max_queue_size} requests already wait at this priority; retry"
-            )
+            raise self.refusal(level)
         loop = asyncio.get_running_loop()
         now = self._clock()
         deadline = policy.deadline_ns(level, timeout_us, now)

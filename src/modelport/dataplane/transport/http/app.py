@@ -30,7 +30,7 @@ log = logging.getLogger("modelport.http")
 async def _modelport_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ModelportError)
     status = http_status(exc)
-    log.info(
+    log.debug(
         "request refused",
         extra={"path": request.url.path, "status": status, "error": exc.message},
     )

@@ -88,7 +88,9 @@ class InferRoute:
         headers: dict[bytes, bytes] = dict(scope["headers"])
         try:
             ctx = self.ctx
-            ctx.pipeline.resolve(name, version)  # unknown models fail before the body is read
+            model = ctx.pipeline.resolve(name, version)  # unknown models: before the body
+            if model.scheduler.saturated():  # overload: refuse before decoding too
+                raise model.scheduler.refusal(0)
             length = headers.get(b"content-length")
             body = await receive_body(
                 receive,
@@ -107,7 +109,7 @@ class InferRoute:
             payload, hlen = encode_response(request, response)
         except ModelportError as exc:
             status = http_status(exc)
-            log.info(
+            log.debug(
                 "request refused",
                 extra={"path": scope["path"], "status": status, "error": exc.message},
             )
@@ -148,13 +150,17 @@ async def _until_disconnect(receive: Receive, work: Any) -> InferenceResponse:
 
     Once the body is read, the next ASGI message is the disconnect; a watcher
     owned by this call waits for it and cancels the request, so queued work
-    for a client that left is dropped instead of computed.
+    for a client that left is dropped instead of computed. That cancellation
+    ends here as ClientDisconnected; any other cancellation propagates.
     """
     current = asyncio.current_task()
+    gone = False
 
     async def watch() -> None:
+        nonlocal gone
         while (await receive())["type"] != "http.disconnect":
             pass
+        gone = True
         if current is not None:
             current.cancel()
 
@@ -162,5 +168,9 @@ async def _until_disconnect(receive: Receive, work: Any) -> InferenceResponse:
     try:
         result: InferenceResponse = await work
         return result
+    except asyncio.CancelledError:
+        if gone and current is not None and current.uncancel() == 0:
+            raise ClientDisconnected("the client closed the connection") from None
+        raise
     finally:
         watcher.cancel()
