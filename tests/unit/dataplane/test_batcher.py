@@ -133,3 +133,13 @@ def test_rows_of_one_request_are_never_split(rows: int) -> None:
     batch = choose_batch([a, b], policy(), 0).batch
     assert sum(p.rows for p in batch) <= 8
     assert batch[0] is a
+
+
+def test_free_instances_share_the_queue_in_greedy_mode() -> None:
+    queue = [req(1) for _ in range(10)]
+    assert len(choose_batch(queue, policy(), 0, free_instances=2).batch) == 5
+    assert len(choose_batch(queue, policy(), 0, free_instances=1).batch) == 8
+    big_first = [req(6), req(1), req(1)]
+    assert [p.rows for p in choose_batch(big_first, policy(), 0, free_instances=2).batch] == [6]
+    delayed = policy(dynamic_batching={"max_queue_delay_microseconds": 10})
+    assert len(choose_batch(queue, delayed, 0, free_instances=2).batch) == 8

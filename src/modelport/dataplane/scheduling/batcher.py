@@ -8,13 +8,19 @@ rule is tested with plain numbers. Rules, in order:
    yield to that level's requests still in time.
 2. Requests whose key equals the head's join in the same order while their
    rows fit in ``max_batch_size``; rows of one request are never split.
+   Greedy batching with several free instances shares the queue between
+   them: each batch takes at most its share of the queued rows, so two
+   instances compute two halves at once instead of one taking everything
+   while the other idles.
 3. The batch goes now if batching is off, if it is full, if it reached a
    preferred size, or if nothing more can join (greedy: ``max_queue_delay``
    of 0). Otherwise it waits until the head has waited ``max_queue_delay``.
 
-Worked example: max_batch_size 8, delay 0, queue [A(3 rows), B(4), C(2)] all
-with one key → batch [A, B] (7 rows; C would make 9 and waits for the next
-instance). With delay 100 µs and only A queued for 40 µs → wait 60 µs more.
+Worked example: max_batch_size 8, delay 0, one free instance, queue [A(3
+rows), B(4), C(2)] all with one key → batch [A, B] (7 rows; C would make 9
+and waits for the next instance). With two free instances the share is
+ceil(9 / 2) = 5 rows: [A] now (B would make 7), then [B] ... With delay
+100 µs and only A queued for 40 µs → wait 60 µs more.
 """
 
 from __future__ import annotations
@@ -48,7 +54,9 @@ def _candidates(waiting: Sequence[Pending], policy: SchedulingPolicy, now_ns: in
     return ordered
 
 
-def choose_batch(waiting: Sequence[Pending], policy: SchedulingPolicy, now_ns: int) -> Decision:
+def choose_batch(
+    waiting: Sequence[Pending], policy: SchedulingPolicy, now_ns: int, free_instances: int = 1
+) -> Decision:
     """The next batch to run from ``waiting`` (priority, then arrival order)."""
     if not waiting:
         return Decision(())
@@ -58,6 +66,9 @@ def choose_batch(waiting: Sequence[Pending], policy: SchedulingPolicy, now_ns: i
     if not policy.batching:
         return Decision((head,))
     limit = policy.max_batch_size
+    if policy.max_queue_delay_ns == 0 and free_instances > 1:
+        queued_rows = sum(p.rows for p in waiting)
+        limit = min(limit, max(head.rows, -(-queued_rows // free_instances)))
     batch = [head]
     rows = head.rows
     for p in waiting[1:]:

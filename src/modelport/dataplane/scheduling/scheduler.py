@@ -173,7 +173,7 @@ class Scheduler:
         """Start batches while an instance is free and something is due."""
         while self._free > 0 and len(self._queues) > 0:
             now = self._clock()
-            decision = choose_batch(list(self._queues.live()), self.policy, now)
+            decision = choose_batch(list(self._queues.live()), self.policy, now, self._free)
             if not decision.batch:
                 if decision.wake_at_ns is not None:
                     self._wake_later(decision.wake_at_ns, now)
