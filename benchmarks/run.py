@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import os
 import platform
@@ -642,8 +643,10 @@ def bench_batching_off(
 ) -> None:
     key = args.batching_off_key
     extra = models.nested(key, False)
-    conc = max(args.concurrency)
-    out: dict[str, Any] = {"key": key, "config": extra, "concurrency": conc, "rows": []}
+    # The lowest concurrency shows whether batching costs a lone request
+    # anything; the highest, what it does under load.
+    concs = sorted({min(args.concurrency), max(args.concurrency)})
+    out: dict[str, Any] = {"key": key, "config": extra, "concurrency": concs, "rows": []}
     res.batching_off = out
     for model in args.models:
         variant = f"{model}_nobatch"
@@ -674,7 +677,7 @@ def bench_batching_off(
                 log(f"batching-off {model}: {reason}")
                 continue
             warm_up(args, http_port, variant, all_bodies[model].binary)
-            for transport in args.transports:
+            for conc, transport in itertools.product(concs, args.transports):
                 r = load_one(
                     args,
                     target="modelport (batching off)",
@@ -996,15 +999,16 @@ def render(res: Results, args: argparse.Namespace) -> str:
             f"Each model copied with `{json.dumps(b['config'])}` merged into its config; "
             f"concurrency {b['concurrency']}.\n"
         )
-        add("| model | transport | req/s on | req/s off | off/on | p99 ms on | p99 ms off |")
-        add("|---|---|--:|--:|--:|--:|--:|")
+        add("| model | transport | conc | req/s on | req/s off | off/on | p99 ms on | p99 ms off |")
+        add("|---|---|--:|--:|--:|--:|--:|--:|")
         for row in b["rows"]:
             if "error" in row:
-                add(f"| {row['model']} | - | - | - | - | - | {row['error']} |")
+                add(f"| {row['model']} | - | - | - | - | - | - | {row['error']} |")
                 continue
             off, on = row["off"], row["on"] or {}
             add(
-                f"| {row['model']} | {off['transport']} | {_num(on.get('req_per_s'))} | "
+                f"| {row['model']} | {off['transport']} | {off['concurrency']} | "
+                f"{_num(on.get('req_per_s'))} | "
                 f"{_num(off['req_per_s'])} | {_ratio(off['req_per_s'], on.get('req_per_s'))} | "
                 f"{_ms(on.get('p99_ms'))} | {_ms(off['p99_ms'])} |"
             )
