@@ -181,6 +181,10 @@ class ModelportOptions(_Strict):
     ``dynamic_batching`` section; false runs every request on its own."""
     batch_key: str | None = None
     """A request parameter whose differing values never share a batch."""
+    allow_unsafe_pickle: bool = False
+    """Load pickle/joblib model files, which runs code from the file; skops is the safe format."""
+    method: str | None = None
+    """Which method of a scikit-learn model answers: predict, predict_proba or transform."""
 
 
 class ModelConfig(_Strict):

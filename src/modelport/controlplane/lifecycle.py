@@ -46,7 +46,7 @@ def load_version(
     server_timeout_s: float | None = None,
 ) -> ModelVersion:
     """Build a ready version; raises ModelLoadError or ConfigError with the reason."""
-    config = choose_backend(config, source)
+    config = choose_backend(config, source, version_dir)
     count = instance_count(config)
     loader = runtime_loader(config.backend)
     runtime = loader(version_dir, config, count)

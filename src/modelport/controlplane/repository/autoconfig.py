@@ -10,26 +10,32 @@ typo fails at load with the field named, not at the first request.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from modelport.config.model import ModelConfig, ModelInput, ModelOutput
-from modelport.errors import ConfigError
+from modelport.dataplane.runtime import FILES, backend_for
+from modelport.errors import ConfigError, ModelLoadError
 from modelport.types import CONFIG_TYPES, DATATYPE_TO_CONFIG, ModelSignature, TensorSpec
 
 DEFAULT_MAX_BATCH_SIZE = 64
 
 #: Triton platform names for the backends modelport serves.
-PLATFORMS = {"onnxruntime": "onnxruntime_onnx"}
+PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "pytorch": "pytorch_libtorch"}
 BACKENDS = {v: k for k, v in PLATFORMS.items()}
 
 
-def choose_backend(config: ModelConfig, source: str) -> ModelConfig:
-    """Fill ``backend`` and ``platform`` from each other (ONNX when neither is set)."""
+def choose_backend(config: ModelConfig, source: str, version_dir: Path) -> ModelConfig:
+    """Fill ``backend`` and ``platform``: from each other, else from the model file."""
     backend = config.backend or BACKENDS.get(config.platform, "")
     if not backend:
         if config.platform:
             raise ConfigError(source, "platform", f"{config.platform!r} is not served")
-        backend = "onnxruntime"
+        found = backend_for(version_dir)
+        if found is None:
+            files = ", ".join(name for name, _ in FILES)
+            raise ModelLoadError(f"{version_dir}: no model file (looked for {files})")
+        backend = found
     platform = config.platform or PLATFORMS.get(backend, backend)
     return config.model_copy(update={"backend": backend, "platform": platform})
 
