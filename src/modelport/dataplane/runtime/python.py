@@ -1,0 +1,330 @@
+"""Custom Python models (``backend: python``, file ``model.py``).
+
+``model.py`` defines a class ``Model``::
+
+    class Model:
+        def load(self, version_dir: Path, config: ModelConfig) -> None: ...
+        def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+``predict`` gets a whole batch (one array per input, first dimension the
+rows when the model batches) and returns one array per output. The
+signature is whatever config.yaml declares, since plain Python has no graph
+to read it from. One ``Model`` object is built per instance, so each object
+sees one batch at a time, as in Triton, and needs no locks of its own.
+
+What the model returns is checked before it reaches a client (every output
+present, the declared dtype, the batch's rows), and what it raises is
+reported to the caller by type only: the message and traceback may hold
+data or paths, so they go to the log (``modelport.runtime.python``).
+Triton's python-backend interface (``TritonPythonModel``) is a different
+contract (``triton_python_backend_utils``, per-request objects) and is
+refused with a message saying so.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import logging
+import queue
+import sys
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from modelport.config.model import ModelConfig, ModelInput, ModelOutput
+from modelport.errors import InferenceFailed, InvalidRequest, ModelLoadError
+from modelport.types import CONFIG_TYPES, DTYPES, Array, ModelSignature, TensorSpec
+
+log = logging.getLogger("modelport.runtime.python")
+
+MODEL_FILENAME = "model.py"
+CLASS_NAME = "Model"
+TRITON_CLASS = "TritonPythonModel"
+
+#: Widening float casts that keep every value and are not already "safe" in numpy terms.
+#: numpy calls int64 -> float64 safe, but it rounds above 2**53, so it is left out.
+_LOSSY_SAFE_CASTS = {
+    (np.dtype(np.int64), np.dtype(np.float64)),
+    (np.dtype(np.uint64), np.dtype(np.float64)),
+}
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else ""
+
+
+def _describe(exc: BaseException) -> str:
+    message = _first_line(exc)
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+def _triton_only(tree: ast.Module) -> bool:
+    """True when the file defines Triton's class and binds no ``Model`` at top level."""
+    defined: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            defined.add(node.name)
+        elif isinstance(node, ast.Assign):
+            defined.update(t.id for t in node.targets if isinstance(t, ast.Name))
+        elif isinstance(node, ast.AnnAssign | ast.AugAssign) and isinstance(node.target, ast.Name):
+            defined.add(node.target.id)
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            defined.update((a.asname or a.name).split(".")[0] for a in node.names)
+    return TRITON_CLASS in defined and CLASS_NAME not in defined
+
+
+def _triton_refusal(path: Path) -> ModelLoadError:
+    return ModelLoadError(
+        f"{path}: defines {TRITON_CLASS}, Triton's python-backend interface, which modelport "
+        f"does not run; define a class {CLASS_NAME} with load(version_dir, config) and "
+        "predict(inputs) -> outputs over numpy arrays instead"
+    )
+
+
+def _import(path: Path, config: ModelConfig) -> ModuleType:
+    """Run ``model.py`` as a module of its own, under a name no other load shares.
+
+    The module is in ``sys.modules`` (dataclasses and pickling look their
+    module up there) until the runtime unloads; ``sys.path`` is not touched.
+    """
+    try:
+        source = path.read_text(encoding="utf-8")
+        tree = ast.parse(source, filename=str(path))
+    except SyntaxError as exc:
+        where = f" (line {exc.lineno})" if exc.lineno is not None else ""
+        raise ModelLoadError(f"{path}: SyntaxError: {exc.msg}{where}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(f"{path}: cannot read: {_describe(exc)}") from None
+    if _triton_only(tree):
+        raise _triton_refusal(path)
+    safe = "".join(c if c.isalnum() else "_" for c in config.name or path.parent.parent.name)
+    name = f"modelport_user_{safe}_{uuid.uuid4().hex[:12]}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ModelLoadError(f"{path}: cannot be imported as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException as exc:
+        sys.modules.pop(name, None)
+        if not isinstance(exc, Exception | SystemExit):
+            raise
+        log.error(
+            f"{path.name} failed to import",
+            exc_info=True,
+            extra={"model": config.name, "path": str(path)},
+        )
+        raise ModelLoadError(f"{path}: import failed: {_describe(exc)}") from None
+    return module
+
+
+def _spec(t: ModelInput | ModelOutput, batching: bool) -> TensorSpec:
+    batch = (-1,) if batching else ()
+    return TensorSpec(t.name, CONFIG_TYPES[t.data_type], (*batch, *t.dims))
+
+
+def _check_dtype(name: str, array: Array, datatype: str, model: str) -> Array:
+    """The array in the declared dtype; lossless widenings are applied, nothing else."""
+    want = DTYPES[datatype]
+    got = array.dtype
+    if datatype == "BYTES":
+        if got.kind == "S":
+            return array.astype(object)
+        if got.kind == "U":
+            return np.char.encode(array, "utf-8").astype(object)
+        if got.kind == "O":
+            return _bytes_elements(name, array, model)
+    elif got == want:
+        return array
+    elif (
+        got.kind in "biuf"
+        and want.kind in "biuf"
+        and datatype != "BF16"
+        and np.can_cast(got, want, casting="safe")
+        and (got.newbyteorder("="), want) not in _LOSSY_SAFE_CASTS
+    ):
+        return array.astype(want)
+    raise InferenceFailed(
+        f"model {model} returned output {name!r} as {got}, expected {datatype} "
+        f"({want}); convert it in predict (only lossless widening is done for you)"
+    )
+
+
+def _bytes_elements(name: str, array: Array, model: str) -> Array:
+    out = np.empty(array.shape, dtype=object)
+    flat = out.reshape(-1)
+    for i, value in enumerate(array.reshape(-1)):
+        if isinstance(value, bytes):
+            flat[i] = value
+        elif isinstance(value, str):
+            flat[i] = value.encode("utf-8")
+        else:
+            raise InferenceFailed(
+                f"model {model} returned output {name!r} with element {i} of type "
+                f"{type(value).__name__}, expected BYTES (bytes or str)"
+            )
+    return out
+
+
+class PythonRuntime:
+    """Instances of a user's ``Model`` class, one per concurrent batch."""
+
+    def __init__(
+        self,
+        name: str,
+        module: ModuleType,
+        models: list[Any],
+        native: ModelSignature,
+        batching: bool,
+    ) -> None:
+        self._name = name
+        self._module = module
+        self._models: list[Any] = models
+        self._idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        for m in models:
+            self._idle.put(m)
+        self._native = native
+        self._batching = batching
+        self._outputs = {t.name: t for t in native.outputs}
+
+    @property
+    def native(self) -> ModelSignature:
+        return self._native
+
+    def predict(self, inputs: Mapping[str, Array], outputs: Sequence[str]) -> dict[str, Array]:
+        rows = next(iter(inputs.values())).shape[0] if self._batching and inputs else None
+        model = self._idle.get()
+        try:
+            result = model.predict(dict(inputs))
+        except InvalidRequest:
+            raise  # the model chose to tell the caller what to fix
+        except (Exception, SystemExit) as exc:
+            log.error(
+                "model raised while predicting",
+                exc_info=True,
+                extra={"model": self._name, "exception": type(exc).__name__},
+            )
+            raise InferenceFailed(f"model {self._name} raised {type(exc).__name__}") from None
+        finally:
+            self._idle.put(model)
+        return self._check(result, outputs, rows)
+
+    def _check(self, result: Any, outputs: Sequence[str], rows: int | None) -> dict[str, Array]:
+        if not isinstance(result, Mapping):
+            raise InferenceFailed(
+                f"model {self._name} returned {type(result).__name__} from predict, "
+                "expected a dict of output name -> numpy array"
+            )
+        checked: dict[str, Array] = {}
+        for name in outputs:
+            spec = self._outputs[name]
+            if name not in result:
+                raise InferenceFailed(
+                    f"model {self._name} did not return output {name!r} "
+                    f"(returned: {', '.join(map(str, result)) or 'nothing'})"
+                )
+            array = result[name]
+            if not isinstance(array, np.ndarray):
+                raise InferenceFailed(
+                    f"model {self._name} returned output {name!r} as "
+                    f"{type(array).__name__}, expected a numpy array"
+                )
+            expected = [
+                rows if (rows is not None and i == 0) else d for i, d in enumerate(spec.shape)
+            ]
+            got = list(array.shape)
+            if len(got) != len(expected) or any(
+                e not in (-1, g) for e, g in zip(expected, got, strict=True)
+            ):
+                what = f" for a batch of {rows} rows" if rows is not None else ""
+                raise InferenceFailed(
+                    f"model {self._name} returned output {name!r} with shape {got}, "
+                    f"expected {expected}{what} (-1 is any size)"
+                )
+            checked[name] = _check_dtype(name, array, spec.datatype, self._name)
+        return checked
+
+    def unload(self) -> None:
+        for model in self._models:
+            _quiet_unload(model, self._name)
+        self._models = []
+        sys.modules.pop(self._module.__name__, None)
+
+
+def load_python(version_dir: Path, config: ModelConfig, instances: int) -> PythonRuntime:
+    """Import ``model.py``, build one ``Model`` per instance and call its ``load``."""
+    filename = config.default_model_filename or MODEL_FILENAME
+    path = version_dir / filename
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: no {filename} in version directory")
+    module = _import(path, config)
+    try:
+        return _build(path, module, version_dir, config, instances)
+    except BaseException:
+        sys.modules.pop(module.__name__, None)
+        raise
+
+
+def _build(
+    path: Path, module: ModuleType, version_dir: Path, config: ModelConfig, instances: int
+) -> PythonRuntime:
+    cls = getattr(module, CLASS_NAME, None)
+    if cls is None and hasattr(module, TRITON_CLASS):
+        raise _triton_refusal(path)
+    if not isinstance(cls, type):
+        raise ModelLoadError(f"{path}: defines no class {CLASS_NAME}")
+    if not callable(getattr(cls, "predict", None)):
+        raise ModelLoadError(f"{path}: class {CLASS_NAME} has no predict(self, inputs) method")
+    missing = [
+        kind
+        for kind, tensors in (("input", config.input), ("output", config.output))
+        if not tensors
+    ]
+    if missing:
+        raise ModelLoadError(
+            f"{path}: a python model declares its signature in config.yaml, which lists no "
+            f"{' and no '.join(missing)} (add {', '.join(missing)}: with name, data_type, dims)"
+        )
+    batching = config.max_batch_size > 0 or "max_batch_size" not in config.model_fields_set
+    native = ModelSignature(
+        inputs=tuple(_spec(t, batching) for t in config.input),
+        outputs=tuple(_spec(t, batching) for t in config.output),
+    )
+    label = config.name or path.parent.parent.name
+    models: list[Any] = []
+    for _ in range(max(1, instances)):
+        step = f"{CLASS_NAME}()"
+        try:
+            model = cls()
+            load = getattr(model, "load", None)
+            if callable(load):
+                step = f"{CLASS_NAME}.load"
+                load(version_dir, config)
+        except (Exception, SystemExit) as exc:
+            log.error(f"{step} failed", exc_info=True, extra={"model": label, "path": str(path)})
+            for done in models:
+                _quiet_unload(done, label)
+            raise ModelLoadError(f"{path}: {step} raised {_describe(exc)}") from None
+        models.append(model)
+    log.info(
+        "python model ready",
+        extra={"model": label, "path": str(path), "instances": len(models)},
+    )
+    return PythonRuntime(label, module, models, native, batching)
+
+
+def _quiet_unload(model: Any, label: str) -> None:
+    """Call the model's optional ``unload()``; a failure there is logged, not raised."""
+    finish = getattr(model, "unload", None)
+    if callable(finish):
+        try:
+            finish()
+        except Exception:
+            log.error("model.unload raised", exc_info=True, extra={"model": label})
