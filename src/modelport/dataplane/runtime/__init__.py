@@ -27,6 +27,9 @@ BACKENDS: dict[str, tuple[str, str, str | None]] = {
 
 #: A version directory's file → the backend that serves it, in order of preference.
 FILES: tuple[tuple[str, str], ...] = (
+    # An MLmodel file describes its whole directory, whatever other files
+    # (model.skops, model.py ...) the flavour saved beside it.
+    ("MLmodel", "mlflow"),
     ("model.onnx", "onnxruntime"),
     ("model.skops", "sklearn"),
     ("model.pkl", "sklearn"),
@@ -36,7 +39,6 @@ FILES: tuple[tuple[str, str], ...] = (
     ("model.txt", "lightgbm"),
     ("model.pt2", "pytorch"),
     ("model.pt", "pytorch"),
-    ("MLmodel", "mlflow"),
     ("model.py", "python"),
 )
 
