@@ -33,7 +33,6 @@ names the file.
 from __future__ import annotations
 
 import logging
-import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -43,43 +42,21 @@ import lightgbm as lgb
 import numpy as np
 
 from modelport.config.model import ModelConfig
+from modelport.dataplane.runtime.features import (
+    empty_output,
+    feature_input_spec,
+    float_output_types,
+    thread_budget,
+)
 from modelport.errors import InvalidRequest, ModelLoadError
-from modelport.types import CONFIG_TYPES, DTYPES, Array, ModelSignature, TensorSpec
+from modelport.types import DTYPES, Array, ModelSignature, TensorSpec
 
 log = logging.getLogger("modelport.runtime.lightgbm")
 
 MODEL_FILENAME = "model.txt"
-DEFAULT_INPUT = "input"
-#: Input datatypes whose numpy arrays hold feature values. BF16 is held as
-#: raw uint16 bit patterns and BYTES as objects, so neither qualifies.
-FEATURE_TYPES = frozenset(
-    {"BOOL", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
-    | {"FP16", "FP32", "FP64"}
-)
 BINARY, MULTICLASS, VALUE = "binary", "multiclass", "value"
 MULTICLASS_OBJECTIVES = frozenset({"multiclass", "multiclassova", "softmax", "ova", "ovr"})
 EXPECTED = "expected the text model LightGBM's Booster.save_model writes"
-
-
-def _int_parameter(config: ModelConfig, key: str) -> int | None:
-    raw = config.parameter(key)
-    if raw is None:
-        return None
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ModelLoadError(f"parameters.{key}: expected an integer, got {raw!r}") from None
-    if value < 1:
-        raise ModelLoadError(f"parameters.{key}: must be at least 1, got {value}")
-    return value
-
-
-def _threads(config: ModelConfig, instances: int) -> int:
-    """Threads per prediction, so instances x threads leaves one core to the event loop."""
-    explicit = _int_parameter(config, "intra_op_thread_count")
-    if explicit is not None:
-        return explicit
-    return max(1, ((os.cpu_count() or 1) - 1) // max(1, instances))
 
 
 def _first_line(exc: BaseException) -> str:
@@ -354,39 +331,6 @@ def _objective(booster: Any, header: Mapping[bytes, bytes]) -> str:
     return str(params.get("objective", "")) or "none"
 
 
-def _input_spec(path: Path, config: ModelConfig, features: int) -> TensorSpec:
-    """The one input: named and typed by config.yaml when it lists it, else ``input`` FP32."""
-    if len(config.input) > 1:
-        names = ", ".join(i.name for i in config.input)
-        raise ModelLoadError(
-            f"{path}: config lists {len(config.input)} inputs ({names}), but a booster takes "
-            "one feature matrix"
-        )
-    if not config.input:
-        return TensorSpec(DEFAULT_INPUT, "FP32", (-1, features))
-    declared = config.input[0]
-    datatype = CONFIG_TYPES[declared.data_type]
-    if datatype not in FEATURE_TYPES:
-        raise ModelLoadError(
-            f"{path}: input {declared.name!r} is {declared.data_type}, but LightGBM takes numeric "
-            "features (TYPE_FP32, TYPE_FP64, integer or boolean types)"
-        )
-    return TensorSpec(declared.name, datatype, (-1, features))
-
-
-def _float_types(config: ModelConfig) -> dict[str, str]:
-    """Types of ``probabilities`` and ``predictions``.
-
-    FP64 as LightGBM computes them, or FP32 where config.yaml lists them so.
-    """
-    chosen = {"probabilities": "FP64", "predictions": "FP64"}
-    for out in config.output:
-        datatype = CONFIG_TYPES[out.data_type]
-        if out.name in chosen and datatype in ("FP32", "FP64"):
-            chosen[out.name] = datatype
-    return chosen
-
-
 class LightGBMRuntime:
     """One LightGBM Booster answering whole batches."""
 
@@ -449,7 +393,7 @@ class LightGBMRuntime:
         x = self._matrix(inputs)
         rows = x.shape[0]
         if rows == 0:
-            return {n: _empty(self._specs[n]) for n in outputs}
+            return {n: empty_output(self._specs[n]) for n in outputs}
         raw = self.raw(x)
         result: dict[str, Array] = {}
         if self._kind in (BINARY, MULTICLASS):
@@ -469,10 +413,6 @@ class LightGBMRuntime:
         del self._booster
 
 
-def _empty(spec: TensorSpec) -> Array:
-    return np.zeros((0, *spec.shape[1:]), dtype=DTYPES[spec.datatype])
-
-
 def load_lightgbm(version_dir: Path, config: ModelConfig, instances: int) -> LightGBMRuntime:
     """Load ``model.txt`` (or ``default_model_filename``) from a version directory."""
     filename = config.default_model_filename or MODEL_FILENAME
@@ -484,15 +424,15 @@ def load_lightgbm(version_dir: Path, config: ModelConfig, instances: int) -> Lig
     if features < 1:
         raise ModelLoadError(f"{path}: the booster has no features")
     objective = _objective(booster, header)
-    input_spec = _input_spec(path, config, features)
-    threads = _threads(config, instances)
+    input_spec = feature_input_spec(path, config, features, "LightGBM")
+    threads = thread_budget(config, instances)
     if objective == "binary":
         kind = BINARY
     elif objective in MULTICLASS_OBJECTIVES:
         kind = MULTICLASS
     else:
         kind = VALUE
-    floats = _float_types(config)
+    floats = float_output_types(config, "FP64")
     probe_runtime = LightGBMRuntime(booster, input_spec, kind, 1, threads, floats)
     try:
         # One row settles the output width (classes) from the model itself.

@@ -37,7 +37,6 @@ from __future__ import annotations
 import importlib
 import json
 import logging
-import os
 import re
 import struct
 from collections.abc import Callable, Mapping, Sequence
@@ -49,20 +48,19 @@ import numpy as np
 import xgboost as xgb
 
 from modelport.config.model import ModelConfig
+from modelport.dataplane.runtime.features import (
+    empty_output,
+    feature_input_spec,
+    float_output_types,
+    thread_budget,
+)
 from modelport.errors import InvalidRequest, ModelLoadError
-from modelport.types import CONFIG_TYPES, DTYPES, Array, ModelSignature, TensorSpec
+from modelport.types import DTYPES, Array, ModelSignature, TensorSpec
 
 log = logging.getLogger("modelport.runtime.xgboost")
 
 #: Looked for in this order when ``default_model_filename`` is not set.
 MODEL_FILENAMES = ("model.ubj", "model.json")
-DEFAULT_INPUT = "input"
-#: Input datatypes whose numpy arrays XGBoost reads as feature values. BF16 is
-#: held as raw uint16 bit patterns and BYTES as objects, so neither qualifies.
-FEATURE_TYPES = frozenset(
-    {"BOOL", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
-    | {"FP16", "FP32", "FP64"}
-)
 
 #: How the booster's raw prediction becomes outputs.
 BINARY, SOFTPROB, SOFTMAX, VALUE = "binary", "softprob", "softmax", "value"
@@ -74,27 +72,6 @@ EXPECTED = (
     "expected an XGBoost model saved with Booster.save_model as UBJSON (model.ubj) "
     "or JSON (model.json)"
 )
-
-
-def _int_parameter(config: ModelConfig, key: str) -> int | None:
-    raw = config.parameter(key)
-    if raw is None:
-        return None
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ModelLoadError(f"parameters.{key}: expected an integer, got {raw!r}") from None
-    if value < 1:
-        raise ModelLoadError(f"parameters.{key}: must be at least 1, got {value}")
-    return value
-
-
-def _threads(config: ModelConfig, instances: int) -> int:
-    """Threads per prediction, so instances x threads leaves one core to the event loop."""
-    explicit = _int_parameter(config, "intra_op_thread_count")
-    if explicit is not None:
-        return explicit
-    return max(1, ((os.cpu_count() or 1) - 1) // max(1, instances))
 
 
 def _first_line(exc: BaseException) -> str:
@@ -503,39 +480,6 @@ def _output_kind(objective: str, num_class: int, num_target: int) -> str:
     return VALUE
 
 
-def _input_spec(path: Path, config: ModelConfig, features: int) -> TensorSpec:
-    """The one input: named and typed by config.yaml when it lists it, else ``input`` FP32."""
-    if len(config.input) > 1:
-        names = ", ".join(i.name for i in config.input)
-        raise ModelLoadError(
-            f"{path}: config lists {len(config.input)} inputs ({names}), but a booster takes "
-            "one feature matrix"
-        )
-    if not config.input:
-        return TensorSpec(DEFAULT_INPUT, "FP32", (-1, features))
-    declared = config.input[0]
-    datatype = CONFIG_TYPES[declared.data_type]
-    if datatype not in FEATURE_TYPES:
-        raise ModelLoadError(
-            f"{path}: input {declared.name!r} is {declared.data_type}, but XGBoost takes numeric "
-            "features (TYPE_FP32, TYPE_FP64, integer or boolean types)"
-        )
-    return TensorSpec(declared.name, datatype, (-1, features))
-
-
-def _float_types(config: ModelConfig) -> dict[str, str]:
-    """Types of ``probabilities`` and ``predictions``.
-
-    FP32 as XGBoost computes them, or FP64 where config.yaml lists them so.
-    """
-    chosen = {"probabilities": "FP32", "predictions": "FP32"}
-    for out in config.output:
-        datatype = CONFIG_TYPES[out.data_type]
-        if out.name in chosen and datatype in ("FP32", "FP64"):
-            chosen[out.name] = datatype
-    return chosen
-
-
 def _choose_device(config: ModelConfig, booster: Any) -> str:
     """``cuda:<id>`` when a GPU instance group asks and one is usable, else ``cpu``."""
     groups = [g for g in config.instance_group if g.kind == "KIND_GPU"]
@@ -671,7 +615,7 @@ class XGBoostRuntime:
         x = self._matrix(inputs)
         rows = x.shape[0]
         if rows == 0:
-            return {n: _empty(self._specs[n]) for n in outputs}
+            return {n: empty_output(self._specs[n]) for n in outputs}
         raw = self._booster.predict(x)
         result: dict[str, Array] = {}
         if self._kind == BINARY:
@@ -693,10 +637,6 @@ class XGBoostRuntime:
 
     def unload(self) -> None:
         del self._booster
-
-
-def _empty(spec: TensorSpec) -> Array:
-    return np.zeros((0, *spec.shape[1:]), dtype=DTYPES[spec.datatype])
 
 
 def load_xgboost(version_dir: Path, config: ModelConfig, instances: int) -> XGBoostRuntime:
@@ -723,8 +663,8 @@ def load_xgboost(version_dir: Path, config: ModelConfig, instances: int) -> XGBo
             else f"a tree reads feature {reach.feature}, the model has {features}"
         )
         raise ModelLoadError(f"{path}: not a loadable XGBoost model: {what}; {EXPECTED}")
-    input_spec = _input_spec(path, config, features)
-    threads = _threads(config, instances)
+    input_spec = feature_input_spec(path, config, features, "XGBoost")
+    threads = thread_budget(config, instances)
     raw.set_param({"nthread": threads})
     # A model saved after early stopping holds more rounds than its best one;
     # XGBClassifier.predict stops at the best, and so does the server.
@@ -741,7 +681,7 @@ def load_xgboost(version_dir: Path, config: ModelConfig, instances: int) -> XGBo
     kind = _output_kind(objective, num_class, num_target)
     if kind in (BINARY, SOFTMAX) and width != 1:
         kind = VALUE
-    runtime = XGBoostRuntime(booster, input_spec, kind, width, _float_types(config))
+    runtime = XGBoostRuntime(booster, input_spec, kind, width, float_output_types(config, "FP32"))
     log.info(
         "xgboost booster ready",
         extra={

@@ -1,0 +1,84 @@
+"""What the tree-ensemble backends (XGBoost, LightGBM) share.
+
+Both take one matrix of numeric features and answer ``probabilities`` /
+``label`` or ``predictions``; both size their thread pools the same way.
+Kept here once so the two backends agree on names, types and errors.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from modelport.config.model import ModelConfig
+from modelport.errors import ModelLoadError
+from modelport.types import CONFIG_TYPES, DTYPES, Array, TensorSpec
+
+DEFAULT_INPUT = "input"
+#: Input datatypes whose numpy arrays hold feature values. BF16 is held as
+#: raw uint16 bit patterns and BYTES as objects, so neither qualifies.
+FEATURE_TYPES = frozenset(
+    {"BOOL", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
+    | {"FP16", "FP32", "FP64"}
+)
+
+
+def int_parameter(config: ModelConfig, key: str) -> int | None:
+    """A positive integer Triton parameter, or None when not set."""
+    raw = config.parameter(key)
+    if raw is None:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ModelLoadError(f"parameters.{key}: expected an integer, got {raw!r}") from None
+    if value < 1:
+        raise ModelLoadError(f"parameters.{key}: must be at least 1, got {value}")
+    return value
+
+
+def thread_budget(config: ModelConfig, instances: int) -> int:
+    """Threads per prediction, so instances x threads leaves one core to the event loop."""
+    explicit = int_parameter(config, "intra_op_thread_count")
+    if explicit is not None:
+        return explicit
+    return max(1, ((os.cpu_count() or 1) - 1) // max(1, instances))
+
+
+def feature_input_spec(
+    path: Path, config: ModelConfig, features: int, framework: str
+) -> TensorSpec:
+    """The one input: named and typed by config.yaml when it lists it, else ``input`` FP32."""
+    if len(config.input) > 1:
+        names = ", ".join(i.name for i in config.input)
+        raise ModelLoadError(
+            f"{path}: config lists {len(config.input)} inputs ({names}), but a booster takes "
+            "one feature matrix"
+        )
+    if not config.input:
+        return TensorSpec(DEFAULT_INPUT, "FP32", (-1, features))
+    declared = config.input[0]
+    datatype = CONFIG_TYPES[declared.data_type]
+    if datatype not in FEATURE_TYPES:
+        raise ModelLoadError(
+            f"{path}: input {declared.name!r} is {declared.data_type}, but {framework} takes "
+            "numeric features (TYPE_FP32, TYPE_FP64, integer or boolean types)"
+        )
+    return TensorSpec(declared.name, datatype, (-1, features))
+
+
+def float_output_types(config: ModelConfig, default: str) -> dict[str, str]:
+    """Types of ``probabilities`` and ``predictions``: ``default``, or as config.yaml lists them."""
+    chosen = {"probabilities": default, "predictions": default}
+    for out in config.output:
+        datatype = CONFIG_TYPES[out.data_type]
+        if out.name in chosen and datatype in ("FP32", "FP64"):
+            chosen[out.name] = datatype
+    return chosen
+
+
+def empty_output(spec: TensorSpec) -> Array:
+    """A zero-row array of an output's shape, for an empty batch."""
+    return np.zeros((0, *spec.shape[1:]), dtype=DTYPES[spec.datatype])
