@@ -11,9 +11,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
 
 from tests.integration.models import build_repository
 
@@ -103,3 +106,28 @@ def server(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     srv = start_server(repository, tmp_path_factory.mktemp("log") / "server.log")
     yield srv
     stop_server(srv)
+
+
+#: Both standard clients, for tests parametrized over the transport.
+CLIENTS = ["http", "grpc"]
+
+
+@pytest.fixture(scope="module")
+def http(server: Server) -> Iterator[Any]:
+    """tritonclient.http against the module's ``server`` (modules may override it)."""
+    client = httpclient.InferenceServerClient(server.http_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def grpc(server: Server) -> Iterator[Any]:
+    """tritonclient.grpc against the module's ``server``."""
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    yield client
+    client.close()
+
+
+def client_for(kind: str, http: Any, grpc: Any) -> tuple[Any, Any]:
+    """The client fixture and its module (for InferInput) for ``kind``."""
+    return (http, httpclient) if kind == "http" else (grpc, grpcclient)

@@ -21,12 +21,11 @@ import lightgbm as lgb
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-import tritonclient.http as httpclient
 import xgboost as xgb
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris
 from tritonclient.utils import InferenceServerException
 
-from tests.integration.conftest import Server, start_server, stop_server
+from tests.integration.conftest import CLIENTS, Server, client_for, start_server, stop_server
 
 pytestmark = pytest.mark.integration
 
@@ -35,8 +34,6 @@ CANCER_X, CANCER_Y = load_breast_cancer(return_X_y=True)
 IRIS_X, IRIS_Y = load_iris(return_X_y=True)
 DIABETES_X, DIABETES_Y = load_diabetes(return_X_y=True)
 CANCER_X, IRIS_X, DIABETES_X = (x.astype(np.float32) for x in (CANCER_X, IRIS_X, DIABETES_X))
-
-CLIENTS = ["http", "grpc"]
 
 
 @dataclass
@@ -120,24 +117,6 @@ def server(served: tuple[Server, dict[str, Case]]) -> Server:
 @pytest.fixture(scope="module")
 def cases(served: tuple[Server, dict[str, Case]]) -> dict[str, Case]:
     return served[1]
-
-
-@pytest.fixture(scope="module")
-def http(server: Server) -> Iterator[Any]:
-    c = httpclient.InferenceServerClient(server.http_url)
-    yield c
-    c.close()
-
-
-@pytest.fixture(scope="module")
-def grpc(server: Server) -> Iterator[Any]:
-    c = grpcclient.InferenceServerClient(server.grpc_url)
-    yield c
-    c.close()
-
-
-def client_for(kind: str, http: Any, grpc: Any) -> tuple[Any, Any]:
-    return (http, httpclient) if kind == "http" else (grpc, grpcclient)
 
 
 def infer(

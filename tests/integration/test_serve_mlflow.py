@@ -32,12 +32,10 @@ with warnings.catch_warnings():
     import mlflow.sklearn
     from mlflow.models import infer_signature
 
-import tritonclient.grpc as grpcclient
-import tritonclient.http as httpclient
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 
-from tests.integration.conftest import Server, start_server, stop_server
+from tests.integration.conftest import CLIENTS, Server, client_for, start_server, stop_server
 
 pytestmark = pytest.mark.integration
 
@@ -145,27 +143,6 @@ def server(served: tuple[Server, Models]) -> Server:
 @pytest.fixture(scope="module")
 def models(served: tuple[Server, Models]) -> Models:
     return served[1]
-
-
-@pytest.fixture(scope="module")
-def http(server: Server) -> Iterator[Any]:
-    c = httpclient.InferenceServerClient(server.http_url)
-    yield c
-    c.close()
-
-
-@pytest.fixture(scope="module")
-def grpc(server: Server) -> Iterator[Any]:
-    c = grpcclient.InferenceServerClient(server.grpc_url)
-    yield c
-    c.close()
-
-
-CLIENTS = ["http", "grpc"]
-
-
-def client_for(kind: str, http: Any, grpc: Any) -> tuple[Any, Any]:
-    return (http, httpclient) if kind == "http" else (grpc, grpcclient)
 
 
 def infer(

@@ -98,20 +98,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     stop_server(srv)
 
 
-@pytest.fixture(scope="module")
-def http(server: Server) -> Iterator[Any]:
-    c = httpclient.InferenceServerClient(server.http_url)
-    yield c
-    c.close()
-
-
-@pytest.fixture(scope="module")
-def grpc(server: Server) -> Iterator[Any]:
-    c = grpcclient.InferenceServerClient(server.grpc_url)
-    yield c
-    c.close()
-
-
 def index(server: Server) -> dict[str, dict[str, Any]]:
     entries = httpx.post(f"{server.base}/v2/repository/index", json={}, timeout=10).json()
     return {e["name"]: e for e in entries}

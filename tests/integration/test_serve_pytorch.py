@@ -20,12 +20,10 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="torch is not installed (pip install modelport[torch])")
 
-import tritonclient.grpc as grpcclient  # noqa: E402
-import tritonclient.http as httpclient  # noqa: E402
 from sklearn.datasets import load_breast_cancer  # noqa: E402
 from torch import nn  # noqa: E402
 
-from tests.integration.conftest import Server, start_server, stop_server  # noqa: E402
+from tests.integration.conftest import CLIENTS, Server, client_for, start_server, stop_server  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -98,27 +96,6 @@ def server(served: tuple[Server, Classifier]) -> Server:
 @pytest.fixture(scope="module")
 def module(served: tuple[Server, Classifier]) -> Classifier:
     return served[1]
-
-
-@pytest.fixture(scope="module")
-def http(server: Server) -> Iterator[Any]:
-    c = httpclient.InferenceServerClient(server.http_url)
-    yield c
-    c.close()
-
-
-@pytest.fixture(scope="module")
-def grpc(server: Server) -> Iterator[Any]:
-    c = grpcclient.InferenceServerClient(server.grpc_url)
-    yield c
-    c.close()
-
-
-CLIENTS = ["http", "grpc"]
-
-
-def client_for(kind: str, http: Any, grpc: Any) -> tuple[Any, Any]:
-    return (http, httpclient) if kind == "http" else (grpc, grpcclient)
 
 
 def infer(client: Any, lib: Any, model: str, name: str, x: np.ndarray, output: str) -> np.ndarray:

@@ -16,8 +16,6 @@ import joblib
 import numpy as np
 import pytest
 import skops.io as sio
-import tritonclient.grpc as grpcclient
-import tritonclient.http as httpclient
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris
 from sklearn.decomposition import PCA
 from sklearn.ensemble import RandomForestRegressor
@@ -26,7 +24,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from tritonclient.utils import InferenceServerException
 
-from tests.integration.conftest import Server, start_server, stop_server
+from tests.integration.conftest import CLIENTS, Server, client_for, start_server, stop_server
 
 pytestmark = pytest.mark.integration
 
@@ -101,20 +99,6 @@ def models(served: tuple[Server, Models]) -> Models:
     return served[1]
 
 
-@pytest.fixture(scope="module")
-def http(server: Server) -> Iterator[Any]:
-    c = httpclient.InferenceServerClient(server.http_url)
-    yield c
-    c.close()
-
-
-@pytest.fixture(scope="module")
-def grpc(server: Server) -> Iterator[Any]:
-    c = grpcclient.InferenceServerClient(server.grpc_url)
-    yield c
-    c.close()
-
-
 def infer(
     client: Any,
     module: Any,
@@ -129,13 +113,6 @@ def infer(
     requested = [module.InferRequestedOutput(o) for o in outputs]
     result = client.infer(model, [tensor], outputs=requested)
     return {o: result.as_numpy(o) for o in outputs}
-
-
-CLIENTS = ["http", "grpc"]
-
-
-def client_for(kind: str, http: Any, grpc: Any) -> tuple[Any, Any]:
-    return (http, httpclient) if kind == "http" else (grpc, grpcclient)
 
 
 # ------------------------------------------------------------------ repository

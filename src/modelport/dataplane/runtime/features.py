@@ -8,12 +8,13 @@ Kept here once so the two backends agree on names, types and errors.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
 from modelport.config.model import ModelConfig
-from modelport.errors import ModelLoadError
+from modelport.errors import InvalidRequest, ModelLoadError
 from modelport.types import CONFIG_TYPES, DTYPES, Array, TensorSpec
 
 DEFAULT_INPUT = "input"
@@ -82,3 +83,26 @@ def float_output_types(config: ModelConfig, default: str) -> dict[str, str]:
 def empty_output(spec: TensorSpec) -> Array:
     """A zero-row array of an output's shape, for an empty batch."""
     return np.zeros((0, *spec.shape[1:]), dtype=DTYPES[spec.datatype])
+
+
+def feature_matrix(spec: TensorSpec, inputs: Mapping[str, Array]) -> Array:
+    """The batch's feature matrix, refused unless it has the model's feature count."""
+    features = spec.shape[1]
+    x = inputs.get(spec.name)
+    if x is None:
+        raise InvalidRequest(f"missing input {spec.name!r}")
+    if x.ndim != 2 or x.shape[1] != features:
+        got = f"{x.shape[1]} features per row" if x.ndim == 2 else f"shape {list(x.shape)}"
+        raise InvalidRequest(
+            f"input {spec.name!r} has {got}; the model expects {features} features "
+            f"(shape [rows, {features}])"
+        )
+    return x
+
+
+def class_outputs(floats: Mapping[str, str], classes: int) -> tuple[TensorSpec, TensorSpec]:
+    """``probabilities`` [N, classes] and ``label`` [N, 1] of a classifier."""
+    return (
+        TensorSpec("probabilities", floats["probabilities"], (-1, classes)),
+        TensorSpec("label", "INT64", (-1, 1)),
+    )

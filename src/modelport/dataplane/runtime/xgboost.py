@@ -49,12 +49,14 @@ import xgboost as xgb
 
 from modelport.config.model import ModelConfig
 from modelport.dataplane.runtime.features import (
+    class_outputs,
     empty_output,
     feature_input_spec,
+    feature_matrix,
     float_output_types,
     thread_budget,
 )
-from modelport.errors import InvalidRequest, ModelLoadError
+from modelport.errors import ModelLoadError
 from modelport.types import DTYPES, Array, ModelSignature, TensorSpec
 
 log = logging.getLogger("modelport.runtime.xgboost")
@@ -569,19 +571,12 @@ class XGBoostRuntime:
     ) -> None:
         self._booster = booster
         self._input = input_spec
-        self._features = input_spec.shape[1]
         self._kind = kind
         outputs: tuple[TensorSpec, ...]
         if kind == BINARY:
-            outputs = (
-                TensorSpec("probabilities", floats["probabilities"], (-1, 2)),
-                TensorSpec("label", "INT64", (-1, 1)),
-            )
+            outputs = class_outputs(floats, 2)
         elif kind == SOFTPROB:
-            outputs = (
-                TensorSpec("probabilities", floats["probabilities"], (-1, width)),
-                TensorSpec("label", "INT64", (-1, 1)),
-            )
+            outputs = class_outputs(floats, width)
         elif kind == SOFTMAX:
             outputs = (TensorSpec("label", "INT64", (-1, 1)),)
         else:
@@ -598,21 +593,8 @@ class XGBoostRuntime:
     def device(self) -> str:
         return self._booster.device
 
-    def _matrix(self, inputs: Mapping[str, Array]) -> Array:
-        name = self._input.name
-        x = inputs.get(name)
-        if x is None:
-            raise InvalidRequest(f"missing input {name!r}")
-        if x.ndim != 2 or x.shape[1] != self._features:
-            got = f"{x.shape[1]} features per row" if x.ndim == 2 else f"shape {list(x.shape)}"
-            raise InvalidRequest(
-                f"input {name!r} has {got}; the model expects {self._features} features "
-                f"(shape [rows, {self._features}])"
-            )
-        return x
-
     def predict(self, inputs: Mapping[str, Array], outputs: Sequence[str]) -> dict[str, Array]:
-        x = self._matrix(inputs)
+        x = feature_matrix(self._input, inputs)
         rows = x.shape[0]
         if rows == 0:
             return {n: empty_output(self._specs[n]) for n in outputs}
