@@ -7,6 +7,7 @@ process; signatures are compared with what autoconfig then makes of them.
 from __future__ import annotations
 
 import logging
+import os
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -335,7 +336,7 @@ def test_threads_are_set_once_per_process(
     calls: list[int] = []
     monkeypatch.setattr(runtime_module, "_threads_set", [])
     monkeypatch.setattr(torch, "set_num_threads", calls.append)
-    monkeypatch.setattr(runtime_module.os, "cpu_count", lambda: 9)
+    monkeypatch.setattr(os, "cpu_count", lambda: 9)
     load_pytorch(exported_dir, config(), 2)
     load_pytorch(exported_dir, config(), 1)
     with_param = config(parameters={"intra_op_thread_count": {"string_value": "3"}})

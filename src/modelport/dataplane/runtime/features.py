@@ -1,13 +1,12 @@
 """What the tree-ensemble backends (XGBoost, LightGBM) share.
 
 Both take one matrix of numeric features and answer ``probabilities`` /
-``label`` or ``predictions``; both size their thread pools the same way.
+``label`` or ``predictions``.
 Kept here once so the two backends agree on names, types and errors.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -24,28 +23,6 @@ FEATURE_TYPES = frozenset(
     {"BOOL", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
     | {"FP16", "FP32", "FP64"}
 )
-
-
-def int_parameter(config: ModelConfig, key: str) -> int | None:
-    """A positive integer Triton parameter, or None when not set."""
-    raw = config.parameter(key)
-    if raw is None:
-        return None
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ModelLoadError(f"parameters.{key}: expected an integer, got {raw!r}") from None
-    if value < 1:
-        raise ModelLoadError(f"parameters.{key}: must be at least 1, got {value}")
-    return value
-
-
-def thread_budget(config: ModelConfig, instances: int) -> int:
-    """Threads per prediction, so instances x threads leaves one core to the event loop."""
-    explicit = int_parameter(config, "intra_op_thread_count")
-    if explicit is not None:
-        return explicit
-    return max(1, ((os.cpu_count() or 1) - 1) // max(1, instances))
 
 
 def feature_input_spec(

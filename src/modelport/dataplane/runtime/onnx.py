@@ -9,7 +9,6 @@ lacks falls back to the CPU, and the log says which provider actually runs.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import numpy as np
 import onnxruntime as ort
 
 from modelport.config.model import ModelConfig
+from modelport.dataplane.runtime.threads import default_threads, int_parameter
 from modelport.errors import InvalidRequest, ModelLoadError
 from modelport.types import Array, ModelSignature, TensorSpec
 
@@ -58,19 +58,6 @@ GRAPH_LEVELS: dict[int, ort.GraphOptimizationLevel] = {
 }
 
 
-def _int_parameter(config: ModelConfig, key: str) -> int | None:
-    raw = config.parameter(key)
-    if raw is None:
-        return None
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ModelLoadError(f"parameters.{key}: expected an integer, got {raw!r}") from None
-    if value < 0:
-        raise ModelLoadError(f"parameters.{key}: must not be negative, got {value}")
-    return value
-
-
 def _providers(config: ModelConfig) -> list[str]:
     """Providers to try in order, always ending with the CPU."""
     wanted: list[str] = []
@@ -101,14 +88,14 @@ def _providers(config: ModelConfig) -> list[str]:
 
 def _session_options(config: ModelConfig, instances: int) -> ort.SessionOptions:
     opts = ort.SessionOptions()
-    intra = _int_parameter(config, "intra_op_thread_count")
-    inter = _int_parameter(config, "inter_op_thread_count")
+    intra = int_parameter(config, "intra_op_thread_count", minimum=0)
+    inter = int_parameter(config, "inter_op_thread_count", minimum=0)
     if intra is None:
         # One core stays with the event loop that decodes and encodes every
         # request; the rest are split between the instances, so instances x
         # threads never oversubscribes the machine. (Measured on 2 cores: an
         # MLP served 2.3 times the requests with 1 thread than with 2.)
-        intra = max(1, ((os.cpu_count() or 1) - 1) // max(1, instances))
+        intra = default_threads(instances)
     opts.intra_op_num_threads = intra
     # Idle intra-op threads spin by default, stealing the loop's core.
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")

@@ -26,7 +26,6 @@ treat them like code: serve only files you trust.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import threading
 import zipfile
@@ -41,6 +40,7 @@ import torch.utils._pytree as pytree  # torch has no public pytree module; expor
 from torch.export.graph_signature import InputKind, OutputKind, TensorArgument
 
 from modelport.config.model import ModelConfig, ModelInput, ModelOutput
+from modelport.dataplane.runtime.threads import default_threads, int_parameter
 from modelport.errors import ModelLoadError
 from modelport.types import CONFIG_TYPES, Array, ModelSignature, TensorSpec
 
@@ -80,28 +80,15 @@ _threads_lock = threading.Lock()
 _threads_set: list[int] = []  # empty until the first PyTorch model loads
 
 
-def _int_parameter(config: ModelConfig, key: str) -> int | None:
-    raw = config.parameter(key)
-    if raw is None:
-        return None
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ModelLoadError(f"parameters.{key}: expected an integer, got {raw!r}") from None
-    if value < 0:
-        raise ModelLoadError(f"parameters.{key}: must not be negative, got {value}")
-    return value
-
-
 def _configure_threads(config: ModelConfig, instances: int) -> None:
     """Size torch's intra-op pool once per process (see ``_threads_set``)."""
-    intra = _int_parameter(config, "intra_op_thread_count")
-    inter = _int_parameter(config, "inter_op_thread_count")
+    intra = int_parameter(config, "intra_op_thread_count", minimum=0)
+    inter = int_parameter(config, "inter_op_thread_count", minimum=0)
     if not intra:
         # One core stays with the event loop that decodes and encodes every
         # request; the rest are split between the instances so that
         # instances x threads never oversubscribes the machine.
-        intra = max(1, ((os.cpu_count() or 1) - 1) // max(1, instances))
+        intra = default_threads(instances)
     with _threads_lock:
         if not _threads_set:
             torch.set_num_threads(intra)

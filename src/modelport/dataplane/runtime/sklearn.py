@@ -36,6 +36,7 @@ from sklearn.utils.validation import check_is_fitted
 from threadpoolctl import ThreadpoolController  # type: ignore[import-untyped]
 
 from modelport.config.model import ModelConfig
+from modelport.dataplane.runtime.threads import default_threads
 from modelport.errors import InferenceFailed, InvalidRequest, ModelLoadError
 from modelport.types import CONFIG_TYPES, DTYPES, Array, ModelSignature, TensorSpec
 
@@ -438,7 +439,7 @@ def _threads(config: ModelConfig, instances: int) -> int:
     raw = config.parameter("n_jobs")
     if raw is None:
         # One core stays with the event loop; the rest are split between instances.
-        return max(1, ((os.cpu_count() or 1) - 1) // max(1, instances))
+        return default_threads(instances)
     try:
         value = int(raw)
     except ValueError:

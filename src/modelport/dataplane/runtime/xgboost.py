@@ -54,8 +54,8 @@ from modelport.dataplane.runtime.features import (
     feature_input_spec,
     feature_matrix,
     float_output_types,
-    thread_budget,
 )
+from modelport.dataplane.runtime.threads import thread_budget
 from modelport.errors import ModelLoadError
 from modelport.types import DTYPES, Array, ModelSignature, TensorSpec
 
