@@ -11,6 +11,7 @@ these classes to HTTP status codes or gRPC codes, once
     │   ├── PayloadTooLarge     the body or message is over the size limit (413)
     │   └── Unsupported         a valid feature that modelport does not serve (400)
     ├── NotFound                no such model, version or route (404 / NOT_FOUND)
+    ├── Conflict                a write lost to another one (409 / ABORTED)
     ├── ModelNotReady           the model exists but cannot serve now (503 / UNAVAILABLE)
     ├── Unavailable             the server sheds load or is shutting down (503 / UNAVAILABLE)
     ├── DeadlineExceeded        the request's deadline passed (504 / DEADLINE_EXCEEDED)
@@ -44,6 +45,14 @@ class Unsupported(InvalidRequest):
 
 class NotFound(ModelportError):
     """Raised when a model, a version of it, or a route does not exist."""
+
+
+class Conflict(ModelportError):
+    """Raised when a write was based on state that another writer has changed since.
+
+    The caller should read the current state again and decide; retrying the
+    same write blindly would overwrite a change it never saw.
+    """
 
 
 class ModelNotReady(ModelportError):

@@ -21,12 +21,18 @@ import uvicorn
 
 from modelport import __version__
 from modelport.config.server import ServerConfig
+from modelport.controlplane.api import ManagementServices, build_api, docs_routes
+from modelport.controlplane.canary import CanaryController
 from modelport.controlplane.registry import Registry
+from modelport.controlplane.store import StateStore
+from modelport.controlplane.traffic import TrafficManager
 from modelport.dataplane.cache import ResponseCache
 from modelport.dataplane.pipeline import Pipeline
+from modelport.dataplane.routing import Traffic
 from modelport.dataplane.transport.context import TransportContext
 from modelport.dataplane.transport.grpc.server import build_grpc_server, mark_serving
 from modelport.dataplane.transport.http.app import build_app, build_metrics_app
+from modelport.dataplane.transport.http.errors import http_status
 from modelport.dataplane.transport.http.protocol import JsonErrorHttpToolsProtocol
 from modelport.observability.metrics import Metrics
 
@@ -73,9 +79,21 @@ async def serve(config: ServerConfig) -> None:
     """Run until SIGTERM/SIGINT, then stop gracefully."""
     metrics = Metrics()
     repository = repository_of(config)
+    store = await asyncio.to_thread(
+        StateStore.open, config.state_url or StateStore.sqlite_url(config.data_dir)
+    )
     registry = Registry(repository, metrics, config.default_timeout)
+    # The live routing table; the control plane keeps it in step with the store.
+    traffic = Traffic(metrics)
+    manager = TrafficManager(store, registry, traffic)
+    canary = CanaryController(store, manager, traffic)
+    # Stored choices come before the first scan, so versions that policies,
+    # canaries and operators asked for load with everything else.
+    await asyncio.to_thread(canary.load_stored)
+    await asyncio.to_thread(manager.pin_stored)
     log.info("loading models", extra={"repository": str(repository)})
     await registry.start()
+    await manager.start()
     # Everything built so far (sessions, configs, libraries) lives as long as
     # the server. Freezing it keeps the collector's full passes from walking
     # it again and again: without this, those passes stretched p99 latency
@@ -83,7 +101,7 @@ async def serve(config: ServerConfig) -> None:
     gc.collect()
     gc.freeze()
     cache = ResponseCache(config.cache_size) if config.cache_size > 0 else None
-    pipeline = Pipeline(registry, metrics, cache)
+    pipeline = Pipeline(registry, metrics, cache, traffic=traffic)
     ctx = TransportContext(
         pipeline=pipeline,
         table=registry,
@@ -94,7 +112,8 @@ async def serve(config: ServerConfig) -> None:
         max_body_bytes=config.max_body_bytes,
         max_elements=config.max_elements,
     )
-    http = _uvicorn(build_app(ctx), config, config.http_port)
+    api = build_api(ManagementServices(registry, store, manager, canary), http_status)
+    http = _uvicorn(build_app(ctx, api, docs_routes()), config, config.http_port)
     metrics_http = (
         _uvicorn(build_metrics_app(metrics), config, config.metrics_port)
         if config.metrics_port is not None
@@ -147,5 +166,8 @@ async def serve(config: ServerConfig) -> None:
         if config.poll_interval is not None:
             tasks.create_task(poll_repository())
         tasks.create_task(shutdown())
+        tasks.create_task(canary.run(stop))
+    await traffic.close()  # shadow copies still running are cancelled, not drained
     await registry.close()
+    await asyncio.to_thread(store.close)
     log.info("stopped")

@@ -67,6 +67,9 @@ def start_server(repository: Path | None, log_path: Path, *extra: str) -> Server
         "--metrics-port", str(metrics_port),
         *extra,
     ]  # fmt: skip
+    if "--data-dir" not in extra and "--state-url" not in extra:
+        # Each server keeps its state (policies, history) apart from the others'.
+        args += ["--data-dir", str(log_path.parent / f"state-{http_port}")]
     log = log_path.open("wb")
     env = {k: v for k, v in os.environ.items() if not k.startswith("MODELPORT_")}
     proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)

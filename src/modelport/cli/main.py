@@ -13,9 +13,12 @@ from typing import Annotated
 
 import typer
 
+from modelport.cli.manage import deploy_app, models_app
 from modelport.errors import ConfigError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Serve machine-learning models.")
+app.add_typer(models_app, name="models")
+app.add_typer(deploy_app, name="deploy")
 
 
 @app.callback()
@@ -54,6 +57,14 @@ def serve(
         int | None, typer.Option(help="Response cache size in bytes (0: off).")
     ] = None,
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning or error.")] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(help="Directory of the embedded state database (default ./.modelport)."),
+    ] = None,
+    state_url: Annotated[
+        str | None,
+        typer.Option(help="State database URL, e.g. postgresql://user@host/db (default: SQLite)."),
+    ] = None,
 ) -> None:
     """Serve a model repository over REST and gRPC."""
     from modelport.config.server import load_server_config
@@ -70,6 +81,8 @@ def serve(
         "default_timeout": default_timeout,
         "cache_size": cache_size,
         "log_level": log_level,
+        "data_dir": data_dir,
+        "state_url": state_url,
     }
     try:
         settings = load_server_config(config, os.environ, flags)
@@ -83,11 +96,17 @@ def serve(
     from modelport.server import serve as run_server
 
     try:
-        import uvloop
+        try:
+            import uvloop
+        except ImportError:
+            asyncio.run(run_server(settings))
+        else:
+            uvloop.run(run_server(settings))
+    except ConfigError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(2) from None
 
-        uvloop.run(run_server(settings))
-    except ImportError:
-        asyncio.run(run_server(settings))
+
 
 
 def main() -> None:

@@ -49,6 +49,10 @@ class ServerConfig(BaseModel):
     """Threshold of the structured JSON log."""
     shutdown_grace: float = Field(default=30.0, ge=0)
     """Seconds SIGTERM waits for requests in flight before closing."""
+    data_dir: Path = Path(".modelport")
+    """Where the embedded state database (traffic policies, canaries, history) lives."""
+    state_url: str | None = None
+    """A database URL for the state (``postgresql://...``); None uses SQLite under data_dir."""
 
 
 _FIELDS = set(ServerConfig.model_fields)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,9 @@ class ModelRecord:
     override: dict[str, Any] | None = None
     unloaded: bool = False
     versions: dict[int, VersionRecord] = field(default_factory=dict)
+    wanted: dict[int, bool] = field(default_factory=dict)
+    """Per-version load (True) or unload (False) asked for through the
+    management API; it overrides the version policy until asked otherwise."""
 
 
 class Registry:
@@ -69,6 +73,7 @@ class Registry:
         self._lock = asyncio.Lock()
         self._started = False
         self._stopping = False
+        self._pins: dict[str, frozenset[int]] = {}
 
     # ------------------------------------------------------------ ModelTable
 
@@ -189,6 +194,94 @@ class Registry:
             for name in list(self._serving):
                 await self._retire(name, set(self._serving[name]))
 
+    # ------------------------------------------- versions (management API)
+
+    def version_states(self, name: str) -> dict[str, tuple[str, str]]:
+        """Every version of a model on disk with its state and reason."""
+        record = self._records.get(name)
+        if record is None:
+            raise NotFound(f"unknown model {name!r}")
+        return {str(v): (r.state, r.reason) for v, r in sorted(record.versions.items())}
+
+    def model_names(self) -> list[str]:
+        return sorted(self._records)
+
+    def pin(self, name: str, versions: AbstractSet[int]) -> None:
+        """Keep these versions loaded whatever the version policy says.
+
+        Traffic policies and canaries pin the versions they send requests to;
+        the next load or poll brings pinned versions up.
+        """
+        if versions:
+            self._pins[name] = frozenset(versions)
+        else:
+            self._pins.pop(name, None)
+
+    def pins(self, name: str) -> frozenset[int]:
+        return self._pins.get(name, frozenset())
+
+    def set_wanted(self, wanted: dict[str, dict[int, bool]]) -> None:
+        """Restore per-version load/unload choices saved before a restart."""
+        for name, choices in wanted.items():
+            record = self._records.get(name)
+            if record is None:
+                record = self._records[name] = ModelRecord(name)
+            record.wanted = dict(choices)
+
+    async def load_model_version(self, name: str, version: int) -> None:
+        """Load one version, even one the version policy does not select."""
+        check_model_name(name)
+        async with self._lock:
+            source = scan_model(self.repository, name)
+            if source is None:
+                raise NotFound(f"unknown model {name!r}: no directory in the repository")
+            if version not in source.versions:
+                raise NotFound(f"unknown version {version} of model {name!r}")
+            record = self._records.get(name) or ModelRecord(name)
+            self._records[name] = record
+            record.wanted[version] = True
+            record = await self._sync(source, override=record.override, force=False)
+        state = record.versions.get(version)
+        if state is None or state.state != READY:
+            why = state.reason if state is not None else self._reason(record)
+            raise ModelLoadError(f"failed to load {name!r} version {version}: {why}")
+
+    async def refresh(self, name: str) -> None:
+        """Bring one model in step with its pins and choices (load or release versions)."""
+        async with self._lock:
+            source = scan_model(self.repository, name)
+            record = self._records.get(name)
+            if source is None or record is None:
+                raise NotFound(f"unknown model {name!r}")
+            await self._sync(source, override=record.override, force=False)
+
+    async def unload_model_version(self, name: str, version: int) -> None:
+        """Unload one version and keep it unloaded across repository polls."""
+        check_model_name(name)
+        async with self._lock:
+            record = self._records.get(name)
+            if record is None:
+                raise NotFound(f"unknown model {name!r}")
+            if version not in record.versions:
+                raise NotFound(f"unknown version {version} of model {name!r}")
+            record.wanted[version] = False
+            source = scan_model(self.repository, name)
+            if source is None:
+                raise NotFound(f"unknown model {name!r}: no directory in the repository")
+            await self._sync(source, override=record.override, force=False)
+
+    def _selected(self, record: ModelRecord, config: ModelConfig, on_disk: list[int]) -> list[int]:
+        """The version policy's choice, then API choices, then pins (which always win)."""
+        chosen = set(config.version_policy.select(on_disk))
+        for v, load in record.wanted.items():
+            if v in on_disk:
+                if load:
+                    chosen.add(v)
+                else:
+                    chosen.discard(v)
+        chosen |= self._pins.get(record.name, frozenset()) & set(on_disk)
+        return sorted(chosen)
+
     # --------------------------------------------------------------- helpers
 
     @staticmethod
@@ -222,7 +315,7 @@ class Registry:
             return record
         try:
             config = read_model_config(source, override)
-            wanted = config.version_policy.select(list(source.versions))
+            wanted = self._selected(record, config, list(source.versions))
         except ModelportError as exc:
             record.reason = exc.message
             self._mark_all(record, source, exc.message)
@@ -236,7 +329,12 @@ class Registry:
             del record.versions[v]
         for v in source.versions:
             if v not in wanted:
-                record.versions[v] = VersionRecord(UNAVAILABLE, "not selected by version_policy")
+                why = (
+                    "unloaded through the management API"
+                    if record.wanted.get(v) is False
+                    else "not selected by version_policy"
+                )
+                record.versions[v] = VersionRecord(UNAVAILABLE, why)
         for v in wanted:
             fp = source.version_fingerprints[v]
             current = record.versions.get(v)

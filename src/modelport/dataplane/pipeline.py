@@ -1,20 +1,25 @@
-"""One inference request through the data plane: resolve → validate → compute.
+"""One inference request through the data plane: route → resolve → validate → compute.
 
 Transports decode the wire into an InferenceRequest, call :meth:`Pipeline.infer`
 and encode what it returns; everything a policy needs to see happens here,
-once, for HTTP and gRPC alike. No I/O of its own.
+once, for HTTP and gRPC alike. No I/O of its own; the only work it leaves
+behind after answering is a shadow copy, owned by ``Traffic``'s runner.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
 
 from modelport.dataplane.cache import ResponseCache, cache_key
+from modelport.dataplane.routing.shadow import SHADOW_PROTOCOL
+from modelport.dataplane.routing.traffic import HeaderLookup, RoutedModel, Traffic
+from modelport.dataplane.routing.window import counts_as_error
 from modelport.dataplane.table import ModelTable, ModelVersion
 from modelport.dataplane.validate import check_request
-from modelport.errors import InferenceFailed, ModelportError
+from modelport.errors import InferenceFailed, ModelNotReady, ModelportError, NotFound
 from modelport.observability.metrics import Metrics, ModelMetrics
 from modelport.types import DTYPES, Array, InferenceRequest, InferenceResponse, Tensor
 
@@ -30,19 +35,93 @@ class Pipeline:
         metrics: Metrics,
         cache: ResponseCache | None = None,
         clock: Callable[[], int] = time.perf_counter_ns,
+        traffic: Traffic | None = None,
     ) -> None:
         self.table = table
         self.metrics = metrics
         self.cache = cache
+        self.traffic = traffic
         self._clock = clock
 
     def resolve(self, name: str, version: str | None) -> ModelVersion:
         return self.table.resolve(name, version)
 
-    async def infer(self, request: InferenceRequest, protocol: str) -> InferenceResponse:
-        """Serve one request; raises a ModelportError subclass on any refusal."""
+    async def infer(
+        self,
+        request: InferenceRequest,
+        protocol: str,
+        header: HeaderLookup | None = None,
+    ) -> InferenceResponse:
+        """Serve one request; raises a ModelportError subclass on any refusal.
+
+        ``header`` looks up a request header (gRPC: metadata) by name; it is only
+        called for models whose traffic policy has a sticky key.
+        """
         start = self._clock()
+        if self.traffic is not None:
+            routed = self.traffic.routed(request.model_name)
+            if routed is not None:
+                return await self._routed(routed, request, protocol, header, start)
         model = self.table.resolve(request.model_name, request.model_version)
+        return await self._serve(model, request, protocol, start, None)
+
+    async def _routed(
+        self,
+        routed: RoutedModel,
+        request: InferenceRequest,
+        protocol: str,
+        header: HeaderLookup | None,
+        start: int,
+    ) -> InferenceResponse:
+        """A request for a model with a traffic policy.
+
+        A named version bypasses the policy (but is still recorded in its window);
+        otherwise the policy chooses, falling back to the default version when
+        the chosen one cannot serve. Only policy-routed requests are shadowed.
+        """
+        if request.model_version is not None:
+            model = self._resolve_recorded(routed, request.model_name, request.model_version, start)
+            return await self._serve(model, request, protocol, start, routed)
+        version = routed.choose(header, request.parameters)
+        try:
+            model = self.table.resolve(request.model_name, version)
+        except (NotFound, ModelNotReady) as exc:
+            routed.fell_back(version, exc)
+            model = self.table.resolve(request.model_name, None)
+        response = await self._serve(model, request, protocol, start, routed)
+        shadow = routed.wants_shadow(model.version)
+        if shadow is not None:
+            call = functools.partial(self._shadow, routed, shadow)
+            routed.shadow(shadow, request, response, call)
+        return response
+
+    async def _shadow(
+        self, routed: RoutedModel, version: str, request: InferenceRequest
+    ) -> InferenceResponse:
+        """One shadow copy, served like any request under the "shadow" protocol label."""
+        start = self._clock()
+        model = self._resolve_recorded(routed, request.model_name, version, start)
+        return await self._serve(model, request, SHADOW_PROTOCOL, start, routed)
+
+    def _resolve_recorded(
+        self, routed: RoutedModel, name: str, version: str, start: int
+    ) -> ModelVersion:
+        """Resolve a named version; a version that cannot serve counts against it."""
+        try:
+            return self.table.resolve(name, version)
+        except ModelportError as exc:
+            if counts_as_error(exc):
+                routed.record(version, self._clock() - start, True)
+            raise
+
+    async def _serve(
+        self,
+        model: ModelVersion,
+        request: InferenceRequest,
+        protocol: str,
+        start: int,
+        routed: RoutedModel | None,
+    ) -> InferenceResponse:
         series = self.metrics.for_model(model.name, model.version, protocol)
         series.requests.inc()
         try:
@@ -51,6 +130,8 @@ class Pipeline:
             self.metrics.failures.labels(
                 model.name, model.version, protocol, type(exc).__name__
             ).inc()
+            if routed is not None and counts_as_error(exc):
+                routed.record(model.version, self._clock() - start, True)
             # Client mistakes and load shedding are counted in metrics; logging
             # each one would make overload costlier. Model failures are logged.
             log.log(
@@ -65,8 +146,11 @@ class Pipeline:
                 },
             )
             raise
-        elapsed = (self._clock() - start) / 1e9
+        elapsed_ns = self._clock() - start
+        elapsed = elapsed_ns / 1e9
         series.request_duration.observe(elapsed)
+        if routed is not None:
+            routed.record(model.version, elapsed_ns, False)
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "inference",

@@ -76,6 +76,20 @@ class Metrics:
             ("model", "version", "result"),
             registry=self.registry,
         )
+        self.routing_fallbacks = Counter(
+            "modelport_routing_fallbacks",
+            "Requests a traffic policy routed to a version that could not serve, which "
+            "the default version answered instead; by model and routed version.",
+            ("model", "version"),
+            registry=self.registry,
+        )
+        self.shadow_requests = Counter(
+            "modelport_shadow_requests",
+            "Shadow copies of answered requests, by model, shadow version and result "
+            "(agree, disagree, error, skipped).",
+            ("model", "version", "result"),
+            registry=self.registry,
+        )
         self.models_loaded = Gauge(
             "modelport_models_loaded",
             "Model versions loaded and ready.",

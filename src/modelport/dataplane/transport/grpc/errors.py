@@ -6,6 +6,7 @@ import grpc
 
 from modelport.errors import (
     ConfigError,
+    Conflict,
     DeadlineExceeded,
     InferenceFailed,
     InvalidRequest,
@@ -22,6 +23,7 @@ STATUS: tuple[tuple[type[ModelportError], grpc.StatusCode], ...] = (
     (PayloadTooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
     (NotFound, grpc.StatusCode.NOT_FOUND),
+    (Conflict, grpc.StatusCode.ABORTED),
     (ModelNotReady, grpc.StatusCode.UNAVAILABLE),
     (Unavailable, grpc.StatusCode.UNAVAILABLE),
     (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),

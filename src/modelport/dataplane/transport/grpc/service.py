@@ -55,6 +55,19 @@ def _tensor_metadata(specs: Any) -> list[Any]:
     ]
 
 
+def _metadata_lookup(context: grpc.aio.ServicerContext) -> Callable[[str], str | None]:
+    """Invocation metadata by name, for traffic routing's sticky key (keys are lower-case)."""
+
+    def lookup(name: str) -> str | None:
+        key = name.lower()
+        for k, v in context.invocation_metadata() or ():
+            if k == key and isinstance(v, str):
+                return v
+        return None
+
+    return lookup
+
+
 class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, ctx: TransportContext) -> None:
         self.ctx = ctx
@@ -90,15 +103,15 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             outputs=_tensor_metadata(model.signature.outputs),
         )
 
-    async def _infer(self, request: Any) -> Any:
+    async def _infer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         self.ctx.pipeline.resolve(request.model_name, request.model_version or None)
         req = decode_request(request, self.ctx.max_elements)
-        resp = await self.ctx.pipeline.infer(req, "grpc")
+        resp = await self.ctx.pipeline.infer(req, "grpc", _metadata_lookup(context))
         return encode_response(resp)
 
     @_mapped
     async def ModelInfer(self, request: Any, context: Any) -> Any:
-        return await self._infer(request)
+        return await self._infer(request, context)
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
@@ -108,7 +121,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
         async def one(msg: Any) -> None:
             try:
-                reply = pb.ModelStreamInferResponse(infer_response=await self._infer(msg))
+                reply = pb.ModelStreamInferResponse(infer_response=await self._infer(msg, context))
             except ModelportError as exc:
                 reply = pb.ModelStreamInferResponse(
                     error_message=exc.message,

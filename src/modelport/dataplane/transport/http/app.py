@@ -13,7 +13,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp
 
 from modelport.dataplane.transport.context import TransportContext
@@ -68,15 +68,23 @@ def build_metrics_app(metrics: Metrics) -> Starlette:
     )
 
 
-def build_app(ctx: TransportContext) -> ASGIApp:
-    """The REST app: OIP v2, Triton's extensions, KServe v1 and /metrics."""
+def build_app(
+    ctx: TransportContext,
+    management: ASGIApp | None = None,
+    extra_routes: list[BaseRoute] | None = None,
+) -> ASGIApp:
+    """The REST app: OIP v2, Triton's extensions, KServe v1, /metrics, and the
+    management API (built by the control plane) under /api/v1."""
     infer = InferRoute(ctx)
+    mounted: list[BaseRoute] = [Mount("/api/v1", app=management)] if management else []
     router = Starlette(
         routes=[
             *routes_triton.routes(ctx),
             *routes_v2.routes(ctx, infer),
             *routes_v1.routes(ctx),
             *metrics_routes(ctx.metrics),
+            *mounted,
+            *(extra_routes or []),
         ],
         exception_handlers={
             ModelportError: _modelport_error,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from modelport.errors import (
     ConfigError,
+    Conflict,
     DeadlineExceeded,
     InferenceFailed,
     InvalidRequest,
@@ -20,6 +21,7 @@ STATUS: tuple[tuple[type[ModelportError], int], ...] = (
     (PayloadTooLarge, 413),
     (InvalidRequest, 400),
     (NotFound, 404),
+    (Conflict, 409),
     (ModelNotReady, 503),
     (Unavailable, 503),
     (DeadlineExceeded, 504),

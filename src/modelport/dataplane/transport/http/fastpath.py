@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -54,6 +55,16 @@ def _header_length(raw: bytes | None) -> int | None:
             f"Inference-Header-Content-Length {shown!r} is not a non-negative integer"
         )
     return int(text)
+
+
+def _header_lookup(headers: dict[bytes, bytes]) -> Callable[[str], str | None]:
+    """Case-insensitive header lookup for traffic routing's sticky key (ASGI names are lower)."""
+
+    def lookup(name: str) -> str | None:
+        value = headers.get(name.lower().encode("latin-1"))
+        return value.decode("latin-1") if value is not None else None
+
+    return lookup
 
 
 class InferenceFastPath:
@@ -105,7 +116,9 @@ class InferRoute:
                 version,
                 ctx.max_elements,
             )
-            response = await _until_disconnect(receive, ctx.pipeline.infer(request, "http"))
+            response = await _until_disconnect(
+                receive, ctx.pipeline.infer(request, "http", _header_lookup(headers))
+            )
             payload, hlen = encode_response(request, response)
         except ModelportError as exc:
             status = http_status(exc)

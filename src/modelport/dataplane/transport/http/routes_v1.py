@@ -70,8 +70,9 @@ def routes(ctx: TransportContext) -> list[Route]:
         raw = await read_body(request, ctx.max_body_bytes)
         body = decode_json(raw)
         inputs = decode_v1(model, body, ctx.max_elements)
-        req = InferenceRequest(model.name, model.version, inputs)
-        resp = await ctx.pipeline.infer(req, "http")
+        # No version: the model's traffic policy, if any, picks one like on /v2.
+        req = InferenceRequest(model.name, None, inputs)
+        resp = await ctx.pipeline.infer(req, "http", request.headers.get)
         outputs = {t.name: t for t in resp.outputs}
         if len(outputs) == 1:
             (only,) = outputs.values()

@@ -1,0 +1,336 @@
+"""The management API, mounted at ``/api/v1`` on the REST port.
+
+Handlers are thin: they parse, call the registry, the traffic manager or the
+canary controller, and record what changed. Every error leaves in the data
+plane's shape with a ``code`` (see errors.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import asdict, dataclass
+from typing import Annotated, Any
+
+from fastapi import Body, FastAPI, Header, Path, Query, Response
+from fastapi.exceptions import HTTPException
+from fastapi.openapi.docs import get_swagger_ui_html
+from starlette.requests import Request
+from starlette.responses import HTMLResponse
+from starlette.routing import BaseRoute, Route
+
+from modelport.controlplane.api import schemas
+from modelport.controlplane.api.errors import install_error_handlers
+from modelport.controlplane.canary import CanaryController
+from modelport.controlplane.registry import Registry
+from modelport.controlplane.store import StateStore, StoredCanary, StoredPolicy
+from modelport.controlplane.traffic import LOCAL, TrafficManager
+from modelport.errors import InvalidRequest, ModelportError, NotFound
+
+API_VERSION = "1.0"
+
+ModelName = Annotated[str, Path(max_length=256, description="Model name")]
+VersionNumber = Annotated[str, Path(pattern=r"^[0-9]{1,18}$", description="Version number")]
+
+
+@dataclass(frozen=True)
+class ManagementServices:
+    registry: Registry
+    store: StateStore
+    traffic: TrafficManager
+    canary: CanaryController
+
+
+def _revision(if_match: str | None) -> int:
+    """If-Match carries the policy revision, bare or quoted as an entity tag."""
+    if if_match is None:
+        raise HTTPException(
+            428, "If-Match is required: send the revision from GET .../traffic (0 to create)"
+        )
+    value = if_match.strip().removeprefix("W/").strip('"')
+    if not value.isdigit() or len(value) > 18:
+        raise InvalidRequest(f"If-Match: expected a revision number, got {if_match!r}")
+    return int(value)
+
+
+def _policy_state(services: ManagementServices, model: str, stored: StoredPolicy | None) -> Any:
+    windows = {}
+    if stored is not None:
+        for route in stored.body.get("routes", []):
+            version = str(route.get("version"))
+            windows[version] = asdict(services.traffic.traffic.window(model, version))
+        shadow = stored.body.get("shadow")
+        if isinstance(shadow, dict):
+            version = str(shadow.get("version"))
+            windows[version] = asdict(services.traffic.traffic.window(model, version))
+    return schemas.TrafficState(
+        model=model,
+        revision=stored.revision if stored is not None else 0,
+        policy=stored.body if stored is not None else None,
+        updated_at=stored.updated_at if stored is not None else None,
+        updated_by=stored.updated_by if stored is not None else None,
+        windows=windows,
+    )
+
+
+def _canary_state(services: ManagementServices, canary: StoredCanary) -> schemas.CanaryState:
+    window = None
+    if canary.state in ("running", "paused"):
+        window = asdict(services.traffic.traffic.window(canary.model, canary.body["version"]))
+    return schemas.CanaryState(
+        model=canary.model,
+        state=canary.state,
+        revision=canary.revision,
+        updated_at=canary.updated_at,
+        spec=canary.body,
+        window=window,
+    )
+
+
+def build_api(services: ManagementServices, status_of: Any) -> FastAPI:
+    """The /api/v1 application; ``status_of`` is the REST transport's error table."""
+    registry, store, manager, canaries = (
+        services.registry,
+        services.store,
+        services.traffic,
+        services.canary,
+    )
+    api = FastAPI(
+        title="modelport management API",
+        version=API_VERSION,
+        description=(
+            "Versions, traffic policies, canaries and history. v1 only ever gains "
+            "fields and endpoints; nothing a v1 client relies on changes."
+        ),
+        openapi_url="/openapi.json",
+        docs_url=None,
+        redoc_url=None,
+        responses={
+            400: {"model": schemas.ErrorBody},
+            404: {"model": schemas.ErrorBody},
+            409: {"model": schemas.ErrorBody},
+        },
+    )
+    install_error_handlers(api, status_of)
+
+    def model_info(name: str) -> schemas.ModelInfo:
+        states = registry.version_states(name)
+        policy = manager.traffic.get(name)
+        weights = {r.version: r.weight for r in policy.routes} if policy is not None else {}
+        stored = store.get_policy(name)
+        canary = store.get_canary(name)
+        return schemas.ModelInfo(
+            name=name,
+            versions=[
+                schemas.VersionInfo(version=v, state=state, reason=reason, weight=weights.get(v))
+                for v, (state, reason) in states.items()
+            ],
+            traffic_revision=stored.revision if stored is not None else 0,
+            canary=canary.state if canary is not None else None,
+        )
+
+    @api.get("/models", response_model=schemas.ModelList, summary="Models, versions, states")
+    async def list_models() -> schemas.ModelList:
+        def read() -> schemas.ModelList:
+            return schemas.ModelList(models=[model_info(n) for n in registry.model_names()])
+
+        return await asyncio.to_thread(read)
+
+    @api.get("/models/{model}", response_model=schemas.ModelInfo, summary="One model")
+    async def get_model(model: ModelName) -> schemas.ModelInfo:
+        return await asyncio.to_thread(model_info, model)
+
+    @api.post(
+        "/models/{model}/versions/{version}/load",
+        response_model=schemas.VersionChange,
+        summary="Load a version (kept loaded across repository polls)",
+    )
+    async def load_version(
+        model: ModelName, version: VersionNumber, body: schemas.Reason | None = None
+    ) -> schemas.VersionChange:
+        await registry.load_model_version(model, int(version))
+        await asyncio.to_thread(
+            store.record,
+            model,
+            "version.load",
+            actor=LOCAL,
+            detail={"version": version},
+            reason=body.reason if body else None,
+        )
+        state, reason = registry.version_states(model)[version]
+        return schemas.VersionChange(model=model, version=version, state=state, reason=reason)
+
+    @api.post(
+        "/models/{model}/versions/{version}/unload",
+        response_model=schemas.VersionChange,
+        summary="Unload a version; refused while a traffic policy or canary uses it",
+    )
+    async def unload_version(
+        model: ModelName, version: VersionNumber, body: schemas.Reason | None = None
+    ) -> schemas.VersionChange:
+        if version not in registry.version_states(model):
+            raise NotFound(f"unknown version {version} of model {model!r}")
+        manager.check_unload(model, version)
+        await registry.unload_model_version(model, int(version))
+        await asyncio.to_thread(
+            store.record,
+            model,
+            "version.unload",
+            actor=LOCAL,
+            detail={"version": version},
+            reason=body.reason if body else None,
+        )
+        state, reason = registry.version_states(model)[version]
+        return schemas.VersionChange(model=model, version=version, state=state, reason=reason)
+
+    @api.get(
+        "/models/{model}/traffic",
+        response_model=schemas.TrafficState,
+        summary="The traffic policy, its revision and each version's live window",
+    )
+    async def get_traffic(model: ModelName, response: Response) -> Any:
+        stored = await asyncio.to_thread(manager.get, model)
+        state = _policy_state(services, model, stored)
+        response.headers["ETag"] = f'"{state.revision}"'
+        return state
+
+    @api.put(
+        "/models/{model}/traffic",
+        response_model=schemas.TrafficState,
+        summary="Replace the traffic policy (If-Match: the revision it replaces, 0 to create)",
+    )
+    async def put_traffic(
+        model: ModelName,
+        response: Response,
+        body: Annotated[dict[str, Any], Body(openapi_examples=None)],
+        if_match: Annotated[str | None, Header()] = None,
+    ) -> Any:
+        expected = _revision(if_match)
+        fields = dict(body)
+        reason = fields.pop("reason", None)
+        if reason is not None and not isinstance(reason, str):
+            raise InvalidRequest("reason: must be a string")
+        saved = await manager.put(
+            model, fields, expected if expected > 0 else None, actor=LOCAL, reason=reason
+        )
+        response.headers["ETag"] = f'"{saved.revision}"'
+        return _policy_state(services, model, saved)
+
+    @api.delete(
+        "/models/{model}/traffic",
+        status_code=204,
+        summary="Remove the policy: the highest ready version answers again",
+    )
+    async def delete_traffic(
+        model: ModelName, if_match: Annotated[str | None, Header()] = None
+    ) -> Response:
+        await manager.delete(model, _revision(if_match), actor=LOCAL)
+        return Response(status_code=204)
+
+    @api.post(
+        "/models/{model}/canary",
+        response_model=schemas.CanaryState,
+        status_code=201,
+        summary="Start a canary: stepped weights guarded by SLOs",
+    )
+    async def start_canary(
+        model: ModelName,
+        body: Annotated[dict[str, Any], Body(description="See CanaryBody")],
+    ) -> schemas.CanaryState:
+        return _canary_state(services, await canaries.begin(model, body, actor=LOCAL))
+
+    @api.get("/models/{model}/canary", response_model=schemas.CanaryState)
+    async def get_canary(model: ModelName) -> schemas.CanaryState:
+        registry.version_states(model)
+        return _canary_state(services, await asyncio.to_thread(canaries.get, model))
+
+    for action in ("pause", "resume", "promote", "abort"):
+        _add_canary_action(api, services, action)
+
+    @api.post(
+        "/models/{model}/rollback",
+        response_model=schemas.TrafficState,
+        summary="Abort a running canary, or put back the previous traffic policy",
+    )
+    async def rollback(model: ModelName, body: schemas.Reason | None = None) -> Any:
+        reason = body.reason if body else None
+        if canaries.is_active(model):
+            await canaries.abort(model, actor=LOCAL, reason=reason or "rollback")
+            return _policy_state(services, model, await asyncio.to_thread(store.get_policy, model))
+        saved = await manager.rollback(model, actor=LOCAL, reason=reason)
+        return _policy_state(services, model, saved)
+
+    @api.get("/models/{model}/history", response_model=schemas.History)
+    async def model_history(
+        model: ModelName,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        before: Annotated[int | None, Query(ge=1)] = None,
+    ) -> schemas.History:
+        if model not in registry.model_names() and not await asyncio.to_thread(
+            store.history, model, limit=1
+        ):
+            raise NotFound(f"unknown model {model!r}")
+        return await _history(store, model, limit, before)
+
+    @api.get("/history", response_model=schemas.History, summary="Every model's changes")
+    async def all_history(
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        before: Annotated[int | None, Query(ge=1)] = None,
+    ) -> schemas.History:
+        return await _history(store, None, limit, before)
+
+    return api
+
+
+def _add_canary_action(api: FastAPI, services: ManagementServices, action: str) -> None:
+    async def handler(model: ModelName, body: schemas.Reason | None = None) -> Any:
+        services.registry.version_states(model)
+        canaries = services.canary
+        if action == "pause":
+            saved = await canaries.pause(model, actor=LOCAL)
+        elif action == "resume":
+            saved = await canaries.resume(model, actor=LOCAL)
+        elif action == "promote":
+            saved = await canaries.promote(model, actor=LOCAL)
+        else:
+            saved = await canaries.abort(model, actor=LOCAL, reason=body.reason if body else None)
+        return _canary_state(services, saved)
+
+    api.post(
+        f"/models/{{model}}/canary/{action}",
+        response_model=schemas.CanaryState,
+        summary=f"{action.capitalize()} the model's canary",
+        name=f"canary_{action}",
+    )(handler)
+
+
+def docs_routes() -> list[BaseRoute]:
+    """``/docs``: an interactive page over ``/api/v1/openapi.json``."""
+
+    async def page(request: Request) -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/api/v1/openapi.json", title="modelport management API"
+        )
+
+    return [Route("/docs", page, methods=["GET"])]
+
+
+async def _history(
+    store: StateStore, model: str | None, limit: int, before: int | None
+) -> schemas.History:
+    events = await asyncio.to_thread(store.history, model, limit=limit, before_id=before)
+    infos = [
+        schemas.EventInfo(
+            id=e.id,
+            model=e.model,
+            at=e.at,
+            actor=e.actor,
+            action=e.action,
+            detail=e.detail,
+            reason=e.reason,
+        )
+        for e in events
+    ]
+    return schemas.History(events=infos, next_before=infos[-1].id if len(infos) == limit else None)
+
+
+__all__ = ["API_VERSION", "ManagementServices", "ModelportError", "build_api", "docs_routes"]

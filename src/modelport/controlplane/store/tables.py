@@ -1,0 +1,113 @@
+"""The store's tables, as SQLAlchemy Core sees them at the newest schema revision.
+
+The migrations under ``migrations/versions`` own the schema; these objects
+only describe it to the queries. A change here without a new migration is a
+bug: the column would exist for the queries but not in any database.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Dialect,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.types import TypeDecorator, TypeEngine
+
+#: Alembic's bookkeeping table. Not Alembic's default name, so that a
+#: PostgreSQL database shared with another Alembic-managed application keeps
+#: the two schema histories apart.
+VERSION_TABLE = "modelport_alembic_version"
+
+MODEL_NAME_MAX = 256
+ACTOR_MAX = 256
+ACTION_MAX = 64
+STATE_MAX = 32
+
+
+def json_type() -> TypeEngine[Any]:
+    """JSON everywhere; JSONB on PostgreSQL, which stores it parsed and compact."""
+    return JSON().with_variant(JSONB(), "postgresql")
+
+
+def event_id_type() -> TypeEngine[int]:
+    """64-bit ids on PostgreSQL; SQLite autoincrements only an ``INTEGER`` key."""
+    return BigInteger().with_variant(Integer(), "sqlite")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in and out, on every backend.
+
+    PostgreSQL keeps ``timestamptz`` as an instant and hands it back in the
+    session's time zone; SQLite has no time type at all, and SQLAlchemy
+    stores naive ISO strings there. Writing UTC and re-attaching UTC on read
+    makes both return the same aware value that was written.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value.isoformat()} given for a UTC column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+metadata = MetaData()
+
+policies = Table(
+    "traffic_policies",
+    metadata,
+    Column("model", String(MODEL_NAME_MAX), primary_key=True),
+    Column("body", json_type(), nullable=False),
+    Column("revision", Integer, nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Column("updated_by", String(ACTOR_MAX), nullable=False),
+)
+
+canaries = Table(
+    "canaries",
+    metadata,
+    Column("model", String(MODEL_NAME_MAX), primary_key=True),
+    Column("body", json_type(), nullable=False),
+    Column("state", String(STATE_MAX), nullable=False),
+    Column("revision", Integer, nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Index("ix_canaries_state", "state"),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("id", event_id_type(), primary_key=True, autoincrement=True),
+    Column("model", String(MODEL_NAME_MAX), nullable=False),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("actor", String(ACTOR_MAX), nullable=False),
+    Column("action", String(ACTION_MAX), nullable=False),
+    Column("detail", json_type(), nullable=False),
+    Column("reason", Text(), nullable=True),
+    Index("ix_events_model_id", "model", "id"),
+    sqlite_autoincrement=True,
+)
