@@ -7,7 +7,10 @@ inputs, so a test controls its error rate exactly.
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import textwrap
 import time
 import uuid
@@ -66,6 +69,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("traffic-repo")
     build(root, "scorer", {1: False, 2: False, 3: True})
     build(root, "healthy", {1: False, 2: False})
+    build(root, "cli", {1: False, 2: False})
     return root
 
 
@@ -419,3 +423,47 @@ def test_policy_survives_restart_on_postgresql(tmp_path: Path) -> None:
         assert {infer(server, "pg", 1.0)[0] for _ in range(10)} == {"1"}
     finally:
         stop_server(server)
+
+
+def cli(server: Server, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "modelport", *args, "--url", server.base],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_command_line_drives_the_api(srv: Server) -> None:
+    first = cli(srv, "deploy", "traffic", "cli", "1=50", "2=50", "--reason", "split")
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout)["revision"] == 1
+    second = cli(srv, "deploy", "traffic", "cli", "1=10", "2=90")
+    assert second.returncode == 0, second.stderr
+    bad = cli(srv, "deploy", "traffic", "cli", "1=70", "2=20")
+    assert bad.returncode == 1
+    assert "sum" in bad.stderr and "invalid_request" in bad.stderr
+    listed = json.loads(cli(srv, "models", "list").stdout)
+    weights = {
+        v["version"]: v["weight"]
+        for m in listed["models"]
+        if m["name"] == "cli"
+        for v in m["versions"]
+    }
+    assert weights == {"1": 10, "2": 90}
+    back = cli(srv, "deploy", "rollback", "cli")
+    assert back.returncode == 0, back.stderr
+    routes = json.loads(back.stdout)["policy"]["routes"]
+    assert routes == [{"version": "1", "weight": 50}, {"version": "2", "weight": 50}]
+    history = json.loads(cli(srv, "deploy", "history", "cli").stdout)["events"]
+    assert [e["action"] for e in history][:3] == ["traffic.update"] * 3
+    assert history[-1]["reason"] == "split"
+    unreachable = subprocess.run(
+        [sys.executable, "-m", "modelport", "models", "list", "--url", "http://127.0.0.1:9"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert unreachable.returncode == 2 and "cannot reach" in unreachable.stderr
