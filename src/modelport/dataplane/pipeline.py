@@ -46,6 +46,13 @@ class Pipeline:
     def resolve(self, name: str, version: str | None) -> ModelVersion:
         return self.table.resolve(name, version)
 
+    def overloaded(self, model: ModelVersion, version: str | None) -> bool:
+        """Whether to refuse before decoding: the version's queue is full and the
+        request will go to it (a routed request may go to another version)."""
+        if not model.scheduler.saturated():
+            return False
+        return version is not None or self.traffic is None or self.traffic.get(model.name) is None
+
     async def infer(
         self,
         request: InferenceRequest,

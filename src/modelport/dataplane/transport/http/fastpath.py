@@ -100,7 +100,7 @@ class InferRoute:
         try:
             ctx = self.ctx
             model = ctx.pipeline.resolve(name, version)  # unknown models: before the body
-            if model.scheduler.saturated():  # overload: refuse before decoding too
+            if ctx.pipeline.overloaded(model, version):  # overload: refuse before decoding too
                 raise model.scheduler.refusal(0)
             length = headers.get(b"content-length")
             body = await receive_body(
