@@ -13,12 +13,14 @@ from typing import Annotated
 
 import typer
 
+from modelport.cli.convert import convert
 from modelport.cli.manage import deploy_app, models_app
 from modelport.errors import ConfigError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Serve machine-learning models.")
 app.add_typer(models_app, name="models")
 app.add_typer(deploy_app, name="deploy")
+app.command("convert")(convert)
 
 
 @app.callback()

@@ -391,6 +391,11 @@ class SklearnRuntime:
     def native(self) -> ModelSignature:
         return self._native
 
+    @property
+    def estimator(self) -> Any:
+        """The fitted estimator, for tools (conversion) that work on the model itself."""
+        return self._model
+
     def predict(self, inputs: Mapping[str, Array], outputs: Sequence[str]) -> dict[str, Array]:
         x = inputs[self._features.name]
         rows = int(x.shape[0])

@@ -1,0 +1,1 @@
+"""Making models faster to serve: conversion to ONNX (and, later, quantization and tuning)."""
