@@ -14,6 +14,7 @@ these classes to HTTP status codes or gRPC codes, once
     ├── Conflict                a write lost to another one (409 / ABORTED)
     ├── ModelNotReady           the model exists but cannot serve now (503 / UNAVAILABLE)
     ├── Unavailable             the server sheds load or is shutting down (503 / UNAVAILABLE)
+    ├── RateLimited             the caller is over a rate limit (429 / RESOURCE_EXHAUSTED)
     ├── DeadlineExceeded        the request's deadline passed (504 / DEADLINE_EXCEEDED)
     ├── InferenceFailed         the runtime raised while computing (500 / INTERNAL)
     ├── ModelLoadError          a version could not be loaded (reason kept on the model)
@@ -61,6 +62,18 @@ class ModelNotReady(ModelportError):
 
 class Unavailable(ModelportError):
     """Raised when the server cannot take the request now (queue full, shutting down)."""
+
+
+class RateLimited(ModelportError):
+    """Raised when a request is over a rate limit; ``retry_after_s`` says when to come back.
+
+    Transports pass the wait on (HTTP ``Retry-After``, gRPC ``retry-after``
+    trailing metadata) so well-behaved clients back off instead of hammering.
+    """
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class DeadlineExceeded(ModelportError):

@@ -23,9 +23,11 @@ from modelport import __version__
 from modelport.config.server import ServerConfig
 from modelport.controlplane.api import ManagementServices, build_api, docs_routes
 from modelport.controlplane.canary import CanaryController
+from modelport.controlplane.crypto.providers import key_provider_for
 from modelport.controlplane.registry import Registry
 from modelport.controlplane.store import StateStore
 from modelport.controlplane.traffic import TrafficManager
+from modelport.dataplane.admission import MemoryRateLimiter, RateLimiter
 from modelport.dataplane.cache import ResponseCache
 from modelport.dataplane.pipeline import Pipeline
 from modelport.dataplane.routing import Traffic
@@ -67,6 +69,17 @@ def _uvicorn(app: object, config: ServerConfig, port: int) -> _Uvicorn:
     )
 
 
+def build_limiter(config: ServerConfig, metrics: Metrics) -> RateLimiter:
+    """Buckets in Redis when several nodes must share limits, else in this process."""
+    if config.redis_url is None:
+        return MemoryRateLimiter()
+    from modelport.dataplane.admission.redis_limiter import RedisRateLimiter
+
+    return RedisRateLimiter.from_url(
+        config.redis_url, on_failure=metrics.rate_limit_store_failures.inc
+    )
+
+
 def repository_of(config: ServerConfig) -> Path:
     if config.repository is not None:
         return config.repository
@@ -79,10 +92,11 @@ async def serve(config: ServerConfig) -> None:
     """Run until SIGTERM/SIGINT, then stop gracefully."""
     metrics = Metrics()
     repository = repository_of(config)
+    keys = await asyncio.to_thread(key_provider_for, config)
     store = await asyncio.to_thread(
         StateStore.open, config.state_url or StateStore.sqlite_url(config.data_dir)
     )
-    registry = Registry(repository, metrics, config.default_timeout)
+    registry = Registry(repository, metrics, config.default_timeout, keys)
     # The live routing table; the control plane keeps it in step with the store.
     traffic = Traffic(metrics)
     manager = TrafficManager(store, registry, traffic)
@@ -101,7 +115,8 @@ async def serve(config: ServerConfig) -> None:
     gc.collect()
     gc.freeze()
     cache = ResponseCache(config.cache_size) if config.cache_size > 0 else None
-    pipeline = Pipeline(registry, metrics, cache, traffic=traffic)
+    limiter = build_limiter(config, metrics)
+    pipeline = Pipeline(registry, metrics, cache, traffic=traffic, limiter=limiter)
     ctx = TransportContext(
         pipeline=pipeline,
         table=registry,
@@ -169,5 +184,6 @@ async def serve(config: ServerConfig) -> None:
         tasks.create_task(canary.run(stop))
     await traffic.close()  # shadow copies still running are cancelled, not drained
     await registry.close()
+    await limiter.close()
     await asyncio.to_thread(store.close)
     log.info("stopped")

@@ -13,14 +13,16 @@ from typing import Annotated
 
 import typer
 
+from modelport.cli.audit import audit_app
 from modelport.cli.convert import convert
+from modelport.cli.crypto import encrypt, keygen
 from modelport.cli.manage import deploy_app, models_app
 from modelport.errors import ConfigError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Serve machine-learning models.")
 app.add_typer(models_app, name="models")
 app.add_typer(deploy_app, name="deploy")
-app.command("convert")(convert)
+app.add_typer(audit_app, name="audit")
 
 
 @app.callback()
@@ -67,6 +69,16 @@ def serve(
         str | None,
         typer.Option(help="State database URL, e.g. postgresql://user@host/db (default: SQLite)."),
     ] = None,
+    master_key_file: Annotated[
+        Path | None,
+        typer.Option(help="Master key of sealed models (default: MODELPORT_MASTER_KEY)."),
+    ] = None,
+    redis_url: Annotated[
+        str | None,
+        typer.Option(
+            help="Redis URL for rate limits shared by several nodes, e.g. redis://host:6379/0."
+        ),
+    ] = None,
 ) -> None:
     """Serve a model repository over REST and gRPC."""
     from modelport.config.server import load_server_config
@@ -85,6 +97,8 @@ def serve(
         "log_level": log_level,
         "data_dir": data_dir,
         "state_url": state_url,
+        "master_key_file": master_key_file,
+        "redis_url": redis_url,
     }
     try:
         settings = load_server_config(config, os.environ, flags)
@@ -109,6 +123,9 @@ def serve(
         raise typer.Exit(2) from None
 
 
+app.command("convert")(convert)
+app.command("encrypt")(encrypt)
+app.command("keygen")(keygen)
 
 
 def main() -> None:

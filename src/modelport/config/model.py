@@ -172,6 +172,15 @@ class ResponseCache(_Strict):
     enable: bool = False
 
 
+class RateLimit(_Strict):
+    """A token bucket for one model, shared by all its versions (and, with Redis, all nodes)."""
+
+    rate: float = Field(gt=0, allow_inf_nan=False)
+    """Requests per second the bucket refills; fractions allowed (0.5 is one every 2 s)."""
+    burst: int = Field(ge=1)
+    """Requests that may arrive at once after a quiet spell (the bucket's size)."""
+
+
 class ModelportOptions(_Strict):
     """modelport's own additions to a model's configuration."""
 
@@ -185,6 +194,15 @@ class ModelportOptions(_Strict):
     """Load pickle/joblib model files, which runs code from the file; skops is the safe format."""
     method: str | None = None
     """Which method of a scikit-learn model answers: predict, predict_proba or transform."""
+    instance_process: bool = False
+    """Run each instance in a worker process of its own, for models that hold the GIL
+    (python models, per-row scikit-learn work); tensors pass through shared memory."""
+    instance_timeout_s: float | None = Field(default=None, gt=0)
+    """With instance_process: a batch running longer than this kills and restarts its
+    worker, and the batch's callers get 503."""
+    rate_limit: RateLimit | None = None
+    """Requests per second this model accepts, over and above which callers get 429
+    (gRPC RESOURCE_EXHAUSTED); None is unlimited."""
 
 
 class ModelConfig(_Strict):

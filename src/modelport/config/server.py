@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from modelport.errors import ConfigError
 
@@ -53,6 +53,17 @@ class ServerConfig(BaseModel):
     """Where the embedded state database (traffic policies, canaries, history) lives."""
     state_url: str | None = None
     """A database URL for the state (``postgresql://...``); None uses SQLite under data_dir."""
+    redis_url: str | None = None
+    """Redis that holds rate-limit buckets (``redis://host:6379/0``), so every node sharing
+    it enforces one limit; None keeps buckets in this process."""
+    master_key_file: Path | None = None
+    """File holding the master key of sealed models (32 raw bytes or base64 text)."""
+    master_key: SecretStr | None = None
+    """The master key as base64 text, normally from ``MODELPORT_MASTER_KEY``; used when
+    master_key_file is unset. Secret: never logged or shown."""
+    key_provider: str | None = None
+    """A key provider plugged in for a KMS: ``package.module:factory`` or the name of an
+    entry point in group ``modelport.key_providers``; it wins over the local key."""
 
 
 _FIELDS = set(ServerConfig.model_fields)

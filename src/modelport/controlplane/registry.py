@@ -16,12 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from modelport.config.model import ModelConfig
-from modelport.controlplane.lifecycle import (
-    LOADING,
-    READY,
-    UNAVAILABLE,
-    load_version,
-)
+from modelport.controlplane.crypto.keys import KeyProvider
+from modelport.controlplane.crypto.loading import load_version_at_rest
+from modelport.controlplane.lifecycle import LOADING, READY, UNAVAILABLE
 from modelport.controlplane.repository.config_files import read_model_config
 from modelport.controlplane.repository.layout import (
     ModelSource,
@@ -62,9 +59,15 @@ class Registry:
     """Implements the data plane's ModelTable and RepositoryControl protocols."""
 
     def __init__(
-        self, repository: Path, metrics: Metrics, default_timeout: float | None = None
+        self,
+        repository: Path,
+        metrics: Metrics,
+        default_timeout: float | None = None,
+        keys: KeyProvider | None = None,
     ) -> None:
         self.repository = repository
+        self.keys = keys
+        """Opens sealed versions (``modelport encrypt``); None refuses them."""
         self.metrics = metrics
         self.default_timeout = default_timeout
         self._records: dict[str, ModelRecord] = {}
@@ -372,7 +375,8 @@ class Registry:
         origin = str(source.config_file or source.path)
         try:
             model = await asyncio.to_thread(
-                load_version,
+                load_version_at_rest,
+                self.keys,
                 name,
                 version,
                 source.versions[version],

@@ -1,4 +1,4 @@
-"""One inference request through the data plane: route → resolve → validate → compute.
+"""One inference request through the data plane: route → resolve → admit → validate → compute.
 
 Transports decode the wire into an InferenceRequest, call :meth:`Pipeline.infer`
 and encode what it returns; everything a policy needs to see happens here,
@@ -13,13 +13,21 @@ import logging
 import time
 from collections.abc import Callable
 
+from modelport.config.model import RateLimit
+from modelport.dataplane.admission.ratelimit import RateLimiter
 from modelport.dataplane.cache import ResponseCache, cache_key
 from modelport.dataplane.routing.shadow import SHADOW_PROTOCOL
 from modelport.dataplane.routing.traffic import HeaderLookup, RoutedModel, Traffic
 from modelport.dataplane.routing.window import counts_as_error
 from modelport.dataplane.table import ModelTable, ModelVersion
 from modelport.dataplane.validate import check_request
-from modelport.errors import InferenceFailed, ModelNotReady, ModelportError, NotFound
+from modelport.errors import (
+    InferenceFailed,
+    ModelNotReady,
+    ModelportError,
+    NotFound,
+    RateLimited,
+)
 from modelport.observability.metrics import Metrics, ModelMetrics
 from modelport.types import DTYPES, Array, InferenceRequest, InferenceResponse, Tensor
 
@@ -36,11 +44,13 @@ class Pipeline:
         cache: ResponseCache | None = None,
         clock: Callable[[], int] = time.perf_counter_ns,
         traffic: Traffic | None = None,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self.table = table
         self.metrics = metrics
         self.cache = cache
         self.traffic = traffic
+        self.limiter = limiter
         self._clock = clock
 
     def resolve(self, name: str, version: str | None) -> ModelVersion:
@@ -129,6 +139,13 @@ class Pipeline:
         start: int,
         routed: RoutedModel | None,
     ) -> InferenceResponse:
+        # Before any validation or compute, and outside the failure accounting
+        # below: a refusal is the caller's excess, not the version's fault, so it
+        # must not count against a canary. Shadow copies were admitted as the
+        # request they copy and take no second token.
+        limit = model.config.modelport.rate_limit
+        if limit is not None and self.limiter is not None and protocol != SHADOW_PROTOCOL:
+            await self._admit(model.name, limit, self.limiter)
         series = self.metrics.for_model(model.name, model.version, protocol)
         series.requests.inc()
         try:
@@ -170,6 +187,18 @@ class Pipeline:
                 },
             )
         return response
+
+    async def _admit(self, name: str, limit: RateLimit, limiter: RateLimiter) -> None:
+        """Take one token from the model's bucket (one per model, all versions) or refuse."""
+        decision = await limiter.acquire(f"model:{name}", limit.rate, limit.burst)
+        if decision.allowed:
+            return
+        self.metrics.rate_limited.labels(name).inc()
+        raise RateLimited(
+            f"model {name!r} is over its rate limit of {limit.rate:g} requests/s "
+            f"(burst {limit.burst}); retry in {decision.retry_after_s:.2f} s",
+            decision.retry_after_s,
+        )
 
     async def _compute(
         self, model: ModelVersion, request: InferenceRequest, start: int, series: ModelMetrics

@@ -90,6 +90,18 @@ class Metrics:
             ("model", "version", "result"),
             registry=self.registry,
         )
+        self.rate_limited = Counter(
+            "modelport_rate_limited",
+            "Inference requests refused by a model's rate limit, by model.",
+            ("model",),
+            registry=self.registry,
+        )
+        self.rate_limit_store_failures = Counter(
+            "modelport_rate_limit_store_failures",
+            "Rate-limit decisions made without the shared store (Redis) because it was "
+            "unreachable; each was allowed (fail open) or refused (fail closed).",
+            registry=self.registry,
+        )
         self.models_loaded = Gauge(
             "modelport_models_loaded",
             "Model versions loaded and ready.",

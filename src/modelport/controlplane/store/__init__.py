@@ -7,6 +7,9 @@ follows.
 """
 
 from modelport.controlplane.store.records import (
+    AuditProblem,
+    AuditRecord,
+    AuditReport,
     Event,
     RevisionConflict,
     StoredCanary,
@@ -17,6 +20,9 @@ from modelport.controlplane.store.store import TRAFFIC_DELETE, TRAFFIC_UPDATE, S
 __all__ = [
     "TRAFFIC_DELETE",
     "TRAFFIC_UPDATE",
+    "AuditProblem",
+    "AuditRecord",
+    "AuditReport",
     "Event",
     "RevisionConflict",
     "StateStore",

@@ -34,7 +34,19 @@ def _refuse_nul(value: str, what: str) -> str:
     # so that a database moved between the two keeps working.
     if "\x00" in value:
         raise InvalidRequest(f"{what} contains a NUL character")
+    _refuse_surrogates(value, what)
     return value
+
+
+def _refuse_surrogates(text: str, what: str) -> None:
+    # A lone UTF-16 surrogate (JSON "\ud800") is not Unicode text: neither
+    # database driver can encode it, nor can the audit chain hash it.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidRequest(
+            f"{what} contains an unpaired surrogate {text[exc.start]!r}, which is not valid text"
+        ) from None
 
 
 def check_model(model: object) -> str:
@@ -63,6 +75,12 @@ def check_revision(revision: object, what: str) -> int:
     if isinstance(revision, bool) or not isinstance(revision, int) or revision < 1:
         raise InvalidRequest(f"{what} must be a positive integer, got {revision!r}")
     return revision
+
+
+def check_seq(seq: object) -> int:
+    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
+        raise InvalidRequest(f"since_seq must be a non-negative integer, got {seq!r}")
+    return seq
 
 
 def check_states(states: Collection[str] | None) -> list[str] | None:
@@ -96,5 +114,6 @@ def to_json(body: object, what: str) -> dict[str, Any]:
         raise InvalidRequest(
             f"{what} is {len(text)} bytes as JSON; the limit is {MAX_BODY_BYTES} bytes"
         )
+    _refuse_surrogates(json.dumps(body, ensure_ascii=False), what)
     decoded: dict[str, Any] = json.loads(text)
     return decoded

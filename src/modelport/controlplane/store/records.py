@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from modelport.errors import Conflict
 
@@ -53,6 +53,54 @@ class Event:
     """For example ``traffic.update``, ``version.load``, ``canary.rollback``."""
     detail: dict[str, Any]
     reason: str | None
+
+
+ProblemKind = Literal["edited", "removed", "reordered", "inserted"]
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One event as the audit log holds it: its content and its place in the chain."""
+
+    seq: int
+    """Position in the chain: 1, 2, 3, … with no gaps."""
+    id: int
+    model: str
+    at: datetime
+    actor: str
+    action: str
+    detail: dict[str, Any]
+    reason: str | None
+    prev_hash: str
+    """The previous record's ``hash`` (64 zeros for seq 1)."""
+    hash: str
+    """Hex SHA-256 over this record's fields and ``prev_hash``."""
+
+
+@dataclass(frozen=True)
+class AuditProblem:
+    """One place where the stored chain is not what was written."""
+
+    seq: int
+    """The record's seq; for a removed record, the seq that is missing."""
+    id: int | None
+    """The row's id; None for a removed record."""
+    what: ProblemKind
+    detail: str
+
+
+@dataclass(frozen=True)
+class AuditReport:
+    """The outcome of recomputing the whole chain."""
+
+    checked: int
+    """Records read."""
+    problems: list[AuditProblem]
+    """In seq order; empty when the chain is intact."""
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
 
 
 class RevisionConflict(Conflict):

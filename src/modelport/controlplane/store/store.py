@@ -12,7 +12,8 @@ it stands now.
 
 Each policy or canary write appends its Event in the same transaction, so
 the history never shows a change that did not happen, nor misses one that
-did.
+did. Events form a hash chain (``chain.py``, ``audit.py``): an edit, removal
+or insertion made behind the store's back shows up in :meth:`verify_audit`.
 
 The methods are synchronous and thread-safe (one pooled connection per
 call); the API layer calls them through ``asyncio.to_thread``.
@@ -25,14 +26,15 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TextIO
 
-from sqlalchemy import Connection, Engine, Row, Table, delete, insert, select, update
+from sqlalchemy import Connection, Engine, Row, Table, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.sql.dml import Insert, Update
 
-from modelport.controlplane.store import checks
+from modelport.controlplane.store import audit, checks
+from modelport.controlplane.store.chain import find_problems
 from modelport.controlplane.store.connect import (
     WRITE,
     describe,
@@ -43,6 +45,7 @@ from modelport.controlplane.store.connect import (
 )
 from modelport.controlplane.store.migrate import upgrade_to_head
 from modelport.controlplane.store.records import (
+    AuditReport,
     Event,
     RevisionConflict,
     StoredCanary,
@@ -255,9 +258,8 @@ class StateStore:
         """Events newest first: all models' or one model's, ``limit`` at a time.
 
         To page, pass the last returned event's id as ``before_id``. Ids grow
-        in insertion order; on PostgreSQL an event still being committed may
-        get a smaller id than one already visible, so a reader polling at
-        that instant can see it appear behind the page it already has.
+        in commit order: appends are serialised by the audit chain's lock,
+        which is held from the id's allocation until the commit.
         """
         query = select(events).order_by(events.c.id.desc()).limit(checks.check_limit(limit))
         if model is not None:
@@ -266,6 +268,25 @@ class StateStore:
             query = query.where(events.c.id < checks.check_revision(before_id, "before_id"))
         with self._connection() as conn:
             return [_event(row) for row in conn.execute(query)]
+
+    # ------------------------------------------------------------ audit
+
+    def verify_audit(self) -> AuditReport:
+        """Recompute the whole event chain and report every record that does not fit."""
+        with self._connection() as conn:
+            checked, problems = find_problems(audit.read_records(conn))
+        return AuditReport(checked, problems)
+
+    def export_audit(self, out: TextIO, since_seq: int | None = None) -> int:
+        """Write the events after ``since_seq`` (all by default) as JSON lines, in seq order.
+
+        Returns the number of records written. Each line carries the chain
+        fields, so an export can be checked on its own and its last hash kept
+        elsewhere as an anchor.
+        """
+        since = None if since_seq is None else checks.check_seq(since_seq)
+        with self._connection() as conn:
+            return audit.export_records(audit.read_records(conn, since), out)
 
     # ------------------------------------------------------------ plumbing
 
@@ -361,15 +382,7 @@ def _append_event(
     detail: dict[str, Any],
     reason: str | None,
 ) -> Event:
-    result = conn.execute(
-        insert(events).values(
-            model=model, at=at, actor=actor, action=action, detail=detail, reason=reason
-        )
-    )
-    (event_id,) = result.inserted_primary_key or (None,)
-    if not isinstance(event_id, int):
-        raise RuntimeError(f"the database returned no id for the new {action!r} event")
-    return Event(event_id, model, at, actor, action, detail, reason)
+    return audit.append_event(conn, model, at, actor, action, detail, reason)
 
 
 def _read_policy(conn: Connection, model: str) -> StoredPolicy | None:

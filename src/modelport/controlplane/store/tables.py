@@ -35,6 +35,7 @@ MODEL_NAME_MAX = 256
 ACTOR_MAX = 256
 ACTION_MAX = 64
 STATE_MAX = 32
+HASH_LENGTH = 64
 
 
 def json_type() -> TypeEngine[Any]:
@@ -108,6 +109,11 @@ events = Table(
     Column("action", String(ACTION_MAX), nullable=False),
     Column("detail", json_type(), nullable=False),
     Column("reason", Text(), nullable=True),
+    # The audit chain (see chain.py): position, the previous record's hash, this one's.
+    Column("seq", BigInteger(), nullable=False),
+    Column("prev_hash", String(HASH_LENGTH), nullable=False),
+    Column("hash", String(HASH_LENGTH), nullable=False),
     Index("ix_events_model_id", "model", "id"),
+    Index("ix_events_seq", "seq", unique=True),
     sqlite_autoincrement=True,
 )

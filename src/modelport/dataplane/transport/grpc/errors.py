@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import grpc
 
 from modelport.errors import (
@@ -15,6 +17,7 @@ from modelport.errors import (
     ModelportError,
     NotFound,
     PayloadTooLarge,
+    RateLimited,
     Unavailable,
 )
 
@@ -25,6 +28,7 @@ STATUS: tuple[tuple[type[ModelportError], grpc.StatusCode], ...] = (
     (NotFound, grpc.StatusCode.NOT_FOUND),
     (Conflict, grpc.StatusCode.ABORTED),
     (ModelNotReady, grpc.StatusCode.UNAVAILABLE),
+    (RateLimited, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (Unavailable, grpc.StatusCode.UNAVAILABLE),
     (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
     (ModelLoadError, grpc.StatusCode.INVALID_ARGUMENT),
@@ -38,3 +42,14 @@ def grpc_status(exc: ModelportError) -> grpc.StatusCode:
         if isinstance(exc, cls):
             return code
     return grpc.StatusCode.INTERNAL
+
+
+def trailing_metadata(exc: ModelportError) -> tuple[tuple[str, str], ...]:
+    """Trailing metadata for an error: ``retry-after`` (seconds) on a rate-limit refusal.
+
+    Whole seconds rounded up, at least 1, as over HTTP, so both transports tell
+    a client the same wait.
+    """
+    if isinstance(exc, RateLimited):
+        return (("retry-after", str(max(1, math.ceil(exc.retry_after_s)))),)
+    return ()

@@ -21,7 +21,7 @@ from modelport.config.pbtxt import config_to_proto
 from modelport.dataplane.codec.grpc_v2 import decode_request, encode_response, parameter_value
 from modelport.dataplane.codec.repository import load_config_parameter
 from modelport.dataplane.transport.context import EXTENSIONS, TransportContext
-from modelport.dataplane.transport.grpc.errors import grpc_status
+from modelport.dataplane.transport.grpc.errors import grpc_status, trailing_metadata
 from modelport.errors import ModelportError, NotFound
 from modelport.protos import grpc_service_pb2 as pb
 from modelport.protos import grpc_service_pb2_grpc as pb_grpc
@@ -40,7 +40,7 @@ def _mapped(method: Handler[T]) -> Handler[T]:
         try:
             return await method(self, request, context)
         except ModelportError as exc:
-            await context.abort(grpc_status(exc), exc.message)
+            await context.abort(grpc_status(exc), exc.message, trailing_metadata(exc))
             raise  # unreachable: abort raises
 
     return wrapper

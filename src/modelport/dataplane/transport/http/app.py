@@ -18,7 +18,7 @@ from starlette.types import ASGIApp
 
 from modelport.dataplane.transport.context import TransportContext
 from modelport.dataplane.transport.http import routes_triton, routes_v1, routes_v2
-from modelport.dataplane.transport.http.errors import http_status
+from modelport.dataplane.transport.http.errors import http_status, retry_after
 from modelport.dataplane.transport.http.fastpath import InferenceFastPath, InferRoute
 from modelport.dataplane.transport.http.responses import error_response
 from modelport.errors import ModelportError
@@ -34,7 +34,7 @@ async def _modelport_error(request: Request, exc: Exception) -> Response:
         "request refused",
         extra={"path": request.url.path, "status": status, "error": exc.message},
     )
-    return error_response(exc.message, status)
+    return error_response(exc.message, status, retry_after(exc))
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

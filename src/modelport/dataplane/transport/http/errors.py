@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from modelport.errors import (
     ConfigError,
     Conflict,
@@ -13,6 +15,7 @@ from modelport.errors import (
     ModelportError,
     NotFound,
     PayloadTooLarge,
+    RateLimited,
     Unavailable,
 )
 
@@ -23,6 +26,7 @@ STATUS: tuple[tuple[type[ModelportError], int], ...] = (
     (NotFound, 404),
     (Conflict, 409),
     (ModelNotReady, 503),
+    (RateLimited, 429),
     (Unavailable, 503),
     (DeadlineExceeded, 504),
     (ModelLoadError, 400),
@@ -36,3 +40,14 @@ def http_status(exc: ModelportError) -> int:
         if isinstance(exc, cls):
             return status
     return 500
+
+
+def retry_after(exc: ModelportError) -> str | None:
+    """The ``Retry-After`` value for a rate-limit refusal, else None.
+
+    HTTP wants whole seconds; rounding up (and never below 1) keeps a client
+    that obeys it from arriving just before its token does.
+    """
+    if isinstance(exc, RateLimited):
+        return str(max(1, math.ceil(exc.retry_after_s)))
+    return None

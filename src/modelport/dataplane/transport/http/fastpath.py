@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from modelport.dataplane.codec.json_v2 import decode_request, encode_json, encode_response
 from modelport.dataplane.transport.context import TransportContext
 from modelport.dataplane.transport.http.body import ClientDisconnected, compress, receive_body
-from modelport.dataplane.transport.http.errors import http_status
+from modelport.dataplane.transport.http.errors import http_status, retry_after
 from modelport.errors import InvalidRequest, ModelportError
 from modelport.types import InferenceResponse
 
@@ -126,7 +126,9 @@ class InferRoute:
                 "request refused",
                 extra={"path": scope["path"], "status": status, "error": exc.message},
             )
-            await _send(send, status, _JSON, encode_json({"error": exc.message}))
+            wait = retry_after(exc)
+            head = _JSON if wait is None else [*_JSON, (b"retry-after", wait.encode())]
+            await _send(send, status, head, encode_json({"error": exc.message}))
             return
         except ClientDisconnected:
             return

@@ -17,8 +17,11 @@ def json_response(value: Any, status: int = 200) -> Response:
     return Response(encode_json(value), status_code=status, media_type=JSON)
 
 
-def error_response(message: str, status: int) -> Response:
-    return Response(encode_json({"error": message}), status_code=status, media_type=JSON)
+def error_response(message: str, status: int, retry_after: str | None = None) -> Response:
+    headers = {"Retry-After": retry_after} if retry_after is not None else None
+    return Response(
+        encode_json({"error": message}), status_code=status, media_type=JSON, headers=headers
+    )
 
 
 def body_response(
