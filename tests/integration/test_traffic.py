@@ -467,3 +467,31 @@ def test_command_line_drives_the_api(srv: Server) -> None:
         check=False,
     )
     assert unreachable.returncode == 2 and "cannot reach" in unreachable.stderr
+
+
+def test_policy_naming_a_removed_version_falls_back_loudly(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    build(repo, "gone", {1: False, 2: False, 3: False})
+    state = tmp_path / "state"
+    server = start_server(repo, tmp_path / "a.log", "--data-dir", str(state))
+    try:
+        body = {"routes": [{"version": "1", "weight": 30}, {"version": "2", "weight": 70}]}
+        assert put_policy(server, "gone", body, 0).status_code == 200
+    finally:
+        stop_server(server)
+    # Version 2, the stable one (most weight), leaves the repository while the server is down.
+    for path in sorted((repo / "gone" / "2").rglob("*"), reverse=True):
+        path.unlink() if path.is_file() else path.rmdir()
+    (repo / "gone" / "2").rmdir()
+    server = start_server(repo, tmp_path / "b.log", "--data-dir", str(state))
+    try:
+        state_now = httpx.get(f"{api(server)}/models/gone/traffic").json()
+        assert state_now["revision"] == 2
+        assert state_now["policy"]["routes"] == [{"version": "3", "weight": 100}]
+        assert {infer(server, "gone", 1.0)[0] for _ in range(10)} == {"3"}
+        latest = httpx.get(f"{api(server)}/models/gone/history").json()["events"][0]
+        assert latest["actor"] == "modelport"
+        assert "not available" in latest["reason"]
+        assert "falling back" in server.log()
+    finally:
+        stop_server(server)
