@@ -18,10 +18,12 @@ from modelport.controlplane.repository.autoconfig import (
     signature_of,
 )
 from modelport.controlplane.warmup import warm_up
-from modelport.dataplane.runtime import runtime_loader
+from modelport.dataplane.runtime import RuntimeLoader, runtime_loader
+from modelport.dataplane.runtime.process import load_in_processes
 from modelport.dataplane.scheduling.policy import scheduling_policy, with_scheduling_shown
 from modelport.dataplane.scheduling.scheduler import Scheduler
 from modelport.dataplane.table import ModelVersion
+from modelport.errors import ConfigError
 from modelport.observability.statistics import ModelStatistics
 
 log = logging.getLogger("modelport.lifecycle")
@@ -37,6 +39,25 @@ def instance_count(config: ModelConfig) -> int:
     return sum(g.count for g in config.instance_group) or 1
 
 
+def choose_loader(config: ModelConfig, source: str) -> RuntimeLoader:
+    """In-process instances (threads), or worker processes with ``instance_process``.
+
+    Any backend may run in processes, even one that releases the GIL and so
+    gains nothing: it is a deployment choice (isolation, a crash-prone
+    library), not an error.
+    """
+    options = config.modelport
+    if options.instance_process:
+        return load_in_processes
+    if options.instance_timeout_s is not None:
+        raise ConfigError(
+            source,
+            "modelport.instance_timeout_s",
+            "applies only with modelport.instance_process: true (a thread cannot be stopped)",
+        )
+    return runtime_loader(config.backend)
+
+
 def load_version(
     name: str,
     version: int,
@@ -48,8 +69,7 @@ def load_version(
     """Build a ready version; raises ModelLoadError or ConfigError with the reason."""
     config = choose_backend(config, source, version_dir)
     count = instance_count(config)
-    loader = runtime_loader(config.backend)
-    runtime = loader(version_dir, config, count)
+    runtime = choose_loader(config, source)(version_dir, config, count)
     try:
         config = complete_config(config, runtime.native, source)
     except Exception:
