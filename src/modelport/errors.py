@@ -10,6 +10,9 @@ these classes to HTTP status codes or gRPC codes, once
     ├── InvalidRequest          the caller sent something wrong (400 / INVALID_ARGUMENT)
     │   ├── PayloadTooLarge     the body or message is over the size limit (413)
     │   └── Unsupported         a valid feature that modelport does not serve (400)
+    ├── Unauthenticated         no credentials, or credentials that do not verify
+    │                           (401 / UNAUTHENTICATED)
+    ├── PermissionDenied        a known caller without the right (403 / PERMISSION_DENIED)
     ├── NotFound                no such model, version or route (404 / NOT_FOUND)
     ├── Conflict                a write lost to another one (409 / ABORTED)
     ├── ModelNotReady           the model exists but cannot serve now (503 / UNAVAILABLE)
@@ -42,6 +45,23 @@ class PayloadTooLarge(InvalidRequest):
 
 class Unsupported(InvalidRequest):
     """Raised when a request asks for a protocol feature modelport does not serve."""
+
+
+class Unauthenticated(ModelportError):
+    """Raised when a request carries no credentials, or ones that do not verify.
+
+    The message never says which part failed beyond what the caller already
+    sent (a missing header, a malformed token): telling a guesser that a key
+    id exists would help them.
+    """
+
+
+class PermissionDenied(ModelportError):
+    """Raised when an authenticated caller lacks the role, model scope or tenant.
+
+    The message is the same whether or not the model exists, so a denial
+    never discloses which models a server holds.
+    """
 
 
 class NotFound(ModelportError):

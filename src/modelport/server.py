@@ -20,6 +20,7 @@ from pathlib import Path
 import uvicorn
 
 from modelport import __version__
+from modelport.auth_setup import build_auth
 from modelport.config.server import ServerConfig
 from modelport.controlplane.api import ManagementServices, build_api, docs_routes
 from modelport.controlplane.canary import CanaryController
@@ -37,6 +38,7 @@ from modelport.dataplane.transport.http.app import build_app, build_metrics_app
 from modelport.dataplane.transport.http.errors import http_status
 from modelport.dataplane.transport.http.protocol import JsonErrorHttpToolsProtocol
 from modelport.observability.metrics import Metrics
+from modelport.observability.payloads import PayloadLogger, retention_of
 
 log = logging.getLogger("modelport.server")
 
@@ -97,6 +99,9 @@ async def serve(config: ServerConfig) -> None:
         StateStore.open, config.state_url or StateStore.sqlite_url(config.data_dir)
     )
     registry = Registry(repository, metrics, config.default_timeout, keys)
+    # Before any model loads: a server that must not start (no credentials off
+    # loopback) says so at once.
+    auth = await asyncio.to_thread(build_auth, config, store, registry)
     # The live routing table; the control plane keeps it in step with the store.
     traffic = Traffic(metrics)
     manager = TrafficManager(store, registry, traffic)
@@ -116,7 +121,14 @@ async def serve(config: ServerConfig) -> None:
     gc.freeze()
     cache = ResponseCache(config.cache_size) if config.cache_size > 0 else None
     limiter = build_limiter(config, metrics)
-    pipeline = Pipeline(registry, metrics, cache, traffic=traffic, limiter=limiter)
+    payloads = PayloadLogger(
+        config.payload_log_dir or config.data_dir / "payloads", metrics, config.region, keys
+    )
+    payloads.review(registry.ready())
+    payloads.start()
+    pipeline = Pipeline(
+        registry, metrics, cache, traffic=traffic, limiter=limiter, payloads=payloads
+    )
     ctx = TransportContext(
         pipeline=pipeline,
         table=registry,
@@ -128,13 +140,13 @@ async def serve(config: ServerConfig) -> None:
         max_elements=config.max_elements,
     )
     api = build_api(ManagementServices(registry, store, manager, canary), http_status)
-    http = _uvicorn(build_app(ctx, api, docs_routes()), config, config.http_port)
+    http = _uvicorn(build_app(ctx, api, docs_routes(), auth.guard), config, config.http_port)
     metrics_http = (
-        _uvicorn(build_metrics_app(metrics), config, config.metrics_port)
+        _uvicorn(build_metrics_app(metrics, auth.metrics_guard), config, config.metrics_port)
         if config.metrics_port is not None
         else None
     )
-    grpc_server, grpc_health = build_grpc_server(ctx, config)
+    grpc_server, grpc_health = build_grpc_server(ctx, config, auth.gate)
     await grpc_server.start()
     await mark_serving(grpc_health)
 
@@ -182,8 +194,11 @@ async def serve(config: ServerConfig) -> None:
             tasks.create_task(poll_repository())
         tasks.create_task(shutdown())
         tasks.create_task(canary.run(stop))
+        tasks.create_task(auth.run(stop))
+        tasks.create_task(payloads.run_retention(lambda: retention_of(registry.ready()), stop))
     await traffic.close()  # shadow copies still running are cancelled, not drained
     await registry.close()
     await limiter.close()
+    await asyncio.to_thread(payloads.close)  # what was sampled before the stop is written
     await asyncio.to_thread(store.close)
     log.info("stopped")

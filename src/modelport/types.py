@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -48,6 +48,9 @@ CONFIG_TYPES: dict[str, str] = {
     "TYPE_STRING": "BYTES",
 }
 DATATYPE_TO_CONFIG: dict[str, str] = {v: k for k, v in CONFIG_TYPES.items()}
+
+if TYPE_CHECKING:
+    from modelport.dataplane.admission.identity import Identity
 
 Array = npt.NDArray[Any]
 
@@ -98,6 +101,8 @@ class InferenceRequest:
 
     ``priority`` and ``timeout_us`` are Triton's request parameters, kept for
     the scheduler; ``deadline`` is a monotonic time in seconds, or None.
+    ``identity`` is the authenticated caller (None when authentication is
+    off), for per-identity limits and residency by tenant.
     """
 
     model_name: str
@@ -109,6 +114,7 @@ class InferenceRequest:
     priority: int = 0
     timeout_us: int | None = None
     deadline: float | None = None
+    identity: Identity | None = None
 
 
 @dataclass(slots=True)

@@ -16,13 +16,18 @@ import typer
 from modelport.cli.audit import audit_app
 from modelport.cli.convert import convert
 from modelport.cli.crypto import encrypt, keygen
+from modelport.cli.keys import keys_app
 from modelport.cli.manage import deploy_app, models_app
+from modelport.cli.optimize import optimize, validate
+from modelport.cli.payloads import payloads_app
 from modelport.errors import ConfigError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Serve machine-learning models.")
 app.add_typer(models_app, name="models")
 app.add_typer(deploy_app, name="deploy")
 app.add_typer(audit_app, name="audit")
+app.add_typer(keys_app, name="keys")
+app.add_typer(payloads_app, name="payloads")
 
 
 @app.callback()
@@ -79,6 +84,37 @@ def serve(
             help="Redis URL for rate limits shared by several nodes, e.g. redis://host:6379/0."
         ),
     ] = None,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure", help="Serve without authentication off loopback (warns every minute)."
+        ),
+    ] = False,
+    require_auth: Annotated[
+        bool, typer.Option("--require-auth", help="Require authentication on loopback too.")
+    ] = False,
+    metrics_open: Annotated[
+        bool,
+        typer.Option("--metrics-open", help="Leave --metrics-port open for a trusted scraper."),
+    ] = False,
+    jwt_jwks: Annotated[
+        str | None, typer.Option(help="JWKS of the JWT issuer: a file path or an https URL.")
+    ] = None,
+    jwt_issuer: Annotated[str | None, typer.Option(help="Required 'iss' of JWTs.")] = None,
+    jwt_audience: Annotated[str | None, typer.Option(help="Required 'aud' of JWTs.")] = None,
+    jwt_roles_claim: Annotated[
+        str | None, typer.Option(help="JWT claim listing modelport roles (default roles).")
+    ] = None,
+    jwt_models_claim: Annotated[
+        str | None, typer.Option(help="JWT claim listing model name patterns (default: all).")
+    ] = None,
+    jwt_tenant_claim: Annotated[
+        str | None, typer.Option(help="JWT claim naming the caller's tenant.")
+    ] = None,
+    auth_failure_burst: Annotated[
+        int | None,
+        typer.Option(help="Failed authentications per address before 429 (default 10)."),
+    ] = None,
 ) -> None:
     """Serve a model repository over REST and gRPC."""
     from modelport.config.server import load_server_config
@@ -99,6 +135,16 @@ def serve(
         "state_url": state_url,
         "master_key_file": master_key_file,
         "redis_url": redis_url,
+        "insecure": insecure or None,
+        "require_auth": require_auth or None,
+        "metrics_open": metrics_open or None,
+        "jwt_jwks": jwt_jwks,
+        "jwt_issuer": jwt_issuer,
+        "jwt_audience": jwt_audience,
+        "jwt_roles_claim": jwt_roles_claim,
+        "jwt_models_claim": jwt_models_claim,
+        "jwt_tenant_claim": jwt_tenant_claim,
+        "auth_failure_burst": auth_failure_burst,
     }
     try:
         settings = load_server_config(config, os.environ, flags)
@@ -124,6 +170,8 @@ def serve(
 
 
 app.command("convert")(convert)
+app.command("optimize")(optimize)
+app.command("validate")(validate)
 app.command("encrypt")(encrypt)
 app.command("keygen")(keygen)
 

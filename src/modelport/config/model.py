@@ -12,6 +12,7 @@ as plain mappings so an existing Triton repository still loads.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -181,6 +182,36 @@ class RateLimit(_Strict):
     """Requests that may arrive at once after a quiet spell (the bucket's size)."""
 
 
+class PayloadLog(_Strict):
+    """Sampled inputs and outputs written to a local JSON-lines file, redacted first."""
+
+    enabled: bool = False
+    """Off unless asked for: payloads are personal data until proven otherwise."""
+    sample: float = Field(default=0.1, ge=0, le=1, allow_inf_nan=False)
+    """Fraction of requests logged; the draw comes first, so unsampled requests cost nothing."""
+    redact_fields: list[str] = Field(default_factory=list)
+    """Parameter and tensor names (any case) whose whole value is withheld as [REDACTED]."""
+    retention_days: int = Field(default=30, ge=1, le=36500)
+    """Day files older than this many days are deleted."""
+    include_outputs: bool = True
+    """Log the outputs as well as the inputs."""
+    max_bytes_per_record: int = Field(default=65536, ge=1024, le=16 << 20)
+    """Longest record line; tensor data is cut short first to stay under it."""
+    seal: bool = False
+    """Encrypt each record (AES-256-GCM) under the server's master key; without a key
+    configured, this model's payloads are not logged at all."""
+
+
+def _check_residency(entries: list[str]) -> list[str]:
+    for entry in entries:
+        if not re.fullmatch(r"[a-z]{2,}(?:-[a-z0-9]+)*", entry):
+            raise ValueError(
+                f"residency entry {entry!r} is not a jurisdiction (e.g. 'ae') "
+                "or a region (e.g. 'ae-dxb-1')"
+            )
+    return entries
+
+
 class ModelportOptions(_Strict):
     """modelport's own additions to a model's configuration."""
 
@@ -203,6 +234,13 @@ class ModelportOptions(_Strict):
     rate_limit: RateLimit | None = None
     """Requests per second this model accepts, over and above which callers get 429
     (gRPC RESOURCE_EXHAUSTED); None is unlimited."""
+    payload_log: PayloadLog | None = None
+    """Sampled, redacted payload logging; None (or enabled: false) logs nothing."""
+    residency: list[str] = Field(default_factory=list)
+    """Jurisdictions (``ae``) or regions (``ae-dxb-1``) where this model's data may be
+    processed and logged; empty is anywhere."""
+
+    _residency = field_validator("residency")(_check_residency)
 
 
 class ModelConfig(_Strict):

@@ -7,6 +7,7 @@ CLI calls :func:`load_server_config` with what it read.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -64,6 +65,48 @@ class ServerConfig(BaseModel):
     key_provider: str | None = None
     """A key provider plugged in for a KMS: ``package.module:factory`` or the name of an
     entry point in group ``modelport.key_providers``; it wins over the local key."""
+    payload_log_dir: Path | None = None
+    """Where models with ``payload_log`` write their day files; None is data_dir/payloads."""
+    region: str | None = Field(default=None, pattern=r"^[a-z]{2,}(?:-[a-z0-9]+)*$")
+    """This node's region (``ae-dxb-1``; the first label, ``ae``, is the jurisdiction),
+    checked against a model's ``residency``; None matches only models without one."""
+
+    insecure: bool = False
+    """Serve without authentication even on a non-loopback address (a warning is
+    logged every minute while it lasts)."""
+    require_auth: bool = False
+    """Require authentication even on loopback. Off loopback it is required anyway,
+    and on loopback it is also on as soon as an API key exists or JWTs are configured."""
+    metrics_open: bool = False
+    """Leave --metrics-port open to anyone (a scraper on a trusted network); /metrics
+    on the REST port still needs the viewer role."""
+    auth_failure_rate: float = Field(default=1.0, gt=0)
+    """Failed authentications one peer address regains per second."""
+    auth_failure_burst: int = Field(default=10, ge=1)
+    """Failed authentications one peer address may make in a row before it is refused
+    with 429 / RESOURCE_EXHAUSTED without its credentials being checked."""
+    jwt_jwks: str | None = None
+    """JWKS of the token issuer: a file path or an http(s) URL; None accepts no JWTs."""
+    jwt_issuer: str | None = None
+    """Required ``iss`` of JWTs."""
+    jwt_audience: str | None = None
+    """Required ``aud`` of JWTs."""
+    jwt_roles_claim: str = "roles"
+    """Claim (dotted path) listing the caller's modelport roles."""
+    jwt_models_claim: str | None = None
+    """Claim listing model name patterns; unset grants every model."""
+    jwt_tenant_claim: str | None = None
+    """Claim naming the caller's tenant; unset means no tenant."""
+
+    @property
+    def loopback(self) -> bool:
+        """Whether both transports bind only to this machine."""
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
 
 
 _FIELDS = set(ServerConfig.model_fields)

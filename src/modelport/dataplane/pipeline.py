@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 
 from modelport.config.model import RateLimit
+from modelport.dataplane.admission.identity import Identity
 from modelport.dataplane.admission.ratelimit import RateLimiter
 from modelport.dataplane.cache import ResponseCache, cache_key
 from modelport.dataplane.routing.shadow import SHADOW_PROTOCOL
@@ -29,6 +30,7 @@ from modelport.errors import (
     RateLimited,
 )
 from modelport.observability.metrics import Metrics, ModelMetrics
+from modelport.observability.payloads import PayloadLogger
 from modelport.types import DTYPES, Array, InferenceRequest, InferenceResponse, Tensor
 
 log = logging.getLogger("modelport.inference")
@@ -45,12 +47,14 @@ class Pipeline:
         clock: Callable[[], int] = time.perf_counter_ns,
         traffic: Traffic | None = None,
         limiter: RateLimiter | None = None,
+        payloads: PayloadLogger | None = None,
     ) -> None:
         self.table = table
         self.metrics = metrics
         self.cache = cache
         self.traffic = traffic
         self.limiter = limiter
+        self.payloads = payloads
         self._clock = clock
 
     def resolve(self, name: str, version: str | None) -> ModelVersion:
@@ -143,9 +147,15 @@ class Pipeline:
         # below: a refusal is the caller's excess, not the version's fault, so it
         # must not count against a canary. Shadow copies were admitted as the
         # request they copy and take no second token.
-        limit = model.config.modelport.rate_limit
-        if limit is not None and self.limiter is not None and protocol != SHADOW_PROTOCOL:
-            await self._admit(model.name, limit, self.limiter)
+        # The caller's own bucket first (a key created with --rate/--burst), then
+        # the model's: a caller over its limit must not drain the model's tokens.
+        if self.limiter is not None and protocol != SHADOW_PROTOCOL:
+            identity = request.identity
+            if identity is not None and identity.rate is not None and identity.burst is not None:
+                await self._admit_identity(model.name, identity, self.limiter)
+            limit = model.config.modelport.rate_limit
+            if limit is not None:
+                await self._admit(model.name, limit, self.limiter)
         series = self.metrics.for_model(model.name, model.version, protocol)
         series.requests.inc()
         try:
@@ -169,12 +179,16 @@ class Pipeline:
                     "error": exc.message,
                 },
             )
+            if model.payload_log is not None and self.payloads is not None:
+                self.payloads.offer(model, model.payload_log, request, None, protocol, exc.message)
             raise
         elapsed_ns = self._clock() - start
         elapsed = elapsed_ns / 1e9
         series.request_duration.observe(elapsed)
         if routed is not None:
             routed.record(model.version, elapsed_ns, False)
+        if model.payload_log is not None and self.payloads is not None:
+            self.payloads.offer(model, model.payload_log, request, response, protocol)
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "inference",
@@ -197,6 +211,19 @@ class Pipeline:
         raise RateLimited(
             f"model {name!r} is over its rate limit of {limit.rate:g} requests/s "
             f"(burst {limit.burst}); retry in {decision.retry_after_s:.2f} s",
+            decision.retry_after_s,
+        )
+
+    async def _admit_identity(self, name: str, identity: Identity, limiter: RateLimiter) -> None:
+        """Take one token from the caller's bucket (one per identity, every model)."""
+        assert identity.rate is not None and identity.burst is not None
+        decision = await limiter.acquire(f"identity:{identity.id}", identity.rate, identity.burst)
+        if decision.allowed:
+            return
+        self.metrics.rate_limited.labels(name).inc()
+        raise RateLimited(
+            f"caller {identity.name!r} is over its rate limit of {identity.rate:g} requests/s "
+            f"(burst {identity.burst}); retry in {decision.retry_after_s:.2f} s",
             decision.retry_after_s,
         )
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from modelport.config.model import ModelConfig
+from modelport.config.model import ModelConfig, PayloadLog
 from modelport.dataplane.scheduling.scheduler import Scheduler
+from modelport.observability.payloads import enabled_settings
 from modelport.observability.statistics import ModelStatistics
 from modelport.types import ModelSignature, TensorSpec
 
@@ -34,6 +35,8 @@ class ModelVersion:
     cached: bool = field(init=False)
     """Whether responses are cached (Triton's ``response_cache.enable``)."""
     batch_key: str | None = field(init=False)
+    payload_log: PayloadLog | None = field(init=False)
+    """Payload logging settings when the model turns it on; None costs the request nothing."""
 
     def __post_init__(self) -> None:
         self.inputs = {s.name: s for s in self.signature.inputs}
@@ -41,6 +44,7 @@ class ModelVersion:
         self.output_names = tuple(self.outputs)
         self.cached = self.config.response_cache is not None and self.config.response_cache.enable
         self.batch_key = self.config.modelport.batch_key
+        self.payload_log = enabled_settings(self.config)
 
 
 @dataclass(frozen=True, slots=True)

@@ -102,6 +102,13 @@ class Metrics:
             "unreachable; each was allowed (fail open) or refused (fail closed).",
             registry=self.registry,
         )
+        self.payload_records = Counter(
+            "modelport_payload_records",
+            "Sampled payload records, by model and result (written; dropped: queue full; "
+            "failed: not written; residency: region not allowed; refused: seal without a key).",
+            ("model", "result"),
+            registry=self.registry,
+        )
         self.models_loaded = Gauge(
             "modelport_models_loaded",
             "Model versions loaded and ready.",

@@ -24,6 +24,7 @@ from modelport.controlplane.canary import CanaryController
 from modelport.controlplane.registry import Registry
 from modelport.controlplane.store import StateStore, StoredCanary, StoredPolicy
 from modelport.controlplane.traffic import LOCAL, TrafficManager
+from modelport.dataplane.admission.identity import IDENTITY_SCOPE_KEY, Identity
 from modelport.errors import InvalidRequest, ModelportError, NotFound
 
 API_VERSION = "1.0"
@@ -38,6 +39,12 @@ class ManagementServices:
     store: StateStore
     traffic: TrafficManager
     canary: CanaryController
+
+
+def _actor(request: Request) -> str:
+    """Who made a change: the authenticated caller, or "local" when authentication is off."""
+    identity = request.scope.get(IDENTITY_SCOPE_KEY)
+    return identity.actor if isinstance(identity, Identity) else LOCAL
 
 
 def _revision(if_match: str | None) -> int:
@@ -145,14 +152,17 @@ def build_api(services: ManagementServices, status_of: Any) -> FastAPI:
         summary="Load a version (kept loaded across repository polls)",
     )
     async def load_version(
-        model: ModelName, version: VersionNumber, body: schemas.Reason | None = None
+        request: Request,
+        model: ModelName,
+        version: VersionNumber,
+        body: schemas.Reason | None = None,
     ) -> schemas.VersionChange:
         await registry.load_model_version(model, int(version))
         await asyncio.to_thread(
             store.record,
             model,
             "version.load",
-            actor=LOCAL,
+            actor=_actor(request),
             detail={"version": version},
             reason=body.reason if body else None,
         )
@@ -165,7 +175,10 @@ def build_api(services: ManagementServices, status_of: Any) -> FastAPI:
         summary="Unload a version; refused while a traffic policy or canary uses it",
     )
     async def unload_version(
-        model: ModelName, version: VersionNumber, body: schemas.Reason | None = None
+        request: Request,
+        model: ModelName,
+        version: VersionNumber,
+        body: schemas.Reason | None = None,
     ) -> schemas.VersionChange:
         if version not in registry.version_states(model):
             raise NotFound(f"unknown version {version} of model {model!r}")
@@ -175,7 +188,7 @@ def build_api(services: ManagementServices, status_of: Any) -> FastAPI:
             store.record,
             model,
             "version.unload",
-            actor=LOCAL,
+            actor=_actor(request),
             detail={"version": version},
             reason=body.reason if body else None,
         )
@@ -199,6 +212,7 @@ def build_api(services: ManagementServices, status_of: Any) -> FastAPI:
         summary="Replace the traffic policy (If-Match: the revision it replaces, 0 to create)",
     )
     async def put_traffic(
+        request: Request,
         model: ModelName,
         response: Response,
         body: Annotated[dict[str, Any], Body(openapi_examples=None)],
@@ -210,7 +224,7 @@ def build_api(services: ManagementServices, status_of: Any) -> FastAPI:
         if reason is not None and not isinstance(reason, str):
             raise InvalidRequest("reason: must be a string")
         saved = await manager.put(
-            model, fields, expected if expected > 0 else None, actor=LOCAL, reason=reason
+            model, fields, expected if expected > 0 else None, actor=_actor(request), reason=reason
         )
         response.headers["ETag"] = f'"{saved.revision}"'
         return _policy_state(services, model, saved)
@@ -221,9 +235,9 @@ def build_api(services: ManagementServices, status_of: Any) -> FastAPI:
         summary="Remove the policy: the highest ready version answers again",
     )
     async def delete_traffic(
-        model: ModelName, if_match: Annotated[str | None, Header()] = None
+        request: Request, model: ModelName, if_match: Annotated[str | None, Header()] = None
     ) -> Response:
-        await manager.delete(model, _revision(if_match), actor=LOCAL)
+        await manager.delete(model, _revision(if_match), actor=_actor(request))
         return Response(status_code=204)
 
     @api.post(
@@ -233,10 +247,11 @@ def build_api(services: ManagementServices, status_of: Any) -> FastAPI:
         summary="Start a canary: stepped weights guarded by SLOs",
     )
     async def start_canary(
+        request: Request,
         model: ModelName,
         body: Annotated[dict[str, Any], Body(description="See CanaryBody")],
     ) -> schemas.CanaryState:
-        return _canary_state(services, await canaries.begin(model, body, actor=LOCAL))
+        return _canary_state(services, await canaries.begin(model, body, actor=_actor(request)))
 
     @api.get("/models/{model}/canary", response_model=schemas.CanaryState)
     async def get_canary(model: ModelName) -> schemas.CanaryState:
@@ -251,12 +266,14 @@ def build_api(services: ManagementServices, status_of: Any) -> FastAPI:
         response_model=schemas.TrafficState,
         summary="Abort a running canary, or put back the previous traffic policy",
     )
-    async def rollback(model: ModelName, body: schemas.Reason | None = None) -> Any:
+    async def rollback(
+        request: Request, model: ModelName, body: schemas.Reason | None = None
+    ) -> Any:
         reason = body.reason if body else None
         if canaries.is_active(model):
-            await canaries.abort(model, actor=LOCAL, reason=reason or "rollback")
+            await canaries.abort(model, actor=_actor(request), reason=reason or "rollback")
             return _policy_state(services, model, await asyncio.to_thread(store.get_policy, model))
-        saved = await manager.rollback(model, actor=LOCAL, reason=reason)
+        saved = await manager.rollback(model, actor=_actor(request), reason=reason)
         return _policy_state(services, model, saved)
 
     @api.get("/models/{model}/history", response_model=schemas.History)
@@ -282,17 +299,21 @@ def build_api(services: ManagementServices, status_of: Any) -> FastAPI:
 
 
 def _add_canary_action(api: FastAPI, services: ManagementServices, action: str) -> None:
-    async def handler(model: ModelName, body: schemas.Reason | None = None) -> Any:
+    async def handler(
+        request: Request, model: ModelName, body: schemas.Reason | None = None
+    ) -> Any:
         services.registry.version_states(model)
         canaries = services.canary
         if action == "pause":
-            saved = await canaries.pause(model, actor=LOCAL)
+            saved = await canaries.pause(model, actor=_actor(request))
         elif action == "resume":
-            saved = await canaries.resume(model, actor=LOCAL)
+            saved = await canaries.resume(model, actor=_actor(request))
         elif action == "promote":
-            saved = await canaries.promote(model, actor=LOCAL)
+            saved = await canaries.promote(model, actor=_actor(request))
         else:
-            saved = await canaries.abort(model, actor=LOCAL, reason=body.reason if body else None)
+            saved = await canaries.abort(
+                model, actor=_actor(request), reason=body.reason if body else None
+            )
         return _canary_state(services, saved)
 
     api.post(

@@ -1,4 +1,4 @@
-"""StateStore: traffic policies, canaries and their history, kept across restarts.
+"""StateStore: traffic policies, canaries, API keys and their history, kept across restarts.
 
 Every write is optimistic. The caller names the revision it read (``None``
 to create), and the write happens only if that is still the stored one:
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -51,15 +52,48 @@ from modelport.controlplane.store.records import (
     StoredCanary,
     StoredPolicy,
 )
-from modelport.controlplane.store.tables import canaries, events, policies
+from modelport.controlplane.store.tables import (
+    ACTOR_MAX,
+    KEY_ID_MAX,
+    api_keys,
+    canaries,
+    events,
+    policies,
+)
 from modelport.errors import ConfigError, Unavailable
 
 #: The action recorded for every traffic policy write, and for its removal.
 TRAFFIC_UPDATE = "traffic.update"
 TRAFFIC_DELETE = "traffic.delete"
 
+#: Actions recorded when an API key is created or revoked.
+KEY_CREATE = "key.create"
+KEY_REVOKE = "key.revoke"
+
+#: The ``model`` column of events about no model in particular (keys, auth).
+SERVER_WIDE = "*"
+
 _POLICY = "traffic policy"
 _CANARY = "canary"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredKey:
+    """One API key as stored: everything but the secret, which only its hash stands for."""
+
+    id: str
+    name: str
+    role: str
+    models: tuple[str, ...]
+    tenant: str | None
+    salt: str
+    secret_hash: str
+    rate: float | None
+    burst: int | None
+    created_at: datetime
+    created_by: str
+    expires_at: datetime | None
+    revoked_at: datetime | None
 
 
 def utc_now() -> datetime:
@@ -231,6 +265,79 @@ class StateStore:
             _append_event(conn, model, now, actor, action, detail, reason)
         return StoredCanary(model, body, state, revision, now)
 
+    # ------------------------------------------------------------ API keys
+
+    def add_key(self, key: StoredKey) -> None:
+        """Store a new key and record ``key.create`` (no secret, no hash) in one transaction."""
+        key_id = checks.check_text(key.id, "key id", KEY_ID_MAX)
+        actor = checks.check_actor(key.created_by)
+        checks.check_text(key.name, "key name", ACTOR_MAX)
+        values = {
+            "id": key_id,
+            "name": key.name,
+            "role": key.role,
+            "models": list(key.models),
+            "tenant": key.tenant,
+            "salt": key.salt,
+            "secret_hash": key.secret_hash,
+            "rate": key.rate,
+            "burst": key.burst,
+            "created_at": key.created_at,
+            "created_by": actor,
+            "expires_at": key.expires_at,
+            "revoked_at": None,
+        }
+        detail = {
+            "id": key_id,
+            "name": key.name,
+            "role": key.role,
+            "models": list(key.models),
+            "tenant": key.tenant,
+            "expires_at": None if key.expires_at is None else key.expires_at.isoformat(),
+            "rate": key.rate,
+            "burst": key.burst,
+        }
+        with self._connection(write=True) as conn:
+            conn.execute(api_keys.insert().values(**values))
+            _append_event(conn, SERVER_WIDE, key.created_at, actor, KEY_CREATE, detail, None)
+
+    def get_key(self, key_id: str) -> StoredKey | None:
+        with self._connection() as conn:
+            row = conn.execute(select(api_keys).where(api_keys.c.id == key_id)).first()
+        return None if row is None else _key(row)
+
+    def list_keys(self) -> list[StoredKey]:
+        with self._connection() as conn:
+            rows = conn.execute(select(api_keys).order_by(api_keys.c.created_at, api_keys.c.id))
+            return [_key(row) for row in rows]
+
+    def count_active_keys(self) -> int:
+        """Keys neither revoked nor expired now: whether the server has callers to expect."""
+        now = self._now()
+        query = select(api_keys.c.id).where(
+            api_keys.c.revoked_at.is_(None),
+            (api_keys.c.expires_at.is_(None)) | (api_keys.c.expires_at > now),
+        )
+        with self._connection() as conn:
+            return len(conn.execute(query).all())
+
+    def revoke_key(self, key_id: str, *, actor: str, reason: str | None = None) -> bool:
+        """Revoke a key now; False when there is no such key or it was revoked already."""
+        key_id = checks.check_text(key_id, "key id", KEY_ID_MAX)
+        actor = checks.check_actor(actor)
+        reason = checks.check_reason(reason)
+        now = self._now()
+        with self._connection(write=True) as conn:
+            done = conn.execute(
+                update(api_keys)
+                .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+                .values(revoked_at=now)
+            )
+            if done.rowcount != 1:
+                return False
+            _append_event(conn, SERVER_WIDE, now, actor, KEY_REVOKE, {"id": key_id}, reason)
+        return True
+
     # ------------------------------------------------------------ history
 
     def record(
@@ -401,6 +508,24 @@ def _policy(row: Row[Any]) -> StoredPolicy:
 
 def _canary(row: Row[Any]) -> StoredCanary:
     return StoredCanary(row.model, row.body, row.state, row.revision, row.updated_at)
+
+
+def _key(row: Row[Any]) -> StoredKey:
+    return StoredKey(
+        row.id,
+        row.name,
+        row.role,
+        tuple(row.models),
+        row.tenant,
+        row.salt,
+        row.secret_hash,
+        row.rate,
+        row.burst,
+        row.created_at,
+        row.created_by,
+        row.expires_at,
+        row.revoked_at,
+    )
 
 
 def _event(row: Row[Any]) -> Event:

@@ -16,6 +16,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Dialect,
+    Float,
     Index,
     Integer,
     MetaData,
@@ -36,6 +37,9 @@ ACTOR_MAX = 256
 ACTION_MAX = 64
 STATE_MAX = 32
 HASH_LENGTH = 64
+KEY_ID_MAX = 32
+ROLE_MAX = 16
+TENANT_MAX = 256
 
 
 def json_type() -> TypeEngine[Any]:
@@ -116,4 +120,23 @@ events = Table(
     Index("ix_events_model_id", "model", "id"),
     Index("ix_events_seq", "seq", unique=True),
     sqlite_autoincrement=True,
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(KEY_ID_MAX), primary_key=True),
+    Column("name", String(ACTOR_MAX), nullable=False),
+    Column("role", String(ROLE_MAX), nullable=False),
+    Column("models", json_type(), nullable=False),
+    Column("tenant", String(TENANT_MAX), nullable=True),
+    # HMAC-SHA-256 of the key's secret under a random per-key salt; both hex.
+    Column("salt", String(HASH_LENGTH), nullable=False),
+    Column("secret_hash", String(HASH_LENGTH), nullable=False),
+    Column("rate", Float(), nullable=True),
+    Column("burst", Integer(), nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("created_by", String(ACTOR_MAX), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=True),
+    Column("revoked_at", UTCDateTime(), nullable=True),
 )

@@ -1,8 +1,10 @@
 """ONNX Runtime backend (``backend: onnxruntime``, file ``model.onnx``).
 
 Honours the settings Triton's ONNX Runtime backend reads: the
-``intra_op_thread_count`` / ``inter_op_thread_count`` parameters, the graph
-optimization level, and execution accelerators. An accelerator this machine
+``intra_op_thread_count`` / ``inter_op_thread_count`` / ``execution_mode``
+parameters, the graph optimization level, and execution accelerators
+(``modelport optimize`` writes the same fields, so a tuned version needs
+nothing special to serve). An accelerator this machine
 lacks falls back to the CPU, and the log says which provider actually runs.
 """
 
@@ -48,6 +50,14 @@ ACCELERATORS: dict[str, str] = {
     "tensorrt": "TensorrtExecutionProvider",
     "cuda": "CUDAExecutionProvider",
     "openvino": "OpenVINOExecutionProvider",
+}
+
+#: Triton's ``execution_mode`` parameter -> ONNX Runtime execution mode (names or 0/1).
+EXECUTION_MODES: dict[str, ort.ExecutionMode] = {
+    "0": ort.ExecutionMode.ORT_SEQUENTIAL,
+    "sequential": ort.ExecutionMode.ORT_SEQUENTIAL,
+    "1": ort.ExecutionMode.ORT_PARALLEL,
+    "parallel": ort.ExecutionMode.ORT_PARALLEL,
 }
 
 #: Triton's ``optimization.graph.level`` -> ONNX Runtime optimization level.
@@ -101,6 +111,15 @@ def _session_options(config: ModelConfig, instances: int) -> ort.SessionOptions:
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if inter is not None:
         opts.inter_op_num_threads = inter
+    mode = config.parameter("execution_mode")
+    if mode is not None:
+        if mode.strip().lower() not in EXECUTION_MODES:
+            raise ModelLoadError(
+                f"parameters.execution_mode: expected sequential (0) or parallel (1), got {mode!r}"
+            )
+        # Parallel runs independent branches of the graph on the inter-op pool;
+        # it only pays for graphs with wide, independent branches.
+        opts.execution_mode = EXECUTION_MODES[mode.strip().lower()]
     level = 0
     opt = config.optimization
     if opt is not None and opt.graph is not None:

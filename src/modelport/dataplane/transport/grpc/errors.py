@@ -17,7 +17,9 @@ from modelport.errors import (
     ModelportError,
     NotFound,
     PayloadTooLarge,
+    PermissionDenied,
     RateLimited,
+    Unauthenticated,
     Unavailable,
 )
 
@@ -25,6 +27,8 @@ from modelport.errors import (
 STATUS: tuple[tuple[type[ModelportError], grpc.StatusCode], ...] = (
     (PayloadTooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
+    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (NotFound, grpc.StatusCode.NOT_FOUND),
     (Conflict, grpc.StatusCode.ABORTED),
     (ModelNotReady, grpc.StatusCode.UNAVAILABLE),

@@ -15,6 +15,7 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from modelport.config.server import ServerConfig
+from modelport.dataplane.admission.gate import Gate
 from modelport.dataplane.transport.context import TransportContext
 from modelport.dataplane.transport.grpc.service import InferenceService
 from modelport.protos import grpc_service_pb2 as pb
@@ -80,9 +81,11 @@ def _handlers(servicer: InferenceService) -> grpc.GenericRpcHandler:
 
 
 def build_grpc_server(
-    ctx: TransportContext, config: ServerConfig
+    ctx: TransportContext, config: ServerConfig, gate: Gate | None = None
 ) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
-    """The server (not started) and its health servicer, for shutdown to flip."""
+    """The server (not started) and its health servicer, for shutdown to flip.
+
+    grpc.health.v1 stays open to probes whatever ``gate`` says."""
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", config.max_body_bytes),
@@ -90,7 +93,7 @@ def build_grpc_server(
             ("grpc.so_reuseport", 0),
         ]
     )
-    server.add_generic_rpc_handlers((_handlers(InferenceService(ctx)),))
+    server.add_generic_rpc_handlers((_handlers(InferenceService(ctx, gate)),))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     bound = server.add_insecure_port(f"{config.host}:{config.grpc_port}")

@@ -4,6 +4,13 @@ Each rpc decodes, calls the shared data plane and encodes; a ModelportError
 becomes the status from ``errors.STATUS`` with its message. On the
 bidirectional stream an error answers that one request (``error_message``)
 and the stream carries on, as Triton's clients expect.
+
+Authentication and authorization run first in every rpc but the health ones
+(ServerLive, ServerReady; grpc.health.v1 is another service): each calls
+``_admit`` with the role it needs and the model named in its message, which
+is why the check lives here rather than in an interceptor, which cannot see
+the message. With authentication off there is no Gate and ``_admit`` returns
+at its first line.
 """
 
 from __future__ import annotations
@@ -18,6 +25,8 @@ import grpc
 from google.protobuf import json_format
 
 from modelport.config.pbtxt import config_to_proto
+from modelport.dataplane.admission.gate import Gate
+from modelport.dataplane.admission.identity import Identity, Role
 from modelport.dataplane.codec.grpc_v2 import decode_request, encode_response, parameter_value
 from modelport.dataplane.codec.repository import load_config_parameter
 from modelport.dataplane.transport.context import EXTENSIONS, TransportContext
@@ -68,9 +77,34 @@ def _metadata_lookup(context: grpc.aio.ServicerContext) -> Callable[[str], str |
     return lookup
 
 
+def _metadata(context: grpc.aio.ServicerContext, key: str) -> str | None:
+    for k, v in context.invocation_metadata() or ():
+        if k == key and isinstance(v, str):
+            return v
+    return None
+
+
+def peer_address(peer: str) -> str:
+    """The address of a grpc peer string (``ipv4:1.2.3.4:5``, ``ipv6:[::1]:5``), no port."""
+    kind, _, rest = peer.partition(":")
+    if kind in ("ipv4", "ipv6") and ":" in rest:
+        return rest.rsplit(":", 1)[0].strip("[]")
+    return peer
+
+
 class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, ctx: TransportContext) -> None:
+    def __init__(self, ctx: TransportContext, gate: Gate | None = None) -> None:
         self.ctx = ctx
+        self.gate = gate
+
+    async def _admit(
+        self, context: grpc.aio.ServicerContext, need: Role, model: str | None = None
+    ) -> Identity | None:
+        """The caller, when it may do what needs ``need`` on ``model``; None when auth is off."""
+        if self.gate is None:
+            return None
+        header = _metadata(context, "authorization")
+        return await self.gate.admit(header, peer_address(context.peer()), need, model or None)
 
     async def ServerLive(self, request: Any, context: Any) -> Any:
         return pb.ServerLiveResponse(live=True)
@@ -78,7 +112,9 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     async def ServerReady(self, request: Any, context: Any) -> Any:
         return pb.ServerReadyResponse(ready=self.ctx.table.is_ready())
 
+    @_mapped
     async def ModelReady(self, request: Any, context: Any) -> Any:
+        await self._admit(context, Role.VIEWER, request.name)
         # Unknown models are simply not ready here, as clients of this rpc expect.
         try:
             self.ctx.pipeline.resolve(request.name, request.version or None)
@@ -86,13 +122,16 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=True)
 
+    @_mapped
     async def ServerMetadata(self, request: Any, context: Any) -> Any:
+        await self._admit(context, Role.VIEWER)
         return pb.ServerMetadataResponse(
             name=self.ctx.server_name, version=self.ctx.server_version, extensions=list(EXTENSIONS)
         )
 
     @_mapped
     async def ModelMetadata(self, request: Any, context: Any) -> Any:
+        await self._admit(context, Role.VIEWER, request.name)
         model = self.ctx.pipeline.resolve(request.name, request.version or None)
         versions = [request.version] if request.version else self.ctx.table.versions(request.name)
         return pb.ModelMetadataResponse(
@@ -103,25 +142,46 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             outputs=_tensor_metadata(model.signature.outputs),
         )
 
-    async def _infer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def _infer(
+        self, request: Any, context: grpc.aio.ServicerContext, identity: Identity | None
+    ) -> Any:
         self.ctx.pipeline.resolve(request.model_name, request.model_version or None)
         req = decode_request(request, self.ctx.max_elements)
+        req.identity = identity
         resp = await self.ctx.pipeline.infer(req, "grpc", _metadata_lookup(context))
         return encode_response(resp)
 
     @_mapped
     async def ModelInfer(self, request: Any, context: Any) -> Any:
-        return await self._infer(request, context)
+        identity = await self._admit(context, Role.INVOKER, request.model_name)
+        return await self._infer(request, context, identity)
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
     ) -> None:
-        """Serve each request on the stream concurrently; answer in completion order."""
+        """Serve each request on the stream concurrently; answer in completion order.
+
+        The caller is authenticated once, when the stream opens (a failure ends
+        the stream); each message is then authorized for its own model, and a
+        denial answers that message only.
+        """
         write_lock = asyncio.Lock()
+        identity: Identity | None = None
+        peer = peer_address(context.peer())
+        if self.gate is not None:
+            try:
+                header = _metadata(context, "authorization")
+                identity = await self.gate.authenticator.authenticate(header, peer)
+            except ModelportError as exc:
+                await context.abort(grpc_status(exc), exc.message, trailing_metadata(exc))
 
         async def one(msg: Any) -> None:
             try:
-                reply = pb.ModelStreamInferResponse(infer_response=await self._infer(msg, context))
+                if self.gate is not None and identity is not None:
+                    self.gate.check(identity, peer, Role.INVOKER, msg.model_name or None)
+                reply = pb.ModelStreamInferResponse(
+                    infer_response=await self._infer(msg, context, identity)
+                )
             except ModelportError as exc:
                 reply = pb.ModelStreamInferResponse(
                     error_message=exc.message,
@@ -138,11 +198,13 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
     @_mapped
     async def ModelConfig(self, request: Any, context: Any) -> Any:
+        await self._admit(context, Role.VIEWER, request.name)
         model = self.ctx.pipeline.resolve(request.name, request.version or None)
         return pb.ModelConfigResponse(config=config_to_proto(model.config.to_json()))
 
     @_mapped
     async def ModelStatistics(self, request: Any, context: Any) -> Any:
+        await self._admit(context, Role.VIEWER, request.name)
         models = self.ctx.table.ready()
         if request.name:
             self.ctx.table.versions(request.name)
@@ -161,6 +223,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
     @_mapped
     async def RepositoryIndex(self, request: Any, context: Any) -> Any:
+        await self._admit(context, Role.VIEWER)
         out = pb.RepositoryIndexResponse()
         for e in self.ctx.repository.index(request.ready):
             out.models.add(name=e.name, version=e.version, state=e.state, reason=e.reason)
@@ -168,6 +231,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
     @_mapped
     async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
+        await self._admit(context, Role.OPERATOR, request.model_name)
         params = {k: parameter_value(v) for k, v in request.parameters.items()}
         config = load_config_parameter(params or None)
         await self.ctx.repository.load(request.model_name, config)
@@ -175,5 +239,6 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
     @_mapped
     async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
+        await self._admit(context, Role.OPERATOR, request.model_name)
         await self.ctx.repository.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()

@@ -13,15 +13,16 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Mount, Route
-from starlette.types import ASGIApp
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from modelport.dataplane.transport.context import TransportContext
 from modelport.dataplane.transport.http import routes_triton, routes_v1, routes_v2
-from modelport.dataplane.transport.http.errors import http_status, retry_after
+from modelport.dataplane.transport.http.errors import CHALLENGE, http_status, retry_after
 from modelport.dataplane.transport.http.fastpath import InferenceFastPath, InferRoute
+from modelport.dataplane.transport.http.guard import Guarded, HttpGuard
 from modelport.dataplane.transport.http.responses import error_response
-from modelport.errors import ModelportError
+from modelport.errors import ModelportError, Unauthenticated
 from modelport.observability.metrics import CONTENT_TYPE, Metrics
 
 log = logging.getLogger("modelport.http")
@@ -34,7 +35,10 @@ async def _modelport_error(request: Request, exc: Exception) -> Response:
         "request refused",
         extra={"path": request.url.path, "status": status, "error": exc.message},
     )
-    return error_response(exc.message, status, retry_after(exc))
+    response = error_response(exc.message, status, retry_after(exc))
+    if isinstance(exc, Unauthenticated):
+        response.headers["WWW-Authenticate"] = CHALLENGE.decode()
+    return response
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -60,30 +64,57 @@ def metrics_routes(metrics: Metrics) -> list[Route]:
     return [Route("/metrics", render, methods=["GET"])]
 
 
-def build_metrics_app(metrics: Metrics) -> Starlette:
-    """The app on --metrics-port: /metrics only."""
-    return Starlette(
+def build_metrics_app(metrics: Metrics, guard: HttpGuard | None = None) -> ASGIApp:
+    """The app on --metrics-port: /metrics only; behind ``guard`` unless it is None
+    (authentication off, or the port opened for a trusted scraper)."""
+    app = Starlette(
         routes=metrics_routes(metrics),
         exception_handlers={HTTPException: _http_error, Exception: _unexpected},
     )
+    return app if guard is None else Guarded(app, guard)
+
+
+MANAGEMENT_PREFIX = "/api/v1"
+
+
+class _Prefixed:
+    """Every path under ``prefix`` goes to ``app``, whatever characters it holds.
+
+    A router mount would not match paths containing characters its pattern
+    excludes (a newline, say), and such requests would get the data plane's
+    404 instead of the management API's error shape.
+    """
+
+    def __init__(self, prefix: str, app: ASGIApp, rest: ASGIApp) -> None:
+        self.prefix = prefix
+        self.app = app
+        self.rest = rest
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] == "http" and (path == self.prefix or path.startswith(self.prefix + "/")):
+            root = scope.get("root_path", "") + self.prefix
+            await self.app({**scope, "root_path": root}, receive, send)
+            return
+        await self.rest(scope, receive, send)
 
 
 def build_app(
     ctx: TransportContext,
     management: ASGIApp | None = None,
     extra_routes: list[BaseRoute] | None = None,
+    guard: HttpGuard | None = None,
 ) -> ASGIApp:
     """The REST app: OIP v2, Triton's extensions, KServe v1, /metrics, and the
-    management API (built by the control plane) under /api/v1."""
+    management API (built by the control plane) under /api/v1; every path
+    behind ``guard`` when authentication is on."""
     infer = InferRoute(ctx)
-    mounted: list[BaseRoute] = [Mount("/api/v1", app=management)] if management else []
     router = Starlette(
         routes=[
             *routes_triton.routes(ctx),
             *routes_v2.routes(ctx, infer),
             *routes_v1.routes(ctx),
             *metrics_routes(ctx.metrics),
-            *mounted,
             *(extra_routes or []),
         ],
         exception_handlers={
@@ -92,4 +123,7 @@ def build_app(
             Exception: _unexpected,
         },
     )
-    return InferenceFastPath(infer, router)
+    front: ASGIApp = (
+        router if management is None else _Prefixed(MANAGEMENT_PREFIX, management, router)
+    )
+    return InferenceFastPath(infer, front, guard)

@@ -15,14 +15,21 @@ from modelport.errors import (
     ModelportError,
     NotFound,
     PayloadTooLarge,
+    PermissionDenied,
     RateLimited,
+    Unauthenticated,
     Unavailable,
 )
+
+#: The challenge sent with every 401 (RFC 6750).
+CHALLENGE = b'Bearer realm="modelport"'
 
 #: Most specific class first: the first match wins.
 STATUS: tuple[tuple[type[ModelportError], int], ...] = (
     (PayloadTooLarge, 413),
     (InvalidRequest, 400),
+    (Unauthenticated, 401),
+    (PermissionDenied, 403),
     (NotFound, 404),
     (Conflict, 409),
     (ModelNotReady, 503),
@@ -51,3 +58,11 @@ def retry_after(exc: ModelportError) -> str | None:
     if isinstance(exc, RateLimited):
         return str(max(1, math.ceil(exc.retry_after_s)))
     return None
+
+
+def error_headers(exc: ModelportError) -> list[tuple[bytes, bytes]]:
+    """Headers an error response carries besides its type: Retry-After, WWW-Authenticate."""
+    if isinstance(exc, Unauthenticated):
+        return [(b"www-authenticate", CHALLENGE)]
+    wait = retry_after(exc)
+    return [] if wait is None else [(b"retry-after", wait.encode())]

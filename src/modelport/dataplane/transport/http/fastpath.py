@@ -7,6 +7,10 @@ callable recognises that one route with string operations, reads the body,
 runs codec → pipeline → codec, and writes the response itself; every other
 request goes on to the Starlette app unchanged. Behaviour (limits, errors,
 compression, disconnect handling) is the same as the framework route's.
+
+It is also the outermost app, so authentication happens here for every
+path (``guard.HttpGuard``); with authentication off there is no guard and
+the cost is one ``is None`` check.
 """
 
 from __future__ import annotations
@@ -18,10 +22,12 @@ from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from modelport.dataplane.admission.identity import IDENTITY_SCOPE_KEY
 from modelport.dataplane.codec.json_v2 import decode_request, encode_json, encode_response
 from modelport.dataplane.transport.context import TransportContext
 from modelport.dataplane.transport.http.body import ClientDisconnected, compress, receive_body
 from modelport.dataplane.transport.http.errors import http_status, retry_after
+from modelport.dataplane.transport.http.guard import HttpGuard
 from modelport.errors import InvalidRequest, ModelportError
 from modelport.types import InferenceResponse
 
@@ -70,11 +76,18 @@ def _header_lookup(headers: dict[bytes, bytes]) -> Callable[[str], str | None]:
 class InferenceFastPath:
     """ASGI app: the infer route handled directly, everything else to ``app``."""
 
-    def __init__(self, infer: InferRoute, app: ASGIApp) -> None:
+    def __init__(self, infer: InferRoute, app: ASGIApp, guard: HttpGuard | None = None) -> None:
         self.infer = infer
         self.app = app
+        self.guard = guard
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            self.guard is not None
+            and scope["type"] == "http"
+            and not await self.guard.admit(scope, send)
+        ):
+            return
         if scope["type"] == "http" and scope["method"] == "POST":
             route = match_infer(scope["path"])
             if route is not None:
@@ -116,6 +129,7 @@ class InferRoute:
                 version,
                 ctx.max_elements,
             )
+            request.identity = scope.get(IDENTITY_SCOPE_KEY)
             response = await _until_disconnect(
                 receive, ctx.pipeline.infer(request, "http", _header_lookup(headers))
             )

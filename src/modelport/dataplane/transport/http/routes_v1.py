@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from modelport.dataplane.admission.identity import IDENTITY_SCOPE_KEY
 from modelport.dataplane.codec.jsonbody import decode_json
 from modelport.dataplane.codec.tensors import array_from_json, array_to_json, check_shape
 from modelport.dataplane.table import ModelVersion
@@ -71,7 +72,9 @@ def routes(ctx: TransportContext) -> list[Route]:
         body = decode_json(raw)
         inputs = decode_v1(model, body, ctx.max_elements)
         # No version: the model's traffic policy, if any, picks one like on /v2.
-        req = InferenceRequest(model.name, None, inputs)
+        req = InferenceRequest(
+            model.name, None, inputs, identity=request.scope.get(IDENTITY_SCOPE_KEY)
+        )
         resp = await ctx.pipeline.infer(req, "http", request.headers.get)
         outputs = {t.name: t for t in resp.outputs}
         if len(outputs) == 1:

@@ -1,0 +1,127 @@
+"""``modelport keys``: create, list and revoke API keys in the state store.
+
+Like ``modelport audit``, these commands open the server's database
+directly (``--data-dir``/``--state-url`` and their ``MODELPORT_*`` variables
+mean what they mean to ``modelport serve``), so they work whether or not
+the server runs. A running server sees a new key at once and a revocation
+within a second (its identity cache lives at most that long).
+"""
+
+from __future__ import annotations
+
+import getpass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from modelport.cli.audit import DEFAULT_DATA_DIR, DataDir, StateUrl, _guard
+from modelport.errors import ModelportError
+
+if TYPE_CHECKING:
+    from modelport.controlplane.keys import KeyService
+
+keys_app = typer.Typer(no_args_is_help=True, help="API keys: who may call the server.")
+
+
+def _actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
+
+
+def _service(data_dir: Path | None, state_url: str | None) -> KeyService:
+    from modelport.controlplane.keys import KeyService
+    from modelport.controlplane.store import StateStore
+
+    # Unlike ``audit``, a missing database is created: the first key is
+    # normally made before the server has ever run.
+    url = state_url or StateStore.sqlite_url(data_dir or DEFAULT_DATA_DIR)
+    if state_url is None:
+        (data_dir or DEFAULT_DATA_DIR).mkdir(parents=True, exist_ok=True)
+    try:
+        return KeyService(StateStore.open(url))
+    except ModelportError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(2) from None
+
+
+@keys_app.command("create")
+def create(
+    role: Annotated[str, typer.Option(help="viewer, invoker, operator or admin.")],
+    models: Annotated[
+        list[str], typer.Option(help="Model name pattern (fnmatch), e.g. 'fraud-*'; repeatable.")
+    ],
+    name: Annotated[
+        str | None, typer.Option(help="A name for the audit log (default key-<id>).")
+    ] = None,
+    tenant: Annotated[str | None, typer.Option(help="Tenant the key is confined to.")] = None,
+    expires: Annotated[
+        str | None, typer.Option(help="Lifetime (30d, 12h, 2w) or a date (2027-01-01).")
+    ] = None,
+    rate: Annotated[float | None, typer.Option(help="Requests per second for this key.")] = None,
+    burst: Annotated[int | None, typer.Option(help="Requests in a burst for this key.")] = None,
+    data_dir: DataDir = None,
+    state_url: StateUrl = None,
+) -> None:
+    """Create a key and print it once; only a salted hash of it is stored."""
+    service = _service(data_dir, state_url)
+    try:
+        key, token = _guard(
+            lambda: service.create(
+                role=role,
+                models=models,
+                actor=_actor(),
+                name=name,
+                tenant=tenant,
+                expires=expires,
+                rate=rate,
+                burst=burst,
+            )
+        )
+    finally:
+        service.store.close()
+    typer.echo(token)
+    expiry = key.expires_at.isoformat() if key.expires_at else "never"
+    typer.echo(
+        f"key {key.id} ({key.name}): role {key.role}, models {' '.join(key.models)}, "
+        f"expires {expiry}. Store it now: it cannot be shown again.",
+        err=True,
+    )
+
+
+@keys_app.command("list")
+def list_keys(data_dir: DataDir = None, state_url: StateUrl = None) -> None:
+    """Every key with its scope and state; never a secret."""
+    service = _service(data_dir, state_url)
+    try:
+        keys = _guard(service.list)
+    finally:
+        service.store.close()
+    for k in keys:
+        state = "revoked" if k.revoked_at else "active"
+        typer.echo(
+            f"{k.id}  {k.name}  {k.role}  models={','.join(k.models)}  "
+            f"tenant={k.tenant or '-'}  expires={k.expires_at.isoformat() if k.expires_at else '-'}"
+            f"  rate={k.rate if k.rate is not None else '-'}  {state}"
+        )
+
+
+@keys_app.command("revoke")
+def revoke(
+    key_id: Annotated[str, typer.Argument(help="The key's id (the part after mpk_).")],
+    reason: Annotated[str | None, typer.Option(help="Why, for the audit log.")] = None,
+    data_dir: DataDir = None,
+    state_url: StateUrl = None,
+) -> None:
+    """Revoke a key: refused from now on (within a second on running servers)."""
+    service = _service(data_dir, state_url)
+    try:
+        done = _guard(lambda: service.revoke(key_id, actor=_actor(), reason=reason))
+    finally:
+        service.store.close()
+    if not done:
+        typer.echo(f"error: no active key {key_id!r}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"revoked {key_id}")

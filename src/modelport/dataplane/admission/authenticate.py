@@ -1,0 +1,182 @@
+"""Authentication: a bearer token → an Identity, the same for HTTP and gRPC.
+
+Two credential kinds travel as ``Authorization: Bearer <token>``: API keys
+(``mpk_<id>_<secret>``, verified by the control plane's key store) and JWTs
+(three dot-separated parts, verified against an issuer's JWKS). The data
+plane does not know how either is stored; it is handed
+:class:`CredentialVerifier` objects by the composition root.
+
+Hot path: a verified token's identity is cached for at most ``ttl`` seconds,
+keyed by the SHA-256 of the token (secrets are not kept as dictionary keys),
+so a busy client costs one hash and one dictionary lookup per request, and a
+revoked key stops working everywhere within ``ttl`` (at once on this node
+when :meth:`Authenticator.forget` is called). Failures are never cached.
+
+Brute force: every invalid credential from one peer address takes a token
+from ``authfail:<peer>`` in a MemoryRateLimiter. Once that bucket is empty
+the peer is blocked until it refills: its requests are answered
+RateLimited before any credential is looked at, and the block is audited
+once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from modelport.dataplane.admission.audit import AuthAudit
+from modelport.dataplane.admission.identity import Identity
+from modelport.dataplane.admission.ratelimit import MemoryRateLimiter
+from modelport.errors import RateLimited, Unauthenticated
+
+#: Prefix of every API key; anything else with two dots is taken for a JWT.
+API_KEY_PREFIX = "mpk_"
+
+#: Longest token looked at; longer ones are refused before any parsing.
+MAX_TOKEN_LENGTH = 8192
+
+#: Cached identities kept at most; the oldest go first.
+MAX_CACHED = 10_000
+
+#: Peers remembered as blocked at most (a flood of addresses costs bounded memory).
+MAX_BLOCKED = 10_000
+
+
+class CredentialVerifier(Protocol):
+    """One kind of credential. ``verify`` may block (database, JWKS fetch): it is
+    called in a worker thread, never on the event loop."""
+
+    def verify(self, token: str) -> Identity:
+        """The identity ``token`` proves; Unauthenticated (with a reason) if none."""
+        ...
+
+
+def bearer_token(header: str | None) -> str:
+    """The token of an ``Authorization: Bearer <token>`` value, or Unauthenticated."""
+    if header is None or not header.strip():
+        raise Unauthenticated("authentication required: send Authorization: Bearer <token>")
+    scheme, _, token = header.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthenticated("malformed Authorization header: expected 'Bearer <token>'")
+    token = token.strip()
+    if len(token) > MAX_TOKEN_LENGTH or not token.isascii() or not token.isprintable():
+        raise Unauthenticated("malformed bearer token")
+    return token
+
+
+class Authenticator:
+    """Token → Identity with a short cache, per-peer failure limits and audit."""
+
+    def __init__(
+        self,
+        *,
+        keys: CredentialVerifier | None,
+        jwt: CredentialVerifier | None,
+        audit: AuthAudit,
+        failure_rate: float = 1.0,
+        failure_burst: int = 10,
+        ttl: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        if not 0 < ttl <= 1.0:
+            raise ValueError(f"ttl must be in (0, 1] seconds so revocation is prompt, got {ttl}")
+        self._keys = keys
+        self._jwt = jwt
+        self._audit = audit
+        self._failure_rate = failure_rate
+        self._failure_burst = failure_burst
+        self._ttl = ttl
+        self._clock = clock
+        self._wall = wall
+        self._failures = MemoryRateLimiter(clock=clock)
+        self._cache: dict[bytes, tuple[Identity, float]] = {}
+        self._blocked: dict[str, float] = {}
+
+    def forget(self) -> None:
+        """Drop every cached identity, so a revocation made here applies at once."""
+        self._cache.clear()
+
+    async def authenticate(self, header: str | None, peer: str) -> Identity:
+        """The caller's identity, or Unauthenticated / RateLimited (a blocked peer)."""
+        now = self._clock()
+        if self._blocked:
+            self._check_blocked(peer, now)
+        try:
+            token = bearer_token(header)
+        except Unauthenticated as exc:
+            self._fail(peer, exc, now, counts=header is not None)
+            raise
+        digest = hashlib.sha256(token.encode("ascii")).digest()
+        hit = self._cache.get(digest)
+        if hit is not None:
+            identity, until = hit
+            if until > now and not self._expired(identity):
+                return identity
+            del self._cache[digest]
+        try:
+            identity = await asyncio.to_thread(self._verifier(token).verify, token)
+            if self._expired(identity):
+                raise Unauthenticated("credentials expired")
+        except Unauthenticated as exc:
+            self._fail(peer, exc, self._clock(), counts=True)
+            raise
+        if len(self._cache) >= MAX_CACHED:
+            del self._cache[next(iter(self._cache))]
+        self._cache[digest] = (identity, self._clock() + self._ttl)
+        return identity
+
+    def _verifier(self, token: str) -> CredentialVerifier:
+        if token.startswith(API_KEY_PREFIX):
+            if self._keys is None:
+                raise Unauthenticated("API keys are not accepted by this server")
+            return self._keys
+        if token.count(".") == 2:
+            if self._jwt is None:
+                raise Unauthenticated("JWT bearer tokens are not accepted by this server")
+            return self._jwt
+        raise Unauthenticated("malformed bearer token: neither an API key nor a JWT")
+
+    def _expired(self, identity: Identity) -> bool:
+        return identity.expires_at is not None and self._wall() >= identity.expires_at
+
+    def _check_blocked(self, peer: str, now: float) -> None:
+        until = self._blocked.get(peer)
+        if until is None:
+            return
+        if until > now:
+            raise RateLimited(
+                "too many failed authentication attempts from this address; "
+                f"retry in {until - now:.2f} s",
+                until - now,
+            )
+        del self._blocked[peer]
+
+    def _fail(self, peer: str, exc: Unauthenticated, now: float, *, counts: bool) -> None:
+        """Audit a failure; an invalid credential also drains the peer's bucket.
+
+        A request with no credentials at all is not a guess, so it is audited
+        but does not count toward blocking the address.
+        """
+        self._audit.failure(peer, exc.message)
+        if not counts:
+            return
+        decision = self._failures.acquire_now(
+            f"authfail:{peer}", self._failure_rate, self._failure_burst
+        )
+        if decision.allowed:
+            return
+        if len(self._blocked) >= MAX_BLOCKED:
+            self._blocked = {p: t for p, t in self._blocked.items() if t > now}
+            if len(self._blocked) >= MAX_BLOCKED:
+                del self._blocked[next(iter(self._blocked))]
+        self._blocked[peer] = now + decision.retry_after_s
+        self._audit.blocked(peer, decision.retry_after_s)
+        raise RateLimited(
+            "too many failed authentication attempts from this address; "
+            f"retry in {decision.retry_after_s:.2f} s",
+            decision.retry_after_s,
+        ) from None

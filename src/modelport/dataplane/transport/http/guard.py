@@ -1,0 +1,86 @@
+"""Authentication at the front of the REST app, for every path.
+
+:class:`HttpGuard` reads the ``Authorization`` header and the peer address,
+asks ``access.required`` what the route needs, and calls the shared Gate.
+Refusals leave in the usual ``{"error": ...}`` shape; a 401 carries
+``WWW-Authenticate: Bearer`` as RFC 6750 asks. The caller's Identity is put
+in the ASGI scope under ``IDENTITY_SCOPE_KEY`` for the routes below
+(inference requests, the management API's actor).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from modelport.dataplane.admission.gate import Gate
+from modelport.dataplane.admission.identity import IDENTITY_SCOPE_KEY
+from modelport.dataplane.codec.json_v2 import encode_json
+from modelport.dataplane.transport.http.access import required
+from modelport.dataplane.transport.http.errors import error_headers, http_status
+from modelport.errors import ModelportError
+
+log = logging.getLogger("modelport.http")
+
+
+def _authorization(scope: Scope) -> str | None:
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            text: str = value.decode("latin-1")
+            return text
+    return None
+
+
+def peer_of(scope: Scope) -> str:
+    client = scope.get("client")
+    return str(client[0]) if client else "unknown"
+
+
+async def send_error(send: Send, exc: ModelportError) -> None:
+    """Answer with the error's status and headers and ``{"error": message}``."""
+    body = encode_json({"error": exc.message})
+    headers = [
+        (b"content-type", b"application/json"),
+        *error_headers(exc),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    await send({"type": "http.response.start", "status": http_status(exc), "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class HttpGuard:
+    """The REST side of the Gate."""
+
+    def __init__(self, gate: Gate) -> None:
+        self.gate = gate
+
+    async def admit(self, scope: Scope, send: Send) -> bool:
+        """Whether the request may go on; when not, the refusal has been sent."""
+        need, model = required(scope["method"], scope["path"])
+        if need is None:
+            return True
+        try:
+            identity = await self.gate.admit(_authorization(scope), peer_of(scope), need, model)
+        except ModelportError as exc:
+            log.debug(
+                "request refused",
+                extra={"path": scope["path"], "status": http_status(exc), "error": exc.message},
+            )
+            await send_error(send, exc)
+            return False
+        scope[IDENTITY_SCOPE_KEY] = identity
+        return True
+
+
+class Guarded:
+    """Any ASGI app behind an HttpGuard (the --metrics-port app)."""
+
+    def __init__(self, app: ASGIApp, guard: HttpGuard) -> None:
+        self.app = app
+        self.guard = guard
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not await self.guard.admit(scope, send):
+            return
+        await self.app(scope, receive, send)

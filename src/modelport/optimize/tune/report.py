@@ -1,0 +1,207 @@
+"""Showing an optimization: a rich table for people, JSON for pipelines, Markdown beside the model.
+
+All three come from the same rows (``_rows``), so the terminal, report.json
+and report.md never disagree.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.table import Table
+
+from modelport.optimize.tune.candidates import GRAPH_LEVEL_NAMES
+from modelport.optimize.tune.choose import Outcome
+from modelport.optimize.tune.measure import instances_for
+
+if TYPE_CHECKING:
+    from modelport.optimize.tune.command import OptimizeReport
+
+_COLUMNS = (
+    "candidate",
+    "p50 ms (b1)",
+    "p99 ms (b1)",
+    "rows/s, 1 instance",
+    "threads",
+    "size",
+    "metric",
+    "result",
+)
+
+
+def _size(size: int | None) -> str:
+    if size is None:
+        return "-"
+    return f"{size / 1e6:.2f} MB" if size >= 1e5 else f"{size / 1e3:.1f} kB"
+
+
+def _metric(outcome: Outcome) -> str:
+    j = outcome.judgement
+    if j is None:
+        return "-"
+    text = f"{j.metric} {j.candidate:.4g}"
+    if j.original is not None:
+        text += f" (orig {j.original:.4g})"
+    return text
+
+
+def _outcome_json(outcome: Outcome, cores: int) -> dict[str, Any]:
+    j = outcome.judgement
+    return {
+        "name": outcome.name,
+        "description": outcome.description,
+        "settings": outcome.settings,
+        "status": outcome.status,
+        "reason": outcome.reason,
+        "size_bytes": outcome.size_bytes,
+        "metric": None
+        if j is None
+        else {
+            "name": j.metric,
+            "original": j.original,
+            "candidate": j.candidate,
+            "within_budget": j.within,
+            "top1_agreement": j.agreement,
+            "max_abs_diff": j.max_abs_diff,
+        },
+        "best": None
+        if outcome.best is None
+        else {
+            "threads": outcome.best.threads,
+            "instances": instances_for(outcome.best.threads, cores),
+            "p50_ms": outcome.best.p50_ms,
+            "p99_ms": outcome.best.p99_ms,
+            "best_batch": outcome.best.best_batch,
+            "rows_per_s": outcome.best.rows_per_s,
+        },
+        "timings": [
+            {
+                "threads": t.threads,
+                "p50_ms": t.p50_ms,
+                "p99_ms": t.p99_ms,
+                "rows_per_s_by_batch": {str(b): r for b, r in t.throughput.items()},
+            }
+            for t in outcome.timings
+        ],
+    }
+
+
+def report_json(report: OptimizeReport) -> dict[str, Any]:
+    hw = report.hardware
+    return {
+        "ok": True,
+        "source": str(report.source.version_dir),
+        "backend": report.backend,
+        "version": report.version,
+        "version_dir": str(report.version_dir) if report.version_dir else None,
+        "hardware": {
+            "cpu": hw.cpu_model,
+            "cores": hw.cores,
+            "features": list(hw.features),
+            "int8_fast": hw.int8_fast,
+            "gpus": list(hw.gpus),
+            "providers": list(hw.providers),
+        },
+        "metric": report.metric,
+        "budget": report.budget,
+        "objective": report.objective,
+        "rows": {"calibration": report.calibration_rows, "held_out": report.held_out_rows},
+        "labels": report.labels,
+        "chosen": {
+            "candidate": report.winner.name,
+            "intra_op_thread_count": report.threads,
+            "instance_count": report.instances,
+            "graph_level": report.graph_level,
+        },
+        "candidates": [_outcome_json(o, hw.cores) for o in report.outcomes],
+        "skipped": [{"name": s.name, "reason": s.reason} for s in report.skipped],
+        "notes": report.notes,
+    }
+
+
+def report_text(report: OptimizeReport) -> str:
+    return json.dumps(report_json(report), indent=2) + "\n"
+
+
+def _cells(outcome: Outcome, reasons: bool = True) -> list[str]:
+    best = outcome.best
+    status = outcome.status + (f": {outcome.reason}" if outcome.reason and reasons else "")
+    if best is None:
+        return [
+            outcome.name,
+            "-",
+            "-",
+            "-",
+            "-",
+            _size(outcome.size_bytes),
+            _metric(outcome),
+            status,
+        ]
+    return [
+        outcome.name,
+        f"{best.p50_ms:.3f}",
+        f"{best.p99_ms:.3f}",
+        f"{best.rows_per_s:,.0f} (b{best.best_batch})",
+        str(best.threads),
+        _size(outcome.size_bytes),
+        _metric(outcome),
+        status,
+    ]
+
+
+def _chosen_line(report: OptimizeReport) -> str:
+    level = (
+        f", graph level {report.graph_level} ({GRAPH_LEVEL_NAMES[report.graph_level]})"
+        if report.graph_level is not None
+        else ""
+    )
+    return (
+        f"chose {report.winner.name} for {report.objective}: {report.threads} intra-op "
+        f"thread(s) x {report.instances} instance(s){level}; written as version "
+        f"{report.version} ({report.version_dir})"
+    )
+
+
+def report_markdown(report: OptimizeReport) -> str:
+    lines = [
+        f"# modelport optimize: {report.source.model} version {report.source.version}",
+        "",
+        f"- hardware: {report.hardware.describe()}",
+        f"- metric: {report.metric}, budget {report.budget:.2%}, objective {report.objective}",
+        f"- rows: {report.calibration_rows} to calibrate, {report.held_out_rows} held out",
+        f"- {_chosen_line(report)}",
+        "",
+        "| " + " | ".join(_COLUMNS) + " |",
+        "|" + "---|" * len(_COLUMNS),
+    ]
+    lines += ["| " + " | ".join(_cells(o)) + " |" for o in report.outcomes]
+    lines += ["", "Not tried:", ""]
+    lines += [f"- {s.name}: {s.reason}" for s in report.skipped]
+    return "\n".join(lines) + "\n"
+
+
+def print_report(report: OptimizeReport, console: Console) -> None:
+    table = Table(
+        title=(
+            f"Candidates ({report.objective}; judged on {report.held_out_rows} held-out rows; "
+            "one instance each)"
+        ),
+        title_justify="left",
+    )
+    for column in _COLUMNS:
+        table.add_column(column, justify="right" if "ms" in column or "rows" in column else "left")
+    for outcome in report.outcomes:
+        row = _cells(outcome, reasons=False)
+        style = {"chosen": "green", "out of budget": "red", "failed": "red"}.get(outcome.status)
+        table.add_row(*row, style=style)
+    console.print(table)
+    for outcome in report.outcomes:
+        if outcome.status != "chosen":
+            console.print(f"{outcome.name}: {outcome.status}: {outcome.reason}")
+    for skipped in report.skipped:
+        console.print(f"[dim]not tried: {skipped.name}: {skipped.reason}[/dim]")
+    console.print(_chosen_line(report))
+    for note in report.notes:
+        console.print(f"note: {note}")
