@@ -88,7 +88,7 @@ input:
 output:
 - {{name: y, data_type: TYPE_FP32, dims: [1]}}
 instance_group: [{{count: {count}, kind: KIND_CPU}}]
-modelport: {{batching: false, instance_process: {process}}}
+modelport: {{batching: {batching}, instance_process: {process}}}
 """
 
 BODY = json.dumps(
@@ -131,13 +131,15 @@ def _time(fn: object, row: list[float], iterations: int) -> float:
     return time.perf_counter() - t0
 
 
-def build_repository(root: Path, setup: Setup, iterations: int) -> Path:
+def build_repository(root: Path, setup: Setup, iterations: int, batching: bool = False) -> Path:
     repo = root / setup.label.replace(" ", "_")
     version = repo / "gil" / "1"
     version.mkdir(parents=True)
     source = MODEL.format(row_work=textwrap.dedent(ROW_WORK), iterations=iterations)
     (version / "model.py").write_text(source)
-    config = CONFIG.format(count=setup.count, process=str(setup.process).lower())
+    config = CONFIG.format(
+        count=setup.count, process=str(setup.process).lower(), batching=str(batching).lower()
+    )
     (repo / "gil" / "config.yaml").write_text(config)
     return repo
 
@@ -269,20 +271,26 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10, help="seconds of load per setup")
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight")
     parser.add_argument("--row-ms", type=float, default=1.0, help="work per row (one request)")
+    parser.add_argument(
+        "--batching",
+        action="store_true",
+        help="let queued requests share a batch (one process round trip for several rows)",
+    )
     args = parser.parse_args()
 
     iterations, per_row_ms = calibrate(args.row_ms)
     print(
         f"per-row work: {iterations} iterations, {per_row_ms:.2f} ms here; "
         f"{os.cpu_count()} cores; load: {'wrk' if wrk_path() else 'httpx'}, "
-        f"concurrency {args.concurrency}, {args.duration} s per setup",
+        f"concurrency {args.concurrency}, {args.duration} s per setup, "
+        f"batching {'on' if args.batching else 'off'}",
         flush=True,
     )
     rows = []
     with tempfile.TemporaryDirectory(prefix="gil_bound_") as tmp:
         work = Path(tmp)
         for setup in SETUPS:
-            repo = build_repository(work, setup, iterations)
+            repo = build_repository(work, setup, iterations, args.batching)
             result, client, code = measure(setup, repo, work, args.concurrency, args.duration)
             rows.append((result, client))
             print(
