@@ -6,11 +6,12 @@ sealed), with nothing changed on disk.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from modelport.cli.keyoptions import KeyProviderName, MasterKeyFile, key_provider_from
 
 EXIT_BAD_INPUT = 2
 
@@ -20,24 +21,16 @@ def encrypt(
         Path,
         typer.Argument(help="The version to seal: REPO/model/VERSION.", show_default=False),
     ],
-    master_key_file: Annotated[
-        Path | None,
-        typer.Option(
-            help="Master key file (32 raw bytes or base64); default: MODELPORT_MASTER_KEY."
-        ),
-    ] = None,
-    key_provider: Annotated[
-        str | None,
-        typer.Option(help="A plugged-in key provider: package.module:factory or an entry point."),
-    ] = None,
+    master_key_file: MasterKeyFile = None,
+    key_provider: KeyProviderName = None,
 ) -> None:
     """Seal every file of a model version with AES-256-GCM; the plaintext is removed."""
-    from modelport.controlplane.crypto.providers import ENV_MASTER_KEY, build_key_provider
+    from modelport.controlplane.crypto.providers import ENV_MASTER_KEY
     from modelport.controlplane.crypto.sealing import seal_version
     from modelport.errors import ModelportError
 
     try:
-        keys = build_key_provider(master_key_file, os.environ.get(ENV_MASTER_KEY), key_provider)
+        keys = key_provider_from(master_key_file, key_provider)
         if keys is None:
             typer.echo(
                 f"error: no master key: pass --master-key-file or set {ENV_MASTER_KEY}", err=True

@@ -9,11 +9,12 @@ a record did not open (records before it were printed).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from modelport.cli.keyoptions import KeyProviderName, MasterKeyFile, key_provider_from
 
 EXIT_BAD_INPUT = 2
 
@@ -28,22 +29,15 @@ def read(
         Path,
         typer.Argument(help="A day file: PAYLOAD_LOG_DIR/<model>/<YYYY-MM-DD>.jsonl."),
     ],
-    master_key_file: Annotated[
-        Path | None,
-        typer.Option(help="Master key file for sealed records; default: MODELPORT_MASTER_KEY."),
-    ] = None,
-    key_provider: Annotated[
-        str | None,
-        typer.Option(help="A plugged-in key provider: package.module:factory or an entry point."),
-    ] = None,
+    master_key_file: MasterKeyFile = None,
+    key_provider: KeyProviderName = None,
 ) -> None:
     """Print every record of FILE, decrypting sealed records with the master key."""
-    from modelport.controlplane.crypto.providers import ENV_MASTER_KEY, build_key_provider
     from modelport.errors import ModelportError
     from modelport.observability.payload_files import read_records
 
     try:
-        keys = build_key_provider(master_key_file, os.environ.get(ENV_MASTER_KEY), key_provider)
+        keys = key_provider_from(master_key_file, key_provider)
         for record in read_records(file, keys):
             typer.echo(json.dumps(record, ensure_ascii=True, separators=(",", ":")))
     except ModelportError as exc:

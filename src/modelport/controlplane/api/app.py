@@ -135,6 +135,25 @@ def build_api(services: ManagementServices, status_of: Any) -> FastAPI:
             canary=canary.state if canary is not None else None,
         )
 
+    async def changed(
+        request: Request,
+        model: str,
+        version: str,
+        action: str,
+        body: schemas.Reason | None,
+    ) -> schemas.VersionChange:
+        """Record a version load or unload in the history and say where it stands now."""
+        await asyncio.to_thread(
+            store.record,
+            model,
+            action,
+            actor=_actor(request),
+            detail={"version": version},
+            reason=body.reason if body else None,
+        )
+        state, reason = registry.version_states(model)[version]
+        return schemas.VersionChange(model=model, version=version, state=state, reason=reason)
+
     @api.get("/models", response_model=schemas.ModelList, summary="Models, versions, states")
     async def list_models() -> schemas.ModelList:
         def read() -> schemas.ModelList:
@@ -158,16 +177,7 @@ def build_api(services: ManagementServices, status_of: Any) -> FastAPI:
         body: schemas.Reason | None = None,
     ) -> schemas.VersionChange:
         await registry.load_model_version(model, int(version))
-        await asyncio.to_thread(
-            store.record,
-            model,
-            "version.load",
-            actor=_actor(request),
-            detail={"version": version},
-            reason=body.reason if body else None,
-        )
-        state, reason = registry.version_states(model)[version]
-        return schemas.VersionChange(model=model, version=version, state=state, reason=reason)
+        return await changed(request, model, version, "version.load", body)
 
     @api.post(
         "/models/{model}/versions/{version}/unload",
@@ -184,16 +194,7 @@ def build_api(services: ManagementServices, status_of: Any) -> FastAPI:
             raise NotFound(f"unknown version {version} of model {model!r}")
         manager.check_unload(model, version)
         await registry.unload_model_version(model, int(version))
-        await asyncio.to_thread(
-            store.record,
-            model,
-            "version.unload",
-            actor=_actor(request),
-            detail={"version": version},
-            reason=body.reason if body else None,
-        )
-        state, reason = registry.version_states(model)[version]
-        return schemas.VersionChange(model=model, version=version, state=state, reason=reason)
+        return await changed(request, model, version, "version.unload", body)
 
     @api.get(
         "/models/{model}/traffic",
