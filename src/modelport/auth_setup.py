@@ -3,12 +3,13 @@
 Secure by default. The decision, made once at start:
 
 - ``--insecure``: off, wherever the server binds; a warning every minute says so.
-- a non-loopback address: on. With no active API key and no JWT issuer
-  nobody could ever get in, so the server refuses to start and says how to
-  fix it (create a key, set --jwt-jwks, or pass --insecure).
-- loopback: on when ``--require-auth`` is given, a JWT issuer is configured or
-  an API key exists; otherwise off, for local development, with a log line
-  saying that anyone on this machine may call every endpoint.
+- a non-loopback address: on. With no active API key, no JWT issuer and no
+  ``--tls-identities`` nobody could ever get in, so the server refuses to
+  start and says how to fix it (create a key, set --jwt-jwks, or pass --insecure).
+- loopback: on when ``--require-auth`` is given, a JWT issuer or
+  ``--tls-identities`` is configured or an API key exists; otherwise off, for
+  local development, with a log line saying that anyone on this machine may
+  call every endpoint.
 
 Only the composition root imports this module.
 """
@@ -27,12 +28,15 @@ from modelport.controlplane.keys import KeyService
 from modelport.controlplane.store import StateStore
 from modelport.dataplane.admission.audit import AuthAudit, Sink
 from modelport.dataplane.admission.authenticate import Authenticator
+from modelport.dataplane.admission.certificates import CertificateIdentities
 from modelport.dataplane.admission.gate import Gate
 from modelport.dataplane.admission.jwks import JwksError
 from modelport.dataplane.admission.jwt_tokens import JwtSettings, JwtVerifier, jwks_fetcher
+from modelport.dataplane.admission.watch import build_watch
 from modelport.dataplane.table import ModelTable
 from modelport.dataplane.transport.http.guard import HttpGuard
 from modelport.errors import ConfigError, ModelportError
+from modelport.observability.metrics import Metrics
 
 log = logging.getLogger("modelport.auth")
 
@@ -49,12 +53,15 @@ class AuthSetup:
     metrics_guard: HttpGuard | None
     insecure: bool
     host: str
+    audit: AuthAudit | None = None
+    """The admission audit queue; it exists with authentication off too, since
+    residency refusals are audited either way."""
 
     async def run(self, stop: asyncio.Event) -> None:
         """Write audit records, and repeat the --insecure warning, until ``stop``."""
         async with asyncio.TaskGroup() as tasks:
-            if self.gate is not None:
-                tasks.create_task(self.gate.audit.run(stop))
+            if self.audit is not None:
+                tasks.create_task(self.audit.run(stop))
             if self.insecure:
                 tasks.create_task(self._warn(stop))
 
@@ -87,6 +94,13 @@ def _jwt(config: ServerConfig) -> JwtVerifier | None:
         raise ConfigError("--jwt-jwks", "", f"cannot read {config.jwt_jwks}: {exc}") from None
 
 
+def _certificates(config: ServerConfig) -> CertificateIdentities | None:
+    """The mTLS identity table: from --tls-identities, empty (no roles) with only a CA."""
+    if config.tls_identities is not None:
+        return CertificateIdentities.from_file(config.tls_identities)
+    return CertificateIdentities() if config.tls_client_ca is not None else None
+
+
 def _tenant_lookup(table: ModelTable) -> Callable[[str], str | None]:
     """A model's tenant is its config parameter ``tenant``; unknown models have none."""
 
@@ -106,44 +120,59 @@ def _sink(store: StateStore) -> Sink:
     return write
 
 
-def build_auth(config: ServerConfig, store: StateStore, table: ModelTable) -> AuthSetup:
+def build_auth(
+    config: ServerConfig, store: StateStore, table: ModelTable, metrics: Metrics | None = None
+) -> AuthSetup:
     """Decide the mode and build its parts; ConfigError when the server must not start.
 
-    Blocking (reads the key table and the JWKS): call it in a thread.
+    Blocking (reads the key table and the JWKS): call it in a thread. With
+    ``metrics``, traffic anomalies are watched while authentication is on.
     """
-    off = AuthSetup(None, None, None, config.insecure, config.host)
+    audit = AuthAudit(_sink(store))
+    off = AuthSetup(None, None, None, config.insecure, config.host, audit)
     if config.insecure:
         return off
     jwt = _jwt(config)
+    certificates = _certificates(config)
     active = store.count_active_keys()
-    if not config.loopback and active == 0 and jwt is None:
+    # A --tls-identities table is a credential source like keys and JWTs.
+    mtls = config.tls_identities is not None
+    if not config.loopback and active == 0 and jwt is None and not mtls:
         raise ConfigError(
             "command line",
             "--host",
-            f"binding {config.host} requires authentication, but there is no API key and "
-            "no JWT issuer: create a key with 'modelport keys create --role admin --models "
-            '"*"\' (same --data-dir/--state-url), set --jwt-jwks, or pass --insecure to '
-            "serve without authentication",
+            f"binding {config.host} requires authentication, but there is no API key, "
+            "no JWT issuer and no --tls-identities: create a key with 'modelport keys create "
+            '--role admin --models "*"\' (same --data-dir/--state-url), set --jwt-jwks, '
+            "map client certificates with --tls-identities, or pass --insecure to serve "
+            "without authentication",
         )
-    if config.loopback and not (config.require_auth or jwt is not None or active > 0):
+    if config.loopback and not (config.require_auth or jwt is not None or active > 0 or mtls):
         log.info(
             "authentication off: serving on loopback with no API key or JWT issuer "
             "configured; anyone on this machine may call every endpoint",
             extra={"host": config.host},
         )
         return off
-    audit = AuthAudit(_sink(store))
     authenticator = Authenticator(
         keys=KeyService(store),
         jwt=jwt,
         audit=audit,
+        certificates=certificates,
         failure_rate=config.auth_failure_rate,
         failure_burst=config.auth_failure_burst,
     )
-    gate = Gate(authenticator, _tenant_lookup(table), audit)
+    watch = build_watch(audit, metrics) if metrics is not None else None
+    gate = Gate(authenticator, _tenant_lookup(table), audit, watch)
     guard = HttpGuard(gate)
     log.info(
         "authentication on",
-        extra={"host": config.host, "api_keys": active, "jwt": jwt is not None},
+        extra={
+            "host": config.host,
+            "api_keys": active,
+            "jwt": jwt is not None,
+            "tls_identities": len(certificates) if certificates is not None else None,
+        },
     )
-    return AuthSetup(gate, guard, None if config.metrics_open else guard, False, config.host)
+    metrics_guard = None if config.metrics_open else guard
+    return AuthSetup(gate, guard, metrics_guard, False, config.host, audit)

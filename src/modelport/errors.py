@@ -18,6 +18,8 @@ these classes to HTTP status codes or gRPC codes, once
     ├── ModelNotReady           the model exists but cannot serve now (503 / UNAVAILABLE)
     ├── Unavailable             the server sheds load or is shutting down (503 / UNAVAILABLE)
     ├── RateLimited             the caller is over a rate limit (429 / RESOURCE_EXHAUSTED)
+    ├── ResidencyRefused        the data may not be processed in this node's region
+    │                           (451 / FAILED_PRECONDITION)
     ├── DeadlineExceeded        the request's deadline passed (504 / DEADLINE_EXCEEDED)
     ├── InferenceFailed         the runtime raised while computing (500 / INTERNAL)
     ├── ModelLoadError          a version could not be loaded (reason kept on the model)
@@ -94,6 +96,14 @@ class RateLimited(ModelportError):
     def __init__(self, message: str, retry_after_s: float) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class ResidencyRefused(ModelportError):
+    """Raised when a request's data residency does not allow this node's region.
+
+    A legal refusal, not a fault: the same request sent to a node in an allowed
+    region succeeds, so the message names the residency and this node's region.
+    """
 
 
 class DeadlineExceeded(ModelportError):

@@ -29,6 +29,7 @@ from modelport.controlplane.registry import Registry
 from modelport.controlplane.store import StateStore
 from modelport.controlplane.traffic import TrafficManager
 from modelport.dataplane.admission import MemoryRateLimiter, RateLimiter
+from modelport.dataplane.admission.residency import ResidencyGuard
 from modelport.dataplane.cache import ResponseCache
 from modelport.dataplane.pipeline import Pipeline
 from modelport.dataplane.routing import Traffic
@@ -39,6 +40,8 @@ from modelport.dataplane.transport.http.errors import http_status
 from modelport.dataplane.transport.http.protocol import JsonErrorHttpToolsProtocol
 from modelport.observability.metrics import Metrics
 from modelport.observability.payloads import PayloadLogger, retention_of
+from modelport.tls.material import TlsFiles
+from modelport.tls.rotation import TlsRotation
 
 log = logging.getLogger("modelport.server")
 
@@ -53,7 +56,9 @@ class _Uvicorn(uvicorn.Server):
         yield
 
 
-def _uvicorn(app: object, config: ServerConfig, port: int) -> _Uvicorn:
+def _uvicorn(
+    app: object, config: ServerConfig, port: int, tls: TlsRotation | None = None
+) -> _Uvicorn:
     return _Uvicorn(
         uvicorn.Config(
             app,  # type: ignore[arg-type]
@@ -67,8 +72,23 @@ def _uvicorn(app: object, config: ServerConfig, port: int) -> _Uvicorn:
             server_header=False,
             timeout_graceful_shutdown=int(config.shutdown_grace) or None,
             timeout_keep_alive=30,
+            # The rotation's live context, shared by every listener and reloaded in place.
+            ssl_context_factory=(lambda _c, _d: tls.context) if tls is not None else None,
         )
     )
+
+
+def build_tls(config: ServerConfig) -> TlsRotation | None:
+    """The checked TLS material, or None without --tls-cert; ConfigError names a bad file."""
+    if config.tls_cert is None or config.tls_key is None:
+        return None
+    files = TlsFiles(
+        config.tls_cert,
+        config.tls_key,
+        config.tls_client_ca,
+        config.tls_client_auth == "required",
+    )
+    return TlsRotation.start(files, config.tls_reload_interval)
 
 
 def build_limiter(config: ServerConfig, metrics: Metrics) -> RateLimiter:
@@ -94,14 +114,15 @@ async def serve(config: ServerConfig) -> None:
     """Run until SIGTERM/SIGINT, then stop gracefully."""
     metrics = Metrics()
     repository = repository_of(config)
+    tls = await asyncio.to_thread(build_tls, config)
     keys = await asyncio.to_thread(key_provider_for, config)
     store = await asyncio.to_thread(
         StateStore.open, config.state_url or StateStore.sqlite_url(config.data_dir)
     )
-    registry = Registry(repository, metrics, config.default_timeout, keys)
+    registry = Registry(repository, metrics, config.default_timeout, keys, config.region)
     # Before any model loads: a server that must not start (no credentials off
     # loopback) says so at once.
-    auth = await asyncio.to_thread(build_auth, config, store, registry)
+    auth = await asyncio.to_thread(build_auth, config, store, registry, metrics)
     # The live routing table; the control plane keeps it in step with the store.
     traffic = Traffic(metrics)
     manager = TrafficManager(store, registry, traffic)
@@ -126,8 +147,20 @@ async def serve(config: ServerConfig) -> None:
     )
     payloads.review(registry.ready())
     payloads.start()
+    residency = ResidencyGuard(
+        config.region,
+        config.tenant_residency,
+        auth.audit,
+        lambda model: metrics.residency_refused.labels(model).inc(),
+    )
     pipeline = Pipeline(
-        registry, metrics, cache, traffic=traffic, limiter=limiter, payloads=payloads
+        registry,
+        metrics,
+        cache,
+        traffic=traffic,
+        limiter=limiter,
+        payloads=payloads,
+        residency=residency,
     )
     ctx = TransportContext(
         pipeline=pipeline,
@@ -140,13 +173,13 @@ async def serve(config: ServerConfig) -> None:
         max_elements=config.max_elements,
     )
     api = build_api(ManagementServices(registry, store, manager, canary), http_status)
-    http = _uvicorn(build_app(ctx, api, docs_routes(), auth.guard), config, config.http_port)
+    http = _uvicorn(build_app(ctx, api, docs_routes(), auth.guard), config, config.http_port, tls)
     metrics_http = (
-        _uvicorn(build_metrics_app(metrics, auth.metrics_guard), config, config.metrics_port)
+        _uvicorn(build_metrics_app(metrics, auth.metrics_guard), config, config.metrics_port, tls)
         if config.metrics_port is not None
         else None
     )
-    grpc_server, grpc_health = build_grpc_server(ctx, config, auth.gate)
+    grpc_server, grpc_health = build_grpc_server(ctx, config, auth.gate, tls)
     await grpc_server.start()
     await mark_serving(grpc_health)
 
@@ -154,6 +187,8 @@ async def serve(config: ServerConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if tls is not None:
+        loop.add_signal_handler(signal.SIGHUP, tls.trigger)  # reload the certificate now
 
     async def poll_repository() -> None:
         assert config.poll_interval is not None
@@ -195,6 +230,8 @@ async def serve(config: ServerConfig) -> None:
         tasks.create_task(shutdown())
         tasks.create_task(canary.run(stop))
         tasks.create_task(auth.run(stop))
+        if tls is not None:
+            tasks.create_task(tls.run(stop))
         tasks.create_task(payloads.run_retention(lambda: retention_of(registry.ready()), stop))
     await traffic.close()  # shadow copies still running are cancelled, not drained
     await registry.close()

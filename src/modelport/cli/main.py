@@ -14,12 +14,14 @@ from typing import Annotated
 import typer
 
 from modelport.cli.audit import audit_app
+from modelport.cli.compliance import compliance_app
 from modelport.cli.convert import convert
 from modelport.cli.crypto import encrypt, keygen
 from modelport.cli.keys import keys_app
 from modelport.cli.manage import deploy_app, models_app
 from modelport.cli.optimize import optimize, validate
 from modelport.cli.payloads import payloads_app
+from modelport.cli.profile import profile
 from modelport.errors import ConfigError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Serve machine-learning models.")
@@ -28,6 +30,7 @@ app.add_typer(deploy_app, name="deploy")
 app.add_typer(audit_app, name="audit")
 app.add_typer(keys_app, name="keys")
 app.add_typer(payloads_app, name="payloads")
+app.add_typer(compliance_app, name="compliance")
 
 
 @app.callback()
@@ -115,6 +118,25 @@ def serve(
         int | None,
         typer.Option(help="Failed authentications per address before 429 (default 10)."),
     ] = None,
+    tls_cert: Annotated[
+        Path | None, typer.Option(help="PEM certificate chain: TLS on every port.")
+    ] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="PEM private key of --tls-cert.")] = None,
+    tls_client_ca: Annotated[
+        Path | None, typer.Option(help="PEM CA bundle of client certificates: mutual TLS.")
+    ] = None,
+    tls_client_auth: Annotated[
+        str | None, typer.Option(help="Client certificates 'required' (default) or 'optional'.")
+    ] = None,
+    tls_identities: Annotated[
+        Path | None, typer.Option(help="YAML: client certificate subject to role and models.")
+    ] = None,
+    tls_reload_interval: Annotated[
+        float | None, typer.Option(help="Seconds between checks for rotated TLS files.")
+    ] = None,
+    region: Annotated[
+        str | None, typer.Option(help="This node's region, e.g. ae-dxb-1 (data residency).")
+    ] = None,
 ) -> None:
     """Serve a model repository over REST and gRPC."""
     from modelport.config.server import load_server_config
@@ -145,6 +167,13 @@ def serve(
         "jwt_models_claim": jwt_models_claim,
         "jwt_tenant_claim": jwt_tenant_claim,
         "auth_failure_burst": auth_failure_burst,
+        "tls_cert": tls_cert,
+        "tls_key": tls_key,
+        "tls_client_ca": tls_client_ca,
+        "tls_client_auth": tls_client_auth,
+        "tls_identities": tls_identities,
+        "tls_reload_interval": tls_reload_interval,
+        "region": region,
     }
     try:
         settings = load_server_config(config, os.environ, flags)
@@ -174,6 +203,7 @@ app.command("optimize")(optimize)
 app.command("validate")(validate)
 app.command("encrypt")(encrypt)
 app.command("keygen")(keygen)
+app.command("profile")(profile)
 
 
 def main() -> None:

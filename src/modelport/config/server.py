@@ -8,16 +8,26 @@ CLI calls :func:`load_server_config` with what it read.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from modelport.errors import ConfigError
 
 ENV_PREFIX = "MODELPORT_"
+_RESIDENCY_ENTRY = re.compile(r"[a-z]{2,}(?:-[a-z0-9]+)*")
 
 
 class ServerConfig(BaseModel):
@@ -70,6 +80,9 @@ class ServerConfig(BaseModel):
     region: str | None = Field(default=None, pattern=r"^[a-z]{2,}(?:-[a-z0-9]+)*$")
     """This node's region (``ae-dxb-1``; the first label, ``ae``, is the jurisdiction),
     checked against a model's ``residency``; None matches only models without one."""
+    tenant_residency: dict[str, list[str]] = Field(default_factory=dict)
+    """Data residency implied by a caller's tenant when a request carries no
+    ``X-Data-Residency`` (``{acme: [ae]}``; a string is a comma-separated list)."""
 
     insecure: bool = False
     """Serve without authentication even on a non-loopback address (a warning is
@@ -97,6 +110,52 @@ class ServerConfig(BaseModel):
     """Claim listing model name patterns; unset grants every model."""
     jwt_tenant_claim: str | None = None
     """Claim naming the caller's tenant; unset means no tenant."""
+
+    tls_cert: Path | None = None
+    """PEM certificate chain (leaf first) served on the REST, gRPC and metrics ports;
+    with tls_key it turns TLS (1.2 or later) on for all three."""
+    tls_key: Path | None = None
+    """PEM private key of tls_cert (unencrypted)."""
+    tls_client_ca: Path | None = None
+    """PEM bundle of the CAs that sign client certificates; turns on mutual TLS."""
+    tls_client_auth: Literal["required", "optional"] = "required"
+    """With tls_client_ca: refuse a handshake without a client certificate (required),
+    or accept it and fall back to bearer tokens (optional)."""
+    tls_identities: Path | None = None
+    """YAML mapping of client certificate subjects to roles, model patterns and tenants."""
+    tls_reload_interval: float = Field(default=5.0, gt=0)
+    """Seconds between checks of the TLS files for a rotated certificate."""
+
+    @field_validator("tenant_residency", mode="before")
+    @classmethod
+    def _split_residency(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: v.split(",") if isinstance(v, str) else v for k, v in value.items()}
+        return value
+
+    @field_validator("tenant_residency")
+    @classmethod
+    def _check_residency(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for tenant, entries in value.items():
+            cleaned = [e.strip().lower() for e in entries]
+            for entry in cleaned:
+                if not _RESIDENCY_ENTRY.fullmatch(entry):
+                    raise ValueError(
+                        f"tenant {tenant!r}: {entry!r} is not a jurisdiction (e.g. 'ae') "
+                        "or a region (e.g. 'ae-dxb-1')"
+                    )
+            value[tenant] = cleaned
+        return value
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> ServerConfig:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key must be given together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
+        if self.tls_identities is not None and self.tls_client_ca is None:
+            raise ValueError("tls_identities needs tls_client_ca (mutual TLS)")
+        return self
 
     @property
     def loopback(self) -> bool:

@@ -24,6 +24,7 @@ from modelport.dataplane.scheduling.policy import scheduling_policy, with_schedu
 from modelport.dataplane.scheduling.scheduler import Scheduler
 from modelport.dataplane.table import ModelVersion
 from modelport.errors import ConfigError
+from modelport.observability.profile import load_profile
 from modelport.observability.statistics import ModelStatistics
 
 log = logging.getLogger("modelport.lifecycle")
@@ -67,6 +68,8 @@ def load_version(
     server_timeout_s: float | None = None,
 ) -> ModelVersion:
     """Build a ready version; raises ModelLoadError or ConfigError with the reason."""
+    # Before anything is allocated: a bad profile makes this version UNAVAILABLE.
+    profile = load_profile(version_dir)
     config = choose_backend(config, source, version_dir)
     count = instance_count(config)
     runtime = choose_loader(config, source)(version_dir, config, count)
@@ -105,4 +108,5 @@ def load_version(
         config=config,
         scheduler=scheduler,
         stats=stats,
+        profile=profile,
     )

@@ -26,6 +26,7 @@ from modelport.controlplane.repository.layout import (
     scan_model,
     scan_repository,
 )
+from modelport.dataplane.admission.residency import model_refusal
 from modelport.dataplane.table import ModelVersion, RepositoryEntry
 from modelport.errors import ModelLoadError, ModelNotReady, ModelportError, NotFound
 from modelport.observability.metrics import Metrics
@@ -64,10 +65,13 @@ class Registry:
         metrics: Metrics,
         default_timeout: float | None = None,
         keys: KeyProvider | None = None,
+        region: str | None = None,
     ) -> None:
         self.repository = repository
         self.keys = keys
         """Opens sealed versions (``modelport encrypt``); None refuses them."""
+        self.region = region
+        """This node's region; a model whose residency excludes it is not loaded."""
         self.metrics = metrics
         self.default_timeout = default_timeout
         self._records: dict[str, ModelRecord] = {}
@@ -373,6 +377,18 @@ class Registry:
         if previous is None or previous.state != READY:
             record.versions[version] = VersionRecord(LOADING)
         origin = str(source.config_file or source.path)
+        refused = model_refusal(self.region, config.modelport.residency)
+        if refused is not None:
+            # Residency is the law, not a load failure: a copy already serving
+            # under an older config stops too, rather than serving on.
+            reason = f"not served on this node: {refused}"
+            log.error(
+                "model version refused by residency",
+                extra={"model": name, "version": version, "reason": reason},
+            )
+            await self._retire(name, {str(version)})
+            record.versions[version] = VersionRecord(UNAVAILABLE, reason, fingerprint)
+            return
         try:
             model = await asyncio.to_thread(
                 load_version_at_rest,

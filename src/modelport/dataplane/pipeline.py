@@ -16,6 +16,7 @@ from collections.abc import Callable
 from modelport.config.model import RateLimit
 from modelport.dataplane.admission.identity import Identity
 from modelport.dataplane.admission.ratelimit import RateLimiter
+from modelport.dataplane.admission.residency import ResidencyGuard
 from modelport.dataplane.cache import ResponseCache, cache_key
 from modelport.dataplane.routing.shadow import SHADOW_PROTOCOL
 from modelport.dataplane.routing.traffic import HeaderLookup, RoutedModel, Traffic
@@ -31,6 +32,7 @@ from modelport.errors import (
 )
 from modelport.observability.metrics import Metrics, ModelMetrics
 from modelport.observability.payloads import PayloadLogger
+from modelport.observability.profile import InputProfile
 from modelport.types import DTYPES, Array, InferenceRequest, InferenceResponse, Tensor
 
 log = logging.getLogger("modelport.inference")
@@ -48,6 +50,7 @@ class Pipeline:
         traffic: Traffic | None = None,
         limiter: RateLimiter | None = None,
         payloads: PayloadLogger | None = None,
+        residency: ResidencyGuard | None = None,
     ) -> None:
         self.table = table
         self.metrics = metrics
@@ -55,6 +58,7 @@ class Pipeline:
         self.traffic = traffic
         self.limiter = limiter
         self.payloads = payloads
+        self.residency = residency
         self._clock = clock
 
     def resolve(self, name: str, version: str | None) -> ModelVersion:
@@ -75,10 +79,17 @@ class Pipeline:
     ) -> InferenceResponse:
         """Serve one request; raises a ModelportError subclass on any refusal.
 
-        ``header`` looks up a request header (gRPC: metadata) by name; it is only
-        called for models whose traffic policy has a sticky key.
+        ``header`` looks up a request header (gRPC: metadata) by name: the data's
+        residency (``X-Data-Residency``) and, for a traffic policy with one, the sticky key.
         """
         start = self._clock()
+        if self.residency is not None:
+            # Before routing, validation or compute; the model is resolved only to
+            # refuse (and audit) under a name that exists.
+            refused = self.residency.refusal(request, header)
+            if refused is not None:
+                model = self.table.resolve(request.model_name, request.model_version)
+                self.residency.refuse(model.name, request, refused, protocol)
         if self.traffic is not None:
             routed = self.traffic.routed(request.model_name)
             if routed is not None:
@@ -231,6 +242,8 @@ class Pipeline:
         self, model: ModelVersion, request: InferenceRequest, start: int, series: ModelMetrics
     ) -> InferenceResponse:
         samples = check_request(model, request)
+        if model.profile is not None:
+            self._count_out_of_profile(model, model.profile, request)
         wanted = (
             tuple(o.name for o in request.outputs)
             if request.outputs is not None
@@ -269,6 +282,14 @@ class Pipeline:
         series.queue_duration.observe(ex.queue_ns / 1e9)
         series.compute_duration.observe(ex.infer_ns / 1e9)
         return response
+
+    def _count_out_of_profile(
+        self, model: ModelVersion, profile: InputProfile, request: InferenceRequest
+    ) -> None:
+        """Count input values far outside the version's reference profile (never refuses)."""
+        found = profile.outliers({t.name: t.data for t in request.inputs})
+        for name, feature, count in found:
+            self.metrics.out_of_profile.labels(model.name, model.version, name, feature).inc(count)
 
     @staticmethod
     def _response(

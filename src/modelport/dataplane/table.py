@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from modelport.config.model import ModelConfig, PayloadLog
 from modelport.dataplane.scheduling.scheduler import Scheduler
 from modelport.observability.payloads import enabled_settings
+from modelport.observability.profile import InputProfile
 from modelport.observability.statistics import ModelStatistics
 from modelport.types import ModelSignature, TensorSpec
 
@@ -29,6 +30,8 @@ class ModelVersion:
     config: ModelConfig
     scheduler: Scheduler
     stats: ModelStatistics
+    profile: InputProfile | None = None
+    """The version's reference profile (``reference_profile.json``); None costs nothing."""
     inputs: dict[str, TensorSpec] = field(init=False)
     outputs: dict[str, TensorSpec] = field(init=False)
     output_names: tuple[str, ...] = field(init=False)

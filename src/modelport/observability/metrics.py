@@ -109,6 +109,27 @@ class Metrics:
             ("model", "result"),
             registry=self.registry,
         )
+        self.residency_refused = Counter(
+            "modelport_residency_refused",
+            "Inference requests refused because their data residency does not allow this "
+            "node's region, by model.",
+            ("model",),
+            registry=self.registry,
+        )
+        self.security_events = Counter(
+            "modelport_security_events",
+            "Traffic anomalies raised as security events, by kind (security.rate_spike, "
+            "security.auth_failure_burst).",
+            ("kind",),
+            registry=self.registry,
+        )
+        self.out_of_profile = Counter(
+            "modelport_input_out_of_profile",
+            "Input values far outside the model's reference profile, by model, version, "
+            "input and feature ('*': inputs too wide to label per feature).",
+            ("model", "version", "input", "feature"),
+            registry=self.registry,
+        )
         self.models_loaded = Gauge(
             "modelport_models_loaded",
             "Model versions loaded and ready.",

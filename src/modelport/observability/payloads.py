@@ -35,6 +35,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from modelport.config.model import ModelConfig, PayloadLog
+from modelport.dataplane.admission.residency import region_allowed
 from modelport.observability.metrics import Metrics
 from modelport.observability.payload_files import DayFiles, KeyWrapper, day_of, sweep
 from modelport.observability.redact import REDACTED, Redactor, redact_text
@@ -66,22 +67,6 @@ def enabled_settings(config: ModelConfig) -> PayloadLog | None:
     """A model's payload settings when logging is on, else None (what the request path tests)."""
     settings = config.modelport.payload_log
     return settings if settings is not None and settings.enabled else None
-
-
-def region_allowed(region: str | None, residency: list[str]) -> bool:
-    """Whether data restricted to ``residency`` may be kept on a node in ``region``.
-
-    Each entry is a jurisdiction (``ae``, the region's first label) or a full
-    region (``ae-dxb-1``). An empty list allows anywhere; a node whose region
-    is not configured is allowed nothing narrower, since it cannot show where
-    it is.
-    """
-    if not residency:
-        return True
-    if region is None:
-        return False
-    jurisdiction = region.split("-", 1)[0]
-    return region in residency or jurisdiction in residency
 
 
 @dataclass(frozen=True, slots=True)

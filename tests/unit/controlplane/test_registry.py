@@ -114,3 +114,19 @@ def test_explicit_load_and_unload(repo: Path) -> None:
         await reg.close()
 
     run(scenario())
+
+
+def test_a_residency_change_that_excludes_this_node_stops_the_serving_copy(repo: Path) -> None:
+    async def scenario() -> None:
+        reg = Registry(repo, Metrics(), region="eu-west-1")
+        await reg.start()
+        assert reg.resolve("ident", None).version == "1"
+        (repo / "ident" / "config.yaml").write_text("modelport: {residency: [ae]}\n")
+        await reg.poll()
+        with pytest.raises(ModelNotReady, match="not served on this node"):
+            reg.resolve("ident", None)
+        assert reg.version_states("ident")["1"][0] == "UNAVAILABLE"
+        assert reg.resolve("add_sub", None).version == "2"  # the others serve on
+        await reg.close()
+
+    run(scenario())

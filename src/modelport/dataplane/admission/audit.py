@@ -101,6 +101,11 @@ class AuthAudit:
         event = AuditEvent(SERVER_WIDE, AUTH_DENIED, identity.actor, detail)
         self._offer((AUTH_DENIED, identity.id), event)
 
+    def offer(self, event: AuditEvent, source: str) -> None:
+        """Queue any other event (residency refusals, security events), sampled per
+        ``source`` like the rest; ``event.model`` must be a served name or SERVER_WIDE."""
+        self._offer((event.action, source), event)
+
     def _offer(self, source: tuple[str, str], event: AuditEvent) -> None:
         now = self._clock()
         window = self._windows.get(source)

@@ -17,6 +17,11 @@ from ``authfail:<peer>`` in a MemoryRateLimiter. Once that bucket is empty
 the peer is blocked until it refills: its requests are answered
 RateLimited before any credential is looked at, and the block is audited
 once.
+
+Mutual TLS: a client certificate the TLS layer verified is a credential
+too, mapped by :class:`CertificateIdentities`. A bearer token, when sent,
+wins: the certificate is used only by requests without an Authorization
+header, and a bad token is refused even over a verified certificate.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from modelport.dataplane.admission.audit import AuthAudit
+from modelport.dataplane.admission.certificates import CertificateIdentities, ClientCertificate
 from modelport.dataplane.admission.identity import Identity
 from modelport.dataplane.admission.ratelimit import MemoryRateLimiter
 from modelport.errors import RateLimited, Unauthenticated
@@ -76,6 +82,7 @@ class Authenticator:
         keys: CredentialVerifier | None,
         jwt: CredentialVerifier | None,
         audit: AuthAudit,
+        certificates: CertificateIdentities | None = None,
         failure_rate: float = 1.0,
         failure_burst: int = 10,
         ttl: float = 1.0,
@@ -86,6 +93,7 @@ class Authenticator:
             raise ValueError(f"ttl must be in (0, 1] seconds so revocation is prompt, got {ttl}")
         self._keys = keys
         self._jwt = jwt
+        self._certificates = certificates
         self._audit = audit
         self._failure_rate = failure_rate
         self._failure_burst = failure_burst
@@ -100,11 +108,18 @@ class Authenticator:
         """Drop every cached identity, so a revocation made here applies at once."""
         self._cache.clear()
 
-    async def authenticate(self, header: str | None, peer: str) -> Identity:
-        """The caller's identity, or Unauthenticated / RateLimited (a blocked peer)."""
+    async def authenticate(
+        self, header: str | None, peer: str, certificate: ClientCertificate | None = None
+    ) -> Identity:
+        """The caller's identity, or Unauthenticated / RateLimited (a blocked peer).
+
+        ``certificate`` is the connection's verified client certificate, if any.
+        """
         now = self._clock()
         if self._blocked:
             self._check_blocked(peer, now)
+        if header is None and certificate is not None and self._certificates is not None:
+            return self._certificates.identity(certificate)
         try:
             token = bearer_token(header)
         except Unauthenticated as exc:

@@ -12,23 +12,47 @@ from __future__ import annotations
 from modelport.dataplane.admission.audit import AuthAudit
 from modelport.dataplane.admission.authenticate import Authenticator
 from modelport.dataplane.admission.authorize import TenantOf, allows, denial
+from modelport.dataplane.admission.certificates import ClientCertificate
 from modelport.dataplane.admission.identity import Identity, Role
+from modelport.dataplane.admission.watch import TrafficWatch
+from modelport.errors import Unauthenticated
 
 
 class Gate:
     """Authentication and authorization for one server."""
 
-    def __init__(self, authenticator: Authenticator, tenant_of: TenantOf, audit: AuthAudit) -> None:
+    def __init__(
+        self,
+        authenticator: Authenticator,
+        tenant_of: TenantOf,
+        audit: AuthAudit,
+        watch: TrafficWatch | None = None,
+    ) -> None:
         self.authenticator = authenticator
         self.tenant_of = tenant_of
         self.audit = audit
+        self.watch = watch
+        """Traffic anomaly detectors fed by every admission and authentication failure."""
 
     async def admit(
-        self, header: str | None, peer: str, need: Role, model: str | None = None
+        self,
+        header: str | None,
+        peer: str,
+        need: Role,
+        model: str | None = None,
+        certificate: ClientCertificate | None = None,
     ) -> Identity:
         """The caller, if it may do what needs ``need`` (on ``model``); else raises
-        Unauthenticated, RateLimited (a blocked address) or PermissionDenied."""
-        identity = await self.authenticator.authenticate(header, peer)
+        Unauthenticated, RateLimited (a blocked address) or PermissionDenied.
+        ``certificate`` is the connection's verified mTLS client certificate."""
+        try:
+            identity = await self.authenticator.authenticate(header, peer, certificate)
+        except Unauthenticated:
+            if self.watch is not None:
+                self.watch.failed(peer)
+            raise
+        if self.watch is not None:
+            self.watch.admitted(identity)
         self.check(identity, peer, need, model)
         return identity
 

@@ -1,31 +1,34 @@
 """JSON Web Key sets: public keys by ``kid``, and the algorithms each key allows.
 
-Only asymmetric keys are accepted (RSA, EC P-256/384/521, Ed25519): a set
-holding a symmetric (``oct``) key is refused, and a key's algorithms follow
-from its type, never from the token. That is what makes ``alg: none`` and
-"HS256 signed with the public key as the secret" fail: neither name is in
-any key's list.
+PyJWT turns each JWK into a key object; this module decides which keys are
+acceptable at all. Only asymmetric public keys are (RSA of at least 2048
+bits, EC P-256/384/521, Ed25519): a set holding a symmetric (``oct``) key,
+another curve, or private key material is refused as a whole, so a bad set
+stops the server at start instead of silently losing a key.
+
+A key's algorithms follow from its type (and the JWK's own ``alg``, which may
+only narrow them), never from a token. That is what makes ``alg: none`` and
+"HS256 signed with the public key as the secret" fail: neither name is in any
+key's list, and the list is what PyJWT is told to allow.
+
+PyJWT's own ``PyJWKSet`` is not used for the set: it skips keys it cannot use
+without saying so, and accepts ``oct`` keys.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 from dataclasses import dataclass
-from typing import Any
 
+import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey
 
-#: EC curve name → (curve, the one JWS algorithm that uses it, coordinate bytes).
-_CURVES: dict[str, tuple[ec.EllipticCurve, str, int]] = {
-    "P-256": (ec.SECP256R1(), "ES256", 32),
-    "P-384": (ec.SECP384R1(), "ES384", 48),
-    "P-521": (ec.SECP521R1(), "ES512", 66),
-}
-
 RSA_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
+
+#: EC curve name → the one JWS algorithm that uses it.
+_EC_ALGORITHMS: dict[str, str] = {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512"}
 
 #: Smallest RSA modulus accepted, in bits.
 MIN_RSA_BITS = 2048
@@ -44,24 +47,21 @@ class VerifyKey:
     algorithms: frozenset[str]
 
 
-def b64url_decode(text: str) -> bytes:
-    """Base64url without padding, as JOSE writes it; ValueError when not that."""
-    if not text or any(c not in _B64URL for c in text):
-        raise ValueError("not base64url text")
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-_B64URL = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
-
-
-def _int(jwk: dict[str, Any], name: str, where: str) -> int:
-    value = jwk.get(name)
-    if not isinstance(value, str):
-        raise JwksError(f"{where}: missing or non-text {name!r}")
-    try:
-        return int.from_bytes(b64url_decode(value), "big")
-    except ValueError:
-        raise JwksError(f"{where}: {name!r} is not base64url") from None
+def _type_algorithms(jwk: dict[str, object], where: str) -> frozenset[str]:
+    """The algorithms a key's type allows; JwksError for a type modelport refuses."""
+    kty = jwk.get("kty")
+    if kty == "RSA":
+        return RSA_ALGORITHMS
+    if kty == "EC":
+        alg = _EC_ALGORITHMS.get(str(jwk.get("crv")))
+        if alg is None:
+            raise JwksError(f"{where}: unsupported EC curve {jwk.get('crv')!r}")
+        return frozenset({alg})
+    if kty == "OKP" and jwk.get("crv") == "Ed25519":
+        return frozenset({"EdDSA"})
+    raise JwksError(
+        f"{where}: key type {kty!r} is not accepted; only RSA, EC and Ed25519 public keys"
+    )
 
 
 def parse_key(jwk: object, where: str) -> VerifyKey:
@@ -74,44 +74,25 @@ def parse_key(jwk: object, where: str) -> VerifyKey:
     use = jwk.get("use")
     if use is not None and use != "sig":
         raise JwksError(f"{where}: 'use' is {use!r}, not 'sig'")
-    kty = jwk.get("kty")
-    key: PublicKey
-    if kty == "RSA":
-        try:
-            key = rsa.RSAPublicNumbers(_int(jwk, "e", where), _int(jwk, "n", where)).public_key()
-        except ValueError as exc:
-            raise JwksError(f"{where}: invalid RSA key: {exc}") from None
-        if key.key_size < MIN_RSA_BITS:
-            raise JwksError(f"{where}: RSA key of {key.key_size} bits; at least {MIN_RSA_BITS}")
-        algorithms = RSA_ALGORITHMS
-    elif kty == "EC":
-        curve = _CURVES.get(str(jwk.get("crv")))
-        if curve is None:
-            raise JwksError(f"{where}: unsupported EC curve {jwk.get('crv')!r}")
-        try:
-            numbers = ec.EllipticCurvePublicNumbers(
-                _int(jwk, "x", where), _int(jwk, "y", where), curve[0]
-            )
-            key = numbers.public_key()
-        except ValueError as exc:
-            raise JwksError(f"{where}: invalid EC key: {exc}") from None
-        algorithms = frozenset({curve[1]})
-    elif kty == "OKP" and jwk.get("crv") == "Ed25519":
-        x = jwk.get("x")
-        try:
-            key = ed25519.Ed25519PublicKey.from_public_bytes(b64url_decode(str(x)))
-        except ValueError as exc:
-            raise JwksError(f"{where}: invalid Ed25519 key: {exc}") from None
-        algorithms = frozenset({"EdDSA"})
-    else:
-        raise JwksError(
-            f"{where}: key type {kty!r} is not accepted; only RSA, EC and Ed25519 public keys"
-        )
+    algorithms = _type_algorithms(jwk, where)
+    kty = jwk["kty"]
     alg = jwk.get("alg")
     if alg is not None:
-        if alg not in algorithms:
+        if not isinstance(alg, str) or alg not in algorithms:
             raise JwksError(f"{where}: 'alg' {alg!r} does not fit a {kty} key")
         algorithms = frozenset({alg})
+    try:
+        # Every algorithm of one key type reads the JWK the same way, so any
+        # member of the set builds the key; naming it keeps PyJWT from guessing.
+        key: object = jwt.PyJWK(jwk, algorithm=min(algorithms)).key
+    except jwt.PyJWTError as exc:
+        raise JwksError(f"{where}: invalid {kty} key: {exc}") from None
+    if not isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey):
+        raise JwksError(
+            f"{where}: holds private key material; a key set must publish public keys only"
+        )
+    if isinstance(key, rsa.RSAPublicKey) and key.key_size < MIN_RSA_BITS:
+        raise JwksError(f"{where}: RSA key of {key.key_size} bits; at least {MIN_RSA_BITS}")
     return VerifyKey(kid, key, algorithms)
 
 

@@ -1,45 +1,74 @@
-"""OIDC / JWT bearer tokens verified against an issuer's JWKS.
+"""OIDC / JWT bearer tokens verified with PyJWT against an issuer's JWKS.
 
-Verification is written out here over ``cryptography`` rather than trusted to
-a token's own header: the algorithm must be one the key's *type* allows
-(see jwks.py), the signature is checked before any claim is believed, and
-``exp`` is required. ``nbf``, ``exp``, issuer and audience are checked with
-a small leeway for clock skew.
+PyJWT parses the token, checks the signature and checks ``iss``, ``aud``
+and the presence of ``exp`` and ``sub``. What it is told to allow is decided
+here, never by the token: the algorithms are those of the key's *type* (see
+jwks.py), so ``alg: none`` and HS256 cannot get through.
+
+``exp`` and ``nbf`` are compared here, with a small leeway for clock skew,
+because PyJWT reads the system clock itself and modelport passes wall time
+in (one clock for the token and for the cached identity's expiry, and tests
+that move it).
 
 Key rotation: keys are cached by ``kid``. A token naming a ``kid`` not in the
 cache makes the set be fetched again, at most once per ``refetch_interval``
 seconds (so a stream of made-up ``kid`` values cannot turn into a stream of
 requests to the issuer); if the key is still unknown the token is refused.
+PyJWT's ``PyJWKClient`` is not used for this: it reads URLs only (a key set
+may be a file), cannot be handed a fake source or clock in tests, and skips
+keys it cannot use instead of refusing the set.
+
+Refusals carry a fixed message of our own, never PyJWT's text: the client
+learns which rule failed, not anything about the keys, and the same message
+is what the audit records.
 """
 
 from __future__ import annotations
 
-import json
 import threading
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+import httpx
+import jwt
+from jwt.exceptions import InvalidSubjectError
+from jwt.types import Options
 
 from modelport.dataplane.admission.identity import ROLE_NAMES, Identity, Role
-from modelport.dataplane.admission.jwks import VerifyKey, b64url_decode, parse_jwks
+from modelport.dataplane.admission.jwks import VerifyKey, parse_jwks
 from modelport.errors import Unauthenticated
 
 #: Largest JWKS document read, in bytes.
 MAX_JWKS_BYTES = 1 << 20
 
-_HASHES: dict[str, type[hashes.HashAlgorithm]] = {
-    "256": hashes.SHA256,
-    "384": hashes.SHA384,
-    "512": hashes.SHA512,
+#: Seconds a JWKS URL may take to connect or to send each part of its reply.
+FETCH_TIMEOUT_S = 5.0
+
+BAD_SIGNATURE = "invalid token: bad signature"
+NOT_ACCEPTED = "invalid token: its signing algorithm is not accepted"
+
+#: A required claim PyJWT found missing → what the client is told.
+_MISSING: dict[str, str] = {
+    "exp": "invalid token: no expiry ('exp')",
+    "sub": "invalid token: no subject ('sub')",
+    "iss": "invalid token: wrong issuer",
+    "aud": "invalid token: wrong audience",
 }
+
+#: PyJWT's refusals → our messages; the first matching class wins, so
+#: subclasses (InvalidSignatureError is a DecodeError) come first.
+_REFUSALS: tuple[tuple[type[jwt.PyJWTError], str], ...] = (
+    (jwt.InvalidSignatureError, BAD_SIGNATURE),
+    (jwt.InvalidAlgorithmError, NOT_ACCEPTED),
+    (jwt.InvalidAudienceError, "invalid token: wrong audience"),
+    (jwt.InvalidIssuerError, "invalid token: wrong issuer"),
+    (InvalidSubjectError, "invalid token: no subject ('sub')"),
+    (jwt.InvalidKeyError, "invalid token: signed by a key that is not accepted"),
+    (jwt.DecodeError, "malformed token: not a JWS of base64url-encoded JSON"),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,24 +89,44 @@ class JwtSettings:
     """Clock skew tolerated on ``exp`` and ``nbf``."""
 
 
+def _too_large(source: str) -> ValueError:
+    return ValueError(f"{source}: key set larger than {MAX_JWKS_BYTES} bytes")
+
+
 def jwks_fetcher(source: str) -> Callable[[], bytes]:
-    """Read the key set from a file path or an http(s) URL, at most MAX_JWKS_BYTES."""
+    """Read the key set from a file path or an http(s) URL, at most MAX_JWKS_BYTES.
+
+    Failures are OSError (unreachable, HTTP error status) or ValueError (too
+    large), which the verifier survives on a refetch and startup reports.
+    """
     if source.startswith(("https://", "http://")):
 
         def fetch_url() -> bytes:
-            with urllib.request.urlopen(source, timeout=5) as reply:
-                data: bytes = reply.read(MAX_JWKS_BYTES + 1)
-            if len(data) > MAX_JWKS_BYTES:
-                raise ValueError(f"{source}: key set larger than {MAX_JWKS_BYTES} bytes")
-            return data
+            data = bytearray()
+            try:
+                with httpx.stream(
+                    "GET", source, timeout=FETCH_TIMEOUT_S, follow_redirects=True
+                ) as reply:
+                    if reply.status_code != httpx.codes.OK:
+                        raise OSError(f"the server answered HTTP {reply.status_code}")
+                    # Read in pieces so an endless reply stops at the limit.
+                    for chunk in reply.iter_bytes():
+                        data += chunk
+                        if len(data) > MAX_JWKS_BYTES:
+                            raise _too_large(source)
+            except httpx.HTTPError as exc:
+                # Timeouts and protocol errors too, not only those that are OSError.
+                raise OSError(str(exc) or type(exc).__name__) from None
+            return bytes(data)
 
         return fetch_url
     path = Path(source)
 
     def fetch_file() -> bytes:
-        data = path.read_bytes()
+        with path.open("rb") as file:
+            data = file.read(MAX_JWKS_BYTES + 1)
         if len(data) > MAX_JWKS_BYTES:
-            raise ValueError(f"{source}: key set larger than {MAX_JWKS_BYTES} bytes")
+            raise _too_large(source)
         return data
 
     return fetch_file
@@ -109,28 +158,16 @@ def _number(payload: dict[str, Any], name: str) -> float | None:
     return float(value)
 
 
-def _check_signature(key: VerifyKey, alg: str, signature: bytes, signed: bytes) -> None:
-    """Raise InvalidSignature (or ValueError) unless ``signature`` is ``alg`` over ``signed``."""
-    public = key.key
-    if alg == "EdDSA" and isinstance(public, ed25519.Ed25519PublicKey):
-        public.verify(signature, signed)
-        return
-    digest = _HASHES[alg[2:]]()
-    if alg.startswith("RS") and isinstance(public, rsa.RSAPublicKey):
-        public.verify(signature, signed, padding.PKCS1v15(), digest)
-    elif alg.startswith("PS") and isinstance(public, rsa.RSAPublicKey):
-        pss = padding.PSS(mgf=padding.MGF1(digest), salt_length=padding.PSS.DIGEST_LENGTH)
-        public.verify(signature, signed, pss, digest)
-    elif alg.startswith("ES") and isinstance(public, ec.EllipticCurvePublicKey):
-        # JWS carries ECDSA as r || s, each the curve's size; cryptography wants DER.
-        size = (public.curve.key_size + 7) // 8
-        if len(signature) != 2 * size:
-            raise InvalidSignature("ECDSA signature of the wrong length")
-        r = int.from_bytes(signature[:size], "big")
-        s = int.from_bytes(signature[size:], "big")
-        public.verify(encode_dss_signature(r, s), signed, ec.ECDSA(digest))
-    else:
-        raise InvalidSignature(f"algorithm {alg} does not fit the key")
+def _refusal(exc: jwt.PyJWTError) -> Unauthenticated:
+    """The fixed message for one of PyJWT's refusals."""
+    if isinstance(exc, jwt.MissingRequiredClaimError):
+        return Unauthenticated(
+            _MISSING.get(exc.claim, "invalid token: a required claim is missing")
+        )
+    for cls, message in _REFUSALS:
+        if isinstance(exc, cls):
+            return Unauthenticated(message)
+    return Unauthenticated("invalid token")
 
 
 class JwtVerifier:
@@ -156,6 +193,16 @@ class JwtVerifier:
         self._lock = threading.Lock()
         self._keys = parse_jwks(fetch(), source)
         self._fetched_at = clock()
+        self._options: Options = {
+            "require": ["exp", "sub"],
+            # Compared in _identity against self._wall instead (see the module docstring).
+            "verify_exp": False,
+            "verify_nbf": False,
+            "verify_iat": False,
+            # PyJWT refuses any token with an ``aud`` when no audience is configured.
+            "verify_aud": settings.audience is not None,
+            "enforce_minimum_key_length": True,
+        }
 
     def _refresh(self) -> bool:
         """Fetch the set again unless that was done recently; whether it was."""
@@ -171,9 +218,9 @@ class JwtVerifier:
                 return False
             return True
 
-    def _candidates(self, kid: str | None, alg: str) -> list[VerifyKey]:
+    def _candidates(self, kid: str | None) -> list[VerifyKey]:
         if kid is None:
-            return [k for k in self._keys if alg in k.algorithms]
+            return self._keys
         found = [k for k in self._keys if k.kid == kid]
         if not found and self._refresh():
             found = [k for k in self._keys if k.kid == kid]
@@ -182,62 +229,52 @@ class JwtVerifier:
         return found
 
     def verify(self, token: str) -> Identity:
-        parts = token.split(".")
-        if len(parts) != 3:
-            raise Unauthenticated("malformed token: a JWT has three parts")
         try:
-            header = json.loads(b64url_decode(parts[0]))
-            payload = json.loads(b64url_decode(parts[1]))
-            signature = b64url_decode(parts[2]) if parts[2] else b""
-        except (ValueError, UnicodeDecodeError):
-            raise Unauthenticated("malformed token: not base64url-encoded JSON") from None
-        if not isinstance(header, dict) or not isinstance(payload, dict):
-            raise Unauthenticated("malformed token: header and payload must be JSON objects")
+            # Unverified: only used to pick keys; PyJWT checks ``kid`` is a string.
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError as exc:
+            raise _refusal(exc) from None
         alg = header.get("alg")
-        if not isinstance(alg, str):
-            raise Unauthenticated("invalid token: no signing algorithm")
-        if "crit" in header:
-            raise Unauthenticated("invalid token: critical header extensions are not supported")
-        kid = header.get("kid")
-        if kid is not None and not isinstance(kid, str):
-            raise Unauthenticated("invalid token: 'kid' must be a string")
-        keys = self._candidates(kid, alg)
-        usable = [k for k in keys if alg in k.algorithms]
-        if not usable:
-            raise Unauthenticated(f"invalid token: algorithm {alg[:20]!r} is not accepted")
-        signed = f"{parts[0]}.{parts[1]}".encode("ascii")
-        for key in usable:
+        keys = [
+            k
+            for k in self._candidates(header.get("kid"))
+            if isinstance(alg, str) and alg in k.algorithms
+        ]
+        if not keys:
+            raise Unauthenticated(NOT_ACCEPTED)
+        s = self.settings
+        for key in keys:
             try:
-                _check_signature(key, alg, signature, signed)
-                break
-            except (InvalidSignature, ValueError):
+                payload = jwt.decode(
+                    token,
+                    key.key,
+                    algorithms=list(key.algorithms),
+                    options=self._options,
+                    audience=s.audience,
+                    issuer=s.issuer,
+                )
+            except jwt.InvalidSignatureError:
                 continue
-        else:
-            raise Unauthenticated("invalid token: bad signature")
-        return self._identity(payload)
+            except jwt.PyJWTError as exc:
+                raise _refusal(exc) from None
+            return self._identity(payload)
+        raise Unauthenticated(BAD_SIGNATURE)
 
     def _identity(self, payload: dict[str, Any]) -> Identity:
-        """Check the claims of a token whose signature verified, and map them."""
+        """Check the times of a token PyJWT accepted, and map its claims."""
         s = self.settings
         now = self._wall()
         exp = _number(payload, "exp")
         if exp is None:
-            raise Unauthenticated("invalid token: no expiry ('exp')")
+            raise Unauthenticated(_MISSING["exp"])
         if now > exp + s.leeway_s:
             raise Unauthenticated("credentials expired")
         nbf = _number(payload, "nbf")
         if nbf is not None and now + s.leeway_s < nbf:
             raise Unauthenticated("invalid token: not valid yet ('nbf')")
-        issuer = payload.get("iss")
-        if s.issuer is not None and issuer != s.issuer:
-            raise Unauthenticated("invalid token: wrong issuer")
-        if s.audience is not None:
-            aud = payload.get("aud")
-            if not (aud == s.audience or (isinstance(aud, list) and s.audience in aud)):
-                raise Unauthenticated("invalid token: wrong audience")
         subject = payload.get("sub")
         if not isinstance(subject, str) or not subject:
-            raise Unauthenticated("invalid token: no subject ('sub')")
+            raise Unauthenticated(_MISSING["sub"])
         granted = [
             ROLE_NAMES[r.lower()]
             for r in _strings(_claim(payload, s.roles_claim))
@@ -252,7 +289,7 @@ class JwtVerifier:
             value = _claim(payload, s.tenant_claim)
             tenant = value if isinstance(value, str) and value else None
         return Identity(
-            id=f"jwt:{issuer}#{subject}",
+            id=f"jwt:{payload.get('iss')}#{subject}",
             name=subject,
             role=role,
             models=models,

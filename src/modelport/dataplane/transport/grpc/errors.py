@@ -19,6 +19,7 @@ from modelport.errors import (
     PayloadTooLarge,
     PermissionDenied,
     RateLimited,
+    ResidencyRefused,
     Unauthenticated,
     Unavailable,
 )
@@ -33,6 +34,7 @@ STATUS: tuple[tuple[type[ModelportError], grpc.StatusCode], ...] = (
     (Conflict, grpc.StatusCode.ABORTED),
     (ModelNotReady, grpc.StatusCode.UNAVAILABLE),
     (RateLimited, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (ResidencyRefused, grpc.StatusCode.FAILED_PRECONDITION),
     (Unavailable, grpc.StatusCode.UNAVAILABLE),
     (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
     (ModelLoadError, grpc.StatusCode.INVALID_ARGUMENT),

@@ -3,10 +3,21 @@
 Message size limits follow the HTTP body limit (64 MiB by default) rather
 than gRPC's 4 MiB default, so the same tensors fit on both transports.
 SO_REUSEPORT is off so a second server on a taken port fails loudly.
+
+TLS: the port is bound with ``grpc.dynamic_ssl_server_credentials``, whose
+fetcher gRPC calls at each new handshake; it hands over the rotated
+material once per generation, so new connections get the new certificate
+and open ones keep theirs. One gap: gRPC's dynamic credentials either
+require a client certificate or never ask for one, so with optional mTLS
+(``tls_client_auth: optional``) the port uses static credentials that ask
+for one, and a rotated certificate reaches gRPC only after a restart (a
+warning says so at start).
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -19,8 +30,12 @@ from modelport.dataplane.admission.gate import Gate
 from modelport.dataplane.transport.context import TransportContext
 from modelport.dataplane.transport.grpc.service import InferenceService
 from modelport.protos import grpc_service_pb2 as pb
+from modelport.tls.material import TlsMaterial
+from modelport.tls.rotation import TlsRotation
 
 SERVICE_NAME = "inference.GRPCInferenceService"
+
+log = logging.getLogger("modelport.grpc")
 
 
 def _serialize(message: Any) -> bytes:
@@ -80,8 +95,48 @@ def _handlers(servicer: InferenceService) -> grpc.GenericRpcHandler:
     return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
 
 
+def _configuration(material: TlsMaterial) -> Any:
+    return grpc.ssl_server_certificate_configuration(
+        [(material.key_pem, material.cert_pem)], root_certificates=material.client_ca_pem
+    )
+
+
+def tls_credentials(tls: TlsRotation) -> grpc.ServerCredentials:
+    """Server credentials that follow ``tls``'s rotations (see the module docstring)."""
+    material = tls.material
+    if tls.files.client_ca is not None and not tls.files.client_auth_required:
+        log.warning(
+            "optional client certificates on gRPC: certificate rotation reaches the gRPC "
+            "port only after a restart"
+        )
+        return grpc.ssl_server_credentials(
+            [(material.key_pem, material.cert_pem)],
+            root_certificates=material.client_ca_pem,
+            require_client_auth=False,
+        )
+    lock = threading.Lock()
+    served = [tls.generation]
+
+    def fetch() -> Any:
+        # Called by gRPC's threads at each handshake: None keeps the current pair.
+        with lock:
+            if served[0] == tls.generation:
+                return None
+            served[0] = tls.generation
+            return _configuration(tls.material)
+
+    return grpc.dynamic_ssl_server_credentials(
+        _configuration(material),
+        fetch,
+        require_client_authentication=tls.files.client_ca is not None,
+    )
+
+
 def build_grpc_server(
-    ctx: TransportContext, config: ServerConfig, gate: Gate | None = None
+    ctx: TransportContext,
+    config: ServerConfig,
+    gate: Gate | None = None,
+    tls: TlsRotation | None = None,
 ) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
     """The server (not started) and its health servicer, for shutdown to flip.
 
@@ -96,7 +151,12 @@ def build_grpc_server(
     server.add_generic_rpc_handlers((_handlers(InferenceService(ctx, gate)),))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    bound = server.add_insecure_port(f"{config.host}:{config.grpc_port}")
+    address = f"{config.host}:{config.grpc_port}"
+    bound = (
+        server.add_insecure_port(address)
+        if tls is None
+        else server.add_secure_port(address, tls_credentials(tls))
+    )
     if bound == 0:
         raise OSError(f"cannot bind gRPC to {config.host}:{config.grpc_port}")
     return server, health_servicer

@@ -25,6 +25,7 @@ import grpc
 from google.protobuf import json_format
 
 from modelport.config.pbtxt import config_to_proto
+from modelport.dataplane.admission.certificates import ClientCertificate, describe_pem
 from modelport.dataplane.admission.gate import Gate
 from modelport.dataplane.admission.identity import Identity, Role
 from modelport.dataplane.codec.grpc_v2 import decode_request, encode_response, parameter_value
@@ -84,6 +85,17 @@ def _metadata(context: grpc.aio.ServicerContext, key: str) -> str | None:
     return None
 
 
+def client_certificate(context: grpc.aio.ServicerContext) -> ClientCertificate | None:
+    """The verified mTLS client certificate of the call's connection, if there is one."""
+    pems = context.auth_context().get("x509_pem_cert")
+    if not pems:
+        return None
+    try:
+        return describe_pem(pems[0].decode("ascii"))
+    except ValueError:
+        return None
+
+
 def peer_address(peer: str) -> str:
     """The address of a grpc peer string (``ipv4:1.2.3.4:5``, ``ipv6:[::1]:5``), no port."""
     kind, _, rest = peer.partition(":")
@@ -104,7 +116,9 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         if self.gate is None:
             return None
         header = _metadata(context, "authorization")
-        return await self.gate.admit(header, peer_address(context.peer()), need, model or None)
+        return await self.gate.admit(
+            header, peer_address(context.peer()), need, model or None, client_certificate(context)
+        )
 
     async def ServerLive(self, request: Any, context: Any) -> Any:
         return pb.ServerLiveResponse(live=True)
@@ -171,7 +185,9 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         if self.gate is not None:
             try:
                 header = _metadata(context, "authorization")
-                identity = await self.gate.authenticator.authenticate(header, peer)
+                identity = await self.gate.authenticator.authenticate(
+                    header, peer, client_certificate(context)
+                )
             except ModelportError as exc:
                 await context.abort(grpc_status(exc), exc.message, trailing_metadata(exc))
 

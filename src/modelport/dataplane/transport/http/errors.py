@@ -17,6 +17,7 @@ from modelport.errors import (
     PayloadTooLarge,
     PermissionDenied,
     RateLimited,
+    ResidencyRefused,
     Unauthenticated,
     Unavailable,
 )
@@ -34,6 +35,7 @@ STATUS: tuple[tuple[type[ModelportError], int], ...] = (
     (Conflict, 409),
     (ModelNotReady, 503),
     (RateLimited, 429),
+    (ResidencyRefused, 451),
     (Unavailable, 503),
     (DeadlineExceeded, 504),
     (ModelLoadError, 400),

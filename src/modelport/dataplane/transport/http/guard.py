@@ -14,6 +14,7 @@ import logging
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from modelport.dataplane.admission.certificates import CLIENT_CERT_SCOPE_KEY
 from modelport.dataplane.admission.gate import Gate
 from modelport.dataplane.admission.identity import IDENTITY_SCOPE_KEY
 from modelport.dataplane.codec.json_v2 import encode_json
@@ -61,7 +62,13 @@ class HttpGuard:
         if need is None:
             return True
         try:
-            identity = await self.gate.admit(_authorization(scope), peer_of(scope), need, model)
+            identity = await self.gate.admit(
+                _authorization(scope),
+                peer_of(scope),
+                need,
+                model,
+                scope.get(CLIENT_CERT_SCOPE_KEY),
+            )
         except ModelportError as exc:
             log.debug(
                 "request refused",
