@@ -37,7 +37,7 @@ from modelport.dataplane.transport.context import TransportContext
 from modelport.dataplane.transport.grpc.server import build_grpc_server, mark_serving
 from modelport.dataplane.transport.http.app import build_app, build_metrics_app
 from modelport.dataplane.transport.http.errors import http_status
-from modelport.dataplane.transport.http.protocol import JsonErrorHttpToolsProtocol
+from modelport.dataplane.transport.http.protocol import limited_protocol
 from modelport.observability.metrics import Metrics
 from modelport.observability.payloads import PayloadLogger, retention_of
 from modelport.tls.material import TlsFiles
@@ -65,7 +65,9 @@ def _uvicorn(
             host=config.host,
             port=port,
             loop="none",
-            http=JsonErrorHttpToolsProtocol,
+            http=limited_protocol(
+                config.max_header_bytes, config.header_timeout, config.body_timeout
+            ),
             lifespan="off",
             access_log=False,
             log_config=None,

@@ -49,6 +49,12 @@ class ServerConfig(BaseModel):
     """Seconds between repository scans for new, changed and removed versions."""
     max_body_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
     """Largest request body (HTTP) or message (gRPC) accepted, in bytes."""
+    max_header_bytes: int = Field(default=32 * 1024, ge=1024)
+    """Largest HTTP request line plus headers, in bytes; more is answered 431."""
+    header_timeout: float = Field(default=10.0, gt=0)
+    """Seconds a client has to send a request's line and headers (408 after)."""
+    body_timeout: float = Field(default=60.0, gt=0)
+    """Seconds a client has to send a request's body once its headers arrived (408 after)."""
     max_elements: int = Field(default=1 << 28, gt=0)
     """Most elements one input tensor may claim, checked before any allocation."""
     default_timeout: float | None = Field(default=None, gt=0)
