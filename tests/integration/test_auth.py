@@ -373,3 +373,32 @@ def test_loopback_without_keys_stays_open_and_says_so(tmp_path: Path) -> None:
         assert "authentication off: serving on loopback" in server.log()
     finally:
         stop_server(server)
+
+
+def test_listings_show_only_the_models_a_caller_may_see(
+    setup: tuple[Server, dict[str, str]],
+) -> None:
+    server, keys = setup
+    acme = bearer(keys["acme"])  # fraud-* of tenant acme: fraud-1 only
+    index = httpx.post(f"{server.base}/v2/repository/index", json={}, headers=acme)
+    assert index.status_code == 200
+    assert {e["name"] for e in index.json()} == {"fraud-1"}
+    stats = httpx.get(f"{server.base}/v2/models/stats", headers=acme).json()["model_stats"]
+    assert {s["name"] for s in stats} == {"fraud-1"}
+    models = httpx.get(f"{server.base}/api/v1/models", headers=acme).json()["models"]
+    assert {m["name"] for m in models} == {"fraud-1"}
+    history = httpx.get(f"{server.base}/api/v1/history", headers=acme).json()["events"]
+    assert {e["model"] for e in history} <= {"fraud-1"}
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    try:
+        metadata = {"authorization": acme["Authorization"]}
+        listed = client.get_model_repository_index(headers=metadata, as_json=True)
+        assert {m["name"] for m in listed.get("models", [])} == {"fraud-1"}
+        grpc_stats = client.get_inference_statistics(headers=metadata, as_json=True)
+        assert {s["name"] for s in grpc_stats.get("model_stats", [])} == {"fraud-1"}
+    finally:
+        client.close()
+    # An unrestricted viewer sees them all.
+    viewer = bearer(keys["viewer"])
+    index = httpx.post(f"{server.base}/v2/repository/index", json={}, headers=viewer)
+    assert {e["name"] for e in index.json()} == {"fraud-1", "fraud-2", "other"}

@@ -24,7 +24,7 @@ from modelport.controlplane.canary import CanaryController
 from modelport.controlplane.registry import Registry
 from modelport.controlplane.store import StateStore, StoredCanary, StoredPolicy
 from modelport.controlplane.traffic import LOCAL, TrafficManager
-from modelport.dataplane.admission.identity import IDENTITY_SCOPE_KEY, Identity
+from modelport.dataplane.admission.identity import IDENTITY_SCOPE_KEY, VISIBLE_SCOPE_KEY, Identity
 from modelport.errors import InvalidRequest, ModelportError, NotFound
 
 API_VERSION = "1.0"
@@ -155,9 +155,12 @@ def build_api(services: ManagementServices, status_of: Any) -> FastAPI:
         return schemas.VersionChange(model=model, version=version, state=state, reason=reason)
 
     @api.get("/models", response_model=schemas.ModelList, summary="Models, versions, states")
-    async def list_models() -> schemas.ModelList:
+    async def list_models(request: Request) -> schemas.ModelList:
+        visible = request.scope.get(VISIBLE_SCOPE_KEY)
+
         def read() -> schemas.ModelList:
-            return schemas.ModelList(models=[model_info(n) for n in registry.model_names()])
+            names = [n for n in registry.model_names() if visible is None or visible(n)]
+            return schemas.ModelList(models=[model_info(n) for n in names])
 
         return await asyncio.to_thread(read)
 
@@ -291,10 +294,16 @@ def build_api(services: ManagementServices, status_of: Any) -> FastAPI:
 
     @api.get("/history", response_model=schemas.History, summary="Every model's changes")
     async def all_history(
+        request: Request,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         before: Annotated[int | None, Query(ge=1)] = None,
     ) -> schemas.History:
-        return await _history(store, None, limit, before)
+        found = await _history(store, None, limit, before)
+        visible = request.scope.get(VISIBLE_SCOPE_KEY)
+        if visible is not None:
+            # Paging still follows the unfiltered ids, so no page skips an event.
+            found.events = [e for e in found.events if visible(e.model)]
+        return found
 
     return api
 

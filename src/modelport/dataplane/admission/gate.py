@@ -9,6 +9,8 @@ authentication is off the transports hold no Gate at all, so the open
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from modelport.dataplane.admission.audit import AuthAudit
 from modelport.dataplane.admission.authenticate import Authenticator
 from modelport.dataplane.admission.authorize import TenantOf, allows, denial
@@ -55,6 +57,12 @@ class Gate:
             self.watch.admitted(identity)
         self.check(identity, peer, need, model)
         return identity
+
+    def visible(self, identity: Identity) -> Callable[[str], bool]:
+        """Which models ``identity`` may see: listings show only those, so names of
+        models outside its scope or tenant never reach it."""
+        tenant_of = self.tenant_of
+        return lambda name: allows(identity, Role.VIEWER, name, tenant_of)
 
     def check(self, identity: Identity, peer: str, need: Role, model: str | None) -> None:
         """Authorize an already authenticated caller (each message of a stream)."""

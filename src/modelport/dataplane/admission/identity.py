@@ -70,3 +70,7 @@ class Identity:
 #: Where the REST transport leaves the caller's Identity in the ASGI scope, for
 #: the routes and the management API below it.
 IDENTITY_SCOPE_KEY = "modelport.identity"
+
+#: Where it leaves a ``model name -> bool`` test of which models the caller may
+#: see, so listings (repository index, statistics, /api/v1/models) show only those.
+VISIBLE_SCOPE_KEY = "modelport.visible"

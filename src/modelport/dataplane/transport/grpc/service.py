@@ -220,8 +220,11 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
     @_mapped
     async def ModelStatistics(self, request: Any, context: Any) -> Any:
-        await self._admit(context, Role.VIEWER, request.name)
+        identity = await self._admit(context, Role.VIEWER, request.name)
         models = self.ctx.table.ready()
+        if self.gate is not None and identity is not None:
+            visible = self.gate.visible(identity)
+            models = [m for m in models if visible(m.name)]
         if request.name:
             self.ctx.table.versions(request.name)
             models = [m for m in models if m.name == request.name]
@@ -239,9 +242,13 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
     @_mapped
     async def RepositoryIndex(self, request: Any, context: Any) -> Any:
-        await self._admit(context, Role.VIEWER)
+        identity = await self._admit(context, Role.VIEWER)
+        entries = self.ctx.repository.index(request.ready)
+        if self.gate is not None and identity is not None:
+            visible = self.gate.visible(identity)
+            entries = [e for e in entries if visible(e.name)]
         out = pb.RepositoryIndexResponse()
-        for e in self.ctx.repository.index(request.ready):
+        for e in entries:
             out.models.add(name=e.name, version=e.version, state=e.state, reason=e.reason)
         return out
 

@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from modelport.dataplane.admission.certificates import CLIENT_CERT_SCOPE_KEY
 from modelport.dataplane.admission.gate import Gate
-from modelport.dataplane.admission.identity import IDENTITY_SCOPE_KEY
+from modelport.dataplane.admission.identity import IDENTITY_SCOPE_KEY, VISIBLE_SCOPE_KEY
 from modelport.dataplane.codec.json_v2 import encode_json
 from modelport.dataplane.transport.http.access import required
 from modelport.dataplane.transport.http.errors import error_headers, http_status
@@ -77,6 +77,7 @@ class HttpGuard:
             await send_error(send, exc)
             return False
         scope[IDENTITY_SCOPE_KEY] = identity
+        scope[VISIBLE_SCOPE_KEY] = self.gate.visible(identity)
         return True
 
 

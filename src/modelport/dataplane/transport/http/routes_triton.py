@@ -8,6 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from modelport.dataplane.admission.identity import VISIBLE_SCOPE_KEY
 from modelport.dataplane.codec.jsonbody import decode_json
 from modelport.dataplane.codec.repository import load_config_parameter
 from modelport.dataplane.transport.context import TransportContext
@@ -46,6 +47,9 @@ def routes(ctx: TransportContext) -> list[Route]:
                 models = [m for m in models if m.version == version]
                 if not models:
                     raise NotFound(f"model {name!r} version {version!r} is not loaded")
+        visible = request.scope.get(VISIBLE_SCOPE_KEY)
+        if visible is not None:
+            models = [m for m in models if visible(m.name)]
         models.sort(key=lambda m: (m.name, int(m.version)))
         return json_response({"model_stats": [m.stats.to_json(m.name, m.version) for m in models]})
 
@@ -55,6 +59,9 @@ def routes(ctx: TransportContext) -> list[Route]:
         if not isinstance(ready_only, bool):
             raise InvalidRequest("'ready' must be true or false")
         entries = ctx.repository.index(ready_only)
+        visible = request.scope.get(VISIBLE_SCOPE_KEY)
+        if visible is not None:
+            entries = [e for e in entries if visible(e.name)]
         out = []
         for e in entries:
             item: dict[str, Any] = {"name": e.name, "version": e.version, "state": e.state}
