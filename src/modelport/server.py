@@ -23,6 +23,7 @@ from modelport import __version__
 from modelport.auth_setup import build_auth
 from modelport.config.server import ServerConfig
 from modelport.controlplane.api import ManagementServices, build_api, docs_routes
+from modelport.controlplane.audited import AuditedRepository
 from modelport.controlplane.canary import CanaryController
 from modelport.controlplane.crypto.providers import key_provider_for
 from modelport.controlplane.registry import Registry
@@ -167,7 +168,7 @@ async def serve(config: ServerConfig) -> None:
     ctx = TransportContext(
         pipeline=pipeline,
         table=registry,
-        repository=registry,
+        repository=AuditedRepository(registry, store),
         metrics=metrics,
         server_name=SERVER_NAME,
         server_version=__version__,

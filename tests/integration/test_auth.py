@@ -402,3 +402,30 @@ def test_listings_show_only_the_models_a_caller_may_see(
     viewer = bearer(keys["viewer"])
     index = httpx.post(f"{server.base}/v2/repository/index", json={}, headers=viewer)
     assert {e["name"] for e in index.json()} == {"fraud-1", "fraud-2", "other"}
+
+
+def test_repository_load_and_unload_are_audited_with_the_caller(
+    setup: tuple[Server, dict[str, str]],
+) -> None:
+    server, keys = setup
+    ops = bearer(keys["ops"])  # operator on fraud-*, named ops-bot
+    url = f"{server.base}/v2/repository/models/fraud-2"
+    assert httpx.post(f"{url}/unload", json={}, headers=ops).status_code == 200
+    assert httpx.post(f"{url}/load", json={}, headers=ops).status_code == 200
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    try:
+        client.unload_model("fraud-2", headers={"authorization": ops["Authorization"]})
+        client.load_model("fraud-2", headers={"authorization": ops["Authorization"]})
+    finally:
+        client.close()
+    events = httpx.get(
+        f"{server.base}/api/v1/models/fraud-2/history", headers=bearer(keys["admin"])
+    ).json()["events"]
+    recorded = [(e["action"], e["actor"]) for e in events if e["action"].startswith("model.")]
+    assert recorded[:4] == [
+        ("model.load", "ops-bot"),
+        ("model.unload", "ops-bot"),
+        ("model.load", "ops-bot"),
+        ("model.unload", "ops-bot"),
+    ]
+    assert server.alive()

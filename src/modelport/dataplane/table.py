@@ -89,8 +89,12 @@ class RepositoryControl(Protocol):
 
     def index(self, ready_only: bool) -> list[RepositoryEntry]: ...
 
-    async def load(self, name: str, config: dict[str, Any] | None) -> None:
-        """Load or reload a model; ``config`` overrides its config file."""
+    async def load(
+        self, name: str, config: dict[str, Any] | None, actor: str | None = None
+    ) -> None:
+        """Load or reload a model; ``config`` overrides its config file.
+
+        ``actor`` is who asked (the caller's identity), for the audit log."""
         ...
 
-    async def unload(self, name: str) -> None: ...
+    async def unload(self, name: str, actor: str | None = None) -> None: ...

@@ -254,14 +254,16 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
     @_mapped
     async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
-        await self._admit(context, Role.OPERATOR, request.model_name)
+        identity = await self._admit(context, Role.OPERATOR, request.model_name)
         params = {k: parameter_value(v) for k, v in request.parameters.items()}
         config = load_config_parameter(params or None)
-        await self.ctx.repository.load(request.model_name, config)
+        actor = identity.actor if identity is not None else None
+        await self.ctx.repository.load(request.model_name, config, actor)
         return pb.RepositoryModelLoadResponse()
 
     @_mapped
     async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
-        await self._admit(context, Role.OPERATOR, request.model_name)
-        await self.ctx.repository.unload(request.model_name)
+        identity = await self._admit(context, Role.OPERATOR, request.model_name)
+        actor = identity.actor if identity is not None else None
+        await self.ctx.repository.unload(request.model_name, actor)
         return pb.RepositoryModelUnloadResponse()

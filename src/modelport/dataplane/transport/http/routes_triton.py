@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from modelport.dataplane.admission.identity import VISIBLE_SCOPE_KEY
+from modelport.dataplane.admission.identity import IDENTITY_SCOPE_KEY, VISIBLE_SCOPE_KEY
 from modelport.dataplane.codec.jsonbody import decode_json
 from modelport.dataplane.codec.repository import load_config_parameter
 from modelport.dataplane.transport.context import TransportContext
@@ -27,6 +27,11 @@ async def _json_body(request: Request) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise InvalidRequest("request body must be a JSON object")
     return value
+
+
+def _actor(request: Request) -> str | None:
+    identity = request.scope.get(IDENTITY_SCOPE_KEY)
+    return None if identity is None else str(identity.actor)
 
 
 def routes(ctx: TransportContext) -> list[Route]:
@@ -73,12 +78,12 @@ def routes(ctx: TransportContext) -> list[Route]:
     async def load(request: Request) -> Response:
         body = await _json_body(request)
         config = load_config_parameter(body.get("parameters"))
-        await ctx.repository.load(request.path_params["model"], config)
+        await ctx.repository.load(request.path_params["model"], config, _actor(request))
         return json_response({})
 
     async def unload(request: Request) -> Response:
         await _json_body(request)
-        await ctx.repository.unload(request.path_params["model"])
+        await ctx.repository.unload(request.path_params["model"], _actor(request))
         return json_response({})
 
     return [

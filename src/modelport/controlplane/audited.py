@@ -1,0 +1,57 @@
+"""Triton's repository extension (load, unload) with every call in the audit log.
+
+The transports call :class:`RepositoryControl`; this wrapper passes the call
+to the registry and then records who asked for what and how it ended, in
+the state store's hash-chained log, so a model loaded or unloaded through
+``/v2/repository`` or gRPC is as accountable as one changed through /api/v1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from modelport.controlplane.registry import Registry
+from modelport.controlplane.store import StateStore
+from modelport.dataplane.table import RepositoryEntry
+from modelport.errors import ModelportError
+
+#: The actor recorded while authentication is off.
+LOCAL = "local"
+
+
+class AuditedRepository:
+    """Implements the data plane's RepositoryControl over the registry."""
+
+    def __init__(self, registry: Registry, store: StateStore) -> None:
+        self.registry = registry
+        self.store = store
+
+    def index(self, ready_only: bool) -> list[RepositoryEntry]:
+        return self.registry.index(ready_only)
+
+    async def load(
+        self, name: str, config: dict[str, Any] | None, actor: str | None = None
+    ) -> None:
+        detail: dict[str, Any] = {"config_override": config is not None}
+        try:
+            await self.registry.load(name, config)
+        except ModelportError as exc:
+            await self._record(name, "model.load", actor, {**detail, "error": exc.message})
+            raise
+        await self._record(name, "model.load", actor, detail)
+
+    async def unload(self, name: str, actor: str | None = None) -> None:
+        try:
+            await self.registry.unload(name)
+        except ModelportError as exc:
+            await self._record(name, "model.unload", actor, {"error": exc.message})
+            raise
+        await self._record(name, "model.unload", actor, {})
+
+    async def _record(
+        self, name: str, action: str, actor: str | None, detail: dict[str, Any]
+    ) -> None:
+        await asyncio.to_thread(
+            self.store.record, name[:256], action, actor=actor or LOCAL, detail=detail
+        )
