@@ -34,28 +34,40 @@ other thread held. Their log records come back through the pipe and are
 emitted by the server's loggers with the worker's pid, so they land in the
 server log. Workers are daemonic: a model cannot start ``multiprocessing``
 children of its own there.
+
+This module is the server's side: the worker handles, the free list and the
+restarts. ``worker.py`` is what runs inside each worker, and ``messages.py``
+what the two send each other over the pipe.
 """
 
 from __future__ import annotations
 
 import logging
 import multiprocessing
-import os
 import queue
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Any, NamedTuple, NoReturn
+from typing import NoReturn
 
 from modelport.config.model import ModelConfig, Parameter
-from modelport.dataplane.runtime import BACKENDS, runtime_loader
-from modelport.dataplane.runtime.base import Runtime
-from modelport.dataplane.runtime.shm import Attachment, Placement, Segment, place, read, write
+from modelport.dataplane.runtime import BACKENDS
+from modelport.dataplane.runtime.messages import (
+    Batch,
+    Failure,
+    Outputs,
+    OutputSegment,
+    Ready,
+    Record,
+    Room,
+)
+from modelport.dataplane.runtime.shm import Segment, place, read, write
+from modelport.dataplane.runtime.worker import worker_main
 from modelport.errors import (
     DeadlineExceeded,
     InferenceFailed,
@@ -103,57 +115,8 @@ _ERRORS: dict[str, type[ModelportError]] = {
     )
 }
 
-_RECORD_FIELDS = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
-
-# ------------------------------------------------------------------ messages
-# Named tuples: one or two cross the pipe per batch, and tuples pickle fastest.
-
-
-class _Batch(NamedTuple):
-    """Server → worker: inputs are in ``input_segment``; write outputs to ``output_segment``."""
-
-    inputs: tuple[Placement, ...]
-    input_segment: str | None
-    output_segment: str | None
-    output_size: int
-    outputs: tuple[str, ...]
-
-
-class _Room(NamedTuple):
-    """Worker → server: the outputs need ``nbytes``; answered with a ``_Segment``."""
-
-    nbytes: int
-
-
-class _Segment(NamedTuple):
-    name: str | None
-    size: int
-
-
-class _Outputs(NamedTuple):
-    placements: tuple[Placement, ...]
-
-
-class _Failure(NamedTuple):
-    """What went wrong, by kind: a ModelportError's class name, or a builtin's."""
-
-    kind: str
-    message: str
-    modelport: bool
-
-
-class _Ready(NamedTuple):
-    native: ModelSignature
-    pid: int
-
-
-class _Record(NamedTuple):
-    logger: str
-    level: int
-    message: str
-    traceback: str | None
-    extra: dict[str, Any]
+# ------------------------------------------------------------------ server side
 
 
 class _Lost(Exception):
@@ -164,127 +127,12 @@ class _Lost(Exception):
         self.reason = reason
 
 
-def _raise(failure: _Failure) -> NoReturn:
+def _raise(failure: Failure) -> NoReturn:
     if failure.modelport:
         raise _ERRORS.get(failure.kind, InferenceFailed)(failure.message)
     # Rebuilt as the builtin the scheduler maps (ValueError/TypeError → 400, others → 500).
     builtin = {"TypeError": TypeError, "ValueError": ValueError}.get(failure.kind, RuntimeError)
     raise builtin(failure.message)
-
-
-# ------------------------------------------------------------------ worker side
-
-
-class _Sender:
-    """``conn.send`` under a lock: the model's own threads may log while a batch answers."""
-
-    def __init__(self, conn: Connection) -> None:
-        self._conn = conn
-        self._lock = threading.Lock()
-
-    def __call__(self, message: object) -> None:
-        with self._lock:
-            self._conn.send(message)
-
-
-class _Forward(logging.Handler):
-    """Sends each record to the server, traceback formatted here (frames do not pickle)."""
-
-    def __init__(self, send: _Sender) -> None:
-        super().__init__()
-        self._send = send
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            tb = record.exc_text
-            if record.exc_info:
-                tb = logging.Formatter().formatException(record.exc_info)
-            extra = {
-                k: v if isinstance(v, str | int | float | bool | None) else repr(v)
-                for k, v in record.__dict__.items()
-                if k not in _RECORD_FIELDS and not k.startswith("_")
-            }
-            self._send(_Record(record.name, record.levelno, record.getMessage(), tb, extra))
-        except Exception:
-            self.handleError(record)
-
-
-def _worker_main(
-    conn: Connection, backend: str, version_dir: Path, config: ModelConfig, log_level: int
-) -> None:
-    """A worker's whole life: load, answer batches until told to stop or the server goes."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's; it stops us
-    send = _Sender(conn)
-    root = logging.getLogger()
-    root.handlers[:] = [_Forward(send)]
-    root.setLevel(log_level)
-    try:
-        runtime = runtime_loader(backend)(version_dir, config, 1)
-    except ModelportError as exc:
-        send(_Failure(type(exc).__name__, exc.message, True))
-        return
-    except Exception as exc:
-        log.error("loading the model in an instance process failed", exc_info=True)
-        send(_Failure(type(exc).__name__, _first_line(exc), False))
-        return
-    send(_Ready(runtime.native, os.getpid()))
-    inputs, outputs = Attachment(), Attachment()
-    try:
-        while True:
-            try:
-                message = conn.recv()
-            except EOFError:
-                return  # the server is gone
-            if not isinstance(message, _Batch):
-                return
-            send(_run(runtime, message, inputs, outputs, conn, send))
-    finally:
-        inputs.close()
-        outputs.close()
-        try:
-            runtime.unload()
-        except Exception:
-            log.error("runtime.unload raised in an instance process", exc_info=True)
-
-
-def _run(
-    runtime: Runtime,
-    batch: _Batch,
-    inputs: Attachment,
-    outputs: Attachment,
-    conn: Connection,
-    send: Callable[[object], None],
-) -> _Outputs | _Failure:
-    feed = read(inputs.buf(batch.input_segment), batch.inputs, copy=False)
-    try:
-        result = runtime.predict(feed, batch.outputs)
-    except ModelportError as exc:
-        return _Failure(type(exc).__name__, exc.message, True)
-    except Exception as exc:
-        kind = "TypeError" if isinstance(exc, TypeError) else "Exception"
-        kind = "ValueError" if isinstance(exc, ValueError) else kind
-        return _Failure(kind, str(exc), False)
-    finally:
-        del feed
-    try:
-        placements, nbytes = place(result)
-        name, size = batch.output_segment, batch.output_size
-        if nbytes > size:
-            send(_Room(nbytes))
-            grown: _Segment = conn.recv()
-            name, size = grown.name, grown.size
-            if size < nbytes:
-                return _Failure("Unavailable", f"no room for {nbytes} bytes of outputs", True)
-        write(outputs.buf(name), result, placements)
-    except (EOFError, OSError):
-        raise
-    except Exception as exc:
-        log.error("outputs could not be passed back", exc_info=True)
-        return _Failure("Exception", f"outputs could not be passed back: {_first_line(exc)}", False)
-    return _Outputs(placements)
-
-
-# ------------------------------------------------------------------ server side
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,7 +169,7 @@ class _Worker:
         level = logging.getLogger().getEffectiveLevel()
         s = self._spec
         process = ctx.Process(
-            target=_worker_main,
+            target=worker_main,
             args=(child, s.backend, s.version_dir, s.config, level),
             name=f"modelport-{s.label}-{self._index}",
             daemon=True,
@@ -339,7 +187,7 @@ class _Worker:
             raise ModelLoadError(
                 f"model {self._spec.label}: instance process {exc.reason}"
             ) from None
-        if isinstance(message, _Ready):
+        if isinstance(message, Ready):
             self.pid = message.pid
             log.info(
                 "instance process ready",
@@ -347,7 +195,7 @@ class _Worker:
             )
             return message.native
         self.discard()
-        if isinstance(message, _Failure):
+        if isinstance(message, Failure):
             if message.modelport:
                 raise ModelLoadError(message.message)
             raise ModelLoadError(
@@ -368,7 +216,7 @@ class _Worker:
         write(self._inputs.buf, inputs, placements)
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         self._send(
-            _Batch(
+            Batch(
                 placements,
                 self._inputs.name,
                 self._outputs.name,
@@ -380,18 +228,18 @@ class _Worker:
         no_room: Unavailable | None = None
         while True:
             message = self._receive(deadline, late)
-            if isinstance(message, _Outputs):
+            if isinstance(message, Outputs):
                 return read(self._outputs.buf, message.placements, copy=True)
-            if isinstance(message, _Failure):
+            if isinstance(message, Failure):
                 if no_room is not None:
                     raise no_room
                 _raise(message)
-            if isinstance(message, _Room):
+            if isinstance(message, Room):
                 try:
                     self._outputs.reserve(message.nbytes)
                 except Unavailable as exc:
                     no_room = exc  # the worker, told so, answers with a failure
-                self._send(_Segment(self._outputs.name, self._outputs.size))
+                self._send(OutputSegment(self._outputs.name, self._outputs.size))
                 continue
             self.discard()
             raise _Lost(f"answered {type(message).__name__}")
@@ -417,7 +265,7 @@ class _Worker:
                     message = self._conn.recv()
                 except (EOFError, OSError):
                     raise _Lost(self._death()) from None
-                if isinstance(message, _Record):
+                if isinstance(message, Record):
                     self._emit(message)
                     continue
                 return message
@@ -443,7 +291,7 @@ class _Worker:
                 return f"was killed by signal {-code}"
         return f"exited with code {code}"
 
-    def _emit(self, r: _Record) -> None:
+    def _emit(self, r: Record) -> None:
         logger = logging.getLogger(r.logger)
         if not logger.isEnabledFor(r.level):
             return
@@ -619,8 +467,3 @@ def _one_thread(config: ModelConfig) -> ModelConfig:
         return config
     parameters = {**config.parameters, key: Parameter(string_value="1")}
     return config.model_copy(update={"parameters": parameters})
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else ""
