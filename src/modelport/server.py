@@ -75,6 +75,10 @@ def _uvicorn(
             server_header=False,
             timeout_graceful_shutdown=int(config.shutdown_grace) or None,
             timeout_keep_alive=30,
+            # The peer address is what brute-force blocking and the audit log key
+            # on; X-Forwarded-For from any client, the local host included, must
+            # not be able to change it.
+            proxy_headers=False,
             # The rotation's live context, shared by every listener and reloaded in place.
             ssl_context_factory=(lambda _c, _d: tls.context) if tls is not None else None,
         )

@@ -429,3 +429,21 @@ def test_repository_load_and_unload_are_audited_with_the_caller(
         ("model.unload", "ops-bot"),
     ]
     assert server.alive()
+
+
+def test_forwarded_headers_cannot_dodge_brute_force_blocking(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    _model(repo, "m", None)
+    data = tmp_path / "data"
+    create_key(data, "--role", "viewer", "--models", "*")
+    server = start_server(
+        repo, tmp_path / "s.log", "--data-dir", str(data), "--auth-failure-burst", "3"
+    )
+    try:
+        statuses = []
+        for i in range(8):
+            spoofed = {"X-Forwarded-For": f"10.9.9.{i}", **bearer("mpk_0_nope")}
+            statuses.append(httpx.get(f"{server.base}/v2/models/m", headers=spoofed).status_code)
+        assert 429 in statuses, statuses
+    finally:
+        stop_server(server)
