@@ -54,7 +54,7 @@ class ServerConfig(BaseModel):
     header_timeout: float = Field(default=10.0, gt=0)
     """Seconds a client has to send a request's line and headers (408 after)."""
     body_timeout: float = Field(default=60.0, gt=0)
-    """Seconds a client has to send a request's body once its headers arrived (408 after)."""
+    """Seconds, beyond header_timeout, a client has to send the rest of a request (408 after)."""
     max_elements: int = Field(default=1 << 28, gt=0)
     """Most elements one input tensor may claim, checked before any allocation."""
     default_timeout: float | None = Field(default=None, gt=0)

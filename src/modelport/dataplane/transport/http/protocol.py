@@ -58,14 +58,24 @@ class _HeadTooLarge(Exception):
     """Raised inside a parser callback; the parser turns it into a parse error."""
 
 
+#: Seconds between the checks of every connection's request deadlines.
+SWEEP_INTERVAL_S = 0.5
+
+
 class JsonErrorHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with JSON errors, the TLS extension, and limits.
 
     Limits that hold for every caller, before any application code runs: the
     request line and headers together may not exceed ``max_head_bytes``
-    (431), they must arrive within ``head_timeout_s`` of the connection or of
-    the previous response (408, so a client cannot hold a connection open by
-    trickling a header), and the body within ``body_timeout_s`` of the head.
+    (431); they must arrive within ``head_timeout_s`` of the connection or of
+    the request's first byte, and the whole request within ``head_timeout_s +
+    body_timeout_s`` (408), so a client cannot hold a connection open by
+    trickling a header or a body.
+
+    The limits cost the request path almost nothing: the head is measured once
+    per request (and per network read while it is still arriving, so a huge
+    head never accumulates), and deadlines are checked by one sweep over the
+    server's connections twice a second rather than by a timer per request.
     """
 
     max_head_bytes: int = 32 * 1024
@@ -74,78 +84,70 @@ class JsonErrorHttpToolsProtocol(HttpToolsProtocol):
 
     _tls: dict[str, Any] | None = None
     _client_cert: ClientCertificate | None = None
-    _head_bytes: int = 0
+    _started: float = 0.0
+    """When the request being received began (or the connection, before any)."""
+    _head_read: int = 0
     _head_too_large: bool = False
-    _timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         ssl_object = transport.get_extra_info("ssl_object")
         if ssl_object is not None:
             self._tls, self._client_cert = tls_extension(ssl_object)
-        self._arm(self.head_timeout_s, "request head")
+        self._started = self.loop.time()
+        _sweep_later(self.loop, self.server_state)
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
-        super().connection_lost(exc)
-
-    def _arm(self, seconds: float, what: str) -> None:
-        self._disarm()
-        self._timer = self.loop.call_later(seconds, self._timed_out, what, seconds)
-
-    def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _timed_out(self, what: str, seconds: float) -> None:
-        self._timer = None
-        if self.transport.is_closing():
-            return
-        cycle = getattr(self, "cycle", None)
-        if cycle is None or not cycle.response_started:
-            self._send_error(408, "Request Timeout", f"{what} not received within {seconds:g} s")
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        scope = getattr(self, "scope", None)
+        if scope is not None and "method" not in scope:  # the head is still arriving
+            self._head_read += len(data)
+            if self._head_read > self.max_head_bytes and not self.transport.is_closing():
+                self._head_too_large = True
+                self.send_400_response("")
         else:
-            self.transport.close()
+            self._head_read = 0
+
+    def on_headers_complete(self) -> None:
+        # One sum per request, before the application sees it; a head arriving
+        # over several reads is also cut off in data_received as it grows.
+        size = len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers)
+        if size > self.max_head_bytes:
+            self._head_too_large = True
+            raise _HeadTooLarge
+        super().on_headers_complete()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._head_bytes = 0
-        self._arm(self.head_timeout_s, "request head")
+        self._started = self.loop.time()
         if self._tls is not None:
             scope: dict[str, Any] = self.scope  # type: ignore[assignment]
             scope["extensions"] = {"tls": self._tls}
             if self._client_cert is not None:
                 scope[CLIENT_CERT_SCOPE_KEY] = self._client_cert
 
-    def on_url(self, url: bytes) -> None:
-        self._count_head(len(url))
-        super().on_url(url)
+    def check_deadlines(self, now: float) -> None:
+        """Answer 408 when the head or the body is overdue (called by the sweep)."""
+        if self.transport.is_closing():
+            return
+        scope = getattr(self, "scope", None)
+        waited = now - self._started
+        if scope is None or "method" not in scope:
+            if waited > self.head_timeout_s:
+                self._timed_out("request head", self.head_timeout_s)
+            return
+        cycle = getattr(self, "cycle", None)
+        receiving = cycle is not None and cycle.more_body and not cycle.response_started
+        limit = self.head_timeout_s + self.body_timeout_s
+        if receiving and waited > limit:
+            self._timed_out("request body", limit)
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._count_head(len(name) + len(value) + 4)
-        super().on_header(name, value)
-
-    def _count_head(self, size: int) -> None:
-        self._head_bytes += size
-        if self._head_bytes > self.max_head_bytes:
-            self._head_too_large = True
-            raise _HeadTooLarge
-
-    def on_headers_complete(self) -> None:
-        self._arm(self.body_timeout_s, "request body")
-        super().on_headers_complete()
-
-    def on_message_complete(self) -> None:
-        self._disarm()
-        super().on_message_complete()
-
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        if not self.transport.is_closing():
-            # The next request on this keep-alive connection, if any, starts now;
-            # an idle connection is closed by uvicorn's keep-alive timeout first.
-            self._disarm()
+    def _timed_out(self, what: str, seconds: float) -> None:
+        cycle = getattr(self, "cycle", None)
+        if cycle is None or not cycle.response_started:
+            self._send_error(408, "Request Timeout", f"{what} not received within {seconds:g} s")
+        else:
+            self.transport.close()
 
     def send_400_response(self, msg: str) -> None:
         if self._head_too_large:
@@ -158,7 +160,6 @@ class JsonErrorHttpToolsProtocol(HttpToolsProtocol):
         self._send_error(400, "Bad Request", f"malformed HTTP request: {msg}")
 
     def _send_error(self, status: int, reason: str, message: str) -> None:
-        self._disarm()
         body = json.dumps({"error": message}).encode()
         head = [f"HTTP/1.1 {status} {reason}\r\n".encode("ascii")]
         for name, value in self.server_state.default_headers:
@@ -174,6 +175,22 @@ class JsonErrorHttpToolsProtocol(HttpToolsProtocol):
         )
         self.transport.write(b"".join(head))
         self.transport.close()
+
+
+def _sweep_later(loop: asyncio.AbstractEventLoop, state: Any) -> None:
+    """Keep one deadline sweep scheduled per server while it has connections."""
+    if getattr(state, "modelport_sweep", None) is None:
+        state.modelport_sweep = loop.call_later(SWEEP_INTERVAL_S, _sweep, loop, state)
+
+
+def _sweep(loop: asyncio.AbstractEventLoop, state: Any) -> None:
+    state.modelport_sweep = None
+    now = loop.time()
+    for connection in list(state.connections):
+        if isinstance(connection, JsonErrorHttpToolsProtocol):
+            connection.check_deadlines(now)
+    if state.connections:
+        _sweep_later(loop, state)
 
 
 def limited_protocol(
