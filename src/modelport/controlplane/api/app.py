@@ -284,7 +284,7 @@ def build_api(services: ManagementServices, status_of: Any) -> FastAPI:
     async def model_history(
         model: ModelName,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-        before: Annotated[int | None, Query(ge=1)] = None,
+        before: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
     ) -> schemas.History:
         if model not in registry.model_names() and not await asyncio.to_thread(
             store.history, model, limit=1
@@ -296,7 +296,7 @@ def build_api(services: ManagementServices, status_of: Any) -> FastAPI:
     async def all_history(
         request: Request,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-        before: Annotated[int | None, Query(ge=1)] = None,
+        before: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
     ) -> schemas.History:
         found = await _history(store, None, limit, before)
         visible = request.scope.get(VISIBLE_SCOPE_KEY)

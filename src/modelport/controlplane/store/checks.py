@@ -71,15 +71,23 @@ def check_reason(reason: object) -> str | None:
     return None if reason is None else _refuse_nul(reason, "reason")
 
 
+#: The largest integer both SQLite and PostgreSQL store (a signed 64-bit BIGINT).
+MAX_INT = 2**63 - 1
+
+
 def check_revision(revision: object, what: str) -> int:
-    if isinstance(revision, bool) or not isinstance(revision, int) or revision < 1:
-        raise InvalidRequest(f"{what} must be a positive integer, got {revision!r}")
+    if isinstance(revision, bool) or not isinstance(revision, int) or not 1 <= revision <= MAX_INT:
+        raise InvalidRequest(
+            f"{what} must be a positive integer (at most {MAX_INT}), got {revision!r}"
+        )
     return revision
 
 
 def check_seq(seq: object) -> int:
-    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
-        raise InvalidRequest(f"since_seq must be a non-negative integer, got {seq!r}")
+    if isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq <= MAX_INT:
+        raise InvalidRequest(
+            f"since_seq must be a non-negative integer (at most {MAX_INT}), got {seq!r}"
+        )
     return seq
 
 
