@@ -9,6 +9,7 @@ versions), ``fraud-2`` (tenant globex), ``other`` (no tenant).
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -447,3 +448,22 @@ def test_forwarded_headers_cannot_dodge_brute_force_blocking(tmp_path: Path) -> 
         assert 429 in statuses, statuses
     finally:
         stop_server(server)
+
+
+def test_management_commands_send_the_token(setup: tuple[Server, dict[str, str]]) -> None:
+    server, keys = setup
+    refused = cli("models", "list", "--url", server.base)
+    assert refused.returncode == 1
+    assert "401" in refused.stderr
+    listed = cli("models", "--token", keys["acme"], "list", "--url", server.base)
+    assert listed.returncode == 0, listed.stderr
+    assert {m["name"] for m in json.loads(listed.stdout)["models"]} == {"fraud-1"}
+    env = {**os.environ, "MODELPORT_TOKEN": keys["viewer"]}
+    history = subprocess.run(
+        [sys.executable, "-m", "modelport", "deploy", "history", "other", "--url", server.base],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+    )
+    assert history.returncode == 0, history.stderr

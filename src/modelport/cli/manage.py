@@ -26,6 +26,32 @@ deploy_app = typer.Typer(no_args_is_help=True, help="Traffic, canaries and rollb
 canary_app = typer.Typer(no_args_is_help=True, help="Stepped rollouts guarded by SLOs.")
 deploy_app.add_typer(canary_app, name="canary")
 
+#: The bearer token for servers with authentication on (set by the group callbacks).
+_credentials: dict[str, str] = {}
+
+Token = Annotated[
+    str | None,
+    typer.Option(
+        "--token",
+        envvar="MODELPORT_TOKEN",
+        help="API key or JWT for a server with authentication on (MODELPORT_TOKEN).",
+    ),
+]
+
+
+@models_app.callback()
+def _models(token: Token = None) -> None:
+    """Model versions on a running server."""
+    if token:
+        _credentials["token"] = token
+
+
+@deploy_app.callback()
+def _deploy(token: Token = None) -> None:
+    """Traffic, canaries and rollback."""
+    if token:
+        _credentials["token"] = token
+
 
 def _call(
     url: str,
@@ -34,6 +60,9 @@ def _call(
     body: Any = None,
     headers: dict[str, str] | None = None,
 ) -> httpx.Response:
+    headers = dict(headers or {})
+    if "token" in _credentials:
+        headers["Authorization"] = f"Bearer {_credentials['token']}"
     try:
         response = httpx.request(
             method, f"{url.rstrip('/')}/api/v1{path}", json=body, headers=headers, timeout=60
