@@ -9,40 +9,16 @@ Exit codes: 0 fine, 1 the chain is broken, 2 the store could not be used.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, TextIO, TypeVar
+from typing import TYPE_CHECKING, Annotated, TextIO
 
 import typer
 
-from modelport.config.server import ServerConfig
-from modelport.errors import ModelportError
+from modelport.cli.storeoptions import DataDir, StateUrl, guard, open_store
 
 if TYPE_CHECKING:
     # Imported when a command runs, so that other commands start without SQLAlchemy.
     from modelport.controlplane.store import AuditProblem, StateStore
-
-T = TypeVar("T")
-
-#: The server's default data directory, so that both find the same database.
-DEFAULT_DATA_DIR: Path = ServerConfig.model_fields["data_dir"].default
-
-DataDir = Annotated[
-    Path | None,
-    typer.Option(
-        "--data-dir",
-        envvar="MODELPORT_DATA_DIR",
-        help=f"The server's data directory, holding state.db (default {DEFAULT_DATA_DIR}).",
-    ),
-]
-StateUrl = Annotated[
-    str | None,
-    typer.Option(
-        "--state-url",
-        envvar="MODELPORT_STATE_URL",
-        help="State database URL, e.g. postgresql://user@host/db; wins over --data-dir.",
-    ),
-]
 
 audit_app = typer.Typer(
     no_args_is_help=True, help="The tamper-evident log of every change to served models."
@@ -52,8 +28,8 @@ audit_app = typer.Typer(
 @audit_app.command("verify")
 def verify(data_dir: DataDir = None, state_url: StateUrl = None) -> None:
     """Recompute the hash chain; list every record that was edited, removed, moved or added."""
-    with _open(data_dir, state_url) as store:
-        report = _guard(store.verify_audit)
+    with open_store(data_dir, state_url, create=False) as store:
+        report = guard(store.verify_audit)
     if report.ok:
         typer.echo(f"{report.checked} records, chain intact")
         return
@@ -79,7 +55,7 @@ def export(
     ] = None,
 ) -> None:
     """Write the audit log as JSON lines, one record per line, chain fields included."""
-    with _open(data_dir, state_url) as store:
+    with open_store(data_dir, state_url, create=False) as store:
         if output is None:
             _write(store, sys.stdout, since)
             return
@@ -99,30 +75,4 @@ def describe(problem: AuditProblem) -> str:
 
 
 def _write(store: StateStore, out: TextIO, since: int | None) -> int:
-    return _guard(lambda: store.export_audit(out, since))
-
-
-def _open(data_dir: Path | None, state_url: str | None) -> StateStore:
-    from modelport.controlplane.store import StateStore
-
-    if state_url is None:
-        database = (data_dir or DEFAULT_DATA_DIR) / "state.db"
-        if not database.is_file():
-            # Opening would create an empty store and call its chain intact.
-            typer.echo(f"error: no state database at {database}; check --data-dir", err=True)
-            raise typer.Exit(2)
-        state_url = StateStore.sqlite_url(database.parent)
-    try:
-        return StateStore.open(state_url)
-    except ModelportError as exc:
-        typer.echo(f"error: {exc.message}", err=True)
-        raise typer.Exit(2) from None
-
-
-def _guard(action: Callable[[], T]) -> T:
-    """Run a store call; a database that fails midway is exit 2 with its message."""
-    try:
-        return action()
-    except ModelportError as exc:
-        typer.echo(f"error: {exc.message}", err=True)
-        raise typer.Exit(2) from None
+    return guard(lambda: store.export_audit(out, since))

@@ -15,8 +15,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from modelport.cli.audit import DEFAULT_DATA_DIR, DataDir, StateUrl, _guard
-from modelport.errors import ModelportError
+from modelport.cli.storeoptions import DataDir, StateUrl, guard, open_store
 
 if TYPE_CHECKING:
     from modelport.controlplane.keys import KeyService
@@ -33,18 +32,10 @@ def _actor() -> str:
 
 def _service(data_dir: Path | None, state_url: str | None) -> KeyService:
     from modelport.controlplane.keys import KeyService
-    from modelport.controlplane.store import StateStore
 
     # Unlike ``audit``, a missing database is created: the first key is
     # normally made before the server has ever run.
-    url = state_url or StateStore.sqlite_url(data_dir or DEFAULT_DATA_DIR)
-    if state_url is None:
-        (data_dir or DEFAULT_DATA_DIR).mkdir(parents=True, exist_ok=True)
-    try:
-        return KeyService(StateStore.open(url))
-    except ModelportError as exc:
-        typer.echo(f"error: {exc.message}", err=True)
-        raise typer.Exit(2) from None
+    return KeyService(open_store(data_dir, state_url, create=True))
 
 
 @keys_app.command("create")
@@ -68,7 +59,7 @@ def create(
     """Create a key and print it once; only a salted hash of it is stored."""
     service = _service(data_dir, state_url)
     try:
-        key, token = _guard(
+        key, token = guard(
             lambda: service.create(
                 role=role,
                 models=models,
@@ -96,7 +87,7 @@ def list_keys(data_dir: DataDir = None, state_url: StateUrl = None) -> None:
     """Every key with its scope and state; never a secret."""
     service = _service(data_dir, state_url)
     try:
-        keys = _guard(service.list)
+        keys = guard(service.list)
     finally:
         service.store.close()
     for k in keys:
@@ -118,7 +109,7 @@ def revoke(
     """Revoke a key: refused from now on (within a second on running servers)."""
     service = _service(data_dir, state_url)
     try:
-        done = _guard(lambda: service.revoke(key_id, actor=_actor(), reason=reason))
+        done = guard(lambda: service.revoke(key_id, actor=_actor(), reason=reason))
     finally:
         service.store.close()
     if not done:

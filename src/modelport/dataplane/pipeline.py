@@ -164,7 +164,7 @@ class Pipeline:
             identity = request.identity
             if identity is not None and identity.rate is not None and identity.burst is not None:
                 await self._admit_identity(model.name, identity, self.limiter)
-            limit = model.config.modelport.rate_limit
+            limit = model.rate_limit
             if limit is not None:
                 await self._admit(model.name, limit, self.limiter)
         series = self.metrics.for_model(model.name, model.version, protocol)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from modelport.config.model import ModelConfig, PayloadLog
+from modelport.config.model import ModelConfig, PayloadLog, RateLimit
 from modelport.dataplane.scheduling.scheduler import Scheduler
 from modelport.observability.payloads import enabled_settings
 from modelport.observability.profile import InputProfile
@@ -38,6 +38,8 @@ class ModelVersion:
     cached: bool = field(init=False)
     """Whether responses are cached (Triton's ``response_cache.enable``)."""
     batch_key: str | None = field(init=False)
+    rate_limit: RateLimit | None = field(init=False)
+    """The model's token bucket (``modelport.rate_limit``), read once at load."""
     payload_log: PayloadLog | None = field(init=False)
     """Payload logging settings when the model turns it on; None costs the request nothing."""
 
@@ -47,6 +49,7 @@ class ModelVersion:
         self.output_names = tuple(self.outputs)
         self.cached = self.config.response_cache is not None and self.config.response_cache.enable
         self.batch_key = self.config.modelport.batch_key
+        self.rate_limit = self.config.modelport.rate_limit
         self.payload_log = enabled_settings(self.config)
 
 
