@@ -58,10 +58,38 @@ def test_full_or_preferred_batch_goes_without_waiting() -> None:
     p = policy(dynamic_batching={"max_queue_delay_microseconds": 1000, "preferred_batch_size": [4]})
     four = [req(1) for _ in range(4)]
     assert len(choose_batch(four, p, 0).batch) == 4
-    eight = [req(4), req(4)]
-    assert len(choose_batch(eight, p, 0).batch) == 2
     three = [req(1) for _ in range(3)]
     assert choose_batch(three, p, 0).batch == ()
+
+
+def test_a_preferred_size_caps_the_batch_and_leaves_the_rest_queued() -> None:
+    # Triton's rule: the largest preferred size a prefix of the queue reaches.
+    p = policy(dynamic_batching={"preferred_batch_size": [4]})
+    d, e, f, g = req(1), req(1), req(2), req(1)
+    assert list(choose_batch([d, e, f, g], p, 0).batch) == [d, e, f]
+    eight = [req(4), req(4)]
+    assert len(choose_batch(eight, p, 0).batch) == 1
+
+
+def test_the_largest_preferred_size_reached_wins() -> None:
+    p = policy(dynamic_batching={"preferred_batch_size": [2, 4]})
+    queue = [req(1) for _ in range(7)]
+    assert len(choose_batch(queue, p, 0).batch) == 4
+    assert len(choose_batch(queue[:3], p, 0).batch) == 2
+
+
+def test_without_a_preferred_prefix_greedy_takes_what_fits() -> None:
+    # No prefix adds up to 4 (3, then 3 + 3 = 6), so the greedy rule applies.
+    p = policy(dynamic_batching={"preferred_batch_size": [4]})
+    a, b = req(3), req(3)
+    assert list(choose_batch([a, b], p, 0).batch) == [a, b]
+
+
+def test_preferred_sizes_and_the_instance_share_together() -> None:
+    # 12 rows over two free instances: a share of 6, and a preferred 4 inside it.
+    p = policy(max_batch_size=16, dynamic_batching={"preferred_batch_size": [4]})
+    queue = [req(1) for _ in range(12)]
+    assert len(choose_batch(queue, p, 0, free_instances=2).batch) == 4
 
 
 def test_without_batching_requests_run_alone() -> None:

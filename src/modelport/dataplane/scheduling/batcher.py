@@ -12,15 +12,23 @@ rule is tested with plain numbers. Rules, in order:
    them: each batch takes at most its share of the queued rows, so two
    instances compute two halves at once instead of one taking everything
    while the other idles.
-3. The batch goes now if batching is off, if it is full, if it reached a
-   preferred size, or if nothing more can join (greedy: ``max_queue_delay``
-   of 0). Otherwise it waits until the head has waited ``max_queue_delay``.
+3. With ``preferred_batch_size`` set, as in Triton: if a prefix of those
+   requests adds up to a preferred size, the batch is the longest such prefix
+   and goes now; the rest stay queued for the next free instance. A model
+   whose cost per row does not fall with the batch size keeps every instance
+   busy this way, because a finished instance finds work already waiting
+   instead of one instance holding every request.
+4. Otherwise the batch goes now if batching is off, if it is full, or if
+   nothing more can join (greedy: ``max_queue_delay`` of 0). Otherwise it
+   waits until the head has waited ``max_queue_delay``.
 
 Worked example: max_batch_size 8, delay 0, one free instance, queue [A(3
 rows), B(4), C(2)] all with one key → batch [A, B] (7 rows; C would make 9
 and waits for the next instance). With two free instances the share is
 ceil(9 / 2) = 5 rows: [A] now (B would make 7), then [B] ... With delay
-100 µs and only A queued for 40 µs → wait 60 µs more.
+100 µs and only A queued for 40 µs → wait 60 µs more. With
+``preferred_batch_size: [4]`` and queue [D(1), E(1), F(2), G(1)] → [D, E, F]
+now (4 rows); G waits for the next instance.
 """
 
 from __future__ import annotations
@@ -69,15 +77,21 @@ def choose_batch(
     if policy.max_queue_delay_ns == 0 and free_instances > 1:
         queued_rows = sum(p.rows for p in waiting)
         limit = min(limit, max(head.rows, -(-queued_rows // free_instances)))
+    preferred = policy.preferred_batch_sizes
     batch = [head]
     rows = head.rows
+    preferred_end = 1 if rows in preferred else 0
     for p in waiting[1:]:
         if rows >= limit:
             break
         if p.key == head.key and rows + p.rows <= limit:
             batch.append(p)
             rows += p.rows
-    if rows >= limit or policy.max_queue_delay_ns == 0 or rows in policy.preferred_batch_sizes:
+            if rows in preferred:
+                preferred_end = len(batch)
+    if preferred_end:
+        return Decision(batch[:preferred_end])
+    if rows >= limit or policy.max_queue_delay_ns == 0:
         return Decision(batch)
     due = head.enqueued_ns + policy.max_queue_delay_ns
     if now_ns >= due:
