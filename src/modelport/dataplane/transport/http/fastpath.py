@@ -15,10 +15,8 @@ the cost is one ``is None`` check.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -26,10 +24,10 @@ from modelport.dataplane.admission.identity import IDENTITY_SCOPE_KEY
 from modelport.dataplane.codec.json_v2 import decode_request, encode_json, encode_response
 from modelport.dataplane.transport.context import TransportContext
 from modelport.dataplane.transport.http.body import ClientDisconnected, compress, receive_body
+from modelport.dataplane.transport.http.disconnect import until_disconnect
 from modelport.dataplane.transport.http.errors import http_status, retry_after
 from modelport.dataplane.transport.http.guard import HttpGuard
 from modelport.errors import InvalidRequest, ModelportError
-from modelport.types import InferenceResponse
 
 log = logging.getLogger("modelport.http")
 
@@ -130,8 +128,8 @@ class InferRoute:
                 ctx.max_elements,
             )
             request.identity = scope.get(IDENTITY_SCOPE_KEY)
-            response = await _until_disconnect(
-                receive, ctx.pipeline.infer(request, "http", _header_lookup(headers))
+            response = await until_disconnect(
+                scope, receive, ctx.pipeline.infer(request, "http", _header_lookup(headers))
             )
             payload, hlen = encode_response(request, response)
         except ModelportError as exc:
@@ -172,34 +170,3 @@ async def _send(send: Send, status: int, headers: list[tuple[bytes, bytes]], bod
         }
     )
     await send({"type": "http.response.body", "body": body})
-
-
-async def _until_disconnect(receive: Receive, work: Any) -> InferenceResponse:
-    """Await the pipeline, cancelling it if the client disconnects first.
-
-    Once the body is read, the next ASGI message is the disconnect; a watcher
-    owned by this call waits for it and cancels the request, so queued work
-    for a client that left is dropped instead of computed. That cancellation
-    ends here as ClientDisconnected; any other cancellation propagates.
-    """
-    current = asyncio.current_task()
-    gone = False
-
-    async def watch() -> None:
-        nonlocal gone
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        gone = True
-        if current is not None:
-            current.cancel()
-
-    watcher = asyncio.get_running_loop().create_task(watch())
-    try:
-        result: InferenceResponse = await work
-        return result
-    except asyncio.CancelledError:
-        if gone and current is not None and current.uncancel() == 0:
-            raise ClientDisconnected("the client closed the connection") from None
-        raise
-    finally:
-        watcher.cancel()

@@ -28,6 +28,7 @@ from modelport.dataplane.admission.certificates import (
     ClientCertificate,
     describe_der,
 )
+from modelport.dataplane.transport.http.disconnect import CONNECTION_SCOPE_KEY, HangupWatch
 
 #: TLS versions as the ASGI TLS extension numbers them.
 _TLS_VERSIONS = {"TLSv1.2": 0x0303, "TLSv1.3": 0x0304}
@@ -62,7 +63,7 @@ class _HeadTooLarge(Exception):
 SWEEP_INTERVAL_S = 0.5
 
 
-class JsonErrorHttpToolsProtocol(HttpToolsProtocol):
+class JsonErrorHttpToolsProtocol(HangupWatch, HttpToolsProtocol):
     """uvicorn's httptools protocol with JSON errors, the TLS extension, and limits.
 
     Limits that hold for every caller, before any application code runs: the
@@ -97,6 +98,10 @@ class JsonErrorHttpToolsProtocol(HttpToolsProtocol):
         self._started = self.loop.time()
         _sweep_later(self.loop, self.server_state)
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self.hung_up()
+
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
         scope = getattr(self, "scope", None)
@@ -120,8 +125,9 @@ class JsonErrorHttpToolsProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._started = self.loop.time()
+        scope: dict[str, Any] = self.scope  # type: ignore[assignment]
+        scope[CONNECTION_SCOPE_KEY] = self
         if self._tls is not None:
-            scope: dict[str, Any] = self.scope  # type: ignore[assignment]
             scope["extensions"] = {"tls": self._tls}
             if self._client_cert is not None:
                 scope[CLIENT_CERT_SCOPE_KEY] = self._client_cert
