@@ -95,7 +95,7 @@ def test_corrupt_skops_names_the_file(tmp_path: Path) -> None:
 
 
 def test_missing_file_names_what_was_looked_for(tmp_path: Path) -> None:
-    with pytest.raises(ModelLoadError, match=r"model\.skops, model\.pkl, model\.joblib"):
+    with pytest.raises(ModelLoadError, match=r"model\.skops or model\.pkl or model\.joblib"):
         load(tmp_path)
 
 

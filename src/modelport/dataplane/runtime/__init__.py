@@ -23,6 +23,7 @@ BACKENDS: dict[str, tuple[str, str, str | None]] = {
     "pytorch": ("modelport.dataplane.runtime.pytorch", "load_pytorch", "torch"),
     "mlflow": ("modelport.dataplane.runtime.mlflow", "load_mlflow", "mlflow"),
     "python": ("modelport.dataplane.runtime.python", "load_python", None),
+    "openvino": ("modelport.dataplane.runtime.openvino", "load_openvino", "openvino"),
 }
 
 #: A version directory's file → the backend that serves it, in order of preference.
@@ -31,6 +32,8 @@ FILES: tuple[tuple[str, str], ...] = (
     # (model.skops, model.py ...) the flavour saved beside it.
     ("MLmodel", "mlflow"),
     ("model.onnx", "onnxruntime"),
+    # OpenVINO IR; an ONNX file beside it still goes to ONNX Runtime (listed first).
+    ("model.xml", "openvino"),
     ("model.skops", "sklearn"),
     ("model.pkl", "sklearn"),
     ("model.joblib", "sklearn"),

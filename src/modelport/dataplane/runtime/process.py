@@ -97,6 +97,7 @@ _THREAD_PARAMETERS = {
     "xgboost": "intra_op_thread_count",
     "lightgbm": "intra_op_thread_count",
     "sklearn": "n_jobs",
+    "openvino": "INFERENCE_NUM_THREADS",
 }
 
 #: Errors a worker may report that the server raises as themselves.

@@ -36,6 +36,7 @@ from sklearn.utils.validation import check_is_fitted
 from threadpoolctl import ThreadpoolController  # type: ignore[import-untyped]
 
 from modelport.config.model import ModelConfig
+from modelport.dataplane.runtime.files import model_file
 from modelport.dataplane.runtime.threads import default_threads
 from modelport.errors import InferenceFailed, InvalidRequest, ModelLoadError
 from modelport.types import CONFIG_TYPES, DTYPES, Array, ModelSignature, TensorSpec
@@ -84,19 +85,6 @@ class _Output:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0][:300] if text else type(exc).__name__
-
-
-def _model_path(version_dir: Path, config: ModelConfig) -> Path:
-    if config.default_model_filename:
-        path = version_dir / config.default_model_filename
-        if not path.is_file():
-            raise ModelLoadError(f"{path}: no {config.default_model_filename} in version directory")
-        return path
-    for filename in MODEL_FILENAMES:
-        path = version_dir / filename
-        if path.is_file():
-            return path
-    raise ModelLoadError(f"{version_dir}: no {', '.join(MODEL_FILENAMES)} in version directory")
 
 
 def _resolve(name: str) -> object | None:
@@ -477,7 +465,7 @@ def _cap_jobs(model: Any, threads: int, override: bool) -> None:
 
 def load_sklearn(version_dir: Path, config: ModelConfig, instances: int) -> SklearnRuntime:
     """Load ``model.skops`` (or, when allowed, ``model.pkl`` / ``model.joblib``)."""
-    path = _model_path(version_dir, config)
+    path = model_file(version_dir, config, MODEL_FILENAMES)
     model = _load_estimator(path, config)
     try:
         return _build(model, path, config, instances)

@@ -55,6 +55,7 @@ from modelport.dataplane.runtime.features import (
     feature_matrix,
     float_output_types,
 )
+from modelport.dataplane.runtime.files import model_file
 from modelport.dataplane.runtime.threads import thread_budget
 from modelport.errors import ModelLoadError
 from modelport.types import DTYPES, Array, ModelSignature, TensorSpec
@@ -413,19 +414,6 @@ def _check_json_trees(doc: Any) -> _Reach:
 # ------------------------------------------------------------------ loading
 
 
-def _model_path(version_dir: Path, config: ModelConfig) -> Path:
-    if config.default_model_filename:
-        path = version_dir / config.default_model_filename
-        if not path.is_file():
-            raise ModelLoadError(f"{path}: no {config.default_model_filename} in version directory")
-        return path
-    for filename in MODEL_FILENAMES:
-        path = version_dir / filename
-        if path.is_file():
-            return path
-    raise ModelLoadError(f"{version_dir}: no {' or '.join(MODEL_FILENAMES)} in version directory")
-
-
 def _load_booster(path: Path) -> tuple[Any, _Reach]:
     """The Booster in ``path`` and how far its trees reach, or a ModelLoadError.
 
@@ -623,7 +611,7 @@ class XGBoostRuntime:
 
 def load_xgboost(version_dir: Path, config: ModelConfig, instances: int) -> XGBoostRuntime:
     """Load ``model.ubj`` or ``model.json`` (or ``default_model_filename``)."""
-    path = _model_path(version_dir, config)
+    path = model_file(version_dir, config, MODEL_FILENAMES)
     raw, reach = _load_booster(path)
     try:
         learner = _learner(raw)

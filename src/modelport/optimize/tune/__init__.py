@@ -2,9 +2,10 @@
 
 Modules, in the order an optimization uses them:
 
-- ``hardware``    CPU features (VNNI, AMX), cores, GPUs, ONNX Runtime providers
+- ``hardware``    CPU features (VNNI, AMX, BF16), cores, GPUs, ONNX Runtime providers, OpenVINO
 - ``data``        --data and --labels, split into calibration and held-out rows
-- ``candidates``  graph levels, INT8 dynamic / static QDQ, FP16; skipped ones with reasons
+- ``candidates``  graph levels, INT8 dynamic / static QDQ, FP16, OpenVINO FP32 / BF16 / INT8;
+                  skipped ones with reasons
 - ``metrics``     one metric and a budget → within or not, and why
 - ``measure``     latency and throughput per thread count and batch size
 - ``choose``      the pure decision for the objective

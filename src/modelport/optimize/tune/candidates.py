@@ -13,7 +13,14 @@ variant never stops the others.
 - INT8 static (QDQ): activation ranges calibrated on the calibration rows,
   per-tensor and per-channel weights; ``reduce_range`` on CPUs without VNNI,
   whose 16-bit accumulation could otherwise saturate;
-- FP16 on a GPU provider only; BF16 and providers not installed: skipped.
+- FP16 on a GPU provider only;
+- OpenVINO, when it is installed: the FP32 model, BF16 arithmetic on CPUs
+  with BF16 units (AMX-BF16, AVX-512 BF16: ONNX Runtime's CPU provider has
+  no BF16 kernels, OpenVINO uses those units), and the per-tensor static
+  INT8 QDQ model, which OpenVINO runs as INT8. These reuse files built above
+  (OpenVINO reads ONNX), so they cost timing only; each is served with the
+  openvino backend and its parameters;
+- providers and precisions not available here: skipped, with the reason.
 """
 
 from __future__ import annotations
@@ -57,6 +64,8 @@ class Candidate:
     gpu: bool = False
     settings: dict[str, str] = field(default_factory=dict)
     """What the report lists as this candidate's settings."""
+    parameters: dict[str, str] = field(default_factory=dict)
+    """Backend parameters it is served with, besides the thread count (``HINT_BF16``)."""
 
 
 @dataclass(frozen=True)
@@ -234,15 +243,70 @@ def fp16(base: Path, work: Path) -> Candidate:
     )
 
 
+#: How to get OpenVINO, for the reports of machines without it.
+OPENVINO_INSTALL = "pip install 'modelport[openvino]', Intel CPUs/GPUs"
+
+
+def openvino_candidates(base: Path, hardware: Hardware) -> tuple[list[Candidate], list[Skipped]]:
+    """The FP32 model on OpenVINO, and with BF16 arithmetic where the CPU has BF16 units.
+
+    OpenVINO reads the ONNX file itself, so nothing is built: precision is a
+    compile-time setting (``HINT_BF16``), chosen explicitly in both cases
+    because OpenVINO's own default on a BF16 CPU is bf16.
+    """
+    if not hardware.openvino:
+        return [], []
+    made = [
+        Candidate(
+            "openvino-fp32",
+            "the FP32 model on OpenVINO, computing in f32",
+            base,
+            backend="openvino",
+            settings={"runtime": "openvino", "precision": "f32"},
+            parameters={"HINT_BF16": "NO"},
+        )
+    ]
+    skipped: list[Skipped] = []
+    if hardware.bf16_fast:
+        made.append(
+            Candidate(
+                "openvino-bf16",
+                "the FP32 model on OpenVINO, computing in bf16 on the CPU's BF16 units "
+                "(inputs and outputs stay FP32)",
+                base,
+                backend="openvino",
+                settings={"runtime": "openvino", "precision": "bf16"},
+                parameters={"HINT_BF16": "YES"},
+            )
+        )
+    else:
+        skipped.append(
+            Skipped(
+                "openvino-bf16",
+                "the CPU has no BF16 units (AMX-BF16 or AVX-512 BF16), so BF16 arithmetic "
+                "would not be faster than FP32 here",
+            )
+        )
+    return made, skipped
+
+
+def openvino_int8(static: Candidate) -> Candidate:
+    """The per-tensor static INT8 QDQ model on OpenVINO, which runs its QDQ pairs as INT8."""
+    return Candidate(
+        "openvino-int8",
+        "the INT8 QDQ model (per-tensor weights, calibrated activations) on OpenVINO",
+        static.path,
+        backend="openvino",
+        settings={"runtime": "openvino", **static.settings},
+        parameters={"HINT_BF16": "NO"},
+    )
+
+
 def provider_notes(hardware: Hardware, target: str) -> list[Skipped]:
     """Providers and precisions not tried, with the reason and the package that adds them."""
     skipped: list[Skipped] = []
-    if "OpenVINOExecutionProvider" not in hardware.providers:
-        skipped.append(
-            Skipped("openvino", "not installed (pip install onnxruntime-openvino, Intel CPUs/GPUs)")
-        )
-    else:
-        skipped.append(Skipped("openvino", "installed, but not yet tried by modelport optimize"))
+    if not hardware.openvino:
+        skipped.append(Skipped("openvino", f"not installed ({OPENVINO_INSTALL})"))
     if "CUDAExecutionProvider" not in hardware.providers:
         why = "no GPU detected" if not hardware.gpus else "onnxruntime here has no CUDA provider"
         skipped.append(Skipped("cuda", f"{why} (pip install onnxruntime-gpu on a GPU machine)"))
@@ -260,12 +324,19 @@ def provider_notes(hardware: Hardware, target: str) -> list[Skipped]:
                 "graph runs mostly through inserted casts; tried with --target gpu on CUDA",
             )
         )
-    bf16 = "the CPU has BF16 units (AMX-BF16/AVX-512 BF16), but " if hardware.bf16_fast else ""
-    skipped.append(
-        Skipped(
-            "bf16",
-            f"{bf16}ONNX Runtime's CPU provider has no BF16 kernels for these ops; "
-            "OpenVINO uses them when installed",
-        )
-    )
+    skipped.append(Skipped("bf16", _bf16_note(hardware)))
     return skipped
+
+
+def _bf16_note(hardware: Hardware) -> str:
+    """Why ONNX Runtime gets no BF16 candidate, and whether OpenVINO tries it instead."""
+    ort = "ONNX Runtime's CPU provider has no BF16 kernels for these ops"
+    units = "BF16 units (AMX-BF16 or AVX-512 BF16)"
+    if hardware.bf16_fast and hardware.openvino:
+        return f"not on ONNX Runtime ({ort}); tried through OpenVINO instead (openvino-bf16)"
+    if hardware.bf16_fast:
+        return (
+            f"the CPU has {units}, but {ort}; OpenVINO uses them "
+            "(pip install 'modelport[openvino]' to try BF16)"
+        )
+    return f"the CPU has no {units}, so BF16 would not be faster than FP32 ({ort} either)"

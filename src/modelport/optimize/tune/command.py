@@ -7,9 +7,10 @@ The steps, each refusing before the next allocates anything:
 2. read ``--data`` (and ``--labels``); load the version as the server would;
    match the rows to its inputs, split them (calibration / held out);
 3. build the candidates in a temporary work directory (outside the
-   repository), load each through modelport's own ONNX runtime with the
-   settings it would be served with, judge it on the held-out rows, time it
-   at every thread count;
+   repository), load each through the modelport runtime that would serve it
+   (ONNX Runtime, OpenVINO, or the model's own framework) with the settings
+   it would be served with, judge it on the held-out rows, time it at every
+   thread count;
 4. choose; write model, config.yaml, report.json and report.md into a hidden
    directory in the model directory, load it through the server's checks,
    and rename it to the version number. Any failure removes the hidden
@@ -114,6 +115,10 @@ class OptimizeReport:
     threads: int
     instances: int
     graph_level: int | None
+    served_by: str = "onnxruntime"
+    """The winner's backend."""
+    parameters: dict[str, str] = field(default_factory=dict)
+    """The parameters the winner's config.yaml serves it with."""
     version: int = 0
     version_dir: Path | None = None
     notes: list[str] = field(default_factory=list)
@@ -148,15 +153,27 @@ def serving_config(
 
     A native candidate keeps the original's whole config (its ``modelport``
     block may say how to call the model); an ONNX one gets convert's ONNX
-    config. Both get the thread parameter and the instance group.
+    config, with ``backend: openvino`` for an OpenVINO candidate. All get
+    their backend's thread parameter (OpenVINO's is ``INFERENCE_NUM_THREADS``,
+    ONNX Runtime's ``intra_op_thread_count``), the candidate's own
+    parameters, and the instance group.
     """
-    base = onnx_config(source.signature) if candidate.backend == "onnxruntime" else source.config
+    if candidate.backend == "openvino":
+        base = onnx_config(source.signature).model_copy(
+            update={"backend": "openvino", "platform": ""}
+        )
+        thread_key = "INFERENCE_NUM_THREADS"
+    elif candidate.backend == "onnxruntime":
+        base, thread_key = onnx_config(source.signature), "intra_op_thread_count"
+    else:
+        base, thread_key = source.config, "intra_op_thread_count"
     kind = "KIND_GPU" if candidate.gpu else "KIND_CPU"
     update: dict[str, Any] = {
         "instance_group": [InstanceGroup(count=instances, kind=kind)],
         "parameters": {
             **base.parameters,
-            "intra_op_thread_count": Parameter(string_value=str(threads)),
+            thread_key: Parameter(string_value=str(threads)),
+            **{k: Parameter(string_value=v) for k, v in candidate.parameters.items()},
         },
     }
     if candidate.backend == "onnxruntime":
@@ -165,11 +182,11 @@ def serving_config(
 
 
 def _load(candidate: Candidate, source: Source, threads: int) -> Runtime:
-    """The candidate as the server would load it with ``threads`` intra-op threads."""
+    """The candidate as the server would load it, computing on ``threads`` threads."""
     config = serving_config(candidate, source, threads, 1)
-    if candidate.backend == "onnxruntime":
+    if candidate.path.is_file():  # an ONNX file in the work directory, or the original's
         config = config.model_copy(update={"default_model_filename": candidate.path.name})
-        return runtime_loader("onnxruntime")(candidate.path.parent, config, 1)
+        return runtime_loader(candidate.backend)(candidate.path.parent, config, 1)
     return runtime_loader(candidate.backend)(candidate.path, config, 1)
 
 
@@ -315,6 +332,15 @@ def _build(
             )
     if options.target == "gpu" and "CUDAExecutionProvider" in hardware.providers:
         attempt("fp16-cuda", "FP16 on CUDA", lambda: [build.fp16(base, work)])
+    if hardware.openvino:
+        on_openvino, not_tried = build.openvino_candidates(base, hardware)
+        made.extend(on_openvino)
+        skipped.extend(not_tried)
+        static = next((c for c in made if c.name == "int8-static"), None)
+        if static is not None:
+            made.append(build.openvino_int8(static))
+        elif not why_not:
+            skipped.append(Skipped("openvino-int8", "the static INT8 model failed to build"))
     return made, skipped, failed
 
 
@@ -405,8 +431,10 @@ def _optimize(
         threads=threads,
         instances=_instances(threads, hardware.cores),
         graph_level=chosen.graph_level if chosen.backend == "onnxruntime" else None,
+        served_by=chosen.backend,
     )
     target_config = serving_config(chosen, source, threads, report.instances)
+    report.parameters = {k: p.string_value for k, p in target_config.parameters.items()}
     report.version, report.version_dir = version, where.model_dir / str(version)
     write_version(
         where,
@@ -452,8 +480,16 @@ def _notes(
         native: _Signature = runtime.native
         runtime.unload()
         notes.extend(serving_notes(where, version, native))
+    elif chosen.backend == "openvino":
+        notes.append(
+            f"version {version} holds model.onnx, which the server serves with ONNX Runtime "
+            "unless the model directory's config.yaml says backend: openvino; copy backend "
+            "and parameters (HINT_BF16 included) from the version's config.yaml, and run "
+            "pip install 'modelport[openvino]' where the server runs"
+        )
     notes.append(
-        f"the settings (threads, instances, graph level) are in {where.model_dir / str(version)}"
+        f"the settings (backend, threads, instances, graph level) are in "
+        f"{where.model_dir / str(version)}"
         "/config.yaml; the server reads the model directory's config.yaml, so copy them there "
         "to serve with them"
     )

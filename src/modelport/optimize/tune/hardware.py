@@ -1,10 +1,14 @@
-"""What this machine offers an optimizer: CPU instruction sets, cores, GPUs, providers.
+"""What this machine offers an optimizer: CPU instruction sets, cores, GPUs, runtimes.
 
 INT8 pays off on a CPU with VNNI (AVX-512 VNNI or AVX-VNNI) or AMX, whose
 instructions multiply-accumulate 8-bit integers in one step; without them
 ONNX Runtime's INT8 kernels may be slower than FP32. The detection is read
 once, from ``/proc/cpuinfo`` where it exists, and passed down as a frozen
 value so the choices that depend on it are pure functions tests can feed.
+
+BF16 likewise pays only where the CPU multiplies bfloat16 natively (AMX-BF16,
+AVX-512 BF16); OpenVINO is the runtime here that uses those units, so
+whether it is installed is part of the same value.
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ class Hardware:
     """ONNX Runtime execution providers this installation offers."""
     gpus: tuple[str, ...]
     """GPU names (from torch when installed), else empty."""
+    openvino: str = ""
+    """OpenVINO's version and devices ("2026.4.1 (CPU)") when it imports, else empty."""
 
     @property
     def int8_fast(self) -> bool:
@@ -49,6 +55,7 @@ class Hardware:
 
     @property
     def bf16_fast(self) -> bool:
+        """Whether the CPU multiplies bfloat16 natively (AMX-BF16 or AVX-512 BF16)."""
         return any(f in self.features for f in ("AVX-512 BF16", "AMX-BF16"))
 
     def describe(self) -> str:
@@ -56,7 +63,8 @@ class Hardware:
         gpus = ", ".join(self.gpus) or "none"
         return (
             f"CPU: {self.cpu_model or 'unknown'}, {self.cores} cores ({features}); "
-            f"GPUs: {gpus}; ONNX Runtime providers: {', '.join(self.providers)}"
+            f"GPUs: {gpus}; ONNX Runtime providers: {', '.join(self.providers)}; "
+            f"OpenVINO: {self.openvino or 'not installed'}"
         )
 
 
@@ -94,8 +102,28 @@ def _gpus() -> tuple[str, ...]:
         return ()
 
 
+def _openvino() -> str:
+    """OpenVINO's version and the devices it sees, or empty when it is not installed.
+
+    A broken installation counts as absent: the optimizer then skips its
+    candidates instead of failing the whole run.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("openvino") is None:
+        return ""
+    try:
+        import openvino as ov
+
+        version = str(ov.get_version()).split("-", 1)[0]
+        devices = ", ".join(ov.Core().available_devices)
+    except Exception:
+        return ""
+    return f"{version} ({devices or 'no devices'})"
+
+
 def detect_hardware(cpuinfo: Path = CPUINFO) -> Hardware:
-    """Read this machine's CPU, cores, GPUs and ONNX Runtime providers."""
+    """Read this machine's CPU, cores, GPUs, ONNX Runtime providers and OpenVINO."""
     import onnxruntime as ort
 
     try:
@@ -104,4 +132,4 @@ def detect_hardware(cpuinfo: Path = CPUINFO) -> Hardware:
         model, features = "", ()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     providers = tuple(p for p in ort.get_available_providers() if p != "AzureExecutionProvider")
-    return Hardware(model, max(1, cores or 1), features, providers, _gpus())
+    return Hardware(model, max(1, cores or 1), features, providers, _gpus(), _openvino())

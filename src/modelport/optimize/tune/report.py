@@ -10,6 +10,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from modelport.optimize.tune.candidates import GRAPH_LEVEL_NAMES
@@ -101,8 +102,10 @@ def report_json(report: OptimizeReport) -> dict[str, Any]:
             "cores": hw.cores,
             "features": list(hw.features),
             "int8_fast": hw.int8_fast,
+            "bf16_fast": hw.bf16_fast,
             "gpus": list(hw.gpus),
             "providers": list(hw.providers),
+            "openvino": hw.openvino or None,
         },
         "metric": report.metric,
         "budget": report.budget,
@@ -111,9 +114,11 @@ def report_json(report: OptimizeReport) -> dict[str, Any]:
         "labels": report.labels,
         "chosen": {
             "candidate": report.winner.name,
+            "backend": report.served_by,
             "intra_op_thread_count": report.threads,
             "instance_count": report.instances,
             "graph_level": report.graph_level,
+            "parameters": report.parameters,
         },
         "candidates": [_outcome_json(o, hw.cores) for o in report.outcomes],
         "skipped": [{"name": s.name, "reason": s.reason} for s in report.skipped],
@@ -157,9 +162,16 @@ def _chosen_line(report: OptimizeReport) -> str:
         if report.graph_level is not None
         else ""
     )
+    if report.served_by == "onnxruntime":
+        threads = f"{report.threads} intra-op thread(s)"
+    else:
+        threads = f"{report.threads} thread(s)"
+    backend = "" if report.served_by == "onnxruntime" else f", backend {report.served_by}"
+    if report.served_by == "openvino" and "HINT_BF16" in report.parameters:
+        backend += f" (HINT_BF16 {report.parameters['HINT_BF16']})"
     return (
-        f"chose {report.winner.name} for {report.objective}: {report.threads} intra-op "
-        f"thread(s) x {report.instances} instance(s){level}; written as version "
+        f"chose {report.winner.name} for {report.objective}: {threads} x "
+        f"{report.instances} instance(s){level}{backend}; written as version "
         f"{report.version} ({report.version_dir})"
     )
 
@@ -183,6 +195,7 @@ def report_markdown(report: OptimizeReport) -> str:
 
 
 def print_report(report: OptimizeReport, console: Console) -> None:
+    """The table and the reasons; text is escaped, since rich reads ``[openvino]`` as markup."""
     table = Table(
         title=(
             f"Candidates ({report.objective}; judged on {report.held_out_rows} held-out rows; "
@@ -195,13 +208,13 @@ def print_report(report: OptimizeReport, console: Console) -> None:
     for outcome in report.outcomes:
         row = _cells(outcome, reasons=False)
         style = {"chosen": "green", "out of budget": "red", "failed": "red"}.get(outcome.status)
-        table.add_row(*row, style=style)
+        table.add_row(*(escape(cell) for cell in row), style=style)
     console.print(table)
     for outcome in report.outcomes:
         if outcome.status != "chosen":
-            console.print(f"{outcome.name}: {outcome.status}: {outcome.reason}")
+            console.print(escape(f"{outcome.name}: {outcome.status}: {outcome.reason}"))
     for skipped in report.skipped:
-        console.print(f"[dim]not tried: {skipped.name}: {skipped.reason}[/dim]")
-    console.print(_chosen_line(report))
+        console.print(f"[dim]{escape(f'not tried: {skipped.name}: {skipped.reason}')}[/dim]")
+    console.print(escape(_chosen_line(report)))
     for note in report.notes:
-        console.print(f"note: {note}")
+        console.print(escape(f"note: {note}"))

@@ -74,6 +74,11 @@ def config_text(config: ModelConfig, source: VersionPath, backend: str, chosen: 
         "# The server reads a model's settings from the model directory's config.yaml;\n"
         "# copy instance_group, parameters and optimization there to serve with them.\n"
     )
+    if config.backend == "openvino":
+        header += (
+            "# Copy backend too: without backend: openvino there, ONNX Runtime serves\n"
+            "# model.onnx (in FP32) instead of OpenVINO.\n"
+        )
     return header + yaml.safe_dump(ordered, sort_keys=False)
 
 
