@@ -61,6 +61,8 @@ class _HeadTooLarge(Exception):
 
 #: Seconds between the checks of every connection's request deadlines.
 SWEEP_INTERVAL_S = 0.5
+#: Longest a refused connection stays open for the client to read the answer.
+LINGER_S = 2.0
 
 
 class JsonErrorHttpToolsProtocol(HangupWatch, HttpToolsProtocol):
@@ -89,6 +91,7 @@ class JsonErrorHttpToolsProtocol(HangupWatch, HttpToolsProtocol):
     """When the request being received began (or the connection, before any)."""
     _head_read: int = 0
     _head_too_large: bool = False
+    _refused: bool = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -103,6 +106,8 @@ class JsonErrorHttpToolsProtocol(HangupWatch, HttpToolsProtocol):
         self.hung_up()
 
     def data_received(self, data: bytes) -> None:
+        if self._refused:  # the rest of a refused request: read and dropped
+            return
         super().data_received(data)
         scope = getattr(self, "scope", None)
         if scope is not None and "method" not in scope:  # the head is still arriving
@@ -134,7 +139,7 @@ class JsonErrorHttpToolsProtocol(HangupWatch, HttpToolsProtocol):
 
     def check_deadlines(self, now: float) -> None:
         """Answer 408 when the head or the body is overdue (called by the sweep)."""
-        if self.transport.is_closing():
+        if self._refused or self.transport.is_closing():
             return
         scope = getattr(self, "scope", None)
         waited = now - self._started
@@ -180,7 +185,23 @@ class JsonErrorHttpToolsProtocol(HangupWatch, HttpToolsProtocol):
             ]
         )
         self.transport.write(b"".join(head))
-        self.transport.close()
+        self._linger()
+
+    def _linger(self) -> None:
+        """Close so that the client reads the error before the connection goes.
+
+        A client may still be sending the request we refused (a 100 kB header,
+        a body). Closing a socket with unread input makes the kernel send a
+        reset, and a reset can discard the answer before the client reads it.
+        So the write side is shut (the client sees the end of the answer),
+        further input is dropped unread, and the socket closes when the client
+        closes or after ``LINGER_S``, whichever comes first.
+        """
+        self._refused = True
+        transport = self.transport
+        if transport.can_write_eof():
+            transport.write_eof()
+        self.loop.call_later(LINGER_S, transport.close)
 
 
 def _sweep_later(loop: asyncio.AbstractEventLoop, state: Any) -> None:
