@@ -231,6 +231,10 @@ class ModelportOptions(_Strict):
     instance_timeout_s: float | None = Field(default=None, gt=0)
     """With instance_process: a batch running longer than this kills and restarts its
     worker, and the batch's callers get 503."""
+    inline_max_us: int = Field(default=200, ge=0, le=10_000)
+    """A lone request on an idle version computes on the event loop itself when the
+    version's recent executions all took under this many microseconds (ONNX Runtime and
+    OpenVINO only): two thread hand-offs cost more than such a model. 0 turns it off."""
     rate_limit: RateLimit | None = None
     """Requests per second this model accepts, over and above which callers get 429
     (gRPC RESOURCE_EXHAUSTED); None is unlimited."""

@@ -227,3 +227,119 @@ def test_drain_finishes_queued_work_then_refuses() -> None:
         assert all(w.done() and not w.exception() for w in work)
 
     asyncio.run(scenario())
+
+
+class Tracer(Doubler):
+    """A compiled-graph-like runtime that records which thread ran each batch."""
+
+    inline_safe = True
+
+    def __init__(self, slow_s: float = 0.0) -> None:
+        super().__init__()
+        self.threads: list[int] = []
+        self.slow_s = slow_s
+
+    def predict(self, inputs: Mapping[str, Any], outputs: Sequence[str]) -> dict[str, Any]:
+        self.threads.append(threading.get_ident())
+        if self.slow_s:
+            threading.Event().wait(self.slow_s)
+        return super().predict(inputs, outputs)
+
+
+def _lone_requests(sched: Scheduler, count: int, width: int = 2) -> int:
+    """Send ``count`` requests one after another; returns the event loop's thread id."""
+
+    async def scenario() -> int:
+        for i in range(count):
+            x = np.full((1, width), float(i), np.float32)
+            ex = await sched.submit({"x": x}, ["y"], 1)
+            np.testing.assert_array_equal(ex.outputs["y"], 2 * x)
+        return threading.get_ident()
+
+    return asyncio.run(scenario())
+
+
+def test_a_lone_request_to_a_small_model_computes_on_the_event_loop() -> None:
+    from modelport.dataplane.scheduling.scheduler import INLINE_WINDOW
+
+    runtime = Tracer()
+    sched = make(runtime, instances=2)
+    loop_thread = _lone_requests(sched, INLINE_WINDOW + 5)
+    # The first window goes to instance threads (nothing is known yet); then inline.
+    assert loop_thread not in runtime.threads[:INLINE_WINDOW]
+    assert runtime.threads[INLINE_WINDOW:] == [loop_thread] * 5
+    sched.close()
+
+
+def test_concurrent_requests_still_go_to_the_instances() -> None:
+    from modelport.dataplane.scheduling.scheduler import INLINE_WINDOW
+
+    runtime = Tracer()
+    sched = make(runtime, instances=2)
+    loop_thread = _lone_requests(sched, INLINE_WINDOW)
+
+    async def scenario() -> None:
+        xs = [np.full((1, 2), float(i), np.float32) for i in range(40)]
+        results = await asyncio.gather(*(sched.submit({"x": x}, ["y"], 1) for x in xs))
+        for x, ex in zip(xs, results, strict=True):
+            np.testing.assert_array_equal(ex.outputs["y"], 2 * x)
+
+    before = len(runtime.threads)
+    asyncio.run(scenario())
+    # Requests arriving together are batched for the instance threads, never
+    # computed one by one on the loop.
+    later = runtime.threads[before:]
+    assert later and all(t != loop_thread for t in later)
+    assert len(later) < 40
+    sched.close()
+
+
+def test_a_slow_execution_stops_inline_runs() -> None:
+    from modelport.dataplane.scheduling.scheduler import INLINE_WINDOW
+
+    runtime = Tracer()
+    sched = make(runtime, instances=1, modelport={"inline_max_us": 1000})
+    loop_thread = _lone_requests(sched, INLINE_WINDOW + 1)
+    assert runtime.threads[-1] == loop_thread
+    runtime.slow_s = 0.005  # 5 ms, over the 1 ms limit: this one runs inline once...
+    _lone_requests(sched, 1)
+    runtime.slow_s = 0.0
+    _lone_requests(sched, 3)
+    # ...and then the window holds a slow execution, so the next ones go to a thread.
+    assert all(t != runtime.threads[-5] for t in runtime.threads[-3:])
+    sched.close()
+
+
+def test_inline_is_off_when_configured_off_or_for_large_batches() -> None:
+    from modelport.dataplane.scheduling.scheduler import INLINE_MAX_BYTES, INLINE_WINDOW
+
+    runtime = Tracer()
+    sched = make(runtime, instances=1, modelport={"inline_max_us": 0})
+    loop_thread = _lone_requests(sched, INLINE_WINDOW + 3)
+    assert loop_thread not in runtime.threads
+    sched.close()
+
+    runtime = Tracer()
+    sched = make(runtime, instances=1)
+    wide = INLINE_MAX_BYTES // 4 + 1  # FP32 columns: one row over the byte limit
+    loop_thread = _lone_requests(sched, INLINE_WINDOW + 3, width=wide)
+    assert loop_thread not in runtime.threads
+    sched.close()
+
+
+def test_runtimes_that_do_not_say_inline_safe_never_run_inline() -> None:
+    from modelport.dataplane.scheduling.scheduler import INLINE_WINDOW
+
+    runtime = Doubler()
+    threads: list[int] = []
+    original = runtime.predict
+
+    def traced(inputs: Mapping[str, Any], outputs: Sequence[str]) -> dict[str, Any]:
+        threads.append(threading.get_ident())
+        return original(inputs, outputs)
+
+    runtime.predict = traced  # type: ignore[method-assign]
+    sched = make(runtime, instances=1)
+    loop_thread = _lone_requests(sched, INLINE_WINDOW + 3)
+    assert loop_thread not in threads
+    sched.close()

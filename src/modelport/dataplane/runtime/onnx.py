@@ -142,6 +142,10 @@ def _spec(arg: Any) -> TensorSpec:
 class OnnxRuntime:
     """One ONNX Runtime inference session."""
 
+    #: Compiled-graph execution, bounded by its input: safe to run on the event loop
+    #: for a small model (see Scheduler: inline executions).
+    inline_safe = True
+
     def __init__(self, session: ort.InferenceSession) -> None:
         self._session = session
         self._native = ModelSignature(

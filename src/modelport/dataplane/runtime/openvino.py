@@ -142,6 +142,10 @@ def _spec(port: Any) -> TensorSpec:
 class OpenVinoRuntime:
     """One compiled OpenVINO model, shared by the instance threads."""
 
+    #: Compiled-graph execution, bounded by its input: safe to run on the event loop
+    #: for a small model (see Scheduler: inline executions).
+    inline_safe = True
+
     def __init__(self, compiled: Any) -> None:
         self._compiled = compiled
         self._native = ModelSignature(

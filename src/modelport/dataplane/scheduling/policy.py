@@ -45,6 +45,8 @@ class SchedulingPolicy:
     """0-based level for requests that give no priority."""
     batch_key: str | None
     server_timeout_ns: int | None
+    inline_max_ns: int = 0
+    """Executions shorter than this may run on the event loop (0: never)."""
 
     @property
     def batching(self) -> bool:
@@ -133,4 +135,5 @@ def scheduling_policy(config: ModelConfig, server_timeout_s: float | None) -> Sc
         default_level=default_level,
         batch_key=config.modelport.batch_key,
         server_timeout_ns=int(server_timeout_s * 1e9) if server_timeout_s else None,
+        inline_max_ns=config.modelport.inline_max_us * 1000,
     )
