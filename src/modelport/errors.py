@@ -28,6 +28,8 @@ these classes to HTTP status codes or gRPC codes, once
 
 from __future__ import annotations
 
+import math
+
 
 class ModelportError(Exception):
     """Base of every error modelport raises on purpose."""
@@ -96,6 +98,14 @@ class RateLimited(ModelportError):
     def __init__(self, message: str, retry_after_s: float) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+    @property
+    def retry_after_header(self) -> str:
+        """The wait in whole seconds, rounded up and at least 1, as both transports send it.
+
+        Rounding up keeps a client that obeys it from arriving just before its token does.
+        """
+        return str(max(1, math.ceil(self.retry_after_s)))
 
 
 class ResidencyRefused(ModelportError):

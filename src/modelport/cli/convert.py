@@ -15,7 +15,6 @@ from typing import Annotated
 import typer
 
 EXIT_DIFFERS = 1
-EXIT_BAD_INPUT = 2
 
 
 def convert(
@@ -72,6 +71,7 @@ def convert(
     """
     from rich.console import Console
 
+    from modelport.cli.optimize import exit_bad_input
     from modelport.errors import ModelportError
     from modelport.optimize.convert.command import ConvertOptions, convert_version
     from modelport.optimize.convert.errors import AnswersDiffer
@@ -97,10 +97,7 @@ def convert(
         typer.echo(f"error: {exc.message}; nothing was written", err=True)
         raise typer.Exit(EXIT_DIFFERS) from None
     except ModelportError as exc:
-        if json_output:
-            typer.echo(json.dumps({"ok": False, "error": exc.message}, indent=2))
-        typer.echo(f"error: {exc.message}", err=True)
-        raise typer.Exit(EXIT_BAD_INPUT) from None
+        exit_bad_input(exc.message, json_output)
     if json_output:
         typer.echo(json.dumps(report_json(report), indent=2))
     else:

@@ -10,6 +10,8 @@ within a second (its identity cache lives at most that long).
 from __future__ import annotations
 
 import getpass
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -30,12 +32,15 @@ def _actor() -> str:
         return "cli"
 
 
-def _service(data_dir: Path | None, state_url: str | None) -> KeyService:
+@contextmanager
+def _service(data_dir: Path | None, state_url: str | None) -> Iterator[KeyService]:
+    """The key service over the options' store, closed on the way out."""
     from modelport.controlplane.keys import KeyService
 
     # Unlike ``audit``, a missing database is created: the first key is
     # normally made before the server has ever run.
-    return KeyService(open_store(data_dir, state_url, create=True))
+    with open_store(data_dir, state_url, create=True) as store:
+        yield KeyService(store)
 
 
 @keys_app.command("create")
@@ -57,8 +62,7 @@ def create(
     state_url: StateUrl = None,
 ) -> None:
     """Create a key and print it once; only a salted hash of it is stored."""
-    service = _service(data_dir, state_url)
-    try:
+    with _service(data_dir, state_url) as service:
         key, token = guard(
             lambda: service.create(
                 role=role,
@@ -71,8 +75,6 @@ def create(
                 burst=burst,
             )
         )
-    finally:
-        service.store.close()
     typer.echo(token)
     expiry = key.expires_at.isoformat() if key.expires_at else "never"
     typer.echo(
@@ -85,11 +87,8 @@ def create(
 @keys_app.command("list")
 def list_keys(data_dir: DataDir = None, state_url: StateUrl = None) -> None:
     """Every key with its scope and state; never a secret."""
-    service = _service(data_dir, state_url)
-    try:
+    with _service(data_dir, state_url) as service:
         keys = guard(service.list)
-    finally:
-        service.store.close()
     for k in keys:
         state = "revoked" if k.revoked_at else "active"
         typer.echo(
@@ -107,11 +106,8 @@ def revoke(
     state_url: StateUrl = None,
 ) -> None:
     """Revoke a key: refused from now on (within a second on running servers)."""
-    service = _service(data_dir, state_url)
-    try:
+    with _service(data_dir, state_url) as service:
         done = guard(lambda: service.revoke(key_id, actor=_actor(), reason=reason))
-    finally:
-        service.store.close()
     if not done:
         typer.echo(f"error: no active key {key_id!r}", err=True)
         raise typer.Exit(1)

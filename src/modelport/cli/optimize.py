@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
@@ -22,6 +22,15 @@ if TYPE_CHECKING:
 
 EXIT_REGRESSED = 1
 EXIT_BAD_INPUT = 2
+
+
+def exit_bad_input(message: str, json_output: bool) -> NoReturn:
+    """Report a ModelportError (as JSON too with --json) and exit with EXIT_BAD_INPUT."""
+    if json_output:
+        typer.echo(json.dumps({"ok": False, "error": message}, indent=2))
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(EXIT_BAD_INPUT) from None
+
 
 _VERSION = typer.Argument(
     help="The version to start from: REPO/model/VERSION.",
@@ -103,10 +112,7 @@ def optimize(
         else:
             report = _with_progress(options, hardware, console)
     except ModelportError as exc:
-        if json_output:
-            typer.echo(json.dumps({"ok": False, "error": exc.message}, indent=2))
-        typer.echo(f"error: {exc.message}", err=True)
-        raise typer.Exit(EXIT_BAD_INPUT) from None
+        exit_bad_input(exc.message, json_output)
     if json_output:
         typer.echo(json.dumps(report_json(report), indent=2))
     else:
@@ -205,10 +211,7 @@ def validate(
             )
         )
     except ModelportError as exc:
-        if json_output:
-            typer.echo(json.dumps({"ok": False, "error": exc.message}, indent=2))
-        typer.echo(f"error: {exc.message}", err=True)
-        raise typer.Exit(EXIT_BAD_INPUT) from None
+        exit_bad_input(exc.message, json_output)
     if json_output:
         body = {
             "ok": report.ok,
@@ -250,12 +253,9 @@ def validate(
 def _fraction(flag: str, text: str) -> float:
     """``20%`` → 0.2, ``0.2`` → 0.2; any fraction >= 0."""
     from modelport.optimize.tune.errors import OptimizeFailed
+    from modelport.optimize.tune.metrics import parse_fraction
 
-    raw = text.strip()
-    try:
-        value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
-    except ValueError:
-        raise OptimizeFailed(f"{flag}: expected a fraction or a percentage, got {text!r}") from None
+    value = parse_fraction(flag, text)
     if not value >= 0:
         raise OptimizeFailed(f"{flag}: must be at least 0, got {text!r}")
     return value

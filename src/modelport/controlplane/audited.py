@@ -13,11 +13,10 @@ from typing import Any
 
 from modelport.controlplane.registry import Registry
 from modelport.controlplane.store import StateStore
+from modelport.controlplane.store.tables import MODEL_NAME_MAX
+from modelport.controlplane.traffic import LOCAL
 from modelport.dataplane.table import RepositoryEntry
 from modelport.errors import ModelportError
-
-#: The actor recorded while authentication is off.
-LOCAL = "local"
 
 
 class AuditedRepository:
@@ -53,5 +52,5 @@ class AuditedRepository:
         self, name: str, action: str, actor: str | None, detail: dict[str, Any]
     ) -> None:
         await asyncio.to_thread(
-            self.store.record, name[:256], action, actor=actor or LOCAL, detail=detail
+            self.store.record, name[:MODEL_NAME_MAX], action, actor=actor or LOCAL, detail=detail
         )

@@ -161,7 +161,7 @@ class CanaryController:
                 "weight": spec.steps[0],
                 "reason": None,
             }
-            previous = self.store.get_canary(model)
+            previous = await asyncio.to_thread(self.store.get_canary, model)
             await self._apply(model, progress, actor)
             saved = await asyncio.to_thread(
                 self.store.put_canary,

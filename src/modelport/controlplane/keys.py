@@ -28,7 +28,7 @@ from modelport.dataplane.admission.identity import Identity, parse_role
 from modelport.dataplane.admission.ratelimit import check_limit
 from modelport.errors import InvalidRequest, Unauthenticated
 
-_TOKEN = re.compile(r"^mpk_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
+_TOKEN = re.compile(rf"^{re.escape(API_KEY_PREFIX)}([0-9a-f]{{12}})_([A-Za-z0-9_-]{{43}})$")
 _DURATION = re.compile(r"^([1-9][0-9]{0,5})([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 

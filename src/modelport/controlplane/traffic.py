@@ -16,7 +16,12 @@ from typing import Any
 
 from modelport.controlplane.lifecycle import READY
 from modelport.controlplane.registry import Registry
-from modelport.controlplane.store import RevisionConflict, StateStore, StoredPolicy
+from modelport.controlplane.store import (
+    TRAFFIC_UPDATE,
+    RevisionConflict,
+    StateStore,
+    StoredPolicy,
+)
 from modelport.dataplane.routing import Route, TrafficPolicy
 from modelport.dataplane.routing.traffic import Traffic
 from modelport.errors import Conflict, InvalidRequest, NotFound
@@ -96,7 +101,7 @@ class TrafficManager:
     ) -> None:
         """A policy naming versions that are gone sends everything to the stable one."""
         stable = stable_version(policy)
-        ready = [v for v in self._ready_versions(stored.model)]
+        ready = self._ready_versions(stored.model)
         target = stable if stable not in missing else (ready[-1] if ready else None)
         log.error(
             "traffic policy names versions that are not available; falling back",
@@ -209,7 +214,7 @@ class TrafficManager:
             (
                 e.detail.get("policy")
                 for e in events
-                if e.action == "traffic.update" and e.detail.get("revision") == current.revision - 1
+                if e.action == TRAFFIC_UPDATE and e.detail.get("revision") == current.revision - 1
             ),
             None,
         )

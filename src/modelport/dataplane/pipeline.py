@@ -13,8 +13,6 @@ import logging
 import time
 from collections.abc import Callable
 
-from modelport.config.model import RateLimit
-from modelport.dataplane.admission.identity import Identity
 from modelport.dataplane.admission.ratelimit import RateLimiter
 from modelport.dataplane.admission.residency import ResidencyGuard
 from modelport.dataplane.cache import ResponseCache, cache_key
@@ -163,10 +161,26 @@ class Pipeline:
         if self.limiter is not None and protocol != SHADOW_PROTOCOL:
             identity = request.identity
             if identity is not None and identity.rate is not None and identity.burst is not None:
-                await self._admit_identity(model.name, identity, self.limiter)
+                # One bucket per caller, across every model.
+                await self._take_token(
+                    self.limiter,
+                    model.name,
+                    f"identity:{identity.id}",
+                    identity.rate,
+                    identity.burst,
+                    f"caller {identity.name!r}",
+                )
             limit = model.rate_limit
             if limit is not None:
-                await self._admit(model.name, limit, self.limiter)
+                # One bucket per model, across its versions.
+                await self._take_token(
+                    self.limiter,
+                    model.name,
+                    f"model:{model.name}",
+                    limit.rate,
+                    limit.burst,
+                    f"model {model.name!r}",
+                )
         series = self.metrics.for_model(model.name, model.version, protocol)
         series.requests.inc()
         try:
@@ -213,28 +227,17 @@ class Pipeline:
             )
         return response
 
-    async def _admit(self, name: str, limit: RateLimit, limiter: RateLimiter) -> None:
-        """Take one token from the model's bucket (one per model, all versions) or refuse."""
-        decision = await limiter.acquire(f"model:{name}", limit.rate, limit.burst)
+    async def _take_token(
+        self, limiter: RateLimiter, name: str, bucket: str, rate: float, burst: int, who: str
+    ) -> None:
+        """Take one token from ``bucket`` or refuse with 429, naming ``who`` is over."""
+        decision = await limiter.acquire(bucket, rate, burst)
         if decision.allowed:
             return
         self.metrics.rate_limited.labels(name).inc()
         raise RateLimited(
-            f"model {name!r} is over its rate limit of {limit.rate:g} requests/s "
-            f"(burst {limit.burst}); retry in {decision.retry_after_s:.2f} s",
-            decision.retry_after_s,
-        )
-
-    async def _admit_identity(self, name: str, identity: Identity, limiter: RateLimiter) -> None:
-        """Take one token from the caller's bucket (one per identity, every model)."""
-        assert identity.rate is not None and identity.burst is not None
-        decision = await limiter.acquire(f"identity:{identity.id}", identity.rate, identity.burst)
-        if decision.allowed:
-            return
-        self.metrics.rate_limited.labels(name).inc()
-        raise RateLimited(
-            f"caller {identity.name!r} is over its rate limit of {identity.rate:g} requests/s "
-            f"(burst {identity.burst}); retry in {decision.retry_after_s:.2f} s",
+            f"{who} is over its rate limit of {rate:g} requests/s "
+            f"(burst {burst}); retry in {decision.retry_after_s:.2f} s",
             decision.retry_after_s,
         )
 

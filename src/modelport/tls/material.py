@@ -20,7 +20,7 @@ import contextlib
 import os
 import ssl
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -197,7 +197,3 @@ def server_context(files: TlsFiles, material: TlsMaterial) -> ssl.SSLContext:
         context.verify_mode = ssl.CERT_REQUIRED if files.client_auth_required else ssl.CERT_OPTIONAL
     load_into(context, material)
     return context
-
-
-#: Reads the material again (for rotation); raises ConfigError.
-Reader = Callable[[], TlsMaterial]

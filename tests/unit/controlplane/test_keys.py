@@ -96,6 +96,7 @@ def test_expiry(url: str) -> None:
         clock.now += timedelta(days=1, seconds=1)
         with pytest.raises(Unauthenticated, match="expired"):
             service.verify(token)
+        assert store.count_active_keys() == 0
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import onnxruntime as ort
 import pytest
 
 from modelport.config.model import parse_model_config
@@ -27,6 +28,12 @@ def test_execution_mode_loads(repo: Path, mode: str) -> None:
         }
     )
     runtime = load_onnx(repo, config, 1)  # type: ignore[arg-type]
+    expected = (
+        ort.ExecutionMode.ORT_PARALLEL
+        if mode in ("parallel", "1")
+        else ort.ExecutionMode.ORT_SEQUENTIAL
+    )
+    assert runtime._session.get_session_options().execution_mode == expected
     runtime.unload()
 
 

@@ -349,18 +349,7 @@ async def _history(
     store: StateStore, model: str | None, limit: int, before: int | None
 ) -> schemas.History:
     events = await asyncio.to_thread(store.history, model, limit=limit, before_id=before)
-    infos = [
-        schemas.EventInfo(
-            id=e.id,
-            model=e.model,
-            at=e.at,
-            actor=e.actor,
-            action=e.action,
-            detail=e.detail,
-            reason=e.reason,
-        )
-        for e in events
-    ]
+    infos = [schemas.EventInfo.model_validate(e, from_attributes=True) for e in events]
     return schemas.History(events=infos, next_before=infos[-1].id if len(infos) == limit else None)
 
 

@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from modelport.controlplane.store.records import RevisionConflict
 from modelport.errors import ModelportError
 
 log = logging.getLogger("modelport.api")
@@ -45,9 +46,8 @@ def install_error_handlers(app: FastAPI, status_of: Callable[[ModelportError], i
     async def modelport_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ModelportError)
         extra: dict[str, Any] = {}
-        current = getattr(exc, "current", None)
-        if current is not None and hasattr(current, "revision"):
-            extra["current"] = {"revision": current.revision, "body": current.body}
+        if isinstance(exc, RevisionConflict) and exc.current is not None:
+            extra["current"] = {"revision": exc.current.revision, "body": exc.current.body}
         return JSONResponse(
             error_body(exc.message, error_code(exc), **extra), status_code=status_of(exc)
         )

@@ -29,7 +29,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TextIO
 
-from sqlalchemy import Connection, Engine, Row, Table, delete, select, update
+from sqlalchemy import Connection, Engine, Row, Table, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.sql.dml import Insert, Update
@@ -314,12 +314,12 @@ class StateStore:
     def count_active_keys(self) -> int:
         """Keys neither revoked nor expired now: whether the server has callers to expect."""
         now = self._now()
-        query = select(api_keys.c.id).where(
+        query = select(func.count()).where(
             api_keys.c.revoked_at.is_(None),
             (api_keys.c.expires_at.is_(None)) | (api_keys.c.expires_at > now),
         )
         with self._connection() as conn:
-            return len(conn.execute(query).all())
+            return int(conn.execute(query).scalar_one())
 
     def revoke_key(self, key_id: str, *, actor: str, reason: str | None = None) -> bool:
         """Revoke a key now; False when there is no such key or it was revoked already."""

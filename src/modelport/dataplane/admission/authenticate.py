@@ -163,11 +163,7 @@ class Authenticator:
         if until is None:
             return
         if until > now:
-            raise RateLimited(
-                "too many failed authentication attempts from this address; "
-                f"retry in {until - now:.2f} s",
-                until - now,
-            )
+            raise _blocked_refusal(until - now)
         del self._blocked[peer]
 
     def _fail(self, peer: str, exc: Unauthenticated, now: float, *, counts: bool) -> None:
@@ -190,8 +186,13 @@ class Authenticator:
                 del self._blocked[next(iter(self._blocked))]
         self._blocked[peer] = now + decision.retry_after_s
         self._audit.blocked(peer, decision.retry_after_s)
-        raise RateLimited(
-            "too many failed authentication attempts from this address; "
-            f"retry in {decision.retry_after_s:.2f} s",
-            decision.retry_after_s,
-        ) from None
+        raise _blocked_refusal(decision.retry_after_s) from None
+
+
+def _blocked_refusal(retry_after_s: float) -> RateLimited:
+    """The refusal of a blocked peer's requests."""
+    return RateLimited(
+        "too many failed authentication attempts from this address; "
+        f"retry in {retry_after_s:.2f} s",
+        retry_after_s,
+    )

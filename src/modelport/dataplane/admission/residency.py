@@ -31,6 +31,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 
 from modelport.dataplane.admission.audit import ANONYMOUS, AuditEvent, AuthAudit
+from modelport.dataplane.routing.traffic import HeaderLookup
 from modelport.errors import InvalidRequest, ResidencyRefused
 from modelport.types import InferenceRequest
 
@@ -104,9 +105,6 @@ def data_refusal(region: str | None, data: Sequence[str], origin: str) -> str | 
         f"data residency [{', '.join(data)}] ({origin}) does not allow processing in {where}; "
         "send the request to a node in an allowed region"
     )
-
-
-HeaderLookup = Callable[[str], str | None]
 
 
 class ResidencyGuard:

@@ -113,13 +113,14 @@ def _session_options(config: ModelConfig, instances: int) -> ort.SessionOptions:
         opts.inter_op_num_threads = inter
     mode = config.parameter("execution_mode")
     if mode is not None:
-        if mode.strip().lower() not in EXECUTION_MODES:
+        execution_mode = EXECUTION_MODES.get(mode.strip().lower())
+        if execution_mode is None:
             raise ModelLoadError(
                 f"parameters.execution_mode: expected sequential (0) or parallel (1), got {mode!r}"
             )
         # Parallel runs independent branches of the graph on the inter-op pool;
         # it only pays for graphs with wide, independent branches.
-        opts.execution_mode = EXECUTION_MODES[mode.strip().lower()]
+        opts.execution_mode = execution_mode
     level = 0
     opt = config.optimization
     if opt is not None and opt.graph is not None:

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -110,8 +109,8 @@ class Scheduler:
         self._idle.set()
         self._closing = False
         self._inline = policy.inline_max_ns > 0 and bool(getattr(runtime, "inline_safe", False))
-        self._recent: deque[int] = deque(maxlen=INLINE_WINDOW)
-        """Compute time (ns) of the latest executions, for the inline decision."""
+        self._fast_streak = 0
+        """How many executions in a row took under ``inline_max_ns``."""
         self._deferred = False
 
     @property
@@ -244,10 +243,7 @@ class Scheduler:
 
     def _inline_fits(self) -> bool:
         """Whether this version's recent executions were all short enough to run inline."""
-        if not self._inline:
-            return False
-        recent = self._recent
-        return len(recent) == INLINE_WINDOW and max(recent) < self.policy.inline_max_ns
+        return self._inline and self._fast_streak >= INLINE_WINDOW
 
     def _deferred_pump(self) -> None:
         self._deferred = False
@@ -296,7 +292,9 @@ class Scheduler:
     def _complete(self, batch: Sequence[Pending], started: int, result: _Result) -> None:
         """Split outputs by rows and answer every caller."""
         t0 = self._clock()
-        self._recent.append(result.infer_ns)
+        if self._inline:
+            fast = result.infer_ns < self.policy.inline_max_ns
+            self._fast_streak = self._fast_streak + 1 if fast else 0
         total_rows = sum(p.rows for p in batch)
         error = result.error
         outputs = result.outputs or {}

@@ -67,6 +67,7 @@ from modelport.optimize.tune.hardware import Hardware, detect_hardware
 from modelport.optimize.tune.measure import (
     Clock,
     batch_sizes,
+    instances_for,
     predict_all,
     thread_counts,
     time_candidate,
@@ -429,7 +430,7 @@ def _optimize(
         skipped=skipped,
         winner=winner,
         threads=threads,
-        instances=_instances(threads, hardware.cores),
+        instances=instances_for(threads, hardware.cores),
         graph_level=chosen.graph_level if chosen.backend == "onnxruntime" else None,
         served_by=chosen.backend,
     )
@@ -446,12 +447,6 @@ def _optimize(
     )
     report.notes = _notes(where, version, chosen, metric, labels)
     return report
-
-
-def _instances(threads: int, cores: int) -> int:
-    from modelport.optimize.tune.measure import instances_for
-
-    return instances_for(threads, cores)
 
 
 def _check_staged(staging: Path, config: ModelConfig) -> None:
@@ -473,11 +468,10 @@ def _notes(
         )
     if chosen.backend == "onnxruntime":
         from modelport.dataplane.runtime.onnx import load_onnx
-        from modelport.types import ModelSignature as _Signature
 
         path = where.model_dir / str(version)
         runtime = load_onnx(path, ModelConfig(), 1)
-        native: _Signature = runtime.native
+        native = runtime.native
         runtime.unload()
         notes.extend(serving_notes(where, version, native))
     elif chosen.backend == "openvino":

@@ -53,15 +53,18 @@ class Judgement:
     """Why it is out of budget; empty when within."""
 
 
-def parse_budget(text: str) -> float:
-    """``0.5%`` → 0.005, ``0.005`` → 0.005; a fraction in [0, 1)."""
+def parse_fraction(flag: str, text: str) -> float:
+    """``0.5%`` → 0.005, ``0.005`` → 0.005; the caller checks the range."""
     raw = text.strip()
     try:
-        value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
+        return float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
     except ValueError:
-        raise OptimizeFailed(
-            f"--budget: expected a fraction or a percentage, got {text!r}"
-        ) from None
+        raise OptimizeFailed(f"{flag}: expected a fraction or a percentage, got {text!r}") from None
+
+
+def parse_budget(text: str) -> float:
+    """``0.5%`` → 0.005, ``0.005`` → 0.005; a fraction in [0, 1)."""
+    value = parse_fraction("--budget", text)
     if not (math.isfinite(value) and 0 <= value < 1):
         raise OptimizeFailed(f"--budget: must be at least 0 and below 100%, got {text!r}")
     return value

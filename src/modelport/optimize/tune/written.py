@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from modelport.config.model import ModelConfig
+from modelport.config.model import ModelConfig, parse_model_config
 from modelport.errors import ModelportError
 from modelport.optimize.convert.source import VersionPath
 from modelport.optimize.tune.errors import OptimizeFailed
@@ -27,21 +27,24 @@ CONFIG_FILENAME = "config.yaml"
 
 Check = Callable[[Path, ModelConfig], None]
 
+#: The config fields a written version carries, in the order config.yaml lists them.
+_FIELDS = (
+    "backend",
+    "max_batch_size",
+    "input",
+    "output",
+    "instance_group",
+    "parameters",
+    "optimization",
+    "modelport",
+)
+
 
 def config_text(config: ModelConfig, source: VersionPath, backend: str, chosen: str) -> str:
     """The version's config.yaml: the original's tensors and the chosen serving settings."""
     data: dict[str, Any] = config.model_dump(
         mode="json",
-        include={
-            "backend",
-            "max_batch_size",
-            "input",
-            "output",
-            "instance_group",
-            "parameters",
-            "optimization",
-            "modelport",
-        },
+        include=set(_FIELDS),
         exclude_defaults=True,
     )
     data["backend"] = config.backend
@@ -53,20 +56,7 @@ def config_text(config: ModelConfig, source: VersionPath, backend: str, chosen: 
     ]
     if config.optimization is not None and config.optimization.graph is not None:
         data["optimization"] = {"graph": {"level": config.optimization.graph.level}}
-    ordered = {
-        k: data[k]
-        for k in (
-            "backend",
-            "max_batch_size",
-            "input",
-            "output",
-            "instance_group",
-            "parameters",
-            "optimization",
-            "modelport",
-        )
-        if k in data
-    }
+    ordered = {k: data[k] for k in _FIELDS if k in data}
     header = (
         f"# Written by modelport optimize from version {source.version} ({backend}): "
         f"candidate {chosen}.\n"
@@ -113,8 +103,6 @@ def write_version(
         (staging / CONFIG_FILENAME).write_text(config, encoding="utf-8")
         for name, text in extra.items():
             (staging / name).write_text(text, encoding="utf-8")
-        from modelport.config.model import parse_model_config
-
         parsed = parse_model_config(yaml.safe_load(config), str(staging / CONFIG_FILENAME))
         try:
             check(staging, parsed)

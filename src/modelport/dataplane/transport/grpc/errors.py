@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import grpc
 
 from modelport.errors import (
@@ -51,11 +49,8 @@ def grpc_status(exc: ModelportError) -> grpc.StatusCode:
 
 
 def trailing_metadata(exc: ModelportError) -> tuple[tuple[str, str], ...]:
-    """Trailing metadata for an error: ``retry-after`` (seconds) on a rate-limit refusal.
-
-    Whole seconds rounded up, at least 1, as over HTTP, so both transports tell
-    a client the same wait.
-    """
+    """Trailing metadata for an error: ``retry-after`` (seconds) on a rate-limit refusal,
+    the same value HTTP sends."""
     if isinstance(exc, RateLimited):
-        return (("retry-after", str(max(1, math.ceil(exc.retry_after_s)))),)
+        return (("retry-after", exc.retry_after_header),)
     return ()

@@ -65,24 +65,18 @@ def _tensor_metadata(specs: Any) -> list[Any]:
     ]
 
 
-def _metadata_lookup(context: grpc.aio.ServicerContext) -> Callable[[str], str | None]:
-    """Invocation metadata by name, for traffic routing's sticky key (keys are lower-case)."""
-
-    def lookup(name: str) -> str | None:
-        key = name.lower()
-        for k, v in context.invocation_metadata() or ():
-            if k == key and isinstance(v, str):
-                return v
-        return None
-
-    return lookup
-
-
-def _metadata(context: grpc.aio.ServicerContext, key: str) -> str | None:
+def _metadata(context: grpc.aio.ServicerContext, name: str) -> str | None:
+    """One invocation metadata value by name (gRPC keys are lower-case)."""
+    key = name.lower()
     for k, v in context.invocation_metadata() or ():
         if k == key and isinstance(v, str):
             return v
     return None
+
+
+def _metadata_lookup(context: grpc.aio.ServicerContext) -> Callable[[str], str | None]:
+    """The call's metadata as the pipeline's header lookup (residency, sticky routing key)."""
+    return functools.partial(_metadata, context)
 
 
 def client_certificate(context: grpc.aio.ServicerContext) -> ClientCertificate | None:

@@ -18,11 +18,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from modelport.dataplane.transport.context import TransportContext
 from modelport.dataplane.transport.http import routes_triton, routes_v1, routes_v2
-from modelport.dataplane.transport.http.errors import CHALLENGE, http_status, retry_after
+from modelport.dataplane.transport.http.errors import error_headers, http_status
 from modelport.dataplane.transport.http.fastpath import InferenceFastPath, InferRoute
 from modelport.dataplane.transport.http.guard import Guarded, HttpGuard
 from modelport.dataplane.transport.http.responses import error_response
-from modelport.errors import ModelportError, Unauthenticated
+from modelport.errors import ModelportError
 from modelport.observability.metrics import CONTENT_TYPE, Metrics
 
 log = logging.getLogger("modelport.http")
@@ -35,10 +35,7 @@ async def _modelport_error(request: Request, exc: Exception) -> Response:
         "request refused",
         extra={"path": request.url.path, "status": status, "error": exc.message},
     )
-    response = error_response(exc.message, status, retry_after(exc))
-    if isinstance(exc, Unauthenticated):
-        response.headers["WWW-Authenticate"] = CHALLENGE.decode()
-    return response
+    return error_response(exc.message, status, error_headers(exc))
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

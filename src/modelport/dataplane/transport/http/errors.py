@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 from modelport.errors import (
     ConfigError,
     Conflict,
@@ -52,14 +50,8 @@ def http_status(exc: ModelportError) -> int:
 
 
 def retry_after(exc: ModelportError) -> str | None:
-    """The ``Retry-After`` value for a rate-limit refusal, else None.
-
-    HTTP wants whole seconds; rounding up (and never below 1) keeps a client
-    that obeys it from arriving just before its token does.
-    """
-    if isinstance(exc, RateLimited):
-        return str(max(1, math.ceil(exc.retry_after_s)))
-    return None
+    """The ``Retry-After`` value for a rate-limit refusal, else None."""
+    return exc.retry_after_header if isinstance(exc, RateLimited) else None
 
 
 def error_headers(exc: ModelportError) -> list[tuple[bytes, bytes]]:

@@ -25,7 +25,7 @@ from modelport.dataplane.codec.json_v2 import decode_request, encode_json, encod
 from modelport.dataplane.transport.context import TransportContext
 from modelport.dataplane.transport.http.body import ClientDisconnected, compress, receive_body
 from modelport.dataplane.transport.http.disconnect import until_disconnect
-from modelport.dataplane.transport.http.errors import http_status, retry_after
+from modelport.dataplane.transport.http.errors import error_headers, http_status
 from modelport.dataplane.transport.http.guard import HttpGuard
 from modelport.errors import InvalidRequest, ModelportError
 
@@ -138,8 +138,7 @@ class InferRoute:
                 "request refused",
                 extra={"path": scope["path"], "status": status, "error": exc.message},
             )
-            wait = retry_after(exc)
-            head = _JSON if wait is None else [*_JSON, (b"retry-after", wait.encode())]
+            head = [*_JSON, *error_headers(exc)]
             await _send(send, status, head, encode_json({"error": exc.message}))
             return
         except ClientDisconnected:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from starlette.requests import Request
@@ -17,10 +18,13 @@ def json_response(value: Any, status: int = 200) -> Response:
     return Response(encode_json(value), status_code=status, media_type=JSON)
 
 
-def error_response(message: str, status: int, retry_after: str | None = None) -> Response:
-    headers = {"Retry-After": retry_after} if retry_after is not None else None
+def error_response(
+    message: str, status: int, headers: Sequence[tuple[bytes, bytes]] = ()
+) -> Response:
+    """``{"error": message}``, with extra headers as ASGI pairs (``errors.error_headers``)."""
+    extra = {name.decode("latin-1"): value.decode("latin-1") for name, value in headers}
     return Response(
-        encode_json({"error": message}), status_code=status, media_type=JSON, headers=headers
+        encode_json({"error": message}), status_code=status, media_type=JSON, headers=extra
     )
 
 
