@@ -35,13 +35,7 @@ async def receive_body(
     receive: Receive, declared: str | None, content_encoding: str, limit: int
 ) -> bytes:
     """Read an ASGI request body within ``limit`` bytes, inflating gzip/deflate."""
-    if declared is not None:
-        if not (declared.isascii() and declared.isdigit()):
-            raise InvalidRequest(f"Content-Length {declared!r} is not a number")
-        if int(declared) > limit:
-            raise PayloadTooLarge(
-                f"request body of {declared} bytes is over the limit of {limit} bytes"
-            )
+    check_declared(declared, limit)
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -51,12 +45,34 @@ async def receive_body(
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
+            raise too_large(limit)
         if chunk:
             chunks.append(chunk)
         if not message.get("more_body", False):
             break
     body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    return decode_content(body, content_encoding, limit)
+
+
+def check_declared(declared: str | None, limit: int) -> None:
+    """Refuse a Content-Length that is not a number or is over ``limit``, before reading."""
+    if declared is None:
+        return
+    if not (declared.isascii() and declared.isdigit()):
+        raise InvalidRequest(f"Content-Length {declared!r} is not a number")
+    if int(declared) > limit:
+        raise PayloadTooLarge(
+            f"request body of {declared} bytes is over the limit of {limit} bytes"
+        )
+
+
+def too_large(limit: int) -> PayloadTooLarge:
+    """The refusal of a body that grew past ``limit`` whatever its header said."""
+    return PayloadTooLarge(f"request body is over the limit of {limit} bytes")
+
+
+def decode_content(body: bytes, content_encoding: str, limit: int) -> bytes:
+    """The body with its Content-Encoding undone (gzip, deflate), within ``limit``."""
     encoding = content_encoding.strip().lower()
     if encoding in ("", "identity"):
         return body

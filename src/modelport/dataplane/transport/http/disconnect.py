@@ -55,15 +55,20 @@ class HangupWatch:
             holder.cancel()
 
 
-async def until_disconnect(scope: Scope, receive: Receive, work: Coroutine[Any, Any, T]) -> T:
+async def until_disconnect(
+    scope: Scope, receive: Receive | None, work: Coroutine[Any, Any, T]
+) -> T:
     """Await ``work``, cancelling it if the client disconnects first.
 
     The cancellation this causes ends here as ClientDisconnected; any other
-    cancellation propagates.
+    cancellation propagates. ``receive`` is needed only when the scope holds no
+    connection (without either, a hang-up is not noticed).
     """
     current = asyncio.current_task()
     connection: Hangup | None = scope.get(CONNECTION_SCOPE_KEY)
     if connection is None or current is None:
+        if receive is None:
+            return await work
         return await _with_watcher(receive, work, current)
     if connection.lost:
         work.close()

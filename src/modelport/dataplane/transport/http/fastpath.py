@@ -11,12 +11,17 @@ compression, disconnect handling) is the same as the framework route's.
 It is also the outermost app, so authentication happens here for every
 path (``guard.HttpGuard``); with authentication off there is no guard and
 the cost is one ``is None`` check.
+
+modelport's own HTTP protocol goes one step further and hands most infer
+requests to :meth:`InferenceFastPath.serve_direct` without an ASGI cycle at
+all (``direct.py``); the route code, :meth:`InferRoute.respond`, is the same.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -28,6 +33,9 @@ from modelport.dataplane.transport.http.disconnect import until_disconnect
 from modelport.dataplane.transport.http.errors import error_headers, http_status
 from modelport.dataplane.transport.http.guard import HttpGuard
 from modelport.errors import InvalidRequest, ModelportError
+
+if TYPE_CHECKING:
+    from modelport.dataplane.transport.http.direct import DirectCycle
 
 log = logging.getLogger("modelport.http")
 
@@ -93,9 +101,43 @@ class InferenceFastPath:
                 return
         await self.app(scope, receive, send)
 
+    async def serve_direct(self, cycle: DirectCycle, name: str, version: str | None) -> None:
+        """An infer request the protocol took itself (``direct.py``): same checks, one write."""
+        scope = cycle.scope
+        reply: Reply | None
+        try:
+            refused = await self.guard.refusal(scope) if self.guard is not None else None
+            if refused is not None:
+                reply = error_reply(refused, scope["path"])
+            else:
+                reply = await self.infer.respond(scope, name, version, cycle.read_body)
+        except Exception as exc:  # the same answer the router gives an unexpected error
+            log.exception("unexpected error", extra={"path": scope["path"]})
+            message = f"internal error: {type(exc).__name__}"
+            reply = 500, list(_JSON), encode_json({"error": message})
+        if reply is not None:
+            await cycle.send(reply)
+
+
+#: An answer: status, headers (content-length aside), body.
+Reply = tuple[int, list[tuple[bytes, bytes]], bytes]
+#: Reads the request body: (declared Content-Length, Content-Encoding) -> the decoded body.
+BodyReader = Callable[[str | None, str], Awaitable[bytes]]
+
+
+def error_reply(exc: ModelportError, path: str) -> Reply:
+    """The ``{"error": ...}`` answer for a refusal, with its status and headers."""
+    status = http_status(exc)
+    log.debug("request refused", extra={"path": path, "status": status, "error": exc.message})
+    return status, [*_JSON, *error_headers(exc)], encode_json({"error": exc.message})
+
 
 class InferRoute:
-    """The infer endpoint as an ASGI app (also mounted in the router for 405s)."""
+    """The infer endpoint as an ASGI app (also mounted in the router for 405s).
+
+    :meth:`respond` is the route itself, shared with the protocol's direct
+    path (``direct.py``): only how the body is read and the answer written differ.
+    """
 
     def __init__(self, ctx: TransportContext) -> None:
         self.ctx = ctx
@@ -107,6 +149,36 @@ class InferRoute:
     async def handle(
         self, scope: Scope, receive: Receive, send: Send, name: str, version: str | None
     ) -> None:
+        limit = self.ctx.max_body_bytes
+
+        def read(declared: str | None, encoding: str) -> Awaitable[bytes]:
+            return receive_body(receive, declared, encoding, limit)
+
+        reply = await self.respond(scope, name, version, read, receive)
+        if reply is not None:
+            status, headers, payload = reply
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": status,
+                    "headers": [*headers, (b"content-length", str(len(payload)).encode())],
+                }
+            )
+            await send({"type": "http.response.body", "body": payload})
+
+    async def respond(
+        self,
+        scope: Scope,
+        name: str,
+        version: str | None,
+        read_body: BodyReader,
+        receive: Receive | None = None,
+    ) -> Reply | None:
+        """The answer to one infer request; None when the client went away first.
+
+        ``receive`` is only needed where the connection does not offer itself in
+        the scope (see ``disconnect.until_disconnect``).
+        """
         headers: dict[bytes, bytes] = dict(scope["headers"])
         try:
             ctx = self.ctx
@@ -114,11 +186,9 @@ class InferRoute:
             if ctx.pipeline.overloaded(model, version):  # overload: refuse before decoding too
                 raise model.scheduler.refusal(0)
             length = headers.get(b"content-length")
-            body = await receive_body(
-                receive,
+            body = await read_body(
                 length.decode("latin-1") if length is not None else None,
                 headers.get(b"content-encoding", b"").decode("latin-1"),
-                ctx.max_body_bytes,
             )
             request = decode_request(
                 body,
@@ -133,16 +203,9 @@ class InferRoute:
             )
             payload, hlen = encode_response(request, response)
         except ModelportError as exc:
-            status = http_status(exc)
-            log.debug(
-                "request refused",
-                extra={"path": scope["path"], "status": status, "error": exc.message},
-            )
-            head = [*_JSON, *error_headers(exc)]
-            await _send(send, status, head, encode_json({"error": exc.message}))
-            return
+            return error_reply(exc, scope["path"])
         except ClientDisconnected:
-            return
+            return None
         extra: list[tuple[bytes, bytes]]
         if hlen is None:
             extra = list(_JSON)
@@ -157,15 +220,4 @@ class InferRoute:
             if encoding is not None:
                 extra.append((b"content-encoding", encoding.encode()))
                 extra.append((b"vary", b"Accept-Encoding"))
-        await _send(send, 200, extra, payload)
-
-
-async def _send(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [*headers, (b"content-length", str(len(body)).encode())],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+        return 200, extra, payload

@@ -58,9 +58,17 @@ class HttpGuard:
 
     async def admit(self, scope: Scope, send: Send) -> bool:
         """Whether the request may go on; when not, the refusal has been sent."""
+        refused = await self.refusal(scope)
+        if refused is None:
+            return True
+        await send_error(send, refused)
+        return False
+
+    async def refusal(self, scope: Scope) -> ModelportError | None:
+        """None when the request may go on (its Identity now in the scope), else why not."""
         need, model = required(scope["method"], scope["path"])
         if need is None:
-            return True
+            return None
         try:
             identity = await self.gate.admit(
                 _authorization(scope),
@@ -74,11 +82,10 @@ class HttpGuard:
                 "request refused",
                 extra={"path": scope["path"], "status": http_status(exc), "error": exc.message},
             )
-            await send_error(send, exc)
-            return False
+            return exc
         scope[IDENTITY_SCOPE_KEY] = identity
         scope[VISIBLE_SCOPE_KEY] = self.gate.visible(identity)
-        return True
+        return None
 
 
 class Guarded:

@@ -21,6 +21,7 @@ import asyncio
 import json
 from typing import Any
 
+import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from modelport.dataplane.admission.certificates import (
@@ -28,7 +29,9 @@ from modelport.dataplane.admission.certificates import (
     ClientCertificate,
     describe_der,
 )
+from modelport.dataplane.transport.http.direct import DirectCycle
 from modelport.dataplane.transport.http.disconnect import CONNECTION_SCOPE_KEY, HangupWatch
+from modelport.dataplane.transport.http.fastpath import InferenceFastPath, match_infer
 
 #: TLS versions as the ASGI TLS extension numbers them.
 _TLS_VERSIONS = {"TLSv1.2": 0x0303, "TLSv1.3": 0x0304}
@@ -79,6 +82,8 @@ class JsonErrorHttpToolsProtocol(HangupWatch, HttpToolsProtocol):
     per request (and per network read while it is still arriving, so a huge
     head never accumulates), and deadlines are checked by one sweep over the
     server's connections twice a second rather than by a timer per request.
+
+    Infer requests skip the ASGI cycle where they can (``direct.py``).
     """
 
     max_head_bytes: int = 32 * 1024
@@ -92,9 +97,12 @@ class JsonErrorHttpToolsProtocol(HangupWatch, HttpToolsProtocol):
     _head_read: int = 0
     _head_too_large: bool = False
     _refused: bool = False
+    _infer_app: InferenceFastPath | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        if isinstance(self.app, InferenceFastPath):
+            self._infer_app = self.app
         ssl_object = transport.get_extra_info("ssl_object")
         if ssl_object is not None:
             self._tls, self._client_cert = tls_extension(ssl_object)
@@ -125,7 +133,53 @@ class JsonErrorHttpToolsProtocol(HangupWatch, HttpToolsProtocol):
         if size > self.max_head_bytes:
             self._head_too_large = True
             raise _HeadTooLarge
-        super().on_headers_complete()
+        app = self._infer_app
+        if app is None or not self._take_direct(app):
+            super().on_headers_complete()
+
+    def _take_direct(self, app: InferenceFastPath) -> bool:
+        """Start an infer request as a DirectCycle, when it can be one (see direct.py)."""
+        parser = self.parser
+        if parser.get_method() != b"POST" or parser.should_upgrade() or self.root_path:
+            return False
+        current = self.cycle
+        if current is not None and not current.response_complete:
+            return False  # pipelined behind an unfinished answer: uvicorn queues it
+        url = httptools.parse_url(self.url)
+        raw_path: bytes = url.path
+        if b"%" in raw_path or not raw_path.isascii():
+            return False
+        path = raw_path.decode("ascii")
+        route = match_infer(path)
+        if route is None:
+            return False
+        http_version: str = parser.get_http_version()
+        scope: dict[str, Any] = self.scope  # type: ignore[assignment]
+        scope["method"] = "POST"
+        if http_version != "1.1":
+            scope["http_version"] = http_version
+        scope["path"] = path
+        scope["raw_path"] = raw_path
+        scope["query_string"] = url.query or b""
+        cycle = DirectCycle(
+            self,
+            scope,
+            keep_alive=http_version != "1.0" and parser.should_keep_alive(),
+            expect_100=self.expect_100_continue,
+            limit=app.infer.ctx.max_body_bytes,
+        )
+        self.cycle = cycle  # type: ignore[assignment]
+        task = self.loop.create_task(app.serve_direct(cycle, *route))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return True
+
+    def on_body(self, body: bytes) -> None:
+        cycle = self.cycle
+        if isinstance(cycle, DirectCycle):
+            cycle.add(body)
+        else:
+            super().on_body(body)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -198,6 +252,8 @@ class JsonErrorHttpToolsProtocol(HangupWatch, HttpToolsProtocol):
         closes or after ``LINGER_S``, whichever comes first.
         """
         self._refused = True
+        if isinstance(self.cycle, DirectCycle):
+            self.cycle.abandon()
         transport = self.transport
         if transport.can_write_eof():
             transport.write_eof()
