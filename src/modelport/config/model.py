@@ -235,6 +235,10 @@ class ModelportOptions(_Strict):
     """A lone request on an idle version computes on the event loop itself when the
     version's recent executions all took under this many microseconds (ONNX Runtime and
     OpenVINO only): two thread hand-offs cost more than such a model. 0 turns it off."""
+    pin_instances: bool = True
+    """Pin each instance thread whose executions take a millisecond or more to a CPU core
+    no other pinned thread holds (ONNX Runtime with one intra-op thread per instance);
+    false leaves every thread to the operating system's scheduler."""
     rate_limit: RateLimit | None = None
     """Requests per second this model accepts, over and above which callers get 429
     (gRPC RESOURCE_EXHAUSTED); None is unlimited."""

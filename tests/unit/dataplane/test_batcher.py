@@ -171,3 +171,19 @@ def test_free_instances_share_the_queue_in_greedy_mode() -> None:
     assert [p.rows for p in choose_batch(big_first, policy(), 0, free_instances=2).batch] == [6]
     delayed = policy(dynamic_batching={"max_queue_delay_microseconds": 10})
     assert len(choose_batch(queue, delayed, 0, free_instances=2).batch) == 8
+
+
+def test_a_freed_instance_leaves_the_busy_one_its_share() -> None:
+    """One instance computes 1 row, 9 wait: the free one takes ceil(10 / 2) = 5, not all 8."""
+    queue = [req(1) for _ in range(9)]
+    free_one = choose_batch(queue, policy(), 0, free_instances=1, busy_rows=1, busy_instances=1)
+    assert len(free_one.batch) == 5
+    # The busy instance already holds more than half: the free one still takes at least one.
+    hoarded = choose_batch(queue[:1], policy(), 0, free_instances=1, busy_rows=8, busy_instances=1)
+    assert len(hoarded.batch) == 1
+    # A request bigger than the share still goes whole (rows are never split).
+    big = [req(6), req(1)]
+    took = choose_batch(big, policy(), 0, free_instances=1, busy_rows=1, busy_instances=1)
+    assert [p.rows for p in took.batch] == [6]
+    # Nothing busy and one instance: greedy as before.
+    assert len(choose_batch(queue, policy(), 0, free_instances=1).batch) == 8

@@ -147,8 +147,11 @@ class OnnxRuntime:
     #: for a small model (see Scheduler: inline executions).
     inline_safe = True
 
-    def __init__(self, session: ort.InferenceSession) -> None:
+    def __init__(self, session: ort.InferenceSession, pin_safe: bool = False) -> None:
         self._session = session
+        #: Computes on the calling thread alone (one intra-op thread, sequential, CPU):
+        #: its instance threads may be pinned to cores (see scheduling/cores.py).
+        self.pin_safe = pin_safe
         self._native = ModelSignature(
             inputs=tuple(_spec(a) for a in session.get_inputs()),
             outputs=tuple(_spec(a) for a in session.get_outputs()),
@@ -202,7 +205,12 @@ def load_onnx(version_dir: Path, config: ModelConfig, instances: int) -> OnnxRun
     except Exception as exc:  # ONNX Runtime raises its own unexported error types
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(f"{path}: not a loadable ONNX model: {first_line}") from None
-    runtime = OnnxRuntime(session)
+    alone = (
+        opts.intra_op_num_threads == 1
+        and opts.execution_mode == ort.ExecutionMode.ORT_SEQUENTIAL
+        and session.get_providers() == ["CPUExecutionProvider"]
+    )
+    runtime = OnnxRuntime(session, pin_safe=alone)
     log.info(
         "onnx session ready",
         extra={"model": config.name, "path": str(path), "providers": runtime.providers},

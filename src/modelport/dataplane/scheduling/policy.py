@@ -21,6 +21,8 @@ from modelport.config.model import DynamicBatching, ModelConfig, QueuePolicy
 
 #: Requests one priority level may hold when no max_queue_size is configured.
 DEFAULT_MAX_QUEUE_SIZE = 256
+#: Executions at least this long make an instance thread ask for a core (``pin_instances``).
+PIN_MIN_NS = 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +49,8 @@ class SchedulingPolicy:
     server_timeout_ns: int | None
     inline_max_ns: int = 0
     """Executions shorter than this may run on the event loop (0: never)."""
+    pin_min_ns: int = 0
+    """Instance threads whose executions take this long get a core of their own (0: never)."""
 
     @property
     def batching(self) -> bool:
@@ -136,4 +140,5 @@ def scheduling_policy(config: ModelConfig, server_timeout_s: float | None) -> Sc
         batch_key=config.modelport.batch_key,
         server_timeout_ns=int(server_timeout_s * 1e9) if server_timeout_s else None,
         inline_max_ns=config.modelport.inline_max_us * 1000,
+        pin_min_ns=PIN_MIN_NS if config.modelport.pin_instances else 0,
     )

@@ -42,6 +42,7 @@ import numpy as np
 
 from modelport.dataplane.runtime.base import Runtime
 from modelport.dataplane.scheduling.batcher import choose_batch
+from modelport.dataplane.scheduling.cores import Pinning
 from modelport.dataplane.scheduling.policy import SchedulingPolicy
 from modelport.dataplane.scheduling.queue import LevelQueues, Pending
 from modelport.errors import (
@@ -105,6 +106,7 @@ class Scheduler:
         self._wake: asyncio.TimerHandle | None = None
         self._wake_at: int | None = None
         self._running = 0
+        self._running_rows = 0
         self._idle = asyncio.Event()
         self._idle.set()
         self._closing = False
@@ -112,6 +114,9 @@ class Scheduler:
         self._fast_streak = 0
         """How many executions in a row took under ``inline_max_ns``."""
         self._deferred = False
+        self._pinning: Pinning | None = None
+        if policy.pin_min_ns > 0 and getattr(runtime, "pin_safe", False):
+            self._pinning = Pinning(policy.pin_min_ns, label=label)
 
     @property
     def queued(self) -> int:
@@ -201,7 +206,14 @@ class Scheduler:
         """Start batches while an instance is free and something is due."""
         while self._free > 0 and len(self._queues) > 0:
             now = self._clock()
-            decision = choose_batch(list(self._queues.live()), self.policy, now, self._free)
+            decision = choose_batch(
+                list(self._queues.live()),
+                self.policy,
+                now,
+                self._free,
+                self._running_rows,
+                self._running,
+            )
             if not decision.batch:
                 if decision.wake_at_ns is not None:
                     self._wake_later(decision.wake_at_ns, now)
@@ -236,10 +248,12 @@ class Scheduler:
             self._free += 1
             self._complete(batch, started, result)
             return
+        rows = sum(p.rows for p in batch)
         self._running += 1
+        self._running_rows += rows
         loop = asyncio.get_running_loop()
-        fut = loop.run_in_executor(self._executor, self._compute, batch, names)
-        fut.add_done_callback(lambda f: self._finish(batch, started, f))
+        fut = loop.run_in_executor(self._executor, self._compute_on_instance, batch, names)
+        fut.add_done_callback(lambda f: self._finish(batch, rows, started, f))
 
     def _inline_fits(self) -> bool:
         """Whether this version's recent executions were all short enough to run inline."""
@@ -254,6 +268,13 @@ class Scheduler:
         if len(batch) != 1 or self._running or len(self._queues) or not self._inline_fits():
             return False
         return sum(a.nbytes for a in batch[0].inputs.values()) <= INLINE_MAX_BYTES
+
+    def _compute_on_instance(self, batch: Sequence[Pending], names: Sequence[str]) -> _Result:
+        """Runs on an instance thread (never inline): compute, then maybe pin the thread."""
+        result = self._compute(batch, names)
+        if self._pinning is not None and result.error is None:
+            self._pinning.after(result.infer_ns)
+        return result
 
     def _compute(self, batch: Sequence[Pending], names: Sequence[str]) -> _Result:
         """Runs on an instance thread: concatenate, predict."""
@@ -278,10 +299,13 @@ class Scheduler:
             return _Result(None, err2, t1 - t0, time.perf_counter_ns() - t1)
         return _Result(out, None, t1 - t0, time.perf_counter_ns() - t1)
 
-    def _finish(self, batch: Sequence[Pending], started: int, fut: asyncio.Future[_Result]) -> None:
+    def _finish(
+        self, batch: Sequence[Pending], rows: int, started: int, fut: asyncio.Future[_Result]
+    ) -> None:
         """On the event loop, when an instance thread is done: answer, then start more."""
         self._free += 1
         self._running -= 1
+        self._running_rows -= rows
         try:
             result = fut.result()
         except Exception as exc:  # the executor itself failed
@@ -350,6 +374,8 @@ class Scheduler:
         if self._wake is not None:
             self._wake.cancel()
         self._executor.shutdown(wait=True)
+        if self._pinning is not None:
+            self._pinning.release()
         self.runtime.unload()
 
 
