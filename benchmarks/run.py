@@ -6,8 +6,10 @@
 
 In one run it measures
 1. ceilings: ONNX Runtime called in-process (2 processes x 1 thread) at
-   batch 1 and 64, and the HTTP floor (a bare ASGI app under uvicorn with
-   httptools and uvloop, driven by the same wrk script and bodies);
+   batch 1 and 64 (at the start, and again right after each model's rows:
+   the ratios use the mean, since the machine's speed drifts), and the
+   HTTP floor (a bare ASGI app under uvicorn with httptools and uvloop,
+   driven by the same wrk script and bodies);
 2. modelport, one server per model (so each peak RSS is that model's), for
    every model x transport x concurrency: req/s, samples/s, p50, p99, errors;
 3. optionally the same models with batching off (``--batching-off-key``) and
@@ -99,11 +101,16 @@ class ServerRun:
     exit_code: int | None = None
 
 
+Ceiling = ceilings.Ceiling
+
+
 @dataclass
 class Results:
     settings: dict[str, Any]
     machine: dict[str, str] = field(default_factory=dict)
     ceilings: list[ceilings.Ceiling] = field(default_factory=list)
+    ceilings_after: list[Ceiling] = field(default_factory=list)
+    """The same ceilings measured again right after each model's modelport rows."""
     floor: list[LoadResult] = field(default_factory=list)
     runs: list[LoadResult] = field(default_factory=list)
     pa_http: list[LoadResult] = field(default_factory=list)
@@ -359,17 +366,19 @@ def wait_quiet(limit_s: int, res: Results) -> None:
         log(f"waiting for a quiet machine: other processes use {share:.0%} of the CPU")
 
 
-def measure_ceilings(args: argparse.Namespace, res: Results) -> None:
-    for name in args.models:
+def measure_ceilings(
+    args: argparse.Namespace, names: list[str], into: list[Ceiling], when: str = ""
+) -> None:
+    for name in names:
         spec = models.SPECS[name]
         path = str(models.DEFAULT_REPO / name / "1" / "model.onnx")
         for batch in CEILING_BATCHES:
             meter = servers.CpuMeter()
             c = ceilings.measure(path, spec.input_name, spec.sample_shape, batch, args.duration)
             c.other_cpu = meter.other_share()
-            res.ceilings.append(c)
+            into.append(c)
             log(
-                f"ceiling {name} batch {batch}: {c.samples_per_s:,.0f} samples/s "
+                f"ceiling {name} batch {batch}{when}: {c.samples_per_s:,.0f} samples/s "
                 f"({c.mean_call_us:.1f} us per call)"
             )
 
@@ -848,9 +857,17 @@ def _ratio(a: float, b: float | None) -> str:
 
 
 def _ceiling(res: Results, model: str, batch: int) -> float | None:
-    return next(
-        (c.samples_per_s for c in res.ceilings if c.model == model and c.batch == batch), None
-    )
+    """The mean of the ceiling's measurements: at the start and right after the model's rows.
+
+    The machine's speed drifts by several percent over minutes (other tenants
+    of the host), so the ratio uses the measurements on either side of it.
+    """
+    found = [
+        c.samples_per_s
+        for c in (*res.ceilings, *res.ceilings_after)
+        if c.model == model and c.batch == batch
+    ]
+    return statistics.fmean(found) if found else None
 
 
 def _floor(res: Results, transport: str, conc: int) -> float | None:
@@ -926,12 +943,21 @@ def render(res: Results, args: argparse.Namespace) -> str:
             "2 processes x `intra_op_num_threads=1`, `session.run` on a fixed batch in a loop "
             f"for {args.duration} s.\n"
         )
-        add("| model | batch | samples/s | calls/s | µs per call (one process) | other CPU |")
-        add("|---|--:|--:|--:|--:|--:|")
-        for c in res.ceilings:
+        if res.ceilings_after:
             add(
-                f"| {c.model} | {c.batch} | {_num(c.samples_per_s)} | {_num(c.calls_per_s)} | "
-                f"{c.mean_call_us:.1f} | {_pct(c.other_cpu)} |"
+                "Measured at the start of the run and again right after each model's "
+                "modelport rows; the `vs ORT` ratios use the mean of the two.\n"
+            )
+        add(
+            "| model | batch | when | samples/s | calls/s | µs per call (one process) | other CPU |"
+        )
+        add("|---|--:|---|--:|--:|--:|--:|")
+        measured = [("start", c) for c in res.ceilings]
+        measured += [("after its rows", c) for c in res.ceilings_after]
+        for when, c in sorted(measured, key=lambda m: (m[1].model, m[1].batch)):
+            add(
+                f"| {c.model} | {c.batch} | {when} | {_num(c.samples_per_s)} | "
+                f"{_num(c.calls_per_s)} | {c.mean_call_us:.1f} | {_pct(c.other_cpu)} |"
             )
     if res.floor:
         add("\n## Ceiling: the HTTP floor\n")
@@ -1134,7 +1160,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.no_ceiling:
         log("in-process ONNX Runtime ceilings")
-        measure_ceilings(args, res)
+        measure_ceilings(args, list(args.models), res.ceilings)
     if not args.no_floor:
         log("HTTP floor")
         measure_floor(args, res, all_bodies["mlp"])
@@ -1144,6 +1170,8 @@ def main(argv: list[str] | None = None) -> int:
     for model in args.models:
         log(f"modelport: {model}")
         bench_model(args, res, model, all_bodies[model], pa)
+        if not args.no_ceiling:
+            measure_ceilings(args, [model], res.ceilings_after, " (again, after its rows)")
 
     if args.batching_off_key:
         log(f"batching off ({args.batching_off_key}: false)")

@@ -236,7 +236,7 @@ class ModelportOptions(_Strict):
     version's recent executions all took under this many microseconds (ONNX Runtime and
     OpenVINO only): two thread hand-offs cost more than such a model. 0 turns it off."""
     pin_instances: bool = True
-    """Pin each instance thread whose executions take a millisecond or more to a CPU core
+    """Pin each instance thread whose executions take a millisecond of CPU or more to a core
     no other pinned thread holds (ONNX Runtime with one intra-op thread per instance);
     false leaves every thread to the operating system's scheduler."""
     rate_limit: RateLimit | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -74,15 +75,21 @@ def test_when_every_core_is_held_threads_stay_unpinned() -> None:
 
 
 class Slow:
-    """A runtime whose executions take about 1.5 ms; records each call's affinity."""
+    """A runtime whose executions take about 1.5 ms (of CPU, or asleep); records affinities."""
 
-    def __init__(self, pin_safe: bool) -> None:
+    def __init__(self, pin_safe: bool, computes: bool = True) -> None:
         self.pin_safe = pin_safe
+        self.computes = computes
         self.affinities: list[frozenset[int]] = []
         self.lock = threading.Lock()
 
     def predict(self, inputs: Mapping[str, Any], outputs: Sequence[str]) -> dict[str, Any]:
-        threading.Event().wait(0.0015)
+        if self.computes:
+            end = time.thread_time() + 0.0015
+            while time.thread_time() < end:
+                pass
+        else:  # as long on the wall clock, but waiting: a small model kept waiting
+            threading.Event().wait(0.0015)
         with self.lock:
             self.affinities.append(frozenset(os.sched_getaffinity(0)))
         return {"y": 2 * inputs["x"]}
@@ -128,5 +135,15 @@ def test_no_pinning_unless_the_runtime_is_pin_safe_and_it_is_on(
     monkeypatch.setattr(cores, "CORES", claims)
     runtime = Slow(pin_safe=pin_safe)
     sched = serve(runtime, PIN_STREAK + 3, pin_instances=configured)
+    assert set(runtime.affinities) == {frozenset(ALL)}
+    sched.close()
+
+
+def test_waiting_is_not_computing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Executions long on the wall clock but short on the CPU never pin."""
+    claims = CoreClaims(set(ALL))
+    monkeypatch.setattr(cores, "CORES", claims)
+    runtime = Slow(pin_safe=True, computes=False)
+    sched = serve(runtime, PIN_STREAK + 3)
     assert set(runtime.affinities) == {frozenset(ALL)}
     sched.close()

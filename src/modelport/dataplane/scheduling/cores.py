@@ -10,7 +10,7 @@ executions take milliseconds this is a few percent of throughput: on the
 core each took it from about 960 to about 1,040 images/s at concurrency 32.
 For a model whose executions take microseconds the event loop is the
 bottleneck, and pinning does not help, so only threads whose recent
-executions were long are pinned.
+executions each took a millisecond of CPU time or more are pinned.
 
 Each pinned thread holds its core exclusively among pinned threads,
 server-wide: when every core is taken, further threads stay unpinned rather
@@ -69,12 +69,17 @@ class Pinning:
         self._held: list[int] = []
         self._lock = threading.Lock()
 
-    def after(self, infer_ns: int) -> None:
-        """Called on an instance thread after each execution it ran."""
+    def settled(self) -> bool:
+        """Whether the calling thread is pinned, or was refused a core, for good."""
+        local = self._local
+        return getattr(local, "core", None) is not None or getattr(local, "refused", False)
+
+    def after(self, cpu_ns: int) -> None:
+        """Called on an instance thread after each execution it ran, with its CPU time."""
         local = self._local
         if getattr(local, "core", None) is not None:
             return
-        streak = getattr(local, "streak", 0) + 1 if infer_ns >= self.min_ns else 0
+        streak = getattr(local, "streak", 0) + 1 if cpu_ns >= self.min_ns else 0
         local.streak = streak
         if streak < PIN_STREAK or getattr(local, "refused", False):
             return

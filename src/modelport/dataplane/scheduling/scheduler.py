@@ -270,10 +270,19 @@ class Scheduler:
         return sum(a.nbytes for a in batch[0].inputs.values()) <= INLINE_MAX_BYTES
 
     def _compute_on_instance(self, batch: Sequence[Pending], names: Sequence[str]) -> _Result:
-        """Runs on an instance thread (never inline): compute, then maybe pin the thread."""
+        """Runs on an instance thread (never inline): compute, then maybe pin the thread.
+
+        Pinning goes by the thread's CPU time, not the wall clock: a small model's
+        execution can take milliseconds of wall time under load (waiting for the
+        GIL or for a core) while computing for microseconds.
+        """
+        pinning = self._pinning
+        if pinning is None or pinning.settled():
+            return self._compute(batch, names)
+        cpu0 = time.thread_time_ns()
         result = self._compute(batch, names)
-        if self._pinning is not None and result.error is None:
-            self._pinning.after(result.infer_ns)
+        if result.error is None:
+            pinning.after(time.thread_time_ns() - cpu0)
         return result
 
     def _compute(self, batch: Sequence[Pending], names: Sequence[str]) -> _Result:
