@@ -644,92 +644,133 @@ def bench_model(
         scan_log(log_path, run)
 
 
+#: Alternating rounds in the batching on/off comparison, and seconds per run.
+AB_ROUNDS = 4
+AB_DURATION_S = 2
+
+
+def _start_variant(
+    args: argparse.Namespace, label: str, served: str
+) -> tuple[servers.ServerProcess, int, int, ServerRun, Path] | str:
+    """A server for ``served`` (already in the generated repo), or why it did not start."""
+    log_path = LOGS / f"modelport-{label}.log"
+    log_path.unlink(missing_ok=True)
+    server, http_port, grpc_port = servers.modelport_server(
+        PYTHON, serve_repo(label, [served]), log_path, ROOT, args.workers
+    )
+    run = ServerRun(label, [served], source=source_fingerprint())
+    try:
+        server.start()
+    except RuntimeError as exc:
+        return f"server did not start: {exc}"
+    status, _ = servers.http_get(f"http://127.0.0.1:{http_port}/v2/models/{served}/ready")
+    if status != 200:
+        server.stop()
+        return f"{served} not ready (GET ready -> {status}); see {log_path}"
+    return server, http_port, grpc_port, run, log_path
+
+
+def _median_run(runs: list[LoadResult]) -> LoadResult:
+    ordered = sorted(runs, key=lambda r: r.req_per_s)
+    return ordered[len(ordered) // 2]
+
+
 def bench_batching_off(
     args: argparse.Namespace,
     res: Results,
     all_bodies: dict[str, payloads.ModelBodies],
     pa: loadgen.PerfAnalyzer | None,
 ) -> None:
+    """Batching on against off, both servers up at once, runs alternating on/off.
+
+    Two servers measured minutes apart differ by more than the effect being
+    looked for (the machine's speed drifts), so each comparison alternates
+    short runs between a fresh batching-on server and the batching-off one
+    and reports the median of each.
+    """
     key = args.batching_off_key
     extra = models.nested(key, False)
     # The lowest concurrency shows whether batching costs a lone request
     # anything; the highest, what it does under load.
     concs = sorted({min(args.concurrency), max(args.concurrency)})
-    out: dict[str, Any] = {"key": key, "config": extra, "concurrency": concs, "rows": []}
+    out: dict[str, Any] = {
+        "key": key,
+        "config": extra,
+        "concurrency": concs,
+        "rounds": AB_ROUNDS,
+        "run_s": AB_DURATION_S,
+        "rows": [],
+    }
     res.batching_off = out
     for model in args.models:
         variant = f"{model}_nobatch"
         models.write_variant(models.DEFAULT_REPO, model, variant, extra)
-        log_path = LOGS / f"modelport-{variant}.log"
-        log_path.unlink(missing_ok=True)
-        server, http_port, grpc_port = servers.modelport_server(
-            PYTHON, serve_repo(variant, [variant]), log_path, ROOT, args.workers
-        )
-        run = ServerRun(variant, [variant], source=source_fingerprint())
+        started: dict[str, tuple[servers.ServerProcess, int, int, ServerRun, Path]] = {}
         try:
-            server.start()
-        except RuntimeError as exc:
-            out["rows"].append({"model": model, "error": f"server did not start: {exc}"})
-            continue
-        try:
-            status, _ = servers.http_get(f"http://127.0.0.1:{http_port}/v2/models/{variant}/ready")
-            if status != 200:
-                index = servers.http_post(
-                    f"http://127.0.0.1:{http_port}/v2/repository/index",
-                    b"{}",
-                    {"Content-Type": "application/json"},
-                )
-                reason = (
-                    f"variant not ready (GET ready -> {status}; index -> {index}); see {log_path}"
-                )
-                out["rows"].append({"model": model, "error": reason})
-                log(f"batching-off {model}: {reason}")
+            for which, label, served in (("on", f"{model}_on", model), ("off", variant, variant)):
+                got = _start_variant(args, label, served)
+                if isinstance(got, str):
+                    out["rows"].append({"model": model, "error": f"batching {which}: {got}"})
+                    log(f"batching-off {model}: {got}")
+                    break
+                started[which] = got
+                warm_up(args, got[1], served, all_bodies[model].binary)
+            if len(started) < 2:
                 continue
-            warm_up(args, http_port, variant, all_bodies[model].binary)
             for conc, transport in itertools.product(concs, args.transports):
-                r = load_one(
-                    args,
-                    target="modelport (batching off)",
-                    model=model,
-                    served_name=variant,
-                    transport=transport,
-                    conc=conc,
-                    http_port=http_port,
-                    grpc_port=grpc_port,
-                    bodies=all_bodies[model],
-                    pa=pa,
-                    duration=args.duration,
-                    tag=variant,
-                    server_pid=server.pid,
-                )
-                gone = ""
-                try:
-                    if not _check_server(server, run):
-                        r.note = (r.note + "; " if r.note else "") + "server crashed or not ready"
-                except ServerGone as exc:
-                    gone = str(exc)
-                on = next(
-                    (
-                        x
-                        for x in res.runs
-                        if x.model == model and x.transport == transport and x.concurrency == conc
-                    ),
-                    None,
-                )
+                runs: dict[str, list[LoadResult]] = {"on": [], "off": []}
+                # The order flips each round: a run straight after another does
+                # slightly better (an A/A test of two identical servers showed it).
+                order = [
+                    (round_no, which)
+                    for round_no in range(AB_ROUNDS)
+                    for which in (("on", "off") if round_no % 2 == 0 else ("off", "on"))
+                ]
+                for round_no, which in order:
+                    server, http_port, grpc_port, _run, _log = started[which]
+                    runs[which].append(
+                        load_one(
+                            args,
+                            target=f"modelport (batching {which})",
+                            model=model,
+                            served_name=model if which == "on" else variant,
+                            transport=transport,
+                            conc=conc,
+                            http_port=http_port,
+                            grpc_port=grpc_port,
+                            bodies=all_bodies[model],
+                            pa=pa,
+                            duration=AB_DURATION_S,
+                            tag=f"{model}-batching-{which}-r{round_no}",
+                            server_pid=server.pid,
+                        )
+                    )
+                on, off = _median_run(runs["on"]), _median_run(runs["off"])
                 out["rows"].append(
-                    {"model": model, "off": r.as_dict(), "on": on.as_dict() if on else None}
+                    {
+                        "model": model,
+                        "on": on.as_dict(),
+                        "off": off.as_dict(),
+                        "on_runs": [r.req_per_s for r in runs["on"]],
+                        "off_runs": [r.req_per_s for r in runs["off"]],
+                    }
                 )
                 log(
-                    f"batching-off {model} {transport} c={conc}: {r.req_per_s:,.0f} req/s "
-                    f"(on: {on.req_per_s if on else float('nan'):,.0f})"
+                    f"batching on/off {model} {transport} c={conc}: median "
+                    f"{on.req_per_s:,.0f} / {off.req_per_s:,.0f} req/s "
+                    f"(on {[round(r.req_per_s) for r in runs['on']]}, "
+                    f"off {[round(r.req_per_s) for r in runs['off']]})"
                 )
-                if gone:
-                    out["rows"].append({"model": model, "error": f"server died: {gone}"})
-                    break
+            for which, (server, _h, _g, run, _log) in started.items():
+                if not _check_server(server, run):
+                    out["rows"].append({"model": model, "error": f"batching {which}: crashed"})
+        except ServerGone as exc:
+            out["rows"].append({"model": model, "error": f"server died: {exc}"})
         finally:
-            server.stop()
-            scan_log(log_path, run)
-            out.setdefault("servers", []).append(asdict(run))
+            for server, _h, _g, run, log_path in started.values():
+                server.stop()
+                scan_log(log_path, run)
+                out.setdefault("servers", []).append(asdict(run))
 
 
 def bench_overload(args: argparse.Namespace, res: Results) -> None:
@@ -1022,21 +1063,29 @@ def render(res: Results, args: argparse.Namespace) -> str:
     else:
         b = res.batching_off
         add(
-            f"Each model copied with `{json.dumps(b['config'])}` merged into its config; "
-            f"concurrency {b['concurrency']}.\n"
+            f"Each model served twice at once, as configured (batching on) and copied with "
+            f"`{json.dumps(b['config'])}` merged into its config (off); concurrency "
+            f"{b['concurrency']}. For each row, {b.get('rounds', 1)} rounds of "
+            f"{b.get('run_s', args.duration)} s runs alternate on, off, off, on, and so on; "
+            "the table gives each side's median run and every run's req/s.\n"
         )
-        add("| model | transport | conc | req/s on | req/s off | off/on | p99 ms on | p99 ms off |")
-        add("|---|---|--:|--:|--:|--:|--:|--:|")
+        add(
+            "| model | transport | conc | req/s on | req/s off | on/off | p99 ms on "
+            "| p99 ms off | runs on | runs off |"
+        )
+        add("|---|---|--:|--:|--:|--:|--:|--:|---|---|")
         for row in b["rows"]:
             if "error" in row:
-                add(f"| {row['model']} | - | - | - | - | - | - | {row['error']} |")
+                add(f"| {row['model']} | - | - | - | - | - | - | - | - | {row['error']} |")
                 continue
-            off, on = row["off"], row["on"] or {}
+            off, on = row["off"], row["on"]
+            runs_on = ", ".join(_num(x) for x in row.get("on_runs", []))
+            runs_off = ", ".join(_num(x) for x in row.get("off_runs", []))
             add(
                 f"| {row['model']} | {off['transport']} | {off['concurrency']} | "
-                f"{_num(on.get('req_per_s'))} | "
-                f"{_num(off['req_per_s'])} | {_ratio(off['req_per_s'], on.get('req_per_s'))} | "
-                f"{_ms(on.get('p99_ms'))} | {_ms(off['p99_ms'])} |"
+                f"{_num(on['req_per_s'])} | {_num(off['req_per_s'])} | "
+                f"{_ratio(on['req_per_s'], off['req_per_s'])} | "
+                f"{_ms(on['p99_ms'])} | {_ms(off['p99_ms'])} | {runs_on} | {runs_off} |"
             )
     add("\n## Overload\n")
     if not res.overload:
