@@ -28,8 +28,9 @@ from modelport.dataplane.admission.identity import Identity, parse_role
 from modelport.dataplane.admission.ratelimit import check_limit
 from modelport.errors import InvalidRequest, Unauthenticated
 
-_TOKEN = re.compile(rf"^{re.escape(API_KEY_PREFIX)}([0-9a-f]{{12}})_([A-Za-z0-9_-]{{43}})$")
-_DURATION = re.compile(r"^([1-9][0-9]{0,5})([smhdw])$")
+#: Matched with fullmatch: ``$`` would also accept a key followed by a newline.
+_TOKEN = re.compile(rf"{re.escape(API_KEY_PREFIX)}([0-9a-f]{{12}})_([A-Za-z0-9_-]{{43}})")
+_DURATION = re.compile(r"([1-9][0-9]{0,5})([smhdw])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 #: Longest model pattern or tenant name accepted.
@@ -43,7 +44,7 @@ def hash_secret(salt_hex: str, secret: str) -> str:
 
 def parse_token(token: str) -> tuple[str, str]:
     """(id, secret) of a well-formed key; Unauthenticated otherwise."""
-    match = _TOKEN.match(token)
+    match = _TOKEN.fullmatch(token)
     if match is None:
         raise Unauthenticated("malformed API key")
     return match.group(1), match.group(2)
@@ -52,7 +53,7 @@ def parse_token(token: str) -> tuple[str, str]:
 def parse_expiry(text: str, now: datetime) -> datetime:
     """``30d``, ``12h``, ``2w`` … from now, or an ISO date/time (UTC when no zone given)."""
     text = text.strip()
-    match = _DURATION.match(text)
+    match = _DURATION.fullmatch(text)
     if match is not None:
         return now + timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
     try:

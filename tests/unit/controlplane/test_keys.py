@@ -67,6 +67,15 @@ def test_malformed_and_unknown_tokens(store: StateStore, token: str) -> None:
         KeyService(store).verify(token)
 
 
+def test_a_real_key_with_anything_after_it_is_refused(store: StateStore) -> None:
+    service = KeyService(store)
+    _, token = service.create(role="admin", models=["*"], actor="t")
+    assert service.verify(token).role is Role.ADMIN
+    for suffix in ("\n", " ", "\r\n", "x"):
+        with pytest.raises(Unauthenticated, match="malformed API key"):
+            service.verify(token + suffix)
+
+
 def test_wrong_secret_with_the_right_id(store: StateStore) -> None:
     service = KeyService(store)
     key, token = service.create(role="admin", models=["*"], actor="t")

@@ -15,12 +15,13 @@ from pathlib import Path
 from modelport.errors import InvalidRequest
 
 CONFIG_FILES = ("config.yaml", "config.pbtxt")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+#: Matched with fullmatch: ``$`` would also accept a name followed by a newline.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
 
 
 def check_model_name(name: str) -> str:
     """Refuse names that could escape the repository (``..``, ``/``, NUL ...)."""
-    if not _NAME.match(name) or ".." in name:
+    if not _NAME.fullmatch(name) or ".." in name:
         raise InvalidRequest(
             f"model name {name!r} is not allowed: use letters, digits, '_', '-' and '.', "
             "starting with a letter or digit"
