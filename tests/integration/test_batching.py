@@ -102,12 +102,18 @@ def stats(server: Server, model: str) -> dict[str, object]:
     return httpx.get(f"{server.base}/v2/models/{model}/stats").json()["model_stats"][0]
 
 
+def http_inputs(a: np.ndarray, b: np.ndarray) -> list[object]:
+    inputs = [httpclient.InferInput("INPUT0", list(a.shape), "FP32"),
+              httpclient.InferInput("INPUT1", list(b.shape), "FP32")]  # fmt: skip
+    inputs[0].set_data_from_numpy(a)
+    inputs[1].set_data_from_numpy(b)
+    return inputs
+
+
 def test_concurrent_http_and_grpc_callers_get_their_own_rows(server: Server) -> None:
-    def over_http(i: int) -> None:
-        a, b = pair(i, rows=1 + i % 3)
-        result = http_infer(server.http_url, "batched", a, b)
-        np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), a + b)
-        np.testing.assert_array_equal(result.as_numpy("OUTPUT1"), a - b)
+    # tritonclient.http runs concurrent requests as greenlets of one client on
+    # this thread (its clients must not be made on threads that later exit);
+    # tritonclient.grpc callers run on threads meanwhile.
 
     def over_grpc(i: int) -> None:
         a, b = pair(1000 + i, rows=1 + i % 2)
@@ -122,11 +128,24 @@ def test_concurrent_http_and_grpc_callers_get_their_own_rows(server: Server) -> 
         np.testing.assert_array_equal(result.as_numpy("OUTPUT1"), a - b)
         client.close()
 
-    with concurrent.futures.ThreadPoolExecutor(24) as pool:
-        jobs = [pool.submit(over_http, i) for i in range(48)]
-        jobs += [pool.submit(over_grpc, i) for i in range(48)]
-        for job in jobs:
-            job.result()
+    client = httpclient.InferenceServerClient(server.http_url, concurrency=24)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(24) as pool:
+            jobs = [pool.submit(over_grpc, i) for i in range(48)]
+            pairs = [pair(i, rows=1 + i % 3) for i in range(48)]
+            pending = [
+                client.async_infer("batched", http_inputs(a, b), request_id=str(i))
+                for i, (a, b) in enumerate(pairs)
+            ]
+            for i, ((a, b), request) in enumerate(zip(pairs, pending, strict=True)):
+                result = request.get_result()
+                assert result.get_response()["id"] == str(i)
+                np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), a + b)
+                np.testing.assert_array_equal(result.as_numpy("OUTPUT1"), a - b)
+            for job in jobs:
+                job.result()
+    finally:
+        client.close()
     s = stats(server, "batched")
     assert s["inference_stats"]["success"]["count"] == 96
     assert s["execution_count"] < 96
@@ -135,8 +154,16 @@ def test_concurrent_http_and_grpc_callers_get_their_own_rows(server: Server) -> 
 
 def test_full_queue_answers_503_at_once(server: Server) -> None:
     a, b = pair(1)
+
+    def held_request() -> httpx.Response:
+        return httpx.post(f"{server.base}/v2/models/tiny_queue/infer", json=body, timeout=30)
+
+    body = {"inputs": [
+        {"name": "INPUT0", "shape": [1, 16], "datatype": "FP32", "data": a.ravel().tolist()},
+        {"name": "INPUT1", "shape": [1, 16], "datatype": "FP32", "data": b.ravel().tolist()},
+    ]}  # fmt: skip
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        held = [pool.submit(http_infer, server.http_url, "tiny_queue", a, b) for _ in range(2)]
+        held = [pool.submit(held_request) for _ in range(2)]
         counter = (
             'modelport_inference_requests_total{model="tiny_queue",protocol="http",version="1"}'
         )
@@ -145,17 +172,16 @@ def test_full_queue_answers_503_at_once(server: Server) -> None:
             assert time.monotonic() < deadline, "the two held requests never arrived"
             time.sleep(0.02)
         assert not any(h.done() for h in held)
-        body = {"inputs": [
-            {"name": "INPUT0", "shape": [1, 16], "datatype": "FP32", "data": a.ravel().tolist()},
-            {"name": "INPUT1", "shape": [1, 16], "datatype": "FP32", "data": b.ravel().tolist()},
-        ]}  # fmt: skip
         started = time.monotonic()
         r = httpx.post(f"{server.base}/v2/models/tiny_queue/infer", json=body, timeout=10)
         assert r.status_code == 503
         assert "queue full" in r.json()["error"]
         assert time.monotonic() - started < 0.5
         for h in held:
-            np.testing.assert_array_equal(h.result().as_numpy("OUTPUT0"), a + b)
+            answer = h.result()
+            assert answer.status_code == 200, answer.text
+            out = {o["name"]: o["data"] for o in answer.json()["outputs"]}
+            np.testing.assert_allclose(out["OUTPUT0"], (a + b).ravel(), rtol=1e-6)
 
 
 def test_request_timeout_expires_in_the_queue_with_504(server: Server) -> None:
