@@ -665,7 +665,8 @@ def _start_variant(
         return f"server did not start: {exc}"
     status, _ = servers.http_get(f"http://127.0.0.1:{http_port}/v2/models/{served}/ready")
     if status != 200:
-        server.stop()
+        run.exit_code = server.stop()
+        scan_log(log_path, run)
         return f"{served} not ready (GET ready -> {status}); see {log_path}"
     return server, http_port, grpc_port, run, log_path
 
@@ -800,23 +801,13 @@ def bench_overload(args: argparse.Namespace, res: Results) -> None:
         "duration_s": args.duration,
     }
     res.overload = out
-    log_path = LOGS / f"modelport-{variant}.log"
-    log_path.unlink(missing_ok=True)
-    server, http_port, _ = servers.modelport_server(
-        PYTHON, serve_repo(variant, [variant]), log_path, ROOT, args.workers
-    )
-    run = ServerRun(variant, [variant], source=source_fingerprint())
-    try:
-        server.start()
-    except RuntimeError as exc:
-        out["error"] = f"server did not start: {exc}"
+    got = _start_variant(args, variant, variant)
+    out["variant_ready"] = not isinstance(got, str)
+    if isinstance(got, str):
+        out["error"] = got
         return
+    server, http_port, _, run, log_path = got
     try:
-        status, _ = servers.http_get(f"http://127.0.0.1:{http_port}/v2/models/{variant}/ready")
-        out["variant_ready"] = status == 200
-        if status != 200:
-            out["error"] = f"{variant} not ready ({status}): see {log_path}"
-            return
         cfg_status, cfg = servers.http_get(
             f"http://127.0.0.1:{http_port}/v2/models/{variant}/config"
         )

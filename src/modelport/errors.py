@@ -140,3 +140,8 @@ class ConfigError(ModelportError):
         self.source = source
         self.field = field
         self.problem = problem
+
+
+def internal_error(exc: BaseException) -> str:
+    """What a client is told about a bug: the exception's type, never its text."""
+    return f"internal error: {type(exc).__name__}"

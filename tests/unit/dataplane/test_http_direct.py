@@ -149,6 +149,7 @@ def test_other_routes_and_escaped_paths_go_through_the_asgi_app() -> None:
         protocol.data_received(b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\n\r\n")
         await settle()
         protocol.data_received(post("/v2/models/m%31/infer", b"x"))
+        assert not isinstance(protocol.cycle, DirectCycle)
         await settle()
         assert fallback.paths == ["/v2/health/ready"]
         assert transport.writes[-1].endswith(b"m1:x")  # the ASGI fast path answered

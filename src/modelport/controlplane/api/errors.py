@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from modelport.controlplane.store.records import RevisionConflict
-from modelport.errors import ModelportError
+from modelport.errors import ModelportError, internal_error
 
 log = logging.getLogger("modelport.api")
 
@@ -74,9 +74,7 @@ def install_error_handlers(app: FastAPI, status_of: Callable[[ModelportError], i
 
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error", extra={"path": request.url.path})
-        return JSONResponse(
-            error_body(f"internal error: {type(exc).__name__}", "internal"), status_code=500
-        )
+        return JSONResponse(error_body(internal_error(exc), "internal"), status_code=500)
 
     app.add_exception_handler(ModelportError, modelport_error)
     app.add_exception_handler(RequestValidationError, invalid)

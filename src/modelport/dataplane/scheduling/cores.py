@@ -77,12 +77,12 @@ class Pinning:
 
     def after(self, cpu_ns: int) -> None:
         """Called on an instance thread after each execution it ran, with its CPU time."""
-        local = self._local
-        if getattr(local, "core", None) is not None:
+        if self.settled():
             return
+        local = self._local
         streak = getattr(local, "streak", 0) + 1 if cpu_ns >= self.min_ns else 0
         local.streak = streak
-        if streak < PIN_STREAK or getattr(local, "refused", False):
+        if streak < PIN_STREAK:
             return
         core = self.claims.claim()
         if core is None:

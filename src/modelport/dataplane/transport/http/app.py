@@ -22,7 +22,7 @@ from modelport.dataplane.transport.http.errors import error_headers, http_status
 from modelport.dataplane.transport.http.fastpath import InferenceFastPath, InferRoute
 from modelport.dataplane.transport.http.guard import Guarded, HttpGuard
 from modelport.dataplane.transport.http.responses import error_response
-from modelport.errors import ModelportError
+from modelport.errors import ModelportError, internal_error
 from modelport.observability.metrics import CONTENT_TYPE, Metrics
 
 log = logging.getLogger("modelport.http")
@@ -51,7 +51,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unexpected error", extra={"path": request.url.path})
-    return error_response(f"internal error: {type(exc).__name__}", 500)
+    return error_response(internal_error(exc), 500)
 
 
 def metrics_routes(metrics: Metrics) -> list[Route]:

@@ -32,7 +32,7 @@ from modelport.dataplane.transport.http.body import ClientDisconnected, compress
 from modelport.dataplane.transport.http.disconnect import until_disconnect
 from modelport.dataplane.transport.http.errors import error_headers, http_status
 from modelport.dataplane.transport.http.guard import HttpGuard
-from modelport.errors import InvalidRequest, ModelportError
+from modelport.errors import InvalidRequest, ModelportError, internal_error
 
 if TYPE_CHECKING:
     from modelport.dataplane.transport.http.direct import DirectCycle
@@ -113,8 +113,7 @@ class InferenceFastPath:
                 reply = await self.infer.respond(scope, name, version, cycle.read_body)
         except Exception as exc:  # the same answer the router gives an unexpected error
             log.exception("unexpected error", extra={"path": scope["path"]})
-            message = f"internal error: {type(exc).__name__}"
-            reply = 500, list(_JSON), encode_json({"error": message})
+            reply = 500, list(_JSON), encode_json({"error": internal_error(exc)})
         if reply is not None:
             await cycle.send(reply)
 

@@ -61,11 +61,17 @@ class HttpGuard:
         refused = await self.refusal(scope)
         if refused is None:
             return True
+        log.debug(
+            "request refused",
+            extra={"path": scope["path"], "status": http_status(refused), "error": refused.message},
+        )
         await send_error(send, refused)
         return False
 
     async def refusal(self, scope: Scope) -> ModelportError | None:
-        """None when the request may go on (its Identity now in the scope), else why not."""
+        """None when the request may go on (its Identity now in the scope), else why not.
+
+        The caller answers (and logs) the refusal."""
         need, model = required(scope["method"], scope["path"])
         if need is None:
             return None
@@ -78,10 +84,6 @@ class HttpGuard:
                 scope.get(CLIENT_CERT_SCOPE_KEY),
             )
         except ModelportError as exc:
-            log.debug(
-                "request refused",
-                extra={"path": scope["path"], "status": http_status(exc), "error": exc.message},
-            )
             return exc
         scope[IDENTITY_SCOPE_KEY] = identity
         scope[VISIBLE_SCOPE_KEY] = self.gate.visible(identity)
