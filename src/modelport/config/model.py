@@ -235,6 +235,11 @@ class ModelportOptions(_Strict):
     """A lone request on an idle version computes on the event loop itself when the
     version's recent executions all took under this many microseconds (ONNX Runtime and
     OpenVINO only): two thread hand-offs cost more than such a model. 0 turns it off."""
+    inline_busy_max_us: int = Field(default=200, ge=0, le=10_000)
+    """Under load too, whole batches compute on the event loop while all but a few of the
+    version's recent executions cost under this many microseconds: handing each batch to
+    an instance thread and back costs the loop more than computing it. 0 keeps them on
+    the instances."""
     pin_instances: bool = True
     """Pin each instance thread whose executions take a millisecond of CPU or more to a core
     no other pinned thread holds (ONNX Runtime with one intra-op thread per instance);

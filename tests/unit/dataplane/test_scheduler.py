@@ -263,7 +263,7 @@ def test_a_lone_request_to_a_small_model_computes_on_the_event_loop() -> None:
     from modelport.dataplane.scheduling.scheduler import INLINE_WINDOW
 
     runtime = Tracer()
-    sched = make(runtime, instances=2)
+    sched = make(runtime, instances=2, modelport={"inline_busy_max_us": 0})
     loop_thread = _lone_requests(sched, INLINE_WINDOW + 5)
     # The first window goes to instance threads (nothing is known yet); then inline.
     assert loop_thread not in runtime.threads[:INLINE_WINDOW]
@@ -271,21 +271,26 @@ def test_a_lone_request_to_a_small_model_computes_on_the_event_loop() -> None:
     sched.close()
 
 
-def test_concurrent_requests_still_go_to_the_instances() -> None:
-    from modelport.dataplane.scheduling.scheduler import INLINE_WINDOW
-
-    runtime = Tracer()
-    sched = make(runtime, instances=2)
-    loop_thread = _lone_requests(sched, INLINE_WINDOW)
+def _together(sched: Scheduler, count: int, width: int = 2) -> None:
+    """Send ``count`` requests at once; each must get exactly its own rows back."""
 
     async def scenario() -> None:
-        xs = [np.full((1, 2), float(i), np.float32) for i in range(40)]
+        xs = [np.full((1, width), float(i), np.float32) for i in range(count)]
         results = await asyncio.gather(*(sched.submit({"x": x}, ["y"], 1) for x in xs))
         for x, ex in zip(xs, results, strict=True):
             np.testing.assert_array_equal(ex.outputs["y"], 2 * x)
 
-    before = len(runtime.threads)
     asyncio.run(scenario())
+
+
+def test_concurrent_requests_go_to_the_instances_unless_the_model_is_tiny() -> None:
+    from modelport.dataplane.scheduling.scheduler import INLINE_WINDOW
+
+    runtime = Tracer()
+    sched = make(runtime, instances=2, modelport={"inline_busy_max_us": 0})
+    loop_thread = _lone_requests(sched, INLINE_WINDOW)
+    before = len(runtime.threads)
+    _together(sched, 40)
     # Requests arriving together are batched for the instance threads, never
     # computed one by one on the loop.
     later = runtime.threads[before:]
@@ -294,11 +299,102 @@ def test_concurrent_requests_still_go_to_the_instances() -> None:
     sched.close()
 
 
+def test_a_tiny_model_runs_every_batch_on_the_event_loop() -> None:
+    from modelport.dataplane.scheduling.scheduler import INLINE_WINDOW
+
+    runtime = Tracer()
+    # A generous bound: the fake is tiny, but a loaded test machine can stretch it.
+    sched = make(runtime, instances=2, modelport={"inline_busy_max_us": 5000})
+    loop_thread = _lone_requests(sched, INLINE_WINDOW)
+    before = len(runtime.threads)
+    _together(sched, 40)
+    later = runtime.threads[before:]
+    # Batched as before (one loop turn collects them), but computed on the loop.
+    assert later == [loop_thread] * len(later)
+    assert len(later) < 40
+    assert sorted(v for batch in runtime.batches[before:] for v in batch) == list(range(40))
+    sched.close()
+
+
+def test_a_model_between_the_two_bounds_runs_inline_only_when_idle() -> None:
+    from modelport.dataplane.scheduling.scheduler import INLINE_WINDOW
+
+    runtime = Tracer(slow_s=0.001)  # 1 ms by the wall clock: Tracer is not pin_safe
+    sched = make(
+        runtime, instances=2, modelport={"inline_max_us": 10_000, "inline_busy_max_us": 200}
+    )
+    loop_thread = _lone_requests(sched, INLINE_WINDOW + 2)
+    assert runtime.threads[-2:] == [loop_thread] * 2
+    before = len(runtime.threads)
+    _together(sched, 12)
+    # Over inline_busy_max_us: requests that arrive together go to the instances.
+    assert all(t != loop_thread for t in runtime.threads[before:])
+    sched.close()
+
+
+def test_a_batch_over_the_byte_limit_goes_to_an_instance_even_for_a_tiny_model() -> None:
+    from modelport.dataplane.scheduling.scheduler import INLINE_MAX_BYTES, INLINE_WINDOW
+
+    runtime = Tracer()
+    sched = make(runtime, instances=2, max_batch_size=64, modelport={"inline_busy_max_us": 5000})
+    width = INLINE_MAX_BYTES // 4 // 10
+    loop_thread = _lone_requests(sched, INLINE_WINDOW + 1, width=width)
+    assert runtime.threads[-1] == loop_thread
+    before = len(runtime.threads)
+    # Each request is a tenth of the limit; the batches forty of them form are over it.
+    _together(sched, 40, width=width)
+    later = runtime.threads[before:]
+    assert any(t != loop_thread for t in later)
+    sched.close()
+
+
+class CpuTracer(Tracer):
+    """Says it computes on the calling thread alone, so its cost is thread CPU time."""
+
+    pin_safe = True
+
+
+def test_a_few_slow_executions_do_not_stop_inline_batches_under_load() -> None:
+    from modelport.dataplane.scheduling.scheduler import INLINE_BUSY_SLACK, INLINE_WINDOW
+
+    runtime = Tracer()
+    sched = make(runtime, instances=2, modelport={"inline_busy_max_us": 2000})
+    loop_thread = _lone_requests(sched, INLINE_WINDOW + 1)
+    runtime.slow_s = 0.005  # over the 2 ms bound, as many times as the slack allows
+    _lone_requests(sched, INLINE_BUSY_SLACK)
+    runtime.slow_s = 0.0
+    before = len(runtime.threads)
+    _together(sched, 12)
+    assert runtime.threads[before:] == [loop_thread] * (len(runtime.threads) - before)
+    runtime.slow_s = 0.005  # one more is over the slack: batches go back to the instances
+    _lone_requests(sched, 1)
+    runtime.slow_s = 0.0
+    before = len(runtime.threads)
+    _together(sched, 12)
+    assert all(t != loop_thread for t in runtime.threads[before:])
+    sched.close()
+
+
+def test_the_cost_of_a_thread_computing_runtime_is_its_cpu_time_not_the_wall_clock() -> None:
+    from modelport.dataplane.scheduling.scheduler import INLINE_WINDOW
+
+    # Waiting 5 ms takes next to no CPU: a runtime that computes on its calling thread is
+    # judged by what it cost that thread, so it counts as tiny (the wait stands in
+    # for an instance thread queueing for the GIL or a core).
+    runtime = CpuTracer(slow_s=0.005)
+    sched = make(runtime, instances=2, modelport={"inline_busy_max_us": 2000})
+    loop_thread = _lone_requests(sched, INLINE_WINDOW)
+    before = len(runtime.threads)
+    _together(sched, 8)
+    assert runtime.threads[before:] == [loop_thread] * (len(runtime.threads) - before)
+    sched.close()
+
+
 def test_a_slow_execution_stops_inline_runs() -> None:
     from modelport.dataplane.scheduling.scheduler import INLINE_WINDOW
 
     runtime = Tracer()
-    sched = make(runtime, instances=1, modelport={"inline_max_us": 1000})
+    sched = make(runtime, instances=1, modelport={"inline_max_us": 1000, "inline_busy_max_us": 0})
     loop_thread = _lone_requests(sched, INLINE_WINDOW + 1)
     assert runtime.threads[-1] == loop_thread
     runtime.slow_s = 0.005  # 5 ms, over the 1 ms limit: this one runs inline once...
@@ -314,7 +410,7 @@ def test_inline_is_off_when_configured_off_or_for_large_batches() -> None:
     from modelport.dataplane.scheduling.scheduler import INLINE_MAX_BYTES, INLINE_WINDOW
 
     runtime = Tracer()
-    sched = make(runtime, instances=1, modelport={"inline_max_us": 0})
+    sched = make(runtime, instances=1, modelport={"inline_max_us": 0, "inline_busy_max_us": 0})
     loop_thread = _lone_requests(sched, INLINE_WINDOW + 3)
     assert loop_thread not in runtime.threads
     sched.close()

@@ -48,7 +48,9 @@ class SchedulingPolicy:
     batch_key: str | None
     server_timeout_ns: int | None
     inline_max_ns: int = 0
-    """Executions shorter than this may run on the event loop (0: never)."""
+    """A lone request may run on the event loop when executions cost under this (0: never)."""
+    inline_busy_max_ns: int = 0
+    """Any batch may run on the event loop when executions cost under this (0: never)."""
     pin_min_ns: int = 0
     """Instance threads whose executions take this long get a core of their own (0: never)."""
 
@@ -140,5 +142,6 @@ def scheduling_policy(config: ModelConfig, server_timeout_s: float | None) -> Sc
         batch_key=config.modelport.batch_key,
         server_timeout_ns=int(server_timeout_s * 1e9) if server_timeout_s else None,
         inline_max_ns=config.modelport.inline_max_us * 1000,
+        inline_busy_max_ns=config.modelport.inline_busy_max_us * 1000,
         pin_min_ns=PIN_MIN_NS if config.modelport.pin_instances else 0,
     )

@@ -13,12 +13,28 @@ the 2-core benchmark VM, p50 at concurrency 1 was 0.33 ms with the hand-off
 and about half that without). Inline runs only when nothing else is queued
 or running, the runtime says it is compiled-graph execution
 (``inline_safe``), the batch is one small request, and each of the
-version's last ``INLINE_WINDOW`` executions took under ``inline_max_us``; a
+version's last ``INLINE_WINDOW`` executions cost under ``inline_max_us``; a
 slow one stops it, since the loop serves every other request meanwhile.
 While that holds, a request arriving at an idle version is batched one
 loop turn later rather than at once, so requests that arrive together
-(several connections readable in one turn) still form one batch for an
-instance thread instead of computing one by one on the loop.
+(several connections readable in one turn) still form one batch.
+
+A small model runs every batch inline, under load too, while all but
+``INLINE_BUSY_SLACK`` of its last ``INLINE_WINDOW`` executions cost under
+``inline_busy_max_us``: the hand-off, its wake-ups and the GIL traffic
+between the loop and an instance thread cost the loop more than such a
+model's whole batch, so the instances would only add work (on the 2-core
+benchmark VM the MLP's executions cost 20 to 40 µs on the loop). Requests are
+then always batched one loop turn later: whatever arrived in that turn is
+one execution. A batch over ``INLINE_MAX_BYTES`` still goes to an instance.
+The slack keeps a few executions that a loaded machine made slow from
+flipping the version between the loop and its instances.
+
+An execution's cost is the CPU time of the thread that ran it when the
+runtime computes on the calling thread alone (``pin_safe``): measured on an
+instance thread, the wall clock also counts waits for the GIL and for a
+core, which under load can be many times the model's own time. Other
+runtimes are measured by the wall clock.
 
 Invariants:
 
@@ -33,6 +49,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -73,12 +90,20 @@ class _Result:
     error: ModelportError | None
     input_ns: int
     infer_ns: int
+    cost_ns: int
+    """What the execution cost the thread that ran it (see the module docstring)."""
 
 
 ExecutionRecorder = Callable[[int, int, int, int], None]
 
 #: Executions remembered to decide whether a version is small enough to run inline.
 INLINE_WINDOW = 32
+#: How many of those may cost over ``inline_busy_max_us`` with batches still inline
+#: under load: a loaded machine makes a few executions slow that would otherwise flip
+#: the version between the loop and its instances.
+INLINE_BUSY_SLACK = 4
+#: The cost an execution not seen yet counts as: over any bound.
+_UNKNOWN_COST = 1 << 62
 #: Largest batch (input bytes) that may run inline, so an odd huge request never does.
 INLINE_MAX_BYTES = 64 * 1024
 
@@ -110,9 +135,15 @@ class Scheduler:
         self._idle = asyncio.Event()
         self._idle.set()
         self._closing = False
-        self._inline = policy.inline_max_ns > 0 and bool(getattr(runtime, "inline_safe", False))
-        self._fast_streak = 0
-        """How many executions in a row took under ``inline_max_ns``."""
+        self._inline = bool(getattr(runtime, "inline_safe", False)) and (
+            policy.inline_max_ns > 0 or policy.inline_busy_max_ns > 0
+        )
+        self._cpu_cost = bool(getattr(runtime, "pin_safe", False))
+        # The last INLINE_WINDOW execution costs, and how many of them were over each
+        # bound; an execution not seen yet counts as over both.
+        self._costs: deque[int] = deque([_UNKNOWN_COST] * INLINE_WINDOW, maxlen=INLINE_WINDOW)
+        self._over_lone = INLINE_WINDOW
+        self._over_busy = INLINE_WINDOW
         self._deferred = False
         self._pinning: Pinning | None = None
         if policy.pin_min_ns > 0 and getattr(runtime, "pin_safe", False):
@@ -168,7 +199,7 @@ class Scheduler:
         if deadline is not None and not lp.delay_on_timeout:
             delay = (deadline - now) / 1e9
             timer = loop.call_later(delay, self._expire, pending)
-        if self._running == 0 and self._inline_fits():
+        if (self._running == 0 and self._inline_fits()) or self._inline_always():
             if not self._deferred:
                 self._deferred = True
                 loop.call_soon(self._deferred_pump)
@@ -257,7 +288,19 @@ class Scheduler:
 
     def _inline_fits(self) -> bool:
         """Whether this version's recent executions were all short enough to run inline."""
-        return self._inline and self._fast_streak >= INLINE_WINDOW
+        return self._inline and self._over_lone == 0
+
+    def _inline_always(self) -> bool:
+        """Whether every batch runs inline: all but a few recent executions were small."""
+        return self._inline and self._over_busy <= INLINE_BUSY_SLACK
+
+    def _note_cost(self, cost: int) -> None:
+        costs = self._costs
+        old = costs[0]
+        costs.append(cost)  # the deque is always full: this drops ``old``
+        lone, busy = self.policy.inline_max_ns, self.policy.inline_busy_max_ns
+        self._over_lone += (cost >= lone) - (old >= lone)
+        self._over_busy += (cost >= busy) - (old >= busy)
 
     def _deferred_pump(self) -> None:
         self._deferred = False
@@ -265,6 +308,8 @@ class Scheduler:
 
     def _inline_now(self, batch: Sequence[Pending]) -> bool:
         """Whether this batch may compute on the event loop (see the module docstring)."""
+        if self._inline_always():
+            return sum(a.nbytes for p in batch for a in p.inputs.values()) <= INLINE_MAX_BYTES
         if len(batch) != 1 or self._running or len(self._queues) or not self._inline_fits():
             return False
         return sum(a.nbytes for a in batch[0].inputs.values()) <= INLINE_MAX_BYTES
@@ -276,13 +321,10 @@ class Scheduler:
         execution can take milliseconds of wall time under load (waiting for the
         GIL or for a core) while computing for microseconds.
         """
-        pinning = self._pinning
-        if pinning is None or pinning.settled():
-            return self._compute(batch, names)
-        cpu0 = time.thread_time_ns()
         result = self._compute(batch, names)
-        if result.error is None:
-            pinning.after(time.thread_time_ns() - cpu0)
+        pinning = self._pinning
+        if pinning is not None and result.error is None and not pinning.settled():
+            pinning.after(result.cost_ns)
         return result
 
     def _compute(self, batch: Sequence[Pending], names: Sequence[str]) -> _Result:
@@ -295,18 +337,22 @@ class Scheduler:
                 name: np.concatenate([p.inputs[name] for p in batch], axis=0)
                 for name in batch[0].inputs
             }
+        cpu = self._cpu_cost
+        c1 = time.thread_time_ns() if cpu else 0
         t1 = time.perf_counter_ns()
+        out: dict[str, Array] | None = None
+        err: ModelportError | None = None
         try:
             out = self.runtime.predict(feed, names)
         except ModelportError as exc:
-            return _Result(None, exc, t1 - t0, time.perf_counter_ns() - t1)
+            err = exc
         except (ValueError, TypeError) as exc:
             err = InvalidRequest(f"model rejected the inputs: {_first_line(exc)}")
-            return _Result(None, err, t1 - t0, time.perf_counter_ns() - t1)
         except Exception as exc:
-            err2 = InferenceFailed(f"model failed: {_first_line(exc)}")
-            return _Result(None, err2, t1 - t0, time.perf_counter_ns() - t1)
-        return _Result(out, None, t1 - t0, time.perf_counter_ns() - t1)
+            err = InferenceFailed(f"model failed: {_first_line(exc)}")
+        infer_ns = time.perf_counter_ns() - t1
+        cost_ns = time.thread_time_ns() - c1 if cpu else infer_ns
+        return _Result(out, err, t1 - t0, infer_ns, cost_ns)
 
     def _finish(
         self, batch: Sequence[Pending], rows: int, started: int, fut: asyncio.Future[_Result]
@@ -318,7 +364,8 @@ class Scheduler:
         try:
             result = fut.result()
         except Exception as exc:  # the executor itself failed
-            result = _Result(None, InferenceFailed(f"model failed: {_first_line(exc)}"), 0, 0)
+            failed = InferenceFailed(f"model failed: {_first_line(exc)}")
+            result = _Result(None, failed, 0, 0, _UNKNOWN_COST)
         self._complete(batch, started, result)
         self._pump()
 
@@ -326,8 +373,7 @@ class Scheduler:
         """Split outputs by rows and answer every caller."""
         t0 = self._clock()
         if self._inline:
-            fast = result.infer_ns < self.policy.inline_max_ns
-            self._fast_streak = self._fast_streak + 1 if fast else 0
+            self._note_cost(result.cost_ns)
         total_rows = sum(p.rows for p in batch)
         error = result.error
         outputs = result.outputs or {}
