@@ -283,7 +283,7 @@ def _together(sched: Scheduler, count: int, width: int = 2) -> None:
     asyncio.run(scenario())
 
 
-def test_concurrent_requests_go_to_the_instances_unless_the_model_is_tiny() -> None:
+def test_with_busy_inline_off_concurrent_requests_go_to_the_instances() -> None:
     from modelport.dataplane.scheduling.scheduler import INLINE_WINDOW
 
     runtime = Tracer()
