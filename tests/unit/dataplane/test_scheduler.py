@@ -306,6 +306,9 @@ def test_a_tiny_model_runs_every_batch_on_the_event_loop() -> None:
     # A generous bound: the fake is tiny, but a loaded test machine can stretch it.
     sched = make(runtime, instances=2, modelport={"inline_busy_max_us": 5000})
     loop_thread = _lone_requests(sched, INLINE_WINDOW)
+    # One-row executions allow inline batches of two rows: these batches of twenty
+    # still go to the instances, and being cheap they allow batches of forty.
+    _together(sched, 40)
     before = len(runtime.threads)
     _together(sched, 40)
     later = runtime.threads[before:]
@@ -363,6 +366,7 @@ def test_a_few_slow_executions_do_not_stop_inline_batches_under_load() -> None:
     runtime.slow_s = 0.005  # over the 2 ms bound, as many times as the slack allows
     _lone_requests(sched, INLINE_BUSY_SLACK)
     runtime.slow_s = 0.0
+    _together(sched, 12)  # a slow execution also shrank the rows allowed inline
     before = len(runtime.threads)
     _together(sched, 12)
     assert runtime.threads[before:] == [loop_thread] * (len(runtime.threads) - before)
@@ -384,9 +388,37 @@ def test_the_cost_of_a_thread_computing_runtime_is_its_cpu_time_not_the_wall_clo
     runtime = CpuTracer(slow_s=0.005)
     sched = make(runtime, instances=2, modelport={"inline_busy_max_us": 2000})
     loop_thread = _lone_requests(sched, INLINE_WINDOW)
+    _together(sched, 8)  # grows the rows allowed inline
     before = len(runtime.threads)
     _together(sched, 8)
     assert runtime.threads[before:] == [loop_thread] * (len(runtime.threads) - before)
+    sched.close()
+
+
+class RowCost(Tracer):
+    """Takes 1 ms per row by the wall clock: cheap for one row, not for sixteen."""
+
+    def predict(self, inputs: Mapping[str, Any], outputs: Sequence[str]) -> dict[str, Any]:
+        self.slow_s = 0.001 * len(inputs["x"])
+        return super().predict(inputs, outputs)
+
+
+def test_rows_allowed_inline_grow_only_as_cheap_executions_show() -> None:
+    from modelport.dataplane.scheduling.scheduler import INLINE_WINDOW
+
+    runtime = RowCost()
+    sched = make(runtime, instances=2, modelport={"inline_busy_max_us": 2500})
+    loop_thread = _lone_requests(sched, INLINE_WINDOW + 1)
+    assert runtime.threads[-1] == loop_thread  # one row, 1 ms: under the bound
+    for _ in range(3):
+        _together(sched, 32)
+    on_loop = [
+        len(b) for t, b in zip(runtime.threads, runtime.batches, strict=True) if t == loop_thread
+    ]
+    # A batch of n rows runs inline only after one of n/2 rows was cheap; four rows
+    # (4 ms) never are, so nothing over four rows ever blocked the loop.
+    assert on_loop and max(on_loop) <= 4
+    assert any(len(b) > 4 for b in runtime.batches)
     sched.close()
 
 

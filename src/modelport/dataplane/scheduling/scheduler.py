@@ -30,6 +30,14 @@ one execution. A batch over ``INLINE_MAX_BYTES`` still goes to an instance.
 The slack keeps a few executions that a loaded machine made slow from
 flipping the version between the loop and its instances.
 
+Cost grows with a batch's rows, so the rows a batch may have to run inline
+grow only as fast as cheap executions show they may: an execution under
+``inline_busy_max_us`` lets batches of up to twice its rows run inline, and
+one over it with at least half the allowed rows lowers the allowance to half
+its rows. A model that is cheap for one row but not for sixty-four
+therefore blocks the loop for at most about twice the bound before its large
+batches go to the instances.
+
 An execution's cost is the CPU time of the thread that ran it when the
 runtime computes on the calling thread alone (``pin_safe``): measured on an
 instance thread, the wall clock also counts waits for the GIL and for a
@@ -144,6 +152,8 @@ class Scheduler:
         self._costs: deque[int] = deque([_UNKNOWN_COST] * INLINE_WINDOW, maxlen=INLINE_WINDOW)
         self._over_lone = INLINE_WINDOW
         self._over_busy = INLINE_WINDOW
+        self._inline_rows = 1
+        """The most rows a batch may have to run inline under load (see the module docstring)."""
         self._deferred = False
         self._pinning: Pinning | None = None
         if policy.pin_min_ns > 0 and getattr(runtime, "pin_safe", False):
@@ -294,13 +304,19 @@ class Scheduler:
         """Whether every batch runs inline: all but a few recent executions were small."""
         return self._inline and self._over_busy <= INLINE_BUSY_SLACK
 
-    def _note_cost(self, cost: int) -> None:
+    def _note_cost(self, cost: int, rows: int) -> None:
         costs = self._costs
         old = costs[0]
         costs.append(cost)  # the deque is always full: this drops ``old``
         lone, busy = self.policy.inline_max_ns, self.policy.inline_busy_max_ns
         self._over_lone += (cost >= lone) - (old >= lone)
         self._over_busy += (cost >= busy) - (old >= busy)
+        if cost < busy:
+            self._inline_rows = max(self._inline_rows, 2 * rows)
+        elif 2 * rows >= self._inline_rows:
+            # Only a batch near the allowance says it is too high; a small batch that
+            # was slow says nothing about rows (the slack above deals with it).
+            self._inline_rows = min(self._inline_rows, max(1, rows // 2))
 
     def _deferred_pump(self) -> None:
         self._deferred = False
@@ -309,6 +325,8 @@ class Scheduler:
     def _inline_now(self, batch: Sequence[Pending]) -> bool:
         """Whether this batch may compute on the event loop (see the module docstring)."""
         if self._inline_always():
+            if sum(p.rows for p in batch) > self._inline_rows:
+                return False
             return sum(a.nbytes for p in batch for a in p.inputs.values()) <= INLINE_MAX_BYTES
         if len(batch) != 1 or self._running or len(self._queues) or not self._inline_fits():
             return False
@@ -372,9 +390,9 @@ class Scheduler:
     def _complete(self, batch: Sequence[Pending], started: int, result: _Result) -> None:
         """Split outputs by rows and answer every caller."""
         t0 = self._clock()
-        if self._inline:
-            self._note_cost(result.cost_ns)
         total_rows = sum(p.rows for p in batch)
+        if self._inline:
+            self._note_cost(result.cost_ns, total_rows)
         error = result.error
         outputs = result.outputs or {}
         if error is None and len(batch) > 1:
