@@ -182,6 +182,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         f"(bare flag: {DEFAULT_BATCHING_OFF_KEY}) and compare",
     )
     parser.add_argument(
+        "--ab-rounds",
+        type=int,
+        default=AB_ROUNDS,
+        help="rounds of the on/off comparison; more steady the medians on a noisy machine",
+    )
+    parser.add_argument(
         "--overload",
         action="store_true",
         help=f"also run concurrency {OVERLOAD_CONCURRENCY} against a model "
@@ -698,7 +704,7 @@ def bench_batching_off(
         "key": key,
         "config": extra,
         "concurrency": concs,
-        "rounds": AB_ROUNDS,
+        "rounds": args.ab_rounds,
         "run_s": AB_DURATION_S,
         "rows": [],
     }
@@ -724,7 +730,7 @@ def bench_batching_off(
                 # slightly better (an A/A test of two identical servers showed it).
                 order = [
                     (round_no, which)
-                    for round_no in range(AB_ROUNDS)
+                    for round_no in range(args.ab_rounds)
                     for which in (("on", "off") if round_no % 2 == 0 else ("off", "on"))
                 ]
                 for round_no, which in order:
