@@ -343,6 +343,12 @@ def test_a_batch_over_the_byte_limit_goes_to_an_instance_even_for_a_tiny_model()
     width = INLINE_MAX_BYTES // 4 // 10
     loop_thread = _lone_requests(sched, INLINE_WINDOW + 1, width=width)
     assert runtime.threads[-1] == loop_thread
+    # Narrow batches of twenty rows raise the rows allowed inline past twenty, so
+    # only the byte limit can keep the wide batches below off the loop.
+    _together(sched, 40)
+    before = len(runtime.threads)
+    _together(sched, 40)
+    assert runtime.threads[before:] == [loop_thread] * (len(runtime.threads) - before)
     before = len(runtime.threads)
     # Each request is a tenth of the limit; the batches forty of them form are over it.
     _together(sched, 40, width=width)

@@ -146,7 +146,8 @@ class Scheduler:
         self._inline = bool(getattr(runtime, "inline_safe", False)) and (
             policy.inline_max_ns > 0 or policy.inline_busy_max_ns > 0
         )
-        self._cpu_cost = bool(getattr(runtime, "pin_safe", False))
+        pin_safe = bool(getattr(runtime, "pin_safe", False))
+        self._cpu_cost = pin_safe
         # The last INLINE_WINDOW execution costs, and how many of them were over each
         # bound; an execution not seen yet counts as over both.
         self._costs: deque[int] = deque([_UNKNOWN_COST] * INLINE_WINDOW, maxlen=INLINE_WINDOW)
@@ -156,7 +157,7 @@ class Scheduler:
         """The most rows a batch may have to run inline under load (see the module docstring)."""
         self._deferred = False
         self._pinning: Pinning | None = None
-        if policy.pin_min_ns > 0 and getattr(runtime, "pin_safe", False):
+        if policy.pin_min_ns > 0 and pin_safe:
             self._pinning = Pinning(policy.pin_min_ns, label=label)
 
     @property
@@ -327,10 +328,9 @@ class Scheduler:
         if self._inline_always():
             if sum(p.rows for p in batch) > self._inline_rows:
                 return False
-            return sum(a.nbytes for p in batch for a in p.inputs.values()) <= INLINE_MAX_BYTES
-        if len(batch) != 1 or self._running or len(self._queues) or not self._inline_fits():
+        elif len(batch) != 1 or self._running or len(self._queues) or not self._inline_fits():
             return False
-        return sum(a.nbytes for a in batch[0].inputs.values()) <= INLINE_MAX_BYTES
+        return sum(a.nbytes for p in batch for a in p.inputs.values()) <= INLINE_MAX_BYTES
 
     def _compute_on_instance(self, batch: Sequence[Pending], names: Sequence[str]) -> _Result:
         """Runs on an instance thread (never inline): compute, then maybe pin the thread.
@@ -340,9 +340,8 @@ class Scheduler:
         GIL or for a core) while computing for microseconds.
         """
         result = self._compute(batch, names)
-        pinning = self._pinning
-        if pinning is not None and result.error is None and not pinning.settled():
-            pinning.after(result.cost_ns)
+        if self._pinning is not None and result.error is None:
+            self._pinning.after(result.cost_ns)
         return result
 
     def _compute(self, batch: Sequence[Pending], names: Sequence[str]) -> _Result:
