@@ -178,6 +178,51 @@ def test_swapped_chain_positions_are_reported_as_reordered(
     assert _kinds(problems) == [(2, third["id"], "reordered"), (3, second["id"], "reordered")]
 
 
+@pytest.mark.parametrize(("first", "second"), [(2, 3), (2, 4)])
+def test_swapped_seq_values_are_reported_as_reordered(
+    store: StateStore, raw: sa.Engine, first: int, second: int
+) -> None:
+    # The rows keep their hashes and links; only their places in the chain
+    # change. The records after them link to hashes that still exist and
+    # are not blamed.
+    _mixed_writes(store)
+    rows = _rows(raw)
+    moved_a, moved_b = rows[first - 1], rows[second - 1]
+    _swap(raw, moved_a["id"], moved_b["id"], ("seq",), "seq")
+    problems = store.verify_audit().problems
+    assert _kinds(problems) == [
+        (first, moved_b["id"], "reordered"),
+        (second, moved_a["id"], "reordered"),
+    ]
+    assert problems[0].detail == f"it holds the content written as seq {second}"
+
+
+def test_an_inserted_record_that_shifts_the_rest_is_not_called_reordered(
+    store: StateStore, raw: sa.Engine
+) -> None:
+    # A forged record at seq 3 that links to record 2, with 3..5 moved one up:
+    # positions shifted along a line, not swapped in a cycle. (Its new id is
+    # out of order, which is reported as such.)
+    _mixed_writes(store)
+    rows = _rows(raw)
+    at = datetime(2025, 1, 1, tzinfo=UTC)
+    digest = record_hash(3, rows[1]["hash"], "m", at, "x", "version.load", {}, None)
+    with raw.begin() as conn:
+        for row in reversed(rows[2:]):
+            conn.execute(
+                sa.update(events).where(events.c.id == row["id"]).values(seq=row["seq"] + 1)
+            )
+        conn.execute(
+            sa.insert(events).values(
+                model="m", at=at, actor="x", action="version.load", detail={}, reason=None,
+                seq=3, prev_hash=rows[1]["hash"], hash=digest,
+            )
+        )  # fmt: skip
+    problems = store.verify_audit().problems
+    assert "inserted" in [p.what for p in problems]
+    assert not [p for p in problems if "content written as" in p.detail]
+
+
 def test_swapped_ids_are_reported_as_reordered(store: StateStore, raw: sa.Engine) -> None:
     # history() pages by id: swapping ids reorders what users see, while
     # read in seq order every hash still links up.
@@ -492,6 +537,23 @@ def test_cli_verify_lists_each_problem_and_exits_1(data_dir: Path) -> None:
     assert lines[0].startswith("seq 2 (id 2): edited: ")
     assert lines[1].startswith("seq 4: removed: no record has seq 4")
     assert lines[2] == "4 records, 2 problems: chain broken"
+
+
+def test_cli_verify_calls_two_swapped_records_reordered(data_dir: Path) -> None:
+    engine = _sqlite_engine(data_dir)
+    try:
+        rows = _rows(engine)
+        _swap(engine, rows[1]["id"], rows[2]["id"], ("seq",), "seq")
+    finally:
+        engine.dispose()
+    url = StateStore.sqlite_url(data_dir)
+    result = CliRunner().invoke(main_app, ["audit", "verify", "--state-url", url])
+    assert result.exit_code == 1
+    assert result.stdout.splitlines() == [
+        f"seq 2 (id {rows[2]['id']}): reordered: it holds the content written as seq 3",
+        f"seq 3 (id {rows[1]['id']}): reordered: it holds the content written as seq 2",
+        "5 records, 2 problems: chain broken",
+    ]
 
 
 def test_cli_refuses_a_data_directory_without_a_database(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,9 +28,9 @@ from modelport.controlplane.store.records import AuditProblem, AuditRecord
 #: ``prev_hash`` of the first record: there is nothing before it.
 GENESIS_HASH = "0" * 64
 
-#: Above this many records whose hash does not match, verification stops
+#: Above this many records whose hash or link is broken, verification stops
 #: looking for where each one's content belongs (a quadratic search) and
-#: calls them all edited.
+#: judges each on its own (edited or inserted).
 _REORDER_SEARCH_LIMIT = 2000
 
 
@@ -106,21 +107,30 @@ def find_problems(records: Iterable[AuditRecord]) -> tuple[int, list[AuditProble
 
     Each record is judged against its content and its predecessor:
 
-    - its hash does not match its own fields → *edited*, unless those fields
-      hash correctly at another broken position (two records' contents were
-      swapped) → *reordered*;
     - seq jumps (3 after 1) → *removed*, once per missing seq;
-    - seq does not jump but ``prev_hash`` is not the predecessor's hash, or a
-      seq is taken twice → *inserted*: the record does not continue the chain;
+    - a seq is taken twice → *inserted*;
+    - records that sit where another's content belongs, in a cycle (2 holds
+      what was written as 3, and 3 what was written as 2) → *reordered*.
+      Content "belongs" at seq n when it hashes to a stored hash there: its
+      own hash with n in place of its seq (seq values swapped), or the hash of
+      the record now at n (contents swapped). A record whose ``prev_hash`` is
+      the hash of a reordered record is not blamed: its own link is intact,
+      its predecessor moved;
+    - otherwise, its hash does not match its own fields → *edited*, or, when
+      its ``prev_hash`` does not fit either, → *inserted*; its fields hash
+      correctly but ``prev_hash`` is not the predecessor's hash → *inserted*:
+      the record does not continue the chain;
     - ids out of seq order (two rows' ids swapped, which reorders ``history``)
       → *reordered*: appends are serialised, so ids grow with seq. A record
       already blamed for something else is not blamed twice.
 
     Example: seq 1, 2, 4 where 4's hash is right gives one problem, seq 3
     removed; 4 is not blamed for its ``prev_hash``, the gap explains it.
+    Swapping the seq values of records 2 and 3 gives two problems, both
+    reordered; record 4, whose ``prev_hash`` is record 3's hash, is fine.
     """
     problems: list[AuditProblem] = []
-    mismatched: list[AuditRecord] = []
+    suspects: list[_Suspect] = []
     order: list[tuple[int, int]] = []  # (seq, id) in seq order
     previous: AuditRecord | None = None
     checked = 0
@@ -142,33 +152,25 @@ def find_problems(records: Iterable[AuditRecord]) -> tuple[int, list[AuditProble
             continue  # keep judging the next record against the first one
         if record.seq > expected_seq:
             problems.extend(_removed(expected_seq, record))
-        elif record.prev_hash != expected_prev and content_ok:
-            problems.append(
-                AuditProblem(
-                    record.seq,
-                    record.id,
-                    "inserted",
-                    "its prev_hash is not the hash of the record before it; "
-                    "it was added outside the chain",
-                )
-            )
-        elif record.prev_hash != expected_prev:
-            problems.append(
-                AuditProblem(
-                    record.seq,
-                    record.id,
-                    "inserted",
-                    "neither its hash nor its prev_hash fits the chain",
-                )
-            )
-        elif not content_ok:
-            mismatched.append(record)
+        elif record.prev_hash != expected_prev or not content_ok:
+            suspects.append(_Suspect(record, content_ok, record.prev_hash == expected_prev))
         previous = record
-    problems.extend(_edited_or_moved(mismatched))
+    problems.extend(_judge(suspects))
     blamed = {problem.id for problem in problems}
     problems.extend(p for p in _ids_out_of_order(order) if p.id not in blamed)
     problems.sort(key=lambda problem: problem.seq)
     return checked, problems
+
+
+@dataclass(frozen=True)
+class _Suspect:
+    """A record whose hash or link does not fit where it sits."""
+
+    record: AuditRecord
+    content_ok: bool
+    """Its fields hash to its stored hash at its own seq."""
+    prev_ok: bool
+    """Its ``prev_hash`` is the hash of the record before it."""
 
 
 def _removed(expected_seq: int, record: AuditRecord) -> list[AuditProblem]:
@@ -185,22 +187,24 @@ def _removed(expected_seq: int, record: AuditRecord) -> list[AuditProblem]:
     ]
 
 
-def _edited_or_moved(mismatched: list[AuditRecord]) -> list[AuditProblem]:
-    """Edited records, or records whose content belongs at another broken position."""
+def _judge(suspects: list[_Suspect]) -> list[AuditProblem]:
+    """Reordered, edited or inserted, for each record whose hash or link is broken."""
+    homes = _homes(suspects) if len(suspects) <= _REORDER_SEARCH_LIMIT else {}
+    moved = {seq for seq in homes if _in_cycle(seq, homes)}
+    moved_hashes = {s.record.hash for s in suspects if s.record.seq in moved}
     problems: list[AuditProblem] = []
-    search = len(mismatched) <= _REORDER_SEARCH_LIMIT
-    for record in mismatched:
-        home = next(
-            (
-                other
-                for other in mismatched
-                if search
-                and other is not record
-                and content_hash(record, other.seq, other.prev_hash) == other.hash
-            ),
-            None,
-        )
-        if home is None:
+    for suspect in suspects:
+        record = suspect.record
+        if record.seq in moved:
+            problems.append(
+                AuditProblem(
+                    record.seq,
+                    record.id,
+                    "reordered",
+                    f"it holds the content written as seq {homes[record.seq]}",
+                )
+            )
+        elif not suspect.content_ok and suspect.prev_ok:
             problems.append(
                 AuditProblem(
                     record.seq,
@@ -209,16 +213,66 @@ def _edited_or_moved(mismatched: list[AuditRecord]) -> list[AuditProblem]:
                     "its hash does not match its content; a field was changed after writing",
                 )
             )
-        else:
+        elif not suspect.content_ok:
             problems.append(
                 AuditProblem(
                     record.seq,
                     record.id,
-                    "reordered",
-                    f"it holds the content written as seq {home.seq}",
+                    "inserted",
+                    "neither its hash nor its prev_hash fits the chain",
+                )
+            )
+        elif record.prev_hash not in moved_hashes:
+            problems.append(
+                AuditProblem(
+                    record.seq,
+                    record.id,
+                    "inserted",
+                    "its prev_hash is not the hash of the record before it; "
+                    "it was added outside the chain",
                 )
             )
     return problems
+
+
+def _homes(suspects: list[_Suspect]) -> dict[int, int]:
+    """seq → the other broken seq where that record's content was written.
+
+    Only broken positions are searched: a record moved onto a position
+    breaks that position too. Quadratic in the broken records, hence the
+    search limit.
+    """
+    homes: dict[int, int] = {}
+    for suspect in suspects:
+        if suspect.content_ok:
+            continue
+        record = suspect.record
+        for other in suspects:
+            there = other.record
+            if there is record:
+                continue
+            if content_hash(record, there.seq, record.prev_hash) == record.hash or (
+                content_hash(record, there.seq, there.prev_hash) == there.hash
+            ):
+                homes[record.seq] = there.seq
+                break
+    return homes
+
+
+def _in_cycle(seq: int, homes: dict[int, int]) -> bool:
+    """Whether following homes from ``seq`` comes back to it (a permutation of positions).
+
+    A chain that ends instead (3's content belongs at 2, 2's nowhere) is
+    not a reordering: something was inserted or edited there.
+    """
+    at = homes[seq]
+    for _ in range(len(homes)):
+        if at == seq:
+            return True
+        if at not in homes:
+            return False
+        at = homes[at]
+    return at == seq
 
 
 def _ids_out_of_order(order: list[tuple[int, int]]) -> list[AuditProblem]:
