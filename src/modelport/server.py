@@ -67,7 +67,10 @@ def _uvicorn(
             port=port,
             loop="none",
             http=limited_protocol(
-                config.max_header_bytes, config.header_timeout, config.body_timeout
+                config.max_header_bytes,
+                config.header_timeout,
+                config.body_timeout,
+                config.max_body_bytes,
             ),
             lifespan="off",
             access_log=False,

@@ -29,9 +29,11 @@ from modelport.dataplane.admission.certificates import (
     ClientCertificate,
     describe_der,
 )
+from modelport.dataplane.transport.http.body import check_declared, too_large
 from modelport.dataplane.transport.http.direct import DirectCycle
 from modelport.dataplane.transport.http.disconnect import CONNECTION_SCOPE_KEY, HangupWatch
 from modelport.dataplane.transport.http.fastpath import InferenceFastPath, match_infer
+from modelport.errors import PayloadTooLarge
 
 #: TLS versions as the ASGI TLS extension numbers them.
 _TLS_VERSIONS = {"TLSv1.2": 0x0303, "TLSv1.3": 0x0304}
@@ -64,7 +66,7 @@ class _HeadTooLarge(Exception):
 
 #: Seconds between the checks of every connection's request deadlines.
 SWEEP_INTERVAL_S = 0.5
-#: Longest a refused connection stays open for the client to read the answer.
+#: Seconds a refused connection stays open once the client stops sending.
 LINGER_S = 2.0
 
 
@@ -78,6 +80,15 @@ class JsonErrorHttpToolsProtocol(HangupWatch, HttpToolsProtocol):
     body_timeout_s`` (408), so a client cannot hold a connection open by
     trickling a header or a body.
 
+    The body limit, ``max_body_bytes``, holds for every route here, before any
+    application reads a byte: a declared Content-Length over it is answered
+    413 as soon as the head is parsed, and a body without one (chunked) is cut
+    off with 413 once it grows past the limit. Either way the connection
+    closes after the answer and the rest of the body is dropped unread, so a
+    route that buffers its body (the management API, the repository routes)
+    never holds more than the limit. Infer requests taken directly keep their
+    own count of the same limit (``DirectCycle``).
+
     The limits cost the request path almost nothing: the head is measured once
     per request (and per network read while it is still arriving, so a huge
     head never accumulates), and deadlines are checked by one sweep over the
@@ -89,6 +100,7 @@ class JsonErrorHttpToolsProtocol(HangupWatch, HttpToolsProtocol):
     max_head_bytes: int = 32 * 1024
     head_timeout_s: float = 10.0
     body_timeout_s: float = 60.0
+    max_body_bytes: int = 64 * 1024 * 1024
 
     _tls: dict[str, Any] | None = None
     _client_cert: ClientCertificate | None = None
@@ -96,7 +108,12 @@ class JsonErrorHttpToolsProtocol(HangupWatch, HttpToolsProtocol):
     """When the request being received began (or the connection, before any)."""
     _head_read: int = 0
     _head_too_large: bool = False
+    _body_read: int = 0
+    """Body bytes of the request being received (ASGI cycles; direct ones count their own)."""
     _refused: bool = False
+    _last_dropped: float = 0.0
+    """When input of a refused request last arrived (it is dropped unread)."""
+    _linger_ends: float = 0.0
     _infer_app: InferenceFastPath | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -115,6 +132,7 @@ class JsonErrorHttpToolsProtocol(HangupWatch, HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         if self._refused:  # the rest of a refused request: read and dropped
+            self._last_dropped = self.loop.time()
             return
         super().data_received(data)
         scope = getattr(self, "scope", None)
@@ -133,6 +151,8 @@ class JsonErrorHttpToolsProtocol(HangupWatch, HttpToolsProtocol):
         if size > self.max_head_bytes:
             self._head_too_large = True
             raise _HeadTooLarge
+        if self._refused or self._refuse_declared_body():
+            return
         app = self._infer_app
         if app is None or not self._take_direct(app):
             super().on_headers_complete()
@@ -174,16 +194,70 @@ class JsonErrorHttpToolsProtocol(HangupWatch, HttpToolsProtocol):
         task.add_done_callback(self.tasks.discard)
         return True
 
+    def _refuse_declared_body(self) -> bool:
+        """Answer 413 for a declared Content-Length over the limit; True when refused.
+
+        No cycle is started for the request, so no application sees it. Behind
+        an unfinished answer (pipelining) a 413 cannot be written in order:
+        that answer finishes, then the connection closes, and this request is
+        never answered; nothing more is read meanwhile.
+        """
+        declared = next((v for n, v in self.headers if n == b"content-length"), None)
+        if declared is None:
+            return False
+        try:
+            check_declared(declared.decode("latin-1"), self.max_body_bytes)
+        except PayloadTooLarge as exc:
+            previous = self.cycle
+            if previous is not None and not previous.response_complete:
+                previous.keep_alive = False
+                self._refused = True
+            else:
+                self._send_error(413, "Content Too Large", exc.message)
+            return True
+        return False
+
     def on_body(self, body: bytes) -> None:
         cycle = self.cycle
         if isinstance(cycle, DirectCycle):
             cycle.add(body)
+            return
+        if self._refused:
+            return
+        self._body_read += len(body)
+        if self._body_read > self.max_body_bytes:
+            self._refuse_body()
         else:
             super().on_body(body)
+
+    def _refuse_body(self) -> None:
+        """The body grew past the limit: 413 when nothing was answered yet; no more reading.
+
+        The application reading it is told the client left and its answer is
+        dropped (``_linger``). A request queued behind another answer, or one
+        whose answer is already under way, cannot be answered in order: the
+        connection closes instead.
+        """
+        cycle = self.cycle
+        queued = any(c is cycle for c, _ in self.pipeline)
+        if queued:
+            self.transport.close()
+        elif not cycle.response_started:
+            self._send_error(413, "Content Too Large", too_large(self.max_body_bytes).message)
+        elif cycle.response_complete:
+            self._linger()
+        else:  # the answer is still being written: let it finish, then close
+            cycle.keep_alive = False
+            self._refused = True
+
+    def on_message_complete(self) -> None:
+        if not self._refused:
+            super().on_message_complete()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._started = self.loop.time()
+        self._body_read = 0
         scope: dict[str, Any] = self.scope  # type: ignore[assignment]
         scope[CONNECTION_SCOPE_KEY] = self
         if self._tls is not None:
@@ -249,15 +323,38 @@ class JsonErrorHttpToolsProtocol(HangupWatch, HttpToolsProtocol):
         reset, and a reset can discard the answer before the client reads it.
         So the write side is shut (the client sees the end of the answer),
         further input is dropped unread, and the socket closes when the client
-        closes or after ``LINGER_S``, whichever comes first.
+        closes, once it has sent nothing for ``LINGER_S``, or ``body_timeout_s``
+        after the refusal, whichever comes first. A client that reads only once
+        it has sent its whole body (most do) thus gets the 413 rather than a
+        reset, and dropping costs bandwidth but no memory.
         """
         self._refused = True
-        if isinstance(self.cycle, DirectCycle):
-            self.cycle.abandon()
+        cycle = self.cycle
+        if isinstance(cycle, DirectCycle):
+            cycle.abandon()
+        elif cycle is not None and not cycle.response_complete:
+            # The application must not answer after us: its receive() reports
+            # the client gone, and whatever it sends is dropped.
+            cycle.disconnected = True
+            cycle.message_event.set()
         transport = self.transport
         if transport.can_write_eof():
             transport.write_eof()
-        self.loop.call_later(LINGER_S, transport.close)
+        self.flow.resume_reading()  # dropping is reading: a paused socket would only fill up
+        now = self.loop.time()
+        self._last_dropped = now
+        self._linger_ends = now + self.body_timeout_s
+        self.loop.call_later(LINGER_S, self._end_linger)
+
+    def _end_linger(self) -> None:
+        if self.transport.is_closing():
+            return
+        now = self.loop.time()
+        quiet_from = self._last_dropped + LINGER_S
+        if now >= quiet_from or now >= self._linger_ends:
+            self.transport.close()
+        else:
+            self.loop.call_later(min(quiet_from, self._linger_ends) - now, self._end_linger)
 
 
 def _sweep_later(loop: asyncio.AbstractEventLoop, state: Any) -> None:
@@ -277,7 +374,10 @@ def _sweep(loop: asyncio.AbstractEventLoop, state: Any) -> None:
 
 
 def limited_protocol(
-    max_head_bytes: int, head_timeout_s: float, body_timeout_s: float
+    max_head_bytes: int,
+    head_timeout_s: float,
+    body_timeout_s: float,
+    max_body_bytes: int = JsonErrorHttpToolsProtocol.max_body_bytes,
 ) -> type[JsonErrorHttpToolsProtocol]:
     """The protocol class with the server's limits (uvicorn builds one per connection)."""
     return type(
@@ -287,5 +387,6 @@ def limited_protocol(
             "max_head_bytes": max_head_bytes,
             "head_timeout_s": head_timeout_s,
             "body_timeout_s": body_timeout_s,
+            "max_body_bytes": max_body_bytes,
         },
     )
