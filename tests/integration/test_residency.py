@@ -8,6 +8,7 @@ reference profile and ``badprofile`` a broken one.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -220,3 +221,28 @@ def test_compliance_report(repo: Path, tmp_path: Path) -> None:
     )  # fmt: skip
     assert table.returncode == 0, table.stderr
     assert "local" in table.stdout and "eu-west-1" in table.stdout
+
+
+def test_compliance_table_keeps_bracketed_text_one_row_per_line(repo: Path) -> None:
+    # Piped, as here: no terminal width to wrap to, so each row stays whole,
+    # and "[ae]" is text, not a markup tag to drop.
+    table = subprocess.run(
+        [sys.executable, "-m", "modelport", "compliance", "report", "--repository", str(repo),
+         "--region", "eu-west-1"],
+        capture_output=True, text=True, check=False, timeout=120,
+    )  # fmt: skip
+    assert table.returncode == 0, table.stderr
+    local = [line for line in table.stdout.splitlines() if "│ local " in line]
+    assert len(local) == 1
+    assert "the model's residency is [ae]; this node's region 'eu-west-1' is not in it" in local[0]
+
+
+def test_compliance_report_requires_a_repository(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "MODELPORT_REPOSITORY"}
+    done = subprocess.run(
+        [sys.executable, "-m", "modelport", "compliance", "report", "--json"],
+        capture_output=True, text=True, check=False, timeout=120, cwd=tmp_path, env=env,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert "no model repository given: pass --repository REPO" in done.stderr

@@ -114,18 +114,21 @@ def _yes(flag: bool) -> str:
 
 
 def _print_table(report: dict[str, Any]) -> None:
-    from rich.console import Console
+    """The report as a table; every cell escaped, since rich reads ``[ae]`` as markup."""
+    from rich.markup import escape
     from rich.table import Table
+
+    from modelport.cli.console import output_console
 
     node = report["node"]
     where = node["region"] or "none (fail closed: only models without residency are served)"
-    table = Table(title=f"modelport compliance: node region {where}")
+    table = Table(title=escape(f"modelport compliance: node region {where}"))
     for column in ("model", "allowed regions", "served here", "encrypted", "payload log", "limit"):
         table.add_column(column)
     for m in report["models"]:
         served = _yes(m["served_here"]) + (f" ({m['reason']})" if m["reason"] else "")
         if "residency" not in m:
-            table.add_row(m["name"], "?", served, "?", "?", "?")
+            table.add_row(*(escape(cell) for cell in (m["name"], "?", served, "?", "?", "?")))
             continue
         log = m["payload_log"]
         logged = "off"
@@ -137,7 +140,7 @@ def _print_table(report: dict[str, Any]) -> None:
             )
         limit = m["rate_limit"]
         sealed = sum(v["sealed"] for v in m["versions"])
-        table.add_row(
+        cells = (
             m["name"],
             ", ".join(m["allowed_regions"]),
             served,
@@ -145,14 +148,20 @@ def _print_table(report: dict[str, Any]) -> None:
             logged,
             "none" if limit is None else f"{limit['rate']:g}/s burst {limit['burst']}",
         )
-    Console().print(table)
+        table.add_row(*(escape(cell) for cell in cells))
+    output_console().print(table)
 
 
 @compliance_app.command("report")
 def report(
     repository: Annotated[
         Path | None,
-        typer.Option(help="Model repository (default: the server settings', else the examples)."),
+        typer.Option(
+            help=(
+                "Model repository (default: the server settings': --config file or "
+                "MODELPORT_REPOSITORY); required when they name none."
+            )
+        ),
     ] = None,
     config: Annotated[
         Path | None, typer.Option("--config", help="Server config file (YAML), as for serve.")
@@ -175,9 +184,14 @@ def report(
         raise typer.Exit(2) from None
     repo = settings.repository
     if repo is None:
-        from modelport.examples import repository_path
-
-        repo = repository_path()
+        # Reporting on the bundled examples instead would describe models
+        # that this node does not serve, and look like a clean bill.
+        typer.echo(
+            "error: no model repository given: pass --repository REPO, or name it in the "
+            "--config file or MODELPORT_REPOSITORY, as for serve",
+            err=True,
+        )
+        raise typer.Exit(2)
     if not repo.is_dir():
         typer.echo(f"error: repository {repo} is not a directory", err=True)
         raise typer.Exit(2)
