@@ -466,3 +466,48 @@ def test_sighup_reloads_at_once(repo: Path, tmp_path: Path) -> None:
         )
     finally:
         stop_server(srv)
+
+
+#: A TLS record header announcing a 512-byte handshake message, and its first byte.
+PARTIAL_CLIENT_HELLO = b"\x16\x03\x01\x02\x00\x01"
+HANDSHAKE_TIMEOUT_S = 1.0
+
+
+@pytest.fixture(scope="module")
+def quick_handshakes(
+    pki: Pki, repo: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    logs = tmp_path_factory.mktemp("tls-handshake")
+    config = logs / "server.yaml"
+    config.write_text(f"header_timeout: {HANDSHAKE_TIMEOUT_S}\n")
+    srv = _start(
+        repo, logs / "server.log", _client_context(pki.ca_path), *pki.flags(),
+        "--config", str(config),
+    )  # fmt: skip
+    yield srv
+    stop_server(srv)
+
+
+@pytest.mark.parametrize("sent", [b"", PARTIAL_CLIENT_HELLO], ids=["nothing", "partial-hello"])
+@pytest.mark.parametrize("port", ["http", "metrics", "grpc"])
+def test_a_stalled_handshake_is_cut_off_after_header_timeout(
+    quick_handshakes: Server, pki: Pki, port: str, sent: bytes
+) -> None:
+    """A client that opens a TLS connection and stalls is let go after header_timeout."""
+    number = {
+        "http": quick_handshakes.http_port,
+        "metrics": quick_handshakes.metrics_port,
+        "grpc": quick_handshakes.grpc_port,
+    }[port]
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", number), timeout=30) as sock:
+        sock.sendall(sent)
+        try:
+            while sock.recv(4096):
+                pass
+        except ConnectionResetError:
+            pass
+    took = time.monotonic() - started
+    assert HANDSHAKE_TIMEOUT_S * 0.5 <= took < HANDSHAKE_TIMEOUT_S + 3, took
+    # A client that completes its handshake is still served.
+    assert _serial(number, pki.ca_path) == pki.server.serial

@@ -146,6 +146,8 @@ def build_grpc_server(
             ("grpc.max_receive_message_length", config.max_body_bytes),
             ("grpc.max_send_message_length", config.max_body_bytes),
             ("grpc.so_reuseport", 0),
+            # A TLS handshake gets the time an HTTP request head gets (gRPC's default: 120 s).
+            ("grpc.server_handshake_timeout_ms", max(1, round(config.header_timeout * 1000))),
         ]
     )
     server.add_generic_rpc_handlers((_handlers(InferenceService(ctx, gate)),))
