@@ -11,6 +11,7 @@ import base64
 import hashlib
 import hmac
 import json
+import queue
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -163,3 +164,35 @@ def test_grpc_checks_tokens_the_same_way(server: Server) -> None:
     finally:
         client.close()
     assert server.alive()
+
+
+def test_a_stream_ends_unauthenticated_once_its_token_expires(server: Server) -> None:
+    # Expired 25 s ago: within the 30 s leeway for about five seconds more.
+    short = token(claims(exp=int(time.time()) - 25))
+    results: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    inputs = [grpcclient.InferInput(n, [1, 16], "FP32") for n in ("INPUT0", "INPUT1")]
+    for tensor in inputs:
+        tensor.set_data_from_numpy(np.ones((1, 16), dtype=np.float32))
+    client.start_stream(
+        callback=lambda result, error: results.put((result, error)),
+        headers={"authorization": f"Bearer {short}"},
+    )
+    try:
+        client.async_stream_infer("add_sub", inputs, request_id="fresh")
+        _, error = results.get(timeout=30)
+        assert error is None, error
+        deadline = time.monotonic() + 15
+        while error is None:
+            assert time.monotonic() < deadline, "the stream still answers an expired token"
+            client.async_stream_infer("add_sub", inputs, request_id="later")
+            try:
+                _, error = results.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if error is None:
+                time.sleep(0.05)  # poll interval: one request per answer, not a flood
+        assert error.status() == "StatusCode.UNAUTHENTICATED", error
+    finally:
+        client.stop_stream()
+        client.close()

@@ -53,7 +53,7 @@ def open_store(data_dir: Path | None, state_url: str | None, *, create: bool) ->
         directory = data_dir or DEFAULT_DATA_DIR
         database = directory / "state.db"
         if create:
-            directory.mkdir(parents=True, exist_ok=True)
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)  # keys, audit: owner only
         elif not database.is_file():
             typer.echo(f"error: no state database at {database}; check --data-dir", err=True)
             raise typer.Exit(2)

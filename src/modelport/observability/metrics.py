@@ -6,10 +6,13 @@ across replicas by the monitoring system.
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics_core import Metric
 
 #: Buckets from 100 µs to 10 s: model servers answer small models in well under 1 ms.
 LATENCY_BUCKETS = (
@@ -149,6 +152,31 @@ class Metrics:
             )
         return found
 
-    def render(self) -> bytes:
-        """The Prometheus text exposition of every metric."""
-        return generate_latest(self.registry)
+    def render(self, visible: Callable[[str], bool] | None = None) -> bytes:
+        """The Prometheus text exposition; only the series ``visible`` allows.
+
+        ``visible`` tests a model name (the caller may see that model, as
+        listings decide); series labelled with a model it refuses are left
+        out, series without a model label (server-wide) always stay. None
+        shows everything.
+        """
+        if visible is None:
+            return generate_latest(self.registry)
+        return generate_latest(_VisibleSeries(self.registry, visible))
+
+
+class _VisibleSeries:
+    """A registry view for ``generate_latest``: samples of hidden models removed."""
+
+    def __init__(self, registry: CollectorRegistry, visible: Callable[[str], bool]) -> None:
+        self.registry = registry
+        self.visible = visible
+
+    def collect(self) -> Iterator[Metric]:
+        visible = self.visible
+        for family in self.registry.collect():
+            kept = copy.copy(family)
+            kept.samples = [
+                s for s in family.samples if "model" not in s.labels or visible(s.labels["model"])
+            ]
+            yield kept

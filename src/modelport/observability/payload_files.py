@@ -97,7 +97,11 @@ class DayFiles:
         error passes through for the caller to count.
         """
         path = self.path(model, day)
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not path.parent.is_dir():
+            # Each level made here is the owner's only (mkdir's parents= would
+            # give the payload root the default mode, listing model names to all).
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            path.parent.mkdir(mode=0o700, exist_ok=True)
         out: list[bytes] = []
         if keys is not None:
             segment = self._segments.get(path)

@@ -71,6 +71,12 @@ def test_parse_role() -> None:
         ("POST", "/v2/models/../fraud/infer", Role.INVOKER, ".."),
         ("GET", "/v2/models/fraud-1/config", Role.VIEWER, "fraud-1"),
         ("GET", "/v2/models/stats", Role.VIEWER, None),
+        # Only that exact path is the all-models statistics; below it is the model "stats".
+        ("POST", "/v2/models/stats/infer", Role.INVOKER, "stats"),
+        ("POST", "/v2/models/stats/versions/1/infer", Role.INVOKER, "stats"),
+        ("GET", "/v2/models/stats/config", Role.VIEWER, "stats"),
+        ("GET", "/v2/models/stats/versions/1", Role.VIEWER, "stats"),
+        ("GET", "/v2/models/stats/stats", Role.VIEWER, "stats"),
         ("POST", "/v2/repository/index", Role.VIEWER, None),
         ("POST", "/v2/repository/models/fraud-1/load", Role.OPERATOR, "fraud-1"),
         ("POST", "/v1/models/fraud-1:predict", Role.INVOKER, "fraud-1"),

@@ -16,6 +16,7 @@ the busy timeout) for connections marked with :data:`WRITE`, a plain
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +90,7 @@ def open_engine(url: URL) -> Engine:
     """An Engine for a URL from :func:`parse_url`; nothing is connected yet."""
     where = f"state store {describe(url)}"
     if url.drivername == "sqlite":
-        _make_parent_directory(url, where)
+        _make_private_file(url, where)
         engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
         _take_over_sqlite_transactions(engine)
         return engine
@@ -105,16 +106,32 @@ def open_engine(url: URL) -> Engine:
         ) from None
 
 
-def _make_parent_directory(url: URL, where: str) -> None:
+def _make_private_file(url: URL, where: str) -> None:
+    """Create the database file, and its directory if missing, for the owner only.
+
+    The store holds key hashes, policies and the audit log, so a new file is
+    made 0600 (and a new directory 0700) before SQLite opens it; SQLite gives
+    its ``-wal``, ``-shm`` and journal files the database file's permissions.
+    An existing file or directory keeps the mode its owner chose.
+    """
     if url.query.get("uri") in ("true", "1"):
         return  # a file: URI; SQLite resolves it, and we cannot
-    parent = Path(str(url.database)).expanduser().parent
+    database = Path(str(url.database)).expanduser()
+    parent = database.parent
     try:
-        parent.mkdir(parents=True, exist_ok=True)
+        parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(
             where, "", f"cannot create the directory {parent}: {exc.strerror}"
         ) from None
+    if database.exists():
+        return
+    try:
+        os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass  # created meanwhile by another process
+    except OSError as exc:
+        raise ConfigError(where, "", f"cannot create {database}: {exc.strerror}") from None
 
 
 def _take_over_sqlite_transactions(engine: Engine) -> None:

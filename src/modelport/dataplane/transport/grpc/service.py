@@ -32,7 +32,7 @@ from modelport.dataplane.codec.grpc_v2 import decode_request, encode_response, p
 from modelport.dataplane.codec.repository import load_config_parameter
 from modelport.dataplane.transport.context import EXTENSIONS, TransportContext
 from modelport.dataplane.transport.grpc.errors import grpc_status, trailing_metadata
-from modelport.errors import ModelportError, NotFound
+from modelport.errors import InvalidRequest, ModelportError, NotFound
 from modelport.protos import grpc_service_pb2 as pb
 from modelport.protos import grpc_service_pb2_grpc as pb_grpc
 
@@ -74,6 +74,15 @@ def _metadata(context: grpc.aio.ServicerContext, name: str) -> str | None:
     return None
 
 
+def _authorization(context: grpc.aio.ServicerContext) -> str | None:
+    """The one ``authorization`` metadata value, or None; InvalidRequest when there
+    are several (which one a proxy and the server each take could differ)."""
+    values = [v for k, v in context.invocation_metadata() or () if k == "authorization"]
+    if len(values) > 1:
+        raise InvalidRequest("send one authorization metadata entry, not several")
+    return values[0] if values and isinstance(values[0], str) else None
+
+
 def _metadata_lookup(context: grpc.aio.ServicerContext) -> Callable[[str], str | None]:
     """The call's metadata as the pipeline's header lookup (residency, sticky routing key)."""
     return functools.partial(_metadata, context)
@@ -109,9 +118,12 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         """The caller, when it may do what needs ``need`` on ``model``; None when auth is off."""
         if self.gate is None:
             return None
-        header = _metadata(context, "authorization")
         return await self.gate.admit(
-            header, peer_address(context.peer()), need, model or None, client_certificate(context)
+            _authorization(context),
+            peer_address(context.peer()),
+            need,
+            model or None,
+            client_certificate(context),
         )
 
     async def ServerLive(self, request: Any, context: Any) -> Any:
@@ -169,26 +181,36 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     ) -> None:
         """Serve each request on the stream concurrently; answer in completion order.
 
-        The caller is authenticated once, when the stream opens (a failure ends
-        the stream); each message is then authorized for its own model, and a
-        denial answers that message only.
+        The caller is authenticated when the stream opens and again before each
+        message, through the same short identity cache as unary calls, so a key
+        revoked or expired (a JWT past ``exp``) stops a long stream within that
+        cache's lifetime: the stream ends with UNAUTHENTICATED, after the
+        messages already admitted are answered. Each message is authorized for
+        its own model, and a denial answers that message only.
         """
         write_lock = asyncio.Lock()
-        identity: Identity | None = None
         peer = peer_address(context.peer())
-        if self.gate is not None:
-            try:
-                header = _metadata(context, "authorization")
-                identity = await self.gate.authenticator.authenticate(
-                    header, peer, client_certificate(context)
-                )
-            except ModelportError as exc:
-                await context.abort(grpc_status(exc), exc.message, trailing_metadata(exc))
+        header: str | None = None
+        certificate: ClientCertificate | None = None
+        gate = self.gate
 
-        async def one(msg: Any) -> None:
+        async def caller() -> Identity | None:
+            if gate is None:
+                return None
+            return await gate.authenticator.authenticate(header, peer, certificate)
+
+        try:
+            if gate is not None:
+                header = _authorization(context)
+                certificate = client_certificate(context)
+            await caller()
+        except ModelportError as exc:
+            await context.abort(grpc_status(exc), exc.message, trailing_metadata(exc))
+
+        async def one(msg: Any, identity: Identity | None) -> None:
             try:
-                if self.gate is not None and identity is not None:
-                    self.gate.check(identity, peer, Role.INVOKER, msg.model_name or None)
+                if gate is not None and identity is not None:
+                    gate.check(identity, peer, Role.INVOKER, msg.model_name or None)
                 reply = pb.ModelStreamInferResponse(
                     infer_response=await self._infer(msg, context, identity)
                 )
@@ -202,9 +224,18 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             async with write_lock:
                 await context.write(reply)
 
+        ended: ModelportError | None = None
         async with asyncio.TaskGroup() as tasks:
             async for msg in request_iterator:
-                tasks.create_task(one(msg))
+                try:
+                    identity = await caller()
+                except ModelportError as exc:
+                    # Aborting here would wrap the abort in the group's ExceptionGroup.
+                    ended = exc
+                    break
+                tasks.create_task(one(msg, identity))
+        if ended is not None:
+            await context.abort(grpc_status(ended), ended.message, trailing_metadata(ended))
 
     @_mapped
     async def ModelConfig(self, request: Any, context: Any) -> Any:

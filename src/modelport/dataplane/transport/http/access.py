@@ -15,6 +15,12 @@ Examples::
     GET  /api/v1/models/fraud-1/traffic         viewer on fraud-1
     PUT  /api/v1/models/fraud-1/traffic         operator on fraud-1
     GET  /metrics                               viewer
+    GET  /v2/models/stats                       viewer (statistics of the models it may see)
+    POST /v2/models/stats/infer                 invoker on stats (a model named "stats")
+
+Triton's all-models statistics route is exactly ``/v2/models/stats``; every
+longer path under it is the routers' ``/v2/models/{model}/...`` with the
+model ``stats``, and needs the usual role on that model.
 """
 
 from __future__ import annotations
@@ -24,6 +30,9 @@ from modelport.dataplane.admission.identity import Role
 #: Paths anyone may call: liveness and readiness probes.
 OPEN = frozenset({"/v2/health/live", "/v2/health/ready"})
 
+#: Triton's statistics of every model: the listing is filtered by what the caller may see.
+ALL_STATISTICS = "/v2/models/stats"
+
 _READS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
@@ -31,9 +40,11 @@ def required(method: str, path: str) -> tuple[Role | None, str | None]:
     """(role needed or None when open, model named or None) for one request."""
     if path in OPEN:
         return None, None
+    if path == ALL_STATISTICS:
+        return Role.VIEWER, None
     parts = path.split("/")
     # parts[0] is "" (the path starts with "/").
-    if len(parts) >= 4 and parts[1] == "v2" and parts[2] == "models" and parts[3] != "stats":
+    if len(parts) >= 4 and parts[1] == "v2" and parts[2] == "models":
         model = parts[3]
         if parts[-1] == "infer" and method == "POST":
             return Role.INVOKER, model

@@ -16,6 +16,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from modelport.dataplane.admission.identity import VISIBLE_SCOPE_KEY
 from modelport.dataplane.transport.context import TransportContext
 from modelport.dataplane.transport.http import routes_triton, routes_v1, routes_v2
 from modelport.dataplane.transport.http.errors import error_headers, http_status
@@ -56,7 +57,10 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 
 def metrics_routes(metrics: Metrics) -> list[Route]:
     async def render(request: Request) -> Response:
-        return Response(metrics.render(), media_type=CONTENT_TYPE)
+        # A caller sees the series of the models it may see, and the server-wide ones.
+        return Response(
+            metrics.render(request.scope.get(VISIBLE_SCOPE_KEY)), media_type=CONTENT_TYPE
+        )
 
     return [Route("/metrics", render, methods=["GET"])]
 

@@ -20,17 +20,24 @@ from modelport.dataplane.admission.identity import IDENTITY_SCOPE_KEY, VISIBLE_S
 from modelport.dataplane.codec.json_v2 import encode_json
 from modelport.dataplane.transport.http.access import required
 from modelport.dataplane.transport.http.errors import error_headers, http_status
-from modelport.errors import ModelportError
+from modelport.errors import InvalidRequest, ModelportError
 
 log = logging.getLogger("modelport.http")
 
 
 def _authorization(scope: Scope) -> str | None:
+    """The one Authorization value, or None; InvalidRequest when there are several.
+
+    Proxies and the server could disagree on which of two values counts, so
+    neither the first nor the last is taken: the request is refused.
+    """
+    found: bytes | None = None
     for name, value in scope["headers"]:
         if name == b"authorization":
-            text: str = value.decode("latin-1")
-            return text
-    return None
+            if found is not None:
+                raise InvalidRequest("send one Authorization header, not several")
+            found = value
+    return None if found is None else found.decode("latin-1")
 
 
 def peer_of(scope: Scope) -> str:

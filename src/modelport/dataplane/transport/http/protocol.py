@@ -194,6 +194,19 @@ class JsonErrorHttpToolsProtocol(HangupWatch, HttpToolsProtocol):
         task.add_done_callback(self.tasks.discard)
         return True
 
+    def _unsupported_upgrade_warning(self) -> None:
+        """An upgrade request (WebSocket or other) was parsed as a plain request.
+
+        The server is built with ``ws="none"``, so the request gets its usual
+        HTTP answer (401, 403, 404 ...) and the connection closes after it: the
+        parser reads nothing more on a connection that asked to switch
+        protocols. No warning is logged (uvicorn would log one per request,
+        which any client could use to flood the log).
+        """
+        cycle = self.cycle
+        if cycle is not None:
+            cycle.keep_alive = False
+
     def _refuse_declared_body(self) -> bool:
         """Answer 413 for a declared Content-Length over the limit; True when refused.
 
