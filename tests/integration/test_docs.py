@@ -14,18 +14,21 @@ Grouping: each document is one sequence, as a reader follows one page. Its
 blocks run in document order (pytest keeps parametrize order) in a working
 directory of their own, so a later block sees what an earlier one made
 (``audit export`` after the server wrote the log, a canary after the traffic
-policy it steers). The directory is set up as the docs assume: the
-checkout's files linked into it (``src/...`` sample paths, ``examples/``,
-``.venv``), ``models/`` holding the bundled examples plus the models the
-pages talk about (``fraud`` with versions 1-3, ``fraud-v1``, ``text_stats``,
-``churn``, ``resnet``), and ``rows.npz`` for the commands that take
-``--data``. A server runs there as ``modelport serve models``, on the
-documented default ports 8000, 8001 and 8002 (they are skipped over when
-busy) and with the default ``./.modelport`` state, so ``modelport ...``
-commands and ``curl localhost:8000`` reach the same state the server keeps.
-It is started for each document's first block and stopped after its last, so
-no page depends on another. Running one block alone (``-k``) works for
-blocks that do not build on an earlier one of their page.
+policy it steers), and no page depends on another. The directory is set up
+as the docs assume: the checkout's files linked into it (``src/...`` sample
+paths, ``examples/``, ``.venv``); ``models/`` holding the bundled examples
+plus ``fraud`` (versions 1-3) and ``text_stats``, which the pages serve; and
+for convert.md and optimize.md the model they name (``churn``, ``resnet``)
+with ``rows.npz`` for ``--data``.
+
+The server: the first block of a page that talks to one (``localhost:800x``,
+``modelport models``/``deploy``/``audit``) starts ``modelport serve models``
+there (what ``make serve`` runs, with the pages' models beside the bundled
+ones) on the documented default ports 8000, 8001 and 8002, with the default
+``./.modelport`` state, so commands and curl reach the state it keeps. It is
+stopped when the page ends. When a default port is busy, such blocks are
+skipped, naming it. Running one block alone (``-k``) works for blocks that
+do not build on an earlier one of their page.
 
 How blocks run: shell blocks by bash with ``set -eo pipefail``, ``.venv/bin``
 first on PATH, and curl failing on an HTTP error status (``--fail-with-body``)
@@ -48,7 +51,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -146,46 +149,51 @@ def test_every_fence_is_run_or_says_why() -> None:
 # --- the working directory the docs assume -------------------------------------------------
 
 
-def _cancer_rows() -> dict[str, np.ndarray]:
-    from sklearn.datasets import load_breast_cancer
-
-    return {"input": load_breast_cancer().data.astype(np.float32)}
-
-
-def _digit_rows() -> dict[str, np.ndarray]:
-    from sklearn.datasets import load_digits
-
-    return {"image": load_digits().data[:512].astype(np.float32)}
-
-
-#: ``rows.npz`` for the pages whose commands take ``--data rows.npz``.
-ROWS = {"docs/convert.md": _cancer_rows, "docs/optimize.md": _digit_rows}
+BUNDLED = ROOT / "src" / "modelport" / "examples" / "models"
 
 
 def build_models(root: Path) -> Path:
-    """``models/``: the bundled examples and every model the pages name."""
+    """``models/``: the bundled examples, and ``fraud`` and ``text_stats`` the pages serve."""
+    models = root / "models"
+    for name in ("breast_cancer", "digits"):
+        shutil.copytree(BUNDLED / name, models / name)
+    (models / "fraud").mkdir()
+    shutil.copy(BUNDLED / "breast_cancer" / "config.yaml", models / "fraud" / "config.yaml")
+    for version in ("1", "2", "3"):
+        shutil.copytree(BUNDLED / "breast_cancer" / "1", models / "fraud" / version)
+    shutil.copytree(ROOT / "examples" / "custom_python" / "text_stats", models / "text_stats")
+    return models
+
+
+def churn_and_rows(workdir: Path) -> None:
+    """convert.md's ``models/churn/1``: a scikit-learn model, and ``rows.npz`` for it."""
     from sklearn.datasets import load_breast_cancer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
     from skops import io as sio
 
-    bundled = ROOT / "src" / "modelport" / "examples" / "models"
-    models = root / "models"
-    for name in ("breast_cancer", "digits"):
-        shutil.copytree(bundled / name, models / name)
-    for name, versions in (("fraud", 3), ("fraud-v1", 1)):
-        (models / name).mkdir()
-        shutil.copy(bundled / "breast_cancer" / "config.yaml", models / name / "config.yaml")
-        for version in range(1, versions + 1):
-            shutil.copytree(bundled / "breast_cancer" / "1", models / name / str(version))
-    shutil.copytree(ROOT / "examples" / "custom_python" / "text_stats", models / "text_stats")
-    shutil.copytree(bundled / "digits", models / "resnet")
     cancer = load_breast_cancer()
     churn = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
-    (models / "churn" / "1").mkdir(parents=True)
-    sio.dump(churn.fit(cancer.data, cancer.target), models / "churn" / "1" / "model.skops")
-    return models
+    (workdir / "models" / "churn" / "1").mkdir(parents=True)
+    sio.dump(churn.fit(cancer.data, cancer.target), workdir / "models/churn/1/model.skops")
+    np.savez(workdir / "rows.npz", input=cancer.data.astype(np.float32))
+
+
+def resnet_and_rows(workdir: Path) -> None:
+    """optimize.md's ``models/resnet/1``: an ONNX image classifier, and ``rows.npz``."""
+    from sklearn.datasets import load_digits
+
+    shutil.copytree(BUNDLED / "digits", workdir / "models" / "resnet")
+    np.savez(workdir / "rows.npz", image=load_digits().data[:512].astype(np.float32))
+
+
+#: What a page assumes beyond ``models/``: its own model and rows for ``--data rows.npz``.
+PAGE_SETUP = {"docs/convert.md": churn_and_rows, "docs/optimize.md": resnet_and_rows}
+
+#: Blocks that talk to a running server (or read the state it keeps); a page's
+#: server starts with the first of them, and pages without one start none.
+NEEDS_SERVER = re.compile(r"(localhost|127\.0\.0\.1):800[0-2]|modelport (models|deploy|audit)\b")
 
 
 @pytest.fixture(scope="module")
@@ -194,14 +202,14 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def make_workdir(root: Path, models: Path, doc: str) -> Path:
-    """The checkout as the pages see it, with ``models/`` and ``rows.npz``, under ``root``."""
+    """The checkout as ``doc`` sees it, with ``models/`` and its own setup, under ``root``."""
     root.mkdir(parents=True)
     for entry in ROOT.iterdir():
         if entry.name not in {".git", ".modelport", "models", "rows.npz"}:
             (root / entry.name).symlink_to(entry)
     shutil.copytree(models, root / "models")
-    if doc in ROWS:
-        np.savez(root / "rows.npz", **ROWS[doc]())
+    if doc in PAGE_SETUP:
+        PAGE_SETUP[doc](root)
     return root
 
 
@@ -250,38 +258,38 @@ def serve(workdir: Path) -> Server:
 
 @dataclass
 class Sequence:
-    """The page being run: its working directory and its server."""
+    """The page being run: its working directory, and its server once a block needs it."""
 
     doc: str
     workdir: Path
-    server: Server
+    server: Server | None = None
 
 
 @dataclass
 class Pages:
-    """Starts each page's sequence when its first block runs, and ends the one before."""
+    """Sets each page up when its first block runs, and ends the page before."""
 
     root: Path
     models: Path
     current: Sequence | None = None
-    started: list[str] = field(default_factory=list)
 
-    def enter(self, doc: str) -> Sequence:
-        if self.current is not None and self.current.doc == doc:
-            return self.current
-        self.close()
-        busy = ports_busy()
-        if busy:
-            pytest.skip(f"the documented default ports must be free; busy: {busy}")
-        workdir = make_workdir(self.root / doc.replace("/", "_"), self.models, doc)
-        self.current = Sequence(doc, workdir, serve(workdir))
-        self.started.append(doc)
-        return self.current
+    def enter(self, block: Block) -> Sequence:
+        if self.current is None or self.current.doc != block.doc:
+            self.close()
+            workdir = make_workdir(self.root / block.doc.replace("/", "_"), self.models, block.doc)
+            self.current = Sequence(block.doc, workdir)
+        page = self.current
+        if page.server is None and NEEDS_SERVER.search(block.text):
+            busy = ports_busy()
+            if busy:
+                pytest.skip(f"{block.id} needs the documented default ports free; busy: {busy}")
+            page.server = serve(page.workdir)
+        return page
 
     def close(self) -> None:
-        if self.current is not None:
+        if self.current is not None and self.current.server is not None:
             stop_server(self.current.server)
-            self.current = None
+        self.current = None
 
 
 @pytest.fixture(scope="module")
@@ -392,7 +400,7 @@ def check_output(what: str, stdout: str, expected: str | None) -> None:
 def test_block_runs_as_written(block: Block, pages: Pages) -> None:
     if block.skip is not None:
         pytest.skip(f"{block.id}: docs-check: skip ({block.skip})")
-    page = pages.enter(block.doc)
+    page = pages.enter(block)
     workdir = page.workdir
     if block.lang in PYTHON:
         script = workdir / f"block_{block.line}.py"
@@ -407,4 +415,5 @@ def test_block_runs_as_written(block: Block, pages: Pages) -> None:
     else:
         stdout = run(["bash", "-c", SHELL_PREAMBLE + block.text], workdir, block.id)
         check_output(block.id, stdout, block.output)
-    assert page.server.alive(), f"the server stopped during {block.id}:\n{page.server.log()}"
+    if page.server is not None:
+        assert page.server.alive(), f"the server stopped during {block.id}:\n{page.server.log()}"
