@@ -23,7 +23,8 @@ these classes to HTTP status codes or gRPC codes, once
     ├── DeadlineExceeded        the request's deadline passed (504 / DEADLINE_EXCEEDED)
     ├── InferenceFailed         the runtime raised while computing (500 / INTERNAL)
     ├── ModelLoadError          a version could not be loaded (reason kept on the model)
-    └── ConfigError             a config file or field is invalid (names both)
+    ├── ConfigError             a config file or field is invalid (names both)
+    └── ListenFailed            a configured port cannot be listened on (at start only)
 """
 
 from __future__ import annotations
@@ -140,6 +141,14 @@ class ConfigError(ModelportError):
         self.source = source
         self.field = field
         self.problem = problem
+
+
+class ListenFailed(ModelportError):
+    """Raised at start when a port cannot be bound (taken, or the address is not local).
+
+    The message names the address and the transport, so the one line the
+    command prints says which setting to change.
+    """
 
 
 def internal_error(exc: BaseException) -> str:

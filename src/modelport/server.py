@@ -14,9 +14,12 @@ import contextlib
 import gc
 import logging
 import signal
+import socket
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import uvicorn
 
 from modelport import __version__
@@ -35,13 +38,17 @@ from modelport.dataplane.cache import ResponseCache
 from modelport.dataplane.pipeline import Pipeline
 from modelport.dataplane.routing import Traffic
 from modelport.dataplane.transport.context import TransportContext
-from modelport.dataplane.transport.grpc.server import build_grpc_server, mark_serving
+from modelport.dataplane.transport.grpc.server import (
+    add_services,
+    bind_grpc_server,
+    mark_serving,
+)
 from modelport.dataplane.transport.http.app import build_app, build_metrics_app
 from modelport.dataplane.transport.http.errors import http_status
 from modelport.dataplane.transport.http.protocol import limited_protocol
+from modelport.dataplane.transport.listen import address_of, bind_listeners, port_of
 from modelport.observability.metrics import Metrics
 from modelport.observability.payloads import PayloadLogger, retention_of
-from modelport.tls.handshake import bound_tls_handshakes
 from modelport.tls.material import TlsFiles
 from modelport.tls.rotation import TlsRotation
 
@@ -74,9 +81,6 @@ def _uvicorn(
                 config.max_body_bytes,
             ),
             lifespan="off",
-            # No route speaks WebSocket: an upgrade request is answered as the plain
-            # HTTP request it also is (401, 403, 404 in the usual JSON), never 101.
-            ws="none",
             access_log=False,
             log_config=None,
             server_header=False,
@@ -116,6 +120,54 @@ def build_limiter(config: ServerConfig, metrics: Metrics) -> RateLimiter:
     )
 
 
+@dataclass
+class Listeners:
+    """Every port, bound and listening, before the servers that answer on them exist."""
+
+    http: list[socket.socket]
+    metrics: list[socket.socket] | None
+    grpc: grpc.aio.Server
+    grpc_port: int
+
+    @property
+    def http_port(self) -> int:
+        return port_of(self.http)
+
+    @property
+    def metrics_port(self) -> int | None:
+        return port_of(self.metrics) if self.metrics is not None else None
+
+
+def bind_ports(config: ServerConfig, tls: TlsRotation | None) -> Listeners:
+    """Bind REST, metrics and gRPC ports, in that order, before any model loads.
+
+    A taken port raises ListenFailed naming it at once, instead of after every
+    model has loaded; the ports already bound are released first. Until the
+    servers start, the kernel queues connections (so a client waits rather than
+    being refused while models load).
+    """
+    http = bind_listeners(config.host, config.http_port, "HTTP")
+    metrics: list[socket.socket] | None = None
+    try:
+        if config.metrics_port is not None:
+            metrics = bind_listeners(config.host, config.metrics_port, "metrics")
+        grpc_server, grpc_port = bind_grpc_server(config, tls)
+    except BaseException:
+        for sock in http + (metrics or []):
+            sock.close()
+        raise
+    listeners = Listeners(http, metrics, grpc_server, grpc_port)
+    bound = [("HTTP", listeners.http_port), ("gRPC", grpc_port)]
+    if listeners.metrics_port is not None:
+        bound.append(("metrics", listeners.metrics_port))
+    for transport, port in bound:
+        log.info(
+            "listening",
+            extra={"transport": transport, "address": address_of(config.host, port)},
+        )
+    return listeners
+
+
 def repository_of(config: ServerConfig) -> Path:
     if config.repository is not None:
         return config.repository
@@ -133,7 +185,14 @@ async def serve(config: ServerConfig) -> None:
     store = await asyncio.to_thread(
         StateStore.open, config.state_url or StateStore.sqlite_url(config.data_dir)
     )
-    registry = Registry(repository, metrics, config.default_timeout, keys, config.region)
+    registry = Registry(
+        repository,
+        metrics,
+        config.default_timeout,
+        keys,
+        config.region,
+        strict_readiness=config.strict_readiness,
+    )
     # Before any model loads: a server that must not start (no credentials off
     # loopback) says so at once.
     auth = await asyncio.to_thread(build_auth, config, store, registry, metrics)
@@ -145,6 +204,7 @@ async def serve(config: ServerConfig) -> None:
     # canaries and operators asked for load with everything else.
     await asyncio.to_thread(canary.load_stored)
     await asyncio.to_thread(manager.pin_stored)
+    listeners = bind_ports(config, tls)
     log.info("loading models", extra={"repository": str(repository)})
     await registry.start()
     await manager.start()
@@ -193,7 +253,8 @@ async def serve(config: ServerConfig) -> None:
         if config.metrics_port is not None
         else None
     )
-    grpc_server, grpc_health = build_grpc_server(ctx, config, auth.gate, tls)
+    grpc_server = listeners.grpc
+    grpc_health = add_services(grpc_server, ctx, auth.gate)
     await grpc_server.start()
     await mark_serving(grpc_health)
 
@@ -203,7 +264,6 @@ async def serve(config: ServerConfig) -> None:
         loop.add_signal_handler(sig, stop.set)
     if tls is not None:
         loop.add_signal_handler(signal.SIGHUP, tls.trigger)  # reload the certificate now
-        bound_tls_handshakes(loop, config.header_timeout)  # before uvicorn creates listeners
 
     async def poll_repository() -> None:
         assert config.poll_interval is not None
@@ -230,16 +290,16 @@ async def serve(config: ServerConfig) -> None:
         "serving",
         extra={
             "host": config.host,
-            "http_port": config.http_port,
-            "grpc_port": config.grpc_port,
-            "metrics_port": config.metrics_port,
+            "http_port": listeners.http_port,
+            "grpc_port": listeners.grpc_port,
+            "metrics_port": listeners.metrics_port,
             "models": sorted({m.name for m in registry.ready()}),
         },
     )
     async with asyncio.TaskGroup() as tasks:
-        tasks.create_task(http.serve())
+        tasks.create_task(http.serve(sockets=listeners.http))
         if metrics_http is not None:
-            tasks.create_task(metrics_http.serve())
+            tasks.create_task(metrics_http.serve(sockets=listeners.metrics))
         if config.poll_interval is not None:
             tasks.create_task(poll_repository())
         tasks.create_task(shutdown())

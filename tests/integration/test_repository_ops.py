@@ -45,7 +45,10 @@ ADDED_PREFIX = "added_"  # models a test copies into the repository while the se
 @pytest.fixture(scope="module")
 def ops_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     repo = build_repository(tmp_path_factory.mktemp("ops_repo"))
-    srv = start_server(repo, tmp_path_factory.mktemp("ops_log") / "server.log")
+    # Broken models on purpose: readiness here means "started" (see test_readiness.py).
+    srv = start_server(
+        repo, tmp_path_factory.mktemp("ops_log") / "server.log", "--strict-readiness", "false"
+    )
     yield srv
     stop_server(srv)
 

@@ -22,7 +22,7 @@ from modelport.cli.manage import deploy_app, models_app
 from modelport.cli.optimize import optimize, validate
 from modelport.cli.payloads import payloads_app
 from modelport.cli.profile import profile
-from modelport.errors import ConfigError
+from modelport.errors import ConfigError, ListenFailed
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Serve machine-learning models.")
 app.add_typer(models_app, name="models")
@@ -57,6 +57,13 @@ def serve(
     ] = None,
     poll_interval: Annotated[
         float | None, typer.Option(help="Seconds between repository scans for changes.")
+    ] = None,
+    strict_readiness: Annotated[
+        str | None,
+        typer.Option(
+            help="true (default): not ready while a model has failed to load; "
+            "false: ready once started."
+        ),
     ] = None,
     max_body_bytes: Annotated[
         int | None, typer.Option(help="Largest request body in bytes (default 64 MiB).")
@@ -149,6 +156,7 @@ def serve(
         "grpc_port": grpc_port,
         "metrics_port": metrics_port,
         "poll_interval": poll_interval,
+        "strict_readiness": strict_readiness,
         "max_body_bytes": max_body_bytes,
         "default_timeout": default_timeout,
         "cache_size": cache_size,
@@ -193,7 +201,7 @@ def serve(
             asyncio.run(run_server(settings))
         else:
             uvloop.run(run_server(settings))
-    except ConfigError as exc:
+    except (ConfigError, ListenFailed) as exc:
         typer.echo(f"error: {exc.message}", err=True)
         raise typer.Exit(2) from None
 

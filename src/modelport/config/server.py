@@ -47,6 +47,11 @@ class ServerConfig(BaseModel):
     """Extra port that serves only /metrics; None turns it off."""
     poll_interval: float | None = Field(default=None, gt=0)
     """Seconds between repository scans for new, changed and removed versions."""
+    strict_readiness: bool = True
+    """Triton's strict readiness: /v2/health/ready (and gRPC ServerReady) says not ready
+    while a model version has failed to load. Versions unloaded on purpose (repository
+    unload, /api/v1, not chosen by version_policy) do not count. False: ready once the
+    server has started, whatever the models."""
     max_body_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
     """Largest request body (HTTP) or message (gRPC) accepted, in bytes."""
     max_header_bytes: int = Field(default=32 * 1024, ge=1024)

@@ -23,7 +23,7 @@ from modelport.dataplane.runtime.process import load_in_processes
 from modelport.dataplane.scheduling.policy import scheduling_policy, with_scheduling_shown
 from modelport.dataplane.scheduling.scheduler import Scheduler
 from modelport.dataplane.table import ModelVersion
-from modelport.errors import ConfigError
+from modelport.errors import ConfigError, ModelLoadError
 from modelport.observability.profile import load_profile
 from modelport.observability.statistics import ModelStatistics
 
@@ -59,6 +59,21 @@ def choose_loader(config: ModelConfig, source: str) -> RuntimeLoader:
     return runtime_loader(config.backend)
 
 
+def refuse_unsupported(config: ModelConfig, source: str) -> None:
+    """Refuse at load what the config asks for and modelport cannot serve yet.
+
+    A model with ``sequence_batching`` expects requests of one sequence to
+    reach the same state in order (``sequence_id``, start and end flags);
+    served as stateless, it would load READY and then fail, or answer wrongly,
+    on every request. Refused here, it is UNAVAILABLE with this reason.
+    """
+    if config.sequence_batching is not None:
+        raise ModelLoadError(
+            f"sequence_batching is not supported yet ({source}): modelport serves "
+            "stateless models only"
+        )
+
+
 def load_version(
     name: str,
     version: int,
@@ -68,6 +83,7 @@ def load_version(
     server_timeout_s: float | None = None,
 ) -> ModelVersion:
     """Build a ready version; raises ModelLoadError or ConfigError with the reason."""
+    refuse_unsupported(config, source)
     # Before anything is allocated: a bad profile makes this version UNAVAILABLE.
     profile = load_profile(version_dir)
     config = choose_backend(config, source, version_dir)

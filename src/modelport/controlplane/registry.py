@@ -23,6 +23,7 @@ from modelport.controlplane.repository.config_files import read_model_config
 from modelport.controlplane.repository.layout import (
     ModelSource,
     check_model_name,
+    misnamed_models,
     scan_model,
     scan_repository,
 )
@@ -39,6 +40,9 @@ class VersionRecord:
     state: str
     reason: str = ""
     fingerprint: tuple[tuple[str, int, int], ...] = ()
+    failed: bool = False
+    """The version was meant to serve and could not load (strict readiness counts it);
+    False for versions left unloaded on purpose (policy, operator, residency)."""
 
 
 @dataclass
@@ -66,8 +70,11 @@ class Registry:
         default_timeout: float | None = None,
         keys: KeyProvider | None = None,
         region: str | None = None,
+        strict_readiness: bool = True,
     ) -> None:
         self.repository = repository
+        self.strict_readiness = strict_readiness
+        """Ready only while nothing has failed to load (Triton's default)."""
         self.keys = keys
         """Opens sealed versions (``modelport encrypt``); None refuses them."""
         self.region = region
@@ -81,6 +88,8 @@ class Registry:
         self._started = False
         self._stopping = False
         self._pins: dict[str, frozenset[int]] = {}
+        self._misnamed: dict[str, str] = {}
+        """Directories not served for their name (shown escaped) and why."""
 
     # ------------------------------------------------------------ ModelTable
 
@@ -128,12 +137,35 @@ class Registry:
         return [m for versions in self._serving.values() for m in versions.values()]
 
     def is_ready(self) -> bool:
-        return self._started and not self._stopping
+        """Started, not stopping, and (strict readiness) no model failed to load.
+
+        As Triton: a version unloaded on purpose (repository unload, the
+        management API, version_policy, residency) does not count; a model
+        whose config, versions or name are wrong does, until it is fixed,
+        unloaded or removed.
+        """
+        if not self._started or self._stopping:
+            return False
+        return not self.strict_readiness or not self._any_failed()
+
+    def _any_failed(self) -> bool:
+        if self._misnamed:
+            return True
+        for record in self._records.values():
+            if record.unloaded:
+                continue
+            if record.reason or any(v.failed for v in record.versions.values()):
+                return True
+        return False
 
     # ---------------------------------------------------- RepositoryControl
 
     def index(self, ready_only: bool) -> list[RepositoryEntry]:
         entries: list[RepositoryEntry] = []
+        if not ready_only:
+            entries += [
+                RepositoryEntry(name, "", UNAVAILABLE, why) for name, why in self._misnamed.items()
+            ]
         for name, record in sorted(self._records.items()):
             if not record.versions:
                 if not ready_only:
@@ -143,6 +175,7 @@ class Registry:
                 if ready_only and vr.state != READY:
                     continue
                 entries.append(RepositoryEntry(name, str(v), vr.state, vr.reason))
+        entries.sort(key=lambda e: e.name)  # stable: versions stay in order within a model
         return entries
 
     async def load(self, name: str, config: dict[str, Any] | None) -> None:
@@ -179,6 +212,10 @@ class Registry:
         """Bring the loaded versions in step with the repository on disk."""
         async with self._lock:
             found = await asyncio.to_thread(scan_repository, self.repository)
+            misnamed = await asyncio.to_thread(misnamed_models, self.repository)
+            for name in sorted(set(misnamed) - set(self._misnamed)):
+                log.error("model not served", extra={"model": name, "reason": misnamed[name]})
+            self._misnamed = misnamed
             for name in list(self._records):
                 if name not in found:
                     await self._retire(name, set(self._serving.get(name, {})))
@@ -362,7 +399,7 @@ class Registry:
         serving = self._serving.get(record.name, {})
         for v in source.versions:
             if str(v) not in serving:
-                record.versions[v] = VersionRecord(UNAVAILABLE, reason)
+                record.versions[v] = VersionRecord(UNAVAILABLE, reason, failed=True)
 
     async def _load_one(
         self,
@@ -411,7 +448,9 @@ class Registry:
                     READY, f"reload failed, previous copy serving: {exc.message}", fingerprint
                 )
             else:
-                record.versions[version] = VersionRecord(UNAVAILABLE, exc.message, fingerprint)
+                record.versions[version] = VersionRecord(
+                    UNAVAILABLE, exc.message, fingerprint, failed=True
+                )
             return
         old = self._serving.get(name, {}).get(str(version))
         self._publish(name, {**self._serving.get(name, {}), str(version): model})

@@ -45,3 +45,12 @@ def test_invalid_yaml_names_the_file(tmp_path: Path) -> None:
     file.write_text("http_port: [\n")
     with pytest.raises(ConfigError, match=r"server\.yaml: invalid YAML"):
         load_server_config(file, {}, {})
+
+
+def test_strict_readiness_is_on_unless_turned_off() -> None:
+    assert load_server_config(None, {}, {}).strict_readiness is True
+    env = {"MODELPORT_STRICT_READINESS": "false"}
+    assert load_server_config(None, env, {}).strict_readiness is False
+    assert load_server_config(None, env, {"strict_readiness": "true"}).strict_readiness is True
+    with pytest.raises(ConfigError, match="strict_readiness"):
+        load_server_config(None, {}, {"strict_readiness": "sometimes"})

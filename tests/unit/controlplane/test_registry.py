@@ -130,3 +130,38 @@ def test_a_residency_change_that_excludes_this_node_stops_the_serving_copy(repo:
         await reg.close()
 
     run(scenario())
+
+
+def test_strict_readiness_counts_versions_that_failed_not_those_unloaded(repo: Path) -> None:
+    (repo / "broken" / "1").mkdir(parents=True)
+    (repo / "broken" / "1" / "model.onnx").write_bytes(b"not a model")
+    (repo / "bad name" / "1").mkdir(parents=True)
+
+    async def scenario() -> None:
+        strict, relaxed = (
+            Registry(repo, Metrics()),
+            Registry(repo, Metrics(), strict_readiness=False),
+        )
+        for reg in (strict, relaxed):
+            await reg.start()
+        assert relaxed.is_ready() is True
+        assert strict.is_ready() is False
+        entries = {e.name: (e.state, e.reason) for e in strict.index(ready_only=False)}
+        assert entries["bad name"][0] == "UNAVAILABLE"
+        assert "not a valid model name" in entries["bad name"][1]
+        assert "bad name" not in {e.name for e in strict.index(ready_only=True)}
+        shutil.rmtree(repo / "bad name")
+        await strict.poll()
+        assert strict.is_ready() is False  # broken still failed
+        await strict.unload("broken")  # on purpose: no longer counts
+        await strict.unload("ident")
+        await strict.unload_model_version("add_sub", 2)
+        assert strict.is_ready() is True
+        with pytest.raises(ModelLoadError):
+            await strict.load("broken", None)
+        assert strict.is_ready() is False
+        for reg in (strict, relaxed):
+            await reg.close()
+        assert strict.is_ready() is False  # stopping
+
+    run(scenario())

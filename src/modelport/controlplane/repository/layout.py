@@ -17,15 +17,20 @@ from modelport.errors import InvalidRequest
 CONFIG_FILES = ("config.yaml", "config.pbtxt")
 #: Matched with fullmatch: ``$`` would also accept a name followed by a newline.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
+NAME_RULE = (
+    "use letters, digits, '_', '-' and '.', starting with a letter or digit "
+    "(at most 128 characters, no '..')"
+)
+
+
+def valid_model_name(name: str) -> bool:
+    return _NAME.fullmatch(name) is not None and ".." not in name
 
 
 def check_model_name(name: str) -> str:
     """Refuse names that could escape the repository (``..``, ``/``, NUL ...)."""
-    if not _NAME.fullmatch(name) or ".." in name:
-        raise InvalidRequest(
-            f"model name {name!r} is not allowed: use letters, digits, '_', '-' and '.', "
-            "starting with a letter or digit"
-        )
+    if not valid_model_name(name):
+        raise InvalidRequest(f"model name {name!r} is not allowed: {NAME_RULE}")
     return name
 
 
@@ -80,6 +85,25 @@ def scan_model(repo: Path, name: str) -> ModelSource | None:
         version_fingerprints={v: _fingerprint(p) for v, p in versions.items()},
         problem=problem,
     )
+
+
+def misnamed_models(repo: Path) -> dict[str, str]:
+    """Directories in ``repo`` not served for their name, each with the reason.
+
+    Triton would try to load them and fail; modelport lists them as models
+    that failed, so they do not vanish without a word. The name comes from
+    the disk, not from a caller, but may still hold control characters or
+    bytes that are not UTF-8: it is shown escaped (``ascii``), and an escaped
+    name (it holds a backslash) can never be taken for a valid one. Hidden
+    directories (``.git``) are not models and are left out.
+    """
+    found: dict[str, str] = {}
+    for child in sorted(repo.iterdir()):
+        if child.name.startswith(".") or valid_model_name(child.name) or not child.is_dir():
+            continue
+        shown = ascii(child.name)
+        found[shown[1:-1]] = f"directory {shown} is not a valid model name: {NAME_RULE}"
+    return found
 
 
 def scan_repository(repo: Path) -> dict[str, ModelSource]:

@@ -2,7 +2,9 @@
 
 Message size limits follow the HTTP body limit (64 MiB by default) rather
 than gRPC's 4 MiB default, so the same tensors fit on both transports.
-SO_REUSEPORT is off so a second server on a taken port fails loudly.
+SO_REUSEPORT is off so a second server on a taken port fails loudly; the
+port is bound before models load (``bind_grpc_server``) and the services are
+added once they have.
 
 TLS: the port is bound with ``grpc.dynamic_ssl_server_credentials``, whose
 fetcher gRPC calls at each new handshake; it hands over the rotated
@@ -29,6 +31,8 @@ from modelport.config.server import ServerConfig
 from modelport.dataplane.admission.gate import Gate
 from modelport.dataplane.transport.context import TransportContext
 from modelport.dataplane.transport.grpc.service import InferenceService
+from modelport.dataplane.transport.listen import address_of, check_free
+from modelport.errors import ListenFailed
 from modelport.protos import grpc_service_pb2 as pb
 from modelport.tls.material import TlsMaterial
 from modelport.tls.rotation import TlsRotation
@@ -132,36 +136,47 @@ def tls_credentials(tls: TlsRotation) -> grpc.ServerCredentials:
     )
 
 
-def build_grpc_server(
-    ctx: TransportContext,
-    config: ServerConfig,
-    gate: Gate | None = None,
-    tls: TlsRotation | None = None,
-) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
-    """The server (not started) and its health servicer, for shutdown to flip.
+def bind_grpc_server(
+    config: ServerConfig, tls: TlsRotation | None = None
+) -> tuple[grpc.aio.Server, int]:
+    """The server (not started, no services yet) with its port bound, and that port.
 
-    grpc.health.v1 stays open to probes whatever ``gate`` says."""
+    gRPC listens as soon as the port is added, so this runs before models
+    load; a taken port raises ListenFailed naming it (see ``listen.py``).
+    """
+    check_free(config.host, config.grpc_port, "gRPC")
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", config.max_body_bytes),
             ("grpc.max_send_message_length", config.max_body_bytes),
             ("grpc.so_reuseport", 0),
-            # A TLS handshake gets the time an HTTP request head gets (gRPC's default: 120 s).
-            ("grpc.server_handshake_timeout_ms", max(1, round(config.header_timeout * 1000))),
         ]
     )
+    address = address_of(config.host, config.grpc_port)
+    try:
+        bound = (
+            server.add_insecure_port(address)
+            if tls is None
+            else server.add_secure_port(address, tls_credentials(tls))
+        )
+    except RuntimeError:
+        # Taken between the check and now: gRPC has logged its own line already.
+        bound = 0
+    if bound == 0:
+        raise ListenFailed(f"cannot listen on {address} (gRPC): the address cannot be bound")
+    return server, bound
+
+
+def add_services(
+    server: grpc.aio.Server, ctx: TransportContext, gate: Gate | None = None
+) -> health.aio.HealthServicer:
+    """The inference service and grpc.health.v1; the health servicer, for shutdown to flip.
+
+    grpc.health.v1 stays open to probes whatever ``gate`` says."""
     server.add_generic_rpc_handlers((_handlers(InferenceService(ctx, gate)),))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    address = f"{config.host}:{config.grpc_port}"
-    bound = (
-        server.add_insecure_port(address)
-        if tls is None
-        else server.add_secure_port(address, tls_credentials(tls))
-    )
-    if bound == 0:
-        raise OSError(f"cannot bind gRPC to {config.host}:{config.grpc_port}")
-    return server, health_servicer
+    return health_servicer
 
 
 async def mark_serving(health_servicer: health.aio.HealthServicer) -> None:

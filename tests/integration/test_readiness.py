@@ -1,0 +1,204 @@
+"""Readiness and the models that cannot be served.
+
+Triton's strict readiness is the default: ``/v2/health/ready`` and gRPC
+ServerReady say not ready while a model failed to load, and not for versions
+left unloaded on purpose. A directory whose name is not a valid model name,
+and a model asking for sequence batching, are listed in the repository index
+as UNAVAILABLE with the reason instead of vanishing or failing every request.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from tests.integration.conftest import Server, start_server, stop_server
+from tests.integration.models import _save, identity_model
+
+SEQUENCE_CONFIG = """\
+max_batch_size: 4
+sequence_batching:
+  max_sequence_idle_microseconds: 5000000
+"""
+#: Directory names refused as model names: a space, a leading '-', '..' inside,
+#: an escape sequence, and bytes that are not UTF-8.
+MISNAMED = [b"bad name", b"-dash", b"a..b", b"esc\x1b[31m", b"latin\xff"]
+
+
+def _good(root: Path, name: str, versions: tuple[int, ...] = (1,)) -> None:
+    for v in versions:
+        _save(identity_model("FP32"), root / name / str(v) / "model.onnx")
+
+
+def _broken(root: Path, name: str = "broken") -> None:
+    (root / name / "1").mkdir(parents=True)
+    (root / name / "1" / "model.onnx").write_bytes(b"this is not an onnx model")
+
+
+def _ready(server: Server) -> int:
+    return httpx.get(f"{server.base}/v2/health/ready", timeout=10).status_code
+
+
+def _grpc_ready(server: Server) -> bool:
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    try:
+        ready: bool = client.is_server_ready()
+        return ready
+    finally:
+        client.close()
+
+
+def _index(server: Server) -> list[dict[str, str]]:
+    r = httpx.post(f"{server.base}/v2/repository/index", json={}, timeout=10)
+    assert r.status_code == 200, r.text
+    entries: list[dict[str, str]] = r.json()
+    return entries
+
+
+@pytest.fixture(scope="module")
+def troubled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """Strict readiness (the default) over a good model and every kind of trouble."""
+    root = tmp_path_factory.mktemp("troubled_repo")
+    _good(root, "good")
+    _broken(root)
+    _good(root, "seq")
+    (root / "seq" / "config.yaml").write_text(SEQUENCE_CONFIG)
+    for name in MISNAMED:
+        os.makedirs(os.path.join(os.fsencode(root), name, b"1"))
+    srv = start_server(root, tmp_path_factory.mktemp("troubled_log") / "server.log")
+    yield srv
+    stop_server(srv)
+
+
+# ------------------------------------------------------------ strict readiness
+
+
+def test_a_model_that_failed_to_load_makes_the_server_not_ready(troubled: Server) -> None:
+    assert httpx.get(f"{troubled.base}/v2/health/live", timeout=10).status_code == 200
+    assert _ready(troubled) == 503
+    assert _grpc_ready(troubled) is False
+    # The good model serves all the same.
+    assert httpx.get(f"{troubled.base}/v2/models/good/ready", timeout=10).status_code == 200
+
+
+def test_relaxed_readiness_ignores_failed_models(tmp_path: Path) -> None:
+    _good(tmp_path / "repo", "good")
+    _broken(tmp_path / "repo")
+    srv = start_server(tmp_path / "repo", tmp_path / "server.log", "--strict-readiness", "false")
+    try:
+        assert _ready(srv) == 200
+        assert _grpc_ready(srv) is True
+    finally:
+        stop_server(srv)
+
+
+def test_versions_unloaded_on_purpose_keep_the_server_ready(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    _good(repo, "good")
+    # Two versions, the default policy serves only the latest: version 1 is
+    # UNAVAILABLE on purpose.
+    _good(repo, "two", versions=(1, 2))
+    srv = start_server(repo, tmp_path / "server.log")
+    try:
+        assert _ready(srv) == 200
+        assert _grpc_ready(srv) is True
+        # Triton's repository unload, and a version unloaded through /api/v1.
+        r = httpx.post(f"{srv.base}/v2/repository/models/good/unload", timeout=30)
+        assert r.status_code == 200, r.text
+        r = httpx.post(f"{srv.base}/api/v1/models/two/versions/2/unload", timeout=30)
+        assert r.status_code == 200, r.text
+        states = {(e["name"], e.get("version")): e["state"] for e in _index(srv)}
+        assert states[("good", "1")] == "UNAVAILABLE"
+        assert states[("two", "2")] == "UNAVAILABLE"
+        assert _ready(srv) == 200
+        assert _grpc_ready(srv) is True
+
+        # A model that fails to load counts, until an operator unloads it.
+        _broken(repo, "late")
+        r = httpx.post(f"{srv.base}/v2/repository/models/late/load", timeout=30)
+        assert r.status_code >= 400
+        assert _ready(srv) == 503
+        r = httpx.post(f"{srv.base}/v2/repository/models/late/unload", timeout=30)
+        assert r.status_code == 200, r.text
+        assert _ready(srv) == 200
+    finally:
+        stop_server(srv)
+
+
+# ------------------------------------------------------------ misnamed models
+
+
+def test_a_misnamed_directory_is_listed_with_the_naming_rule(troubled: Server) -> None:
+    entries = {e["name"]: e for e in _index(troubled)}
+    client = grpcclient.InferenceServerClient(troubled.grpc_url)
+    try:
+        grpc_entries = {m.name: m for m in client.get_model_repository_index().models}
+    finally:
+        client.close()
+    # Shown escaped: the escape sequence and the byte that is not UTF-8 never
+    # reach a client or a terminal as they are.
+    shown = ["bad name", "-dash", "a..b", "esc\\x1b[31m", "latin\\udcff"]
+    for name in shown:
+        entry = entries[name]
+        assert entry["state"] == "UNAVAILABLE"
+        assert "not a valid model name" in entry["reason"]
+        assert "letters, digits" in entry["reason"]
+        assert grpc_entries[name].state == "UNAVAILABLE"
+        assert "not a valid model name" in grpc_entries[name].reason
+    assert not any("\x1b" in e["name"] + e.get("reason", "") for e in entries.values())
+    # Listed as failed, not served: readiness counts them (the fixture's
+    # broken model aside, see the test above).
+    ready_only = httpx.post(
+        f"{troubled.base}/v2/repository/index", json={"ready": True}, timeout=10
+    ).json()
+    assert {e["name"] for e in ready_only} == {"good"}
+
+
+def test_a_misnamed_directory_alone_makes_the_server_not_ready(tmp_path: Path) -> None:
+    _good(tmp_path / "repo", "good")
+    _good(tmp_path / "repo", "bad name")
+    srv = start_server(tmp_path / "repo", tmp_path / "server.log", "--poll-interval", "0.2")
+    try:
+        assert _ready(srv) == 503
+        # Renamed on disk, the next repository scan clears it.
+        (tmp_path / "repo" / "bad name").rename(tmp_path / "repo" / "renamed")
+        deadline = time.monotonic() + 30
+        while _ready(srv) != 200:
+            assert time.monotonic() < deadline, _index(srv)
+            time.sleep(0.1)
+        assert {e["name"] for e in _index(srv)} == {"good", "renamed"}
+    finally:
+        stop_server(srv)
+
+
+# ----------------------------------------------------------- sequence batching
+
+
+def test_sequence_batching_is_refused_at_load(troubled: Server) -> None:
+    entry = next(e for e in _index(troubled) if e["name"] == "seq")
+    assert entry["state"] == "UNAVAILABLE"
+    assert "sequence_batching is not supported yet" in entry["reason"]
+
+    body = {"inputs": [{"name": "INPUT0", "shape": [1, 4], "datatype": "FP32", "data": [0] * 4}]}
+    r = httpx.post(f"{troubled.base}/v2/models/seq/infer", json=body, timeout=10)
+    assert r.status_code == 503
+    assert "sequence_batching is not supported yet" in r.json()["error"]
+
+    client = grpcclient.InferenceServerClient(troubled.grpc_url)
+    try:
+        inp = grpcclient.InferInput("INPUT0", [1, 4], "FP32")
+        inp.set_data_from_numpy(np.zeros((1, 4), dtype=np.float32))
+        with pytest.raises(InferenceServerException) as info:
+            client.infer("seq", [inp])
+        assert info.value.status() == "StatusCode.UNAVAILABLE"
+        assert "sequence_batching is not supported yet" in str(info.value.message())
+    finally:
+        client.close()
