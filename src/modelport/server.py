@@ -81,6 +81,9 @@ def _uvicorn(
                 config.max_body_bytes,
             ),
             lifespan="off",
+            # No route speaks WebSocket: an upgrade request is answered as the plain
+            # HTTP request it also is (401, 403, 404 in the usual JSON), never 101.
+            ws="none",
             access_log=False,
             log_config=None,
             server_header=False,
