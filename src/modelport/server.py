@@ -49,6 +49,7 @@ from modelport.dataplane.transport.http.protocol import limited_protocol
 from modelport.dataplane.transport.listen import address_of, bind_listeners, port_of
 from modelport.observability.metrics import Metrics
 from modelport.observability.payloads import PayloadLogger, retention_of
+from modelport.tls.handshake import bound_tls_handshakes
 from modelport.tls.material import TlsFiles
 from modelport.tls.rotation import TlsRotation
 
@@ -267,6 +268,7 @@ async def serve(config: ServerConfig) -> None:
         loop.add_signal_handler(sig, stop.set)
     if tls is not None:
         loop.add_signal_handler(signal.SIGHUP, tls.trigger)  # reload the certificate now
+        bound_tls_handshakes(loop, config.header_timeout)  # before uvicorn creates listeners
 
     async def poll_repository() -> None:
         assert config.poll_interval is not None

@@ -150,6 +150,8 @@ def bind_grpc_server(
             ("grpc.max_receive_message_length", config.max_body_bytes),
             ("grpc.max_send_message_length", config.max_body_bytes),
             ("grpc.so_reuseport", 0),
+            # A TLS handshake gets the time an HTTP request head gets (gRPC's default: 120 s).
+            ("grpc.server_handshake_timeout_ms", max(1, round(config.header_timeout * 1000))),
         ]
     )
     address = address_of(config.host, config.grpc_port)
