@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import stat
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -53,6 +54,19 @@ def test_tables_name_the_data_the_outputs_and_the_speed(repo: Path) -> None:
     assert "probabilities" in out and "rtol 1e-04, atol 1e-05" in out
     assert "p50 latency, batch 1" in out and "throughput, batch 64" in out
     assert (repo / "cancer" / "2" / "model.onnx").is_file()
+
+
+def test_the_new_version_has_the_mode_of_its_sibling(repo: Path) -> None:
+    # mkdtemp makes 0700: a server running as another user could not read it.
+    source = repo / "cancer" / "1"
+    source.chmod(0o751)
+    result = run(str(source), "--seconds", "0")
+    assert result.exit_code == 0, result.output
+    written = repo / "cancer" / "2"
+    assert stat.S_IMODE(written.stat().st_mode) == 0o751
+    sibling_file = stat.S_IMODE((source / "model.skops").stat().st_mode)
+    for path in written.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == sibling_file, path
 
 
 def test_json_report(repo: Path, tmp_path: Path) -> None:

@@ -27,7 +27,6 @@ import hmac
 import json
 import os
 import shutil
-import stat
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from modelport.controlplane.crypto.keys import KEY_BYTES, KeyProvider
 from modelport.controlplane.repository.layout import check_model_name
+from modelport.controlplane.repository.staging import copy_mode
 from modelport.errors import InvalidRequest, ModelLoadError, ModelportError
 
 MANIFEST = "sealed.json"
@@ -121,7 +121,7 @@ def seal_version(version_dir: Path, keys: KeyProvider, chunk_bytes: int = CHUNK_
         }
         manifest["mac"] = _mac(data_key, manifest)
         _write_synced(work / MANIFEST, json.dumps(manifest, indent=1).encode() + b"\n")
-        work.chmod(stat.S_IMODE(version_dir.stat().st_mode))  # mkdtemp made it 0700
+        copy_mode(work, version_dir)
         _swap_in(version_dir, work)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)

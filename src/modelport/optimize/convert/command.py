@@ -32,6 +32,7 @@ from modelport.config.model import ModelConfig, ModelInput, ModelOutput
 from modelport.controlplane.repository.autoconfig import choose_backend, complete_config
 from modelport.controlplane.repository.config_files import read_model_config
 from modelport.controlplane.repository.layout import scan_model
+from modelport.controlplane.repository.staging import copy_mode
 from modelport.dataplane.runtime.base import Runtime
 from modelport.errors import ModelLoadError, ModelportError
 from modelport.optimize.convert.check import CheckResult, check_answers
@@ -288,6 +289,7 @@ def convert_version(options: ConvertOptions, clock: Clock = time.perf_counter) -
         if target.exists():
             raise ConversionFailed(f"{target}: appeared while converting; nothing was written")
         try:
+            copy_mode(staging, where.version_dir)
             os.rename(staging, target)
         except OSError as exc:
             raise ConversionFailed(f"{target}: cannot create: {exc.strerror or exc}") from None

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from modelport.config.model import ModelConfig, parse_model_config
+from modelport.controlplane.repository.staging import copy_mode
 from modelport.errors import ModelportError
 from modelport.optimize.convert.source import VersionPath
 from modelport.optimize.tune.errors import OptimizeFailed
@@ -111,6 +112,7 @@ def write_version(
             raise OptimizeFailed(f"the optimized model does not load: {reason}") from None
         if target.exists():
             raise OptimizeFailed(f"{target}: appeared while optimizing; nothing was written")
+        copy_mode(staging, where.version_dir)
         os.rename(staging, target)
         staging = None
     except OSError as exc:
