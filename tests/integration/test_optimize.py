@@ -81,6 +81,7 @@ def test_optimized_version_serves_answers_within_budget(tmp_path: Path) -> None:
             "throughput",
             "--seconds",
             "0.05",
+            "--write-within-noise",  # what is served matters here, not whether it won
             "--json",
         ],
         capture_output=True,

@@ -69,8 +69,7 @@ def convert(
     rtol/atol (|onnx - original| <= atol + rtol * |original|). Exit code 1 when
     they differ, 2 for bad input; in both cases nothing is written.
     """
-    from rich.console import Console
-
+    from modelport.cli.console import output_console
     from modelport.cli.optimize import exit_bad_input
     from modelport.errors import ModelportError
     from modelport.optimize.convert.command import ConvertOptions, convert_version
@@ -93,7 +92,7 @@ def convert(
             body = {"ok": False, "error": exc.message, "check": check_json(exc.check)}
             typer.echo(json.dumps(body, indent=2))
         else:
-            Console().print(check_table(exc.check))
+            output_console().print(check_table(exc.check))
         typer.echo(f"error: {exc.message}; nothing was written", err=True)
         raise typer.Exit(EXIT_DIFFERS) from None
     except ModelportError as exc:
@@ -101,4 +100,4 @@ def convert(
     if json_output:
         typer.echo(json.dumps(report_json(report), indent=2))
     else:
-        print_report(report, Console())
+        print_report(report, output_console())

@@ -74,6 +74,16 @@ def optimize(
     seconds: Annotated[
         float, typer.Option(help="Seconds per latency measurement per candidate and thread count.")
     ] = 0.5,
+    write_within_noise: Annotated[
+        bool,
+        typer.Option(
+            "--write-within-noise",
+            help=(
+                "Write the best candidate even when it does not beat the current version "
+                "beyond measurement noise (by default the current version is kept)."
+            ),
+        ),
+    ] = False,
     json_output: Annotated[
         bool, typer.Option("--json", help="Print one JSON object; no progress bars.")
     ] = False,
@@ -81,18 +91,22 @@ def optimize(
     """Try the optimizations this machine supports; write the fastest within budget as a version.
 
     Every candidate is judged on held-out rows against the original; one
-    outside the budget is never chosen. The new version (next free number)
-    holds model, config.yaml, report.json and report.md.
+    outside the budget is never chosen. The best one is timed again against
+    the current version over alternating rounds, and written only when it
+    is faster beyond measurement noise; otherwise the current version is
+    kept and nothing is written (exit code 0 either way). The new version
+    (next free number) holds model, config.yaml, report.json and report.md.
     """
-    from rich.console import Console
+    from rich.markup import escape
 
+    from modelport.cli.console import output_console
     from modelport.errors import ModelportError
     from modelport.optimize.tune.command import OptimizeOptions, optimize_version
     from modelport.optimize.tune.hardware import detect_hardware
     from modelport.optimize.tune.metrics import parse_budget
     from modelport.optimize.tune.report import print_report, report_json
 
-    console = Console(stderr=json_output)
+    console = output_console(stderr=json_output)
     try:
         options = OptimizeOptions(
             path=version_dir,
@@ -103,10 +117,11 @@ def optimize(
             objective=objective,
             target=target,
             seconds=seconds,
+            write_within_noise=write_within_noise,
         )
         hardware = detect_hardware()
         if not json_output:
-            console.print(f"detected {hardware.describe()}")
+            console.print(escape(f"detected {hardware.describe()}"))
         if json_output:
             report = optimize_version(options, hardware=hardware)
         else:
@@ -182,9 +197,10 @@ def validate(
 
     For CI: run it before deploying a new version, against the one serving now.
     """
-    from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
+    from modelport.cli.console import output_console
     from modelport.errors import ModelportError
     from modelport.optimize.tune.metrics import parse_budget
     from modelport.optimize.tune.validate import ValidateOptions, validate_version
@@ -232,7 +248,9 @@ def validate(
         typer.echo(json.dumps(body, indent=2))
     else:
         table = Table(
-            title=f"version {report.new.version} vs {report.current.version} on {report.rows} rows",
+            title=escape(
+                f"version {report.new.version} vs {report.current.version} on {report.rows} rows"
+            ),
             title_justify="left",
         )
         for column in ("check", "current", "new", "threshold", "result"):
@@ -240,8 +258,8 @@ def validate(
         for c in report.checks:
             current = "-" if c.current is None else f"{c.current:.4g}"
             result = "[green]ok[/green]" if c.ok else "[red]regressed[/red]"
-            table.add_row(c.name, current, f"{c.new:.4g}", c.threshold, result)
-        Console().print(table)
+            table.add_row(escape(c.name), current, f"{c.new:.4g}", escape(c.threshold), result)
+        output_console().print(table)
     if not report.ok:
         names = ", ".join(
             f"{c.name} {c.new:.4g} (threshold {c.threshold})" for c in report.regressions()

@@ -26,6 +26,7 @@ from modelport.dataplane.runtime.openvino import (
     load_openvino,
 )
 from modelport.errors import InvalidRequest, ModelLoadError
+from modelport.examples import repository_path
 from modelport.optimize.tune.hardware import CPUINFO, parse_cpuinfo
 from modelport.types import TensorSpec
 
@@ -241,6 +242,18 @@ def test_broken_model_file_is_refused_with_the_reason(tmp_path: Path) -> None:
         load(tmp_path)
     message = info.value.message
     assert message.startswith(f"{tmp_path / 'model.xml'}: not a model OpenVINO can read: ")
+    assert "Exception from" not in message and "\n" not in message
+
+
+def test_an_unconvertible_graph_is_refused_naming_the_operators(tmp_path: Path) -> None:
+    # OpenVINO's own message spans lines; its first one alone says nothing useful.
+    source = repository_path() / "breast_cancer" / "1" / "model.onnx"
+    (tmp_path / "model.onnx").write_bytes(source.read_bytes())
+    with pytest.raises(ModelLoadError) as info:
+        load(tmp_path)
+    message = info.value.message
+    assert "Model wasn't fully converted." in message
+    assert "No conversion rule found for operations: ai.onnx.ml.LinearClassifier" in message
     assert "Exception from" not in message and "\n" not in message
 
 

@@ -82,10 +82,12 @@ def _core() -> Any:
 
 
 def reason(exc: BaseException) -> str:
-    """The line of an OpenVINO error a user can act on.
+    """The lines of an OpenVINO error a user can act on, on one line.
 
     OpenVINO prefixes messages with one "Exception from src/...:" line per
-    C++ frame and "Check '...' failed at ..." lines; the cause follows them.
+    C++ frame and "Check '...' failed at ..." lines; the cause follows them,
+    sometimes over several lines: "Model wasn't fully converted." says little
+    without the "No conversion rule found for operations: …" line after it.
     """
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     useful = [
@@ -94,7 +96,7 @@ def reason(exc: BaseException) -> str:
         if not line.startswith(("Exception from ", "Check '", "FrontEnd API failed"))
     ]
     if useful:
-        return useful[0]
+        return " ".join(useful)
     return lines[-1] if lines else type(exc).__name__
 
 

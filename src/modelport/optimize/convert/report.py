@@ -1,4 +1,8 @@
-"""Showing a conversion's result: rich tables for people, one JSON object for scripts."""
+"""Showing a conversion's result: rich tables for people, one JSON object for scripts.
+
+Names, paths and notes are escaped before rich prints them: it reads
+``[ae]`` as markup and would drop it.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ from dataclasses import asdict
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from modelport.optimize.convert.check import CheckResult, OutputCheck
@@ -42,7 +47,7 @@ def check_table(check: CheckResult) -> Table:
     table.add_column("result")
     for out in check.outputs:
         result = "[green]ok[/green]" if out.ok else f"[red]{out.differing_rows} rows differ[/red]"
-        table.add_row(out.name, out.datatype, _rule(out), _diff(out), result)
+        table.add_row(escape(out.name), escape(out.datatype), _rule(out), _diff(out), result)
     return table
 
 
@@ -50,7 +55,7 @@ def speed_table(backend: str, original: Speed, onnx: Speed) -> Table:
     """Latency and throughput side by side."""
     table = Table(title="Speed (this machine, one instance each)", title_justify="left")
     table.add_column("")
-    table.add_column(backend, justify="right")
+    table.add_column(escape(backend), justify="right")
     table.add_column("onnxruntime", justify="right")
     table.add_row("p50 latency, batch 1", f"{original.p50_ms:.3f} ms", f"{onnx.p50_ms:.3f} ms")
     table.add_row("p99 latency, batch 1", f"{original.p99_ms:.3f} ms", f"{onnx.p99_ms:.3f} ms")
@@ -74,15 +79,18 @@ def describe_data(check: CheckResult) -> str:
 def print_report(report: ConvertReport, console: Console) -> None:
     where = report.source
     console.print(
-        f"Converted [bold]{where.model}[/bold] version {where.version} ({report.backend}) "
-        f"to version {report.version} (onnxruntime): {report.version_dir}"
+        f"Converted [bold]{escape(where.model)}[/bold] "
+        + escape(
+            f"version {where.version} ({report.backend}) "
+            f"to version {report.version} (onnxruntime): {report.version_dir}"
+        )
     )
-    console.print(describe_data(report.check))
+    console.print(escape(describe_data(report.check)))
     console.print(check_table(report.check))
     if report.original_speed is not None and report.onnx_speed is not None:
         console.print(speed_table(report.backend, report.original_speed, report.onnx_speed))
     for note in report.notes:
-        console.print(f"Note: {note}")
+        console.print(escape(f"Note: {note}"))
 
 
 def _signature_json(signature: ModelSignature) -> dict[str, Any]:

@@ -136,16 +136,61 @@ def quantizable(model: onnx.ModelProto) -> str:
 
 
 def preprocess(base: Path, work: Path) -> Path:
-    """Shape inference and the quantizer's recommended clean-up; the base file when it fails."""
+    """Shape inference and the quantizer's recommended clean-up; the base file when it fails.
+
+    Gemm biases are then made one-dimensional (see ``flatten_gemm_biases``).
+    """
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     target = _target(work, "preprocessed")
+    source = target
     try:
         with _quiet():
             quant_pre_process(str(base), str(target))
     except Exception:  # pre-processing is an improvement, never a requirement
-        return base
-    return target
+        source = base
+    try:
+        model = onnx.load(str(source))
+        if flatten_gemm_biases(model):
+            onnx.save(model, str(target))
+            return target
+    except Exception:  # as above: without it only the per-channel candidate may fail
+        pass
+    return source
+
+
+def flatten_gemm_biases(model: onnx.ModelProto) -> int:
+    """Reshape Gemm bias initializers of shape [1, N] to [N]; returns how many changed.
+
+    Gemm broadcasts its bias either way, so the answers do not change. The
+    quantizer's pre-processing fuses MatMul + Add into a Gemm whose bias
+    keeps the Add's [1, N] shape (scikit-learn's MLP graphs have it), and
+    per-channel static quantization then indexes that bias one channel at a
+    time, expecting [N]: each index yields a row and its range check fails
+    with numpy's "truth value of an array is ambiguous".
+    """
+    from onnx import numpy_helper
+
+    users: dict[str, list[tuple[str, int]]] = {}
+    for node in model.graph.node:
+        for position, name in enumerate(node.input):
+            users.setdefault(name, []).append((node.op_type, position))
+    inputs = {i.name for i in model.graph.input}  # an input of that name could replace it
+    changed = 0
+    for init in model.graph.initializer:
+        dims = list(init.dims)
+        if len(dims) != 2 or dims[0] != 1 or init.name in inputs:
+            continue
+        uses = users.get(init.name, [])
+        if not uses or any(use != ("Gemm", 2) for use in uses):
+            continue
+        flat = numpy_helper.from_array(numpy_helper.to_array(init).reshape(dims[1]), init.name)
+        init.CopyFrom(flat)
+        stale = [v for v in model.graph.value_info if v.name == init.name]
+        for info in stale:  # a recorded [1, N] shape would contradict the new one
+            model.graph.value_info.remove(info)
+        changed += 1
+    return changed
 
 
 def dynamic_int8(pre: Path, work: Path) -> Candidate:
@@ -288,6 +333,23 @@ def openvino_candidates(base: Path, hardware: Hardware) -> tuple[list[Candidate]
             )
         )
     return made, skipped
+
+
+def openvino_refusal(model: onnx.ModelProto) -> str:
+    """Empty when OpenVINO may read the graph; else why it cannot, in words.
+
+    OpenVINO's ONNX reader converts no operator of the ``ai.onnx.ml`` domain,
+    which scikit-learn graphs use (Scaler, LinearClassifier, tree ensembles,
+    ArrayFeatureExtractor, ...), so loading such a graph always fails.
+    """
+    ml = sorted({node.op_type for node in model.graph.node if node.domain == "ai.onnx.ml"})
+    if not ml:
+        return ""
+    return (
+        "OpenVINO has no conversion for the ai.onnx.ml operators in this graph "
+        f"({', '.join(ml)}; scikit-learn's converters emit them), so it cannot load it; "
+        "ONNX Runtime runs them"
+    )
 
 
 def openvino_int8(static: Candidate) -> Candidate:

@@ -11,7 +11,11 @@ The steps, each refusing before the next allocates anything:
    (ONNX Runtime, OpenVINO, or the model's own framework) with the settings
    it would be served with, judge it on the held-out rows, time it at every
    thread count;
-4. choose; write model, config.yaml, report.json and report.md into a hidden
+4. choose the best candidate other than the version as it is, and time the
+   two again over alternating rounds: unless the candidate is faster beyond
+   measurement noise (``choose.beyond_noise``), keep the current version and
+   write nothing;
+5. write model, config.yaml, report.json and report.md into a hidden
    directory in the model directory, load it through the server's checks,
    and rename it to the version number. Any failure removes the hidden
    directory: the original is never touched, and no half-written version
@@ -54,7 +58,14 @@ from modelport.optimize.convert.source import (
 )
 from modelport.optimize.tune import candidates as build
 from modelport.optimize.tune.candidates import Candidate, Progress, Skipped
-from modelport.optimize.tune.choose import OBJECTIVES, Outcome, decide
+from modelport.optimize.tune.choose import (
+    NOISE_ROUNDS,
+    OBJECTIVES,
+    NoiseCheck,
+    Outcome,
+    beyond_noise,
+    decide,
+)
 from modelport.optimize.tune.data import (
     Split,
     load_samples,
@@ -66,9 +77,11 @@ from modelport.optimize.tune.errors import OptimizeFailed
 from modelport.optimize.tune.hardware import Hardware, detect_hardware
 from modelport.optimize.tune.measure import (
     Clock,
+    Timing,
     batch_sizes,
     instances_for,
     predict_all,
+    round_cost,
     thread_counts,
     time_candidate,
 )
@@ -94,6 +107,8 @@ class OptimizeOptions:
     target: str = "cpu"
     seconds: float = DEFAULT_SECONDS
     """Seconds per latency measurement (throughput sizes get half each)."""
+    write_within_noise: bool = False
+    """Write the best candidate even if it does not beat the current version beyond noise."""
 
 
 @dataclass
@@ -123,6 +138,10 @@ class OptimizeReport:
     version: int = 0
     version_dir: Path | None = None
     notes: list[str] = field(default_factory=list)
+    kept: str = ""
+    """Why nothing was written and the current version stays (then ``winner`` is it)."""
+    noise: NoiseCheck | None = None
+    """The current version against the best candidate, round by round, when measured."""
 
 
 def _check_options(options: OptimizeOptions) -> None:
@@ -316,7 +335,8 @@ def _build(
         )
     attempt("fp32-graph", "graph levels", lambda: build.graph_level_candidates(base, work))
     skipped = build.provider_notes(hardware, options.target)
-    why_not = build.quantizable(onnx.load(str(base), load_external_data=False))
+    graph = onnx.load(str(base), load_external_data=False)
+    why_not = build.quantizable(graph)
     if why_not:
         skipped.insert(0, Skipped("int8", why_not))
     else:
@@ -333,7 +353,10 @@ def _build(
             )
     if options.target == "gpu" and "CUDAExecutionProvider" in hardware.providers:
         attempt("fp16-cuda", "FP16 on CUDA", lambda: [build.fp16(base, work)])
-    if hardware.openvino:
+    refusal = build.openvino_refusal(graph) if hardware.openvino else ""
+    if refusal:
+        skipped.append(Skipped("openvino", refusal))
+    elif hardware.openvino:
         on_openvino, not_tried = build.openvino_candidates(base, hardware)
         made.extend(on_openvino)
         skipped.extend(not_tried)
@@ -409,7 +432,33 @@ def _optimize(
         )
     order = {c.name: i for i, c in enumerate(made)}
     outcomes.sort(key=lambda o: order.get(o.name, len(order)))
-    winner = decide(outcomes, options.objective, hardware.cores)
+    current = next(o for o in outcomes if o.name == made[0].name)
+    noise: NoiseCheck | None = None
+    kept = ""
+    if options.write_within_noise:
+        winner = decide(outcomes, options.objective, hardware.cores)
+    else:
+        winner = decide(outcomes, options.objective, hardware.cores, exclude=current.name)
+        if winner is None and current.eligible and current.best is not None:
+            winner, kept = current, "no other candidate ran within the budget"
+            current.status, current.reason = "kept", f"the current version: {kept}"
+        elif (
+            winner is not None
+            and winner.best is not None
+            and current.eligible
+            and current.best is not None
+        ):
+            sides = ((by_name[current.name], current.best), (by_name[winner.name], winner.best))
+            noise = _noise_check(sides, source, split, options, hardware, clock)
+            if not noise.beats:
+                kept = (
+                    "no candidate beat the current version beyond measurement noise "
+                    f"(±{noise.noise:.1%})"
+                )
+                _mark_within_noise(current, winner, noise)
+                winner = current
+            else:
+                _mark_beyond_noise(current, winner, noise)
     if winner is None or winner.best is None:
         reasons = "; ".join(f"{o.name}: {o.reason}" for o in outcomes)
         raise OptimizeFailed(f"no candidate ran within the budget ({reasons}); nothing written")
@@ -433,9 +482,17 @@ def _optimize(
         instances=instances_for(threads, hardware.cores),
         graph_level=chosen.graph_level if chosen.backend == "onnxruntime" else None,
         served_by=chosen.backend,
+        kept=kept,
+        noise=noise,
     )
     target_config = serving_config(chosen, source, threads, report.instances)
     report.parameters = {k: p.string_value for k, p in target_config.parameters.items()}
+    if kept:
+        report.notes = [
+            f"version {where.version} stays as it is; nothing was written "
+            "(--write-within-noise writes the best candidate anyway)"
+        ]
+        return report
     report.version, report.version_dir = version, where.model_dir / str(version)
     write_version(
         where,
@@ -447,6 +504,72 @@ def _optimize(
     )
     report.notes = _notes(where, version, chosen, metric, labels)
     return report
+
+
+def _noise_check(
+    sides: tuple[tuple[Candidate, Timing], tuple[Candidate, Timing]],
+    source: Source,
+    split: Split,
+    options: OptimizeOptions,
+    hardware: Hardware,
+    clock: Clock,
+) -> NoiseCheck:
+    """Time the current version and the challenger again, alternately, NOISE_ROUNDS times each.
+
+    ``sides``: the current version, then the challenger, each with its best
+    timing from the sweep, whose thread count (and batch size) it runs at.
+    The side that goes first swaps every round, so a slow spell of the
+    machine does not always fall on the same one.
+    """
+    loaded: list[Runtime] = []
+    try:
+        for candidate, timing in sides:
+            loaded.append(_load(candidate, source, timing.threads))
+        names = [s.name for s in source.signature.outputs]
+        costs: list[list[float]] = [[], []]
+        for turn in range(NOISE_ROUNDS):
+            for side in (0, 1) if turn % 2 == 0 else (1, 0):
+                costs[side].append(
+                    round_cost(
+                        loaded[side].predict,
+                        split.held_out,
+                        names,
+                        sides[side][1],
+                        options.objective,
+                        options.seconds,
+                        hardware.cores,
+                        clock,
+                    )
+                )
+    finally:
+        for runtime in loaded:
+            runtime.unload()
+    return beyond_noise(costs[0], costs[1])
+
+
+def _mark_beyond_noise(current: Outcome, winner: Outcome, noise: NoiseCheck) -> None:
+    rounds = f"{NOISE_ROUNDS} rounds each"
+    winner.reason += (
+        f"; {noise.gain:.1%} better than the current version, beyond measurement noise "
+        f"±{noise.noise:.1%} ({rounds})"
+    )
+    current.status = "lost"
+    current.reason = (
+        f"the current version: {winner.name} is {noise.gain:.1%} better beyond measurement "
+        f"noise ±{noise.noise:.1%} ({rounds})"
+    )
+
+
+def _mark_within_noise(current: Outcome, challenger: Outcome, noise: NoiseCheck) -> None:
+    challenger.status = "within noise"
+    challenger.reason = (
+        f"{noise.gain:+.1%} against the current version, not beyond measurement noise "
+        f"±{noise.noise:.1%} ({NOISE_ROUNDS} rounds each)"
+    )
+    current.status = "kept"
+    current.reason = (
+        f"the current version: no candidate beat it beyond measurement noise (±{noise.noise:.1%})"
+    )
 
 
 def _check_staged(staging: Path, config: ModelConfig) -> None:

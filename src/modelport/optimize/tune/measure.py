@@ -113,6 +113,30 @@ def time_candidate(
     )
 
 
+def round_cost(
+    predict: Predict,
+    samples: Mapping[str, Array],
+    outputs: Sequence[str],
+    timing: Timing,
+    objective: str,
+    seconds: float,
+    cores: int,
+    clock: Clock = time.perf_counter,
+) -> float:
+    """One more measurement of the objective as a cost (lower is better), for the noise check.
+
+    latency: the p50 in seconds of one row, over ``seconds``; throughput:
+    seconds per row for the machine, at the timing's best batch size and
+    instance count, over ``seconds / 2`` (as the sweep measured them).
+    """
+    if objective == "latency":
+        return float(np.percentile(_calls(predict, rows(samples, 1), outputs, seconds, clock), 50))
+    batch = timing.best_batch
+    durations = _calls(predict, rows(samples, batch), outputs, seconds / 2, clock)
+    per_instance = len(durations) * batch / max(sum(durations), 1e-9)
+    return 1.0 / (per_instance * instances_for(timing.threads, cores))
+
+
 def predict_all(
     predict: Callable[[Mapping[str, Array], Sequence[str]], dict[str, Array]],
     inputs: Mapping[str, Array],

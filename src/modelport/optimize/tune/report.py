@@ -89,13 +89,31 @@ def _outcome_json(outcome: Outcome, cores: int) -> dict[str, Any]:
     }
 
 
+def _noise_json(report: OptimizeReport) -> dict[str, Any] | None:
+    check = report.noise
+    if check is None:
+        return None
+    unit = "seconds (p50, batch 1)" if report.objective == "latency" else "seconds per row"
+    return {
+        "rounds": len(check.current),
+        "unit": unit,
+        "current": list(check.current),
+        "candidate": list(check.candidate),
+        "gain": check.gain,
+        "noise": check.noise,
+        "beyond_noise": check.beats,
+    }
+
+
 def report_json(report: OptimizeReport) -> dict[str, Any]:
     hw = report.hardware
     return {
         "ok": True,
         "source": str(report.source.version_dir),
         "backend": report.backend,
-        "version": report.version,
+        "written": not report.kept,
+        "kept": report.kept or None,
+        "version": None if report.kept else report.version,
         "version_dir": str(report.version_dir) if report.version_dir else None,
         "hardware": {
             "cpu": hw.cpu_model,
@@ -112,7 +130,9 @@ def report_json(report: OptimizeReport) -> dict[str, Any]:
         "objective": report.objective,
         "rows": {"calibration": report.calibration_rows, "held_out": report.held_out_rows},
         "labels": report.labels,
-        "chosen": {
+        "chosen": None
+        if report.kept
+        else {
             "candidate": report.winner.name,
             "backend": report.served_by,
             "intra_op_thread_count": report.threads,
@@ -120,6 +140,7 @@ def report_json(report: OptimizeReport) -> dict[str, Any]:
             "graph_level": report.graph_level,
             "parameters": report.parameters,
         },
+        "noise_check": _noise_json(report),
         "candidates": [_outcome_json(o, hw.cores) for o in report.outcomes],
         "skipped": [{"name": s.name, "reason": s.reason} for s in report.skipped],
         "notes": report.notes,
@@ -157,6 +178,8 @@ def _cells(outcome: Outcome, reasons: bool = True) -> list[str]:
 
 
 def _chosen_line(report: OptimizeReport) -> str:
+    if report.kept:
+        return f"kept version {report.source.version}: {report.kept}"
     level = (
         f", graph level {report.graph_level} ({GRAPH_LEVEL_NAMES[report.graph_level]})"
         if report.graph_level is not None
@@ -207,7 +230,12 @@ def print_report(report: OptimizeReport, console: Console) -> None:
         table.add_column(column, justify="right" if "ms" in column or "rows" in column else "left")
     for outcome in report.outcomes:
         row = _cells(outcome, reasons=False)
-        style = {"chosen": "green", "out of budget": "red", "failed": "red"}.get(outcome.status)
+        style = {
+            "chosen": "green",
+            "kept": "green",
+            "out of budget": "red",
+            "failed": "red",
+        }.get(outcome.status)
         table.add_row(*(escape(cell) for cell in row), style=style)
     console.print(table)
     for outcome in report.outcomes:
