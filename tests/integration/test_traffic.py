@@ -158,7 +158,8 @@ def test_policy_errors_leave_state_unchanged(srv: Server) -> None:
         assert r.json()["code"] == "invalid_request"
         assert word in r.json()["error"]
         assert "detail" not in r.json()
-    bad_json = httpx.put(url, content=b"{not json", headers={"If-Match": "0"})
+    json_type = {"If-Match": "0", "Content-Type": "application/json"}
+    bad_json = httpx.put(url, content=b"{not json", headers=json_type)
     assert bad_json.status_code == 400
     assert httpx.get(url).json()["revision"] == 0
     unknown = put_policy(srv, "nope", good, 0)

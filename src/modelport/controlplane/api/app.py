@@ -8,12 +8,15 @@ plane's shape with a ``code`` (see errors.py).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Coroutine
 from dataclasses import asdict, dataclass
 from typing import Annotated, Any
 
-from fastapi import Body, FastAPI, Header, Path, Query, Response
+from fastapi import FastAPI, Header, Path, Query, Response
 from fastapi.exceptions import HTTPException
 from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.routing import APIRoute
+from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
 from starlette.routing import BaseRoute, Route
@@ -31,6 +34,14 @@ API_VERSION = "1.0"
 
 ModelName = Annotated[str, Path(max_length=256, description="Model name")]
 VersionNumber = Annotated[str, Path(pattern=r"^[0-9]{1,18}$", description="Version number")]
+IfMatch = Annotated[
+    str | None,
+    Header(
+        description="The revision this change replaces (the ETag of GET .../traffic); "
+        "0 to create. Required: 428 without it."
+    ),
+]
+_REVISION_REQUIRED = "If-Match is required: send the revision from GET .../traffic (0 to create)"
 
 
 @dataclass(frozen=True)
@@ -47,12 +58,59 @@ def _actor(request: Request) -> str:
     return identity.actor if isinstance(identity, Identity) else LOCAL
 
 
+def _is_json(content_type: str | None) -> bool:
+    """``application/json`` or any ``application/<name>+json``, with or without parameters."""
+    if content_type is None:
+        return False
+    media = content_type.split(";", 1)[0].strip().lower()
+    kind, _, subtype = media.partition("/")
+    return kind == "application" and (subtype == "json" or subtype.endswith("+json"))
+
+
+def _has_body(headers: Headers) -> bool:
+    length = headers.get("content-length")
+    return "transfer-encoding" in headers or (length is not None and length.strip() != "0")
+
+
+class _CheckedFirst(APIRoute):
+    """A route whose preconditions are checked before FastAPI reads the body.
+
+    FastAPI parses and validates a body before any handler or dependency
+    runs, so without this a change lacking If-Match would be judged on its
+    body (400) instead of its missing precondition, and a form-encoded body
+    would be refused as malformed JSON. In order:
+    - a route that declares the ``If-Match`` header (``IfMatch``) needs it: 428;
+    - a route that takes a body takes JSON (``application/json`` or
+      ``application/*+json``): any other Content-Type, or none, is 415.
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        needs_revision = any(p.alias.lower() == "if-match" for p in self.dependant.header_params)
+        takes_body = self.body_field is not None
+
+        async def checked(request: Request) -> Response:
+            headers = request.headers
+            if needs_revision and "if-match" not in headers:
+                raise HTTPException(428, _REVISION_REQUIRED)
+            if takes_body and _has_body(headers):
+                content_type = headers.get("content-type")
+                if not _is_json(content_type):
+                    sent = "no Content-Type" if content_type is None else repr(content_type)
+                    raise HTTPException(
+                        415,
+                        f"the body must be JSON, sent with Content-Type: application/json "
+                        f"(got {sent})",
+                    )
+            return await handler(request)
+
+        return checked
+
+
 def _revision(if_match: str | None) -> int:
     """If-Match carries the policy revision, bare or quoted as an entity tag."""
     if if_match is None:
-        raise HTTPException(
-            428, "If-Match is required: send the revision from GET .../traffic (0 to create)"
-        )
+        raise HTTPException(428, _REVISION_REQUIRED)
     value = if_match.strip().removeprefix("W/").strip('"')
     if not value.isdigit() or len(value) > 18:
         raise InvalidRequest(f"If-Match: expected a revision number, got {if_match!r}")
@@ -115,8 +173,10 @@ def build_api(services: ManagementServices, status_of: Any) -> FastAPI:
             400: {"model": schemas.ErrorBody},
             404: {"model": schemas.ErrorBody},
             409: {"model": schemas.ErrorBody},
+            415: {"model": schemas.ErrorBody, "description": "A body that is not JSON"},
         },
     )
+    api.router.route_class = _CheckedFirst
     install_error_handlers(api, status_of)
 
     def model_info(name: str) -> schemas.ModelInfo:
@@ -214,21 +274,24 @@ def build_api(services: ManagementServices, status_of: Any) -> FastAPI:
         "/models/{model}/traffic",
         response_model=schemas.TrafficState,
         summary="Replace the traffic policy (If-Match: the revision it replaces, 0 to create)",
+        responses={428: {"model": schemas.ErrorBody, "description": "No If-Match"}},
     )
     async def put_traffic(
         request: Request,
         model: ModelName,
         response: Response,
-        body: Annotated[dict[str, Any], Body(openapi_examples=None)],
-        if_match: Annotated[str | None, Header()] = None,
+        body: schemas.PolicyBody,
+        if_match: IfMatch = None,
     ) -> Any:
         expected = _revision(if_match)
-        fields = dict(body)
-        reason = fields.pop("reason", None)
-        if reason is not None and not isinstance(reason, str):
-            raise InvalidRequest("reason: must be a string")
+        # The policy as sent (no defaults filled in): TrafficPolicy.from_body has the last word.
+        fields = body.model_dump(exclude_unset=True, exclude={"reason"})
         saved = await manager.put(
-            model, fields, expected if expected > 0 else None, actor=_actor(request), reason=reason
+            model,
+            fields,
+            expected if expected > 0 else None,
+            actor=_actor(request),
+            reason=body.reason,
         )
         response.headers["ETag"] = f'"{saved.revision}"'
         return _policy_state(services, model, saved)
@@ -237,9 +300,10 @@ def build_api(services: ManagementServices, status_of: Any) -> FastAPI:
         "/models/{model}/traffic",
         status_code=204,
         summary="Remove the policy: the highest ready version answers again",
+        responses={428: {"model": schemas.ErrorBody, "description": "No If-Match"}},
     )
     async def delete_traffic(
-        request: Request, model: ModelName, if_match: Annotated[str | None, Header()] = None
+        request: Request, model: ModelName, if_match: IfMatch = None
     ) -> Response:
         await manager.delete(model, _revision(if_match), actor=_actor(request))
         return Response(status_code=204)
@@ -253,9 +317,10 @@ def build_api(services: ManagementServices, status_of: Any) -> FastAPI:
     async def start_canary(
         request: Request,
         model: ModelName,
-        body: Annotated[dict[str, Any], Body(description="See CanaryBody")],
+        body: schemas.CanaryBody,
     ) -> schemas.CanaryState:
-        return _canary_state(services, await canaries.begin(model, body, actor=_actor(request)))
+        spec = body.model_dump(exclude_unset=True)
+        return _canary_state(services, await canaries.begin(model, spec, actor=_actor(request)))
 
     @api.get("/models/{model}/canary", response_model=schemas.CanaryState)
     async def get_canary(model: ModelName) -> schemas.CanaryState:

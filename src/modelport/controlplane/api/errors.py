@@ -29,6 +29,7 @@ HTTP_CODES = {
     404: "not_found",
     405: "method_not_allowed",
     409: "conflict",
+    415: "unsupported_media_type",
     428: "precondition_required",
 }
 
@@ -54,9 +55,17 @@ def install_error_handlers(app: FastAPI, status_of: Callable[[ModelportError], i
 
     async def invalid(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
-        message = f"{where}: {first.get('msg', 'invalid')}"
+        errors = exc.errors()
+        first: dict[str, Any] = dict(errors[0]) if errors else {"msg": "invalid request"}
+        if first.get("type") == "json_invalid":
+            # loc holds the character offset; say what is wrong and where.
+            error = first.get("ctx", {}).get("error", "invalid")
+            offset = first.get("loc", ("body", "?"))[-1]
+            message = f"body: not valid JSON ({error} at character {offset})"
+        else:
+            where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
+            what = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+            message = f"{where}: {what}"
         return JSONResponse(error_body(message, "invalid_request"), status_code=400)
 
     async def http_error(request: Request, exc: Exception) -> JSONResponse:

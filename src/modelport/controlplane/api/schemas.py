@@ -3,14 +3,54 @@
 The v1 contract: fields and endpoints are only ever added. A field is never
 renamed, removed or given a new meaning, so a v1 client keeps working
 against every later server.
+
+Request bodies are described field by field, so that the document says what
+the server accepts. The canary body is the controller's own model
+(``CanarySpec``), so it cannot drift from what a canary takes. A traffic
+policy is checked by ``TrafficPolicy.from_body`` (weights summing to 100,
+each version once, canonical version numbers); ``PolicyBody`` states the same
+shape and bounds, strictly typed so that it never lets through, by coercion,
+a value that check refuses.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema
+
+from modelport.controlplane.canary import CanarySpec
+from modelport.dataplane.routing.policy import MAX_ROUTES, TOTAL_WEIGHT
+
+#: The body of ``POST .../canary``: the controller validates with this very model.
+CanaryBody = CanarySpec
+
+
+def _version_ref(value: object) -> str | int:
+    """A version as sent: a string or an integer, never coerced from anything else.
+
+    One check for both forms (a union would report one error per form); the
+    number itself is checked by ``TrafficPolicy.from_body``.
+    """
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise ValueError('must be a version number such as "2" or 2')
+    return value
+
+
+VersionRef = Annotated[
+    str | int,
+    PlainValidator(_version_ref),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": "^[0-9]{1,18}$"},
+                {"type": "integer", "minimum": 1},
+            ],
+            "description": 'A version number, as a string ("2") or an integer (2)',
+        }
+    ),
+]
 
 
 class VersionInfo(BaseModel):
@@ -41,24 +81,38 @@ class VersionChange(BaseModel):
 
 
 class Route(BaseModel):
-    version: str
-    weight: int
+    """Send ``weight`` percent of the requests that name no version to ``version``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    version: VersionRef
+    weight: int = Field(ge=0, le=TOTAL_WEIGHT, description="Whole percent; all routes sum to 100")
 
 
 class Shadow(BaseModel):
-    version: str
-    fraction: float
+    """Copy a ``fraction`` of answered requests to ``version`` and compare the answers."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    version: VersionRef
+    fraction: float = Field(gt=0, le=1)
 
 
 class PolicyBody(BaseModel):
     """A traffic policy as sent to ``PUT /traffic``; ``reason`` goes to the history."""
 
-    routes: list[Route]
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    routes: list[Route] = Field(
+        min_length=1, max_length=MAX_ROUTES, description="Each version once; weights sum to 100"
+    )
     sticky_key: str | None = Field(
-        None, description="Header (or request parameter) whose value pins a caller to a version"
+        None,
+        pattern=r"^[A-Za-z0-9_.-]{1,128}$",
+        description="Header (or request parameter) whose value pins a caller to a version",
     )
     shadow: Shadow | None = None
-    reason: str | None = None
+    reason: str | None = Field(None, description="Recorded in the history with the change")
 
 
 class TrafficState(BaseModel):
@@ -74,21 +128,6 @@ class TrafficState(BaseModel):
         description="Per-version sliding window: requests, errors, error_rate, p99_ms, "
         "shadow_compared, shadow_agreed, agreement",
     )
-
-
-class SloBody(BaseModel):
-    max_error_rate: float | None = 0.01
-    max_p99_ms: float | None = None
-    min_agreement: float | None = None
-
-
-class CanaryBody(BaseModel):
-    version: str
-    steps: list[int] = [5, 25, 50, 100]
-    interval_s: float = 60.0
-    slo: SloBody = SloBody()
-    min_requests: int = 20
-    stable: str | None = None
 
 
 class CanaryState(BaseModel):
