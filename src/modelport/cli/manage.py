@@ -145,7 +145,8 @@ def traffic(
 
 @deploy_app.command("rollback")
 def rollback(model: str, reason: str | None = None, url: Url = DEFAULT_URL) -> None:
-    """Abort the running canary, or restore the previous traffic policy."""
+    """Abort the running canary, or restore the previous traffic policy (after a
+    canary, the one in force before it began)."""
     _show(_call(url, "POST", f"/models/{model}/rollback", {"reason": reason}))
 
 
@@ -165,6 +166,13 @@ def canary_start(
     max_p99_ms: float | None = None,
     min_agreement: float | None = None,
     min_requests: int = 20,
+    evidence_timeout: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds a step may wait for min-requests before the canary aborts "
+            "(default: five intervals)."
+        ),
+    ] = None,
     stable: str | None = None,
     url: Url = DEFAULT_URL,
 ) -> None:
@@ -183,6 +191,7 @@ def canary_start(
             "min_agreement": min_agreement,
         },
         "min_requests": min_requests,
+        "evidence_timeout_s": evidence_timeout,
         "stable": stable,
     }
     _show(_call(url, "POST", f"/models/{model}/canary", body))

@@ -4,7 +4,10 @@ A canary moves a candidate version through weight steps (5, 25, 50, 100 % by
 default), one step per interval. On every tick it reads the candidate's
 sliding window from the data plane; a breach of the SLO (error rate, p99
 latency, shadow agreement) sends all traffic back to the stable version at
-once and records why. Passing the last step promotes the candidate.
+once and records why. A step passes only on evidence (enough requests, and
+comparisons under an agreement SLO); one that waits too long for it aborts the
+canary (``canary_step`` holds these rules). Passing the last step promotes the
+candidate.
 
 Progress is stored after every change, with wall-clock times, so a server
 that restarts mid-canary resumes at the step it was on.
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import logging
 import time
@@ -22,8 +26,21 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from modelport.controlplane.store import StateStore, StoredCanary
-from modelport.controlplane.traffic import LOCAL, PolicyConflict, TrafficManager, stable_version
+from modelport.controlplane.canary_step import (
+    EVIDENCE_INTERVALS,
+    comparison_version,
+    judge_step,
+    restore_point,
+    step_policy,
+)
+from modelport.controlplane.store import StateStore, StoredCanary, StoredPolicy
+from modelport.controlplane.traffic import (
+    LOCAL,
+    PolicyConflict,
+    RestorePoint,
+    TrafficManager,
+    stable_version,
+)
 from modelport.dataplane.routing import Route, TrafficPolicy
 from modelport.dataplane.routing.traffic import Traffic
 from modelport.errors import InvalidRequest, NotFound
@@ -58,7 +75,11 @@ class CanarySpec(BaseModel):
     interval_s: float = Field(default=60.0, gt=0, le=7 * 24 * 3600)
     slo: Slo = Field(default_factory=Slo)
     min_requests: int = Field(default=20, ge=1)
-    """Requests the candidate must have answered in the window before the SLO is judged."""
+    """Requests the candidate must have answered in the window before the SLO is judged
+    and before a step may pass (with ``min_agreement``, as many comparisons too)."""
+    evidence_timeout_s: float | None = Field(default=None, gt=0, le=30 * 24 * 3600)
+    """How long a step may run without that evidence before the canary is aborted,
+    from the step's start; at least ``interval_s``, by default five times ``interval_s``."""
     stable: str | None = Field(default=None, pattern=r"^[0-9]+$")
     """The version to roll back to; by default the current policy's main route
     or, without a policy, the highest ready version other than the candidate."""
@@ -72,6 +93,11 @@ class CanarySpec(BaseModel):
             raise ValueError("steps: each step must be larger than the one before")
         if steps[-1] != 100:
             raise ValueError("steps: the last step must be 100")
+        if self.evidence_timeout_s is not None and self.evidence_timeout_s < self.interval_s:
+            raise ValueError(
+                f"evidence_timeout_s: must be at least interval_s ({self.interval_s:g}); "
+                "a step cannot pass before its interval is over"
+            )
         return self
 
 
@@ -104,7 +130,7 @@ class CanaryController:
         self.tick_s = tick_s
         self._active: dict[str, StoredCanary] = {}
         self._lock = asyncio.Lock()
-        manager.track_canaries(self.versions_in_use)
+        manager.track_canaries(self.versions_in_use, self.restore_point)
 
     def versions_in_use(self, model: str) -> set[str]:
         canary = self._active.get(model)
@@ -115,9 +141,19 @@ class CanaryController:
     def is_active(self, model: str) -> bool:
         return model in self._active
 
+    def restore_point(self, model: str, revision: int) -> RestorePoint | None:
+        """What rolling back policy ``revision`` puts back (blocking: reads the store)."""
+        canary = self.store.get_canary(model)
+        return None if canary is None else restore_point(canary.body, canary.state, revision)
+
     def load_stored(self) -> None:
         """Pick up canaries that were running or paused when the server stopped."""
-        for canary in self.store.list_canaries(ACTIVE):
+        for stored in self.store.list_canaries(ACTIVE):
+            # The windows start empty after a restart, so the step's evidence is
+            # gathered afresh: its clock restarts, and the time the server was
+            # down counts neither towards the interval nor against the evidence wait.
+            body = {**stored.body, "step_started_at": self.clock()}
+            canary = dataclasses.replace(stored, body=body)
             self._active[canary.model] = canary
             log.info(
                 "canary resumed",
@@ -153,13 +189,20 @@ class CanaryController:
                 raise InvalidRequest("stable: must differ from the candidate version")
             if stable not in states:
                 raise InvalidRequest(f"stable: model {model!r} has no version {stable}")
+            before = await asyncio.to_thread(self.store.get_policy, model)
             progress = {
                 **spec.model_dump(),
+                "evidence_timeout_s": spec.evidence_timeout_s
+                or EVIDENCE_INTERVALS * spec.interval_s,
                 "stable": stable,
                 "step": 0,
                 "step_started_at": self.clock(),
                 "weight": spec.steps[0],
                 "reason": None,
+                # What a rollback of the canary's outcome puts back (None: no policy).
+                "policy_before": (
+                    None if before is None else {"revision": before.revision, "policy": before.body}
+                ),
             }
             previous = await asyncio.to_thread(self.store.get_canary, model)
             await self._apply(model, progress, actor)
@@ -174,7 +217,7 @@ class CanaryController:
                 reason=f"version {spec.version} against stable {stable}",
             )
             self._active[model] = saved
-            self.traffic.reset_window(model, spec.version)
+            self._reset_windows(model, progress)
         return saved
 
     async def pause(self, model: str, actor: str = LOCAL) -> StoredCanary:
@@ -216,16 +259,23 @@ class CanaryController:
 
     async def _step(self, model: str, canary: StoredCanary) -> None:
         body = canary.body
-        breach = self._breach(model, body)
-        if breach is not None:
-            await self._finish(model, canary, ROLLED_BACK, breach, "modelport")
+        verdict = judge_step(
+            body,
+            self.traffic.window(model, body["version"]),
+            self.traffic.window(model, comparison_version(body)),
+            self.clock(),
+            self.traffic.window_s,
+        )
+        if verdict.action == "hold":
             return
-        if self.clock() - body["step_started_at"] < body["interval_s"]:
+        if verdict.action in ("rollback", "abort"):
+            state = ROLLED_BACK if verdict.action == "rollback" else ABORTED
+            await self._finish(model, canary, state, verdict.reason or state, "modelport")
             return
-        step = body["step"] + 1
-        if step >= len(body["steps"]):
+        if verdict.action == "promote":
             await self._finish(model, canary, PROMOTED, "every step passed its SLO", "modelport")
             return
+        step = body["step"] + 1
         progress = {
             **body,
             "step": step,
@@ -244,50 +294,37 @@ class CanaryController:
             reason=f"step {step + 1} of {len(body['steps'])}: {progress['weight']}%",
         )
         self._active[model] = saved
-        self.traffic.reset_window(model, body["version"])
+        self._reset_windows(model, progress)
 
-    def _breach(self, model: str, body: dict[str, Any]) -> str | None:
-        """Why the candidate fails its SLO now, or None while it holds."""
-        window = self.traffic.window(model, body["version"])
-        slo = body["slo"]
-        where = f"at step {body['step'] + 1} ({body['weight']}%)"
-        if window.requests >= body["min_requests"]:
-            limit = slo.get("max_error_rate")
-            if limit is not None and window.error_rate is not None and window.error_rate > limit:
-                return (
-                    f"error rate {window.error_rate:.3f} > {limit} over "
-                    f"{window.requests} requests {where}"
-                )
-            limit = slo.get("max_p99_ms")
-            if limit is not None and window.p99_ms is not None and window.p99_ms > limit:
-                return f"p99 latency {window.p99_ms:.1f} ms > {limit} ms {where}"
-        limit = slo.get("min_agreement")
-        compared = window.shadow_compared >= body["min_requests"]
-        agreement = window.agreement
-        if limit is not None and compared and agreement is not None and agreement < limit:
-            return (
-                f"shadow agreement {agreement:.3f} < {limit} over "
-                f"{window.shadow_compared} comparisons {where}"
-            )
-        return None
+    def _reset_windows(self, model: str, body: dict[str, Any]) -> None:
+        """A step is judged on what it saw itself: candidate and comparison windows."""
+        self.traffic.reset_window(model, body["version"])
+        self.traffic.reset_window(model, comparison_version(body))
 
     # --------------------------------------------------------------- helpers
 
     async def _apply(self, model: str, body: dict[str, Any], actor: str) -> None:
-        """Write the step's weights as the model's traffic policy."""
+        """Write the step's weights (and comparison shadow) as the model's traffic policy."""
         weight = int(body["weight"])
-        routes = [Route(body["stable"], 100 - weight), Route(body["version"], weight)]
-        await self._put_policy(model, routes, actor, f"canary step {weight}%")
+        await self._put_policy(
+            model, lambda sticky: step_policy(body, sticky), actor, f"canary step {weight}%"
+        )
 
-    async def _put_policy(self, model: str, routes: list[Route], actor: str, why: str) -> None:
+    async def _put_policy(
+        self,
+        model: str,
+        policy_for: Callable[[str | None], TrafficPolicy],
+        actor: str,
+        why: str,
+    ) -> StoredPolicy:
+        """Write ``policy_for(sticky_key)``, keeping the current policy's sticky key."""
         current = await asyncio.to_thread(self.store.get_policy, model)
         sticky = None
         if current is not None:
             with contextlib.suppress(InvalidRequest):
                 sticky = TrafficPolicy.from_body(current.body).sticky_key
-        kept = tuple(r for r in routes if r.weight > 0) or tuple(routes[:1])
-        policy = TrafficPolicy(routes=kept, sticky_key=sticky)
-        await self.manager.put(
+        policy = policy_for(sticky)
+        return await self.manager.put(
             model,
             policy.to_body(),
             current.revision if current is not None else None,
@@ -305,11 +342,22 @@ class CanaryController:
         # releases the version that no longer takes traffic.
         del self._active[model]
         try:
-            await self._put_policy(model, [Route(target, 100)], actor, f"canary {state}: {reason}")
+            written = await self._put_policy(
+                model,
+                lambda sticky: TrafficPolicy(routes=(Route(target, 100),), sticky_key=sticky),
+                actor,
+                f"canary {state}: {reason}",
+            )
         except Exception:
             self._active[model] = canary
             raise
-        progress = {**body, "reason": reason, "finished_at": self.clock()}
+        progress = {
+            **body,
+            "reason": reason,
+            "finished_at": self.clock(),
+            # A rollback from exactly this revision undoes the canary as a whole.
+            "policy_revision": written.revision,
+        }
         saved = await asyncio.to_thread(
             self.store.put_canary,
             model,

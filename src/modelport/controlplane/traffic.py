@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from modelport.controlplane.lifecycle import READY
@@ -36,6 +37,14 @@ class PolicyConflict(Conflict):
     """Raised when a change would break what a traffic policy or canary relies on."""
 
 
+@dataclass(frozen=True, slots=True)
+class RestorePoint:
+    """A policy a rollback puts back instead of the previous revision, and why."""
+
+    body: dict[str, Any]
+    why: str
+
+
 class TrafficManager:
     """Owns every model's traffic policy; the API and the canary controller call it."""
 
@@ -44,11 +53,19 @@ class TrafficManager:
         self.registry = registry
         self.traffic = traffic
         self._canary_versions: Callable[[str], set[str]] = lambda _model: set()
+        self._restore_point: Callable[[str, int], RestorePoint | None] = lambda _m, _r: None
         self._lock = asyncio.Lock()
 
-    def track_canaries(self, versions_of: Callable[[str], set[str]]) -> None:
-        """Let the canary controller tell which versions its canaries use."""
+    def track_canaries(
+        self,
+        versions_of: Callable[[str], set[str]],
+        restore_point: Callable[[str, int], RestorePoint | None] | None = None,
+    ) -> None:
+        """Let the canary controller tell which versions its canaries use and, for
+        a policy revision a finished canary wrote, what a rollback puts back."""
         self._canary_versions = versions_of
+        if restore_point is not None:
+            self._restore_point = restore_point
 
     # ----------------------------------------------------------------- start
 
@@ -204,25 +221,39 @@ class TrafficManager:
     async def rollback(
         self, model: str, actor: str = LOCAL, reason: str | None = None
     ) -> StoredPolicy:
-        """Put back the policy that was in force before the current one."""
+        """Put back the policy that was in force before the current one.
+
+        That is the previous revision, unless a finished canary wrote the
+        current one: then it is the policy from before the canary began, since
+        the previous revision is the canary's own last step. The history's
+        reason names the revision restored and why.
+        """
         current = await asyncio.to_thread(self.store.get_policy, model)
         if current is None:
             self.registry.version_states(model)
             raise PolicyConflict(f"model {model!r} has no traffic policy to roll back")
-        events = await asyncio.to_thread(self.store.history, model, limit=1000)
-        previous = next(
-            (
-                e.detail.get("policy")
-                for e in events
-                if e.action == TRAFFIC_UPDATE and e.detail.get("revision") == current.revision - 1
-            ),
-            None,
-        )
+        point = await asyncio.to_thread(self._restore_point, model, current.revision)
+        if point is not None:
+            previous: object = point.body
+            restored = point.why
+        else:
+            events = await asyncio.to_thread(self.store.history, model, limit=1000)
+            previous = next(
+                (
+                    e.detail.get("policy")
+                    for e in events
+                    if e.action == TRAFFIC_UPDATE
+                    and e.detail.get("revision") == current.revision - 1
+                ),
+                None,
+            )
+            restored = f"restores revision {current.revision - 1}"
         if not isinstance(previous, dict):
             raise PolicyConflict(
                 f"model {model!r} has no earlier traffic policy than revision {current.revision}"
             )
-        why = reason or f"rollback from revision {current.revision}"
+        what = f"rollback from revision {current.revision}: {restored}"
+        why = f"{reason} ({what})" if reason else what
         return await self.put(model, previous, current.revision, actor=actor, reason=why)
 
     def referenced(self, model: str) -> set[str]:

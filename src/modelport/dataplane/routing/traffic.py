@@ -147,6 +147,11 @@ class Traffic:
         windows = self._windows.setdefault(model, {})
         self._routed[model] = RoutedModel(self, model, policy, windows)
 
+    @property
+    def window_s(self) -> float:
+        """How many seconds back every window sees."""
+        return self._window_s
+
     def get(self, model: str) -> TrafficPolicy | None:
         routed = self._routed.get(model)
         return routed.policy if routed is not None else None
