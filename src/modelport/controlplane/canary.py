@@ -58,22 +58,30 @@ ACTIVE = (RUNNING, PAUSED)
 class Slo(BaseModel):
     """What the candidate must keep to move on; unset fields are not checked."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     max_error_rate: float | None = Field(default=0.01, ge=0, le=1)
+    """Highest share of server-side failures (client mistakes do not count)."""
     max_p99_ms: float | None = Field(default=None, gt=0)
+    """Highest 99th-percentile latency in milliseconds."""
     min_agreement: float | None = Field(default=None, ge=0, le=1)
+    """Lowest share of answers agreeing with the stable version's; while set, the
+    canary shadows answers between the two versions to compare them."""
 
 
 class CanarySpec(BaseModel):
     """The body of ``POST /api/v1/models/{model}/canary``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     version: str = Field(pattern=r"^[0-9]+$")
+    """The candidate version."""
     steps: list[int] = Field(default_factory=lambda: [5, 25, 50, 100], min_length=1)
+    """The candidate's weight at each step, in percent, rising to 100."""
     interval_s: float = Field(default=60.0, gt=0, le=7 * 24 * 3600)
+    """The shortest time a step lasts."""
     slo: Slo = Field(default_factory=Slo)
+    """What the candidate must keep throughout."""
     min_requests: int = Field(default=20, ge=1)
     """Requests the candidate must have answered in the window before the SLO is judged
     and before a step may pass (with ``min_agreement``, as many comparisons too)."""
