@@ -145,8 +145,10 @@ def preprocess(base: Path, work: Path) -> Path:
     target = _target(work, "preprocessed")
     source = target
     try:
-        with _quiet():
-            quant_pre_process(str(base), str(target))
+        # ONNX Runtime's symbolic shape inference leaves a scratch file in the
+        # working directory when it gives up; keep it in the work directory.
+        with _quiet(), contextlib.chdir(work):
+            quant_pre_process(str(base.resolve()), str(target.resolve()))
     except Exception:  # pre-processing is an improvement, never a requirement
         source = base
     try:
