@@ -15,6 +15,8 @@ these classes to HTTP status codes or gRPC codes, once
     ├── PermissionDenied        a known caller without the right (403 / PERMISSION_DENIED)
     ├── NotFound                no such model, version or route (404 / NOT_FOUND)
     ├── Conflict                a write lost to another one (409 / ABORTED)
+    │   └── FailedPrecondition  refused until the state it depends on is changed first
+    │                           (409 / FAILED_PRECONDITION)
     ├── ModelNotReady           the model exists but cannot serve now (503 / UNAVAILABLE)
     ├── Unavailable             the server sheds load or is shutting down (503 / UNAVAILABLE)
     ├── RateLimited             the caller is over a rate limit (429 / RESOURCE_EXHAUSTED)
@@ -78,6 +80,15 @@ class Conflict(ModelportError):
 
     The caller should read the current state again and decide; retrying the
     same write blindly would overwrite a change it never saw.
+    """
+
+
+class FailedPrecondition(Conflict):
+    """Raised when a change is refused because of state the caller must change first.
+
+    Unlike a lost write, retrying does not help: something else (a traffic
+    policy, a canary) relies on what the change would remove, and the message
+    names it.
     """
 
 

@@ -243,7 +243,7 @@ async def serve(config: ServerConfig) -> None:
     ctx = TransportContext(
         pipeline=pipeline,
         table=registry,
-        repository=AuditedRepository(registry, store),
+        repository=AuditedRepository(registry, store, manager),
         metrics=metrics,
         server_name=SERVER_NAME,
         server_version=__version__,

@@ -14,7 +14,7 @@ from typing import Any
 from modelport.controlplane.registry import Registry
 from modelport.controlplane.store import StateStore
 from modelport.controlplane.store.tables import MODEL_NAME_MAX
-from modelport.controlplane.traffic import LOCAL
+from modelport.controlplane.traffic import LOCAL, TrafficManager
 from modelport.dataplane.table import RepositoryEntry
 from modelport.errors import ModelportError
 
@@ -22,9 +22,13 @@ from modelport.errors import ModelportError
 class AuditedRepository:
     """Implements the data plane's RepositoryControl over the registry."""
 
-    def __init__(self, registry: Registry, store: StateStore) -> None:
+    def __init__(
+        self, registry: Registry, store: StateStore, traffic: TrafficManager | None = None
+    ) -> None:
         self.registry = registry
         self.store = store
+        self.traffic = traffic
+        """Refuses to unload versions a traffic policy or canary uses (as /api/v1 does)."""
 
     def index(self, ready_only: bool) -> list[RepositoryEntry]:
         return self.registry.index(ready_only)
@@ -42,7 +46,10 @@ class AuditedRepository:
 
     async def unload(self, name: str, actor: str | None = None) -> None:
         try:
-            await self.registry.unload(name)
+            if self.traffic is None:
+                await self.registry.unload(name)
+            else:
+                await self.traffic.unload_checked(name, None, lambda: self.registry.unload(name))
         except ModelportError as exc:
             await self._record(name, "model.unload", actor, {"error": exc.message})
             raise

@@ -19,6 +19,7 @@ from modelport.controlplane.repository.autoconfig import (
 )
 from modelport.controlplane.warmup import warm_up
 from modelport.dataplane.runtime import RuntimeLoader, runtime_loader
+from modelport.dataplane.runtime.files import check_version_dir
 from modelport.dataplane.runtime.process import load_in_processes
 from modelport.dataplane.scheduling.policy import scheduling_policy, with_scheduling_shown
 from modelport.dataplane.scheduling.scheduler import Scheduler
@@ -81,9 +82,18 @@ def load_version(
     config: ModelConfig,
     source: str,
     server_timeout_s: float | None = None,
+    files_checked: bool = False,
 ) -> ModelVersion:
-    """Build a ready version; raises ModelLoadError or ConfigError with the reason."""
+    """Build a ready version; raises ModelLoadError or ConfigError with the reason.
+
+    Every file the version loads must be inside ``version_dir``
+    (``check_version_dir``); ``files_checked`` says the caller checked the
+    directory the files came from already (a sealed version, opened into
+    memory files whose links lead out of the view by design).
+    """
     refuse_unsupported(config, source)
+    if not files_checked:
+        check_version_dir(version_dir, config)
     # Before anything is allocated: a bad profile makes this version UNAVAILABLE.
     profile = load_profile(version_dir)
     config = choose_backend(config, source, version_dir)

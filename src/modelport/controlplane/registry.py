@@ -27,9 +27,16 @@ from modelport.controlplane.repository.layout import (
     scan_model,
     scan_repository,
 )
+from modelport.controlplane.repository.reasons import public_reason
 from modelport.dataplane.admission.residency import model_refusal
 from modelport.dataplane.table import ModelVersion, RepositoryEntry
-from modelport.errors import ModelLoadError, ModelNotReady, ModelportError, NotFound
+from modelport.errors import (
+    InvalidRequest,
+    ModelLoadError,
+    ModelNotReady,
+    ModelportError,
+    NotFound,
+)
 from modelport.observability.metrics import Metrics
 
 log = logging.getLogger("modelport.registry")
@@ -179,14 +186,37 @@ class Registry:
         return entries
 
     async def load(self, name: str, config: dict[str, Any] | None) -> None:
+        """Load or reload every version the policy selects; ``config`` replaces the
+        config file, except for what only the repository may set.
+
+        Fails (the caller gets an error, never a success) unless every version
+        meant to serve loaded: a version that failed, or whose reload failed
+        while its previous copy serves on, fails the call.
+        """
         check_model_name(name)
         async with self._lock:
             source = scan_model(self.repository, name)
             if source is None:
                 raise NotFound(f"unknown model {name!r}: no directory in the repository")
+            if config is not None and not source.problem:
+                # An override that would widen what loading may do (another file,
+                # backend, pickles ...) is refused before anything changes.
+                try:
+                    read_model_config(source, config)
+                except InvalidRequest:
+                    raise
+                except ModelportError:
+                    pass  # an invalid config: reported through the record, as without one
             record = await self._sync(source, override=config, force=True)
         if record.reason:
             raise ModelLoadError(f"failed to load {name!r}: {record.reason}")
+        failed = [
+            f"version {v}: {r.reason}"
+            for v, r in sorted(record.versions.items())
+            if r.failed or (r.state == READY and r.reason)
+        ]
+        if failed:
+            raise ModelLoadError(f"failed to load {name!r}: {'; '.join(failed)}")
         if not any(v.state == READY for v in record.versions.values()):
             raise ModelLoadError(f"failed to load {name!r}: {self._reason(record)}")
 
@@ -328,6 +358,10 @@ class Registry:
 
     # --------------------------------------------------------------- helpers
 
+    def _public(self, message: str) -> str:
+        """A reason fit for callers: no path outside the repository, none absolute."""
+        return public_reason(message, self.repository)
+
     @staticmethod
     def _changed(record: ModelRecord, source: ModelSource) -> bool:
         if record.config_fingerprint != source.config_fingerprint:
@@ -354,19 +388,19 @@ class Registry:
         record.unloaded = False
         record.reason = ""
         if source.problem:
-            record.reason = source.problem
-            self._mark_all(record, source, source.problem)
+            record.reason = self._public(source.problem)
+            self._mark_all(record, source, record.reason)
             return record
         try:
             config = read_model_config(source, override)
             wanted = self._selected(record, config, list(source.versions))
         except ModelportError as exc:
-            record.reason = exc.message
-            self._mark_all(record, source, exc.message)
+            record.reason = self._public(exc.message)
+            self._mark_all(record, source, record.reason)
             log.error("model config invalid", extra={"model": name, "reason": exc.message})
             return record
         if not source.versions:
-            record.reason = f"{source.path}: no version directories (positive integers)"
+            record.reason = f"{source.name}: no version directories (positive integers)"
             return record
         serving = self._serving.get(name, {})
         for v in sorted(set(record.versions) - set(source.versions)):
@@ -445,11 +479,13 @@ class Registry:
             if str(version) in self._serving.get(name, {}):
                 # The old copy keeps serving; say why the new one did not replace it.
                 record.versions[version] = VersionRecord(
-                    READY, f"reload failed, previous copy serving: {exc.message}", fingerprint
+                    READY,
+                    f"reload failed, previous copy serving: {self._public(exc.message)}",
+                    fingerprint,
                 )
             else:
                 record.versions[version] = VersionRecord(
-                    UNAVAILABLE, exc.message, fingerprint, failed=True
+                    UNAVAILABLE, self._public(exc.message), fingerprint, failed=True
                 )
             return
         old = self._serving.get(name, {}).get(str(version))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +25,7 @@ from modelport.controlplane.store import (
 )
 from modelport.dataplane.routing import Route, TrafficPolicy
 from modelport.dataplane.routing.traffic import Traffic
-from modelport.errors import Conflict, InvalidRequest, NotFound
+from modelport.errors import FailedPrecondition, InvalidRequest, NotFound
 
 log = logging.getLogger("modelport.traffic")
 
@@ -33,8 +33,9 @@ log = logging.getLogger("modelport.traffic")
 LOCAL = "local"
 
 
-class PolicyConflict(Conflict):
-    """Raised when a change would break what a traffic policy or canary relies on."""
+class PolicyConflict(FailedPrecondition):
+    """Raised when a change would break what a traffic policy or canary relies on
+    (409; gRPC FAILED_PRECONDITION: change the policy or canary first)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,20 +257,50 @@ class TrafficManager:
         why = f"{reason} ({what})" if reason else what
         return await self.put(model, previous, current.revision, actor=actor, reason=why)
 
-    def referenced(self, model: str) -> set[str]:
-        """Versions a policy or canary sends traffic to; they may not be unloaded."""
-        policy = self.traffic.get(model)
-        used = set(policy.versions()) if policy is not None else set()
-        return used | self._canary_versions(model)
+    def check_unload(self, model: str, versions: Collection[str] | None = None) -> None:
+        """Refuse to unload versions a traffic policy or canary sends requests to.
 
-    def check_unload(self, model: str, version: str) -> None:
-        if version in self.referenced(model):
+        ``versions`` None is the whole model (Triton's repository unload);
+        otherwise the versions to unload (/api/v1's version unload). Versions
+        pinned in the registry count too. PolicyConflict (409 /
+        FAILED_PRECONDITION) names the versions and what uses them.
+        """
+        policy = self.traffic.get(model)
+        in_policy = set(policy.versions()) if policy is not None else set()
+        in_canary = self._canary_versions(model)
+        pinned = {str(v) for v in self.registry.pins(model)}
+        used = in_policy | in_canary | pinned
+        hit = sorted(used if versions is None else used & set(versions), key=int)
+        if not hit:
+            return
+        users = []
+        if set(hit) & (in_policy | (pinned - in_canary)):
             stored = self.store.get_policy(model)
             revision = f" (revision {stored.revision})" if stored is not None else ""
-            raise PolicyConflict(
-                f"model {model!r} version {version} is used by the model's traffic "
-                f"policy{revision} or canary; change the policy before unloading it"
-            )
+            users.append(f"the model's traffic policy{revision}")
+        if set(hit) & in_canary:
+            users.append("its canary")
+        which = f"version {hit[0]} is" if len(hit) == 1 else f"versions {', '.join(hit)} are"
+        what = "the model" if versions is None else ("it" if len(hit) == 1 else "them")
+        raise PolicyConflict(
+            f"model {model!r} {which} used by {' and '.join(users)}; change the policy "
+            f"(/api/v1/models/{model}/traffic) or end the canary before unloading {what}"
+        )
+
+    async def unload_checked(
+        self,
+        model: str,
+        versions: Collection[str] | None,
+        unload: Callable[[], Awaitable[None]],
+    ) -> None:
+        """Run ``unload`` unless ``check_unload`` refuses it.
+
+        Under the policy lock, so no policy can start using the versions
+        between the check and the unload.
+        """
+        async with self._lock:
+            self.check_unload(model, versions)
+            await unload()
 
     # --------------------------------------------------------------- helpers
 

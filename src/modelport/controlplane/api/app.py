@@ -255,8 +255,9 @@ def build_api(services: ManagementServices, status_of: Any) -> FastAPI:
     ) -> schemas.VersionChange:
         if version not in registry.version_states(model):
             raise NotFound(f"unknown version {version} of model {model!r}")
-        manager.check_unload(model, version)
-        await registry.unload_model_version(model, int(version))
+        await manager.unload_checked(
+            model, [version], lambda: registry.unload_model_version(model, int(version))
+        )
         return await changed(request, model, version, "version.unload", body)
 
     @api.get(

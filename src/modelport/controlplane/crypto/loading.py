@@ -19,6 +19,7 @@ from modelport.controlplane.crypto.memview import MemoryView
 from modelport.controlplane.crypto.sealing import MANIFEST, is_sealed, open_sealed
 from modelport.controlplane.lifecycle import load_version
 from modelport.dataplane.runtime.base import Runtime
+from modelport.dataplane.runtime.files import check_version_dir
 from modelport.dataplane.table import ModelVersion
 from modelport.errors import ModelLoadError
 from modelport.types import Array, ModelSignature
@@ -49,6 +50,9 @@ def load_version_at_rest(
             "sealed models load in this process only: modelport.instance_process: true "
             "is not supported for them (memory files do not cross processes)"
         )
+    # The sealed files on disk are what must stay inside the version; the
+    # view's links to memory files lead out of it by design.
+    check_version_dir(version_dir, config)
     files = open_sealed(version_dir, name, version, keys)
     view = MemoryView(name, version)
     try:
@@ -56,7 +60,9 @@ def load_version_at_rest(
             view.add(f.path, f.size, f.chunks())
         for beside in _BESIDE_VERSION:
             view.copy_beside(version_dir.parent, beside)
-        model = load_version(name, version, view.version_dir, config, source, server_timeout_s)
+        model = load_version(
+            name, version, view.version_dir, config, source, server_timeout_s, files_checked=True
+        )
     except BaseException:
         view.release()
         raise

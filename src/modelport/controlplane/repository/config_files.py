@@ -1,7 +1,9 @@
 """Reading a model's configuration: config.yaml, or Triton's config.pbtxt.
 
 Both become the same validated ModelConfig; every error names the file and
-the field.
+the field. A load request's config (Triton's ``config`` parameter) stands in
+for the file, except for the fields only the repository may set
+(``override.PROTECTED``), which still come from the file.
 """
 
 from __future__ import annotations
@@ -11,17 +13,42 @@ from typing import Any
 import yaml
 
 from modelport.config.model import ModelConfig, parse_model_config
+from modelport.controlplane.repository.autoconfig import choose_backend
 from modelport.controlplane.repository.layout import ModelSource
-from modelport.errors import ConfigError
+from modelport.controlplane.repository.override import apply_override
+from modelport.errors import ConfigError, ModelportError
+
+#: How a load request's config is named in errors.
+REQUEST_ORIGIN = "load request config"
 
 
 def read_model_config(source: ModelSource, override: dict[str, Any] | None = None) -> ModelConfig:
-    """The model's config from its file (or ``override``), name filled in."""
-    origin = "load request config"
+    """The model's config from its file (or ``override``), name filled in.
+
+    With ``override``, the repository's own config must be valid too: the
+    fields only it may set are taken from it. InvalidRequest when the
+    override gives one of those another value.
+    """
+    own = _named(source, *_own_config(source))
+    if override is None:
+        return own
+    requested = _named(source, parse_model_config(override, REQUEST_ORIGIN), REQUEST_ORIGIN)
+
+    def derived(field: str) -> set[str]:
+        values = set()
+        for version_dir in source.versions.values():
+            try:
+                values.add(getattr(choose_backend(own, REQUEST_ORIGIN, version_dir), field))
+            except ModelportError:
+                continue
+        return values
+
+    return apply_override(requested, own, derived)
+
+
+def _own_config(source: ModelSource) -> tuple[ModelConfig, str]:
     data: Any
-    if override is not None:
-        data = override
-    elif source.config_file is None:
+    if source.config_file is None:
         data = {}
         origin = str(source.path)
     else:
@@ -39,7 +66,10 @@ def read_model_config(source: ModelSource, override: dict[str, Any] | None = Non
                 data = yaml.safe_load(text)
             except yaml.YAMLError as exc:
                 raise ConfigError(origin, "", f"invalid YAML: {exc}") from None
-    config = parse_model_config(data, origin)
+    return parse_model_config(data, origin), origin
+
+
+def _named(source: ModelSource, config: ModelConfig, origin: str) -> ModelConfig:
     if config.name and config.name != source.name:
         raise ConfigError(
             origin, "name", f"{config.name!r} differs from the directory name {source.name!r}"

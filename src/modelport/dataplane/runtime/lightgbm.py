@@ -49,6 +49,7 @@ from modelport.dataplane.runtime.features import (
     feature_matrix,
     float_output_types,
 )
+from modelport.dataplane.runtime.files import version_file
 from modelport.dataplane.runtime.threads import thread_budget
 from modelport.errors import ModelLoadError
 from modelport.types import DTYPES, Array, ModelSignature, TensorSpec
@@ -398,7 +399,7 @@ class LightGBMRuntime:
 def load_lightgbm(version_dir: Path, config: ModelConfig, instances: int) -> LightGBMRuntime:
     """Load ``model.txt`` (or ``default_model_filename``) from a version directory."""
     filename = config.default_model_filename or MODEL_FILENAME
-    path = version_dir / filename
+    path = version_file(version_dir, filename)
     if not path.is_file():
         raise ModelLoadError(f"{path}: no {filename} in version directory")
     booster, header = _load_booster(path)

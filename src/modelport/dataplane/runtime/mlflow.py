@@ -47,6 +47,7 @@ with warnings.catch_warnings():
     from mlflow.types.schema import TensorSpec as MlflowTensorSpec
 
 from modelport.config.model import ModelConfig, ModelInput, ModelOutput
+from modelport.dataplane.runtime.files import version_file
 from modelport.errors import InvalidRequest, ModelLoadError
 from modelport.types import CONFIG_TYPES, DTYPES, Array, ModelSignature, TensorSpec, datatype_of
 
@@ -370,7 +371,7 @@ def load_mlflow(version_dir: Path, config: ModelConfig, instances: int) -> Mlflo
     ``instances`` is unused: pyfunc has no thread pool of its own to size.
     """
     model_dir = (
-        version_dir / config.default_model_filename
+        version_file(version_dir, config.default_model_filename)
         if config.default_model_filename
         else version_dir
     )

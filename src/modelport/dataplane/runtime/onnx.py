@@ -19,6 +19,7 @@ import numpy as np
 import onnxruntime as ort
 
 from modelport.config.model import ModelConfig
+from modelport.dataplane.runtime.files import version_file
 from modelport.dataplane.runtime.threads import default_threads, int_parameter
 from modelport.errors import InvalidRequest, ModelLoadError
 from modelport.types import Array, ModelSignature, TensorSpec
@@ -195,7 +196,7 @@ def _as_text(name: str, array: Array) -> Array:
 def load_onnx(version_dir: Path, config: ModelConfig, instances: int) -> OnnxRuntime:
     """Load ``model.onnx`` (or ``default_model_filename``) from a version directory."""
     filename = config.default_model_filename or MODEL_FILENAME
-    path = version_dir / filename
+    path = version_file(version_dir, filename)
     if not path.is_file():
         raise ModelLoadError(f"{path}: no {filename} in version directory")
     opts = _session_options(config, instances)

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from modelport.config.model import ModelConfig, ModelInput, ModelOutput
+from modelport.dataplane.runtime.files import version_file
 from modelport.errors import InferenceFailed, InvalidRequest, ModelLoadError
 from modelport.types import CONFIG_TYPES, DTYPES, Array, ModelSignature, TensorSpec
 
@@ -261,7 +262,7 @@ class PythonRuntime:
 def load_python(version_dir: Path, config: ModelConfig, instances: int) -> PythonRuntime:
     """Import ``model.py``, build one ``Model`` per instance and call its ``load``."""
     filename = config.default_model_filename or MODEL_FILENAME
-    path = version_dir / filename
+    path = version_file(version_dir, filename)
     if not path.is_file():
         raise ModelLoadError(f"{path}: no {filename} in version directory")
     module = _import(path, config)

@@ -40,6 +40,7 @@ import torch.utils._pytree as pytree  # torch has no public pytree module; expor
 from torch.export.graph_signature import InputKind, OutputKind, TensorArgument
 
 from modelport.config.model import ModelConfig, ModelInput, ModelOutput
+from modelport.dataplane.runtime.files import version_file
 from modelport.dataplane.runtime.threads import default_threads, int_parameter
 from modelport.errors import ModelLoadError
 from modelport.types import CONFIG_TYPES, Array, ModelSignature, TensorSpec
@@ -399,7 +400,7 @@ def load_pytorch(version_dir: Path, config: ModelConfig, instances: int) -> PyTo
     (``.pt2`` is an ExportedProgram, anything else TorchScript).
     """
     if config.default_model_filename:
-        path = version_dir / config.default_model_filename
+        path = version_file(version_dir, config.default_model_filename)
     elif (version_dir / EXPORTED_FILENAME).is_file():
         path = version_dir / EXPORTED_FILENAME
     else:

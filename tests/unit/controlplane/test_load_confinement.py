@@ -1,0 +1,286 @@
+"""Loading stays inside the version directory; a load request's config cannot widen loading.
+
+The pieces one by one (the file rule, the override rule, reasons without
+paths), then through the registry over a real repository; the transports'
+side is in tests/integration/test_repository_confinement.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Any
+
+import onnx
+import pytest
+
+from modelport.config.model import ModelConfig, ModelportOptions, parse_model_config
+from modelport.controlplane.registry import Registry
+from modelport.controlplane.repository.config_files import read_model_config
+from modelport.controlplane.repository.layout import scan_model
+from modelport.controlplane.repository.override import PROTECTED, apply_override
+from modelport.controlplane.repository.reasons import public_reason
+from modelport.dataplane.runtime.files import check_version_dir, model_file, version_file
+from modelport.errors import InvalidRequest, ModelLoadError, ModelNotReady
+from modelport.observability.metrics import Metrics
+from tests.integration.models import add_sub_model, identity_model
+
+
+def _write(path: Path, model: onnx.ModelProto) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+# ----------------------------------------------------------- the file rule
+
+
+@pytest.mark.parametrize(
+    "name", ["../x", "a/../../x", "/etc/passwd", "..", "a\\..\\..\\x", "x\0y", ""]
+)
+def test_version_file_refuses_names_that_leave_the_directory(tmp_path: Path, name: str) -> None:
+    with pytest.raises(ModelLoadError) as info:
+        version_file(tmp_path, name)
+    assert info.value.message.startswith("default_model_filename must name a file inside")
+    if name.strip("/."):
+        assert name not in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("name", "rel"), [("model.onnx", "model.onnx"), ("sub/./m.pt", "sub/m.pt")]
+)
+def test_version_file_keeps_names_inside(tmp_path: Path, name: str, rel: str) -> None:
+    assert version_file(tmp_path, name) == tmp_path / rel
+
+
+def test_links_out_of_the_version_directory_are_refused(tmp_path: Path) -> None:
+    model = tmp_path / "repo" / "m"
+    version = model / "1"
+    version.mkdir(parents=True)
+    (model / "elsewhere.onnx").write_bytes(b"x")
+    (version / "real.onnx").write_bytes(b"x")
+    (version / "model.onnx").symlink_to("real.onnx")
+    (version / "inner").mkdir()
+    (version / "inner" / "up").symlink_to("..")  # still inside
+    check_version_dir(version, ModelConfig())  # links that stay inside are fine
+
+    (version / "weights.bin").symlink_to("../elsewhere.onnx")
+    with pytest.raises(ModelLoadError, match=r"^weights\.bin: a link leading out") as info:
+        check_version_dir(version, ModelConfig())
+    assert "elsewhere" not in info.value.message
+    (version / "weights.bin").unlink()
+
+    (version / "sub").symlink_to("/etc")  # a directory link counts as much as a file's
+    with pytest.raises(ModelLoadError, match=r"^sub: a link leading out"):
+        check_version_dir(version, ModelConfig())
+    (version / "sub").unlink()
+
+    (version / "loop").symlink_to("loop")
+    with pytest.raises(ModelLoadError, match="loop"):
+        check_version_dir(version, ModelConfig())
+    (version / "loop").unlink()
+
+    for name in ("../elsewhere.onnx", "/etc/passwd", "/no/such/file"):
+        config = ModelConfig(default_model_filename=name)
+        with pytest.raises(ModelLoadError, match=r"^default_model_filename must name"):
+            check_version_dir(version, config)
+    config = ModelConfig(cc_model_filenames={"8.0": "../elsewhere.onnx"})
+    with pytest.raises(ModelLoadError, match=r"^cc_model_filenames\.8\.0 must name"):
+        check_version_dir(version, config)
+
+
+def test_model_file_refuses_default_model_filename_outside(tmp_path: Path) -> None:
+    (tmp_path / "1").mkdir()
+    (tmp_path / "model.skops").write_bytes(b"x")
+    config = ModelConfig(default_model_filename="../model.skops")
+    with pytest.raises(ModelLoadError, match="must name a file inside"):
+        model_file(tmp_path / "1", config, ["model.skops"])
+
+
+# --------------------------------------------------------- the override rule
+
+
+def test_every_protected_field_is_a_model_config_field() -> None:
+    for path in PROTECTED:
+        head, _, rest = path.partition(".")
+        assert head in ModelConfig.model_fields, path
+        if head == "modelport":
+            assert rest in ModelportOptions.model_fields, path
+
+
+OWN = {
+    "backend": "sklearn",
+    "modelport": {"allow_unsafe_pickle": True, "residency": ["ae"]},
+    "parameters": {"tenant": {"string_value": "acme"}, "n_jobs": {"string_value": "1"}},
+}
+
+
+def _parse(data: dict[str, Any]) -> ModelConfig:
+    return parse_model_config(data, "test")
+
+
+@pytest.mark.parametrize(
+    ("override", "field"),
+    [
+        ({"backend": "python"}, "backend"),
+        ({"platform": "onnxruntime_onnx"}, "platform"),
+        ({"runtime": "x.so"}, "runtime"),
+        ({"default_model_filename": "model.pkl"}, "default_model_filename"),
+        ({"cc_model_filenames": {"8.0": "m.onnx"}}, "cc_model_filenames"),
+        ({"model_repository_agents": {"agents": []}}, "model_repository_agents"),
+        ({"modelport": {"allow_unsafe_pickle": False}}, "modelport.allow_unsafe_pickle"),
+        ({"modelport": {"residency": []}}, "modelport.residency"),
+        ({"parameters": {"tenant": {"string_value": "other"}}}, "parameters.tenant"),
+    ],
+)
+def test_an_override_cannot_change_a_protected_field(override: dict[str, Any], field: str) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        apply_override(_parse(override), _parse(OWN))
+    assert f"{field!r} cannot be set by a load request" in info.value.message
+
+
+def test_protected_fields_come_from_the_repository() -> None:
+    requested = _parse(
+        {
+            "max_batch_size": 4,
+            "backend": "sklearn",  # repeating the repository's value is fine
+            "modelport": {"batching": False, "allow_unsafe_pickle": True},
+            "parameters": {"n_jobs": {"string_value": "2"}},
+        }
+    )
+    merged = apply_override(requested, _parse(OWN))
+    assert merged.max_batch_size == 4
+    assert merged.backend == "sklearn"
+    assert merged.modelport.batching is False
+    assert merged.modelport.allow_unsafe_pickle is True
+    assert merged.modelport.residency == ["ae"]
+    assert merged.parameter("tenant") == "acme"  # left out, still the repository's
+    assert merged.parameter("n_jobs") == "2"
+    # Without the repository's settings, nothing of them appears.
+    bare = apply_override(_parse({"max_batch_size": 4}), _parse({}))
+    assert bare.modelport.allow_unsafe_pickle is False
+    assert bare.parameter("tenant") is None
+    assert bare.backend == ""
+
+
+def test_backend_the_repository_leads_to_may_be_repeated(tmp_path: Path) -> None:
+    _write(tmp_path / "m" / "1" / "model.onnx", identity_model("FP32"))
+    source = scan_model(tmp_path, "m")
+    assert source is not None
+    shown = {"backend": "onnxruntime", "platform": "onnxruntime_onnx", "max_batch_size": 2}
+    assert read_model_config(source, shown).max_batch_size == 2
+    with pytest.raises(InvalidRequest, match="'backend'"):
+        read_model_config(source, {"backend": "openvino"})
+
+
+def test_an_override_inherits_the_repository_s_pickle_switch(tmp_path: Path) -> None:
+    (tmp_path / "m" / "1").mkdir(parents=True)
+    (tmp_path / "m" / "config.yaml").write_text("modelport: {allow_unsafe_pickle: true}\n")
+    source = scan_model(tmp_path, "m")
+    assert source is not None
+    assert read_model_config(source, {"max_batch_size": 2}).modelport.allow_unsafe_pickle
+
+
+# --------------------------------------------------------------- reasons
+
+
+def test_reasons_show_repository_paths_relative_and_others_by_name(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    text = (
+        f"{repo}/m/1/model.onnx: Load model from {repo}/m/1/model.onnx failed; "
+        "see /usr/lib/python3/site-packages/x.py (line 3), /etc/passwd. 1/2 and/or http://a/b"
+    )
+    shown = public_reason(text, repo)
+    assert shown == (
+        "m/1/model.onnx: Load model from m/1/model.onnx failed; "
+        "see x.py (line 3), passwd. 1/2 and/or http://a/b"
+    )
+    linked = tmp_path / "link"
+    linked.symlink_to(repo)
+    assert public_reason(f"{repo}/m: x", linked) == "m: x"
+
+
+# ------------------------------------------------------- through the registry
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    root = tmp_path / "repo"
+    _write(root / "a" / "1" / "model.onnx", identity_model("FP32"))
+    _write(root / "b" / "1" / "model.onnx", add_sub_model())
+    return root
+
+
+def test_a_load_override_cannot_serve_another_model_s_file(repo: Path) -> None:
+    async def scenario() -> None:
+        reg = Registry(repo, Metrics())
+        await reg.start()
+        for name in ("../../b/1/model.onnx", str(repo / "b" / "1" / "model.onnx")):
+            with pytest.raises(InvalidRequest, match="'default_model_filename'"):
+                await reg.load("a", {"default_model_filename": name})
+        model = reg.resolve("a", None)
+        assert [t.name for t in model.signature.inputs] == ["INPUT0"]  # still A's own
+        assert all(not e.reason for e in reg.index(ready_only=False))
+        with pytest.raises(InvalidRequest, match="'backend'"):
+            await reg.load("a", {"backend": "python"})
+        await reg.load("a", {"max_batch_size": 2})
+        assert reg.resolve("a", None).config.max_batch_size == 2
+        await reg.close()
+
+    run(scenario())
+
+
+def test_a_failed_reload_fails_the_load_call(repo: Path) -> None:
+    async def scenario() -> None:
+        reg = Registry(repo, Metrics())
+        await reg.start()
+        (repo / "a" / "1" / "model.onnx").unlink()
+        (repo / "a" / "1" / "model.onnx").symlink_to(repo / "b" / "1" / "model.onnx")
+        with pytest.raises(ModelLoadError, match="reload failed, previous copy serving") as info:
+            await reg.load("a", None)
+        assert "a link leading out of the version directory" in info.value.message
+        assert str(repo) not in info.value.message
+        assert reg.resolve("a", None).version == "1"  # the previous copy serves on
+        await reg.unload("a")
+        with pytest.raises(ModelLoadError, match=r"model\.onnx: a link leading out"):
+            await reg.load("a", None)
+        with pytest.raises(ModelNotReady) as not_ready:
+            reg.resolve("a", None)
+        assert str(repo) not in not_ready.value.message
+        await reg.close()
+
+    run(scenario())
+
+
+def test_a_symlinked_version_directory_is_its_own_root(tmp_path: Path) -> None:
+    """Deployments link whole version directories in; that is not a way out."""
+    store = tmp_path / "store" / "a1"
+    _write(store / "model.onnx", identity_model("FP32"))
+    repo = tmp_path / "repo"
+    (repo / "a").mkdir(parents=True)
+    os.symlink(store, repo / "a" / "1")
+
+    async def scenario() -> None:
+        reg = Registry(repo, Metrics())
+        await reg.start()
+        assert reg.resolve("a", None).version == "1"
+        await reg.close()
+
+    run(scenario())
+
+
+def test_a_policy_refusal_is_409_and_failed_precondition() -> None:
+    import grpc
+
+    from modelport.controlplane.traffic import PolicyConflict
+    from modelport.dataplane.transport.grpc.errors import grpc_status
+    from modelport.dataplane.transport.http.errors import http_status
+
+    refusal = PolicyConflict("model 'm' version 1 is used by the model's traffic policy")
+    assert http_status(refusal) == 409
+    assert grpc_status(refusal) == grpc.StatusCode.FAILED_PRECONDITION
