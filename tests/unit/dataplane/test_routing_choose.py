@@ -29,7 +29,7 @@ def _share(counts: Counter[str], version: str) -> float:
 TOLERANCE = 0.018
 
 
-@pytest.mark.parametrize(("first", "second"), [(90, 10), (70, 30), (50, 50), (1, 99)])
+@pytest.mark.parametrize(("first", "second"), [(90, 10), (80, 20), (70, 30), (50, 50), (1, 99)])
 def test_sticky_split_follows_the_weights(first: int, second: int) -> None:
     policy = _policy(("1", first), ("2", second))
     counts = Counter(choose_version("m", policy, k, _never) for k in KEYS)
@@ -44,6 +44,15 @@ def test_random_split_follows_the_weights() -> None:
     assert abs(_share(counts, "1") - 0.7) < TOLERANCE
     assert abs(_share(counts, "2") - 0.2) < TOLERANCE
     assert abs(_share(counts, "3") - 0.1) < TOLERANCE
+
+
+@pytest.mark.parametrize(("first", "second"), [(80, 20), (50, 50), (1, 99)])
+def test_random_split_of_two_versions_follows_the_weights(first: int, second: int) -> None:
+    policy = _policy(("1", first), ("2", second))
+    draw = random.Random(11).random
+    counts = Counter(choose_version("m", policy, None, draw) for _ in range(20_000))
+    assert set(counts) == {"1", "2"}
+    assert abs(_share(counts, "2") - second / 100) < TOLERANCE
 
 
 def test_random_draw_edges_map_onto_the_ranges() -> None:
