@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from enum import IntEnum
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -49,9 +50,6 @@ CONFIG_TYPES: dict[str, str] = {
 }
 DATATYPE_TO_CONFIG: dict[str, str] = {v: k for k, v in CONFIG_TYPES.items()}
 
-if TYPE_CHECKING:
-    from modelport.dataplane.admission.identity import Identity
-
 Array = npt.NDArray[Any]
 
 
@@ -74,6 +72,56 @@ def datatype_of(array: Array) -> str:
 def element_count(shape: tuple[int, ...] | list[int]) -> int:
     """Number of elements a shape holds (1 for a scalar)."""
     return math.prod(shape)
+
+
+class Role(IntEnum):
+    """What a caller may do; a higher role includes every lower one (one comparison)."""
+
+    NONE = 0
+    """An authenticated caller granted nothing (a JWT without a known role)."""
+    VIEWER = 1
+    """Health, metadata, config, statistics, repository index, metrics, reads of /api/v1."""
+    INVOKER = 2
+    """Plus inference."""
+    OPERATOR = 3
+    """Plus load, unload, traffic policies, canaries, version load and unload."""
+    ADMIN = 4
+    """Plus API keys and policies."""
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """An authenticated caller, whatever credential (API key, JWT, certificate) it showed.
+
+    It lives here, beside the request it rides on, so observers and tracing
+    can read who called without importing the data plane's admission code.
+
+    ``id`` is stable and unique (``key:<id>`` or ``jwt:<issuer>#<subject>``) and
+    keys per-identity state such as rate-limit buckets; ``name`` is what the
+    audit log shows as the actor. ``models`` are the model name patterns
+    (``fnmatch``, case-sensitive) it may use; ``tenant``, when set, scopes it
+    further. ``rate`` and ``burst`` are its own rate limit, when its key was
+    created with one. ``expires_at`` is a wall-clock time in seconds since the
+    epoch, or None; a cached identity is refused once past it.
+    """
+
+    id: str
+    name: str
+    role: Role
+    models: tuple[str, ...]
+    tenant: str | None = None
+    rate: float | None = None
+    burst: int | None = None
+    expires_at: float | None = None
+
+    @property
+    def actor(self) -> str:
+        """The name recorded as the actor of changes this identity makes."""
+        return self.name
 
 
 @dataclass(slots=True)

@@ -24,9 +24,10 @@ from datetime import UTC, datetime, timedelta
 
 from modelport.controlplane.store.store import StateStore, StoredKey, utc_now
 from modelport.dataplane.admission.authenticate import API_KEY_PREFIX
-from modelport.dataplane.admission.identity import Identity, parse_role
+from modelport.dataplane.admission.identity import parse_role
 from modelport.dataplane.admission.ratelimit import check_limit
 from modelport.errors import InvalidRequest, Unauthenticated
+from modelport.types import Identity
 
 #: Matched with fullmatch: ``$`` would also accept a key followed by a newline.
 _TOKEN = re.compile(rf"{re.escape(API_KEY_PREFIX)}([0-9a-f]{{12}})_([A-Za-z0-9_-]{{43}})")

@@ -8,8 +8,8 @@ import pytest
 
 from modelport.controlplane.keys import KeyService, parse_expiry
 from modelport.controlplane.store import StateStore
-from modelport.dataplane.admission.identity import Role
 from modelport.errors import InvalidRequest, Unauthenticated
+from modelport.types import Role
 
 
 class Clock:

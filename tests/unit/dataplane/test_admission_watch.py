@@ -11,7 +11,6 @@ import numpy as np
 from modelport.config.model import parse_model_config
 from modelport.dataplane.admission.audit import AuthAudit
 from modelport.dataplane.admission.gate import Gate
-from modelport.dataplane.admission.identity import Identity, Role
 from modelport.dataplane.admission.watch import DETECTOR, TrafficWatch, security_sink
 from modelport.dataplane.pipeline import Pipeline
 from modelport.dataplane.scheduling.policy import scheduling_policy
@@ -27,7 +26,7 @@ from modelport.observability.anomaly import (
 from modelport.observability.metrics import Metrics
 from modelport.observability.profile import InputProfile, build_profile
 from modelport.observability.statistics import ModelStatistics
-from modelport.types import InferenceRequest, ModelSignature, Tensor, TensorSpec
+from modelport.types import Identity, InferenceRequest, ModelSignature, Role, Tensor, TensorSpec
 
 ALICE = Identity("key:a", "alice", Role.INVOKER, ("*",))
 

@@ -12,8 +12,8 @@ import pytest
 from modelport.dataplane.admission.audit import AUTH_BLOCKED, AUTH_DENIED, AUTH_FAILURE, AuthAudit
 from modelport.dataplane.admission.authenticate import Authenticator, bearer_token
 from modelport.dataplane.admission.gate import Gate
-from modelport.dataplane.admission.identity import Identity, Role
 from modelport.errors import PermissionDenied, RateLimited, Unauthenticated
+from modelport.types import Identity, Role
 
 
 def sync(test: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], None]:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from modelport.dataplane.admission.authorize import allows, denial
-from modelport.dataplane.admission.identity import Identity, Role, parse_role
+from modelport.dataplane.admission.identity import parse_role
 from modelport.dataplane.transport.http.access import required
+from modelport.types import Identity, Role
 
 TENANTS = {"fraud-1": "acme", "fraud-2": "globex", "churn": None}
 

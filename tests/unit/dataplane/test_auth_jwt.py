@@ -22,7 +22,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
-from modelport.dataplane.admission.identity import Role
 from modelport.dataplane.admission.jwks import JwksError, parse_jwks
 from modelport.dataplane.admission.jwt_tokens import (
     MAX_JWKS_BYTES,
@@ -31,6 +30,7 @@ from modelport.dataplane.admission.jwt_tokens import (
     jwks_fetcher,
 )
 from modelport.errors import Unauthenticated
+from modelport.types import Role
 
 NOW = 1_800_000_000.0
 SETTINGS = JwtSettings(

@@ -11,7 +11,6 @@ import pytest
 from modelport.config.model import parse_model_config
 from modelport.config.server import load_server_config
 from modelport.dataplane.admission.audit import AuthAudit
-from modelport.dataplane.admission.identity import Identity, Role
 from modelport.dataplane.admission.residency import (
     RESIDENCY_REFUSED,
     ResidencyGuard,
@@ -27,7 +26,7 @@ from modelport.dataplane.table import ModelVersion
 from modelport.errors import ConfigError, InvalidRequest, NotFound, ResidencyRefused
 from modelport.observability.metrics import Metrics
 from modelport.observability.statistics import ModelStatistics
-from modelport.types import InferenceRequest, ModelSignature, Tensor, TensorSpec
+from modelport.types import Identity, InferenceRequest, ModelSignature, Role, Tensor, TensorSpec
 
 
 @pytest.mark.parametrize(

@@ -17,9 +17,9 @@ from modelport.dataplane.admission.certificates import (
     describe_der,
     describe_pem,
 )
-from modelport.dataplane.admission.identity import Identity, Role
 from modelport.dataplane.transport.http.protocol import tls_extension
 from modelport.errors import ConfigError, Unauthenticated
+from modelport.types import Identity, Role
 from tests.tls_certs import issue, make_ca
 
 TABLE = {

@@ -27,8 +27,9 @@ from modelport.controlplane.canary import CanaryController
 from modelport.controlplane.registry import Registry
 from modelport.controlplane.store import StateStore, StoredCanary, StoredPolicy
 from modelport.controlplane.traffic import LOCAL, TrafficManager
-from modelport.dataplane.admission.identity import IDENTITY_SCOPE_KEY, VISIBLE_SCOPE_KEY, Identity
+from modelport.dataplane.admission.identity import IDENTITY_SCOPE_KEY, VISIBLE_SCOPE_KEY
 from modelport.errors import InvalidRequest, ModelportError, NotFound
+from modelport.types import Identity
 
 API_VERSION = "1.0"
 

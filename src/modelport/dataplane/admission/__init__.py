@@ -9,7 +9,8 @@ rate limiting keys buckets on any string (``model:<name>``,
 
 from __future__ import annotations
 
-from modelport.dataplane.admission.identity import Identity, Role, parse_role
+from modelport.dataplane.admission.identity import parse_role
 from modelport.dataplane.admission.ratelimit import Decision, MemoryRateLimiter, RateLimiter
+from modelport.types import Identity, Role
 
 __all__ = ["Decision", "Identity", "MemoryRateLimiter", "RateLimiter", "Role", "parse_role"]

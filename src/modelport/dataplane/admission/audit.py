@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from modelport.dataplane.admission.identity import Identity, Role
+from modelport.types import Identity, Role
 
 log = logging.getLogger("modelport.auth")
 

@@ -34,9 +34,9 @@ from typing import Protocol
 
 from modelport.dataplane.admission.audit import AuthAudit
 from modelport.dataplane.admission.certificates import CertificateIdentities, ClientCertificate
-from modelport.dataplane.admission.identity import Identity
 from modelport.dataplane.admission.ratelimit import MemoryRateLimiter
 from modelport.errors import RateLimited, Unauthenticated
+from modelport.types import Identity
 
 #: Prefix of every API key; anything else with two dots is taken for a JWT.
 API_KEY_PREFIX = "mpk_"

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from fnmatch import fnmatchcase
 from functools import lru_cache
 
-from modelport.dataplane.admission.identity import Identity, Role
 from modelport.errors import PermissionDenied
+from modelport.types import Identity, Role
 
 #: A model's tenant (its config parameter ``tenant``), or None for an untagged
 #: or unknown model. Must not raise.

@@ -37,8 +37,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
-from modelport.dataplane.admission.identity import Identity, Role, parse_role
+from modelport.dataplane.admission.identity import parse_role
 from modelport.errors import ConfigError
+from modelport.types import Identity, Role
 
 #: Where the REST transport leaves the connection's ClientCertificate in the ASGI scope.
 CLIENT_CERT_SCOPE_KEY = "modelport.client_cert"

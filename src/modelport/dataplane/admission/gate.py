@@ -15,9 +15,9 @@ from modelport.dataplane.admission.audit import AuthAudit
 from modelport.dataplane.admission.authenticate import Authenticator
 from modelport.dataplane.admission.authorize import TenantOf, allows, denial
 from modelport.dataplane.admission.certificates import ClientCertificate
-from modelport.dataplane.admission.identity import Identity, Role
 from modelport.dataplane.admission.watch import TrafficWatch
 from modelport.errors import Unauthenticated
+from modelport.types import Identity, Role
 
 
 class Gate:

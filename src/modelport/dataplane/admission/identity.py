@@ -1,36 +1,16 @@
-"""Who is calling: the identity every credential kind (API key, JWT) resolves to.
+"""Role names as written in configuration and credentials, and where the REST
+transport leaves the caller in the ASGI scope.
 
-Roles are ordered; each includes the ones below it, so a check is one
-comparison. An identity is scoped to model name patterns (``fnmatch``,
-case-sensitive) and, optionally, a tenant; it carries its own rate limit when
-its key was created with one.
+The caller itself (:class:`~modelport.types.Identity`, with its
+:class:`~modelport.types.Role`) is a core type, so that code outside the data
+plane can read it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from enum import IntEnum
+from modelport.types import Role
 
-
-class Role(IntEnum):
-    """What a caller may do; a higher role includes every lower one."""
-
-    NONE = 0
-    """An authenticated caller granted nothing (a JWT without a known role)."""
-    VIEWER = 1
-    """Health, metadata, config, statistics, repository index, metrics, reads of /api/v1."""
-    INVOKER = 2
-    """Plus inference."""
-    OPERATOR = 3
-    """Plus load, unload, traffic policies, canaries, version load and unload."""
-    ADMIN = 4
-    """Plus API keys and policies."""
-
-    @property
-    def label(self) -> str:
-        return self.name.lower()
-
-
+#: Role name (``viewer`` … ``admin``) -> Role; NONE has no name a user may write.
 ROLE_NAMES: dict[str, Role] = {r.label: r for r in Role if r is not Role.NONE}
 
 
@@ -40,31 +20,6 @@ def parse_role(text: str) -> Role:
     if role is None:
         raise ValueError(f"unknown role {text!r}; expected one of {', '.join(ROLE_NAMES)}")
     return role
-
-
-@dataclass(frozen=True, slots=True)
-class Identity:
-    """An authenticated caller.
-
-    ``id`` is stable and unique (``key:<id>`` or ``jwt:<issuer>#<subject>``) and
-    keys per-identity state such as rate-limit buckets; ``name`` is what the
-    audit log shows as the actor. ``expires_at`` is a wall-clock time in
-    seconds since the epoch, or None; a cached identity is refused once past it.
-    """
-
-    id: str
-    name: str
-    role: Role
-    models: tuple[str, ...]
-    tenant: str | None = None
-    rate: float | None = None
-    burst: int | None = None
-    expires_at: float | None = None
-
-    @property
-    def actor(self) -> str:
-        """The name recorded as the actor of changes this identity makes."""
-        return self.name
 
 
 #: Where the REST transport leaves the caller's Identity in the ASGI scope, for

@@ -37,9 +37,10 @@ import jwt
 from jwt.exceptions import InvalidSubjectError
 from jwt.types import Options
 
-from modelport.dataplane.admission.identity import ROLE_NAMES, Identity, Role
+from modelport.dataplane.admission.identity import ROLE_NAMES
 from modelport.dataplane.admission.jwks import VerifyKey, parse_jwks
 from modelport.errors import Unauthenticated
+from modelport.types import Identity, Role
 
 #: Largest JWKS document read, in bytes.
 MAX_JWKS_BYTES = 1 << 20

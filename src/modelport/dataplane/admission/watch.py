@@ -14,13 +14,13 @@ from __future__ import annotations
 from typing import Any
 
 from modelport.dataplane.admission.audit import SERVER_WIDE, AuditEvent, AuthAudit
-from modelport.dataplane.admission.identity import Identity
 from modelport.observability.anomaly import (
     AuthFailureBurstDetector,
     EventSink,
     RateSpikeDetector,
 )
 from modelport.observability.metrics import Metrics
+from modelport.types import Identity
 
 #: The actor of security events: the detector, not the caller it watched.
 DETECTOR = "anomaly-detector"

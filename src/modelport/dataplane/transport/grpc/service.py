@@ -27,7 +27,6 @@ from google.protobuf import json_format
 from modelport.config.pbtxt import config_to_proto
 from modelport.dataplane.admission.certificates import ClientCertificate, describe_pem
 from modelport.dataplane.admission.gate import Gate
-from modelport.dataplane.admission.identity import Identity, Role
 from modelport.dataplane.codec.grpc_v2 import decode_request, encode_response, parameter_value
 from modelport.dataplane.codec.repository import load_config_parameter
 from modelport.dataplane.transport.context import EXTENSIONS, TransportContext
@@ -35,6 +34,7 @@ from modelport.dataplane.transport.grpc.errors import grpc_status, trailing_meta
 from modelport.errors import InvalidRequest, ModelportError, NotFound
 from modelport.protos import grpc_service_pb2 as pb
 from modelport.protos import grpc_service_pb2_grpc as pb_grpc
+from modelport.types import Identity, Role
 
 log = logging.getLogger("modelport.grpc")
 

@@ -25,7 +25,7 @@ model ``stats``, and needs the usual role on that model.
 
 from __future__ import annotations
 
-from modelport.dataplane.admission.identity import Role
+from modelport.types import Role
 
 #: Paths anyone may call: liveness and readiness probes.
 OPEN = frozenset({"/v2/health/live", "/v2/health/ready"})
