@@ -165,3 +165,24 @@ class ListenFailed(ModelportError):
 def internal_error(exc: BaseException) -> str:
     """What a client is told about a bug: the exception's type, never its text."""
     return f"internal error: {type(exc).__name__}"
+
+
+def first_line(
+    source: BaseException | str, *, limit: int | None = None, empty: str | None = None
+) -> str:
+    """The first line of an exception's message (or of a text), for one-line reasons.
+
+    Framework errors often carry a stack of C++ frames or a whole report after
+    their first line; a model's status, a log field or an error answer wants
+    only the line that says what went wrong. ``limit`` cuts the line at that
+    many characters, for messages that may quote a caller's data at length.
+    An empty message gives ``empty``, or by default the exception's type name
+    (an empty text gives ``""``), so a reason is never blank by accident.
+    """
+    text = str(source).strip()
+    if not text:
+        if empty is not None:
+            return empty
+        return type(source).__name__ if isinstance(source, BaseException) else ""
+    line = text.splitlines()[0]
+    return line[:limit] if limit is not None else line

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from modelport.config.model import ModelConfig
-from modelport.errors import ModelLoadError
+from modelport.errors import ModelLoadError, first_line
 from modelport.types import CONFIG_TYPES, DTYPES, Array, ModelSignature, TensorSpec
 
 _MAX_WARMUP_ELEMENTS = 1 << 24
@@ -112,9 +112,7 @@ def warm_up(predict: Any, config: ModelConfig, signature: ModelSignature, model_
             try:
                 predict(sample, outputs)
             except Exception as exc:
-                raise ModelLoadError(
-                    f"warm-up failed: {str(exc).strip().splitlines()[0]}"
-                ) from None
+                raise ModelLoadError(f"warm-up failed: {first_line(exc)}") from None
             calls += 1
     return calls
 

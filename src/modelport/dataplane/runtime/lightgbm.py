@@ -51,7 +51,7 @@ from modelport.dataplane.runtime.features import (
 )
 from modelport.dataplane.runtime.files import version_file
 from modelport.dataplane.runtime.threads import thread_budget
-from modelport.errors import ModelLoadError
+from modelport.errors import ModelLoadError, first_line
 from modelport.types import DTYPES, Array, ModelSignature, TensorSpec
 
 log = logging.getLogger("modelport.runtime.lightgbm")
@@ -60,11 +60,6 @@ MODEL_FILENAME = "model.txt"
 BINARY, MULTICLASS, VALUE = "binary", "multiclass", "value"
 MULTICLASS_OBJECTIVES = frozenset({"multiclass", "multiclassova", "softmax", "ova", "ovr"})
 EXPECTED = "expected the text model LightGBM's Booster.save_model writes"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 # ------------------------------------------------------------------ text check
@@ -320,7 +315,7 @@ def _load_booster(path: Path) -> tuple[Any, dict[bytes, bytes]]:
         booster = lgb.Booster(model_str=text)
     except Exception as exc:  # LightGBMError, or anything its parser trips on
         raise ModelLoadError(
-            f"{path}: not a loadable LightGBM model: {_first_line(exc)}; {EXPECTED}"
+            f"{path}: not a loadable LightGBM model: {first_line(exc)}; {EXPECTED}"
         ) from None
     return booster, header
 
@@ -421,7 +416,7 @@ def load_lightgbm(version_dir: Path, config: ModelConfig, instances: int) -> Lig
         # One row settles the output width (classes) from the model itself.
         probe = probe_runtime.raw(np.zeros((1, features), dtype=DTYPES[input_spec.datatype]))
     except Exception as exc:
-        raise ModelLoadError(f"{path}: the booster cannot predict: {_first_line(exc)}") from None
+        raise ModelLoadError(f"{path}: the booster cannot predict: {first_line(exc)}") from None
     width = max(1, probe.size)
     if kind == BINARY and width != 1:
         kind = VALUE

@@ -48,7 +48,7 @@ with warnings.catch_warnings():
 
 from modelport.config.model import ModelConfig, ModelInput, ModelOutput
 from modelport.dataplane.runtime.files import version_file
-from modelport.errors import InvalidRequest, ModelLoadError
+from modelport.errors import InvalidRequest, ModelLoadError, first_line
 from modelport.types import CONFIG_TYPES, DTYPES, Array, ModelSignature, TensorSpec, datatype_of
 
 log = logging.getLogger("modelport.runtime.mlflow")
@@ -219,7 +219,7 @@ class MlflowRuntime:
         except MlflowException as exc:
             # Schema enforcement refusals are the caller's to fix.
             if exc.error_code == "INVALID_PARAMETER_VALUE":
-                raise InvalidRequest(f"model rejected the inputs: {_first(exc)}") from None
+                raise InvalidRequest(f"model rejected the inputs: {first_line(exc)}") from None
             raise
         wanted = set(outputs)
         return {
@@ -230,11 +230,6 @@ class MlflowRuntime:
 
     def unload(self) -> None:
         self._model = None
-
-
-def _first(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _as_text(name: str, array: Array) -> Array:
@@ -354,7 +349,7 @@ def _pickled(path: Path) -> str | None:
     try:
         flavors: dict[str, Any] = Model.load(str(path)).flavors
     except Exception as exc:  # YAML and mlflow errors alike
-        raise ModelLoadError(f"{path}: not a readable MLmodel file: {_first(exc)}") from None
+        raise ModelLoadError(f"{path}: not a readable MLmodel file: {first_line(exc)}") from None
     pyfunc = flavors.get("python_function") or {}
     if pyfunc.get("python_model"):
         return f"its python_model ({pyfunc['python_model']}) is a cloudpickle"
@@ -397,7 +392,7 @@ def load_mlflow(version_dir: Path, config: ModelConfig, instances: int) -> Mlflo
             f"{path}: the model's flavour needs the {package!r} package, which is not installed"
         ) from None
     except Exception as exc:  # mlflow and the flavours raise many unrelated types
-        raise ModelLoadError(f"{path}: not a loadable MLflow model: {_first(exc)}") from None
+        raise ModelLoadError(f"{path}: not a loadable MLflow model: {first_line(exc)}") from None
     finally:
         if pickled is not None:
             log.warning(

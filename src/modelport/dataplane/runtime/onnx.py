@@ -21,7 +21,7 @@ import onnxruntime as ort
 from modelport.config.model import ModelConfig
 from modelport.dataplane.runtime.files import version_file
 from modelport.dataplane.runtime.threads import default_threads, int_parameter
-from modelport.errors import InvalidRequest, ModelLoadError
+from modelport.errors import InvalidRequest, ModelLoadError, first_line
 from modelport.types import Array, ModelSignature, TensorSpec
 
 log = logging.getLogger("modelport.runtime.onnx")
@@ -204,8 +204,7 @@ def load_onnx(version_dir: Path, config: ModelConfig, instances: int) -> OnnxRun
     try:
         session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
     except Exception as exc:  # ONNX Runtime raises its own unexported error types
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"{path}: not a loadable ONNX model: {first_line}") from None
+        raise ModelLoadError(f"{path}: not a loadable ONNX model: {first_line(exc)}") from None
     alone = (
         opts.intra_op_num_threads == 1
         and opts.execution_mode == ort.ExecutionMode.ORT_SEQUENTIAL

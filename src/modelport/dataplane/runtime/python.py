@@ -38,7 +38,7 @@ import numpy as np
 
 from modelport.config.model import ModelConfig, ModelInput, ModelOutput
 from modelport.dataplane.runtime.files import version_file
-from modelport.errors import InferenceFailed, InvalidRequest, ModelLoadError
+from modelport.errors import InferenceFailed, InvalidRequest, ModelLoadError, first_line
 from modelport.types import CONFIG_TYPES, DTYPES, Array, ModelSignature, TensorSpec
 
 log = logging.getLogger("modelport.runtime.python")
@@ -55,13 +55,8 @@ _LOSSY_SAFE_CASTS = {
 }
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else ""
-
-
 def _describe(exc: BaseException) -> str:
-    message = _first_line(exc)
+    message = first_line(exc, limit=300, empty="")
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 

@@ -42,7 +42,7 @@ from torch.export.graph_signature import InputKind, OutputKind, TensorArgument
 from modelport.config.model import ModelConfig, ModelInput, ModelOutput
 from modelport.dataplane.runtime.files import version_file
 from modelport.dataplane.runtime.threads import default_threads, int_parameter
-from modelport.errors import ModelLoadError
+from modelport.errors import ModelLoadError, first_line
 from modelport.types import CONFIG_TYPES, Array, ModelSignature, TensorSpec
 
 log = logging.getLogger("modelport.runtime.pytorch")
@@ -194,7 +194,7 @@ def _exported(
         program = torch.export.load(str(path))
     except Exception as exc:  # torch raises plain RuntimeError/KeyError for bad archives
         raise ModelLoadError(
-            f"{path}: not a loadable torch.export program: {_first(exc)}"
+            f"{path}: not a loadable torch.export program: {first_line(exc)}"
         ) from None
     if device.type != "cpu":
         from torch.export.passes import move_to_device_pass
@@ -278,7 +278,9 @@ def _scripted(
         jit_load: Callable[..., Any] = torch.jit.load  # untyped in torch's stubs
         module = jit_load(str(path), map_location=device)
     except Exception as exc:  # torch raises plain RuntimeError for bad archives
-        raise ModelLoadError(f"{path}: not a loadable TorchScript model: {_first(exc)}") from None
+        raise ModelLoadError(
+            f"{path}: not a loadable TorchScript model: {first_line(exc)}"
+        ) from None
     module.eval()
     by_name = {t.name: t for t in config.input}
     inputs = [
@@ -291,11 +293,6 @@ def _scripted(
         for n in _script_order(module, list(out_by_name), "output")
     ]
     return module, inputs, outputs
-
-
-def _first(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _to_model(array: Array, binding: _Binding, device: torch.device) -> torch.Tensor:

@@ -38,7 +38,7 @@ from threadpoolctl import ThreadpoolController  # type: ignore[import-untyped]
 from modelport.config.model import ModelConfig
 from modelport.dataplane.runtime.files import model_file
 from modelport.dataplane.runtime.threads import default_threads
-from modelport.errors import InferenceFailed, InvalidRequest, ModelLoadError
+from modelport.errors import InferenceFailed, InvalidRequest, ModelLoadError, first_line
 from modelport.types import CONFIG_TYPES, DTYPES, Array, ModelSignature, TensorSpec
 
 log = logging.getLogger("modelport.runtime.sklearn")
@@ -80,11 +80,6 @@ class _Output:
 
 
 # ---------------------------------------------------------------- loading
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 def _resolve(name: str) -> object | None:
@@ -143,7 +138,9 @@ def _load_skops(path: Path) -> Any:
     try:
         untrusted: list[str] = sio.get_untrusted_types(file=path)
     except Exception as exc:  # a corrupt zip, a missing schema: skops' own errors
-        raise ModelLoadError(f"{path}: not a loadable skops file: {_first_line(exc)}") from None
+        raise ModelLoadError(
+            f"{path}: not a loadable skops file: {first_line(exc, limit=300)}"
+        ) from None
     refused = [t for t in untrusted if not _allowed_type(t)]
     if refused:
         raise ModelLoadError(
@@ -153,7 +150,9 @@ def _load_skops(path: Path) -> Any:
     try:
         return sio.load(path, trusted=untrusted)
     except Exception as exc:
-        raise ModelLoadError(f"{path}: not a loadable skops file: {_first_line(exc)}") from None
+        raise ModelLoadError(
+            f"{path}: not a loadable skops file: {first_line(exc, limit=300)}"
+        ) from None
 
 
 def _load_pickle(path: Path, config: ModelConfig) -> Any:
@@ -170,7 +169,8 @@ def _load_pickle(path: Path, config: ModelConfig) -> Any:
         return joblib.load(path)
     except Exception as exc:
         raise ModelLoadError(
-            f"{path}: not a loadable pickle/joblib file: {type(exc).__name__}: {_first_line(exc)}"
+            f"{path}: not a loadable pickle/joblib file: {type(exc).__name__}: "
+            f"{first_line(exc, limit=300)}"
         ) from None
     finally:
         log.warning(
@@ -460,7 +460,7 @@ def _cap_jobs(model: Any, threads: int, override: bool) -> None:
         if changes:
             model.set_params(**changes)
     except Exception as exc:  # a third-party estimator with unusual params: leave it be
-        log.warning("could not set n_jobs", extra={"error": _first_line(exc)})
+        log.warning("could not set n_jobs", extra={"error": first_line(exc, limit=300)})
 
 
 def load_sklearn(version_dir: Path, config: ModelConfig, instances: int) -> SklearnRuntime:
@@ -475,7 +475,7 @@ def load_sklearn(version_dir: Path, config: ModelConfig, instances: int) -> Skle
         raise ModelLoadError(f"{path}: {exc.message}") from None
     except Exception as exc:  # an object that only looks like an estimator
         raise ModelLoadError(
-            f"{path}: cannot be served: {type(exc).__name__}: {_first_line(exc)}"
+            f"{path}: cannot be served: {type(exc).__name__}: {first_line(exc, limit=300)}"
         ) from None
 
 
@@ -483,7 +483,9 @@ def _build(model: Any, path: Path, config: ModelConfig, instances: int) -> Sklea
     try:
         check_is_fitted(model)
     except Exception as exc:  # NotFittedError, or TypeError for a non-estimator
-        raise ModelLoadError(f"not a fitted scikit-learn estimator: {_first_line(exc)}") from None
+        raise ModelLoadError(
+            f"not a fitted scikit-learn estimator: {first_line(exc, limit=300)}"
+        ) from None
     if len(config.input) > 1:
         raise ModelLoadError(
             f"config lists {len(config.input)} inputs; a scikit-learn model takes one matrix"

@@ -35,7 +35,7 @@ from modelport.dataplane.runtime.messages import (
     Room,
 )
 from modelport.dataplane.runtime.shm import Attachment, place, read, write
-from modelport.errors import ModelportError
+from modelport.errors import ModelportError, first_line
 
 # The server side's name, so the worker's own records read as the process runtime's in the log.
 log = logging.getLogger("modelport.runtime.process")
@@ -93,7 +93,7 @@ def worker_main(
         return
     except Exception as exc:
         log.error("loading the model in an instance process failed", exc_info=True)
-        send(Failure(type(exc).__name__, _first_line(exc), False))
+        send(Failure(type(exc).__name__, first_line(exc, limit=300, empty=""), False))
         return
     send(Ready(runtime.native, os.getpid()))
     inputs, outputs = Attachment(), Attachment()
@@ -148,10 +148,9 @@ def _run(
         raise
     except Exception as exc:
         log.error("outputs could not be passed back", exc_info=True)
-        return Failure("Exception", f"outputs could not be passed back: {_first_line(exc)}", False)
+        return Failure(
+            "Exception",
+            f"outputs could not be passed back: {first_line(exc, limit=300, empty='')}",
+            False,
+        )
     return Outputs(placements)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else ""

@@ -57,7 +57,7 @@ from modelport.dataplane.runtime.features import (
 )
 from modelport.dataplane.runtime.files import model_file
 from modelport.dataplane.runtime.threads import thread_budget
-from modelport.errors import ModelLoadError
+from modelport.errors import ModelLoadError, first_line
 from modelport.types import DTYPES, Array, ModelSignature, TensorSpec
 
 log = logging.getLogger("modelport.runtime.xgboost")
@@ -77,10 +77,9 @@ EXPECTED = (
 )
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    line = text.splitlines()[0] if text else type(exc).__name__
-    return _XGB_PREFIX.sub("", line).strip() or type(exc).__name__
+def _xgb_reason(exc: BaseException) -> str:
+    """An XGBoost error's first line without the ``[time] file:line:`` prefix XGBoost adds."""
+    return _XGB_PREFIX.sub("", first_line(exc)).strip() or type(exc).__name__
 
 
 # ------------------------------------------------------------------ file checks
@@ -450,7 +449,7 @@ def _load_booster(path: Path) -> tuple[Any, _Reach]:
         return xgb.Booster(model_file=bytearray(data)), reach
     except Exception as exc:  # XGBoostError, or UnicodeDecodeError while formatting one
         raise ModelLoadError(
-            f"{path}: not a loadable XGBoost model: {_first_line(exc)}; {EXPECTED}"
+            f"{path}: not a loadable XGBoost model: {_xgb_reason(exc)}; {EXPECTED}"
         ) from None
 
 
@@ -646,7 +645,7 @@ def load_xgboost(version_dir: Path, config: ModelConfig, instances: int) -> XGBo
         # One row settles the output width (classes, targets) from the model itself.
         probe = booster.predict(np.zeros((1, features), dtype=DTYPES[input_spec.datatype]))
     except Exception as exc:
-        raise ModelLoadError(f"{path}: the booster cannot predict: {_first_line(exc)}") from None
+        raise ModelLoadError(f"{path}: the booster cannot predict: {_xgb_reason(exc)}") from None
     width = max(1, probe.size)
     kind = _output_kind(objective, num_class, num_target)
     if kind in (BINARY, SOFTMAX) and width != 1:

@@ -76,6 +76,7 @@ from modelport.errors import (
     InvalidRequest,
     ModelportError,
     Unavailable,
+    first_line,
 )
 from modelport.types import Array
 
@@ -364,9 +365,9 @@ class Scheduler:
         except ModelportError as exc:
             err = exc
         except (ValueError, TypeError) as exc:
-            err = InvalidRequest(f"model rejected the inputs: {_first_line(exc)}")
+            err = InvalidRequest(f"model rejected the inputs: {first_line(exc, limit=500)}")
         except Exception as exc:
-            err = InferenceFailed(f"model failed: {_first_line(exc)}")
+            err = InferenceFailed(f"model failed: {first_line(exc, limit=500)}")
         infer_ns = time.perf_counter_ns() - t1
         cost_ns = time.thread_time_ns() - c1 if cpu else infer_ns
         return _Result(out, err, t1 - t0, infer_ns, cost_ns)
@@ -381,7 +382,7 @@ class Scheduler:
         try:
             result = fut.result()
         except Exception as exc:  # the executor itself failed
-            failed = InferenceFailed(f"model failed: {_first_line(exc)}")
+            failed = InferenceFailed(f"model failed: {first_line(exc, limit=500)}")
             result = _Result(None, failed, 0, 0, _UNKNOWN_COST)
         self._complete(batch, started, result)
         self._pump()
@@ -449,8 +450,3 @@ class Scheduler:
         if self._pinning is not None:
             self._pinning.release()
         self.runtime.unload()
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:500] if text else type(exc).__name__

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from modelport.errors import ModelportError
+from modelport.errors import ModelportError, first_line
 from modelport.optimize.convert.errors import ConversionFailed
 from modelport.types import Array, ModelSignature, TensorSpec
 
@@ -211,7 +211,7 @@ def check_answers(
         except ModelportError as exc:
             raise ConversionFailed(f"{side} refused the sample rows: {exc.message}") from None
         except Exception as exc:  # a framework's own error type, whatever it is
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            first = first_line(exc, empty="")
             raise ConversionFailed(
                 f"{side} failed on the sample rows: {type(exc).__name__}: {first}"
             ) from None

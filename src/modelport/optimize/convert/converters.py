@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from modelport.config.model import ModelConfig
+from modelport.errors import first_line
 from modelport.optimize.convert.errors import ConversionFailed
 from modelport.optimize.convert.source import Source
 from modelport.types import ModelSignature, TensorSpec
@@ -40,14 +41,10 @@ class Converted:
     outputs: dict[str, str] = field(default_factory=dict)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
-
-
 def _failed(framework: str, exc: BaseException) -> ConversionFailed:
     return ConversionFailed(
-        f"{framework} could not convert the model: {type(exc).__name__}: {_first_line(exc)}"
+        f"{framework} could not convert the model: {type(exc).__name__}: "
+        f"{first_line(exc, limit=300)}"
     )
 
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from modelport.errors import first_line
 from modelport.optimize.convert.errors import ConversionFailed
 from modelport.types import ModelSignature, TensorSpec
 
@@ -247,6 +248,6 @@ def fit_signature(model: Any, signature: ModelSignature, outputs: Mapping[str, s
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid graph"
+        first = first_line(exc, empty="invalid graph")
         raise ConversionFailed(f"the converted graph is not valid ONNX: {first}") from None
     return model

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from modelport.errors import first_line
 from modelport.optimize.convert.errors import ConversionFailed
 from modelport.types import DTYPES, Array, ModelSignature, TensorSpec
 
@@ -63,7 +64,7 @@ def read_data_file(path: Path) -> dict[str, Array]:
     except ConversionFailed:
         raise
     except (OSError, ValueError, EOFError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise ConversionFailed(f"--data {path}: cannot read: {first}") from None
 
 

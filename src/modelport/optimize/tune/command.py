@@ -44,7 +44,7 @@ from modelport.config.model import (
 from modelport.controlplane.repository.autoconfig import complete_config
 from modelport.dataplane.runtime import runtime_loader
 from modelport.dataplane.runtime.base import Runtime
-from modelport.errors import ModelportError
+from modelport.errors import ModelportError, first_line
 from modelport.optimize.convert.command import onnx_config, serving_notes
 from modelport.optimize.convert.source import (
     CONVERTER_PACKAGES,
@@ -254,7 +254,7 @@ def _evaluate(
             outcome.failed = f"cannot run: {exc.message}"
             return outcome
         except Exception as exc:  # ONNX Runtime raises its own unexported error types
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             outcome.failed = f"cannot run: {first}"
             return outcome
         finally:
@@ -295,7 +295,7 @@ def _build(
         try:
             made.extend(make())
         except Exception as exc:  # one broken variant never stops the others
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             failed.append(Outcome(name, description, failed=f"cannot build: {first}"))
 
     native = source.config.backend != "onnxruntime"
@@ -321,7 +321,7 @@ def _build(
     try:
         base = _onnx_base(source, work) if native else made[0].path
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         failed.append(Outcome("onnx", "conversion to ONNX", failed=f"cannot convert: {first}"))
         return made, build.provider_notes(hardware, options.target), failed
     if native:
