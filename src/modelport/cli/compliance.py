@@ -26,7 +26,7 @@ compliance_app = typer.Typer(
 
 
 def _payload_log(config: ServerConfig, name: str, model: Any) -> dict[str, Any]:
-    from modelport.dataplane.admission.residency import region_allowed
+    from modelport.regions import region_allowed
 
     settings = model.modelport.payload_log
     if settings is None or not settings.enabled:
@@ -61,9 +61,10 @@ def build_report(config: ServerConfig, repository: Path) -> dict[str, Any]:
     from modelport.controlplane.crypto.sealing import is_sealed
     from modelport.controlplane.repository.config_files import read_model_config
     from modelport.controlplane.repository.layout import scan_repository
-    from modelport.dataplane.admission.residency import jurisdiction_of, model_refusal
+    from modelport.dataplane.admission.residency import model_refusal
     from modelport.errors import ModelportError
     from modelport.observability.profile import PROFILE_FILE
+    from modelport.regions import jurisdiction_of
 
     models: list[dict[str, Any]] = []
     for name, source in sorted(scan_repository(repository).items()):

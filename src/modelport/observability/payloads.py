@@ -35,10 +35,10 @@ from typing import Any, Protocol
 import numpy as np
 
 from modelport.config.model import ModelConfig, PayloadLog
-from modelport.dataplane.admission.residency import region_allowed
 from modelport.observability.metrics import Metrics
 from modelport.observability.payload_files import DayFiles, KeyWrapper, day_of, sweep
 from modelport.observability.redact import REDACTED, Redactor, redact_text
+from modelport.regions import region_allowed
 from modelport.types import InferenceRequest, InferenceResponse, Tensor
 
 log = logging.getLogger("modelport.payloads")

@@ -17,7 +17,6 @@ from modelport.dataplane.admission.residency import (
     data_refusal,
     model_refusal,
     parse_residency,
-    region_allowed,
 )
 from modelport.dataplane.pipeline import Pipeline
 from modelport.dataplane.scheduling.policy import scheduling_policy
@@ -26,6 +25,7 @@ from modelport.dataplane.table import ModelVersion
 from modelport.errors import ConfigError, InvalidRequest, NotFound, ResidencyRefused
 from modelport.observability.metrics import Metrics
 from modelport.observability.statistics import ModelStatistics
+from modelport.regions import region_allowed
 from modelport.types import Identity, InferenceRequest, ModelSignature, Role, Tensor, TensorSpec
 
 

@@ -24,7 +24,8 @@ from modelport.controlplane.crypto.keys import LocalKeyProvider
 from modelport.errors import ConfigError, InvalidRequest
 from modelport.observability.metrics import Metrics
 from modelport.observability.payload_files import read_records
-from modelport.observability.payloads import PayloadLogger, enabled_settings, region_allowed
+from modelport.observability.payloads import PayloadLogger, enabled_settings
+from modelport.regions import region_allowed
 from modelport.types import InferenceRequest, InferenceResponse, Tensor
 
 # The command as ``modelport payloads`` mounts it.

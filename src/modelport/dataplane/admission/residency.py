@@ -4,7 +4,8 @@ A node's region is written ``ae-dxb-1``; its first label, ``ae``, is the
 jurisdiction. A residency is a list of entries, each a jurisdiction (``ae``:
 any ``ae-*`` region) or a full region (``ae-dxb-1``: that region only); a
 list means "any of". There is no partial match: ``ae-dxb`` matches neither
-``ae-dxb-1`` nor ``ae`` nodes, and ``ae`` does not match ``aes-x-1``.
+``ae-dxb-1`` nor ``ae`` nodes, and ``ae`` does not match ``aes-x-1``
+(:func:`modelport.regions.region_allowed` is the matcher).
 
 Two lists meet a node's region, and both must allow it:
 
@@ -33,6 +34,7 @@ from collections.abc import Callable, Mapping, Sequence
 from modelport.dataplane.admission.audit import ANONYMOUS, AuditEvent, AuthAudit
 from modelport.dataplane.routing.traffic import HeaderLookup
 from modelport.errors import InvalidRequest, ResidencyRefused
+from modelport.regions import region_allowed
 from modelport.types import InferenceRequest
 
 #: The request header (HTTP) and metadata key (gRPC, lower-case) naming the data's residency.
@@ -45,24 +47,6 @@ MAX_ENTRIES = 16
 MAX_HEADER_CHARS = 512
 
 _ENTRY = re.compile(r"[a-z]{2,}(?:-[a-z0-9]+)*")
-
-
-def jurisdiction_of(region: str) -> str:
-    """The first label of a region: ``ae`` for ``ae-dxb-1``."""
-    return region.split("-", 1)[0]
-
-
-def region_allowed(region: str | None, residency: Sequence[str]) -> bool:
-    """Whether a node in ``region`` satisfies ``residency`` (any entry; empty: anywhere).
-
-    The one matcher for models, requests and payload logs. A node without a
-    region satisfies only the empty list.
-    """
-    if not residency:
-        return True
-    if region is None:
-        return False
-    return region in residency or jurisdiction_of(region) in residency
 
 
 def parse_residency(text: str) -> tuple[str, ...]:
