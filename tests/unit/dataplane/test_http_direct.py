@@ -14,12 +14,11 @@ from typing import Any
 import uvicorn
 from uvicorn.server import ServerState
 
-from modelport.dataplane.transport.http.direct import DirectCycle
+from modelport.dataplane.transport.http.direct import DirectCycle, Reply
 from modelport.dataplane.transport.http.fastpath import (
     BodyReader,
     InferenceFastPath,
     InferRoute,
-    Reply,
     error_reply,
 )
 from modelport.dataplane.transport.http.protocol import limited_protocol

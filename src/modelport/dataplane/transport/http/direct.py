@@ -34,7 +34,8 @@ from modelport.dataplane.transport.http.body import (
 if TYPE_CHECKING:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-    from modelport.dataplane.transport.http.fastpath import Reply
+#: An answer: status, headers (content-length aside), body.
+Reply = tuple[int, list[tuple[bytes, bytes]], bytes]
 
 _STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode("ascii") for s in HTTPStatus}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"

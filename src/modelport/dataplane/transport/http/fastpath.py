@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -29,13 +28,11 @@ from modelport.dataplane.admission.identity import IDENTITY_SCOPE_KEY
 from modelport.dataplane.codec.json_v2 import decode_request, encode_json, encode_response
 from modelport.dataplane.transport.context import TransportContext
 from modelport.dataplane.transport.http.body import ClientDisconnected, compress, receive_body
+from modelport.dataplane.transport.http.direct import DirectCycle, Reply
 from modelport.dataplane.transport.http.disconnect import until_disconnect
 from modelport.dataplane.transport.http.errors import error_headers, http_status
 from modelport.dataplane.transport.http.guard import HttpGuard
 from modelport.errors import InvalidRequest, ModelportError, internal_error
-
-if TYPE_CHECKING:
-    from modelport.dataplane.transport.http.direct import DirectCycle
 
 log = logging.getLogger("modelport.http")
 
@@ -118,8 +115,6 @@ class InferenceFastPath:
             await cycle.send(reply)
 
 
-#: An answer: status, headers (content-length aside), body.
-Reply = tuple[int, list[tuple[bytes, bytes]], bytes]
 #: Reads the request body: (declared Content-Length, Content-Encoding) -> the decoded body.
 BodyReader = Callable[[str | None, str], Awaitable[bytes]]
 
