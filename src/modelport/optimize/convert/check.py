@@ -16,11 +16,11 @@ is in, so the user can look at that row.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
 from modelport.errors import ModelportError, first_line
+from modelport.optimize.convert.comparison import CheckResult, OutputCheck
 from modelport.optimize.convert.errors import ConversionFailed
 from modelport.types import Array, ModelSignature, TensorSpec
 
@@ -33,45 +33,6 @@ DEFAULT_TOLERANCES: dict[str, tuple[float, float]] = {
 FLOAT_TYPES = frozenset(DEFAULT_TOLERANCES)
 
 Predict = Callable[[Mapping[str, Array], Sequence[str]], dict[str, Array]]
-
-
-@dataclass(frozen=True)
-class OutputCheck:
-    """How one output compared: exact or within (rtol, atol), and where it differed most."""
-
-    name: str
-    datatype: str
-    exact: bool
-    rtol: float | None
-    atol: float | None
-    max_abs_diff: float | None
-    """Largest |onnx - original| (over the failing elements when some fail); None for text."""
-    row: int | None
-    """The row holding ``max_abs_diff``, or the first differing row of an exact output."""
-    differing_rows: int
-    problem: str = ""
-    """Why the output fails (shape or values); empty when it passes."""
-
-    @property
-    def ok(self) -> bool:
-        return not self.problem
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    """Every output's comparison over the checked rows."""
-
-    rows: int
-    synthetic: bool
-    origin: str
-    outputs: tuple[OutputCheck, ...]
-
-    @property
-    def ok(self) -> bool:
-        return all(o.ok for o in self.outputs)
-
-    def failures(self) -> list[OutputCheck]:
-        return [o for o in self.outputs if not o.ok]
 
 
 def tolerance_for(

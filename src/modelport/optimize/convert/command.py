@@ -35,7 +35,8 @@ from modelport.controlplane.repository.layout import scan_model
 from modelport.controlplane.repository.staging import copy_mode
 from modelport.dataplane.runtime.base import Runtime
 from modelport.errors import ModelLoadError, ModelportError
-from modelport.optimize.convert.check import CheckResult, check_answers
+from modelport.optimize.convert.check import check_answers
+from modelport.optimize.convert.comparison import CheckResult
 from modelport.optimize.convert.errors import AnswersDiffer, ConversionFailed
 from modelport.optimize.convert.graph import fit_signature
 from modelport.optimize.convert.samples import (

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from modelport.errors import ModelportError
 
 if TYPE_CHECKING:
-    from modelport.optimize.convert.check import CheckResult
+    from modelport.optimize.convert.comparison import CheckResult
 
 
 class ConversionFailed(ModelportError):

@@ -13,8 +13,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from modelport.optimize.convert.check import CheckResult, OutputCheck
 from modelport.optimize.convert.command import ConvertReport
+from modelport.optimize.convert.comparison import CheckResult, OutputCheck
 from modelport.optimize.convert.timing import Speed
 from modelport.types import ModelSignature
 
