@@ -17,8 +17,9 @@ import typer
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from modelport.optimize.tune.command import OptimizeOptions, OptimizeReport
+    from modelport.optimize.tune.command import OptimizeOptions
     from modelport.optimize.tune.hardware import Hardware
+    from modelport.optimize.tune.report import OptimizeReport
 
 EXIT_REGRESSED = 1
 EXIT_BAD_INPUT = 2

@@ -28,7 +28,7 @@ import math
 import tempfile
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -86,9 +86,9 @@ from modelport.optimize.tune.measure import (
     time_candidate,
 )
 from modelport.optimize.tune.metrics import DEFAULT_BUDGET, choose_metric, judge
-from modelport.optimize.tune.report import report_markdown, report_text
+from modelport.optimize.tune.report import OptimizeReport, report_markdown, report_text
 from modelport.optimize.tune.written import config_text, write_version
-from modelport.types import Array, ModelSignature
+from modelport.types import Array
 
 DEFAULT_SECONDS = 0.5
 TARGETS = ("cpu", "gpu")
@@ -109,39 +109,6 @@ class OptimizeOptions:
     """Seconds per latency measurement (throughput sizes get half each)."""
     write_within_noise: bool = False
     """Write the best candidate even if it does not beat the current version beyond noise."""
-
-
-@dataclass
-class OptimizeReport:
-    """The run: what was detected, every candidate's outcome, and what was written."""
-
-    source: VersionPath
-    backend: str
-    hardware: Hardware
-    metric: str
-    budget: float
-    objective: str
-    signature: ModelSignature
-    calibration_rows: int
-    held_out_rows: int
-    labels: bool
-    outcomes: list[Outcome]
-    skipped: list[Skipped]
-    winner: Outcome
-    threads: int
-    instances: int
-    graph_level: int | None
-    served_by: str = "onnxruntime"
-    """The winner's backend."""
-    parameters: dict[str, str] = field(default_factory=dict)
-    """The parameters the winner's config.yaml serves it with."""
-    version: int = 0
-    version_dir: Path | None = None
-    notes: list[str] = field(default_factory=list)
-    kept: str = ""
-    """Why nothing was written and the current version stays (then ``winner`` is it)."""
-    noise: NoiseCheck | None = None
-    """The current version against the best candidate, round by round, when measured."""
 
 
 def _check_options(options: OptimizeOptions) -> None:

@@ -7,18 +7,56 @@ and report.md never disagree.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from modelport.optimize.tune.candidates import GRAPH_LEVEL_NAMES
-from modelport.optimize.tune.choose import Outcome
+from modelport.optimize.tune.candidates import GRAPH_LEVEL_NAMES, Skipped
+from modelport.optimize.tune.choose import NoiseCheck, Outcome
 from modelport.optimize.tune.measure import instances_for
 
 if TYPE_CHECKING:
-    from modelport.optimize.tune.command import OptimizeReport
+    from modelport.optimize.convert.source import VersionPath
+    from modelport.optimize.tune.hardware import Hardware
+    from modelport.types import ModelSignature
+
+
+@dataclass
+class OptimizeReport:
+    """The run: what was detected, every candidate's outcome, and what was written."""
+
+    source: VersionPath
+    backend: str
+    hardware: Hardware
+    metric: str
+    budget: float
+    objective: str
+    signature: ModelSignature
+    calibration_rows: int
+    held_out_rows: int
+    labels: bool
+    outcomes: list[Outcome]
+    skipped: list[Skipped]
+    winner: Outcome
+    threads: int
+    instances: int
+    graph_level: int | None
+    served_by: str = "onnxruntime"
+    """The winner's backend."""
+    parameters: dict[str, str] = field(default_factory=dict)
+    """The parameters the winner's config.yaml serves it with."""
+    version: int = 0
+    version_dir: Path | None = None
+    notes: list[str] = field(default_factory=list)
+    kept: str = ""
+    """Why nothing was written and the current version stays (then ``winner`` is it)."""
+    noise: NoiseCheck | None = None
+    """The current version against the best candidate, round by round, when measured."""
+
 
 _COLUMNS = (
     "candidate",
