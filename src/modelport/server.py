@@ -214,8 +214,8 @@ async def serve(config: ServerConfig) -> None:
     await manager.start()
     # Everything built so far (sessions, configs, libraries) lives as long as
     # the server. Freezing it keeps the collector's full passes from walking
-    # it again and again: without this, those passes stretched p99 latency
-    # of a small model from about 3.5 ms to 25 ms at 32 concurrent requests.
+    # it again and again, which would stall requests and stretch the tail
+    # latency of a small model many times over (docs/performance.md).
     gc.collect()
     gc.freeze()
     cache = ResponseCache(config.cache_size) if config.cache_size > 0 else None

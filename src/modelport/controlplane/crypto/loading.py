@@ -1,7 +1,7 @@
 """Loading a version that may be sealed: decrypt into memory, load, release on unload.
 
-The registry calls ``load_version_at_rest`` where it used to call
-``load_version``; a version without ``sealed.json`` takes the plain path
+The registry loads every version through ``load_version_at_rest``; a
+version without ``sealed.json`` takes the plain path (``load_version``)
 unchanged. A sealed one is opened into a MemoryView that lives exactly as
 long as its runtime (some runtimes read their files lazily), and every
 failure becomes a ModelLoadError naming the file, so that version alone is

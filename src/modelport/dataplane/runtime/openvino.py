@@ -19,7 +19,7 @@ its own copy of the model: ``INFERENCE_NUM_THREADS`` and ``NUM_STREAMS`` are
 per instance. modelport compiles once per version and gives OpenVINO
 ``instances`` times as many streams and threads, so each instance thread
 computes on a stream of its own (with one stream for all, concurrent callers
-wait on each other: measured, two callers took twice as long as one).
+would wait on each other; docs/performance.md).
 
 One infer request must not be used by two callers at once, and the
 scheduler's instance threads call ``predict`` concurrently, so each calling

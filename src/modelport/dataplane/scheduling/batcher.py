@@ -13,9 +13,8 @@ rule is tested with plain numbers. Rules, in order:
    (those queued plus those the busy instances compute), so two free
    instances compute two halves at once, and an instance that frees up
    while the other still computes does not take everything, leaving the
-   other to find its share waiting when it finishes. (On the benchmark's
-   CNN with two instances at concurrency 32 this kept throughput and cut
-   p99 latency from about 68 to 44 ms.)
+   other to find its share waiting when it finishes, which keeps tail
+   latency down (docs/performance.md).
 3. With ``preferred_batch_size`` set, as in Triton: if a prefix of those
    requests adds up to a preferred size, the batch is the longest such prefix
    and goes now; the rest stay queued for the next free instance. A model

@@ -5,13 +5,11 @@ network work share a few cores. Left to itself the Linux scheduler now and
 then wakes an instance thread on the core where the other instance is
 computing, and it waits there while another core sits idle; it also moves
 threads between cores, which costs them their caches. For a model whose
-executions take milliseconds this is a few percent of throughput: on the
-2-core benchmark machine, pinning the CNN's two instance threads to one
-core each served 2 to 3% more images/s at concurrency 32 (983 against
-959, medians of four alternating runs), with a lower p99. For a model
-whose executions take microseconds the event loop is the
-bottleneck, and pinning does not help, so only threads whose recent
-executions each took a millisecond of CPU time or more are pinned.
+executions take milliseconds this costs a few percent of throughput and
+some tail latency (docs/performance.md). For a model whose executions
+take microseconds the event loop is the bottleneck, and pinning does not
+help, so only threads whose recent executions each took a millisecond of
+CPU time or more are pinned.
 
 Each pinned thread holds its core exclusively among pinned threads,
 server-wide: when every core is taken, further threads stay unpinned rather

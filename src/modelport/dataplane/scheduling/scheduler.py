@@ -8,10 +8,9 @@ loop as a callback that splits the outputs by rows and answers each caller.
 
 A lone request on an idle version of a small model runs on the event loop
 itself ("inline"): handing it to an instance thread and back costs two
-thread wake-ups, which on an idle machine take longer than the model (on
-the 2-core benchmark VM, p50 at concurrency 1 was 0.33 ms with the hand-off
-and about half that without). Inline runs only when nothing else is queued
-or running, the runtime says it is compiled-graph execution
+thread wake-ups, which on an idle machine take longer than the model
+(docs/performance.md has the figures). Inline runs only when nothing else
+is queued or running, the runtime says it is compiled-graph execution
 (``inline_safe``), the batch is one small request, and each of the
 version's last ``INLINE_WINDOW`` executions cost under ``inline_max_us``; a
 slow one stops it, since the loop serves every other request meanwhile.
@@ -23,8 +22,7 @@ A small model runs every batch inline, under load too, while all but
 ``INLINE_BUSY_SLACK`` of its last ``INLINE_WINDOW`` executions cost under
 ``inline_busy_max_us``: the hand-off, its wake-ups and the GIL traffic
 between the loop and an instance thread cost the loop more than such a
-model's whole batch, so the instances would only add work (on the 2-core
-benchmark VM the MLP's executions cost 20 to 40 µs on the loop). Requests are
+model's whole batch, so the instances would only add work. Requests are
 then always batched one loop turn later: whatever arrived in that turn is
 one execution. A batch over ``INLINE_MAX_BYTES`` still goes to an instance.
 The slack keeps a few executions that a loaded machine made slow from

@@ -15,7 +15,7 @@ cycle (``more_body``, ``response_started``, ``response_complete``,
 graceful shutdown, pipelining and the deadline sweep treat it like any other
 request. A request the protocol cannot take this way (pipelined behind an
 unfinished answer, an upgrade, a percent-escaped path) goes through the ASGI
-app as before and gets the same answer.
+app instead and gets the same answer.
 """
 
 from __future__ import annotations

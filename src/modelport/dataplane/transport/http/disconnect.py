@@ -3,9 +3,9 @@
 A client that closes its connection while its inference waits in the queue
 should not get its rows computed. ASGI reports the hang-up as an
 ``http.disconnect`` message, but only to a coroutine that is awaiting
-``receive()``, so the portable way costs a watcher task per request. That
-task (create, await, cancel) measured about 15% of the server's throughput
-on a small model at concurrency 32.
+``receive()``, so the portable way costs a watcher task per request, and
+creating, awaiting and cancelling it costs a small model a noticeable share
+of the server's throughput (docs/performance.md).
 
 modelport's own protocol class knows when a connection is lost, so it
 offers itself in the scope under ``CONNECTION_SCOPE_KEY``; the request
