@@ -19,7 +19,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from payloads import Body
+import models
+import servers
+from payloads import Body, ModelBodies
 
 HERE = Path(__file__).resolve().parent
 WRK_SCRIPT = HERE / "wrk" / "post.lua"
@@ -52,6 +54,8 @@ class LoadResult:
     note: str = ""
     other_cpu: float | None = None
     """Share of the machine's CPU that unrelated processes used during the run."""
+    server_cpu_s: float | None = None
+    """CPU seconds (user + system, all threads) the server's process tree used during the run."""
 
     @property
     def samples_per_s(self) -> float:
@@ -335,3 +339,133 @@ def run_grpc_load(
     result.statuses = {k: int(v) for k, v in data["errors"].items()}
     result.errors = sum(result.statuses.values())
     return result
+
+
+# ------------------------------------------------------ one load, any transport
+
+
+@dataclass(frozen=True)
+class LoadSettings:
+    """What every load run of one benchmark shares."""
+
+    batch: int
+    """Samples per request."""
+    wrk_threads: int
+    raw_dir: Path
+    """Where wrk outputs and perf_analyzer CSVs and logs are kept."""
+    pa: PerfAnalyzer | None
+    """perf_analyzer for gRPC, or None for grpc_load.py."""
+    python: str = sys.executable
+    """The interpreter that runs grpc_load.py."""
+
+    @property
+    def grpc_tool(self) -> str:
+        return "perf_analyzer" if self.pa is not None else "grpc_load.py"
+
+
+def url_for(port: int, model: str) -> str:
+    return f"http://127.0.0.1:{port}/v2/models/{model}/infer"
+
+
+def http_body(bodies: ModelBodies, transport: str) -> Body:
+    return bodies.json if transport == "http-json" else bodies.binary
+
+
+def load(
+    settings: LoadSettings,
+    *,
+    target: str,
+    model: str,
+    served_name: str,
+    transport: str,
+    conc: int,
+    http_port: int,
+    grpc_port: int,
+    bodies: ModelBodies,
+    duration: int,
+    tag: str,
+    server_pid: int,
+) -> LoadResult:
+    """One bounded run of ``transport`` at ``conc`` against a server, with its CPU accounted.
+
+    wrk for ``http-*``; for ``grpc`` perf_analyzer, else grpc_load.py. The
+    result carries the server's CPU time over the run and the share of the
+    machine other processes took meanwhile.
+    """
+    meter = servers.CpuMeter(server_pid)
+    r = _load(
+        settings, target=target, model=model, served_name=served_name, transport=transport,
+        conc=conc, http_port=http_port, grpc_port=grpc_port, bodies=bodies,
+        duration=duration, tag=tag,
+    )  # fmt: skip
+    r.server_cpu_s = meter.server_cpu_s()
+    r.other_cpu = meter.other_share()
+    return r
+
+
+def _load(
+    settings: LoadSettings,
+    *,
+    target: str,
+    model: str,
+    served_name: str,
+    transport: str,
+    conc: int,
+    http_port: int,
+    grpc_port: int,
+    bodies: ModelBodies,
+    duration: int,
+    tag: str,
+) -> LoadResult:
+    if transport.startswith("http"):
+        r = LoadResult(target, model, transport, conc, "wrk", settings.batch)
+        return run_wrk(
+            url_for(http_port, served_name),
+            http_body(bodies, transport),
+            concurrency=conc,
+            duration=duration,
+            threads=settings.wrk_threads,
+            timeout_s=10,
+            result=r,
+            raw_out=settings.raw_dir / f"{tag}-{transport}-c{conc}.txt",
+        )
+    if settings.pa is not None:
+        r = LoadResult(target, model, transport, conc, "perf_analyzer", settings.batch)
+        return run_perf_analyzer(
+            settings.pa,
+            model=served_name,
+            url=f"127.0.0.1:{grpc_port}",
+            protocol="grpc",
+            concurrency=conc,
+            batch=settings.batch,
+            duration=duration,
+            input_data=bodies.pa_input_data,
+            csv_out=settings.raw_dir / f"{tag}-grpc-c{conc}.csv",
+            result=r,
+        )
+    r = LoadResult(target, model, transport, conc, "grpc_load.py", settings.batch)
+    return run_grpc_load(
+        python=settings.python,
+        model=served_name,
+        input_name=models.SPECS[model].input_name,
+        url=f"127.0.0.1:{grpc_port}",
+        shape=bodies.shape,
+        raw=bodies.raw,
+        concurrency=conc,
+        duration=duration,
+        result=r,
+    )
+
+
+def warm_up(settings: LoadSettings, http_port: int, served: str, body: Body) -> None:
+    """One second of wrk at concurrency 8, results thrown away."""
+    r = LoadResult("warmup", served, "http", 8, "wrk", settings.batch)
+    run_wrk(
+        url_for(http_port, served),
+        body,
+        concurrency=8,
+        duration=1,
+        threads=1,
+        timeout_s=10,
+        result=r,
+    )

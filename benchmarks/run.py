@@ -22,29 +22,29 @@ outputs to benchmarks/.work/raw/.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import itertools
 import json
-import os
-import platform
-import shlex
+import operator
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import ceilings
+import compare
 import loadgen
 import models
 import payloads
+import rounds
 import servers
 from loadgen import LoadResult
+from machine import describe_machine, exact_command, read_text, source_fingerprint
+from servers import ServerGone, ServerRun, check_server, scan_log
+from tables import OTHER_CPU_WARN, fmt_ms, fmt_num, fmt_pct, fmt_ratio, log
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -63,42 +63,7 @@ OVERLOAD_CONCURRENCY = 256
 OVERLOAD_QUEUE = 64
 OVERLOAD_TIMEOUT_US = 100_000
 PROBE_REQUESTS = 20
-#: A run during which unrelated processes used this share of the CPU is flagged.
-OTHER_CPU_WARN = 0.05
-LIBRARIES = (
-    "modelport",
-    "onnxruntime",
-    "onnx",
-    "numpy",
-    "uvicorn",
-    "uvloop",
-    "httptools",
-    "starlette",
-    "msgspec",
-    "grpcio",
-    "protobuf",
-    "tritonclient",
-    "scikit-learn",
-    "skl2onnx",
-)
-
-
-@dataclass
-class ServerRun:
-    """What one modelport server did over its model's runs."""
-
-    label: str
-    models: list[str]
-    rss_ready_kib: int = 0
-    peak_rss_kib: int = 0
-    restarts: int = 0
-    crashes: list[str] = field(default_factory=list)
-    log_warnings: int = 0
-    log_errors: int = 0
-    error_kinds: dict[str, int] = field(default_factory=dict)
-    source: str = ""
-    """source_fingerprint() when the server started."""
-    exit_code: int | None = None
+BY_REQ_PER_S = operator.attrgetter("req_per_s")
 
 
 Ceiling = ceilings.Ceiling
@@ -130,10 +95,6 @@ class Results:
 
 
 # ------------------------------------------------------------------ helpers
-
-
-def log(message: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -184,8 +145,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--ab-rounds",
         type=int,
-        default=AB_ROUNDS,
-        help="rounds of the on/off comparison; more steady the medians on a noisy machine",
+        default=None,
+        help=f"alternating rounds: of the on/off comparison (default {AB_ROUNDS}) and of "
+        f"--compare-commits (default {compare.DEFAULT_ROUNDS}); more steady the medians "
+        "on a noisy machine",
+    )
+    parser.add_argument(
+        "--compare-commits",
+        nargs=2,
+        metavar=("A", "B"),
+        default=None,
+        help="instead of the usual run, serve two commits (e.g. 97b5ebc HEAD) at once from "
+        "trees exported under .work/commits and compare them row by row in alternating "
+        "rounds, with a bare grpc.aio floor for gRPC; writes .work/RESULTS-compare.md",
+    )
+    parser.add_argument(
+        "--compare-into-results",
+        action="store_true",
+        help="with --compare-commits, also write the comparison as a section of --output",
     )
     parser.add_argument(
         "--overload",
@@ -214,6 +191,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.models = ["mlp"]
     if args.output is None:
         args.output = WORK / "RESULTS-quick.md" if args.quick else HERE / "RESULTS.md"
+    if args.ab_rounds is not None and args.ab_rounds < 1:
+        parser.error("--ab-rounds must be at least 1")
+    if args.compare_into_results and not args.compare_commits:
+        parser.error("--compare-into-results needs --compare-commits")
     if args.duration < 1:
         parser.error("--duration is whole seconds, at least 1")
     if any(c < 1 for c in args.concurrency):
@@ -221,94 +202,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not 1 <= args.batch <= models.MAX_BATCH_SIZE:
         parser.error(f"--batch must be 1..{models.MAX_BATCH_SIZE}")
     return args
-
-
-def _read(path: str) -> str:
-    try:
-        return Path(path).read_text()
-    except OSError:
-        return ""
-
-
-def _cmd(argv: list[str]) -> str:
-    try:
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=20, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return "unavailable"
-    return (out.stdout or out.stderr).strip() or "unavailable"
-
-
-def describe_machine(pa: loadgen.PerfAnalyzer | None, pa_venv: Path) -> dict[str, str]:
-    cpu = next(
-        (
-            ln.split(":", 1)[1].strip()
-            for ln in _read("/proc/cpuinfo").splitlines()
-            if ln.startswith("model name")
-        ),
-        platform.processor() or "unknown",
-    )
-    mem_kib = next(
-        (
-            int(ln.split()[1])
-            for ln in _read("/proc/meminfo").splitlines()
-            if ln.startswith("MemTotal")
-        ),
-        0,
-    )
-    versions = []
-    for lib in LIBRARIES:
-        try:
-            versions.append(f"{lib} {metadata.version(lib)}")
-        except metadata.PackageNotFoundError:
-            versions.append(f"{lib} (not installed)")
-    commit = _cmd(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
-    dirty = _cmd(["git", "-C", str(ROOT), "status", "--porcelain", "--", "src"])
-    changed = 0 if dirty in ("", "unavailable") else len(dirty.splitlines())
-    pa_client = "not used"
-    if pa is not None:
-        pa_py = pa_venv / "bin" / "python"
-        tc = _cmd(
-            [str(pa_py), "-c", "import importlib.metadata as m;print(m.version('tritonclient'))"]
-        )
-        pa_client = f"{pa.version} (tritonclient {tc} wheel)"
-    return {
-        "nproc": _cmd(["nproc"]),
-        "cpu": cpu,
-        "memory": f"{mem_kib / 1024 / 1024:.1f} GiB",
-        "os": f"{platform.system()} {platform.release()} ({_os_name()})",
-        "python": f"{platform.python_implementation()} {platform.python_version()}",
-        "libraries": ", ".join(versions),
-        "wrk": loadgen.wrk_version(),
-        "perf_analyzer": pa_client,
-        "modelport commit": f"{commit}"
-        + (f" + uncommitted changes in {changed} file(s) under src/" if changed else ""),
-    }
-
-
-def _os_name() -> str:
-    for line in _read("/etc/os-release").splitlines():
-        if line.startswith("PRETTY_NAME="):
-            return line.split("=", 1)[1].strip('"')
-    return "unknown"
-
-
-def exact_command(argv: list[str]) -> str:
-    direct = shlex.join([os.path.relpath(PYTHON, ROOT), "benchmarks/run.py", *argv])
-    if os.environ.get("MAKELEVEL"):
-        return f"make bench BENCH_ARGS={shlex.quote(shlex.join(argv))}   (runs: {direct})"
-    return direct
-
-
-def source_fingerprint() -> str:
-    """A short hash of modelport's source as it is now (it may change during a run)."""
-    digest = hashlib.sha256()
-    for path in sorted((ROOT / "src" / "modelport").rglob("*.py")):
-        digest.update(str(path.relative_to(ROOT)).encode())
-        try:
-            digest.update(path.read_bytes())
-        except OSError:
-            continue
-    return digest.hexdigest()[:12]
 
 
 def serve_repo(label: str, sources: list[str]) -> Path:
@@ -320,35 +213,6 @@ def serve_repo(label: str, sources: list[str]) -> Path:
     for name in sources:
         shutil.copytree(models.DEFAULT_REPO / name, repo / name)
     return repo
-
-
-def scan_log(path: Path, run: ServerRun) -> None:
-    """Count warning and error lines in a server's JSON log, errors by kind."""
-    try:
-        lines = path.read_text(errors="replace").splitlines()
-    except OSError:
-        return
-    for line in lines:
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            entry = None
-        if not isinstance(entry, dict):
-            if "Traceback" in line or "Error" in line:
-                run.log_errors += 1
-                key = line.strip()[:200]
-                run.error_kinds[key] = run.error_kinds.get(key, 0) + 1
-            continue
-        level = entry.get("level")
-        if level == "warning":
-            run.log_warnings += 1
-        elif level in ("error", "critical"):
-            run.log_errors += 1
-            exc = str(entry.get("exception") or "").strip()
-            kind = str(entry.get("message", "")).strip()
-            if exc:
-                kind = f"{kind}: {exc.splitlines()[-1]}"
-            run.error_kinds[kind[:200]] = run.error_kinds.get(kind[:200], 0) + 1
 
 
 # ----------------------------------------------------------------- phases
@@ -389,14 +253,6 @@ def measure_ceilings(
             )
 
 
-def url_for(port: int, model: str) -> str:
-    return f"http://127.0.0.1:{port}/v2/models/{model}/infer"
-
-
-def http_body(bodies: payloads.ModelBodies, transport: str) -> payloads.Body:
-    return bodies.json if transport == "http-json" else bodies.binary
-
-
 def measure_floor(args: argparse.Namespace, res: Results, mlp: payloads.ModelBodies) -> None:
     http_transports = [t for t in args.transports if t.startswith("http")]
     if not http_transports:
@@ -404,14 +260,14 @@ def measure_floor(args: argparse.Namespace, res: Results, mlp: payloads.ModelBod
     server, port = servers.floor_server(PYTHON, HERE, LOGS / "floor.log", ROOT, args.workers or 1)
     server.start()
     try:
-        url = url_for(port, "mlp")
+        url = loadgen.url_for(port, "mlp")
         for transport in http_transports:
             for conc in args.concurrency:
                 r = LoadResult("floor", "mlp", transport, conc, "wrk", args.batch)
                 meter = servers.CpuMeter(server.pid)
                 loadgen.run_wrk(
                     url,
-                    http_body(mlp, transport),
+                    loadgen.http_body(mlp, transport),
                     concurrency=conc,
                     duration=args.duration,
                     threads=args.wrk_threads,
@@ -423,14 +279,10 @@ def measure_floor(args: argparse.Namespace, res: Results, mlp: payloads.ModelBod
                 res.floor.append(r)
                 log(
                     f"floor {transport} c={conc}: {r.req_per_s:,.0f} req/s, "
-                    f"p50 {_ms(r.p50_ms)}, p99 {_ms(r.p99_ms)} ms, errors {r.errors}"
+                    f"p50 {fmt_ms(r.p50_ms)}, p99 {fmt_ms(r.p99_ms)} ms, errors {r.errors}"
                 )
     finally:
         server.stop()
-
-
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
 
 
 def setup_grpc_tool(args: argparse.Namespace, res: Results) -> loadgen.PerfAnalyzer | None:
@@ -449,122 +301,10 @@ def setup_grpc_tool(args: argparse.Namespace, res: Results) -> loadgen.PerfAnaly
     return pa
 
 
-class ServerGone(RuntimeError):
-    """The server died and could not be restarted: the remaining runs are skipped."""
-
-
-def _check_server(server: servers.ServerProcess, run: ServerRun) -> bool:
-    """True if the server is up; records a crash and restarts it otherwise."""
-    if server.alive():
-        status, _ = servers.http_get(server.ready_url, timeout=5)
-        if status == 200:
-            return True
-        run.crashes.append(f"not ready after a run (GET ready -> {status or 'no answer'})")
-        return False
-    code = server.returncode()
-    run.crashes.append(f"server exited with {code}; log tail:\n{server.log_tail(15)}")
-    log(f"modelport DIED (exit {code}); restarting. Log tail:\n{server.log_tail(15)}")
-    try:
-        server.start()
-    except RuntimeError as exc:
-        run.crashes.append(f"restart failed: {exc}")
-        raise ServerGone(str(exc)) from None
-    run.restarts += 1
-    return False
-
-
-def load_one(
-    args: argparse.Namespace,
-    *,
-    target: str,
-    model: str,
-    served_name: str,
-    transport: str,
-    conc: int,
-    http_port: int,
-    grpc_port: int,
-    bodies: payloads.ModelBodies,
-    pa: loadgen.PerfAnalyzer | None,
-    duration: int,
-    tag: str,
-    server_pid: int,
-) -> LoadResult:
-    meter = servers.CpuMeter(server_pid)
-    r = _load_one(
-        args, target=target, model=model, served_name=served_name, transport=transport,
-        conc=conc, http_port=http_port, grpc_port=grpc_port, bodies=bodies, pa=pa,
-        duration=duration, tag=tag,
-    )  # fmt: skip
-    r.other_cpu = meter.other_share()
-    return r
-
-
-def _load_one(
-    args: argparse.Namespace,
-    *,
-    target: str,
-    model: str,
-    served_name: str,
-    transport: str,
-    conc: int,
-    http_port: int,
-    grpc_port: int,
-    bodies: payloads.ModelBodies,
-    pa: loadgen.PerfAnalyzer | None,
-    duration: int,
-    tag: str,
-) -> LoadResult:
-    if transport.startswith("http"):
-        r = LoadResult(target, model, transport, conc, "wrk", args.batch)
-        return loadgen.run_wrk(
-            url_for(http_port, served_name),
-            http_body(bodies, transport),
-            concurrency=conc,
-            duration=duration,
-            threads=args.wrk_threads,
-            timeout_s=10,
-            result=r,
-            raw_out=RAW / f"{tag}-{transport}-c{conc}.txt",
-        )
-    if pa is not None:
-        r = LoadResult(target, model, transport, conc, "perf_analyzer", args.batch)
-        return loadgen.run_perf_analyzer(
-            pa,
-            model=served_name,
-            url=f"127.0.0.1:{grpc_port}",
-            protocol="grpc",
-            concurrency=conc,
-            batch=args.batch,
-            duration=duration,
-            input_data=bodies.pa_input_data,
-            csv_out=RAW / f"{tag}-grpc-c{conc}.csv",
-            result=r,
-        )
-    r = LoadResult(target, model, transport, conc, "grpc_load.py", args.batch)
-    return loadgen.run_grpc_load(
-        python=PYTHON,
-        model=served_name,
-        input_name=models.SPECS[model].input_name,
-        url=f"127.0.0.1:{grpc_port}",
-        shape=bodies.shape,
-        raw=bodies.raw,
-        concurrency=conc,
-        duration=duration,
-        result=r,
-    )
-
-
-def warm_up(args: argparse.Namespace, http_port: int, served: str, body: payloads.Body) -> None:
-    r = LoadResult("warmup", served, "http", 8, "wrk", args.batch)
-    loadgen.run_wrk(
-        url_for(http_port, served),
-        body,
-        concurrency=8,
-        duration=1,
-        threads=1,
-        timeout_s=10,
-        result=r,
-    )
+def load_settings(
+    args: argparse.Namespace, pa: loadgen.PerfAnalyzer | None
+) -> loadgen.LoadSettings:
+    return loadgen.LoadSettings(args.batch, args.wrk_threads, RAW, pa, PYTHON)
 
 
 def bench_model(
@@ -590,11 +330,11 @@ def bench_model(
         return
     run.rss_ready_kib = server.memory_kib()["VmRSS"]
     try:
-        warm_up(args, http_port, model, bodies.binary)
+        loadgen.warm_up(load_settings(args, pa), http_port, model, bodies.binary)
         for transport in args.transports:
             for conc in args.concurrency:
-                r = load_one(
-                    args,
+                r = loadgen.load(
+                    load_settings(args, pa),
                     target="modelport",
                     model=model,
                     served_name=model,
@@ -603,18 +343,17 @@ def bench_model(
                     http_port=http_port,
                     grpc_port=grpc_port,
                     bodies=bodies,
-                    pa=pa,
                     duration=args.duration,
                     tag=model,
                     server_pid=server.pid,
                 )
                 run.peak_rss_kib = max(run.peak_rss_kib, server.memory_kib()["VmHWM"])
-                if not _check_server(server, run):
+                if not check_server(server, run):
                     r.note = (r.note + "; " if r.note else "") + "server crashed or not ready"
                 res.runs.append(r)
                 log(
                     f"{model} {transport} c={conc} [{r.tool}]: {r.req_per_s:,.0f} req/s, "
-                    f"p50 {_ms(r.p50_ms)} ms, p99 {_ms(r.p99_ms)} ms, errors {r.errors}"
+                    f"p50 {fmt_ms(r.p50_ms)} ms, p99 {fmt_ms(r.p99_ms)} ms, errors {r.errors}"
                     + (f" ({r.note})" if r.note else "")
                 )
         if pa is not None and any(t.startswith("http") for t in args.transports):
@@ -637,10 +376,10 @@ def bench_model(
             res.pa_http.append(r)
             log(
                 f"{model} perf_analyzer -i http c={conc}: {r.req_per_s:,.0f} req/s, "
-                f"p50 {_ms(r.p50_ms)} ms, p99 {_ms(r.p99_ms)} ms"
+                f"p50 {fmt_ms(r.p50_ms)} ms, p99 {fmt_ms(r.p99_ms)} ms"
                 + (f" ({r.note})" if r.note else "")
             )
-            _check_server(server, run)
+            check_server(server, run)
         run.peak_rss_kib = max(run.peak_rss_kib, server.memory_kib()["VmHWM"])
     except ServerGone as exc:
         res.problems.append(f"modelport for {model} died and did not restart: {exc}")
@@ -677,26 +416,20 @@ def _start_variant(
     return server, http_port, grpc_port, run, log_path
 
 
-def _median_run(runs: list[LoadResult]) -> LoadResult:
-    ordered = sorted(runs, key=lambda r: r.req_per_s)
-    return ordered[len(ordered) // 2]
-
-
 def bench_batching_off(
     args: argparse.Namespace,
     res: Results,
     all_bodies: dict[str, payloads.ModelBodies],
     pa: loadgen.PerfAnalyzer | None,
 ) -> None:
-    """Batching on against off, both servers up at once, runs alternating on/off.
+    """Batching on against off, both servers up at once, in alternating rounds (rounds.py).
 
-    Two servers measured minutes apart differ by more than the effect being
-    looked for (the machine's speed drifts), so each comparison alternates
-    short runs between a fresh batching-on server and the batching-off one
-    and reports the median of each.
+    A fresh batching-on server and the batching-off one take turns with
+    short runs; the report gives the median of each side.
     """
     key = args.batching_off_key
     extra = models.nested(key, False)
+    settings = load_settings(args, pa)
     # The lowest concurrency shows whether batching costs a lone request
     # anything; the highest, what it does under load.
     concs = sorted({min(args.concurrency), max(args.concurrency)})
@@ -704,7 +437,7 @@ def bench_batching_off(
         "key": key,
         "config": extra,
         "concurrency": concs,
-        "rounds": args.ab_rounds,
+        "rounds": args.ab_rounds or AB_ROUNDS,
         "run_s": AB_DURATION_S,
         "rows": [],
     }
@@ -721,38 +454,32 @@ def bench_batching_off(
                     log(f"batching-off {model}: {got}")
                     break
                 started[which] = got
-                warm_up(args, got[1], served, all_bodies[model].binary)
+                loadgen.warm_up(settings, got[1], served, all_bodies[model].binary)
             if len(started) < 2:
                 continue
             for conc, transport in itertools.product(concs, args.transports):
                 runs: dict[str, list[LoadResult]] = {"on": [], "off": []}
-                # The order flips each round: a run straight after another does
-                # slightly better (an A/A test of two identical servers showed it).
-                order = [
-                    (round_no, which)
-                    for round_no in range(args.ab_rounds)
-                    for which in (("on", "off") if round_no % 2 == 0 else ("off", "on"))
-                ]
-                for round_no, which in order:
+                for round_no, which in rounds.round_order(
+                    ("on", "off"), args.ab_rounds or AB_ROUNDS
+                ):
                     server, http_port, grpc_port, _run, _log = started[which]
-                    runs[which].append(
-                        load_one(
-                            args,
-                            target=f"modelport (batching {which})",
-                            model=model,
-                            served_name=model if which == "on" else variant,
-                            transport=transport,
-                            conc=conc,
-                            http_port=http_port,
-                            grpc_port=grpc_port,
-                            bodies=all_bodies[model],
-                            pa=pa,
-                            duration=AB_DURATION_S,
-                            tag=f"{model}-batching-{which}-r{round_no}",
-                            server_pid=server.pid,
-                        )
+                    r = loadgen.load(
+                        settings,
+                        target=f"modelport (batching {which})",
+                        model=model,
+                        served_name=model if which == "on" else variant,
+                        transport=transport,
+                        conc=conc,
+                        http_port=http_port,
+                        grpc_port=grpc_port,
+                        bodies=all_bodies[model],
+                        duration=AB_DURATION_S,
+                        tag=f"{model}-batching-{which}-r{round_no}",
+                        server_pid=server.pid,
                     )
-                on, off = _median_run(runs["on"]), _median_run(runs["off"])
+                    runs[which].append(r)
+                on = rounds.median_run(runs["on"], key=BY_REQ_PER_S)
+                off = rounds.median_run(runs["off"], key=BY_REQ_PER_S)
                 out["rows"].append(
                     {
                         "model": model,
@@ -769,7 +496,7 @@ def bench_batching_off(
                     f"off {[round(r.req_per_s) for r in runs['off']]})"
                 )
             for which, (server, _h, _g, run, _log) in started.items():
-                if not _check_server(server, run):
+                if not check_server(server, run):
                     out["rows"].append({"model": model, "error": f"batching {which}: crashed"})
         except ServerGone as exc:
             out["rows"].append({"model": model, "error": f"server died: {exc}"})
@@ -825,7 +552,7 @@ def bench_overload(args: argparse.Namespace, res: Results) -> None:
         )
         meter = servers.CpuMeter(server.pid)
         loadgen.run_wrk(
-            url_for(http_port, variant),
+            loadgen.url_for(http_port, variant),
             bodies.binary,
             concurrency=OVERLOAD_CONCURRENCY,
             duration=args.duration,
@@ -846,7 +573,9 @@ def bench_overload(args: argparse.Namespace, res: Results) -> None:
         payload = normal.binary.path.read_bytes()
         for _ in range(PROBE_REQUESTS):
             started = time.perf_counter()
-            code = servers.http_post(url_for(http_port, variant), payload, headers, timeout=10)
+            code = servers.http_post(
+                loadgen.url_for(http_port, variant), payload, headers, timeout=10
+            )
             probe_latencies.append((time.perf_counter() - started) * 1000)
             probe_statuses[str(code)] = probe_statuses.get(str(code), 0) + 1
         ready, _ = servers.http_get(server.ready_url, timeout=5)
@@ -864,7 +593,8 @@ def bench_overload(args: argparse.Namespace, res: Results) -> None:
         run.peak_rss_kib = server.memory_kib()["VmHWM"]
         log(
             f"overload: statuses {r.statuses}, socket errors {r.socket_errors}, "
-            f"max latency {_ms(r.max_ms)} ms; normal right after: {out['answers_normally_after']}"
+            f"max latency {fmt_ms(r.max_ms)} ms; "
+            f"normal right after: {out['answers_normally_after']}"
         )
     finally:
         run.exit_code = server.stop()
@@ -873,25 +603,6 @@ def bench_overload(args: argparse.Namespace, res: Results) -> None:
 
 
 # ------------------------------------------------------------------ report
-
-
-def _num(value: float | None, digits: int = 0) -> str:
-    if value is None:
-        return "-"
-    return f"{value:,.{digits}f}"
-
-
-def _pct(share: float | None) -> str:
-    if share is None:
-        return "-"
-    flag = " (!)" if share >= OTHER_CPU_WARN else ""
-    return f"{share * 100:.0f}%{flag}"
-
-
-def _ratio(a: float, b: float | None) -> str:
-    if not b:
-        return "-"
-    return f"{a / b:.3g}"
 
 
 def _ceiling(res: Results, model: str, batch: int) -> float | None:
@@ -937,10 +648,10 @@ def render(res: Results, args: argparse.Namespace) -> str:
             best = max(rows, key=lambda r: r.req_per_s)
             floor = _floor(res, transport, best.concurrency) if model == "mlp" else None
             add(
-                f"| {model} | {transport} | {_num(best.req_per_s)} | {best.concurrency} | "
-                f"{_ms(best.p99_ms)} | {_ratio(best.req_per_s, floor)} | "
-                f"{_ratio(best.samples_per_s, _ceiling(res, model, 1))} | "
-                f"{_ratio(best.samples_per_s, _ceiling(res, model, 64))} |"
+                f"| {model} | {transport} | {fmt_num(best.req_per_s)} | {best.concurrency} | "
+                f"{fmt_ms(best.p99_ms)} | {fmt_ratio(best.req_per_s, floor)} | "
+                f"{fmt_ratio(best.samples_per_s, _ceiling(res, model, 1))} | "
+                f"{fmt_ratio(best.samples_per_s, _ceiling(res, model, 64))} |"
             )
     add("\n## Throughput and latency\n")
     add(
@@ -957,13 +668,13 @@ def render(res: Results, args: argparse.Namespace) -> str:
     add("|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
     for r in res.runs:
         floor = _floor(res, r.transport, r.concurrency) if r.model == "mlp" else None
-        vs_floor = _ratio(r.req_per_s, floor) if r.transport.startswith("http") else "-"
+        vs_floor = fmt_ratio(r.req_per_s, floor) if r.transport.startswith("http") else "-"
         err = "FAILED" if r.errors < 0 else str(r.errors)
         add(
-            f"| {r.model} | {r.transport} | {r.tool} | {r.concurrency} | {_num(r.req_per_s)} | "
-            f"{_num(r.samples_per_s)} | {_ms(r.p50_ms)} | {_ms(r.p99_ms)} | {err} | "
-            f"{vs_floor} | {_ratio(r.samples_per_s, _ceiling(res, r.model, 1))} | "
-            f"{_ratio(r.samples_per_s, _ceiling(res, r.model, 64))} | {_pct(r.other_cpu)} |"
+            f"| {r.model} | {r.transport} | {r.tool} | {r.concurrency} | {fmt_num(r.req_per_s)} | "
+            f"{fmt_num(r.samples_per_s)} | {fmt_ms(r.p50_ms)} | {fmt_ms(r.p99_ms)} | {err} | "
+            f"{vs_floor} | {fmt_ratio(r.samples_per_s, _ceiling(res, r.model, 1))} | "
+            f"{fmt_ratio(r.samples_per_s, _ceiling(res, r.model, 64))} | {fmt_pct(r.other_cpu)} |"
         )
     notes = [r for r in res.runs if r.note or (r.errors > 0)]
     if notes:
@@ -994,8 +705,8 @@ def render(res: Results, args: argparse.Namespace) -> str:
         measured += [("after its rows", c) for c in res.ceilings_after]
         for when, c in sorted(measured, key=lambda m: (m[1].model, m[1].batch)):
             add(
-                f"| {c.model} | {c.batch} | {when} | {_num(c.samples_per_s)} | "
-                f"{_num(c.calls_per_s)} | {c.mean_call_us:.1f} | {_pct(c.other_cpu)} |"
+                f"| {c.model} | {c.batch} | {when} | {fmt_num(c.samples_per_s)} | "
+                f"{fmt_num(c.calls_per_s)} | {c.mean_call_us:.1f} | {fmt_pct(c.other_cpu)} |"
             )
     if res.floor:
         add("\n## Ceiling: the HTTP floor\n")
@@ -1007,8 +718,8 @@ def render(res: Results, args: argparse.Namespace) -> str:
         add("|---|--:|--:|--:|--:|--:|--:|")
         for f in res.floor:
             add(
-                f"| {f.transport} | {f.concurrency} | {_num(f.req_per_s)} | {_ms(f.p50_ms)} | "
-                f"{_ms(f.p99_ms)} | {f.errors} | {_pct(f.other_cpu)} |"
+                f"| {f.transport} | {f.concurrency} | {fmt_num(f.req_per_s)} | "
+                f"{fmt_ms(f.p50_ms)} | {fmt_ms(f.p99_ms)} | {f.errors} | {fmt_pct(f.other_cpu)} |"
             )
     if res.pa_http:
         add("\n## perf_analyzer over HTTP (for comparison with wrk)\n")
@@ -1029,9 +740,9 @@ def render(res: Results, args: argparse.Namespace) -> str:
                 None,
             )
             add(
-                f"| {p.model} | {p.concurrency} | {_num(p.req_per_s)} | {_ms(p.p50_ms)} | "
-                f"{_ms(p.p99_ms)} | {_num(w.req_per_s) if w else '-'} | {_pct(p.other_cpu)} | "
-                f"{p.note} |"
+                f"| {p.model} | {p.concurrency} | {fmt_num(p.req_per_s)} | {fmt_ms(p.p50_ms)} | "
+                f"{fmt_ms(p.p99_ms)} | {fmt_num(w.req_per_s) if w else '-'} | "
+                f"{fmt_pct(p.other_cpu)} | {p.note} |"
             )
     if res.servers:
         add("\n## Server memory\n")
@@ -1076,13 +787,13 @@ def render(res: Results, args: argparse.Namespace) -> str:
                 add(f"| {row['model']} | - | - | - | - | - | - | - | - | {row['error']} |")
                 continue
             off, on = row["off"], row["on"]
-            runs_on = ", ".join(_num(x) for x in row.get("on_runs", []))
-            runs_off = ", ".join(_num(x) for x in row.get("off_runs", []))
+            runs_on = ", ".join(fmt_num(x) for x in row.get("on_runs", []))
+            runs_off = ", ".join(fmt_num(x) for x in row.get("off_runs", []))
             add(
                 f"| {row['model']} | {off['transport']} | {off['concurrency']} | "
-                f"{_num(on['req_per_s'])} | {_num(off['req_per_s'])} | "
-                f"{_ratio(on['req_per_s'], off['req_per_s'])} | "
-                f"{_ms(on['p99_ms'])} | {_ms(off['p99_ms'])} | {runs_on} | {runs_off} |"
+                f"{fmt_num(on['req_per_s'])} | {fmt_num(off['req_per_s'])} | "
+                f"{fmt_ratio(on['req_per_s'], off['req_per_s'])} | "
+                f"{fmt_ms(on['p99_ms'])} | {fmt_ms(off['p99_ms'])} | {runs_on} | {runs_off} |"
             )
     add("\n## Overload\n")
     if not res.overload:
@@ -1102,13 +813,13 @@ def render(res: Results, args: argparse.Namespace) -> str:
             ld = o["load"]
             s503 = ld["statuses"].get("503", 0)
             add(
-                f"- answered: {ld['requests']:,} ({_num(ld['req_per_s'])} 2xx/s); statuses "
+                f"- answered: {ld['requests']:,} ({fmt_num(ld['req_per_s'])} 2xx/s); statuses "
                 f"`{json.dumps(ld['statuses'])}`; 503: {s503:,}; socket errors "
                 f"`{json.dumps(ld['socket_errors'])}`"
             )
             add(
-                f"- latency p50 {_ms(ld['p50_ms'])} ms, p99 {_ms(ld['p99_ms'])} ms, "
-                f"max {_ms(ld['max_ms'])} ms"
+                f"- latency p50 {fmt_ms(ld['p50_ms'])} ms, p99 {fmt_ms(ld['p99_ms'])} ms, "
+                f"max {fmt_ms(ld['max_ms'])} ms"
             )
             add(
                 f"- server alive after: {o.get('alive_after')}; answers normally right after: "
@@ -1152,7 +863,7 @@ def write_report(res: Results, args: argparse.Namespace, argv: list[str], body: 
         f"- modelport: {m.get('modelport commit')} (source hash {res.source_start}); workers: "
         f"{args.workers if args.workers else 'default'}; model configs: "
         f"`{json.dumps(models.BASE_CONFIG)}`",
-        f"- CPU used by unrelated processes during the whole run: {_pct(res.other_cpu)} of "
+        f"- CPU used by unrelated processes during the whole run: {fmt_pct(res.other_cpu)} of "
         f"the machine (column `other CPU` per row; (!) marks {OTHER_CPU_WARN:.0%} or more); "
         f"/proc/loadavg at start `{res.loadavg_start}`, at end `{res.loadavg_end}`",
         "- Load generator and server share the same 2 cores: every CPU cycle wrk or "
@@ -1185,11 +896,13 @@ def write_report(res: Results, args: argparse.Namespace, argv: list[str], body: 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    if args.compare_commits:
+        return compare.run(args, argv)
     started = time.monotonic()
     whole = servers.CpuMeter()
     res = Results(settings={k: str(v) for k, v in vars(args).items()})
     res.started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    res.loadavg_start = _read("/proc/loadavg").strip()
+    res.loadavg_start = read_text("/proc/loadavg").strip()
     res.source_start = source_fingerprint()
     for d in (RAW, LOGS, BODIES, SERVE):
         d.mkdir(parents=True, exist_ok=True)
@@ -1230,7 +943,7 @@ def main(argv: list[str] | None = None) -> int:
 
     res.elapsed_s = time.monotonic() - started
     res.other_cpu = whole.other_share()
-    res.loadavg_end = _read("/proc/loadavg").strip()
+    res.loadavg_end = read_text("/proc/loadavg").strip()
     res.source_end = source_fingerprint()
     body = render(res, args)
     print("\n" + body + "\n", flush=True)

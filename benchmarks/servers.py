@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import resource
 import signal
@@ -13,6 +14,8 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tables import log
 
 READY_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 30.0
@@ -211,6 +214,80 @@ def floor_server(
     return server, port
 
 
+# ------------------------------------------------------- health and logs
+
+
+@dataclass
+class ServerRun:
+    """What one modelport server did over its model's runs."""
+
+    label: str
+    models: list[str]
+    rss_ready_kib: int = 0
+    peak_rss_kib: int = 0
+    restarts: int = 0
+    crashes: list[str] = field(default_factory=list)
+    log_warnings: int = 0
+    log_errors: int = 0
+    error_kinds: dict[str, int] = field(default_factory=dict)
+    source: str = ""
+    """source_fingerprint() when the server started."""
+    exit_code: int | None = None
+
+
+class ServerGone(RuntimeError):
+    """The server died and could not be restarted: the remaining runs are skipped."""
+
+
+def check_server(server: ServerProcess, run: ServerRun) -> bool:
+    """True if the server is up; records a crash and restarts it otherwise."""
+    if server.alive():
+        status, _ = http_get(server.ready_url, timeout=5)
+        if status == 200:
+            return True
+        run.crashes.append(f"not ready after a run (GET ready -> {status or 'no answer'})")
+        return False
+    code = server.returncode()
+    run.crashes.append(f"server exited with {code}; log tail:\n{server.log_tail(15)}")
+    log(f"modelport DIED (exit {code}); restarting. Log tail:\n{server.log_tail(15)}")
+    try:
+        server.start()
+    except RuntimeError as exc:
+        run.crashes.append(f"restart failed: {exc}")
+        raise ServerGone(str(exc)) from None
+    run.restarts += 1
+    return False
+
+
+def scan_log(path: Path, run: ServerRun) -> None:
+    """Count warning and error lines in a server's JSON log, errors by kind."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            entry = None
+        if not isinstance(entry, dict):
+            if "Traceback" in line or "Error" in line:
+                run.log_errors += 1
+                key = line.strip()[:200]
+                run.error_kinds[key] = run.error_kinds.get(key, 0) + 1
+            continue
+        level = entry.get("level")
+        if level == "warning":
+            run.log_warnings += 1
+        elif level in ("error", "critical"):
+            run.log_errors += 1
+            exc = str(entry.get("exception") or "").strip()
+            kind = str(entry.get("message", "")).strip()
+            if exc:
+                kind = f"{kind}: {exc.splitlines()[-1]}"
+            run.error_kinds[kind[:200]] = run.error_kinds.get(kind[:200], 0) + 1
+
+
 # ------------------------------------------------------------- CPU accounting
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -257,6 +334,12 @@ class CpuMeter:
         self.busy = system_busy_s()
         self.own = own_cpu_s()
         self.server = tree_cpu_s(server_pid) if server_pid else 0.0
+
+    def server_cpu_s(self) -> float | None:
+        """CPU seconds the server's process tree used since creation (all threads)."""
+        if not self.server_pid:
+            return None
+        return tree_cpu_s(self.server_pid) - self.server
 
     def other_share(self) -> float:
         """Other processes' CPU time as a share of all cores' time since creation."""
