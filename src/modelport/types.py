@@ -14,8 +14,10 @@ Each maps to the numpy dtype that holds its bytes. Two need a note:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import IntEnum
+from enum import Enum, IntEnum
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -122,6 +124,79 @@ class Identity:
     def actor(self) -> str:
         """The name recorded as the actor of changes this identity makes."""
         return self.name
+
+
+class Origin(Enum):
+    """Where a call came from, so stages tell internal traffic apart without comparing strings."""
+
+    REST = "rest"
+    """The HTTP transport (the Open Inference Protocol's REST API and /api/v1)."""
+    GRPC = "grpc"
+    """The gRPC transport."""
+    SHADOW = "shadow"
+    """A copy the server sends to a shadow version; its answer goes to no one."""
+
+    @property
+    def internal(self) -> bool:
+        """Whether the server itself made the call, so that no caller waits on it.
+
+        Internal calls skip what exists to protect callers from one another,
+        such as rate limits.
+        """
+        return self is Origin.SHADOW
+
+
+#: The empty, read-only mapping a Call without headers or trace context holds.
+_EMPTY: Mapping[str, str] = MappingProxyType({})
+
+
+def _empty() -> Mapping[str, str]:
+    return _EMPTY
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """What a transport knows about one call, handed to everything below it.
+
+    One typed object instead of a framework's scope dict or gRPC's context,
+    so stages, observers and tracing read who calls, from where and until
+    when the same way whichever transport took the call. It lives among the
+    core types so that code outside the data plane can read it.
+
+    Example: a REST request from 10.0.0.7 carrying ``X-Request-ID: r-1``,
+    taken at monotonic time ``t`` with a 5 s timeout, is
+    ``Call(Origin.REST, identity, deadline_ns=t + 5_000_000_000, headers=...,
+    request_id="r-1", peer="10.0.0.7:53110")``.
+    """
+
+    origin: Origin
+    """The transport, or the internal source, that made the call."""
+    identity: Identity | None = None
+    """The authenticated caller; None when authentication is off."""
+    deadline_ns: int | None = None
+    """Monotonic time (``Clock.monotonic_ns``) after which no one waits for the answer.
+
+    Set once, at arrival, from what the transport carries; None means the
+    call has none. Compared only with readings of the same process's clock.
+    """
+    headers: Mapping[str, str] = field(default_factory=_empty)
+    """A read-only view of the request's headers (REST) or metadata (gRPC), names in lower case.
+
+    A view, never a copy, so building a Call costs no per-header work.
+    gRPC's binary (``-bin``) metadata is not in it.
+    """
+    request_id: str | None = None
+    """The id the caller gave the request, echoed in the answer and in logs."""
+    peer: str | None = None
+    """The client's address as the transport reports it (``host:port``), or None if unknown."""
+    trace: Mapping[str, str] = field(default_factory=_empty)
+    """Trace context carried with the call (such as W3C ``traceparent`` and ``tracestate``)."""
+
+    def remaining_ns(self, now_ns: int) -> int | None:
+        """Nanoseconds left before the deadline at ``now_ns`` (0 or less: passed; None: none)."""
+        if self.deadline_ns is None:
+            return None
+        return self.deadline_ns - now_ns
 
 
 @dataclass(slots=True)
