@@ -24,6 +24,7 @@ import uvicorn
 
 from modelport import __version__
 from modelport.auth_setup import build_auth
+from modelport.clock import SystemClock
 from modelport.config.server import ServerConfig
 from modelport.controlplane.api import ManagementServices, build_api, docs_routes
 from modelport.controlplane.audited import AuditedRepository
@@ -200,6 +201,8 @@ async def serve(config: ServerConfig) -> None:
     # Before any model loads: a server that must not start (no credentials off
     # loopback) says so at once.
     auth = await asyncio.to_thread(build_auth, config, store, registry, metrics)
+    # One source of time for the request path and the control plane.
+    clock = SystemClock()
     # The live routing table; the control plane keeps it in step with the store.
     traffic = Traffic(metrics)
     manager = TrafficManager(store, registry, traffic)
@@ -235,6 +238,7 @@ async def serve(config: ServerConfig) -> None:
         registry,
         metrics,
         cache,
+        clock=clock,
         traffic=traffic,
         limiter=limiter,
         payloads=payloads,

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import functools
 import logging
-import time
-from collections.abc import Callable
 
+from modelport.clock import Clock, SystemClock
 from modelport.dataplane.admission.ratelimit import RateLimiter
 from modelport.dataplane.admission.residency import ResidencyGuard
 from modelport.dataplane.cache import ResponseCache, cache_key
@@ -44,7 +43,7 @@ class Pipeline:
         table: ModelTable,
         metrics: Metrics,
         cache: ResponseCache | None = None,
-        clock: Callable[[], int] = time.perf_counter_ns,
+        clock: Clock | None = None,
         traffic: Traffic | None = None,
         limiter: RateLimiter | None = None,
         payloads: PayloadLogger | None = None,
@@ -57,7 +56,8 @@ class Pipeline:
         self.limiter = limiter
         self.payloads = payloads
         self.residency = residency
-        self._clock = clock
+        # Bound once: read several times per request to time its stages.
+        self._clock = (clock if clock is not None else SystemClock()).monotonic_ns
 
     def resolve(self, name: str, version: str | None) -> ModelVersion:
         return self.table.resolve(name, version)

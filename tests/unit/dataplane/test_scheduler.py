@@ -1,7 +1,8 @@
 """The scheduler with a fake runtime: correctness first, then admission rules.
 
 A runtime that blocks on a threading.Event holds the only instance busy, so
-queue states are set up exactly, with no timing guesses.
+queue states are set up exactly, with no timing guesses; deadlines and
+batching delays run on a fake clock that moves only when a test advances it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from modelport.dataplane.scheduling.policy import scheduling_policy
 from modelport.dataplane.scheduling.scheduler import Scheduler
 from modelport.errors import DeadlineExceeded, InferenceFailed, Unavailable
 from modelport.types import ModelSignature, TensorSpec
+from tests.fake_clock import FakeClock
 
 
 class Doubler:
@@ -49,9 +51,11 @@ class Doubler:
         pass
 
 
-def make(runtime: Doubler, instances: int = 1, **config: Any) -> Scheduler:
+def make(
+    runtime: Doubler, instances: int = 1, clock: FakeClock | None = None, **config: Any
+) -> Scheduler:
     cfg = parse_model_config({"max_batch_size": 16, **config}, "t")
-    return Scheduler(runtime, scheduling_policy(cfg, None), instances, "t")
+    return Scheduler(runtime, scheduling_policy(cfg, None), instances, "t", clock=clock)
 
 
 def rows(start: float, n: int) -> np.ndarray[Any, Any]:
@@ -130,18 +134,61 @@ def test_full_queue_is_refused_at_once() -> None:
 def test_deadline_drops_a_queued_request_before_compute() -> None:
     gate = threading.Event()
     runtime = Doubler(gate)
-    sched = make(runtime)
+    clock = FakeClock()
+    sched = make(runtime, clock=clock)
 
     async def scenario() -> None:
         first = asyncio.ensure_future(sched.submit({"x": rows(0, 16)}, ["y"], 16))
         await wait_entered(runtime)
-        with pytest.raises(DeadlineExceeded, match="timed out"):
-            await sched.submit({"x": rows(5, 1)}, ["y"], 1, timeout_us=1000)
+        late = asyncio.ensure_future(sched.submit({"x": rows(5, 1)}, ["y"], 1, timeout_us=1000))
+        await asyncio.sleep(0)
+        clock.advance(999_999)
+        await asyncio.sleep(0)
+        assert not late.done()
+        assert sched.queued == 1
+        clock.advance(1)
+        with pytest.raises(DeadlineExceeded, match=r"after waiting 1\.0 ms in the queue"):
+            await late
+        assert sched.queued == 0
         gate.set()
         await first
 
     asyncio.run(scenario())
     assert [5.0] not in runtime.batches
+
+
+def test_an_answered_request_leaves_no_deadline_timer_behind() -> None:
+    runtime = Doubler()
+    clock = FakeClock()
+    sched = make(runtime, clock=clock)
+
+    async def scenario() -> None:
+        await sched.submit({"x": rows(0, 1)}, ["y"], 1, timeout_us=1000)
+
+    asyncio.run(scenario())
+    assert clock.pending == 0
+    clock.advance(10_000_000)  # the deadline passes after the answer: nothing happens
+    sched.close()
+
+
+def test_a_batch_waits_for_more_requests_until_the_queue_delay_ends() -> None:
+    runtime = Doubler()
+    clock = FakeClock()
+    sched = make(runtime, clock=clock, dynamic_batching={"max_queue_delay_microseconds": 100})
+
+    async def scenario() -> None:
+        first = asyncio.ensure_future(sched.submit({"x": rows(0, 1)}, ["y"], 1))
+        await asyncio.sleep(0)
+        clock.advance(60_000)
+        second = asyncio.ensure_future(sched.submit({"x": rows(1, 1)}, ["y"], 1))
+        await asyncio.sleep(0)
+        assert runtime.batches == []  # 60 µs of 100: still collecting
+        clock.advance(40_000)
+        await asyncio.gather(first, second)
+
+    asyncio.run(scenario())
+    assert runtime.batches == [[0.0, 1.0]]
+    sched.close()
 
 
 def test_cancelled_callers_are_dropped_from_the_queue() -> None:

@@ -63,6 +63,7 @@ from typing import Any
 
 import numpy as np
 
+from modelport.clock import Clock, SystemClock, Timer
 from modelport.dataplane.runtime.base import Runtime
 from modelport.dataplane.scheduling.batcher import choose_batch
 from modelport.dataplane.scheduling.cores import Pinning
@@ -125,17 +126,19 @@ class Scheduler:
         instances: int,
         label: str,
         on_execution: ExecutionRecorder | None = None,
-        clock: Callable[[], int] = time.perf_counter_ns,
+        clock: Clock | None = None,
     ) -> None:
+        """``clock`` sets deadlines and batching delays and times executions."""
         self.runtime = runtime
         self.policy = policy
         self.instances = instances
         self._executor = ThreadPoolExecutor(max_workers=instances, thread_name_prefix=label)
         self._queues = LevelQueues(len(policy.levels))
         self._free = instances
-        self._clock = clock
+        self._timers: Clock = clock if clock is not None else SystemClock()
+        self._clock = self._timers.monotonic_ns  # bound once: read on every request
         self._on_execution = on_execution
-        self._wake: asyncio.TimerHandle | None = None
+        self._wake: Timer | None = None
         self._wake_at: int | None = None
         self._running = 0
         self._running_rows = 0
@@ -207,8 +210,7 @@ class Scheduler:
         self._idle.clear()
         timer = None
         if deadline is not None and not lp.delay_on_timeout:
-            delay = (deadline - now) / 1e9
-            timer = loop.call_later(delay, self._expire, pending)
+            timer = self._timers.call_at(deadline, self._expire, pending)
         if (self._running == 0 and self._inline_fits()) or self._inline_always():
             if not self._deferred:
                 self._deferred = True
@@ -257,7 +259,7 @@ class Scheduler:
             )
             if not decision.batch:
                 if decision.wake_at_ns is not None:
-                    self._wake_later(decision.wake_at_ns, now)
+                    self._wake_later(decision.wake_at_ns)
                 return
             for p in decision.batch:
                 self._queues.retire(p)
@@ -266,13 +268,13 @@ class Scheduler:
         self._queues.sweep()
         self._check_idle()
 
-    def _wake_later(self, at_ns: int, now_ns: int) -> None:
+    def _wake_later(self, at_ns: int) -> None:
         if self._wake is not None and self._wake_at is not None and self._wake_at <= at_ns:
             return
         if self._wake is not None:
             self._wake.cancel()
         self._wake_at = at_ns
-        self._wake = asyncio.get_running_loop().call_later((at_ns - now_ns) / 1e9, self._woken)
+        self._wake = self._timers.call_at(at_ns, self._woken)
 
     def _woken(self) -> None:
         self._wake = None
@@ -345,7 +347,8 @@ class Scheduler:
 
     def _compute(self, batch: Sequence[Pending], names: Sequence[str]) -> _Result:
         """Runs on an instance thread: concatenate, predict."""
-        t0 = time.perf_counter_ns()
+        clock = self._clock
+        t0 = clock()
         if len(batch) == 1:
             feed: Mapping[str, Array] = batch[0].inputs
         else:
@@ -355,7 +358,7 @@ class Scheduler:
             }
         cpu = self._cpu_cost
         c1 = time.thread_time_ns() if cpu else 0
-        t1 = time.perf_counter_ns()
+        t1 = clock()
         out: dict[str, Array] | None = None
         err: ModelportError | None = None
         try:
@@ -366,7 +369,7 @@ class Scheduler:
             err = InvalidRequest(f"model rejected the inputs: {first_line(exc, limit=500)}")
         except Exception as exc:
             err = InferenceFailed(f"model failed: {first_line(exc, limit=500)}")
-        infer_ns = time.perf_counter_ns() - t1
+        infer_ns = clock() - t1
         cost_ns = time.thread_time_ns() - c1 if cpu else infer_ns
         return _Result(out, err, t1 - t0, infer_ns, cost_ns)
 
