@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from modelport.cli.main import app
 from modelport.examples import repository_path
-from modelport.optimize.tune import command
+from modelport.optimize.tune import noise
 from modelport.optimize.tune.choose import beyond_noise
 from modelport.optimize.tune.command import OptimizeOptions, optimize_version
 from modelport.optimize.tune.hardware import Hardware
@@ -83,7 +83,7 @@ def test_a_candidate_beyond_noise_is_written(
         seen.append(predict.__self__)
         return 2.0 if predict.__self__ is seen[0] else 1.0  # the current version goes first
 
-    monkeypatch.setattr(command, "round_cost", halved)
+    monkeypatch.setattr(noise, "round_cost", halved)
     report = optimize_version(_options(repo, rows), clock=_ticks(), hardware=hardware)
     assert not report.kept and report.version == 2
     assert report.noise is not None and report.noise.gain == pytest.approx(1.0)
@@ -150,7 +150,7 @@ def test_openvino_is_skipped_for_scikit_learn_operators_naming_them(
 def test_piped_table_keeps_each_candidate_on_one_line_and_says_why_nothing_was_written(
     repo: Path, rows: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(command, "round_cost", lambda *args, **kwargs: 1.0)
+    monkeypatch.setattr(noise, "round_cost", lambda *args, **kwargs: 1.0)
     result = CliRunner().invoke(
         app, ["optimize", str(repo), "--data", str(rows), "--seconds", "0.01"]
     )

@@ -58,14 +58,7 @@ from modelport.optimize.convert.source import (
 )
 from modelport.optimize.tune import candidates as build
 from modelport.optimize.tune.candidates import Candidate, Progress, Skipped
-from modelport.optimize.tune.choose import (
-    NOISE_ROUNDS,
-    OBJECTIVES,
-    NoiseCheck,
-    Outcome,
-    beyond_noise,
-    decide,
-)
+from modelport.optimize.tune.choose import OBJECTIVES, NoiseCheck, Outcome, decide
 from modelport.optimize.tune.data import (
     Split,
     load_samples,
@@ -77,15 +70,14 @@ from modelport.optimize.tune.errors import OptimizeFailed
 from modelport.optimize.tune.hardware import Hardware, detect_hardware
 from modelport.optimize.tune.measure import (
     Clock,
-    Timing,
     batch_sizes,
     instances_for,
     predict_all,
-    round_cost,
     thread_counts,
     time_candidate,
 )
 from modelport.optimize.tune.metrics import DEFAULT_BUDGET, choose_metric, judge
+from modelport.optimize.tune.noise import mark_beyond_noise, mark_within_noise, noise_check
 from modelport.optimize.tune.report import OptimizeReport, report_markdown, report_text
 from modelport.optimize.tune.written import config_text, write_version
 from modelport.types import Array
@@ -416,16 +408,25 @@ def _optimize(
             and current.best is not None
         ):
             sides = ((by_name[current.name], current.best), (by_name[winner.name], winner.best))
-            noise = _noise_check(sides, source, split, options, hardware, clock)
+            noise = noise_check(
+                sides,
+                lambda candidate, threads: _load(candidate, source, threads),
+                split.held_out,
+                names,
+                options.objective,
+                options.seconds,
+                hardware.cores,
+                clock,
+            )
             if not noise.beats:
                 kept = (
                     "no candidate beat the current version beyond measurement noise "
                     f"(±{noise.noise:.1%})"
                 )
-                _mark_within_noise(current, winner, noise)
+                mark_within_noise(current, winner, noise)
                 winner = current
             else:
-                _mark_beyond_noise(current, winner, noise)
+                mark_beyond_noise(current, winner, noise)
     if winner is None or winner.best is None:
         reasons = "; ".join(f"{o.name}: {o.reason}" for o in outcomes)
         raise OptimizeFailed(f"no candidate ran within the budget ({reasons}); nothing written")
@@ -471,72 +472,6 @@ def _optimize(
     )
     report.notes = _notes(where, version, chosen, metric, labels)
     return report
-
-
-def _noise_check(
-    sides: tuple[tuple[Candidate, Timing], tuple[Candidate, Timing]],
-    source: Source,
-    split: Split,
-    options: OptimizeOptions,
-    hardware: Hardware,
-    clock: Clock,
-) -> NoiseCheck:
-    """Time the current version and the challenger again, alternately, NOISE_ROUNDS times each.
-
-    ``sides``: the current version, then the challenger, each with its best
-    timing from the sweep, whose thread count (and batch size) it runs at.
-    The side that goes first swaps every round, so a slow spell of the
-    machine does not always fall on the same one.
-    """
-    loaded: list[Runtime] = []
-    try:
-        for candidate, timing in sides:
-            loaded.append(_load(candidate, source, timing.threads))
-        names = [s.name for s in source.signature.outputs]
-        costs: list[list[float]] = [[], []]
-        for turn in range(NOISE_ROUNDS):
-            for side in (0, 1) if turn % 2 == 0 else (1, 0):
-                costs[side].append(
-                    round_cost(
-                        loaded[side].predict,
-                        split.held_out,
-                        names,
-                        sides[side][1],
-                        options.objective,
-                        options.seconds,
-                        hardware.cores,
-                        clock,
-                    )
-                )
-    finally:
-        for runtime in loaded:
-            runtime.unload()
-    return beyond_noise(costs[0], costs[1])
-
-
-def _mark_beyond_noise(current: Outcome, winner: Outcome, noise: NoiseCheck) -> None:
-    rounds = f"{NOISE_ROUNDS} rounds each"
-    winner.reason += (
-        f"; {noise.gain:.1%} better than the current version, beyond measurement noise "
-        f"±{noise.noise:.1%} ({rounds})"
-    )
-    current.status = "lost"
-    current.reason = (
-        f"the current version: {winner.name} is {noise.gain:.1%} better beyond measurement "
-        f"noise ±{noise.noise:.1%} ({rounds})"
-    )
-
-
-def _mark_within_noise(current: Outcome, challenger: Outcome, noise: NoiseCheck) -> None:
-    challenger.status = "within noise"
-    challenger.reason = (
-        f"{noise.gain:+.1%} against the current version, not beyond measurement noise "
-        f"±{noise.noise:.1%} ({NOISE_ROUNDS} rounds each)"
-    )
-    current.status = "kept"
-    current.reason = (
-        f"the current version: no candidate beat it beyond measurement noise (±{noise.noise:.1%})"
-    )
 
 
 def _check_staged(staging: Path, config: ModelConfig) -> None:
