@@ -206,7 +206,7 @@ async def serve(config: ServerConfig) -> None:
     # The live routing table; the control plane keeps it in step with the store.
     traffic = Traffic(metrics)
     manager = TrafficManager(store, registry, traffic)
-    canary = CanaryController(store, manager, traffic)
+    canary = CanaryController(store, manager, traffic, clock=clock)
     # Stored choices come before the first scan, so versions that policies,
     # canaries and operators asked for load with everything else.
     await asyncio.to_thread(canary.load_stored)

@@ -20,12 +20,12 @@ import contextlib
 import dataclasses
 import itertools
 import logging
-import time
 from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from modelport.clock import Clock, SystemClock
 from modelport.controlplane.canary_step import (
     EVIDENCE_INTERVALS,
     comparison_version,
@@ -128,13 +128,15 @@ class CanaryController:
         store: StateStore,
         manager: TrafficManager,
         traffic: Traffic,
-        clock: Callable[[], float] = time.time,
+        clock: Clock | None = None,
         tick_s: float = 0.25,
     ) -> None:
         self.store = store
         self.manager = manager
         self.traffic = traffic
-        self.clock = clock
+        # Step times are stored and read again after a restart, maybe on another
+        # node: wall time, never a monotonic reading.
+        self.clock = (clock if clock is not None else SystemClock()).wall
         self.tick_s = tick_s
         self._active: dict[str, StoredCanary] = {}
         self._lock = asyncio.Lock()
