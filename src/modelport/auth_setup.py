@@ -25,7 +25,7 @@ from typing import Any
 
 from modelport.config.server import ServerConfig
 from modelport.controlplane.keys import KeyService
-from modelport.controlplane.store import StateStore
+from modelport.controlplane.store import AuditLog, KeyStore
 from modelport.dataplane.admission.audit import AuthAudit, Sink
 from modelport.dataplane.admission.authenticate import Authenticator
 from modelport.dataplane.admission.certificates import CertificateIdentities
@@ -113,28 +113,32 @@ def _tenant_lookup(table: ModelTable) -> Callable[[str], str | None]:
     return tenant_of
 
 
-def _sink(store: StateStore) -> Sink:
+def _sink(history: AuditLog) -> Sink:
     def write(model: str, action: str, actor: str, detail: dict[str, Any]) -> None:
-        store.record(model, action, actor=actor, detail=detail)
+        history.record(model, action, actor=actor, detail=detail)
 
     return write
 
 
 def build_auth(
-    config: ServerConfig, store: StateStore, table: ModelTable, metrics: Metrics | None = None
+    config: ServerConfig,
+    keys: KeyStore,
+    history: AuditLog,
+    table: ModelTable,
+    metrics: Metrics | None = None,
 ) -> AuthSetup:
     """Decide the mode and build its parts; ConfigError when the server must not start.
 
     Blocking (reads the key table and the JWKS): call it in a thread. With
     ``metrics``, traffic anomalies are watched while authentication is on.
     """
-    audit = AuthAudit(_sink(store))
+    audit = AuthAudit(_sink(history))
     off = AuthSetup(None, None, None, config.insecure, config.host, audit)
     if config.insecure:
         return off
     jwt = _jwt(config)
     certificates = _certificates(config)
-    active = store.count_active_keys()
+    active = keys.count_active()
     # A --tls-identities table is a credential source like keys and JWTs.
     mtls = config.tls_identities is not None
     if not config.loopback and active == 0 and jwt is None and not mtls:
@@ -155,7 +159,7 @@ def build_auth(
         )
         return off
     authenticator = Authenticator(
-        keys=KeyService(store),
+        keys=KeyService(keys),
         jwt=jwt,
         audit=audit,
         certificates=certificates,

@@ -24,14 +24,13 @@ import uvicorn
 
 from modelport import __version__
 from modelport.auth_setup import build_auth
-from modelport.clock import SystemClock
 from modelport.config.server import ServerConfig
 from modelport.controlplane.api import ManagementServices, build_api, docs_routes
 from modelport.controlplane.audited import AuditedRepository
 from modelport.controlplane.canary import CanaryController
 from modelport.controlplane.crypto.providers import key_provider_for
 from modelport.controlplane.registry import Registry
-from modelport.controlplane.store import StateStore
+from modelport.controlplane.store import AuditLog, CanaryStore, Database, KeyStore, PolicyStore
 from modelport.controlplane.traffic import TrafficManager
 from modelport.dataplane.admission import MemoryRateLimiter, RateLimiter
 from modelport.dataplane.admission.residency import ResidencyGuard
@@ -187,9 +186,13 @@ async def serve(config: ServerConfig) -> None:
     repository = repository_of(config)
     tls = await asyncio.to_thread(build_tls, config)
     keys = await asyncio.to_thread(key_provider_for, config)
-    store = await asyncio.to_thread(
-        StateStore.open, config.state_url or StateStore.sqlite_url(config.data_dir)
+    database = await asyncio.to_thread(
+        Database.open, config.state_url or Database.sqlite_url(config.data_dir)
     )
+    # One store per aggregate, all over the one database.
+    audit_log = AuditLog(database)
+    policies = PolicyStore(database)
+    canaries = CanaryStore(database)
     registry = Registry(
         repository,
         metrics,
@@ -200,13 +203,13 @@ async def serve(config: ServerConfig) -> None:
     )
     # Before any model loads: a server that must not start (no credentials off
     # loopback) says so at once.
-    auth = await asyncio.to_thread(build_auth, config, store, registry, metrics)
-    # One source of time for the request path and the control plane.
-    clock = SystemClock()
+    auth = await asyncio.to_thread(
+        build_auth, config, KeyStore(database), audit_log, registry, metrics
+    )
     # The live routing table; the control plane keeps it in step with the store.
     traffic = Traffic(metrics)
-    manager = TrafficManager(store, registry, traffic)
-    canary = CanaryController(store, manager, traffic, clock=clock)
+    manager = TrafficManager(policies, audit_log, registry, traffic)
+    canary = CanaryController(canaries, policies, manager, traffic)
     # Stored choices come before the first scan, so versions that policies,
     # canaries and operators asked for load with everything else.
     await asyncio.to_thread(canary.load_stored)
@@ -238,7 +241,6 @@ async def serve(config: ServerConfig) -> None:
         registry,
         metrics,
         cache,
-        clock=clock,
         traffic=traffic,
         limiter=limiter,
         payloads=payloads,
@@ -247,14 +249,16 @@ async def serve(config: ServerConfig) -> None:
     ctx = TransportContext(
         pipeline=pipeline,
         table=registry,
-        repository=AuditedRepository(registry, store, manager),
+        repository=AuditedRepository(registry, audit_log, manager),
         metrics=metrics,
         server_name=SERVER_NAME,
         server_version=__version__,
         max_body_bytes=config.max_body_bytes,
         max_elements=config.max_elements,
     )
-    api = build_api(ManagementServices(registry, store, manager, canary), http_status)
+    api = build_api(
+        ManagementServices(registry, policies, canaries, audit_log, manager, canary), http_status
+    )
     http = _uvicorn(build_app(ctx, api, docs_routes(), auth.guard), config, config.http_port, tls)
     metrics_http = (
         _uvicorn(build_metrics_app(metrics, auth.metrics_guard), config, config.metrics_port, tls)
@@ -321,5 +325,5 @@ async def serve(config: ServerConfig) -> None:
     await registry.close()
     await limiter.close()
     await asyncio.to_thread(payloads.close)  # what was sampled before the stop is written
-    await asyncio.to_thread(store.close)
+    await asyncio.to_thread(database.close)
     log.info("stopped")

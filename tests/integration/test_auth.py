@@ -92,11 +92,11 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, di
     assert all(t.split("_", 2)[2] not in listing for t in keys.values())
     # An expired key, made with a clock in the past (no waiting).
     from modelport.controlplane.keys import KeyService
-    from modelport.controlplane.store import StateStore
+    from modelport.controlplane.store import Database, KeyStore
 
     past = datetime.now(UTC) - timedelta(days=2)
-    with StateStore.open(StateStore.sqlite_url(data), clock=lambda: past) as store:
-        _, keys["expired"] = KeyService(store, lambda: past).create(
+    with Database.open(Database.sqlite_url(data), clock=lambda: past) as database:
+        _, keys["expired"] = KeyService(KeyStore(database), lambda: past).create(
             role="admin", models=["*"], actor="test", expires="1d"
         )
     server = start_server(

@@ -18,7 +18,7 @@ from modelport.cli.storeoptions import DataDir, StateUrl, guard, open_store
 
 if TYPE_CHECKING:
     # Imported when a command runs, so that other commands start without SQLAlchemy.
-    from modelport.controlplane.store import AuditProblem, StateStore
+    from modelport.controlplane.store import AuditLog, AuditProblem
 
 audit_app = typer.Typer(
     no_args_is_help=True, help="The tamper-evident log of every change to served models."
@@ -28,8 +28,10 @@ audit_app = typer.Typer(
 @audit_app.command("verify")
 def verify(data_dir: DataDir = None, state_url: StateUrl = None) -> None:
     """Recompute the hash chain; list every record that was edited, removed, moved or added."""
-    with open_store(data_dir, state_url, create=False) as store:
-        report = guard(store.verify_audit)
+    from modelport.controlplane.store import AuditLog
+
+    with open_store(data_dir, state_url, create=False) as database:
+        report = guard(AuditLog(database).verify)
     if report.ok:
         typer.echo(f"{report.checked} records, chain intact")
         return
@@ -55,13 +57,16 @@ def export(
     ] = None,
 ) -> None:
     """Write the audit log as JSON lines, one record per line, chain fields included."""
-    with open_store(data_dir, state_url, create=False) as store:
+    from modelport.controlplane.store import AuditLog
+
+    with open_store(data_dir, state_url, create=False) as database:
+        log = AuditLog(database)
         if output is None:
-            _write(store, sys.stdout, since)
+            _write(log, sys.stdout, since)
             return
         try:
             with output.open("w", encoding="utf-8", newline="\n") as out:
-                count = _write(store, out, since)
+                count = _write(log, out, since)
         except OSError as exc:
             typer.echo(f"error: cannot write {output}: {exc.strerror}", err=True)
             raise typer.Exit(2) from None
@@ -74,5 +79,5 @@ def describe(problem: AuditProblem) -> str:
     return f"{where}: {problem.what}: {problem.detail}"
 
 
-def _write(store: StateStore, out: TextIO, since: int | None) -> int:
-    return guard(lambda: store.export_audit(out, since))
+def _write(log: AuditLog, out: TextIO, since: int | None) -> int:
+    return guard(lambda: log.export(out, since))

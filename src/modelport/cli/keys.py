@@ -36,11 +36,12 @@ def _actor() -> str:
 def _service(data_dir: Path | None, state_url: str | None) -> Iterator[KeyService]:
     """The key service over the options' store, closed on the way out."""
     from modelport.controlplane.keys import KeyService
+    from modelport.controlplane.store import KeyStore
 
     # Unlike ``audit``, a missing database is created: the first key is
     # normally made before the server has ever run.
-    with open_store(data_dir, state_url, create=True) as store:
-        yield KeyService(store)
+    with open_store(data_dir, state_url, create=True) as database:
+        yield KeyService(KeyStore(database))
 
 
 @keys_app.command("create")

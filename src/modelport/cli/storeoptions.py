@@ -19,7 +19,7 @@ from modelport.errors import ModelportError
 
 if TYPE_CHECKING:
     # Imported when a command runs, so that other commands start without SQLAlchemy.
-    from modelport.controlplane.store import StateStore
+    from modelport.controlplane.store import Database
 
 T = TypeVar("T")
 
@@ -44,10 +44,10 @@ StateUrl = Annotated[
 ]
 
 
-def open_store(data_dir: Path | None, state_url: str | None, *, create: bool) -> StateStore:
-    """The store the options name. Without ``create``, a missing SQLite file is an
+def open_store(data_dir: Path | None, state_url: str | None, *, create: bool) -> Database:
+    """The state database the options name. Without ``create``, a missing SQLite file is an
     error rather than a new empty store (which, say, an audit would call intact)."""
-    from modelport.controlplane.store import StateStore
+    from modelport.controlplane.store import Database
 
     if state_url is None:
         directory = data_dir or DEFAULT_DATA_DIR
@@ -57,8 +57,8 @@ def open_store(data_dir: Path | None, state_url: str | None, *, create: bool) ->
         elif not database.is_file():
             typer.echo(f"error: no state database at {database}; check --data-dir", err=True)
             raise typer.Exit(2)
-        state_url = StateStore.sqlite_url(directory)
-    return guard(lambda: StateStore.open(state_url))
+        state_url = Database.sqlite_url(directory)
+    return guard(lambda: Database.open(state_url))
 
 
 def guard(action: Callable[[], T]) -> T:

@@ -12,7 +12,7 @@ import asyncio
 from typing import Any
 
 from modelport.controlplane.registry import Registry
-from modelport.controlplane.store import StateStore
+from modelport.controlplane.store import AuditLog
 from modelport.controlplane.store.tables import MODEL_NAME_MAX
 from modelport.controlplane.traffic import LOCAL, TrafficManager
 from modelport.dataplane.table import RepositoryEntry
@@ -23,10 +23,10 @@ class AuditedRepository:
     """Implements the data plane's RepositoryControl over the registry."""
 
     def __init__(
-        self, registry: Registry, store: StateStore, traffic: TrafficManager | None = None
+        self, registry: Registry, audit: AuditLog, traffic: TrafficManager | None = None
     ) -> None:
         self.registry = registry
-        self.store = store
+        self.audit = audit
         self.traffic = traffic
         """Refuses to unload versions a traffic policy or canary uses (as /api/v1 does)."""
 
@@ -59,5 +59,5 @@ class AuditedRepository:
         self, name: str, action: str, actor: str | None, detail: dict[str, Any]
     ) -> None:
         await asyncio.to_thread(
-            self.store.record, name[:MODEL_NAME_MAX], action, actor=actor or LOCAL, detail=detail
+            self.audit.record, name[:MODEL_NAME_MAX], action, actor=actor or LOCAL, detail=detail
         )

@@ -33,7 +33,7 @@ from modelport.controlplane.canary_step import (
     restore_point,
     step_policy,
 )
-from modelport.controlplane.store import StateStore, StoredCanary, StoredPolicy
+from modelport.controlplane.store import CanaryStore, PolicyStore, StoredCanary, StoredPolicy
 from modelport.controlplane.traffic import (
     LOCAL,
     PolicyConflict,
@@ -125,13 +125,15 @@ class CanaryController:
 
     def __init__(
         self,
-        store: StateStore,
+        canaries: CanaryStore,
+        policies: PolicyStore,
         manager: TrafficManager,
         traffic: Traffic,
         clock: Clock | None = None,
         tick_s: float = 0.25,
     ) -> None:
-        self.store = store
+        self.canaries = canaries
+        self.policies = policies
         self.manager = manager
         self.traffic = traffic
         # Step times are stored and read again after a restart, maybe on another
@@ -153,12 +155,12 @@ class CanaryController:
 
     def restore_point(self, model: str, revision: int) -> RestorePoint | None:
         """What rolling back policy ``revision`` puts back (blocking: reads the store)."""
-        canary = self.store.get_canary(model)
+        canary = self.canaries.get(model)
         return None if canary is None else restore_point(canary.body, canary.state, revision)
 
     def load_stored(self) -> None:
         """Pick up canaries that were running or paused when the server stopped."""
-        for stored in self.store.list_canaries(ACTIVE):
+        for stored in self.canaries.list_all(ACTIVE):
             # The windows start empty after a restart, so the step's evidence is
             # gathered afresh: its clock restarts, and the time the server was
             # down counts neither towards the interval nor against the evidence wait.
@@ -173,7 +175,7 @@ class CanaryController:
     # ------------------------------------------------------------------- API
 
     def get(self, model: str) -> StoredCanary:
-        found = self._active.get(model) or self.store.get_canary(model)
+        found = self._active.get(model) or self.canaries.get(model)
         if found is None:
             raise NotFound(f"model {model!r} has no canary")
         return found
@@ -199,7 +201,7 @@ class CanaryController:
                 raise InvalidRequest("stable: must differ from the candidate version")
             if stable not in states:
                 raise InvalidRequest(f"stable: model {model!r} has no version {stable}")
-            before = await asyncio.to_thread(self.store.get_policy, model)
+            before = await asyncio.to_thread(self.policies.get, model)
             progress = {
                 **spec.model_dump(),
                 "evidence_timeout_s": spec.evidence_timeout_s
@@ -214,10 +216,10 @@ class CanaryController:
                     None if before is None else {"revision": before.revision, "policy": before.body}
                 ),
             }
-            previous = await asyncio.to_thread(self.store.get_canary, model)
+            previous = await asyncio.to_thread(self.canaries.get, model)
             await self._apply(model, progress, actor)
             saved = await asyncio.to_thread(
-                self.store.put_canary,
+                self.canaries.put,
                 model,
                 progress,
                 RUNNING,
@@ -294,7 +296,7 @@ class CanaryController:
         }
         await self._apply(model, progress, "modelport")
         saved = await asyncio.to_thread(
-            self.store.put_canary,
+            self.canaries.put,
             model,
             progress,
             RUNNING,
@@ -328,7 +330,7 @@ class CanaryController:
         why: str,
     ) -> StoredPolicy:
         """Write ``policy_for(sticky_key)``, keeping the current policy's sticky key."""
-        current = await asyncio.to_thread(self.store.get_policy, model)
+        current = await asyncio.to_thread(self.policies.get, model)
         sticky = None
         if current is not None:
             with contextlib.suppress(InvalidRequest):
@@ -369,7 +371,7 @@ class CanaryController:
             "policy_revision": written.revision,
         }
         saved = await asyncio.to_thread(
-            self.store.put_canary,
+            self.canaries.put,
             model,
             progress,
             state,
@@ -394,7 +396,7 @@ class CanaryController:
                 # The paused time does not count towards the step's interval.
                 body["step_started_at"] = self.clock()
             saved = await asyncio.to_thread(
-                self.store.put_canary,
+                self.canaries.put,
                 model,
                 body,
                 state,

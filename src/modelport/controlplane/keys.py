@@ -8,7 +8,7 @@ the per-key salt keeps equal secrets from having equal hashes and makes a
 stolen table useless for precomputed lookups.
 
 :class:`KeyService` implements the data plane's ``CredentialVerifier``
-protocol over the StateStore; the composition root hands it to the
+protocol over the KeyStore; the composition root hands it to the
 Authenticator, whose one-second cache bounds how long a revocation made on
 another node takes to apply here.
 """
@@ -22,7 +22,8 @@ import secrets
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
-from modelport.controlplane.store.store import StateStore, StoredKey, utc_now
+from modelport.controlplane.store.database import utc_now
+from modelport.controlplane.store.keys import KeyStore, StoredKey
 from modelport.dataplane.admission.authenticate import API_KEY_PREFIX
 from modelport.dataplane.admission.identity import parse_role
 from modelport.dataplane.admission.ratelimit import check_limit
@@ -84,7 +85,7 @@ def check_patterns(patterns: Sequence[str]) -> tuple[str, ...]:
 class KeyService:
     """API keys over the state store; also the data plane's key verifier."""
 
-    def __init__(self, store: StateStore, clock: Callable[[], datetime] = utc_now) -> None:
+    def __init__(self, store: KeyStore, clock: Callable[[], datetime] = utc_now) -> None:
         self.store = store
         self._clock = clock
 
@@ -135,19 +136,19 @@ class KeyService:
             expires_at=expires_at,
             revoked_at=None,
         )
-        self.store.add_key(key)
+        self.store.add(key)
         return key, f"{API_KEY_PREFIX}{key_id}_{secret}"
 
     def list(self) -> list[StoredKey]:
-        return self.store.list_keys()
+        return self.store.list_all()
 
     def revoke(self, key_id: str, *, actor: str, reason: str | None = None) -> bool:
-        return self.store.revoke_key(key_id, actor=actor, reason=reason)
+        return self.store.revoke(key_id, actor=actor, reason=reason)
 
     def verify(self, token: str) -> Identity:
         """The key's identity; one message for every failure, so guesses learn nothing."""
         key_id, secret = parse_token(token)
-        key = self.store.get_key(key_id)
+        key = self.store.get(key_id)
         # Hash even when the id is unknown, so timing does not tell ids apart.
         salt = key.salt if key is not None else "00" * 32
         expected = key.secret_hash if key is not None else "0" * 64

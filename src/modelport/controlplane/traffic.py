@@ -19,8 +19,9 @@ from modelport.controlplane.lifecycle import READY
 from modelport.controlplane.registry import Registry
 from modelport.controlplane.store import (
     TRAFFIC_UPDATE,
+    AuditLog,
+    PolicyStore,
     RevisionConflict,
-    StateStore,
     StoredPolicy,
 )
 from modelport.dataplane.routing import Route, TrafficPolicy
@@ -49,8 +50,11 @@ class RestorePoint:
 class TrafficManager:
     """Owns every model's traffic policy; the API and the canary controller call it."""
 
-    def __init__(self, store: StateStore, registry: Registry, traffic: Traffic) -> None:
-        self.store = store
+    def __init__(
+        self, policies: PolicyStore, audit: AuditLog, registry: Registry, traffic: Traffic
+    ) -> None:
+        self.policies = policies
+        self.audit = audit
         self.registry = registry
         self.traffic = traffic
         self._canary_versions: Callable[[str], set[str]] = lambda _model: set()
@@ -73,14 +77,14 @@ class TrafficManager:
     def pin_stored(self) -> None:
         """Before the first repository scan: pin every stored policy's versions and
         restore the versions operators loaded or unloaded (the latest choice wins)."""
-        for stored in self.store.list_policies():
+        for stored in self.policies.list_all():
             policy = self._parse(stored)
             if policy is not None:
                 self._pin(stored.model, policy)
         choices: dict[str, dict[int, bool]] = {}
         before: int | None = None
         while True:
-            page = self.store.history(None, limit=1000, before_id=before)
+            page = self.audit.history(None, limit=1000, before_id=before)
             for event in page:
                 if event.action in ("version.load", "version.unload"):
                     version = str(event.detail.get("version", ""))
@@ -94,7 +98,7 @@ class TrafficManager:
 
     async def start(self) -> None:
         """Apply stored policies after the models loaded; fall back loudly where needed."""
-        for stored in await asyncio.to_thread(self.store.list_policies):
+        for stored in await asyncio.to_thread(self.policies.list_all):
             policy = self._parse(stored)
             if policy is None:
                 continue
@@ -131,7 +135,7 @@ class TrafficManager:
         fallback = TrafficPolicy(routes=(Route(target, 100),), sticky_key=policy.sticky_key)
         reason = f"version(s) {', '.join(missing)} not available at start; all traffic to {target}"
         saved = await asyncio.to_thread(
-            self.store.put_policy,
+            self.policies.put,
             stored.model,
             fallback.to_body(),
             expected_revision=stored.revision,
@@ -145,7 +149,7 @@ class TrafficManager:
 
     def get(self, model: str) -> StoredPolicy | None:
         self.registry.version_states(model)  # NotFound for unknown models
-        return self.store.get_policy(model)
+        return self.policies.get(model)
 
     async def put(
         self,
@@ -171,7 +175,7 @@ class TrafficManager:
                     f"model {model!r} has no version {', '.join(unknown)} "
                     f"(versions: {', '.join(states) or 'none'})"
                 )
-            current = await asyncio.to_thread(self.store.get_policy, model)
+            current = await asyncio.to_thread(self.policies.get, model)
             stale = (current.revision if current is not None else None) != expected_revision
             if stale:
                 have = current.revision if current is not None else 0
@@ -182,7 +186,7 @@ class TrafficManager:
                 )
             await self._ensure_loaded(model, policy)
             saved = await asyncio.to_thread(
-                self.store.put_policy,
+                self.policies.put,
                 model,
                 policy.to_body(),
                 expected_revision=expected_revision,
@@ -209,7 +213,7 @@ class TrafficManager:
                     f"model {model!r} has a canary in progress; abort or promote it first"
                 )
             await asyncio.to_thread(
-                self.store.delete_policy,
+                self.policies.delete,
                 model,
                 expected_revision=expected_revision,
                 actor=actor,
@@ -229,7 +233,7 @@ class TrafficManager:
         the previous revision is the canary's own last step. The history's
         reason names the revision restored and why.
         """
-        current = await asyncio.to_thread(self.store.get_policy, model)
+        current = await asyncio.to_thread(self.policies.get, model)
         if current is None:
             self.registry.version_states(model)
             raise PolicyConflict(f"model {model!r} has no traffic policy to roll back")
@@ -238,7 +242,7 @@ class TrafficManager:
             previous: object = point.body
             restored = point.why
         else:
-            events = await asyncio.to_thread(self.store.history, model, limit=1000)
+            events = await asyncio.to_thread(self.audit.history, model, limit=1000)
             previous = next(
                 (
                     e.detail.get("policy")
@@ -275,7 +279,7 @@ class TrafficManager:
             return
         users = []
         if set(hit) & (in_policy | (pinned - in_canary)):
-            stored = self.store.get_policy(model)
+            stored = self.policies.get(model)
             revision = f" (revision {stored.revision})" if stored is not None else ""
             users.append(f"the model's traffic policy{revision}")
         if set(hit) & in_canary:

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from modelport.controlplane.store import StateStore
+from modelport.controlplane.store import Database
+from tests.unit.controlplane.stores import Stores
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "MODELPORT_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -57,7 +58,7 @@ def _empty_postgres(url: str) -> None:
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A database URL with nothing in it, on each backend."""
     if request.param == "sqlite":
-        return StateStore.sqlite_url(tmp_path / "data")
+        return Database.sqlite_url(tmp_path / "data")
     database: str | None = request.getfixturevalue("postgres_database")
     if database is None:
         pytest.skip(f"PostgreSQL is not reachable at {sa.make_url(POSTGRES_ADMIN_URL)}")
@@ -66,6 +67,6 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def store(url: str) -> Iterator[StateStore]:
-    with StateStore.open(url) as opened:
+def store(url: str) -> Iterator[Stores]:
+    with Stores.open(url) as opened:
         yield opened

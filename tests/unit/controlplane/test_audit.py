@@ -22,11 +22,12 @@ from typer.testing import CliRunner
 
 from modelport.cli.audit import audit_app
 from modelport.cli.main import app as main_app
-from modelport.controlplane.store import AuditProblem, StateStore
+from modelport.controlplane.store import AuditProblem, Database
 from modelport.controlplane.store.chain import GENESIS_HASH, record_hash
 from modelport.controlplane.store.migrate import alembic_config
 from modelport.controlplane.store.tables import events
 from modelport.errors import InvalidRequest
+from tests.unit.controlplane.stores import Stores
 
 POLICY = {"routes": [{"version": "1", "weight": 100}]}
 
@@ -43,15 +44,15 @@ def raw(url: str) -> Iterator[sa.Engine]:
     engine.dispose()
 
 
-def _mixed_writes(store: StateStore) -> None:
+def _mixed_writes(store: Stores) -> None:
     """Five events, one of each kind of write."""
-    store.put_policy("m", POLICY, expected_revision=None, actor="alice", reason="first")
-    store.put_policy("m", POLICY, expected_revision=1, actor="alice")
-    store.put_canary(
+    store.policies.put("m", POLICY, expected_revision=None, actor="alice", reason="first")
+    store.policies.put("m", POLICY, expected_revision=1, actor="alice")
+    store.canaries.put(
         "m", {"step": 1}, "running", expected_revision=None, actor="bob", action="canary.start"
     )
-    store.record("m", "version.load", actor="server", detail={"version": "2"})
-    store.delete_policy("m", expected_revision=2, actor="alice", reason="done")
+    store.audit.record("m", "version.load", actor="server", detail={"version": "2"})
+    store.policies.delete("m", expected_revision=2, actor="alice", reason="done")
 
 
 def _rows(raw: sa.Engine) -> list[dict[str, Any]]:
@@ -61,9 +62,9 @@ def _rows(raw: sa.Engine) -> list[dict[str, Any]]:
         ]
 
 
-def _export(store: StateStore, since_seq: int | None = None) -> list[dict[str, Any]]:
+def _export(store: Stores, since_seq: int | None = None) -> list[dict[str, Any]]:
     out = io.StringIO()
-    store.export_audit(out, since_seq)
+    store.audit.export(out, since_seq)
     return [json.loads(line) for line in out.getvalue().splitlines()]
 
 
@@ -74,9 +75,9 @@ def _kinds(problems: list[AuditProblem]) -> list[tuple[int, int | None, str]]:
 # ---------------------------------------------------------------- an intact chain
 
 
-def test_every_kind_of_write_extends_one_intact_chain(store: StateStore) -> None:
+def test_every_kind_of_write_extends_one_intact_chain(store: Stores) -> None:
     _mixed_writes(store)
-    report = store.verify_audit()
+    report = store.audit.verify()
     assert report.ok
     assert report.checked == 5
     assert report.problems == []
@@ -94,60 +95,60 @@ def test_every_kind_of_write_extends_one_intact_chain(store: StateStore) -> None
         assert after["prev_hash"] == before["hash"]
 
 
-def test_an_empty_log_is_intact(store: StateStore) -> None:
-    report = store.verify_audit()
+def test_an_empty_log_is_intact(store: Stores) -> None:
+    report = store.audit.verify()
     assert (report.ok, report.checked) == (True, 0)
 
 
-def test_numbers_the_database_rewrites_still_verify(store: StateStore) -> None:
+def test_numbers_the_database_rewrites_still_verify(store: Stores) -> None:
     # PostgreSQL's JSONB gives the float 1e20 back as an integer.
-    event = store.record("m", "version.load", actor="a", detail={"big": 1e20, "one": 1.0})
-    assert store.history("m") == [event]
-    assert store.verify_audit().ok
+    event = store.audit.record("m", "version.load", actor="a", detail={"big": 1e20, "one": 1.0})
+    assert store.audit.history("m") == [event]
+    assert store.audit.verify().ok
 
 
 # ---------------------------------------------------------------- tampering
 
 
-def test_an_edited_record_is_named(store: StateStore, raw: sa.Engine) -> None:
+def test_an_edited_record_is_named(store: Stores, raw: sa.Engine) -> None:
     _mixed_writes(store)
     target = _rows(raw)[1]
     with raw.begin() as conn:
         conn.execute(sa.update(events).where(events.c.id == target["id"]).values(actor="mallory"))
-    report = store.verify_audit()
+    report = store.audit.verify()
     assert not report.ok
     assert _kinds(report.problems) == [(2, target["id"], "edited")]
     assert "hash does not match its content" in report.problems[0].detail
 
 
-def test_an_edited_detail_is_named(store: StateStore, raw: sa.Engine) -> None:
+def test_an_edited_detail_is_named(store: Stores, raw: sa.Engine) -> None:
     _mixed_writes(store)
     target = _rows(raw)[3]
     with raw.begin() as conn:
         conn.execute(
             sa.update(events).where(events.c.id == target["id"]).values(detail={"version": "9"})
         )
-    assert _kinds(store.verify_audit().problems) == [(4, target["id"], "edited")]
+    assert _kinds(store.audit.verify().problems) == [(4, target["id"], "edited")]
 
 
-def test_a_removed_record_is_named_by_its_seq(store: StateStore, raw: sa.Engine) -> None:
+def test_a_removed_record_is_named_by_its_seq(store: Stores, raw: sa.Engine) -> None:
     _mixed_writes(store)
     with raw.begin() as conn:
         conn.execute(sa.delete(events).where(events.c.seq == 3))
-    report = store.verify_audit()
+    report = store.audit.verify()
     assert report.checked == 4
     assert _kinds(report.problems) == [(3, None, "removed")]
     assert "jumps from seq 2 to seq 4" in report.problems[0].detail
 
 
-def test_removing_the_first_record_is_noticed(store: StateStore, raw: sa.Engine) -> None:
+def test_removing_the_first_record_is_noticed(store: Stores, raw: sa.Engine) -> None:
     _mixed_writes(store)
     with raw.begin() as conn:
         conn.execute(sa.delete(events).where(events.c.seq == 1))
-    assert _kinds(store.verify_audit().problems) == [(1, None, "removed")]
+    assert _kinds(store.audit.verify().problems) == [(1, None, "removed")]
 
 
-def test_swapped_contents_are_reported_as_reordered(store: StateStore, raw: sa.Engine) -> None:
+def test_swapped_contents_are_reported_as_reordered(store: Stores, raw: sa.Engine) -> None:
     _mixed_writes(store)
     rows = _rows(raw)
     content = ("model", "at", "actor", "action", "detail", "reason")
@@ -159,7 +160,7 @@ def test_swapped_contents_are_reported_as_reordered(store: StateStore, raw: sa.E
                 .where(events.c.id == row["id"])
                 .values({name: other[name] for name in content})
             )
-    report = store.verify_audit()
+    report = store.audit.verify()
     assert _kinds(report.problems) == [
         (2, second["id"], "reordered"),
         (4, fourth["id"], "reordered"),
@@ -167,20 +168,18 @@ def test_swapped_contents_are_reported_as_reordered(store: StateStore, raw: sa.E
     assert report.problems[0].detail == "it holds the content written as seq 4"
 
 
-def test_swapped_chain_positions_are_reported_as_reordered(
-    store: StateStore, raw: sa.Engine
-) -> None:
+def test_swapped_chain_positions_are_reported_as_reordered(store: Stores, raw: sa.Engine) -> None:
     _mixed_writes(store)
     rows = _rows(raw)
     second, third = rows[1], rows[2]
     _swap(raw, second["id"], third["id"], ("seq", "prev_hash", "hash"), "seq")
-    problems = store.verify_audit().problems
+    problems = store.audit.verify().problems
     assert _kinds(problems) == [(2, third["id"], "reordered"), (3, second["id"], "reordered")]
 
 
 @pytest.mark.parametrize(("first", "second"), [(2, 3), (2, 4)])
 def test_swapped_seq_values_are_reported_as_reordered(
-    store: StateStore, raw: sa.Engine, first: int, second: int
+    store: Stores, raw: sa.Engine, first: int, second: int
 ) -> None:
     # The rows keep their hashes and links; only their places in the chain
     # change. The records after them link to hashes that still exist and
@@ -189,7 +188,7 @@ def test_swapped_seq_values_are_reported_as_reordered(
     rows = _rows(raw)
     moved_a, moved_b = rows[first - 1], rows[second - 1]
     _swap(raw, moved_a["id"], moved_b["id"], ("seq",), "seq")
-    problems = store.verify_audit().problems
+    problems = store.audit.verify().problems
     assert _kinds(problems) == [
         (first, moved_b["id"], "reordered"),
         (second, moved_a["id"], "reordered"),
@@ -198,7 +197,7 @@ def test_swapped_seq_values_are_reported_as_reordered(
 
 
 def test_an_inserted_record_that_shifts_the_rest_is_not_called_reordered(
-    store: StateStore, raw: sa.Engine
+    store: Stores, raw: sa.Engine
 ) -> None:
     # A forged record at seq 3 that links to record 2, with 3..5 moved one up:
     # positions shifted along a line, not swapped in a cycle. (Its new id is
@@ -218,19 +217,19 @@ def test_an_inserted_record_that_shifts_the_rest_is_not_called_reordered(
                 seq=3, prev_hash=rows[1]["hash"], hash=digest,
             )
         )  # fmt: skip
-    problems = store.verify_audit().problems
+    problems = store.audit.verify().problems
     assert "inserted" in [p.what for p in problems]
     assert not [p for p in problems if "content written as" in p.detail]
 
 
-def test_swapped_ids_are_reported_as_reordered(store: StateStore, raw: sa.Engine) -> None:
+def test_swapped_ids_are_reported_as_reordered(store: Stores, raw: sa.Engine) -> None:
     # history() pages by id: swapping ids reorders what users see, while
     # read in seq order every hash still links up.
     _mixed_writes(store)
     rows = _rows(raw)
     second, third = rows[1], rows[2]
     _swap(raw, second["id"], third["id"], ("id",), "id")
-    problems = store.verify_audit().problems
+    problems = store.audit.verify().problems
     assert _kinds(problems) == [(2, third["id"], "reordered"), (3, second["id"], "reordered")]
     assert (
         problems[0].detail == f"id {third['id']} sits at seq 2, where id {second['id']} was written"
@@ -250,7 +249,7 @@ def _swap(raw: sa.Engine, first: int, second: int, columns: tuple[str, ...], uni
         conn.execute(sa.update(events).where(events.c.id == parked).values(values[second]))
 
 
-def test_a_forged_record_is_reported_as_inserted(store: StateStore, raw: sa.Engine) -> None:
+def test_a_forged_record_is_reported_as_inserted(store: Stores, raw: sa.Engine) -> None:
     _mixed_writes(store)
     at = datetime(2025, 1, 1, tzinfo=UTC)
     forged = {"model": "m", "at": at, "actor": "alice", "action": "traffic.update"}
@@ -264,12 +263,12 @@ def test_a_forged_record_is_reported_as_inserted(store: StateStore, raw: sa.Engi
             )
         )
         (forged_id,) = result.inserted_primary_key or (None,)
-    report = store.verify_audit()
+    report = store.audit.verify()
     assert _kinds(report.problems) == [(6, forged_id, "inserted")]
     assert "prev_hash is not the hash of the record before it" in report.problems[0].detail
 
 
-def test_a_forged_record_with_a_made_up_hash_is_inserted(store: StateStore, raw: sa.Engine) -> None:
+def test_a_forged_record_with_a_made_up_hash_is_inserted(store: Stores, raw: sa.Engine) -> None:
     _mixed_writes(store)
     with raw.begin() as conn:
         result = conn.execute(
@@ -286,21 +285,21 @@ def test_a_forged_record_with_a_made_up_hash_is_inserted(store: StateStore, raw:
             )
         )
         (forged_id,) = result.inserted_primary_key or (None,)
-    assert _kinds(store.verify_audit().problems) == [(6, forged_id, "inserted")]
+    assert _kinds(store.audit.verify().problems) == [(6, forged_id, "inserted")]
 
 
-def test_writes_after_tampering_keep_the_damage_pinned(store: StateStore, raw: sa.Engine) -> None:
+def test_writes_after_tampering_keep_the_damage_pinned(store: Stores, raw: sa.Engine) -> None:
     _mixed_writes(store)
     with raw.begin() as conn:
         conn.execute(sa.update(events).where(events.c.seq == 2).values(reason="nothing to see"))
-    store.record("m", "version.unload", actor="server")
-    assert [(p.seq, p.what) for p in store.verify_audit().problems] == [(2, "edited")]
+    store.audit.record("m", "version.unload", actor="server")
+    assert [(p.seq, p.what) for p in store.audit.verify().problems] == [(2, "edited")]
 
 
 def test_values_that_no_longer_parse_are_edits_not_crashes(tmp_path: Path) -> None:
     # SQLite stores any text in any column; PostgreSQL would refuse these.
-    url = StateStore.sqlite_url(tmp_path)
-    with StateStore.open(url) as store:
+    url = Database.sqlite_url(tmp_path)
+    with Stores.open(url) as store:
         _mixed_writes(store)
         engine = _raw(url)
         try:
@@ -309,7 +308,7 @@ def test_values_that_no_longer_parse_are_edits_not_crashes(tmp_path: Path) -> No
                 conn.exec_driver_sql("UPDATE events SET detail = '{not json' WHERE seq = 4")
         finally:
             engine.dispose()
-        assert [(p.seq, p.what) for p in store.verify_audit().problems] == [
+        assert [(p.seq, p.what) for p in store.audit.verify().problems] == [
             (2, "edited"),
             (4, "edited"),
         ]
@@ -318,17 +317,19 @@ def test_values_that_no_longer_parse_are_edits_not_crashes(tmp_path: Path) -> No
 # ---------------------------------------------------------------- log injection
 
 
-def test_control_characters_are_kept_and_cannot_forge_an_export_line(store: StateStore) -> None:
+def test_control_characters_are_kept_and_cannot_forge_an_export_line(store: Stores) -> None:
     fake = json.dumps({"seq": 99, "actor": "root", "action": "traffic.delete"})
     actor = f"eve\n{fake}"
     reason = "ok\r\n\u2028\x85\x1b[2Kdone"
     model = "m\nx"
-    event = store.record(model, "version.load", actor=actor, detail={"note": "a\nb"}, reason=reason)
-    (stored,) = store.history(model)
+    event = store.audit.record(
+        model, "version.load", actor=actor, detail={"note": "a\nb"}, reason=reason
+    )
+    (stored,) = store.audit.history(model)
     assert stored == event
     assert (stored.actor, stored.reason, stored.model) == (actor, reason, model)
     out = io.StringIO()
-    assert store.export_audit(out) == 1
+    assert store.audit.export(out) == 1
     text = out.getvalue()
     assert text.isascii()
     lines = text.splitlines()  # splits on \r, \u2028, \x85 … as well as \n
@@ -336,23 +337,23 @@ def test_control_characters_are_kept_and_cannot_forge_an_export_line(store: Stat
     (record,) = [json.loads(line) for line in lines]
     assert (record["actor"], record["reason"], record["model"]) == (actor, reason, model)
     assert record["detail"] == {"note": "a\nb"}
-    assert store.verify_audit().ok
+    assert store.audit.verify().ok
 
 
-def test_unpaired_surrogates_are_refused_before_anything_is_written(store: StateStore) -> None:
+def test_unpaired_surrogates_are_refused_before_anything_is_written(store: Stores) -> None:
     with pytest.raises(InvalidRequest, match="actor contains an unpaired surrogate"):
-        store.record("m", "version.load", actor="eve\ud800")
+        store.audit.record("m", "version.load", actor="eve\ud800")
     with pytest.raises(InvalidRequest, match=r"detail of 'version\.load' contains an unpaired"):
-        store.record("m", "version.load", actor="eve", detail={"note": "\udc00"})
-    assert store.verify_audit().checked == 0
+        store.audit.record("m", "version.load", actor="eve", detail={"note": "\udc00"})
+    assert store.audit.verify().checked == 0
 
 
 # ---------------------------------------------------------------- export
 
 
-def test_the_export_carries_everything_needed_to_recheck_it(store: StateStore) -> None:
+def test_the_export_carries_everything_needed_to_recheck_it(store: Stores) -> None:
     _mixed_writes(store)
-    history = {event.id: event for event in store.history()}
+    history = {event.id: event for event in store.audit.history()}
     previous = GENESIS_HASH
     for record in _export(store):
         event = history[record["id"]]
@@ -378,7 +379,7 @@ def test_the_export_carries_everything_needed_to_recheck_it(store: StateStore) -
         previous = record["hash"]
 
 
-def test_an_export_continues_after_a_seq(store: StateStore) -> None:
+def test_an_export_continues_after_a_seq(store: Stores) -> None:
     _mixed_writes(store)
     everything = _export(store)
     rest = _export(store, since_seq=3)
@@ -388,15 +389,15 @@ def test_an_export_continues_after_a_seq(store: StateStore) -> None:
     assert _export(store, since_seq=5) == []
 
 
-def test_a_negative_since_is_refused(store: StateStore) -> None:
+def test_a_negative_since_is_refused(store: Stores) -> None:
     with pytest.raises(InvalidRequest, match="since_seq must be a non-negative integer"):
-        store.export_audit(io.StringIO(), -1)
+        store.audit.export(io.StringIO(), -1)
 
 
 # ---------------------------------------------------------------- concurrency
 
 
-def test_eight_writers_at_once_leave_one_unforked_chain(store: StateStore) -> None:
+def test_eight_writers_at_once_leave_one_unforked_chain(store: Stores) -> None:
     writers, each = 8, 10
     start = threading.Barrier(writers)
     failures: list[BaseException] = []
@@ -407,11 +408,11 @@ def test_eight_writers_at_once_leave_one_unforked_chain(store: StateStore) -> No
             model = f"model-{number}"
             for step in range(each):
                 if step == 0:
-                    store.put_policy(model, POLICY, expected_revision=None, actor=model)
+                    store.policies.put(model, POLICY, expected_revision=None, actor=model)
                 elif step % 2:
-                    store.record(model, "version.load", actor=model, detail={"step": step})
+                    store.audit.record(model, "version.load", actor=model, detail={"step": step})
                 else:
-                    store.put_policy(model, POLICY, expected_revision=step // 2, actor=model)
+                    store.policies.put(model, POLICY, expected_revision=step // 2, actor=model)
         except BaseException as exc:  # reported below, in the test's thread
             failures.append(exc)
 
@@ -421,7 +422,7 @@ def test_eight_writers_at_once_leave_one_unforked_chain(store: StateStore) -> No
     for thread in threads:
         thread.join()
     assert failures == []
-    report = store.verify_audit()
+    report = store.audit.verify()
     assert (report.ok, report.checked) == (True, writers * each)
     records = _export(store)
     assert [r["seq"] for r in records] == list(range(1, writers * each + 1))
@@ -468,8 +469,8 @@ def test_a_database_from_revision_0001_is_chained_on_upgrade(url: str, tmp_path:
                 )
     finally:
         engine.dispose()
-    with StateStore.open(url) as store:
-        report = store.verify_audit()
+    with Stores.open(url) as store:
+        report = store.audit.verify()
         assert (report.ok, report.checked) == (True, 3)
         records = _export(store)
         assert [(r["seq"], r["model"], r["actor"]) for r in records] == [
@@ -478,8 +479,8 @@ def test_a_database_from_revision_0001_is_chained_on_upgrade(url: str, tmp_path:
             (3, "b", "carol"),
         ]
         assert records[0]["at"] == "2025-01-01T12:00:00.123456Z"
-        store.record("b", "version.load", actor="server")
-        report = store.verify_audit()
+        store.audit.record("b", "version.load", actor="server")
+        report = store.audit.verify()
         assert (report.ok, report.checked) == (True, 4)
         assert _export(store, since_seq=3)[0]["prev_hash"] == records[2]["hash"]
 
@@ -490,13 +491,13 @@ def test_a_database_from_revision_0001_is_chained_on_upgrade(url: str, tmp_path:
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     directory = tmp_path / "data"
-    with StateStore.open(StateStore.sqlite_url(directory)) as store:
+    with Stores.open(Database.sqlite_url(directory)) as store:
         _mixed_writes(store)
     return directory
 
 
 def _sqlite_engine(data_dir: Path) -> sa.Engine:
-    return _raw(StateStore.sqlite_url(data_dir))
+    return _raw(Database.sqlite_url(data_dir))
 
 
 def test_cli_verify_reports_an_intact_chain(data_dir: Path) -> None:
@@ -506,7 +507,7 @@ def test_cli_verify_reports_an_intact_chain(data_dir: Path) -> None:
 
 
 def test_cli_is_registered_under_modelport_audit(data_dir: Path) -> None:
-    url = StateStore.sqlite_url(data_dir)
+    url = Database.sqlite_url(data_dir)
     result = CliRunner().invoke(main_app, ["audit", "verify", "--state-url", url])
     assert result.exit_code == 0, result.output
     assert result.stdout == "5 records, chain intact\n"
@@ -515,8 +516,8 @@ def test_cli_is_registered_under_modelport_audit(data_dir: Path) -> None:
 def test_cli_defaults_to_the_servers_data_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with StateStore.open(StateStore.sqlite_url(tmp_path / ".modelport")) as store:
-        store.record("m", "version.load", actor="server")
+    with Stores.open(Database.sqlite_url(tmp_path / ".modelport")) as store:
+        store.audit.record("m", "version.load", actor="server")
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(audit_app, ["verify"])
     assert result.exit_code == 0, result.output
@@ -546,7 +547,7 @@ def test_cli_verify_calls_two_swapped_records_reordered(data_dir: Path) -> None:
         _swap(engine, rows[1]["id"], rows[2]["id"], ("seq",), "seq")
     finally:
         engine.dispose()
-    url = StateStore.sqlite_url(data_dir)
+    url = Database.sqlite_url(data_dir)
     result = CliRunner().invoke(main_app, ["audit", "verify", "--state-url", url])
     assert result.exit_code == 1
     assert result.stdout.splitlines() == [

@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from modelport.controlplane.keys import KeyService, parse_expiry
-from modelport.controlplane.store import StateStore
 from modelport.errors import InvalidRequest, Unauthenticated
 from modelport.types import Role
+from tests.unit.controlplane.stores import Stores
 
 
 class Clock:
@@ -20,17 +20,17 @@ class Clock:
         return self.now
 
 
-def test_create_verify_and_store_only_a_hash(store: StateStore) -> None:
-    service = KeyService(store)
+def test_create_verify_and_store_only_a_hash(store: Stores) -> None:
+    service = KeyService(store.keys)
     key, token = service.create(
         role="invoker", models=["fraud-*"], actor="cli:test", tenant="acme", rate=5, burst=10
     )
     assert token.startswith(f"mpk_{key.id}_")
     secret = token.split("_", 2)[2]
-    stored = store.get_key(key.id)
+    stored = store.keys.get(key.id)
     assert stored is not None
     assert secret not in (stored.secret_hash, stored.salt)
-    assert token not in repr(store.list_keys())
+    assert token not in repr(store.keys.list_all())
     identity = service.verify(token)
     assert (identity.id, identity.role, identity.models, identity.tenant) == (
         f"key:{key.id}",
@@ -40,13 +40,13 @@ def test_create_verify_and_store_only_a_hash(store: StateStore) -> None:
     )
     assert (identity.rate, identity.burst) == (5, 10)
     # Creation is audited without the secret.
-    (event,) = [e for e in store.history() if e.action == "key.create"]
+    (event,) = [e for e in store.audit.history() if e.action == "key.create"]
     assert event.actor == "cli:test" and event.detail["id"] == key.id
     assert secret not in str(event.detail)
 
 
-def test_equal_roles_get_different_salts(store: StateStore) -> None:
-    service = KeyService(store)
+def test_equal_roles_get_different_salts(store: Stores) -> None:
+    service = KeyService(store.keys)
     a, _ = service.create(role="viewer", models=["*"], actor="t")
     b, _ = service.create(role="viewer", models=["*"], actor="t")
     assert a.salt != b.salt and a.id != b.id
@@ -62,13 +62,13 @@ def test_equal_roles_get_different_salts(store: StateStore) -> None:
         "mpk_0123456789ab_" + "a" * 43,  # well formed, unknown id
     ],
 )
-def test_malformed_and_unknown_tokens(store: StateStore, token: str) -> None:
+def test_malformed_and_unknown_tokens(store: Stores, token: str) -> None:
     with pytest.raises(Unauthenticated):
-        KeyService(store).verify(token)
+        KeyService(store.keys).verify(token)
 
 
-def test_a_real_key_with_anything_after_it_is_refused(store: StateStore) -> None:
-    service = KeyService(store)
+def test_a_real_key_with_anything_after_it_is_refused(store: Stores) -> None:
+    service = KeyService(store.keys)
     _, token = service.create(role="admin", models=["*"], actor="t")
     assert service.verify(token).role is Role.ADMIN
     for suffix in ("\n", " ", "\r\n", "x"):
@@ -76,36 +76,36 @@ def test_a_real_key_with_anything_after_it_is_refused(store: StateStore) -> None
             service.verify(token + suffix)
 
 
-def test_wrong_secret_with_the_right_id(store: StateStore) -> None:
-    service = KeyService(store)
+def test_wrong_secret_with_the_right_id(store: Stores) -> None:
+    service = KeyService(store.keys)
     key, token = service.create(role="admin", models=["*"], actor="t")
     forged = f"mpk_{key.id}_" + ("A" * 43 if not token.endswith("A" * 43) else "B" * 43)
     with pytest.raises(Unauthenticated, match="invalid API key"):
         service.verify(forged)
 
 
-def test_revoke(store: StateStore) -> None:
-    service = KeyService(store)
+def test_revoke(store: Stores) -> None:
+    service = KeyService(store.keys)
     key, token = service.create(role="viewer", models=["*"], actor="t")
     assert service.revoke(key.id, actor="cli:ops", reason="leaked")
     assert not service.revoke(key.id, actor="cli:ops")
     with pytest.raises(Unauthenticated):
         service.verify(token)
-    assert any(e.action == "key.revoke" and e.reason == "leaked" for e in store.history())
-    assert store.count_active_keys() == 0
+    assert any(e.action == "key.revoke" and e.reason == "leaked" for e in store.audit.history())
+    assert store.keys.count_active() == 0
 
 
 def test_expiry(url: str) -> None:
     clock = Clock()
-    with StateStore.open(url, clock=clock) as store:
-        service = KeyService(store, clock)
+    with Stores.open(url, clock=clock) as store:
+        service = KeyService(store.keys, clock)
         _, token = service.create(role="viewer", models=["*"], actor="t", expires="1d")
         assert service.verify(token).expires_at is not None
-        assert store.count_active_keys() == 1
+        assert store.keys.count_active() == 1
         clock.now += timedelta(days=1, seconds=1)
         with pytest.raises(Unauthenticated, match="expired"):
             service.verify(token)
-        assert store.count_active_keys() == 0
+        assert store.keys.count_active() == 0
 
 
 @pytest.mark.parametrize(
@@ -119,9 +119,9 @@ def test_expiry(url: str) -> None:
         ({"role": "viewer", "models": ["*"], "expires": "2001-01-01"}, "in the past"),
     ],
 )
-def test_bad_create_arguments(store: StateStore, args: dict[str, object], problem: str) -> None:
+def test_bad_create_arguments(store: Stores, args: dict[str, object], problem: str) -> None:
     with pytest.raises(InvalidRequest, match=problem):
-        KeyService(store).create(actor="t", **args)  # type: ignore[arg-type]
+        KeyService(store.keys).create(actor="t", **args)  # type: ignore[arg-type]
 
 
 def test_parse_expiry() -> None:

@@ -19,18 +19,19 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from modelport.controlplane.store import (
+    Database,
     Event,
     RevisionConflict,
-    StateStore,
     StoredCanary,
     StoredPolicy,
 )
-from modelport.controlplane.store import store as store_module
+from modelport.controlplane.store import policies as policies_module
 from modelport.controlplane.store.migrate import alembic_config, head_revision
 from modelport.controlplane.store.tables import VERSION_TABLE, metadata
 from modelport.dataplane.transport.grpc.errors import grpc_status
 from modelport.dataplane.transport.http.errors import http_status
 from modelport.errors import ConfigError, Conflict, InvalidRequest
+from tests.unit.controlplane.stores import Stores
 
 POLICY = {"routes": [{"version": "1", "weight": 90}, {"version": "2", "weight": 10}]}
 
@@ -51,7 +52,7 @@ def _is_aware_utc(moment: datetime) -> bool:
 
 
 def test_open_creates_the_schema_the_queries_expect(url: str) -> None:
-    StateStore.open(url).close()
+    Database.open(url).close()
     engine = _raw(url)
     try:
         with engine.connect() as conn:
@@ -69,15 +70,15 @@ def test_open_creates_the_schema_the_queries_expect(url: str) -> None:
 
 def test_the_sqlite_directory_is_created(tmp_path: Path) -> None:
     data_dir = tmp_path / "not" / "yet" / "there"
-    with StateStore.open(StateStore.sqlite_url(data_dir)):
+    with Database.open(Database.sqlite_url(data_dir)):
         pass
     assert (data_dir / "state.db").is_file()
 
 
 def test_reopening_keeps_everything(url: str) -> None:
-    with StateStore.open(url) as first:
-        policy = first.put_policy("m", POLICY, expected_revision=None, actor="local")
-        canary = first.put_canary(
+    with Stores.open(url) as first:
+        policy = first.policies.put("m", POLICY, expected_revision=None, actor="local")
+        canary = first.canaries.put(
             "m",
             {"step": 1},
             "running",
@@ -85,16 +86,16 @@ def test_reopening_keeps_everything(url: str) -> None:
             actor="local",
             action="canary.start",
         )
-        loaded = first.record("m", "version.load", actor="local", detail={"version": "2"})
-    with StateStore.open(url) as second:
-        assert second.get_policy("m") == policy
-        assert second.get_canary("m") == canary
-        assert second.history("m")[0] == loaded
-        assert len(second.history("m")) == 3
+        loaded = first.audit.record("m", "version.load", actor="local", detail={"version": "2"})
+    with Stores.open(url) as second:
+        assert second.policies.get("m") == policy
+        assert second.canaries.get("m") == canary
+        assert second.audit.history("m")[0] == loaded
+        assert len(second.audit.history("m")) == 3
 
 
 def test_an_older_database_is_upgraded_on_open(url: str) -> None:
-    StateStore.open(url).close()
+    Database.open(url).close()
     engine = _raw(url)
     try:
         with engine.begin() as conn:
@@ -104,12 +105,12 @@ def test_an_older_database_is_upgraded_on_open(url: str) -> None:
         assert "traffic_policies" not in sa.inspect(engine).get_table_names()
     finally:
         engine.dispose()
-    with StateStore.open(url) as store:
-        assert store.put_policy("m", POLICY, expected_revision=None, actor="a").revision == 1
+    with Stores.open(url) as store:
+        assert store.policies.put("m", POLICY, expected_revision=None, actor="a").revision == 1
 
 
 def test_a_newer_unknown_schema_revision_is_refused(url: str) -> None:
-    StateStore.open(url).close()
+    Database.open(url).close()
     engine = _raw(url)
     try:
         with engine.begin() as conn:
@@ -117,14 +118,14 @@ def test_a_newer_unknown_schema_revision_is_refused(url: str) -> None:
     finally:
         engine.dispose()
     with pytest.raises(ConfigError) as caught:
-        StateStore.open(url)
+        Database.open(url)
     assert "0999_future" in caught.value.message
     assert "newer modelport" in caught.value.message
 
 
 def test_an_unreachable_database_names_the_url_without_its_password() -> None:
     with pytest.raises(ConfigError) as caught:
-        StateStore.open("postgresql://alice:s3cret-pw@127.0.0.1:1/state")
+        Database.open("postgresql://alice:s3cret-pw@127.0.0.1:1/state")
     message = caught.value.message
     assert "s3cret-pw" not in message
     assert "alice:***@127.0.0.1:1/state" in message
@@ -134,7 +135,7 @@ def test_an_unreachable_database_names_the_url_without_its_password() -> None:
 def test_a_file_that_is_not_a_database_is_refused(tmp_path: Path) -> None:
     (tmp_path / "state.db").write_text("these are someone's notes, not a database\n" * 40)
     with pytest.raises(ConfigError) as caught:
-        StateStore.open(StateStore.sqlite_url(tmp_path))
+        Database.open(Database.sqlite_url(tmp_path))
     assert caught.value.message == (
         f"state store sqlite:///{tmp_path}/state.db: cannot open the database: "
         "file is not a database"
@@ -152,48 +153,48 @@ def test_a_file_that_is_not_a_database_is_refused(tmp_path: Path) -> None:
 )
 def test_unusable_urls_are_refused_before_connecting(url: str, problem: str) -> None:
     with pytest.raises(ConfigError, match=problem):
-        StateStore.open(url)
+        Database.open(url)
 
 
 # ---------------------------------------------------------------- policies
 
 
-def test_policy_revisions_count_writes(store: StateStore) -> None:
-    assert store.get_policy("m") is None
-    created = store.put_policy("m", POLICY, expected_revision=None, actor="local")
+def test_policy_revisions_count_writes(store: Stores) -> None:
+    assert store.policies.get("m") is None
+    created = store.policies.put("m", POLICY, expected_revision=None, actor="local")
     assert (created.revision, created.body, created.updated_by) == (1, POLICY, "local")
     assert _is_aware_utc(created.updated_at)
-    changed = store.put_policy("m", {"routes": []}, expected_revision=1, actor="bob")
+    changed = store.policies.put("m", {"routes": []}, expected_revision=1, actor="bob")
     assert changed.revision == 2
-    assert store.get_policy("m") == changed
-    other = store.put_policy("a", POLICY, expected_revision=None, actor="local")
-    assert store.list_policies() == [other, changed]
+    assert store.policies.get("m") == changed
+    other = store.policies.put("a", POLICY, expected_revision=None, actor="local")
+    assert store.policies.list_all() == [other, changed]
 
 
-def test_a_stale_revision_is_refused_with_the_current_policy(store: StateStore) -> None:
-    store.put_policy("m", POLICY, expected_revision=None, actor="local")
-    current = store.put_policy("m", {"routes": []}, expected_revision=1, actor="local")
+def test_a_stale_revision_is_refused_with_the_current_policy(store: Stores) -> None:
+    store.policies.put("m", POLICY, expected_revision=None, actor="local")
+    current = store.policies.put("m", {"routes": []}, expected_revision=1, actor="local")
     with pytest.raises(RevisionConflict) as caught:
-        store.put_policy("m", {"lost": True}, expected_revision=1, actor="late")
+        store.policies.put("m", {"lost": True}, expected_revision=1, actor="late")
     assert caught.value.current == current
     assert "revision 2, not 1" in caught.value.message
-    assert store.get_policy("m") == current
-    assert [e.detail["revision"] for e in store.history("m")] == [2, 1]
+    assert store.policies.get("m") == current
+    assert [e.detail["revision"] for e in store.audit.history("m")] == [2, 1]
 
 
-def test_creating_an_existing_policy_is_a_conflict(store: StateStore) -> None:
-    current = store.put_policy("m", POLICY, expected_revision=None, actor="local")
+def test_creating_an_existing_policy_is_a_conflict(store: Stores) -> None:
+    current = store.policies.put("m", POLICY, expected_revision=None, actor="local")
     with pytest.raises(RevisionConflict) as caught:
-        store.put_policy("m", {}, expected_revision=None, actor="local")
+        store.policies.put("m", {}, expected_revision=None, actor="local")
     assert caught.value.current == current
     assert "already has a traffic policy" in caught.value.message
 
 
-def test_updating_a_missing_policy_is_a_conflict_without_current(store: StateStore) -> None:
+def test_updating_a_missing_policy_is_a_conflict_without_current(store: Stores) -> None:
     with pytest.raises(RevisionConflict) as caught:
-        store.put_policy("m", POLICY, expected_revision=3, actor="local")
+        store.policies.put("m", POLICY, expected_revision=3, actor="local")
     assert caught.value.current is None
-    assert store.get_policy("m") is None
+    assert store.policies.get("m") is None
 
 
 def test_revision_conflicts_are_409_and_aborted() -> None:
@@ -231,35 +232,35 @@ def _race(writers: int, write: Callable[[], Any]) -> tuple[list[Any], list[Revis
     return won, lost
 
 
-def test_racing_updates_from_one_revision_have_exactly_one_winner(store: StateStore) -> None:
-    store.put_policy("m", POLICY, expected_revision=None, actor="local")
+def test_racing_updates_from_one_revision_have_exactly_one_winner(store: Stores) -> None:
+    store.policies.put("m", POLICY, expected_revision=None, actor="local")
     won, lost = _race(
-        8, lambda: store.put_policy("m", {"w": 1}, expected_revision=1, actor="racer")
+        8, lambda: store.policies.put("m", {"w": 1}, expected_revision=1, actor="racer")
     )
     assert len(won) == 1
     assert len(lost) == 7
     assert all(conflict.current == won[0] for conflict in lost)
-    assert store.get_policy("m") == won[0]
-    assert [e.detail["revision"] for e in store.history("m")] == [2, 1]
+    assert store.policies.get("m") == won[0]
+    assert [e.detail["revision"] for e in store.audit.history("m")] == [2, 1]
 
 
-def test_racing_creates_have_exactly_one_winner(store: StateStore) -> None:
+def test_racing_creates_have_exactly_one_winner(store: Stores) -> None:
     won, lost = _race(
-        8, lambda: store.put_policy("m", POLICY, expected_revision=None, actor="racer")
+        8, lambda: store.policies.put("m", POLICY, expected_revision=None, actor="racer")
     )
     assert len(won) == 1
     assert len(lost) == 7
     assert all(conflict.current == won[0] for conflict in lost)
-    assert len(store.history("m")) == 1
+    assert len(store.audit.history("m")) == 1
 
 
 def test_a_policy_write_records_its_event_in_the_same_transaction(
-    store: StateStore, monkeypatch: pytest.MonkeyPatch
+    store: Stores, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    policy = store.put_policy(
+    policy = store.policies.put(
         "m", POLICY, expected_revision=None, actor="local", reason="ramp to 10%"
     )
-    (event,) = store.history("m")
+    (event,) = store.audit.history("m")
     assert event == Event(
         event.id,
         "m",
@@ -273,37 +274,37 @@ def test_a_policy_write_records_its_event_in_the_same_transaction(
     def history_is_down(*_args: Any) -> Event:
         raise RuntimeError("events table unavailable")
 
-    monkeypatch.setattr(store_module, "_append_event", history_is_down)
+    monkeypatch.setattr(policies_module, "append_event", history_is_down)
     with pytest.raises(RuntimeError):
-        store.put_policy("m", {"routes": []}, expected_revision=1, actor="local")
-    assert store.get_policy("m") == policy  # the policy write rolled back with it
+        store.policies.put("m", {"routes": []}, expected_revision=1, actor="local")
+    assert store.policies.get("m") == policy  # the policy write rolled back with it
 
 
-def test_deleting_a_policy(store: StateStore) -> None:
-    store.put_policy("m", POLICY, expected_revision=None, actor="local")
-    store.put_policy("m", POLICY, expected_revision=1, actor="local")
+def test_deleting_a_policy(store: Stores) -> None:
+    store.policies.put("m", POLICY, expected_revision=None, actor="local")
+    store.policies.put("m", POLICY, expected_revision=1, actor="local")
     with pytest.raises(RevisionConflict) as caught:
-        store.delete_policy("m", expected_revision=1, actor="local")
+        store.policies.delete("m", expected_revision=1, actor="local")
     assert caught.value.current is not None
     assert caught.value.current.revision == 2
-    store.delete_policy("m", expected_revision=2, actor="local", reason="rollback done")
-    assert store.get_policy("m") is None
-    latest = store.history("m")[0]
+    store.policies.delete("m", expected_revision=2, actor="local", reason="rollback done")
+    assert store.policies.get("m") is None
+    latest = store.audit.history("m")[0]
     assert (latest.action, latest.detail, latest.reason) == (
         "traffic.delete",
         {"revision": 2},
         "rollback done",
     )
     with pytest.raises(RevisionConflict) as missing:
-        store.delete_policy("m", expected_revision=2, actor="local")
+        store.policies.delete("m", expected_revision=2, actor="local")
     assert missing.value.current is None
 
 
 # ---------------------------------------------------------------- canaries
 
 
-def test_canaries_advance_and_list_by_state(store: StateStore) -> None:
-    running = store.put_canary(
+def test_canaries_advance_and_list_by_state(store: Stores) -> None:
+    running = store.canaries.put(
         "a",
         {"steps": [10, 50]},
         "running",
@@ -311,66 +312,66 @@ def test_canaries_advance_and_list_by_state(store: StateStore) -> None:
         actor="c",
         action="canary.start",
     )
-    store.put_canary(
+    store.canaries.put(
         "b", {"steps": [5]}, "running", expected_revision=None, actor="c", action="canary.start"
     )
-    paused = store.put_canary(
+    paused = store.canaries.put(
         "b", {"steps": [5]}, "paused", expected_revision=1, actor="c", action="canary.pause"
     )
     assert isinstance(paused, StoredCanary)
     assert (paused.state, paused.revision) == ("paused", 2)
     assert _is_aware_utc(paused.updated_at)
-    assert store.list_canaries({"running"}) == [running]
-    assert store.list_canaries(["running", "paused"]) == [running, paused]
-    assert store.list_canaries() == [running, paused]
-    assert store.list_canaries([]) == []
-    latest = store.history("b")[0]
+    assert store.canaries.list_all({"running"}) == [running]
+    assert store.canaries.list_all(["running", "paused"]) == [running, paused]
+    assert store.canaries.list_all() == [running, paused]
+    assert store.canaries.list_all([]) == []
+    latest = store.audit.history("b")[0]
     assert (latest.action, latest.detail) == (
         "canary.pause",
         {"revision": 2, "state": "paused", "canary": {"steps": [5]}},
     )
 
 
-def test_a_stale_canary_write_is_refused(store: StateStore) -> None:
-    current = store.put_canary(
+def test_a_stale_canary_write_is_refused(store: Stores) -> None:
+    current = store.canaries.put(
         "a", {"step": 0}, "running", expected_revision=None, actor="c", action="canary.start"
     )
     with pytest.raises(RevisionConflict) as caught:
-        store.put_canary(
+        store.canaries.put(
             "a", {}, "aborted", expected_revision=None, actor="c", action="canary.abort"
         )
     assert caught.value.current == current
-    assert store.get_canary("a") == current
-    assert len(store.history("a")) == 1
+    assert store.canaries.get("a") == current
+    assert len(store.audit.history("a")) == 1
 
 
 # ---------------------------------------------------------------- history
 
 
-def test_history_is_newest_first_and_pages(store: StateStore) -> None:
+def test_history_is_newest_first_and_pages(store: Stores) -> None:
     recorded = [
-        store.record(model, "version.load", actor="local", detail={"n": n})
+        store.audit.record(model, "version.load", actor="local", detail={"n": n})
         for n, model in enumerate(["a", "b", "a", "b", "a"])
     ]
     newest_first = list(reversed(recorded))
-    assert store.history() == newest_first
-    first = store.history(limit=2)
+    assert store.audit.history() == newest_first
+    first = store.audit.history(limit=2)
     assert first == newest_first[:2]
-    rest = store.history(limit=10, before_id=first[-1].id)
+    rest = store.audit.history(limit=10, before_id=first[-1].id)
     assert rest == newest_first[2:]
-    assert store.history("a") == [e for e in newest_first if e.model == "a"]
-    assert store.history("a", limit=1, before_id=recorded[2].id) == [recorded[0]]
-    assert store.history("nobody") == []
-    assert all(_is_aware_utc(event.at) for event in store.history())
+    assert store.audit.history("a") == [e for e in newest_first if e.model == "a"]
+    assert store.audit.history("a", limit=1, before_id=recorded[2].id) == [recorded[0]]
+    assert store.audit.history("nobody") == []
+    assert all(_is_aware_utc(event.at) for event in store.audit.history())
 
 
 def test_timestamps_come_back_as_the_same_instant_in_utc(url: str) -> None:
     local = datetime(2025, 3, 30, 2, 30, 15, 123456, tzinfo=timezone(timedelta(hours=2)))
-    with StateStore.open(url, clock=lambda: local) as store:
-        written = store.put_policy("m", POLICY, expected_revision=None, actor="local")
-    with StateStore.open(url) as store:
-        read = store.get_policy("m")
-        (event,) = store.history("m")
+    with Stores.open(url, clock=lambda: local) as store:
+        written = store.policies.put("m", POLICY, expected_revision=None, actor="local")
+    with Stores.open(url) as store:
+        read = store.policies.get("m")
+        (event,) = store.audit.history("m")
     assert read is not None
     assert read.updated_at == written.updated_at == event.at == local
     assert read.updated_at.tzinfo == UTC
@@ -380,26 +381,26 @@ def test_timestamps_come_back_as_the_same_instant_in_utc(url: str) -> None:
 # ---------------------------------------------------------------- bad input
 
 
-def test_bad_arguments_are_refused_naming_the_problem(store: StateStore) -> None:
+def test_bad_arguments_are_refused_naming_the_problem(store: Stores) -> None:
     with pytest.raises(InvalidRequest, match="model name is 257 characters long; the limit is 256"):
-        store.put_policy("m" * 257, POLICY, expected_revision=None, actor="local")
+        store.policies.put("m" * 257, POLICY, expected_revision=None, actor="local")
     with pytest.raises(InvalidRequest, match="traffic policy of model 'm' is not valid JSON"):
-        store.put_policy("m", {"routes": {1, 2}}, expected_revision=None, actor="local")
+        store.policies.put("m", {"routes": {1, 2}}, expected_revision=None, actor="local")
     with pytest.raises(InvalidRequest, match="not valid JSON"):
-        store.put_policy("m", {"weight": float("nan")}, expected_revision=None, actor="local")
+        store.policies.put("m", {"weight": float("nan")}, expected_revision=None, actor="local")
     with pytest.raises(InvalidRequest, match="expected_revision must be a positive integer"):
-        store.put_policy("m", POLICY, expected_revision=0, actor="local")
+        store.policies.put("m", POLICY, expected_revision=0, actor="local")
     with pytest.raises(InvalidRequest, match="NUL"):
-        store.record("m", "note", actor="local", reason="a\x00b")
+        store.audit.record("m", "note", actor="local", reason="a\x00b")
     with pytest.raises(InvalidRequest, match="history limit"):
-        store.history(limit=0)
+        store.audit.history(limit=0)
     with pytest.raises(InvalidRequest, match="collection of names"):
-        store.list_canaries("running")
-    assert store.history() == []  # nothing was written
+        store.canaries.list_all("running")
+    assert store.audit.history() == []  # nothing was written
 
 
-def test_model_names_of_256_characters_are_kept(store: StateStore) -> None:
+def test_model_names_of_256_characters_are_kept(store: Stores) -> None:
     name = "m" * 256
-    written = store.put_policy(name, POLICY, expected_revision=None, actor="local")
+    written = store.policies.put(name, POLICY, expected_revision=None, actor="local")
     assert isinstance(written, StoredPolicy)
-    assert store.get_policy(name) == written
+    assert store.policies.get(name) == written

@@ -25,7 +25,13 @@ from modelport.controlplane.api import schemas
 from modelport.controlplane.api.errors import install_error_handlers
 from modelport.controlplane.canary import CanaryController
 from modelport.controlplane.registry import Registry
-from modelport.controlplane.store import StateStore, StoredCanary, StoredPolicy
+from modelport.controlplane.store import (
+    AuditLog,
+    CanaryStore,
+    PolicyStore,
+    StoredCanary,
+    StoredPolicy,
+)
 from modelport.controlplane.traffic import LOCAL, TrafficManager
 from modelport.dataplane.admission.identity import IDENTITY_SCOPE_KEY, VISIBLE_SCOPE_KEY
 from modelport.errors import InvalidRequest, ModelportError, NotFound
@@ -48,7 +54,9 @@ _REVISION_REQUIRED = "If-Match is required: send the revision from GET .../traff
 @dataclass(frozen=True)
 class ManagementServices:
     registry: Registry
-    store: StateStore
+    policies: PolicyStore
+    canaries: CanaryStore
+    audit: AuditLog
     traffic: TrafficManager
     canary: CanaryController
 
@@ -154,9 +162,10 @@ def _canary_state(services: ManagementServices, canary: StoredCanary) -> schemas
 
 def build_api(services: ManagementServices, status_of: Any) -> FastAPI:
     """The /api/v1 application; ``status_of`` is the REST transport's error table."""
-    registry, store, manager, canaries = (
+    registry, policies, audit, manager, canaries = (
         services.registry,
-        services.store,
+        services.policies,
+        services.audit,
         services.traffic,
         services.canary,
     )
@@ -184,8 +193,8 @@ def build_api(services: ManagementServices, status_of: Any) -> FastAPI:
         states = registry.version_states(name)
         policy = manager.traffic.get(name)
         weights = {r.version: r.weight for r in policy.routes} if policy is not None else {}
-        stored = store.get_policy(name)
-        canary = store.get_canary(name)
+        stored = policies.get(name)
+        canary = services.canaries.get(name)
         return schemas.ModelInfo(
             name=name,
             versions=[
@@ -205,7 +214,7 @@ def build_api(services: ManagementServices, status_of: Any) -> FastAPI:
     ) -> schemas.VersionChange:
         """Record a version load or unload in the history and say where it stands now."""
         await asyncio.to_thread(
-            store.record,
+            audit.record,
             model,
             action,
             actor=_actor(request),
@@ -343,7 +352,7 @@ def build_api(services: ManagementServices, status_of: Any) -> FastAPI:
         reason = body.reason if body else None
         if canaries.is_active(model):
             await canaries.abort(model, actor=_actor(request), reason=reason or "rollback")
-            return _policy_state(services, model, await asyncio.to_thread(store.get_policy, model))
+            return _policy_state(services, model, await asyncio.to_thread(policies.get, model))
         saved = await manager.rollback(model, actor=_actor(request), reason=reason)
         return _policy_state(services, model, saved)
 
@@ -354,10 +363,10 @@ def build_api(services: ManagementServices, status_of: Any) -> FastAPI:
         before: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
     ) -> schemas.History:
         if model not in registry.model_names() and not await asyncio.to_thread(
-            store.history, model, limit=1
+            audit.history, model, limit=1
         ):
             raise NotFound(f"unknown model {model!r}")
-        return await _history(store, model, limit, before)
+        return await _history(audit, model, limit, before)
 
     @api.get("/history", response_model=schemas.History, summary="Every model's changes")
     async def all_history(
@@ -365,7 +374,7 @@ def build_api(services: ManagementServices, status_of: Any) -> FastAPI:
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         before: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
     ) -> schemas.History:
-        found = await _history(store, None, limit, before)
+        found = await _history(audit, None, limit, before)
         visible = request.scope.get(VISIBLE_SCOPE_KEY)
         if visible is not None:
             # Paging still follows the unfiltered ids, so no page skips an event.
@@ -413,9 +422,9 @@ def docs_routes() -> list[BaseRoute]:
 
 
 async def _history(
-    store: StateStore, model: str | None, limit: int, before: int | None
+    audit: AuditLog, model: str | None, limit: int, before: int | None
 ) -> schemas.History:
-    events = await asyncio.to_thread(store.history, model, limit=limit, before_id=before)
+    events = await asyncio.to_thread(audit.history, model, limit=limit, before_id=before)
     infos = [schemas.EventInfo.model_validate(e, from_attributes=True) for e in events]
     return schemas.History(events=infos, next_before=infos[-1].id if len(infos) == limit else None)
 

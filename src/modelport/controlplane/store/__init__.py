@@ -1,11 +1,19 @@
-"""The control plane's durable state: traffic policies, canaries, change history.
+"""The control plane's durable state: traffic policies, canaries, API keys, change history.
 
 One SQLAlchemy schema over an SQLite file (the default) or PostgreSQL,
-migrated by the Alembic revisions in ``migrations/`` whenever a store is
-opened. See ``store.py`` for the optimistic-concurrency rule every write
-follows.
+migrated by the Alembic revisions in ``migrations/`` whenever a
+:class:`Database` is opened. Each aggregate has a store of its own over
+that one database: :class:`PolicyStore`, :class:`CanaryStore`,
+:class:`KeyStore` and the :class:`AuditLog` every write appends to. See
+``revisions.py`` for the optimistic-concurrency rule policy and canary
+writes follow.
 """
 
+from modelport.controlplane.store.audit import AuditLog
+from modelport.controlplane.store.canaries import CanaryStore
+from modelport.controlplane.store.database import Database
+from modelport.controlplane.store.keys import KeyStore, StoredKey
+from modelport.controlplane.store.policies import TRAFFIC_DELETE, TRAFFIC_UPDATE, PolicyStore
 from modelport.controlplane.store.records import (
     AuditProblem,
     AuditRecord,
@@ -15,17 +23,21 @@ from modelport.controlplane.store.records import (
     StoredCanary,
     StoredPolicy,
 )
-from modelport.controlplane.store.store import TRAFFIC_DELETE, TRAFFIC_UPDATE, StateStore
 
 __all__ = [
     "TRAFFIC_DELETE",
     "TRAFFIC_UPDATE",
+    "AuditLog",
     "AuditProblem",
     "AuditRecord",
     "AuditReport",
+    "CanaryStore",
+    "Database",
     "Event",
+    "KeyStore",
+    "PolicyStore",
     "RevisionConflict",
-    "StateStore",
     "StoredCanary",
+    "StoredKey",
     "StoredPolicy",
 ]

@@ -1,4 +1,8 @@
-"""The audit log in the database: chained appends, reading the chain back, export.
+"""The audit log in the database: chained appends, history, verification, export.
+
+:class:`AuditLog` is the log as the rest of the server sees it; the other
+stores append their events through :func:`append_event`, inside their own
+write transaction.
 
 Appends must be serialised, or two writers would read the same chain head
 and both write seq n+1 on top of it (the unique index on seq would then
@@ -15,13 +19,18 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from sqlalchemy import Connection, Text, insert, literal, select, text, type_coerce
+from sqlalchemy import Connection, Row, Text, insert, literal, select, text, type_coerce
 from sqlalchemy.dialects.postgresql import JSONB
 
-from modelport.controlplane.store.chain import GENESIS_HASH, iso_utc, record_hash
+from modelport.controlplane.store import checks
+from modelport.controlplane.store.chain import GENESIS_HASH, find_problems, iso_utc, record_hash
 from modelport.controlplane.store.connect import WRITE
-from modelport.controlplane.store.records import AuditRecord, Event
+from modelport.controlplane.store.database import Database
+from modelport.controlplane.store.records import AuditRecord, AuditReport, Event
 from modelport.controlplane.store.tables import events
+
+#: The ``model`` column of events about no model in particular (keys, auth).
+SERVER_WIDE = "*"
 
 #: Key of the PostgreSQL advisory lock held by an append (distinct from the
 #: migration lock's key).
@@ -33,6 +42,66 @@ _BATCH = 1000
 #: Stands in for a timestamp that no longer parses; no record was written then,
 #: so its hash cannot match and the record is reported as edited.
 _UNREADABLE_AT = datetime(1, 1, 1, tzinfo=UTC)
+
+
+class AuditLog:
+    """The hash-chained history of every change, read newest first or checked whole."""
+
+    def __init__(self, database: Database) -> None:
+        self._db = database
+
+    def record(
+        self,
+        model: str,
+        action: str,
+        *,
+        actor: str,
+        detail: dict[str, Any] | None = None,
+        reason: str | None = None,
+    ) -> Event:
+        """Append an event that has no stored state of its own (a version load, say)."""
+        model = checks.check_model(model)
+        action = checks.check_action(action)
+        actor = checks.check_actor(actor)
+        body = checks.to_json({} if detail is None else detail, f"detail of {action!r}")
+        reason = checks.check_reason(reason)
+        now = self._db.now()
+        with self._db.transaction(write=True) as conn:
+            return append_event(conn, model, now, actor, action, body, reason)
+
+    def history(
+        self, model: str | None = None, *, limit: int = 100, before_id: int | None = None
+    ) -> list[Event]:
+        """Events newest first: all models' or one model's, ``limit`` at a time.
+
+        To page, pass the last returned event's id as ``before_id``. Ids grow
+        in commit order: appends are serialised by the chain's lock, which is
+        held from the id's allocation until the commit.
+        """
+        query = select(events).order_by(events.c.id.desc()).limit(checks.check_limit(limit))
+        if model is not None:
+            query = query.where(events.c.model == checks.check_model(model))
+        if before_id is not None:
+            query = query.where(events.c.id < checks.check_revision(before_id, "before_id"))
+        with self._db.transaction() as conn:
+            return [_event(row) for row in conn.execute(query)]
+
+    def verify(self) -> AuditReport:
+        """Recompute the whole event chain and report every record that does not fit."""
+        with self._db.transaction() as conn:
+            checked, problems = find_problems(read_records(conn))
+        return AuditReport(checked, problems)
+
+    def export(self, out: TextIO, since_seq: int | None = None) -> int:
+        """Write the events after ``since_seq`` (all by default) as JSON lines, in seq order.
+
+        Returns the number of records written. Each line carries the chain
+        fields, so an export can be checked on its own and its last hash kept
+        elsewhere as an anchor.
+        """
+        since = None if since_seq is None else checks.check_seq(since_seq)
+        with self._db.transaction() as conn:
+            return export_records(read_records(conn, since), out)
 
 
 def append_event(
@@ -169,3 +238,7 @@ def _parse_detail(text: object) -> dict[str, Any]:
     except ValueError:
         return {"unreadable": str(text)}
     return value if isinstance(value, dict) else {"unreadable": str(text)}
+
+
+def _event(row: Row[Any]) -> Event:
+    return Event(row.id, row.model, row.at, row.actor, row.action, row.detail, row.reason)
