@@ -121,6 +121,8 @@ SIGNATURE = ModelSignature(
 
 class Echo:
     native = SIGNATURE
+    inline_safe = False
+    pin_safe = False
 
     def predict(self, inputs: Any, outputs: Any) -> dict[str, Any]:
         return {"y": inputs["x"]}

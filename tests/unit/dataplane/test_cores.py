@@ -77,6 +77,8 @@ def test_when_every_core_is_held_threads_stay_unpinned() -> None:
 class Slow:
     """A runtime whose executions take about 1.5 ms (of CPU, or asleep); records affinities."""
 
+    inline_safe = False
+
     def __init__(self, pin_safe: bool, computes: bool = True) -> None:
         self.pin_safe = pin_safe
         self.computes = computes

@@ -28,6 +28,8 @@ SIGNATURE = ModelSignature(
 
 class AddSub:
     native = SIGNATURE
+    inline_safe = False
+    pin_safe = False
 
     def __init__(self) -> None:
         self.calls: list[int] = []

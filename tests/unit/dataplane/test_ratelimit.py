@@ -294,6 +294,8 @@ SIGNATURE = ModelSignature(
 
 class Echo:
     native = SIGNATURE
+    inline_safe = False
+    pin_safe = False
 
     def __init__(self) -> None:
         self.calls = 0

@@ -30,6 +30,8 @@ class Doubler:
     native = ModelSignature(
         (TensorSpec("x", "FP32", (-1, 2)),), (TensorSpec("y", "FP32", (-1, 2)),)
     )
+    inline_safe = False
+    pin_safe = False
 
     def __init__(self, gate: threading.Event | None = None, broken: bool = False) -> None:
         self.gate = gate
@@ -307,7 +309,7 @@ def _lone_requests(sched: Scheduler, count: int, width: int = 2) -> int:
 
 
 def test_a_lone_request_to_a_small_model_computes_on_the_event_loop() -> None:
-    from modelport.dataplane.scheduling.scheduler import INLINE_WINDOW
+    from modelport.dataplane.scheduling.placement import INLINE_WINDOW
 
     runtime = Tracer()
     sched = make(runtime, instances=2, modelport={"inline_busy_max_us": 0})
@@ -331,7 +333,7 @@ def _together(sched: Scheduler, count: int, width: int = 2) -> None:
 
 
 def test_with_busy_inline_off_concurrent_requests_go_to_the_instances() -> None:
-    from modelport.dataplane.scheduling.scheduler import INLINE_WINDOW
+    from modelport.dataplane.scheduling.placement import INLINE_WINDOW
 
     runtime = Tracer()
     sched = make(runtime, instances=2, modelport={"inline_busy_max_us": 0})
@@ -347,7 +349,7 @@ def test_with_busy_inline_off_concurrent_requests_go_to_the_instances() -> None:
 
 
 def test_a_tiny_model_runs_every_batch_on_the_event_loop() -> None:
-    from modelport.dataplane.scheduling.scheduler import INLINE_WINDOW
+    from modelport.dataplane.scheduling.placement import INLINE_WINDOW
 
     runtime = Tracer()
     # A generous bound: the fake is tiny, but a loaded test machine can stretch it.
@@ -367,7 +369,7 @@ def test_a_tiny_model_runs_every_batch_on_the_event_loop() -> None:
 
 
 def test_a_model_between_the_two_bounds_runs_inline_only_when_idle() -> None:
-    from modelport.dataplane.scheduling.scheduler import INLINE_WINDOW
+    from modelport.dataplane.scheduling.placement import INLINE_WINDOW
 
     runtime = Tracer(slow_s=0.001)  # 1 ms by the wall clock: Tracer is not pin_safe
     sched = make(
@@ -383,7 +385,7 @@ def test_a_model_between_the_two_bounds_runs_inline_only_when_idle() -> None:
 
 
 def test_a_batch_over_the_byte_limit_goes_to_an_instance_even_for_a_tiny_model() -> None:
-    from modelport.dataplane.scheduling.scheduler import INLINE_MAX_BYTES, INLINE_WINDOW
+    from modelport.dataplane.scheduling.placement import INLINE_MAX_BYTES, INLINE_WINDOW
 
     runtime = Tracer()
     sched = make(runtime, instances=2, max_batch_size=64, modelport={"inline_busy_max_us": 5000})
@@ -411,7 +413,7 @@ class CpuTracer(Tracer):
 
 
 def test_a_few_slow_executions_do_not_stop_inline_batches_under_load() -> None:
-    from modelport.dataplane.scheduling.scheduler import INLINE_BUSY_SLACK, INLINE_WINDOW
+    from modelport.dataplane.scheduling.placement import INLINE_BUSY_SLACK, INLINE_WINDOW
 
     runtime = Tracer()
     sched = make(runtime, instances=2, modelport={"inline_busy_max_us": 2000})
@@ -433,7 +435,7 @@ def test_a_few_slow_executions_do_not_stop_inline_batches_under_load() -> None:
 
 
 def test_the_cost_of_a_thread_computing_runtime_is_its_cpu_time_not_the_wall_clock() -> None:
-    from modelport.dataplane.scheduling.scheduler import INLINE_WINDOW
+    from modelport.dataplane.scheduling.placement import INLINE_WINDOW
 
     # Waiting 5 ms takes next to no CPU: a runtime that computes on its calling thread is
     # judged by what it cost that thread, so it counts as tiny (the wait stands in
@@ -457,7 +459,7 @@ class RowCost(Tracer):
 
 
 def test_rows_allowed_inline_grow_only_as_cheap_executions_show() -> None:
-    from modelport.dataplane.scheduling.scheduler import INLINE_WINDOW
+    from modelport.dataplane.scheduling.placement import INLINE_WINDOW
 
     runtime = RowCost()
     sched = make(runtime, instances=2, modelport={"inline_busy_max_us": 2500})
@@ -476,7 +478,7 @@ def test_rows_allowed_inline_grow_only_as_cheap_executions_show() -> None:
 
 
 def test_a_slow_execution_stops_inline_runs() -> None:
-    from modelport.dataplane.scheduling.scheduler import INLINE_WINDOW
+    from modelport.dataplane.scheduling.placement import INLINE_WINDOW
 
     runtime = Tracer()
     sched = make(runtime, instances=1, modelport={"inline_max_us": 1000, "inline_busy_max_us": 0})
@@ -492,7 +494,7 @@ def test_a_slow_execution_stops_inline_runs() -> None:
 
 
 def test_inline_is_off_when_configured_off_or_for_large_batches() -> None:
-    from modelport.dataplane.scheduling.scheduler import INLINE_MAX_BYTES, INLINE_WINDOW
+    from modelport.dataplane.scheduling.placement import INLINE_MAX_BYTES, INLINE_WINDOW
 
     runtime = Tracer()
     sched = make(runtime, instances=1, modelport={"inline_max_us": 0, "inline_busy_max_us": 0})
@@ -509,7 +511,7 @@ def test_inline_is_off_when_configured_off_or_for_large_batches() -> None:
 
 
 def test_runtimes_that_do_not_say_inline_safe_never_run_inline() -> None:
-    from modelport.dataplane.scheduling.scheduler import INLINE_WINDOW
+    from modelport.dataplane.scheduling.placement import INLINE_WINDOW
 
     runtime = Doubler()
     threads: list[int] = []

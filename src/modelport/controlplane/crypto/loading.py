@@ -73,11 +73,13 @@ def load_version_at_rest(
 class _ReleasingRuntime:
     """A runtime that frees its memory files once it is unloaded."""
 
-    __slots__ = ("_inner", "_release", "predict")
+    __slots__ = ("_inner", "_release", "inline_safe", "pin_safe", "predict")
 
     def __init__(self, inner: Runtime, release: Callable[[], None]) -> None:
         self._inner = inner
         self._release = release
+        self.inline_safe = inner.inline_safe
+        self.pin_safe = inner.pin_safe
         # Bound once: the request path pays no extra call.
         self.predict: Callable[[Mapping[str, Array], Sequence[str]], dict[str, Array]]
         self.predict = inner.predict

@@ -28,6 +28,28 @@ class Runtime(Protocol):
         """
         ...
 
+    @property
+    def inline_safe(self) -> bool:
+        """Whether a small batch may compute on the event loop's thread.
+
+        True only for compiled-graph execution whose time is bounded by its
+        input and that never blocks on I/O, locks or other threads (ONNX
+        Runtime, OpenVINO): the loop serves every other request while it
+        runs. The scheduler still runs a batch there only while the
+        version's recent executions were cheap (see scheduling/placement.py).
+        """
+        ...
+
+    @property
+    def pin_safe(self) -> bool:
+        """Whether the runtime computes on the calling thread alone.
+
+        Then an instance thread may be pinned to a core of its own
+        (scheduling/cores.py) without a library's own threads inheriting
+        that single core, and an execution's cost is the thread's CPU time.
+        """
+        ...
+
     def predict(self, inputs: Mapping[str, Array], outputs: Sequence[str]) -> dict[str, Array]:
         """Compute ``outputs`` for one batch; arrays in, arrays out."""
         ...

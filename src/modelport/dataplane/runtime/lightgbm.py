@@ -96,6 +96,10 @@ def _objective(booster: Any, header: Mapping[bytes, bytes]) -> str:
 class LightGBMRuntime:
     """One LightGBM Booster answering whole batches."""
 
+    #: LightGBM predicts with OpenMP threads started from the caller.
+    inline_safe = False
+    pin_safe = False
+
     def __init__(
         self,
         booster: Any,

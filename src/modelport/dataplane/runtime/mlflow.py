@@ -155,6 +155,10 @@ def _column_datatype(path: Path, what: str, columns: Sequence[ColSpec]) -> str |
 class MlflowRuntime:
     """One pyfunc model and how its tensors are served."""
 
+    #: A pyfunc model is user code in whatever flavour: never on the loop, never pinned.
+    inline_safe = False
+    pin_safe = False
+
     def __init__(
         self,
         model: Any,

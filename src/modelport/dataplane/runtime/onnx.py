@@ -145,7 +145,7 @@ class OnnxRuntime:
     """One ONNX Runtime inference session."""
 
     #: Compiled-graph execution, bounded by its input: safe to run on the event loop
-    #: for a small model (see Scheduler: inline executions).
+    #: for a small model (see scheduling/placement.py).
     inline_safe = True
 
     def __init__(self, session: ort.InferenceSession, pin_safe: bool = False) -> None:

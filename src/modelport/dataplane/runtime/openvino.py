@@ -145,8 +145,10 @@ class OpenVinoRuntime:
     """One compiled OpenVINO model, shared by the instance threads."""
 
     #: Compiled-graph execution, bounded by its input: safe to run on the event loop
-    #: for a small model (see Scheduler: inline executions).
+    #: for a small model (see scheduling/placement.py).
     inline_safe = True
+    #: OpenVINO infers with a thread pool of its own.
+    pin_safe = False
 
     def __init__(self, compiled: Any) -> None:
         self._compiled = compiled

@@ -339,6 +339,11 @@ class _Worker:
 class ProcessRuntime:
     """The Runtime of a model whose instances are worker processes."""
 
+    #: Each call waits for another process: it would block the loop, and pinning the
+    #: waiting thread saves nothing.
+    inline_safe = False
+    pin_safe = False
+
     def __init__(
         self, workers: list[_Worker], native: ModelSignature, label: str, timeout_s: float | None
     ) -> None:

@@ -172,6 +172,10 @@ def _bytes_elements(name: str, array: Array, model: str) -> Array:
 class PythonRuntime:
     """Instances of a user's ``Model`` class, one per concurrent batch."""
 
+    #: A user's code may block, sleep or start threads: never on the loop, never pinned.
+    inline_safe = False
+    pin_safe = False
+
     def __init__(
         self,
         name: str,

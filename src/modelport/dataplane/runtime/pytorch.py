@@ -335,6 +335,10 @@ def _to_numpy(tensor: Any, binding: _Binding) -> Array:
 class PyTorchRuntime:
     """One loaded PyTorch module and how its tensors are served."""
 
+    #: A module may run arbitrary Python, and torch starts intra-op threads of its own.
+    inline_safe = False
+    pin_safe = False
+
     def __init__(
         self,
         module: Callable[..., Any],

@@ -354,6 +354,10 @@ def _as_text(name: str, column: Array) -> Array:
 class SklearnRuntime:
     """A fitted scikit-learn estimator (or pipeline) answering whole batches."""
 
+    #: Estimators run arbitrary Python, and some start thread pools (joblib, OpenMP).
+    inline_safe = False
+    pin_safe = False
+
     def __init__(
         self,
         model: Any,

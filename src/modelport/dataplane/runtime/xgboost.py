@@ -198,6 +198,10 @@ class _Booster:
 class XGBoostRuntime:
     """One XGBoost Booster answering whole batches with ``inplace_predict``."""
 
+    #: XGBoost predicts with a thread pool of its own, started from the caller.
+    inline_safe = False
+    pin_safe = False
+
     def __init__(
         self,
         booster: _Booster,

@@ -6,41 +6,10 @@ starts as many batches as there are free instances. Instances are threads
 (ONNX Runtime releases the GIL); a finished batch comes back to the event
 loop as a callback that splits the outputs by rows and answers each caller.
 
-A lone request on an idle version of a small model runs on the event loop
-itself ("inline"): handing it to an instance thread and back costs two
-thread wake-ups, which on an idle machine take longer than the model
-(docs/performance.md has the figures). Inline runs only when nothing else
-is queued or running, the runtime says it is compiled-graph execution
-(``inline_safe``), the batch is one small request, and each of the
-version's last ``INLINE_WINDOW`` executions cost under ``inline_max_us``; a
-slow one stops it, since the loop serves every other request meanwhile.
-While that holds, a request arriving at an idle version is batched one
-loop turn later rather than at once, so requests that arrive together
-(several connections readable in one turn) still form one batch.
-
-A small model runs every batch inline, under load too, while all but
-``INLINE_BUSY_SLACK`` of its last ``INLINE_WINDOW`` executions cost under
-``inline_busy_max_us``: the hand-off, its wake-ups and the GIL traffic
-between the loop and an instance thread cost the loop more than such a
-model's whole batch, so the instances would only add work. Requests are
-then always batched one loop turn later: whatever arrived in that turn is
-one execution. A batch over ``INLINE_MAX_BYTES`` still goes to an instance.
-The slack keeps a few executions that a loaded machine made slow from
-flipping the version between the loop and its instances.
-
-Cost grows with a batch's rows, so the rows a batch may have to run inline
-grow only as fast as cheap executions show they may: an execution under
-``inline_busy_max_us`` lets batches of up to twice its rows run inline, and
-one over it with at least half the allowed rows lowers the allowance to half
-its rows. A model that is cheap for one row but not for sixty-four
-therefore blocks the loop for at most about twice the bound before its large
-batches go to the instances.
-
-An execution's cost is the CPU time of the thread that ran it when the
-runtime computes on the calling thread alone (``pin_safe``): measured on an
-instance thread, the wall clock also counts waits for the GIL and for a
-core, which under load can be many times the model's own time. Other
-runtimes are measured by the wall clock.
+A batch of a small model may compute on the event loop itself instead
+("inline"), when the runtime declares it safe and its recent executions were
+cheap enough: ``placement.place`` decides, from the costs this scheduler
+notes after every execution.
 
 Invariants:
 
@@ -54,8 +23,6 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-import time
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -67,6 +34,16 @@ from modelport.clock import Clock, SystemClock, Timer
 from modelport.dataplane.runtime.base import Runtime
 from modelport.dataplane.scheduling.batcher import choose_batch
 from modelport.dataplane.scheduling.cores import Pinning
+from modelport.dataplane.scheduling.placement import (
+    UNKNOWN_COST,
+    Placement,
+    RecentCosts,
+    Traits,
+    cost_source,
+    defer_batching,
+    inline_enabled,
+    place,
+)
 from modelport.dataplane.scheduling.policy import SchedulingPolicy
 from modelport.dataplane.scheduling.queue import LevelQueues, Pending
 from modelport.errors import (
@@ -99,21 +76,10 @@ class _Result:
     input_ns: int
     infer_ns: int
     cost_ns: int
-    """What the execution cost the thread that ran it (see the module docstring)."""
+    """What the execution cost the thread that ran it (see ``placement.cost_source``)."""
 
 
 ExecutionRecorder = Callable[[int, int, int, int], None]
-
-#: Executions remembered to decide whether a version is small enough to run inline.
-INLINE_WINDOW = 32
-#: How many of those may cost over ``inline_busy_max_us`` with batches still inline
-#: under load: a loaded machine makes a few executions slow that would otherwise flip
-#: the version between the loop and its instances.
-INLINE_BUSY_SLACK = 4
-#: The cost an execution not seen yet counts as: over any bound.
-_UNKNOWN_COST = 1 << 62
-#: Largest batch (input bytes) that may run inline, so an odd huge request never does.
-INLINE_MAX_BYTES = 64 * 1024
 
 
 class Scheduler:
@@ -145,21 +111,15 @@ class Scheduler:
         self._idle = asyncio.Event()
         self._idle.set()
         self._closing = False
-        self._inline = bool(getattr(runtime, "inline_safe", False)) and (
-            policy.inline_max_ns > 0 or policy.inline_busy_max_ns > 0
-        )
-        pin_safe = bool(getattr(runtime, "pin_safe", False))
-        self._cpu_cost = pin_safe
-        # The last INLINE_WINDOW execution costs, and how many of them were over each
-        # bound; an execution not seen yet counts as over both.
-        self._costs: deque[int] = deque([_UNKNOWN_COST] * INLINE_WINDOW, maxlen=INLINE_WINDOW)
-        self._over_lone = INLINE_WINDOW
-        self._over_busy = INLINE_WINDOW
-        self._inline_rows = 1
-        """The most rows a batch may have to run inline under load (see the module docstring)."""
+        self._traits = Traits.of(runtime)
+        # Checked first on the hot path, so a version that never runs inline skips
+        # the placement calls altogether.
+        self._inline = inline_enabled(self._traits, policy)
+        self._cpu_cost = cost_source(self._traits)
+        self._costs = RecentCosts()
         self._deferred = False
         self._pinning: Pinning | None = None
-        if policy.pin_min_ns > 0 and pin_safe:
+        if policy.pin_min_ns > 0 and self._traits.pin_safe:
             self._pinning = Pinning(policy.pin_min_ns, label=label)
 
     @property
@@ -211,7 +171,9 @@ class Scheduler:
         timer = None
         if deadline is not None and not lp.delay_on_timeout:
             timer = self._timers.call_at(deadline, self._expire, pending)
-        if (self._running == 0 and self._inline_fits()) or self._inline_always():
+        if self._inline and defer_batching(
+            self._traits, self._costs, self._running > 0, self.policy
+        ):
             if not self._deferred:
                 self._deferred = True
                 loop.call_soon(self._deferred_pump)
@@ -286,7 +248,17 @@ class Scheduler:
         for p in batch[1:]:
             if p.outputs != names:
                 names = tuple(dict.fromkeys((*names, *p.outputs)))
-        if self._inline_now(batch):
+        if (
+            self._inline
+            and place(
+                self._traits,
+                self._costs,
+                batch,
+                not self._running and not len(self._queues),
+                self.policy,
+            )
+            is Placement.LOOP
+        ):
             result = self._compute(batch, names)
             self._free += 1
             self._complete(batch, started, result)
@@ -298,40 +270,9 @@ class Scheduler:
         fut = loop.run_in_executor(self._executor, self._compute_on_instance, batch, names)
         fut.add_done_callback(lambda f: self._finish(batch, rows, started, f))
 
-    def _inline_fits(self) -> bool:
-        """Whether this version's recent executions were all short enough to run inline."""
-        return self._inline and self._over_lone == 0
-
-    def _inline_always(self) -> bool:
-        """Whether every batch runs inline: all but a few recent executions were small."""
-        return self._inline and self._over_busy <= INLINE_BUSY_SLACK
-
-    def _note_cost(self, cost: int, rows: int) -> None:
-        costs = self._costs
-        old = costs[0]
-        costs.append(cost)  # the deque is always full: this drops ``old``
-        lone, busy = self.policy.inline_max_ns, self.policy.inline_busy_max_ns
-        self._over_lone += (cost >= lone) - (old >= lone)
-        self._over_busy += (cost >= busy) - (old >= busy)
-        if cost < busy:
-            self._inline_rows = max(self._inline_rows, 2 * rows)
-        elif 2 * rows >= self._inline_rows:
-            # Only a batch near the allowance says it is too high; a small batch that
-            # was slow says nothing about rows (the slack above deals with it).
-            self._inline_rows = min(self._inline_rows, max(1, rows // 2))
-
     def _deferred_pump(self) -> None:
         self._deferred = False
         self._pump()
-
-    def _inline_now(self, batch: Sequence[Pending]) -> bool:
-        """Whether this batch may compute on the event loop (see the module docstring)."""
-        if self._inline_always():
-            if sum(p.rows for p in batch) > self._inline_rows:
-                return False
-        elif len(batch) != 1 or self._running or len(self._queues) or not self._inline_fits():
-            return False
-        return sum(a.nbytes for p in batch for a in p.inputs.values()) <= INLINE_MAX_BYTES
 
     def _compute_on_instance(self, batch: Sequence[Pending], names: Sequence[str]) -> _Result:
         """Runs on an instance thread (never inline): compute, then maybe pin the thread.
@@ -357,7 +298,7 @@ class Scheduler:
                 for name in batch[0].inputs
             }
         cpu = self._cpu_cost
-        c1 = time.thread_time_ns() if cpu else 0
+        c1 = cpu() if cpu is not None else 0
         t1 = clock()
         out: dict[str, Array] | None = None
         err: ModelportError | None = None
@@ -370,7 +311,7 @@ class Scheduler:
         except Exception as exc:
             err = InferenceFailed(f"model failed: {first_line(exc, limit=500)}")
         infer_ns = clock() - t1
-        cost_ns = time.thread_time_ns() - c1 if cpu else infer_ns
+        cost_ns = cpu() - c1 if cpu is not None else infer_ns
         return _Result(out, err, t1 - t0, infer_ns, cost_ns)
 
     def _finish(
@@ -384,7 +325,7 @@ class Scheduler:
             result = fut.result()
         except Exception as exc:  # the executor itself failed
             failed = InferenceFailed(f"model failed: {first_line(exc, limit=500)}")
-            result = _Result(None, failed, 0, 0, _UNKNOWN_COST)
+            result = _Result(None, failed, 0, 0, UNKNOWN_COST)
         self._complete(batch, started, result)
         self._pump()
 
@@ -393,7 +334,7 @@ class Scheduler:
         t0 = self._clock()
         total_rows = sum(p.rows for p in batch)
         if self._inline:
-            self._note_cost(result.cost_ns, total_rows)
+            self._costs.note(result.cost_ns, total_rows, self.policy)
         error = result.error
         outputs = result.outputs or {}
         if error is None and len(batch) > 1:
