@@ -24,6 +24,7 @@ import uvicorn
 
 from modelport import __version__
 from modelport.auth_setup import build_auth
+from modelport.clock import SystemClock
 from modelport.config.server import ServerConfig
 from modelport.controlplane.api import ManagementServices, build_api, docs_routes
 from modelport.controlplane.audited import AuditedRepository
@@ -206,10 +207,12 @@ async def serve(config: ServerConfig) -> None:
     auth = await asyncio.to_thread(
         build_auth, config, KeyStore(database), audit_log, registry, metrics
     )
+    # One source of time for the request path and the control plane.
+    clock = SystemClock()
     # The live routing table; the control plane keeps it in step with the store.
     traffic = Traffic(metrics)
     manager = TrafficManager(policies, audit_log, registry, traffic)
-    canary = CanaryController(canaries, policies, manager, traffic)
+    canary = CanaryController(canaries, policies, manager, traffic, clock=clock)
     # Stored choices come before the first scan, so versions that policies,
     # canaries and operators asked for load with everything else.
     await asyncio.to_thread(canary.load_stored)
@@ -241,6 +244,7 @@ async def serve(config: ServerConfig) -> None:
         registry,
         metrics,
         cache,
+        clock=clock,
         traffic=traffic,
         limiter=limiter,
         payloads=payloads,
