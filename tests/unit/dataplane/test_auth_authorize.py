@@ -6,7 +6,6 @@ import pytest
 
 from modelport.dataplane.admission.authorize import allows, denial
 from modelport.dataplane.admission.identity import parse_role
-from modelport.dataplane.transport.http.access import required
 from modelport.types import Identity, Role
 
 TENANTS = {"fraud-1": "acme", "fraud-2": "globex", "churn": None}
@@ -58,37 +57,3 @@ def test_parse_role() -> None:
     assert parse_role(" Operator ") is Role.OPERATOR
     with pytest.raises(ValueError, match="viewer, invoker, operator, admin"):
         parse_role("none")
-
-
-@pytest.mark.parametrize(
-    ("method", "path", "need", "model"),
-    [
-        ("GET", "/v2/health/live", None, None),
-        ("GET", "/v2/health/ready", None, None),
-        ("GET", "/v2", Role.VIEWER, None),
-        ("GET", "/metrics", Role.VIEWER, None),
-        ("POST", "/v2/models/fraud-1/infer", Role.INVOKER, "fraud-1"),
-        ("POST", "/v2/models/fraud-1/versions/2/infer", Role.INVOKER, "fraud-1"),
-        ("POST", "/v2/models/../fraud/infer", Role.INVOKER, ".."),
-        ("GET", "/v2/models/fraud-1/config", Role.VIEWER, "fraud-1"),
-        ("GET", "/v2/models/stats", Role.VIEWER, None),
-        # Only that exact path is the all-models statistics; below it is the model "stats".
-        ("POST", "/v2/models/stats/infer", Role.INVOKER, "stats"),
-        ("POST", "/v2/models/stats/versions/1/infer", Role.INVOKER, "stats"),
-        ("GET", "/v2/models/stats/config", Role.VIEWER, "stats"),
-        ("GET", "/v2/models/stats/versions/1", Role.VIEWER, "stats"),
-        ("GET", "/v2/models/stats/stats", Role.VIEWER, "stats"),
-        ("POST", "/v2/repository/index", Role.VIEWER, None),
-        ("POST", "/v2/repository/models/fraud-1/load", Role.OPERATOR, "fraud-1"),
-        ("POST", "/v1/models/fraud-1:predict", Role.INVOKER, "fraud-1"),
-        ("GET", "/v1/models/fraud-1", Role.VIEWER, "fraud-1"),
-        ("GET", "/api/v1/models/fraud-1/traffic", Role.VIEWER, "fraud-1"),
-        ("PUT", "/api/v1/models/fraud-1/traffic", Role.OPERATOR, "fraud-1"),
-        ("GET", "/api/v1/history", Role.VIEWER, None),
-        ("POST", "/api/v1/keys", Role.ADMIN, None),
-        ("GET", "/docs", Role.VIEWER, None),
-        ("GET", "/anything/else", Role.VIEWER, None),
-    ],
-)
-def test_route_table(method: str, path: str, need: Role | None, model: str | None) -> None:
-    assert required(method, path) == (need, model)

@@ -21,6 +21,7 @@ from modelport.dataplane.transport.http.fastpath import (
     InferRoute,
     error_reply,
 )
+from modelport.dataplane.transport.http.guard import DeclaredRoutes
 from modelport.dataplane.transport.http.protocol import limited_protocol
 from modelport.errors import ModelportError, NotFound
 
@@ -101,7 +102,7 @@ class Fallback:
 
 def connection() -> tuple[Any, Transport, Fallback]:
     fallback = Fallback()
-    app = InferenceFastPath(EchoRoute(), fallback)
+    app = InferenceFastPath(EchoRoute(), fallback, DeclaredRoutes([]))
     cls = limited_protocol(32 * 1024, 10.0, 60.0)
     config = uvicorn.Config(app, http=cls, lifespan="off", log_config=None, proxy_headers=False)
     config.load()

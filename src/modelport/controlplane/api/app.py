@@ -34,8 +34,9 @@ from modelport.controlplane.store import (
 )
 from modelport.controlplane.traffic import LOCAL, TrafficManager
 from modelport.dataplane.admission.identity import IDENTITY_SCOPE_KEY, VISIBLE_SCOPE_KEY
+from modelport.dataplane.admission.needs import needs
 from modelport.errors import InvalidRequest, ModelportError, NotFound
-from modelport.types import Identity
+from modelport.types import Identity, Role
 
 API_VERSION = "1.0"
 
@@ -188,6 +189,11 @@ def build_api(services: ManagementServices, status_of: Any) -> FastAPI:
     )
     api.router.route_class = _CheckedFirst
     install_error_handlers(api, status_of)
+    # Each route declares the role it needs next to its handler (reads viewer,
+    # changes operator); the OpenAPI document FastAPI serves is a read.
+    for route in api.routes:
+        if isinstance(route, Route) and route.path == api.openapi_url:
+            needs(Role.VIEWER)(route.endpoint)
 
     def model_info(name: str) -> schemas.ModelInfo:
         states = registry.version_states(name)
@@ -225,6 +231,7 @@ def build_api(services: ManagementServices, status_of: Any) -> FastAPI:
         return schemas.VersionChange(model=model, version=version, state=state, reason=reason)
 
     @api.get("/models", response_model=schemas.ModelList, summary="Models, versions, states")
+    @needs(Role.VIEWER)
     async def list_models(request: Request) -> schemas.ModelList:
         visible = request.scope.get(VISIBLE_SCOPE_KEY)
 
@@ -235,6 +242,7 @@ def build_api(services: ManagementServices, status_of: Any) -> FastAPI:
         return await asyncio.to_thread(read)
 
     @api.get("/models/{model}", response_model=schemas.ModelInfo, summary="One model")
+    @needs(Role.VIEWER, model="model")
     async def get_model(model: ModelName) -> schemas.ModelInfo:
         return await asyncio.to_thread(model_info, model)
 
@@ -243,6 +251,7 @@ def build_api(services: ManagementServices, status_of: Any) -> FastAPI:
         response_model=schemas.VersionChange,
         summary="Load a version (kept loaded across repository polls)",
     )
+    @needs(Role.OPERATOR, model="model")
     async def load_version(
         request: Request,
         model: ModelName,
@@ -257,6 +266,7 @@ def build_api(services: ManagementServices, status_of: Any) -> FastAPI:
         response_model=schemas.VersionChange,
         summary="Unload a version; refused while a traffic policy or canary uses it",
     )
+    @needs(Role.OPERATOR, model="model")
     async def unload_version(
         request: Request,
         model: ModelName,
@@ -275,6 +285,7 @@ def build_api(services: ManagementServices, status_of: Any) -> FastAPI:
         response_model=schemas.TrafficState,
         summary="The traffic policy, its revision and each version's live window",
     )
+    @needs(Role.VIEWER, model="model")
     async def get_traffic(model: ModelName, response: Response) -> Any:
         stored = await asyncio.to_thread(manager.get, model)
         state = _policy_state(services, model, stored)
@@ -287,6 +298,7 @@ def build_api(services: ManagementServices, status_of: Any) -> FastAPI:
         summary="Replace the traffic policy (If-Match: the revision it replaces, 0 to create)",
         responses={428: {"model": schemas.ErrorBody, "description": "No If-Match"}},
     )
+    @needs(Role.OPERATOR, model="model")
     async def put_traffic(
         request: Request,
         model: ModelName,
@@ -313,6 +325,7 @@ def build_api(services: ManagementServices, status_of: Any) -> FastAPI:
         summary="Remove the policy: the highest ready version answers again",
         responses={428: {"model": schemas.ErrorBody, "description": "No If-Match"}},
     )
+    @needs(Role.OPERATOR, model="model")
     async def delete_traffic(
         request: Request, model: ModelName, if_match: IfMatch = None
     ) -> Response:
@@ -325,6 +338,7 @@ def build_api(services: ManagementServices, status_of: Any) -> FastAPI:
         status_code=201,
         summary="Start a canary: stepped weights guarded by SLOs",
     )
+    @needs(Role.OPERATOR, model="model")
     async def start_canary(
         request: Request,
         model: ModelName,
@@ -334,6 +348,7 @@ def build_api(services: ManagementServices, status_of: Any) -> FastAPI:
         return _canary_state(services, await canaries.begin(model, spec, actor=_actor(request)))
 
     @api.get("/models/{model}/canary", response_model=schemas.CanaryState)
+    @needs(Role.VIEWER, model="model")
     async def get_canary(model: ModelName) -> schemas.CanaryState:
         registry.version_states(model)
         return _canary_state(services, await asyncio.to_thread(canaries.get, model))
@@ -346,6 +361,7 @@ def build_api(services: ManagementServices, status_of: Any) -> FastAPI:
         response_model=schemas.TrafficState,
         summary="Abort a running canary, or put back the previous traffic policy",
     )
+    @needs(Role.OPERATOR, model="model")
     async def rollback(
         request: Request, model: ModelName, body: schemas.Reason | None = None
     ) -> Any:
@@ -357,6 +373,7 @@ def build_api(services: ManagementServices, status_of: Any) -> FastAPI:
         return _policy_state(services, model, saved)
 
     @api.get("/models/{model}/history", response_model=schemas.History)
+    @needs(Role.VIEWER, model="model")
     async def model_history(
         model: ModelName,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -369,6 +386,7 @@ def build_api(services: ManagementServices, status_of: Any) -> FastAPI:
         return await _history(audit, model, limit, before)
 
     @api.get("/history", response_model=schemas.History, summary="Every model's changes")
+    @needs(Role.VIEWER)
     async def all_history(
         request: Request,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -385,6 +403,7 @@ def build_api(services: ManagementServices, status_of: Any) -> FastAPI:
 
 
 def _add_canary_action(api: FastAPI, services: ManagementServices, action: str) -> None:
+    @needs(Role.OPERATOR, model="model")
     async def handler(
         request: Request, model: ModelName, body: schemas.Reason | None = None
     ) -> Any:
@@ -413,6 +432,7 @@ def _add_canary_action(api: FastAPI, services: ManagementServices, action: str) 
 def docs_routes() -> list[BaseRoute]:
     """``/docs``: an interactive page over ``/api/v1/openapi.json``."""
 
+    @needs(Role.VIEWER)
     async def page(request: Request) -> HTMLResponse:
         return get_swagger_ui_html(
             openapi_url="/api/v1/openapi.json", title="modelport management API"

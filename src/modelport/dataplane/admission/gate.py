@@ -47,6 +47,17 @@ class Gate:
         """The caller, if it may do what needs ``need`` (on ``model``); else raises
         Unauthenticated, RateLimited (a blocked address) or PermissionDenied.
         ``certificate`` is the connection's verified mTLS client certificate."""
+        identity = await self.authenticate(header, peer, certificate)
+        self.check(identity, peer, need, model)
+        return identity
+
+    async def authenticate(
+        self, header: str | None, peer: str, certificate: ClientCertificate | None = None
+    ) -> Identity:
+        """The caller, whatever it asks for; Unauthenticated or RateLimited otherwise.
+
+        Used alone where a request matched no route: it is answered after the
+        caller is known, the same way whoever asks."""
         try:
             identity = await self.authenticator.authenticate(header, peer, certificate)
         except Unauthenticated:
@@ -55,7 +66,6 @@ class Gate:
             raise
         if self.watch is not None:
             self.watch.admitted(identity)
-        self.check(identity, peer, need, model)
         return identity
 
     def visible(self, identity: Identity) -> Callable[[str], bool]:

@@ -5,12 +5,14 @@ becomes the status from ``errors.STATUS`` with its message. On the
 bidirectional stream an error answers that one request (``error_message``)
 and the stream carries on, as Triton's clients expect.
 
-Authentication and authorization run first in every rpc but the health ones
-(ServerLive, ServerReady; grpc.health.v1 is another service): each calls
-``_admit`` with the role it needs and the model named in its message, which
-is why the check lives here rather than in an interceptor, which cannot see
-the message. With authentication off there is no Gate and ``_admit`` returns
-at its first line.
+Each rpc declares the role it needs where it is defined (``@_rpc(Access(...))``:
+the role, and the message field naming the model), and every call is
+authenticated and authorized by that declaration before the rpc runs; the
+health rpcs (ServerLive, ServerReady; grpc.health.v1 is another service) are
+declared open. The check lives here rather than in an interceptor, which
+cannot see the message. An rpc of the service that declares nothing stops
+the service from being built. With authentication off there is no Gate and
+admission returns at its first line.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from google.protobuf import json_format
 from modelport.config.pbtxt import config_to_proto
 from modelport.dataplane.admission.certificates import ClientCertificate, describe_pem
 from modelport.dataplane.admission.gate import Gate
+from modelport.dataplane.admission.needs import Access, declare, declared
 from modelport.dataplane.codec.grpc_v2 import decode_request, encode_response, parameter_value
 from modelport.dataplane.codec.repository import load_config_parameter
 from modelport.dataplane.transport.context import EXTENSIONS, TransportContext
@@ -40,20 +43,36 @@ log = logging.getLogger("modelport.grpc")
 
 T = TypeVar("T")
 Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[T]]
+#: An rpc's body: called with the admitted caller (None with authentication off).
+Admitted = Callable[[Any, Any, grpc.aio.ServicerContext, Identity | None], Awaitable[T]]
+
+#: The rpcs of GRPCInferenceService, each of which must declare what it needs.
+RPC_NAMES = tuple(m.name for m in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods)
+
+#: Both inference rpcs: the invoker role on the model the message names.
+_INFER = Access(Role.INVOKER, model="model_name")
 
 
-def _mapped(method: Handler[T]) -> Handler[T]:
-    """Turn a ModelportError into its gRPC status, once for every rpc."""
+def _rpc(access: Access) -> Callable[[Admitted[T]], Handler[T]]:
+    """Declare what a unary rpc needs, admit each call by it, and map errors.
 
-    @functools.wraps(method)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> T:
-        try:
-            return await method(self, request, context)
-        except ModelportError as exc:
-            await context.abort(grpc_status(exc), exc.message, trailing_metadata(exc))
-            raise  # unreachable: abort raises
+    The body runs only for an admitted caller and gets its Identity; a
+    ModelportError (a refusal included) becomes the call's gRPC status.
+    """
 
-    return wrapper
+    def wrap(method: Admitted[T]) -> Handler[T]:
+        @functools.wraps(method)
+        async def admitted(self: Any, request: Any, context: grpc.aio.ServicerContext) -> T:
+            try:
+                identity = await self._admit(context, access, request)
+                return await method(self, request, context, identity)
+            except ModelportError as exc:
+                await context.abort(grpc_status(exc), exc.message, trailing_metadata(exc))
+                raise  # unreachable: abort raises
+
+        return declare(access)(admitted)
+
+    return wrap
 
 
 def _tensor_metadata(specs: Any) -> list[Any]:
@@ -107,34 +126,43 @@ def peer_address(peer: str) -> str:
     return peer
 
 
+def _model_in(access: Access, message: Any) -> str | None:
+    """The model a message names in the field ``access`` declares; None for none or empty."""
+    return (getattr(message, access.model) or None) if access.model is not None else None
+
+
 class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, ctx: TransportContext, gate: Gate | None = None) -> None:
+        undeclared = [n for n in RPC_NAMES if declared(getattr(type(self), n)) is None]
+        if undeclared:
+            raise TypeError(f"rpcs without a declared role: {', '.join(undeclared)}")
         self.ctx = ctx
         self.gate = gate
 
     async def _admit(
-        self, context: grpc.aio.ServicerContext, need: Role, model: str | None = None
+        self, context: grpc.aio.ServicerContext, access: Access, request: Any
     ) -> Identity | None:
-        """The caller, when it may do what needs ``need`` on ``model``; None when auth is off."""
-        if self.gate is None:
+        """The caller, when it may do what ``access`` declares; None when auth is off or open."""
+        if self.gate is None or access.role is None:
             return None
         return await self.gate.admit(
             _authorization(context),
             peer_address(context.peer()),
-            need,
-            model or None,
+            access.role,
+            _model_in(access, request),
             client_certificate(context),
         )
 
-    async def ServerLive(self, request: Any, context: Any) -> Any:
+    @_rpc(Access(None))
+    async def ServerLive(self, request: Any, context: Any, identity: Identity | None) -> Any:
         return pb.ServerLiveResponse(live=True)
 
-    async def ServerReady(self, request: Any, context: Any) -> Any:
+    @_rpc(Access(None))
+    async def ServerReady(self, request: Any, context: Any, identity: Identity | None) -> Any:
         return pb.ServerReadyResponse(ready=self.ctx.table.is_ready())
 
-    @_mapped
-    async def ModelReady(self, request: Any, context: Any) -> Any:
-        await self._admit(context, Role.VIEWER, request.name)
+    @_rpc(Access(Role.VIEWER, model="name"))
+    async def ModelReady(self, request: Any, context: Any, identity: Identity | None) -> Any:
         # Unknown models are simply not ready here, as clients of this rpc expect.
         try:
             self.ctx.pipeline.resolve(request.name, request.version or None)
@@ -142,16 +170,14 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=True)
 
-    @_mapped
-    async def ServerMetadata(self, request: Any, context: Any) -> Any:
-        await self._admit(context, Role.VIEWER)
+    @_rpc(Access(Role.VIEWER))
+    async def ServerMetadata(self, request: Any, context: Any, identity: Identity | None) -> Any:
         return pb.ServerMetadataResponse(
             name=self.ctx.server_name, version=self.ctx.server_version, extensions=list(EXTENSIONS)
         )
 
-    @_mapped
-    async def ModelMetadata(self, request: Any, context: Any) -> Any:
-        await self._admit(context, Role.VIEWER, request.name)
+    @_rpc(Access(Role.VIEWER, model="name"))
+    async def ModelMetadata(self, request: Any, context: Any, identity: Identity | None) -> Any:
         model = self.ctx.pipeline.resolve(request.name, request.version or None)
         versions = [request.version] if request.version else self.ctx.table.versions(request.name)
         return pb.ModelMetadataResponse(
@@ -171,11 +197,11 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         resp = await self.ctx.pipeline.infer(req, "grpc", _metadata_lookup(context))
         return encode_response(resp)
 
-    @_mapped
-    async def ModelInfer(self, request: Any, context: Any) -> Any:
-        identity = await self._admit(context, Role.INVOKER, request.model_name)
+    @_rpc(_INFER)
+    async def ModelInfer(self, request: Any, context: Any, identity: Identity | None) -> Any:
         return await self._infer(request, context, identity)
 
+    @declare(_INFER)
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
     ) -> None:
@@ -186,7 +212,8 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         revoked or expired (a JWT past ``exp``) stops a long stream within that
         cache's lifetime: the stream ends with UNAUTHENTICATED, after the
         messages already admitted are answered. Each message is authorized for
-        its own model, and a denial answers that message only.
+        its own model (the same declaration as ModelInfer's), and a denial
+        answers that message only.
         """
         write_lock = asyncio.Lock()
         peer = peer_address(context.peer())
@@ -209,8 +236,8 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
         async def one(msg: Any, identity: Identity | None) -> None:
             try:
-                if gate is not None and identity is not None:
-                    gate.check(identity, peer, Role.INVOKER, msg.model_name or None)
+                if gate is not None and identity is not None and _INFER.role is not None:
+                    gate.check(identity, peer, _INFER.role, _model_in(_INFER, msg))
                 reply = pb.ModelStreamInferResponse(
                     infer_response=await self._infer(msg, context, identity)
                 )
@@ -237,15 +264,13 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         if ended is not None:
             await context.abort(grpc_status(ended), ended.message, trailing_metadata(ended))
 
-    @_mapped
-    async def ModelConfig(self, request: Any, context: Any) -> Any:
-        await self._admit(context, Role.VIEWER, request.name)
+    @_rpc(Access(Role.VIEWER, model="name"))
+    async def ModelConfig(self, request: Any, context: Any, identity: Identity | None) -> Any:
         model = self.ctx.pipeline.resolve(request.name, request.version or None)
         return pb.ModelConfigResponse(config=config_to_proto(model.config.to_json()))
 
-    @_mapped
-    async def ModelStatistics(self, request: Any, context: Any) -> Any:
-        identity = await self._admit(context, Role.VIEWER, request.name)
+    @_rpc(Access(Role.VIEWER, model="name"))
+    async def ModelStatistics(self, request: Any, context: Any, identity: Identity | None) -> Any:
         models = self.ctx.table.ready()
         if self.gate is not None and identity is not None:
             visible = self.gate.visible(identity)
@@ -265,9 +290,8 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             json_format.ParseDict(m.stats.to_json(m.name, m.version), out.model_stats.add())
         return out
 
-    @_mapped
-    async def RepositoryIndex(self, request: Any, context: Any) -> Any:
-        identity = await self._admit(context, Role.VIEWER)
+    @_rpc(Access(Role.VIEWER))
+    async def RepositoryIndex(self, request: Any, context: Any, identity: Identity | None) -> Any:
         entries = self.ctx.repository.index(request.ready)
         if self.gate is not None and identity is not None:
             visible = self.gate.visible(identity)
@@ -277,18 +301,20 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             out.models.add(name=e.name, version=e.version, state=e.state, reason=e.reason)
         return out
 
-    @_mapped
-    async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
-        identity = await self._admit(context, Role.OPERATOR, request.model_name)
+    @_rpc(Access(Role.OPERATOR, model="model_name"))
+    async def RepositoryModelLoad(
+        self, request: Any, context: Any, identity: Identity | None
+    ) -> Any:
         params = {k: parameter_value(v) for k, v in request.parameters.items()}
         config = load_config_parameter(params or None)
         actor = identity.actor if identity is not None else None
         await self.ctx.repository.load(request.model_name, config, actor)
         return pb.RepositoryModelLoadResponse()
 
-    @_mapped
-    async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
-        identity = await self._admit(context, Role.OPERATOR, request.model_name)
+    @_rpc(Access(Role.OPERATOR, model="model_name"))
+    async def RepositoryModelUnload(
+        self, request: Any, context: Any, identity: Identity | None
+    ) -> Any:
         actor = identity.actor if identity is not None else None
         await self.ctx.repository.unload(request.model_name, actor)
         return pb.RepositoryModelUnloadResponse()

@@ -17,14 +17,21 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from modelport.dataplane.admission.identity import VISIBLE_SCOPE_KEY
+from modelport.dataplane.admission.needs import needs
 from modelport.dataplane.transport.context import TransportContext
 from modelport.dataplane.transport.http import routes_triton, routes_v1, routes_v2
 from modelport.dataplane.transport.http.errors import error_headers, http_status
 from modelport.dataplane.transport.http.fastpath import InferenceFastPath, InferRoute
-from modelport.dataplane.transport.http.guard import Guarded, HttpGuard
+from modelport.dataplane.transport.http.guard import (
+    DeclaredRoutes,
+    Guarded,
+    HttpGuard,
+    mounted_scope,
+)
 from modelport.dataplane.transport.http.responses import error_response
 from modelport.errors import ModelportError, internal_error
 from modelport.observability.metrics import CONTENT_TYPE, Metrics
+from modelport.types import Role
 
 log = logging.getLogger("modelport.http")
 
@@ -56,6 +63,7 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 
 
 def metrics_routes(metrics: Metrics) -> list[Route]:
+    @needs(Role.VIEWER)
     async def render(request: Request) -> Response:
         # A caller sees the series of the models it may see, and the server-wide ones.
         return Response(
@@ -72,7 +80,7 @@ def build_metrics_app(metrics: Metrics, guard: HttpGuard | None = None) -> ASGIA
         routes=metrics_routes(metrics),
         exception_handlers={HTTPException: _http_error, Exception: _unexpected},
     )
-    return app if guard is None else Guarded(app, guard)
+    return app if guard is None else Guarded(app, DeclaredRoutes(app.routes), guard)
 
 
 MANAGEMENT_PREFIX = "/api/v1"
@@ -83,7 +91,8 @@ class _Prefixed:
 
     A router mount would not match paths containing characters its pattern
     excludes (a newline, say), and such requests would get the data plane's
-    404 instead of the management API's error shape.
+    404 instead of the management API's error shape. The guard finds the
+    route a request reaches with the same ``mounted_scope``.
     """
 
     def __init__(self, prefix: str, app: ASGIApp, rest: ASGIApp) -> None:
@@ -92,23 +101,26 @@ class _Prefixed:
         self.rest = rest
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope.get("path", "")
-        if scope["type"] == "http" and (path == self.prefix or path.startswith(self.prefix + "/")):
-            root = scope.get("root_path", "") + self.prefix
-            await self.app({**scope, "root_path": root}, receive, send)
+        inner = mounted_scope(self.prefix, scope)
+        if inner is not None:
+            await self.app(inner, receive, send)
             return
         await self.rest(scope, receive, send)
 
 
 def build_app(
     ctx: TransportContext,
-    management: ASGIApp | None = None,
+    management: Starlette | None = None,
     extra_routes: list[BaseRoute] | None = None,
     guard: HttpGuard | None = None,
 ) -> ASGIApp:
     """The REST app: OIP v2, Triton's extensions, KServe v1, /metrics, and the
     management API (built by the control plane) under /api/v1; every path
-    behind ``guard`` when authentication is on."""
+    behind ``guard`` when authentication is on.
+
+    Every route, the management API's included, must declare the role it
+    needs (``admission/needs.py``): building fails on one that does not.
+    """
     infer = InferRoute(ctx)
     router = Starlette(
         routes=[
@@ -124,7 +136,9 @@ def build_app(
             Exception: _unexpected,
         },
     )
-    front: ASGIApp = (
-        router if management is None else _Prefixed(MANAGEMENT_PREFIX, management, router)
-    )
-    return InferenceFastPath(infer, front, guard)
+    front: ASGIApp = router
+    mounts: dict[str, list[BaseRoute]] = {}
+    if management is not None:
+        front = _Prefixed(MANAGEMENT_PREFIX, management, router)
+        mounts[MANAGEMENT_PREFIX] = management.routes
+    return InferenceFastPath(infer, front, DeclaredRoutes(router.routes, mounts), guard)

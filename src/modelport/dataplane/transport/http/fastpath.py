@@ -9,8 +9,9 @@ request goes on to the Starlette app unchanged. Behaviour (limits, errors,
 compression, disconnect handling) is the same as the framework route's.
 
 It is also the outermost app, so authentication happens here for every
-path (``guard.HttpGuard``); with authentication off there is no guard and
-the cost is one ``is None`` check.
+path (``guard.HttpGuard``): the infer route by the role :class:`InferRoute`
+declares, every other path by the route it matches in ``routes``. With
+authentication off there is no guard and the cost is one ``is None`` check.
 
 modelport's own HTTP protocol goes one step further and hands most infer
 requests to :meth:`InferenceFastPath.serve_direct` without an ASGI cycle at
@@ -25,14 +26,16 @@ from collections.abc import Awaitable, Callable
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from modelport.dataplane.admission.identity import IDENTITY_SCOPE_KEY
+from modelport.dataplane.admission.needs import Access, declared, needs
 from modelport.dataplane.codec.json_v2 import decode_request, encode_json, encode_response
 from modelport.dataplane.transport.context import TransportContext
 from modelport.dataplane.transport.http.body import ClientDisconnected, compress, receive_body
 from modelport.dataplane.transport.http.direct import DirectCycle, Reply
 from modelport.dataplane.transport.http.disconnect import until_disconnect
 from modelport.dataplane.transport.http.errors import error_headers, http_status
-from modelport.dataplane.transport.http.guard import HttpGuard
+from modelport.dataplane.transport.http.guard import DeclaredRoutes, HttpGuard
 from modelport.errors import InvalidRequest, ModelportError, internal_error
+from modelport.types import Role
 
 log = logging.getLogger("modelport.http")
 
@@ -77,24 +80,41 @@ def _header_lookup(headers: dict[bytes, bytes]) -> Callable[[str], str | None]:
 
 
 class InferenceFastPath:
-    """ASGI app: the infer route handled directly, everything else to ``app``."""
+    """ASGI app: the infer route handled directly, everything else to ``app``.
 
-    def __init__(self, infer: InferRoute, app: ASGIApp, guard: HttpGuard | None = None) -> None:
+    ``routes`` are the routes ``app`` serves, each declaring its role; the
+    infer route is authorized by the role :class:`InferRoute` declares.
+    """
+
+    def __init__(
+        self,
+        infer: InferRoute,
+        app: ASGIApp,
+        routes: DeclaredRoutes,
+        guard: HttpGuard | None = None,
+    ) -> None:
         self.infer = infer
         self.app = app
+        self.routes = routes
         self.guard = guard
+        access = declared(infer)
+        if access is None:
+            raise TypeError("the infer route declares no role")
+        self.infer_access: Access = access
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            self.guard is not None
-            and scope["type"] == "http"
-            and not await self.guard.admit(scope, send)
-        ):
-            return
-        if scope["type"] == "http" and scope["method"] == "POST":
-            route = match_infer(scope["path"])
+        guard = self.guard
+        if scope["type"] == "http":
+            route = match_infer(scope["path"]) if scope["method"] == "POST" else None
             if route is not None:
+                if guard is not None:
+                    refused = await guard.refusal_for(scope, self.infer_access, _params(*route))
+                    if refused is not None:
+                        await guard.refuse(scope, send, refused)
+                        return
                 await self.infer.handle(scope, receive, send, *route)
+                return
+            if guard is not None and not await guard.admit(scope, send, self.routes):
                 return
         await self.app(scope, receive, send)
 
@@ -103,7 +123,12 @@ class InferenceFastPath:
         scope = cycle.scope
         reply: Reply | None
         try:
-            refused = await self.guard.refusal(scope) if self.guard is not None else None
+            guard = self.guard
+            refused = (
+                await guard.refusal_for(scope, self.infer_access, _params(name, version))
+                if guard is not None
+                else None
+            )
             if refused is not None:
                 reply = error_reply(refused, scope["path"])
             else:
@@ -113,6 +138,11 @@ class InferenceFastPath:
             reply = 500, list(_JSON), encode_json({"error": internal_error(exc)})
         if reply is not None:
             await cycle.send(reply)
+
+
+def _params(name: str, version: str | None) -> dict[str, str | None]:
+    """The infer route's path parameters, as the router would give them."""
+    return {"model": name, "version": version}
 
 
 #: Reads the request body: (declared Content-Length, Content-Encoding) -> the decoded body.
@@ -126,6 +156,7 @@ def error_reply(exc: ModelportError, path: str) -> Reply:
     return status, [*_JSON, *error_headers(exc)], encode_json({"error": exc.message})
 
 
+@needs(Role.INVOKER, model="model")
 class InferRoute:
     """The infer endpoint as an ASGI app (also mounted in the router for 405s).
 

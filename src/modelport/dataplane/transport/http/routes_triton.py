@@ -9,12 +9,14 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from modelport.dataplane.admission.identity import IDENTITY_SCOPE_KEY, VISIBLE_SCOPE_KEY
+from modelport.dataplane.admission.needs import needs
 from modelport.dataplane.codec.jsonbody import decode_json
 from modelport.dataplane.codec.repository import load_config_parameter
 from modelport.dataplane.transport.context import TransportContext
 from modelport.dataplane.transport.http.body import read_body
 from modelport.dataplane.transport.http.responses import json_response
 from modelport.errors import InvalidRequest, NotFound
+from modelport.types import Role
 
 _SMALL_BODY = 1 << 20
 
@@ -35,12 +37,15 @@ def _actor(request: Request) -> str | None:
 
 
 def routes(ctx: TransportContext) -> list[Route]:
+    @needs(Role.VIEWER, model="model")
     async def model_config(request: Request) -> Response:
         model = ctx.pipeline.resolve(
             request.path_params["model"], request.path_params.get("version")
         )
         return json_response(model.config.to_json())
 
+    # Also the statistics of every model (no model in the path), filtered by visibility.
+    @needs(Role.VIEWER, model="model")
     async def stats(request: Request) -> Response:
         name: str | None = request.path_params.get("model")
         version: str | None = request.path_params.get("version")
@@ -58,6 +63,7 @@ def routes(ctx: TransportContext) -> list[Route]:
         models.sort(key=lambda m: (m.name, int(m.version)))
         return json_response({"model_stats": [m.stats.to_json(m.name, m.version) for m in models]})
 
+    @needs(Role.VIEWER)
     async def index(request: Request) -> Response:
         body = await _json_body(request)
         ready_only = body.get("ready", False)
@@ -75,12 +81,14 @@ def routes(ctx: TransportContext) -> list[Route]:
             out.append(item)
         return json_response(out)
 
+    @needs(Role.OPERATOR, model="model")
     async def load(request: Request) -> Response:
         body = await _json_body(request)
         config = load_config_parameter(body.get("parameters"))
         await ctx.repository.load(request.path_params["model"], config, _actor(request))
         return json_response({})
 
+    @needs(Role.OPERATOR, model="model")
     async def unload(request: Request) -> Response:
         await _json_body(request)
         await ctx.repository.unload(request.path_params["model"], _actor(request))

@@ -15,6 +15,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from modelport.dataplane.admission.identity import IDENTITY_SCOPE_KEY
+from modelport.dataplane.admission.needs import needs
 from modelport.dataplane.codec.jsonbody import decode_json
 from modelport.dataplane.codec.tensors import array_from_json, array_to_json, check_shape
 from modelport.dataplane.table import ModelVersion
@@ -22,7 +23,7 @@ from modelport.dataplane.transport.context import TransportContext
 from modelport.dataplane.transport.http.body import read_body
 from modelport.dataplane.transport.http.responses import json_response
 from modelport.errors import InvalidRequest
-from modelport.types import InferenceRequest, Tensor
+from modelport.types import InferenceRequest, Role, Tensor
 
 
 def _shape_of(rows: list[Any]) -> list[int]:
@@ -62,10 +63,12 @@ def decode_v1(model: ModelVersion, body: Any, max_elements: int) -> list[Tensor]
 
 
 def routes(ctx: TransportContext) -> list[Route]:
+    @needs(Role.VIEWER, model="model")
     async def model_status(request: Request) -> Response:
         model = ctx.pipeline.resolve(request.path_params["model"], None)
         return json_response({"name": model.name, "ready": True})
 
+    @needs(Role.INVOKER, model="model")
     async def predict(request: Request) -> Response:
         model = ctx.pipeline.resolve(request.path_params["model"], None)
         raw = await read_body(request, ctx.max_body_bytes)

@@ -8,6 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from modelport.dataplane.admission.needs import needs
 from modelport.dataplane.table import ModelVersion
 from modelport.dataplane.transport.context import EXTENSIONS, TransportContext
 from modelport.dataplane.transport.http.errors import http_status
@@ -17,6 +18,7 @@ from modelport.dataplane.transport.http.responses import (
     json_response,
 )
 from modelport.errors import ModelportError
+from modelport.types import Role
 
 
 def tensor_metadata(model: ModelVersion) -> dict[str, Any]:
@@ -38,18 +40,22 @@ def _version(request: Request) -> str | None:
 
 
 def routes(ctx: TransportContext, infer: InferRoute) -> list[Route]:
+    @needs(Role.VIEWER)
     async def server_metadata(request: Request) -> Response:
         return json_response(
             {"name": ctx.server_name, "version": ctx.server_version, "extensions": list(EXTENSIONS)}
         )
 
+    @needs(None)
     async def live(request: Request) -> Response:
         return json_response({"live": True})
 
+    @needs(None)
     async def ready(request: Request) -> Response:
         ok = ctx.table.is_ready()
         return json_response({"ready": ok}, 200 if ok else 503)
 
+    @needs(Role.VIEWER, model="model")
     async def model_metadata(request: Request) -> Response:
         name = request.path_params["model"]
         version = _version(request)
@@ -64,6 +70,7 @@ def routes(ctx: TransportContext, infer: InferRoute) -> list[Route]:
             }
         )
 
+    @needs(Role.VIEWER, model="model")
     async def model_ready(request: Request) -> Response:
         name = request.path_params["model"]
         try:
