@@ -1,5 +1,7 @@
 """The body-size limit on every route, not only inference: /api/v1, repository, KServe v1.
 
+Management bodies (/api/v1) have their own limit of 1 MiB under the server's.
+
 Raw sockets where a client would not send what the limit is for (a huge
 Content-Length with no body behind it, a body streamed without one), and
 the server's peak memory read from /proc while a large body streams in.
@@ -7,6 +9,7 @@ the server's peak memory read from /proc while a large body streams in.
 
 from __future__ import annotations
 
+import gzip
 import json
 import socket
 import threading
@@ -64,6 +67,22 @@ def assert_too_large(status: int, body: bytes) -> None:
     assert str(LIMIT) in json.loads(body)["error"]
 
 
+#: The management API's own limit (``MANAGEMENT_BODY_BYTES``), far under the server's.
+MANAGEMENT_LIMIT = 1 * MiB
+
+
+def _policy_of(size: int) -> bytes:
+    """A well-formed traffic policy of about ``size`` bytes (a long reason)."""
+    return json.dumps({"routes": [{"version": "1", "weight": 100}], "reason": "x" * size}).encode()
+
+
+def assert_over_management_limit(status: int, body: bytes) -> None:
+    assert status == 413, body[:500]
+    answer = json.loads(body)
+    assert str(MANAGEMENT_LIMIT) in answer["error"]
+    assert answer["code"] == "payload_too_large"
+
+
 def assert_serving(server: Server) -> None:
     assert server.alive(), server.log()[-4000:]
     assert httpx.get(f"{server.base}/v2/health/live", timeout=10).status_code == 200
@@ -119,7 +138,7 @@ def test_a_chunked_management_body_over_the_limit_is_413(limited: Server) -> Non
         headers={"Content-Type": "application/json"},
         timeout=30,
     )
-    assert_too_large(r.status_code, r.content)
+    assert_over_management_limit(r.status_code, r.content)
     assert_serving(limited)
 
 
@@ -155,7 +174,76 @@ def test_a_200_mb_stream_costs_at_most_a_few_limits_of_memory(limited: Server) -
         reader.join(timeout=30)
     assert answer, "no answer"
     status, _, body = answer[0]
-    assert_too_large(status, body)
+    assert_over_management_limit(status, body)
     grown_mib = (_status_kb(limited, "VmHWM") - before) / 1024
     assert grown_mib < 4 * LIMIT / MiB, grown_mib
+    assert_serving(limited)
+
+
+def test_a_2_mib_policy_is_413_at_the_management_limit(limited: Server) -> None:
+    """Under the server's limit, over the management API's: refused, not parsed."""
+    r = httpx.put(
+        f"{limited.base}/api/v1/models/m/traffic",
+        content=_policy_of(2 * MiB),
+        headers={"Content-Type": "application/json", "If-Match": "0"},
+        timeout=30,
+    )
+    assert_over_management_limit(r.status_code, r.content)
+    assert_serving(limited)
+
+
+def test_a_declared_2_mib_management_body_is_413_before_it_is_sent(limited: Server) -> None:
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", limited.http_port), timeout=30) as sock:
+        sock.sendall(
+            b"POST /api/v1/models/m/canary HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n{" % (2 * MiB)
+        )
+        status, _, body = read_answer(sock)
+    assert time.monotonic() - started < FAST_S
+    assert_over_management_limit(status, body)
+    assert_serving(limited)
+
+
+def test_a_management_stream_is_cut_at_the_management_limit(limited: Server) -> None:
+    """15 MiB chunked (under the server's 16): 413, and peak memory grows by a few MiB."""
+    pid = limited.process.pid
+    Path(f"/proc/{pid}/clear_refs").write_text("5")  # VmHWM := VmRSS now
+    before = _status_kb(limited, "VmHWM")
+
+    def chunks() -> Iterator[bytes]:
+        yield b'{"routes": [{"version": "1", "weight": 100}], "reason": "'
+        for _ in range(15):
+            yield b"x" * MiB
+        yield b'"}'
+
+    r = httpx.put(
+        f"{limited.base}/api/v1/models/m/traffic",
+        content=chunks(),
+        headers={"Content-Type": "application/json", "If-Match": "0"},
+        timeout=30,
+    )
+    assert_over_management_limit(r.status_code, r.content)
+    grown_mib = (_status_kb(limited, "VmHWM") - before) / 1024
+    assert grown_mib < 8, grown_mib
+    assert_serving(limited)
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "br"])
+def test_a_compressed_management_body_is_415_naming_the_encoding(
+    limited: Server, encoding: str
+) -> None:
+    r = httpx.put(
+        f"{limited.base}/api/v1/models/m/traffic",
+        content=gzip.compress(_policy_of(10)),
+        headers={
+            "Content-Type": "application/json",
+            "Content-Encoding": encoding,
+            "If-Match": "0",
+        },
+        timeout=30,
+    )
+    assert r.status_code == 415, r.text
+    assert f"Content-Encoding '{encoding}'" in r.json()["error"]
     assert_serving(limited)

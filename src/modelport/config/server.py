@@ -27,6 +27,14 @@ from pydantic import (
 from modelport.errors import ConfigError
 
 ENV_PREFIX = "MODELPORT_"
+
+MANAGEMENT_BODY_BYTES = 1 << 20
+"""Largest body of a management request (/api/v1, /v2/repository), in bytes: 1 MiB.
+
+Fixed rather than configurable: policies, canaries and load requests are a
+few kilobytes, and these routes buffer and parse the whole body, so a body
+allowed up to ``max_body_bytes`` (an inference limit, 64 MiB by default)
+would cost many times its size in memory for no use."""
 _RESIDENCY_ENTRY = re.compile(r"[a-z]{2,}(?:-[a-z0-9]+)*")
 
 

@@ -17,10 +17,12 @@ from fastapi.exceptions import HTTPException
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.routing import APIRoute
 from starlette.datastructures import Headers
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse
 from starlette.routing import BaseRoute, Route
+from starlette.types import Message, Receive
 
+from modelport.config.server import MANAGEMENT_BODY_BYTES
 from modelport.controlplane.api import schemas
 from modelport.controlplane.api.errors import install_error_handlers
 from modelport.controlplane.canary import CanaryController
@@ -35,7 +37,7 @@ from modelport.controlplane.store import (
 from modelport.controlplane.traffic import LOCAL, TrafficManager
 from modelport.dataplane.admission.identity import IDENTITY_SCOPE_KEY, VISIBLE_SCOPE_KEY
 from modelport.dataplane.admission.needs import needs
-from modelport.errors import InvalidRequest, ModelportError, NotFound
+from modelport.errors import InvalidRequest, ModelportError, NotFound, PayloadTooLarge
 from modelport.types import Identity, Role
 
 API_VERSION = "1.0"
@@ -82,16 +84,69 @@ def _has_body(headers: Headers) -> bool:
     return "transfer-encoding" in headers or (length is not None and length.strip() != "0")
 
 
+def _check_declared(headers: Headers) -> None:
+    """Refuse a declared Content-Length over ``MANAGEMENT_BODY_BYTES`` before reading a byte."""
+    declared = headers.get("content-length", "").strip()
+    if declared.isascii() and declared.isdigit() and int(declared) > MANAGEMENT_BODY_BYTES:
+        raise PayloadTooLarge(
+            f"request body of {declared} bytes is over the limit of "
+            f"{MANAGEMENT_BODY_BYTES} bytes for management requests"
+        )
+
+
+async def _read_limited(request: Request) -> bytes:
+    """The whole body, refused as soon as it grows past ``MANAGEMENT_BODY_BYTES``.
+
+    Counted as it arrives, so a body streamed without a Content-Length (or
+    with a false one) costs at most the limit in memory; the transport drops
+    the rest unread once the 413 is answered.
+    """
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MANAGEMENT_BODY_BYTES:
+                raise PayloadTooLarge(
+                    f"request body is over the limit of {MANAGEMENT_BODY_BYTES} bytes "
+                    f"for management requests"
+                )
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise InvalidRequest("the client closed the connection before sending the body") from None
+    return b"".join(chunks)
+
+
+def _replaying(body: bytes, receive: Receive) -> Receive:
+    """A receive that hands FastAPI the body read already, then waits on the connection."""
+    pending = True
+
+    async def replay() -> Message:
+        nonlocal pending
+        if pending:
+            pending = False
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
 class _CheckedFirst(APIRoute):
     """A route whose preconditions are checked before FastAPI reads the body.
 
     FastAPI parses and validates a body before any handler or dependency
     runs, so without this a change lacking If-Match would be judged on its
     body (400) instead of its missing precondition, and a form-encoded body
-    would be refused as malformed JSON. In order:
+    would be refused as malformed JSON. FastAPI would also read a body of
+    any size (up to the transport's inference limit) before parsing it. In
+    order:
+    - a declared Content-Length over ``MANAGEMENT_BODY_BYTES`` (1 MiB): 413;
     - a route that declares the ``If-Match`` header (``IfMatch``) needs it: 428;
     - a route that takes a body takes JSON (``application/json`` or
-      ``application/*+json``): any other Content-Type, or none, is 415.
+      ``application/*+json``): any other Content-Type, or none, is 415;
+    - sent uncompressed: any Content-Encoding but ``identity`` is 415 (the
+      bodies are small; inflating would only add a way to spend memory);
+    - the body is read here, and refused with 413 once it grows past the limit.
     """
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
@@ -101,6 +156,7 @@ class _CheckedFirst(APIRoute):
 
         async def checked(request: Request) -> Response:
             headers = request.headers
+            _check_declared(headers)
             if needs_revision and "if-match" not in headers:
                 raise HTTPException(428, _REVISION_REQUIRED)
             if takes_body and _has_body(headers):
@@ -112,6 +168,15 @@ class _CheckedFirst(APIRoute):
                         f"the body must be JSON, sent with Content-Type: application/json "
                         f"(got {sent})",
                     )
+                encoding = headers.get("content-encoding", "identity").strip().lower()
+                if encoding not in ("", "identity"):
+                    raise HTTPException(
+                        415,
+                        f"Content-Encoding {encoding!r} is not supported by the management "
+                        f"API: send the JSON uncompressed",
+                    )
+                body = await _read_limited(request)
+                request = Request(request.scope, _replaying(body, request.receive))
             return await handler(request)
 
         return checked

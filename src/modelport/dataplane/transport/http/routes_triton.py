@@ -8,6 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from modelport.config.server import MANAGEMENT_BODY_BYTES
 from modelport.dataplane.admission.identity import IDENTITY_SCOPE_KEY, VISIBLE_SCOPE_KEY
 from modelport.dataplane.admission.needs import needs
 from modelport.dataplane.codec.jsonbody import decode_json
@@ -18,11 +19,9 @@ from modelport.dataplane.transport.http.responses import json_response
 from modelport.errors import InvalidRequest, NotFound
 from modelport.types import Role
 
-_SMALL_BODY = 1 << 20
-
 
 async def _json_body(request: Request) -> dict[str, Any]:
-    body = await read_body(request, _SMALL_BODY)
+    body = await read_body(request, MANAGEMENT_BODY_BYTES)
     if not body.strip():
         return {}
     value = decode_json(body)
