@@ -4,13 +4,13 @@ Triton's strict readiness is the default: ``/v2/health/ready`` and gRPC
 ServerReady say not ready while a model failed to load, and not for versions
 left unloaded on purpose. A directory whose name is not a valid model name,
 and a model asking for sequence batching, are listed in the repository index
-as UNAVAILABLE with the reason instead of vanishing or failing every request.
+as UNAVAILABLE with the reason instead of vanishing or failing every request;
+the misnamed directory is no model that failed, so it leaves readiness alone.
 """
 
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -154,27 +154,46 @@ def test_a_misnamed_directory_is_listed_with_the_naming_rule(troubled: Server) -
         assert grpc_entries[name].state == "UNAVAILABLE"
         assert "not a valid model name" in grpc_entries[name].reason
     assert not any("\x1b" in e["name"] + e.get("reason", "") for e in entries.values())
-    # Listed as failed, not served: readiness counts them (the fixture's
-    # broken model aside, see the test above).
+    # Listed, not served.
     ready_only = httpx.post(
         f"{troubled.base}/v2/repository/index", json={"ready": True}, timeout=10
     ).json()
     assert {e["name"] for e in ready_only} == {"good"}
 
 
-def test_a_misnamed_directory_alone_makes_the_server_not_ready(tmp_path: Path) -> None:
-    _good(tmp_path / "repo", "good")
-    _good(tmp_path / "repo", "bad name")
-    srv = start_server(tmp_path / "repo", tmp_path / "server.log", "--poll-interval", "0.2")
+def test_a_repository_with_lost_and_found_and_a_good_model_is_ready(tmp_path: Path) -> None:
+    """A repository at the root of an ext4 volume (a Kubernetes PVC) holds ``lost+found``."""
+    repo = tmp_path / "repo"
+    _good(repo, "good")
+    (repo / "lost+found").mkdir()
+    srv = start_server(repo, tmp_path / "server.log")
     try:
-        assert _ready(srv) == 503
-        # Renamed on disk, the next repository scan clears it.
-        (tmp_path / "repo" / "bad name").rename(tmp_path / "repo" / "renamed")
-        deadline = time.monotonic() + 30
-        while _ready(srv) != 200:
-            assert time.monotonic() < deadline, _index(srv)
-            time.sleep(0.1)
-        assert {e["name"] for e in _index(srv)} == {"good", "renamed"}
+        assert _ready(srv) == 200
+        assert _grpc_ready(srv) is True
+        entries = {e["name"]: e for e in _index(srv)}
+        assert entries["lost+found"]["state"] == "UNAVAILABLE"
+        assert "not a valid model name" in entries["lost+found"]["reason"]
+    finally:
+        stop_server(srv)
+
+
+def test_a_misnamed_directory_leaves_the_index_when_it_leaves_the_disk(tmp_path: Path) -> None:
+    """Without --poll-interval: the next index request, or a load, reads the names again."""
+    repo = tmp_path / "repo"
+    _good(repo, "good")
+    _good(repo, "bad name")
+    srv = start_server(repo, tmp_path / "server.log")
+    try:
+        assert _ready(srv) == 200
+        assert "bad name" in {e["name"] for e in _index(srv)}
+        (repo / "bad name").rename(tmp_path / "elsewhere")
+        assert {e["name"] for e in _index(srv)} == {"good"}
+        # One that appears is listed at once too, and the server stays ready.
+        (repo / "new name").mkdir()
+        r = httpx.post(f"{srv.base}/v2/repository/models/good/load", timeout=30)
+        assert r.status_code == 200, r.text
+        assert {e["name"] for e in _index(srv)} == {"good", "new name"}
+        assert _ready(srv) == 200
     finally:
         stop_server(srv)
 

@@ -96,7 +96,8 @@ class Registry:
         self._stopping = False
         self._pins: dict[str, frozenset[int]] = {}
         self._misnamed: dict[str, str] = {}
-        """Directories not served for their name (shown escaped) and why."""
+        """Directories not served for their name (shown escaped) and why; read again
+        by every index, load and poll (``_rescan_misnamed``)."""
 
     # ------------------------------------------------------------ ModelTable
 
@@ -148,16 +149,16 @@ class Registry:
 
         As Triton: a version unloaded on purpose (repository unload, the
         management API, version_policy, residency) does not count; a model
-        whose config, versions or name are wrong does, until it is fixed,
-        unloaded or removed.
+        whose config or versions are wrong does, until it is fixed, unloaded
+        or removed. A directory with a name that is not a model name does not
+        count either: it is no model that failed, and it may not be one at all
+        (``lost+found`` at the root of an ext4 volume). The index lists it.
         """
         if not self._started or self._stopping:
             return False
         return not self.strict_readiness or not self._any_failed()
 
     def _any_failed(self) -> bool:
-        if self._misnamed:
-            return True
         for record in self._records.values():
             if record.unloaded:
                 continue
@@ -170,6 +171,7 @@ class Registry:
     def index(self, ready_only: bool) -> list[RepositoryEntry]:
         entries: list[RepositoryEntry] = []
         if not ready_only:
+            self._rescan_misnamed()
             entries += [
                 RepositoryEntry(name, "", UNAVAILABLE, why) for name, why in self._misnamed.items()
             ]
@@ -195,6 +197,7 @@ class Registry:
         """
         check_model_name(name)
         async with self._lock:
+            self._rescan_misnamed()
             source = scan_model(self.repository, name)
             if source is None:
                 raise NotFound(f"unknown model {name!r}: no directory in the repository")
@@ -242,10 +245,7 @@ class Registry:
         """Bring the loaded versions in step with the repository on disk."""
         async with self._lock:
             found = await asyncio.to_thread(scan_repository, self.repository)
-            misnamed = await asyncio.to_thread(misnamed_models, self.repository)
-            for name in sorted(set(misnamed) - set(self._misnamed)):
-                log.error("model not served", extra={"model": name, "reason": misnamed[name]})
-            self._misnamed = misnamed
+            await asyncio.to_thread(self._rescan_misnamed)
             for name in list(self._records):
                 if name not in found:
                     await self._retire(name, set(self._serving.get(name, {})))
@@ -256,6 +256,22 @@ class Registry:
                 if record is not None and record.unloaded and not self._changed(record, source):
                     continue
                 await self._sync(source, override=None, force=False)
+
+    def _rescan_misnamed(self) -> None:
+        """Read the misnamed directories again, so a renamed or removed one leaves the index.
+
+        One listing of the repository root (only misnamed entries are looked
+        at further), done in place by an index request or a load, so the index
+        is right without ``--poll-interval``. A new one is logged once.
+        """
+        try:
+            misnamed = misnamed_models(self.repository)
+        except OSError as exc:  # the repository itself is unreadable: keep the last listing
+            log.warning("repository not readable", extra={"error": str(exc)})
+            return
+        for name in sorted(set(misnamed) - set(self._misnamed)):
+            log.error("model not served", extra={"model": name, "reason": misnamed[name]})
+        self._misnamed = misnamed
 
     def stop_accepting(self) -> None:
         """Report not ready from now on (shutdown has begun)."""
