@@ -245,4 +245,35 @@ def test_compliance_report_requires_a_repository(tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 2
     assert done.stdout == ""
-    assert "no model repository given: pass --repository REPO" in done.stderr
+    assert "no model repository given: pass REPO (or --repository REPO)" in done.stderr
+
+
+def test_compliance_report_takes_the_repository_as_an_argument_and_lists_misnamed_dirs(
+    tmp_path: Path,
+) -> None:
+    """``report REPO`` as ``serve REPO``; a directory not served for its name gets a row."""
+    repo = tmp_path / "repo3"
+    shutil.copytree(repository_path() / EXAMPLE, repo / "open")
+    (repo / "r[red]x").mkdir()
+    (repo / "esc\x1b[31m").mkdir()
+    done = subprocess.run(
+        [sys.executable, "-m", "modelport", "compliance", "report", str(repo),
+         "--region", "eu-west-1", "--json"],
+        capture_output=True, text=True, check=False, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    models = {m["name"]: m for m in json.loads(done.stdout)["models"]}
+    assert sorted(models) == ["esc\\x1b[31m", "open", "r[red]x"]
+    for name in ("r[red]x", "esc\\x1b[31m"):
+        assert models[name]["served_here"] is False
+        assert "is not a valid model name" in models[name]["reason"]
+    assert models["open"]["served_here"] is True
+    table = subprocess.run(
+        [sys.executable, "-m", "modelport", "compliance", "report", str(repo),
+         "--region", "eu-west-1"],
+        capture_output=True, text=True, check=False, timeout=120,
+    )  # fmt: skip
+    assert table.returncode == 0, table.stderr
+    assert "\x1b" not in table.stdout
+    row = [line for line in table.stdout.splitlines() if "│ r[red]x " in line]
+    assert len(row) == 1 and "no (directory 'r[red]x' is not a valid model name" in row[0]

@@ -60,7 +60,7 @@ def build_report(config: ServerConfig, repository: Path) -> dict[str, Any]:
     """The report as plain data (what ``--json`` prints)."""
     from modelport.controlplane.crypto.sealing import is_sealed
     from modelport.controlplane.repository.config_files import read_model_config
-    from modelport.controlplane.repository.layout import scan_repository
+    from modelport.controlplane.repository.layout import misnamed_models, scan_repository
     from modelport.dataplane.admission.residency import model_refusal
     from modelport.errors import ModelportError
     from modelport.observability.profile import PROFILE_FILE
@@ -98,6 +98,11 @@ def build_report(config: ServerConfig, repository: Path) -> dict[str, Any]:
             rate_limit=None if limit is None else {"rate": limit.rate, "burst": limit.burst},
         )
         models.append(entry)
+    # Not served for its name (shown escaped, as in the server's index): an
+    # auditor should see it rather than a report that is silently short.
+    for shown, why in misnamed_models(repository).items():
+        models.append({"name": shown, "versions": [], "served_here": False, "reason": why})
+    models.sort(key=lambda m: str(m["name"]))
     region = config.region
     return {
         "node": {
@@ -155,6 +160,14 @@ def _print_table(report: dict[str, Any]) -> None:
 
 @compliance_app.command("report")
 def report(
+    repo_argument: Annotated[
+        Path | None,
+        typer.Argument(
+            metavar="REPO",
+            show_default=False,
+            help="Model repository, as for serve (or --repository).",
+        ),
+    ] = None,
     repository: Annotated[
         Path | None,
         typer.Option(
@@ -176,6 +189,13 @@ def report(
     from modelport.config.server import load_server_config
     from modelport.errors import ConfigError
 
+    if repo_argument is not None and repository is not None and repo_argument != repository:
+        typer.echo(
+            f"error: two repositories given: {repo_argument} and --repository {repository}",
+            err=True,
+        )
+        raise typer.Exit(2)
+    repository = repository or repo_argument
     try:
         settings = load_server_config(
             config, os.environ, {"repository": repository, "region": region}
@@ -188,8 +208,8 @@ def report(
         # Reporting on the bundled examples instead would describe models
         # that this node does not serve, and look like a clean bill.
         typer.echo(
-            "error: no model repository given: pass --repository REPO, or name it in the "
-            "--config file or MODELPORT_REPOSITORY, as for serve",
+            "error: no model repository given: pass REPO (or --repository REPO), or name "
+            "it in the --config file or MODELPORT_REPOSITORY, as for serve",
             err=True,
         )
         raise typer.Exit(2)
