@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,15 @@ from tests.integration.models import _save, add_sub_model, identity_model
 pytestmark = pytest.mark.integration
 
 TRANSPORTS = ["http", "grpc"]
+PAYLOAD_LOG = {
+    "enabled": True,
+    "sample": 1.0,
+    "redact_fields": ["INPUT0"],
+    "include_outputs": False,
+}
+PROTECTED_CONFIG = json.dumps(
+    {"modelport": {"payload_log": PAYLOAD_LOG, "rate_limit": {"rate": 1000, "burst": 1000}}}
+)
 ROW = {"name": "INPUT0", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}
 
 
@@ -36,7 +46,13 @@ def outside(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A directory beside the repository, holding a model file of its own."""
     root = tmp_path_factory.mktemp("outside")
     _save(add_sub_model(), root / "secret" / "model.onnx")
+    _save(identity_model("FP32"), root / "elsewhere" / "1" / "model.onnx")
     return root
+
+
+@pytest.fixture(scope="module")
+def payload_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("confined-payloads")
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +76,29 @@ def repo(tmp_path_factory: pytest.TempPathFactory, outside: Path) -> Path:
     # A link that stays inside its version directory is fine.
     _save(identity_model("FP32"), root / "linked_in" / "1" / "real.onnx")
     os.symlink("real.onnx", root / "linked_in" / "1" / "model.onnx")
+    # A version directory linking into another model, a model directory out of the repository.
+    (root / "d").mkdir()
+    os.symlink("../b/1", root / "d" / "1")
+    (root / "d" / "config.yaml").write_text("parameters: {tenant: {string_value: acme}}\n")
+    os.symlink(outside / "elsewhere", root / "f")
+    # Data protection the repository's config sets, which a load may not switch off.
+    _save(identity_model("FP32"), root / "c" / "1" / "model.onnx")
+    (root / "c" / "config.yaml").write_text(PROTECTED_CONFIG)
+    # Label files: inside the model directory they are fine; elsewhere they are not.
+    for name, label in {"labeled": "labels.txt", "labeled_out": "/etc/passwd"}.items():
+        _save(identity_model("FP32"), root / name / "1" / "model.onnx")
+        (root / name / "labels.txt").write_text("a\nb\nc\nd\n")
+        output = {"name": "OUTPUT0", "data_type": "TYPE_FP32", "dims": [4], "label_filename": label}
+        (root / name / "config.yaml").write_text(json.dumps({"output": [output]}))
+    # What modelport cannot serve: ensembles, custom operation libraries.
+    (root / "ens" / "1").mkdir(parents=True)
+    (root / "ens" / "config.yaml").write_text(
+        json.dumps({"platform": "ensemble", "ensemble_scheduling": {"step": []}})
+    )
+    _save(identity_model("FP32"), root / "oplib" / "1" / "model.onnx")
+    (root / "oplib" / "config.yaml").write_text(
+        json.dumps({"model_operations": {"op_library_filename": ["/tmp/evil.so"]}})
+    )
     (root / "broken" / "1").mkdir(parents=True)
     (root / "broken" / "1" / "model.onnx").write_bytes(b"not an onnx model")
     # Two versions for the traffic-policy tests.
@@ -70,8 +109,13 @@ def repo(tmp_path_factory: pytest.TempPathFactory, outside: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def srv(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    server = start_server(repo, tmp_path_factory.mktemp("confined-log") / "server.log")
+def srv(
+    repo: Path, payload_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    work = tmp_path_factory.mktemp("confined-log")
+    settings = work / "server.yaml"
+    settings.write_text(f"payload_log_dir: {json.dumps(str(payload_dir))}\n")
+    server = start_server(repo, work / "server.log", "--config", str(settings))
     yield server
     stop_server(server)
 
@@ -202,6 +246,64 @@ def test_config_read_back_edited_and_sent_again_loads(srv: Server, clients: dict
     assert_a_serves_its_own_file(srv)
 
 
+# ------------------------------------------- the repository's protections
+
+
+@pytest.mark.parametrize("kind", TRANSPORTS)
+@pytest.mark.parametrize(
+    ("modelport", "field"),
+    [
+        (
+            {"payload_log": {**PAYLOAD_LOG, "redact_fields": [], "include_outputs": True}},
+            "modelport.payload_log",
+        ),
+        ({"payload_log": {**PAYLOAD_LOG, "enabled": False}}, "modelport.payload_log"),
+        ({"payload_log": None}, "modelport.payload_log"),
+        ({"rate_limit": None}, "modelport.rate_limit"),
+        ({"instance_process": True}, "modelport.instance_process"),
+    ],
+)
+def test_override_cannot_weaken_the_repository_s_protections(
+    srv: Server, clients: dict[str, Any], kind: str, modelport: dict[str, Any], field: str
+) -> None:
+    message = refused_load(clients[kind], kind, "c", {"max_batch_size": 8, "modelport": modelport})
+    assert repr(field) in message
+    assert "repository's own config" in message
+    shown = clients["http"].get_model_config("c")
+    assert shown["max_batch_size"] == 64
+    assert shown["modelport"]["payload_log"]["redact_fields"] == ["INPUT0"]
+    assert shown["modelport"]["rate_limit"] == {"rate": 1000, "burst": 1000}
+
+
+def test_payloads_stay_redacted_after_a_refused_override(
+    srv: Server, clients: dict[str, Any], payload_dir: Path
+) -> None:
+    http = clients["http"]
+    unredacted = {**PAYLOAD_LOG, "redact_fields": [], "include_outputs": True}
+    with pytest.raises(InferenceServerException):
+        http.load_model(
+            "c", config=json.dumps({"max_batch_size": 8, "modelport": {"payload_log": unredacted}})
+        )
+    # Read back, edited and sent again, the config still loads with its protections.
+    config = http.get_model_config("c")
+    config["max_batch_size"] = 8
+    http.load_model("c", config=json.dumps(config))
+    try:
+        body = {"inputs": [{**ROW, "data": [7.25, 8.5, 9.75, 10.125]}]}
+        r = httpx.post(f"{srv.base}/v2/models/c/infer", json=body, timeout=30)
+        assert r.status_code == 200, r.text
+        deadline = time.monotonic() + 30
+        text = ""
+        while "INPUT0" not in text and time.monotonic() < deadline:
+            text = "".join(p.read_text() for p in (payload_dir / "c").glob("*.jsonl"))
+            time.sleep(0.05)
+        assert "INPUT0" in text
+        assert "[REDACTED]" in text
+        assert "9.75" not in text and "10.125" not in text
+    finally:
+        http.load_model("c")
+
+
 # -------------------------------------------- the repository's own files
 
 
@@ -239,6 +341,61 @@ def test_link_out_of_the_version_directory_is_refused(
 
 def test_link_inside_the_version_directory_serves(clients: dict[str, Any]) -> None:
     assert clients["http"].is_model_ready("linked_in") is True
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("d", "1: the version directory is a link leading out of its model directory"),
+        ("f", "f: the model directory is a link leading out of the repository"),
+    ],
+)
+def test_directory_linked_out_is_refused(
+    srv: Server, clients: dict[str, Any], outside: Path, name: str, why: str
+) -> None:
+    """``d/1 -> ../b/1`` would serve b's file under d's name and tenant."""
+    assert [e["state"] for e in index(srv)[name]] == ["UNAVAILABLE"]
+    assert why in reason(srv, name)
+    for kind in TRANSPORTS:
+        with pytest.raises(InferenceServerException, match="link leading out") as info:
+            clients[kind].load_model(name)
+        message = str(info.value.message())
+        assert "b/1" not in message and str(outside) not in message
+        assert "elsewhere" not in message
+        assert clients[kind].is_model_ready(name) is False
+    shown = reason(srv, name)
+    assert "b/1" not in shown and str(outside) not in shown and "elsewhere" not in shown
+    r = httpx.post(f"{srv.base}/v2/models/{name}/infer", json={"inputs": [ROW]}, timeout=30)
+    assert r.status_code == 503, r.text
+
+
+def test_label_file_inside_the_model_directory_serves(clients: dict[str, Any]) -> None:
+    assert clients["http"].is_model_ready("labeled") is True
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        (
+            "labeled_out",
+            "output[0].label_filename must name a file inside the model directory",
+        ),
+        ("ens", "ensembles are not supported yet"),
+        ("oplib", "model_operations.op_library_filename is not supported"),
+    ],
+)
+def test_config_naming_files_the_server_would_not_use_is_refused(
+    srv: Server, clients: dict[str, Any], name: str, why: str
+) -> None:
+    assert [e["state"] for e in index(srv)[name]] == ["UNAVAILABLE"]
+    assert why in reason(srv, name)
+    for kind in TRANSPORTS:
+        with pytest.raises(InferenceServerException) as info:
+            clients[kind].load_model(name)
+        message = str(info.value.message())
+        assert why in message
+        assert "passwd" not in message and "evil" not in message
+        assert clients[kind].is_model_ready(name) is False
 
 
 def test_reasons_name_no_absolute_path(srv: Server, repo: Path) -> None:

@@ -67,11 +67,26 @@ def refuse_unsupported(config: ModelConfig, source: str) -> None:
     reach the same state in order (``sequence_id``, start and end flags);
     served as stateless, it would load READY and then fail, or answer wrongly,
     on every request. Refused here, it is UNAVAILABLE with this reason.
+    Likewise an ensemble (``platform: ensemble`` or ``ensemble_scheduling``),
+    which has no model file of its own and would route to its steps, and
+    ``model_operations.op_library_filename``: custom operation libraries
+    modelport never loads, so a model needing them could not work, and a
+    config naming one is refused rather than taken as if it did.
     """
     if config.sequence_batching is not None:
         raise ModelLoadError(
             f"sequence_batching is not supported yet ({source}): modelport serves "
             "stateless models only"
+        )
+    if config.platform == "ensemble" or config.ensemble_scheduling is not None:
+        raise ModelLoadError(
+            f"ensembles are not supported yet ({source}): modelport serves single models only"
+        )
+    operations = config.model_operations or {}
+    if operations.get("op_library_filename"):
+        raise ModelLoadError(
+            f"model_operations.op_library_filename is not supported ({source}): modelport "
+            "loads no custom operation libraries"
         )
 
 

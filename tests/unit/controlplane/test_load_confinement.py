@@ -19,7 +19,12 @@ from modelport.config.model import ModelConfig, ModelportOptions, parse_model_co
 from modelport.controlplane.registry import Registry
 from modelport.controlplane.repository.config_files import read_model_config
 from modelport.controlplane.repository.layout import scan_model
-from modelport.controlplane.repository.override import PROTECTED, apply_override
+from modelport.controlplane.repository.override import (
+    TUNABLE,
+    TUNABLE_MODELPORT,
+    WHY,
+    apply_override,
+)
 from modelport.controlplane.repository.reasons import public_reason
 from modelport.dataplane.runtime.files import check_version_dir, model_file, version_file
 from modelport.errors import InvalidRequest, ModelLoadError, ModelNotReady
@@ -104,19 +109,37 @@ def test_model_file_refuses_default_model_filename_outside(tmp_path: Path) -> No
 # --------------------------------------------------------- the override rule
 
 
-def test_every_protected_field_is_a_model_config_field() -> None:
-    for path in PROTECTED:
+def test_every_field_the_rule_names_is_a_model_config_field() -> None:
+    for name in TUNABLE:
+        assert name in ModelConfig.model_fields, name
+    for name in TUNABLE_MODELPORT:
+        assert name in ModelportOptions.model_fields, name
+    for path in WHY:
         head, _, rest = path.partition(".")
+        if head == "label_filename":
+            continue
         assert head in ModelConfig.model_fields, path
+        assert head not in TUNABLE or rest, path
         if head == "modelport":
             assert rest in ModelportOptions.model_fields, path
+            assert rest not in TUNABLE_MODELPORT, path
 
 
 OWN = {
     "backend": "sklearn",
-    "modelport": {"allow_unsafe_pickle": True, "residency": ["ae"]},
+    "modelport": {
+        "allow_unsafe_pickle": True,
+        "residency": ["ae"],
+        "payload_log": {"enabled": True, "redact_fields": ["card"], "seal": True},
+        "rate_limit": {"rate": 10, "burst": 5},
+    },
     "parameters": {"tenant": {"string_value": "acme"}, "n_jobs": {"string_value": "1"}},
+    "output": [
+        {"name": "label", "data_type": "TYPE_INT64", "dims": [1], "label_filename": "l.txt"}
+    ],
+    "instance_group": [{"kind": "KIND_GPU", "gpus": [0], "count": 2}],
 }
+UNREDACTED = {"enabled": True, "sample": 1.0, "redact_fields": [], "include_outputs": True}
 
 
 def _parse(data: dict[str, Any]) -> ModelConfig:
@@ -135,12 +158,79 @@ def _parse(data: dict[str, Any]) -> ModelConfig:
         ({"modelport": {"allow_unsafe_pickle": False}}, "modelport.allow_unsafe_pickle"),
         ({"modelport": {"residency": []}}, "modelport.residency"),
         ({"parameters": {"tenant": {"string_value": "other"}}}, "parameters.tenant"),
+        ({"modelport": {"payload_log": UNREDACTED}}, "modelport.payload_log"),
+        ({"modelport": {"payload_log": None}}, "modelport.payload_log"),
+        (
+            {"modelport": {"payload_log": {"enabled": True, "redact_fields": ["card"]}}},
+            "modelport.payload_log",  # seal: false
+        ),
+        ({"modelport": {"rate_limit": None}}, "modelport.rate_limit"),
+        ({"modelport": {"instance_process": True}}, "modelport.instance_process"),
+        ({"modelport": {"method": "transform"}}, "modelport.method"),
+        ({"modelport": {"description": "x"}}, "modelport.description"),
+        ({"metric_tags": {"model": "other"}}, "metric_tags"),
+        ({"sequence_batching": {}}, "sequence_batching"),
+        ({"ensemble_scheduling": {"step": []}}, "ensemble_scheduling"),
+        ({"model_operations": {"op_library_filename": ["/tmp/x.so"]}}, "model_operations"),
+        ({"batch_input": [{"kind": "BATCH_ELEMENT_COUNT"}]}, "batch_input"),
+        (
+            {
+                "output": [
+                    {
+                        "name": "label",
+                        "data_type": "TYPE_INT64",
+                        "dims": [1],
+                        "label_filename": "/etc/passwd",
+                    }
+                ]
+            },
+            "output[0].label_filename",
+        ),
+        ({"instance_group": [{"kind": "KIND_GPU", "gpus": [1]}]}, "instance_group[0]"),
+        ({"instance_group": [{"kind": "KIND_MODEL"}]}, "instance_group[0]"),
+        ({"instance_group": [{"kind": "KIND_CPU", "host_policy": "x"}]}, "instance_group[0]"),
+        ({"instance_group": [{"count": 256}] * 4}, "instance_group"),
     ],
 )
-def test_an_override_cannot_change_a_protected_field(override: dict[str, Any], field: str) -> None:
+def test_an_override_may_change_only_serving_knobs(override: dict[str, Any], field: str) -> None:
     with pytest.raises(InvalidRequest) as info:
-        apply_override(_parse(override), _parse(OWN))
-    assert f"{field!r} cannot be set by a load request" in info.value.message
+        apply_override(_parse(override), _parse(OWN), max_instances=8)
+    message = info.value.message
+    assert f"{field!r} cannot be set by a load request" in message
+    assert "needs the repository's own config" in message
+
+
+def test_an_override_may_tune_serving() -> None:
+    tuned = {
+        "max_batch_size": 8,
+        "dynamic_batching": {"max_queue_delay_microseconds": 100},
+        "version_policy": {"all": {}},
+        "optimization": {"graph": {"level": 1}},
+        "response_cache": {"enable": True},
+        "model_warmup": [{"name": "w", "batch_size": 1, "inputs": {}}],
+        "parameters": {"intra_op_thread_count": {"string_value": "2"}},
+        "output": [{"name": "label", "data_type": "TYPE_INT64", "dims": [-1]}],
+        "instance_group": [{"kind": "KIND_CPU", "count": 3}, {"kind": "KIND_GPU", "gpus": [0]}],
+        "modelport": {
+            "batching": False,
+            "batch_key": "customer",
+            "inline_max_us": 0,
+            "inline_busy_max_us": 0,
+            "pin_instances": False,
+        },
+    }
+    merged = apply_override(_parse(tuned), _parse(OWN), max_instances=4)
+    assert merged.max_batch_size == 8
+    assert merged.version_policy.all == {}
+    assert merged.output[0].dims == [-1]
+    assert merged.output[0].label_filename == "l.txt"  # left out, still the repository's
+    assert [g.count for g in merged.instance_group] == [3, 1]
+    assert merged.modelport.batch_key == "customer"
+    assert merged.modelport.pin_instances is False
+    assert merged.modelport.payload_log == _parse(OWN).modelport.payload_log
+    assert merged.modelport.rate_limit == _parse(OWN).modelport.rate_limit
+    # The repository's config may ask for more instances than a request may.
+    apply_override(_parse({"instance_group": [{"kind": "KIND_CPU", "count": 2}]}), _parse(OWN))
 
 
 def test_protected_fields_come_from_the_repository() -> None:
@@ -257,18 +347,117 @@ def test_a_failed_reload_fails_the_load_call(repo: Path) -> None:
     run(scenario())
 
 
-def test_a_symlinked_version_directory_is_its_own_root(tmp_path: Path) -> None:
-    """Deployments link whole version directories in; that is not a way out."""
+def test_a_version_directory_linked_out_of_its_model_is_refused(tmp_path: Path) -> None:
+    """``d/1 -> ../b/1`` would serve b's file under d's name, config and tenant."""
     store = tmp_path / "store" / "a1"
     _write(store / "model.onnx", identity_model("FP32"))
     repo = tmp_path / "repo"
-    (repo / "a").mkdir(parents=True)
-    os.symlink(store, repo / "a" / "1")
+    _write(repo / "b" / "1" / "model.onnx", add_sub_model())
+    (repo / "d").mkdir(parents=True)
+    os.symlink("../b/1", repo / "d" / "1")
+    (repo / "e").mkdir(parents=True)
+    os.symlink(store, repo / "e" / "1")
+    # Links that stay inside the model keep working: a version linked to another.
+    _write(repo / "k" / "2" / "model.onnx", identity_model("FP32"))
+    os.symlink("2", repo / "k" / "1")
+    (repo / "k" / "config.yaml").write_text("version_policy: {all: {}}\n")
+
+    async def scenario() -> None:
+        reg = Registry(repo, Metrics())
+        await reg.start()
+        for name in ("d", "e"):
+            with pytest.raises(ModelNotReady):
+                reg.resolve(name, None)
+            why = " ".join(e.reason for e in reg.index(ready_only=False) if e.name == name)
+            assert "1: the version directory is a link leading out of its model directory" in why
+            assert "b/1" not in why and "store" not in why and str(tmp_path) not in why
+            with pytest.raises(ModelLoadError, match="version directory is a link leading out"):
+                await reg.load(name, None)
+        assert reg.versions("k") == ["1", "2"]
+        assert reg.resolve("k", "1").version == "1"
+        await reg.close()
+
+    run(scenario())
+
+
+def test_a_model_directory_linked_out_of_the_repository_is_refused(tmp_path: Path) -> None:
+    outside = tmp_path / "outside" / "f"
+    _write(outside / "1" / "model.onnx", identity_model("FP32"))
+    # The root may be a link (git-sync's ``repo -> .worktrees/<sha>``), and a
+    # model directory may link to another place inside it.
+    tree = tmp_path / ".worktrees" / "abc123"
+    _write(tree / "a" / "1" / "model.onnx", identity_model("FP32"))
+    _write(tree / ".store" / "g" / "1" / "model.onnx", identity_model("FP32"))
+    os.symlink(".store/g", tree / "g")
+    os.symlink(outside, tree / "f")
+    repo = tmp_path / "repo"
+    os.symlink(".worktrees/abc123", repo)
 
     async def scenario() -> None:
         reg = Registry(repo, Metrics())
         await reg.start()
         assert reg.resolve("a", None).version == "1"
+        assert reg.resolve("g", None).version == "1"
+        with pytest.raises(ModelNotReady) as info:
+            reg.resolve("f", None)
+        assert "f: the model directory is a link leading out of the repository" in str(info.value)
+        assert "outside" not in str(info.value)
+        with pytest.raises(ModelLoadError, match="link leading out of the repository") as load:
+            await reg.load("f", None)
+        assert "outside" not in load.value.message
+        await reg.close()
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("name", ["/etc/passwd", "../b/labels.txt", "x/../../labels.txt"])
+def test_label_files_outside_the_model_directory_are_refused(tmp_path: Path, name: str) -> None:
+    model = tmp_path / "repo" / "m"
+    (model / "1").mkdir(parents=True)
+    output = {"name": "y", "data_type": "TYPE_FP32", "dims": [1]}
+    inside = _parse({"output": [{**output, "label_filename": "labels.txt"}]})
+    check_version_dir(model / "1", inside)  # Triton's usual layout: beside config.pbtxt
+    config = _parse({"output": [{**output, "label_filename": name}]})
+    with pytest.raises(ModelLoadError) as info:
+        check_version_dir(model / "1", config)
+    assert info.value.message == (
+        "output[0].label_filename must name a file inside the model directory "
+        "(a relative path, no '..')"
+    )
+    (model / "linked.txt").symlink_to("/etc/passwd")
+    linked = _parse({"output": [{**output, "label_filename": "linked.txt"}]})
+    with pytest.raises(ModelLoadError, match=r"^output\[0\]\.label_filename must name"):
+        check_version_dir(model / "1", linked)
+
+
+@pytest.mark.parametrize(
+    ("config", "why"),
+    [
+        ({"platform": "ensemble"}, "ensembles are not supported yet"),
+        ({"ensemble_scheduling": {"step": []}}, "ensembles are not supported yet"),
+        (
+            {"model_operations": {"op_library_filename": ["/tmp/evil.so"]}},
+            "model_operations.op_library_filename is not supported",
+        ),
+    ],
+)
+def test_configs_naming_what_modelport_cannot_serve_are_refused(
+    repo: Path, config: dict[str, Any], why: str
+) -> None:
+    import yaml
+
+    (repo / "c" / "1").mkdir(parents=True)
+    (repo / "c" / "1" / "model.onnx").write_bytes((repo / "a" / "1" / "model.onnx").read_bytes())
+    (repo / "c" / "config.yaml").write_text(yaml.safe_dump(config))
+
+    async def scenario() -> None:
+        reg = Registry(repo, Metrics())
+        await reg.start()
+        with pytest.raises(ModelNotReady, match=why) as info:
+            reg.resolve("c", None)
+        assert "/tmp" not in str(info.value) and str(repo) not in str(info.value)
+        with pytest.raises(ModelLoadError, match=why):
+            await reg.load("c", None)
         await reg.close()
 
     run(scenario())

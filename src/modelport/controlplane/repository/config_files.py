@@ -2,12 +2,13 @@
 
 Both become the same validated ModelConfig; every error names the file and
 the field. A load request's config (Triton's ``config`` parameter) stands in
-for the file, except for the fields only the repository may set
-(``override.PROTECTED``), which still come from the file.
+for the file's serving knobs only (``override.TUNABLE``); everything else
+still comes from the file.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import yaml
@@ -25,9 +26,11 @@ REQUEST_ORIGIN = "load request config"
 def read_model_config(source: ModelSource, override: dict[str, Any] | None = None) -> ModelConfig:
     """The model's config from its file (or ``override``), name filled in.
 
-    With ``override``, the repository's own config must be valid too: the
-    fields only it may set are taken from it. InvalidRequest when the
-    override gives one of those another value.
+    With ``override``, the repository's own config must be valid too: all
+    but the serving knobs are taken from it. InvalidRequest when the
+    override gives one of those another value. An override may ask for as
+    many instances as the machine has cores (more only adds memory), or as
+    many as the repository's config does.
     """
     own = _named(source, *_own_config(source))
     if override is None:
@@ -43,7 +46,7 @@ def read_model_config(source: ModelSource, override: dict[str, Any] | None = Non
                 continue
         return values
 
-    return apply_override(requested, own, derived)
+    return apply_override(requested, own, derived, max_instances=os.cpu_count() or 1)
 
 
 def _own_config(source: ModelSource) -> tuple[ModelConfig, str]:

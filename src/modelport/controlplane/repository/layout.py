@@ -58,11 +58,37 @@ class ModelSource:
     """Why the directory cannot be served as it is (empty when it can)."""
 
 
+#: Why a model directory that is a link out of the repository is not served;
+#: where it leads is not said.
+LINKED_OUT = (
+    "the model directory is a link leading out of the repository; a model must be inside it"
+)
+
+
+def _inside(path: Path, root: Path) -> bool:
+    """Whether ``path`` resolves strictly below ``root`` (both resolved here)."""
+    try:
+        return root.resolve() in path.resolve().parents
+    except (OSError, RuntimeError):  # a link loop, a name too long ...
+        return False
+
+
 def scan_model(repo: Path, name: str) -> ModelSource | None:
-    """Read one model directory; None when it does not exist."""
+    """Read one model directory; None when it does not exist.
+
+    The repository root may itself be a link (git-sync's ``repo ->
+    .worktrees/<sha>``), and a model directory may be a link to another
+    place inside it; a model directory leading out of the (resolved) root is
+    reported with a problem and not read at all. A version directory that
+    leads out of its model directory is listed but not fingerprinted (it
+    could be anywhere, as large as a disk): loading refuses it
+    (``check_version_dir``).
+    """
     path = repo / check_model_name(name)
     if not path.is_dir():
         return None
+    if not _inside(path, repo):
+        return ModelSource(name, path, None, {}, problem=f"{name}: {LINKED_OUT}")
     present = [path / f for f in CONFIG_FILES if (path / f).is_file()]
     problem = ""
     config_file: Path | None = None
@@ -82,7 +108,9 @@ def scan_model(repo: Path, name: str) -> ModelSource | None:
         config_file=config_file,
         versions=versions,
         config_fingerprint=tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in present),
-        version_fingerprints={v: _fingerprint(p) for v, p in versions.items()},
+        version_fingerprints={
+            v: _fingerprint(p) if _inside(p, path) else () for v, p in versions.items()
+        },
         problem=problem,
     )
 

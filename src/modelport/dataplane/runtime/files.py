@@ -7,9 +7,12 @@ for all of them.
 
 A model's files are its version directory's: ``default_model_filename`` (and
 every ``cc_model_filenames`` entry) is a relative path without ``..``, and
-no link in the version directory may lead out of it. Otherwise a config could
-serve another model's file (``../../other/1/model.onnx``) under this model's
-name, or probe the server's disk. Error texts name the field or the file's
+no link in the version directory, nor the version directory itself, may
+lead out of it (out of the model directory, for the version directory).
+Otherwise a config could serve another model's file
+(``../../other/1/model.onnx``) under this model's name, or probe the
+server's disk. Label files (``output[].label_filename``) are the model
+directory's in the same way. Error texts name the field or the file's
 path inside the version directory, never where anything outside it is.
 """
 
@@ -53,9 +56,16 @@ def check_version_dir(version_dir: Path, config: ModelConfig) -> None:
     runtime may open any file of its version (an OpenVINO ``.bin`` beside its
     ``.xml``, an MLflow model's artifacts, a python model's modules), so the
     rule is the directory's, not one file's. Links are resolved first, then
-    checked.
+    checked. The version directory itself may be a link only to a place
+    inside its model directory: ``repo/d/1 -> ../b/1`` would serve model b's
+    files (another tenant's, perhaps) under d's name and config.
     """
     root = _resolved(version_dir, ".")
+    if _resolved(version_dir.parent, ".") not in root.parents:
+        raise ModelLoadError(
+            f"{version_dir.name}: the version directory is a link leading out of its model "
+            "directory; a version's files must be inside its model"
+        )
     names = {"default_model_filename": config.default_model_filename}
     names.update({f"cc_model_filenames.{k}": v for k, v in config.cc_model_filenames.items()})
     for field, name in names.items():
@@ -73,6 +83,30 @@ def check_version_dir(version_dir: Path, config: ModelConfig) -> None:
                         f"{rel}: a link leading out of the version directory; "
                         "a model's files must be inside it"
                     )
+    check_label_files(version_dir.parent, config)
+
+
+def check_label_files(model_dir: Path, config: ModelConfig) -> None:
+    """Refuse an output's ``label_filename`` that names a file outside the model directory.
+
+    Triton reads label files (a classification model's class names) relative
+    to the model directory; a repository may well have them, so they are
+    accepted, but only as a relative path without ``..`` that, links
+    followed, stays inside that directory. The reason is the same whatever
+    the name points at.
+    """
+    root = _resolved(model_dir, ".")
+    for i, output in enumerate(config.output):
+        if not output.label_filename:
+            continue
+        field = f"output[{i}].label_filename"
+        outside = f"{field} must name a file inside the model directory (a relative path, no '..')"
+        try:
+            path = version_file(model_dir, output.label_filename, field).resolve()
+        except (ModelLoadError, OSError, RuntimeError):
+            raise ModelLoadError(outside) from None
+        if root not in path.parents:
+            raise ModelLoadError(outside)
 
 
 def _resolved(path: Path, what: str, named: bool = False) -> Path:
