@@ -15,6 +15,8 @@ import os
 import queue
 import socket
 import stat
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -265,5 +267,57 @@ def test_state_and_payload_files_are_the_owners_only(tmp_path: Path) -> None:
         assert mode(payloads / "logged") == 0o700
         for file in (payloads / "logged").iterdir():
             assert mode(file) == 0o600, file
+    finally:
+        stop_server(server)
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_every_new_level_of_the_data_dir_is_the_owners_only_under_umask_000(
+    tmp_path: Path,
+) -> None:
+    """``umask 000`` (common in containers): no directory made on the way is open to all."""
+    data = tmp_path / "x" / "d0" / "x"
+    create = 'umask 000 && exec "$0" -m modelport keys create --data-dir "$1" --role admin'
+    done = subprocess.run(
+        ["sh", "-c", create + ' --models "*"', sys.executable, str(data)],
+        capture_output=True, text=True, check=False, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    for level in (tmp_path / "x", tmp_path / "x" / "d0", data):
+        assert _mode(level) == 0o700, level
+
+    repo = tmp_path / "repo"
+    _model(repo, "logged", None)
+    config = repo / "logged" / "config.yaml"
+    config.write_text(config.read_text() + PAYLOAD_LOG)
+    server_data = tmp_path / "s" / "d0" / "data"
+    payloads = tmp_path / "p" / "d1" / "payloads"
+    settings = tmp_path / "server.yaml"
+    settings.write_text(f"payload_log_dir: {payloads}\n")
+    previous = os.umask(0)
+    try:
+        server = start_server(
+            repo,
+            tmp_path / "server.log",
+            "--data-dir",
+            str(server_data),
+            "--config",
+            str(settings),
+        )
+    finally:
+        os.umask(previous)
+    try:
+        reply = httpx.post(f"{server.base}/v2/models/logged/infer", json=BODY)
+        assert reply.status_code == 200, reply.text
+        deadline = time.monotonic() + 30
+        while not list(payloads.glob("logged/*.jsonl")):
+            assert time.monotonic() < deadline, "no payload file was written"
+            time.sleep(0.05)
+        made = [tmp_path / "s", tmp_path / "s" / "d0", server_data]
+        made += [tmp_path / "p", tmp_path / "p" / "d1", payloads, payloads / "logged"]
+        assert {str(p): _mode(p) for p in made} == {str(p): 0o700 for p in made}
     finally:
         stop_server(server)

@@ -16,6 +16,7 @@ import typer
 
 from modelport.config.server import ServerConfig
 from modelport.errors import ModelportError
+from modelport.private_dirs import make_private_dirs
 
 if TYPE_CHECKING:
     # Imported when a command runs, so that other commands start without SQLAlchemy.
@@ -53,7 +54,7 @@ def open_store(data_dir: Path | None, state_url: str | None, *, create: bool) ->
         directory = data_dir or DEFAULT_DATA_DIR
         database = directory / "state.db"
         if create:
-            directory.mkdir(mode=0o700, parents=True, exist_ok=True)  # keys, audit: owner only
+            make_private_dirs(directory)  # keys, audit: owner only, each new level
         elif not database.is_file():
             typer.echo(f"error: no state database at {database}; check --data-dir", err=True)
             raise typer.Exit(2)

@@ -41,6 +41,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from modelport.errors import InvalidRequest, ModelportError
+from modelport.private_dirs import make_private_dirs
 
 SUFFIX = ".jsonl"
 FORMAT = 1
@@ -99,9 +100,8 @@ class DayFiles:
         path = self.path(model, day)
         if not path.parent.is_dir():
             # Each level made here is the owner's only (mkdir's parents= would
-            # give the payload root the default mode, listing model names to all).
-            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            path.parent.mkdir(mode=0o700, exist_ok=True)
+            # give the levels above the default mode, listing model names to all).
+            make_private_dirs(path.parent)
         out: list[bytes] = []
         if keys is not None:
             segment = self._segments.get(path)

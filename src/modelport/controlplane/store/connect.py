@@ -25,6 +25,7 @@ from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
 from modelport.errors import ConfigError
+from modelport.private_dirs import make_private_dirs
 
 #: Execution option that marks a connection's transactions as writes.
 WRITE = "modelport_write"
@@ -119,7 +120,7 @@ def _make_private_file(url: URL, where: str) -> None:
     database = Path(str(url.database)).expanduser()
     parent = database.parent
     try:
-        parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_private_dirs(parent)
     except OSError as exc:
         raise ConfigError(
             where, "", f"cannot create the directory {parent}: {exc.strerror}"
