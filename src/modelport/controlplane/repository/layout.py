@@ -118,8 +118,9 @@ def scan_model(repo: Path, name: str) -> ModelSource | None:
 def misnamed_models(repo: Path) -> dict[str, str]:
     """Directories in ``repo`` not served for their name, each with the reason.
 
-    Triton would try to load them and fail; modelport lists them as models
-    that failed, so they do not vanish without a word. The name comes from
+    Triton would try to load them and fail; modelport lists them in the
+    index as UNAVAILABLE, so they do not vanish without a word, but they do
+    not count against readiness (``lost+found`` is no model). The name comes from
     the disk, not from a caller, but may still hold control characters or
     bytes that are not UTF-8: it is shown escaped (``ascii``), and an escaped
     name (it holds a backslash) can never be taken for a valid one. Hidden
