@@ -47,6 +47,7 @@ def outside(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("outside")
     _save(add_sub_model(), root / "secret" / "model.onnx")
     _save(identity_model("FP32"), root / "elsewhere" / "1" / "model.onnx")
+    (root / "secret" / "config.pbtxt").write_text("max_batch_size: 8\n")
     return root
 
 
@@ -81,6 +82,11 @@ def repo(tmp_path_factory: pytest.TempPathFactory, outside: Path) -> Path:
     os.symlink("../b/1", root / "d" / "1")
     (root / "d" / "config.yaml").write_text("parameters: {tenant: {string_value: acme}}\n")
     os.symlink(outside / "elsewhere", root / "f")
+    # A config file linking to another model's config, or out of the repository.
+    _save(identity_model("FP32"), root / "cfg_linked" / "1" / "model.onnx")
+    os.symlink("../c/config.yaml", root / "cfg_linked" / "config.yaml")
+    _save(identity_model("FP32"), root / "cfg_linked_out" / "1" / "model.onnx")
+    os.symlink(outside / "secret" / "config.pbtxt", root / "cfg_linked_out" / "config.pbtxt")
     # Data protection the repository's config sets, which a load may not switch off.
     _save(identity_model("FP32"), root / "c" / "1" / "model.onnx")
     (root / "c" / "config.yaml").write_text(PROTECTED_CONFIG)
@@ -365,6 +371,30 @@ def test_directory_linked_out_is_refused(
         assert clients[kind].is_model_ready(name) is False
     shown = reason(srv, name)
     assert "b/1" not in shown and str(outside) not in shown and "elsewhere" not in shown
+    r = httpx.post(f"{srv.base}/v2/models/{name}/infer", json={"inputs": [ROW]}, timeout=30)
+    assert r.status_code == 503, r.text
+
+
+@pytest.mark.parametrize(
+    ("name", "file"), [("cfg_linked", "config.yaml"), ("cfg_linked_out", "config.pbtxt")]
+)
+def test_config_file_linked_out_of_its_model_is_refused(
+    srv: Server, clients: dict[str, Any], outside: Path, name: str, file: str
+) -> None:
+    """``cfg_linked/config.yaml -> ../c/config.yaml`` would serve it under c's config."""
+    assert [e["state"] for e in index(srv)[name]] == ["UNAVAILABLE"]
+    why = f"{name}/{file}: the config file is a link leading out of the model directory"
+    assert why in reason(srv, name)
+    for kind in TRANSPORTS:
+        with pytest.raises(InferenceServerException, match="config file is a link") as info:
+            clients[kind].load_model(name)
+        message = str(info.value.message())
+        assert why in message
+        assert "c/config" not in message and str(outside) not in message
+        assert "secret" not in message
+        assert clients[kind].is_model_ready(name) is False
+    shown = reason(srv, name)
+    assert "c/config" not in shown and str(outside) not in shown and "secret" not in shown
     r = httpx.post(f"{srv.base}/v2/models/{name}/infer", json={"inputs": [ROW]}, timeout=30)
     assert r.status_code == 503, r.text
 

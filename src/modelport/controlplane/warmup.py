@@ -86,14 +86,42 @@ def _configured(
         if spec.get("random_data"):
             sample[name] = _random(datatype, shape, rng)
         elif spec.get("input_data_file"):
-            path = (model_dir / "warmup" / str(spec["input_data_file"])).resolve()
-            if model_dir.resolve() not in path.parents:
-                raise ModelLoadError(f"{where}.inputs.{name}.input_data_file: outside the model")
-            raw = np.fromfile(path, dtype=DTYPES[datatype])
-            sample[name] = raw[: int(np.prod(shape))].reshape(shape)
+            field = f"{where}.inputs.{name}.input_data_file"
+            sample[name] = _from_file(
+                model_dir, str(spec["input_data_file"]), datatype, shape, field
+            )
         else:
             sample[name] = _zeros(datatype, shape)
     return sample, max(1, int(entry.get("count", 1) or 1))
+
+
+def _from_file(
+    model_dir: Path, filename: str, datatype: str, shape: tuple[int, ...], field: str
+) -> Array:
+    """A sample's values from ``<model>/warmup/<filename>``, in row-major order.
+
+    Only the bytes the sample needs are read, so a file of any size (or a
+    pipe, or a device) costs no more than the sample itself; what follows
+    them is ignored, as it always was. A file too short for the sample is
+    refused with the sizes, not left to fail in a reshape.
+    """
+    path = (model_dir / "warmup" / filename).resolve()
+    if model_dir.resolve() not in path.parents:
+        raise ModelLoadError(f"{field}: outside the model")
+    if datatype == "BYTES":
+        raise ModelLoadError(f"{field}: not supported for BYTES inputs; use zero_data")
+    dtype = DTYPES[datatype]
+    need = int(np.prod(shape)) * dtype.itemsize
+    try:
+        with path.open("rb") as f:
+            data = f.read(need)
+    except OSError as exc:
+        raise ModelLoadError(f"{field}: cannot read warmup/{filename}: {exc.strerror}") from None
+    if len(data) < need:
+        raise ModelLoadError(
+            f"{field}: warmup/{filename} holds {len(data)} bytes; the sample needs {need}"
+        )
+    return np.frombuffer(data, dtype=dtype).reshape(shape).copy()
 
 
 def warm_up(predict: Any, config: ModelConfig, signature: ModelSignature, model_dir: Path) -> int:

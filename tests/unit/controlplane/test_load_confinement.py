@@ -8,10 +8,13 @@ side is in tests/integration/test_repository_confinement.py.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 import pytest
 
@@ -405,6 +408,105 @@ def test_a_model_directory_linked_out_of_the_repository_is_refused(tmp_path: Pat
         with pytest.raises(ModelLoadError, match="link leading out of the repository") as load:
             await reg.load("f", None)
         assert "outside" not in load.value.message
+        await reg.close()
+
+    run(scenario())
+
+
+def test_a_config_file_linked_out_of_its_model_is_refused(tmp_path: Path) -> None:
+    """``d/config.pbtxt -> ../b/config.pbtxt`` would serve d under another model's config."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "config.pbtxt").write_text("max_batch_size: 8\n")
+    repo = tmp_path / "repo"
+    for name in ("b", "d", "e", "gone", "k"):
+        _write(repo / name / "1" / "model.onnx", identity_model("FP32"))
+    (repo / "b" / "config.pbtxt").write_text("max_batch_size: 4\n")
+    os.symlink("../b/config.pbtxt", repo / "d" / "config.pbtxt")
+    os.symlink(outside / "config.pbtxt", repo / "e" / "config.pbtxt")
+    os.symlink(outside / "no-such-config.yaml", repo / "gone" / "config.yaml")
+    # A link that stays inside the model directory is the model's own config.
+    (repo / "k" / "configs").mkdir()
+    (repo / "k" / "configs" / "current.pbtxt").write_text("max_batch_size: 2\n")
+    os.symlink("configs/current.pbtxt", repo / "k" / "config.pbtxt")
+
+    async def scenario() -> None:
+        reg = Registry(repo, Metrics())
+        await reg.start()
+        assert reg.resolve("b", None).config.max_batch_size == 4
+        assert reg.resolve("k", None).config.max_batch_size == 2
+        reasons = []
+        for name, file in (("d", "config.pbtxt"), ("e", "config.pbtxt"), ("gone", "config.yaml")):
+            with pytest.raises(ModelNotReady):
+                reg.resolve(name, None)
+            why = " ".join(e.reason for e in reg.index(ready_only=False) if e.name == name)
+            assert f"{name}/{file}: the config file is a link leading out of the model" in why
+            with pytest.raises(ModelLoadError, match="config file is a link leading out") as info:
+                await reg.load(name, None)
+            for shown in (why, info.value.message):
+                assert "b/config" not in shown and "outside" not in shown
+                assert str(tmp_path) not in shown and "no-such" not in shown
+            reasons.append(why.replace(f"{name}/{file}", ""))
+        # Whether the file linked to exists or not, the reason is the same.
+        assert reasons[1] == reasons[2]
+        await reg.close()
+
+    run(scenario())
+
+
+def test_warm_up_reads_only_the_bytes_its_sample_needs(tmp_path: Path) -> None:
+    """A warm-up data file is read as far as the sample goes, however long it is.
+
+    The file here is a pipe whose writer stays open: it never ends, so a
+    reader that reads it whole never returns (until the guard closes it).
+    """
+    model = tmp_path / "repo" / "w"
+    _write(model / "1" / "model.onnx", identity_model("FP32"))
+    sample = {"data_type": "TYPE_FP32", "dims": [4], "input_data_file": "row.bin"}
+    warmup = [{"name": "row", "batch_size": 1, "inputs": {"INPUT0": sample}}]
+    (model / "config.yaml").write_text(json.dumps({"max_batch_size": 8, "model_warmup": warmup}))
+    (model / "warmup").mkdir()
+    os.mkfifo(model / "warmup" / "row.bin")
+    writer = os.open(model / "warmup" / "row.bin", os.O_RDWR)  # never blocks, keeps it open
+    os.write(writer, np.arange(4, dtype=np.float32).tobytes() + b"\0" * 4096)
+    gave_up = threading.Event()
+
+    def give_up() -> None:
+        gave_up.set()
+        os.close(writer)
+
+    guard = threading.Timer(30.0, give_up)
+    guard.start()
+
+    async def scenario() -> None:
+        reg = Registry(tmp_path / "repo", Metrics())
+        await reg.start()
+        assert not gave_up.is_set(), "warm-up read past its sample"
+        assert reg.resolve("w", None).version == "1"
+        await reg.close()
+
+    try:
+        run(scenario())
+    finally:
+        guard.cancel()
+        if not gave_up.is_set():
+            os.close(writer)
+
+
+def test_a_warm_up_file_shorter_than_its_sample_names_the_sizes(tmp_path: Path) -> None:
+    model = tmp_path / "repo" / "w"
+    _write(model / "1" / "model.onnx", identity_model("FP32"))
+    sample = {"data_type": "TYPE_FP32", "dims": [4], "input_data_file": "row.bin"}
+    warmup = [{"name": "row", "batch_size": 1, "inputs": {"INPUT0": sample}}]
+    (model / "config.yaml").write_text(json.dumps({"max_batch_size": 8, "model_warmup": warmup}))
+    (model / "warmup").mkdir()
+    (model / "warmup" / "row.bin").write_bytes(b"\0" * 8)
+
+    async def scenario() -> None:
+        reg = Registry(tmp_path / "repo", Metrics())
+        await reg.start()
+        with pytest.raises(ModelNotReady, match=r"row\.bin holds 8 bytes; the sample needs 16"):
+            reg.resolve("w", None)
         await reg.close()
 
     run(scenario())

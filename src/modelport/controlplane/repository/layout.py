@@ -63,6 +63,12 @@ class ModelSource:
 LINKED_OUT = (
     "the model directory is a link leading out of the repository; a model must be inside it"
 )
+#: Why a config file that is a link out of its model directory is not read;
+#: where it leads (another model's config, a file elsewhere) is not said.
+CONFIG_LINKED_OUT = (
+    "the config file is a link leading out of the model directory; "
+    "a model's config must be inside it"
+)
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -82,17 +88,24 @@ def scan_model(repo: Path, name: str) -> ModelSource | None:
     reported with a problem and not read at all. A version directory that
     leads out of its model directory is listed but not fingerprinted (it
     could be anywhere, as large as a disk): loading refuses it
-    (``check_version_dir``).
+    (``check_version_dir``). A config file that is a link leading out of its
+    model directory (``d/config.pbtxt -> ../b/config.pbtxt``, another
+    tenant's model's) is a problem too, and is neither read nor stat'ed
+    through the link, whether its target exists or not.
     """
     path = repo / check_model_name(name)
     if not path.is_dir():
         return None
     if not _inside(path, repo):
         return ModelSource(name, path, None, {}, problem=f"{name}: {LINKED_OUT}")
-    present = [path / f for f in CONFIG_FILES if (path / f).is_file()]
+    candidates = [path / f for f in CONFIG_FILES]
+    linked_out = [p for p in candidates if p.is_symlink() and not _inside(p, path)]
+    present = [p for p in candidates if p not in linked_out and p.is_file()]
     problem = ""
     config_file: Path | None = None
-    if len(present) > 1:
+    if linked_out:
+        problem = f"{name}/{linked_out[0].name}: {CONFIG_LINKED_OUT}"
+    elif len(present) > 1:
         problem = (
             f"{path}: both {present[0].name} and {present[1].name} are present; keep exactly one"
         )
@@ -107,7 +120,12 @@ def scan_model(repo: Path, name: str) -> ModelSource | None:
         path=path,
         config_file=config_file,
         versions=versions,
-        config_fingerprint=tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in present),
+        config_fingerprint=tuple(
+            (p.name, st.st_size, st.st_mtime_ns)
+            for p in candidates
+            if p in present or p in linked_out
+            for st in [p.lstat() if p in linked_out else p.stat()]
+        ),
         version_fingerprints={
             v: _fingerprint(p) if _inside(p, path) else () for v, p in versions.items()
         },
