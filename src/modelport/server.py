@@ -15,12 +15,10 @@ import gc
 import logging
 import signal
 import socket
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-import uvicorn
 
 from modelport import __version__
 from modelport.auth_setup import build_auth
@@ -47,10 +45,14 @@ from modelport.dataplane.transport.grpc.server import (
 from modelport.dataplane.transport.http.app import build_app, build_metrics_app
 from modelport.dataplane.transport.http.errors import http_status
 from modelport.dataplane.transport.http.protocol import limited_protocol
+from modelport.dataplane.transport.http.uvicorn_adapter import (
+    UvicornServer,
+    bound_tls_handshakes,
+    uvicorn_server,
+)
 from modelport.dataplane.transport.listen import address_of, bind_listeners, port_of
 from modelport.observability.metrics import Metrics
 from modelport.observability.payloads import PayloadLogger, retention_of
-from modelport.tls.handshake import bound_tls_handshakes
 from modelport.tls.material import TlsFiles
 from modelport.tls.rotation import TlsRotation
 
@@ -59,45 +61,22 @@ log = logging.getLogger("modelport.server")
 SERVER_NAME = "modelport"
 
 
-class _Uvicorn(uvicorn.Server):
-    """uvicorn without its own signal handling: this module owns shutdown."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
 def _uvicorn(
     app: object, config: ServerConfig, port: int, tls: TlsRotation | None = None
-) -> _Uvicorn:
-    return _Uvicorn(
-        uvicorn.Config(
-            app,  # type: ignore[arg-type]
-            host=config.host,
-            port=port,
-            loop="none",
-            http=limited_protocol(
-                config.max_header_bytes,
-                config.header_timeout,
-                config.body_timeout,
-                config.max_body_bytes,
-            ),
-            lifespan="off",
-            # No route speaks WebSocket: an upgrade request is answered as the plain
-            # HTTP request it also is (401, 403, 404 in the usual JSON), never 101.
-            ws="none",
-            access_log=False,
-            log_config=None,
-            server_header=False,
-            timeout_graceful_shutdown=int(config.shutdown_grace) or None,
-            timeout_keep_alive=30,
-            # The peer address is what brute-force blocking and the audit log key
-            # on; X-Forwarded-For from any client, the local host included, must
-            # not be able to change it.
-            proxy_headers=False,
-            # The rotation's live context, shared by every listener and reloaded in place.
-            ssl_context_factory=(lambda _c, _d: tls.context) if tls is not None else None,
-        )
+) -> UvicornServer:
+    return uvicorn_server(
+        app,
+        host=config.host,
+        port=port,
+        protocol=limited_protocol(
+            config.max_header_bytes,
+            config.header_timeout,
+            config.body_timeout,
+            config.max_body_bytes,
+        ),
+        shutdown_grace=config.shutdown_grace,
+        # The rotation's live context, shared by every listener and reloaded in place.
+        ssl_context=(lambda: tls.context) if tls is not None else None,
     )
 
 

@@ -10,10 +10,10 @@ the size limit; one task runs the same route code the ASGI app runs
 (``InferenceFastPath.serve_direct``); and the answer leaves in one write.
 
 The cycle keeps the attribute names uvicorn's protocol reads of a request
-cycle (``more_body``, ``response_started``, ``response_complete``,
-``disconnected``, ``keep_alive``, ``message_event``), so connection loss,
-graceful shutdown, pipelining and the deadline sweep treat it like any other
-request. A request the protocol cannot take this way (pipelined behind an
+cycle (``uvicorn_adapter.RequestCycle``: ``more_body``, ``response_started``,
+``response_complete``, ``disconnected``, ``keep_alive``, ``message_event``),
+so connection loss, graceful shutdown, pipelining and the deadline sweep
+treat it like any other request. A request the protocol cannot take this way (pipelined behind an
 unfinished answer, an upgrade, a percent-escaped path) goes through the ASGI
 app instead and gets the same answer.
 """
@@ -32,7 +32,7 @@ from modelport.dataplane.transport.http.body import (
 )
 
 if TYPE_CHECKING:
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    from modelport.dataplane.transport.http.uvicorn_adapter import UvicornHttpProtocol
 
 #: An answer: status, headers (content-length aside), body.
 Reply = tuple[int, list[tuple[bytes, bytes]], bytes]
@@ -46,7 +46,7 @@ class DirectCycle:
 
     def __init__(
         self,
-        protocol: HttpToolsProtocol,
+        protocol: UvicornHttpProtocol,
         scope: dict[str, Any],
         keep_alive: bool,
         expect_100: bool,
@@ -120,15 +120,15 @@ class DirectCycle:
     async def send(self, reply: Reply) -> None:
         """Write the answer, head and body together, then let the connection go on."""
         protocol = self.protocol
-        if protocol.flow.write_paused and not self.disconnected:
-            await protocol.flow.drain()
+        if not self.disconnected:
+            await protocol.drain_writes()
         transport = protocol.transport
         if self.disconnected or self.response_complete or transport.is_closing():
             return
         status, headers, payload = reply
         self.response_started = True
         out = [_STATUS_LINES[status]]
-        for name, value in protocol.server_state.default_headers:
+        for name, value in protocol.default_headers:
             out += (name, b": ", value, b"\r\n")
         for name, value in headers:
             out += (name, b": ", value, b"\r\n")

@@ -3,6 +3,7 @@
 When httptools cannot parse a request (a Content-Length that is not a
 number, a broken request line) the ASGI app never sees it; uvicorn answers
 in plain text. This subclass keeps the one error shape, ``{"error": ...}``.
+It reaches uvicorn's protocol only through ``uvicorn_adapter.py``.
 
 uvicorn does not implement the ASGI TLS extension, and mutual TLS needs it:
 the client certificate is the caller's identity. So on a TLS connection
@@ -22,7 +23,6 @@ import json
 from typing import Any
 
 import httptools
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from modelport.dataplane.admission.certificates import (
     CLIENT_CERT_SCOPE_KEY,
@@ -33,6 +33,7 @@ from modelport.dataplane.transport.http.body import check_declared, too_large
 from modelport.dataplane.transport.http.direct import DirectCycle
 from modelport.dataplane.transport.http.disconnect import CONNECTION_SCOPE_KEY, HangupWatch
 from modelport.dataplane.transport.http.fastpath import InferenceFastPath, match_infer
+from modelport.dataplane.transport.http.uvicorn_adapter import UvicornHttpProtocol
 from modelport.errors import PayloadTooLarge
 
 #: TLS versions as the ASGI TLS extension numbers them.
@@ -70,7 +71,7 @@ SWEEP_INTERVAL_S = 0.5
 LINGER_S = 2.0
 
 
-class JsonErrorHttpToolsProtocol(HangupWatch, HttpToolsProtocol):
+class JsonErrorHttpToolsProtocol(HangupWatch, UvicornHttpProtocol):
     """uvicorn's httptools protocol with JSON errors, the TLS extension, and limits.
 
     Limits that hold for every caller, before any application code runs: the
@@ -118,13 +119,14 @@ class JsonErrorHttpToolsProtocol(HangupWatch, HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        if isinstance(self.app, InferenceFastPath):
-            self._infer_app = self.app
+        app = self.served_app
+        if isinstance(app, InferenceFastPath):
+            self._infer_app = app
         ssl_object = transport.get_extra_info("ssl_object")
         if ssl_object is not None:
             self._tls, self._client_cert = tls_extension(ssl_object)
         self._started = self.loop.time()
-        _sweep_later(self.loop, self.server_state)
+        self.sweep_while_connected(SWEEP_INTERVAL_S, _check_deadlines)
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
@@ -135,7 +137,7 @@ class JsonErrorHttpToolsProtocol(HangupWatch, HttpToolsProtocol):
             self._last_dropped = self.loop.time()
             return
         super().data_received(data)
-        scope = getattr(self, "scope", None)
+        scope = self.request_scope
         if scope is not None and "method" not in scope:  # the head is still arriving
             self._head_read += len(data)
             if self._head_read > self.max_head_bytes and not self.transport.is_closing():
@@ -147,7 +149,7 @@ class JsonErrorHttpToolsProtocol(HangupWatch, HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         # One sum per request, before the application sees it; a head arriving
         # over several reads is also cut off in data_received as it grows.
-        size = len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers)
+        size = len(self.request_target) + sum(len(n) + len(v) + 4 for n, v in self.request_headers)
         if size > self.max_head_bytes:
             self._head_too_large = True
             raise _HeadTooLarge
@@ -159,13 +161,13 @@ class JsonErrorHttpToolsProtocol(HangupWatch, HttpToolsProtocol):
 
     def _take_direct(self, app: InferenceFastPath) -> bool:
         """Start an infer request as a DirectCycle, when it can be one (see direct.py)."""
-        parser = self.parser
-        if parser.get_method() != b"POST" or parser.should_upgrade() or self.root_path:
+        parser = self.request_parser
+        if parser.get_method() != b"POST" or parser.should_upgrade() or self.mount_path:
             return False
-        current = self.cycle
+        current = self.request_cycle
         if current is not None and not current.response_complete:
             return False  # pipelined behind an unfinished answer: uvicorn queues it
-        url = httptools.parse_url(self.url)
+        url = httptools.parse_url(self.request_target)
         raw_path: bytes = url.path
         if b"%" in raw_path or not raw_path.isascii():
             return False
@@ -174,7 +176,8 @@ class JsonErrorHttpToolsProtocol(HangupWatch, HttpToolsProtocol):
         if route is None:
             return False
         http_version: str = parser.get_http_version()
-        scope: dict[str, Any] = self.scope  # type: ignore[assignment]
+        scope = self.request_scope
+        assert scope is not None  # set by on_message_begin, before the headers
         scope["method"] = "POST"
         if http_version != "1.1":
             scope["http_version"] = http_version
@@ -185,13 +188,11 @@ class JsonErrorHttpToolsProtocol(HangupWatch, HttpToolsProtocol):
             self,
             scope,
             keep_alive=http_version != "1.0" and parser.should_keep_alive(),
-            expect_100=self.expect_100_continue,
+            expect_100=self.expects_continue,
             limit=app.infer.ctx.max_body_bytes,
         )
-        self.cycle = cycle  # type: ignore[assignment]
-        task = self.loop.create_task(app.serve_direct(cycle, *route))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        self.request_cycle = cycle
+        self.start_request_task(app.serve_direct(cycle, *route))
         return True
 
     def _unsupported_upgrade_warning(self) -> None:
@@ -203,7 +204,7 @@ class JsonErrorHttpToolsProtocol(HangupWatch, HttpToolsProtocol):
         protocols. No warning is logged (uvicorn would log one per request,
         which any client could use to flood the log).
         """
-        cycle = self.cycle
+        cycle = self.request_cycle
         if cycle is not None:
             cycle.keep_alive = False
 
@@ -215,13 +216,13 @@ class JsonErrorHttpToolsProtocol(HangupWatch, HttpToolsProtocol):
         that answer finishes, then the connection closes, and this request is
         never answered; nothing more is read meanwhile.
         """
-        declared = next((v for n, v in self.headers if n == b"content-length"), None)
+        declared = next((v for n, v in self.request_headers if n == b"content-length"), None)
         if declared is None:
             return False
         try:
             check_declared(declared.decode("latin-1"), self.max_body_bytes)
         except PayloadTooLarge as exc:
-            previous = self.cycle
+            previous = self.request_cycle
             if previous is not None and not previous.response_complete:
                 previous.keep_alive = False
                 self._refused = True
@@ -231,7 +232,7 @@ class JsonErrorHttpToolsProtocol(HangupWatch, HttpToolsProtocol):
         return False
 
     def on_body(self, body: bytes) -> None:
-        cycle = self.cycle
+        cycle = self.request_cycle
         if isinstance(cycle, DirectCycle):
             cycle.add(body)
             return
@@ -251,9 +252,9 @@ class JsonErrorHttpToolsProtocol(HangupWatch, HttpToolsProtocol):
         whose answer is already under way, cannot be answered in order: the
         connection closes instead.
         """
-        cycle = self.cycle
-        queued = any(c is cycle for c, _ in self.pipeline)
-        if queued:
+        cycle = self.request_cycle
+        assert cycle is not None  # a body arrives only after a head made one
+        if self.is_queued(cycle):
             self.transport.close()
         elif not cycle.response_started:
             self._send_error(413, "Content Too Large", too_large(self.max_body_bytes).message)
@@ -271,7 +272,8 @@ class JsonErrorHttpToolsProtocol(HangupWatch, HttpToolsProtocol):
         super().on_message_begin()
         self._started = self.loop.time()
         self._body_read = 0
-        scope: dict[str, Any] = self.scope  # type: ignore[assignment]
+        scope = self.request_scope
+        assert scope is not None  # on_message_begin just made it
         scope[CONNECTION_SCOPE_KEY] = self
         if self._tls is not None:
             scope["extensions"] = {"tls": self._tls}
@@ -282,20 +284,20 @@ class JsonErrorHttpToolsProtocol(HangupWatch, HttpToolsProtocol):
         """Answer 408 when the head or the body is overdue (called by the sweep)."""
         if self._refused or self.transport.is_closing():
             return
-        scope = getattr(self, "scope", None)
+        scope = self.request_scope
         waited = now - self._started
         if scope is None or "method" not in scope:
             if waited > self.head_timeout_s:
                 self._timed_out("request head", self.head_timeout_s)
             return
-        cycle = getattr(self, "cycle", None)
+        cycle = self.request_cycle
         receiving = cycle is not None and cycle.more_body and not cycle.response_started
         limit = self.head_timeout_s + self.body_timeout_s
         if receiving and waited > limit:
             self._timed_out("request body", limit)
 
     def _timed_out(self, what: str, seconds: float) -> None:
-        cycle = getattr(self, "cycle", None)
+        cycle = self.request_cycle
         if cycle is None or not cycle.response_started:
             self._send_error(408, "Request Timeout", f"{what} not received within {seconds:g} s")
         else:
@@ -314,7 +316,7 @@ class JsonErrorHttpToolsProtocol(HangupWatch, HttpToolsProtocol):
     def _send_error(self, status: int, reason: str, message: str) -> None:
         body = json.dumps({"error": message}).encode()
         head = [f"HTTP/1.1 {status} {reason}\r\n".encode("ascii")]
-        for name, value in self.server_state.default_headers:
+        for name, value in self.default_headers:
             head.extend([name, b": ", value, b"\r\n"])
         head.extend(
             [
@@ -342,7 +344,7 @@ class JsonErrorHttpToolsProtocol(HangupWatch, HttpToolsProtocol):
         reset, and dropping costs bandwidth but no memory.
         """
         self._refused = True
-        cycle = self.cycle
+        cycle = self.request_cycle
         if isinstance(cycle, DirectCycle):
             cycle.abandon()
         elif cycle is not None and not cycle.response_complete:
@@ -353,7 +355,7 @@ class JsonErrorHttpToolsProtocol(HangupWatch, HttpToolsProtocol):
         transport = self.transport
         if transport.can_write_eof():
             transport.write_eof()
-        self.flow.resume_reading()  # dropping is reading: a paused socket would only fill up
+        self.keep_reading()  # dropping is reading: a paused socket would only fill up
         now = self.loop.time()
         self._last_dropped = now
         self._linger_ends = now + self.body_timeout_s
@@ -370,20 +372,10 @@ class JsonErrorHttpToolsProtocol(HangupWatch, HttpToolsProtocol):
             self.loop.call_later(min(quiet_from, self._linger_ends) - now, self._end_linger)
 
 
-def _sweep_later(loop: asyncio.AbstractEventLoop, state: Any) -> None:
-    """Keep one deadline sweep scheduled per server while it has connections."""
-    if getattr(state, "modelport_sweep", None) is None:
-        state.modelport_sweep = loop.call_later(SWEEP_INTERVAL_S, _sweep, loop, state)
-
-
-def _sweep(loop: asyncio.AbstractEventLoop, state: Any) -> None:
-    state.modelport_sweep = None
-    now = loop.time()
-    for connection in list(state.connections):
-        if isinstance(connection, JsonErrorHttpToolsProtocol):
-            connection.check_deadlines(now)
-    if state.connections:
-        _sweep_later(loop, state)
+def _check_deadlines(connection: object, now: float) -> None:
+    """The deadline sweep's visit: one server's connections, twice a second."""
+    if isinstance(connection, JsonErrorHttpToolsProtocol):
+        connection.check_deadlines(now)
 
 
 def limited_protocol(
