@@ -44,7 +44,7 @@ from modelport.dataplane.transport.grpc.server import (
 )
 from modelport.dataplane.transport.http.app import build_app, build_metrics_app
 from modelport.dataplane.transport.http.errors import http_status
-from modelport.dataplane.transport.http.protocol import limited_protocol
+from modelport.dataplane.transport.http.protocol import announce_direct_path, limited_protocol
 from modelport.dataplane.transport.http.uvicorn_adapter import (
     UvicornServer,
     bound_tls_handshakes,
@@ -64,6 +64,7 @@ SERVER_NAME = "modelport"
 def _uvicorn(
     app: object, config: ServerConfig, port: int, tls: TlsRotation | None = None
 ) -> UvicornServer:
+    announce_direct_path(app)
     return uvicorn_server(
         app,
         host=config.host,

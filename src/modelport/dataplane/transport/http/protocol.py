@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 
 import httptools
@@ -35,6 +36,8 @@ from modelport.dataplane.transport.http.disconnect import CONNECTION_SCOPE_KEY, 
 from modelport.dataplane.transport.http.fastpath import InferenceFastPath, match_infer
 from modelport.dataplane.transport.http.uvicorn_adapter import UvicornHttpProtocol
 from modelport.errors import PayloadTooLarge
+
+log = logging.getLogger("modelport.http")
 
 #: TLS versions as the ASGI TLS extension numbers them.
 _TLS_VERSIONS = {"TLSv1.2": 0x0303, "TLSv1.3": 0x0304}
@@ -95,7 +98,10 @@ class JsonErrorHttpToolsProtocol(HangupWatch, UvicornHttpProtocol):
     head never accumulates), and deadlines are checked by one sweep over the
     server's connections twice a second rather than by a timer per request.
 
-    Infer requests skip the ASGI cycle where they can (``direct.py``).
+    Infer requests skip the ASGI cycle where they can (``direct.py``), only
+    when the server's app is the :class:`InferenceFastPath` itself: under any
+    middleware they go through the ASGI app so that the middleware sees them
+    (``announce_direct_path`` says so at startup).
     """
 
     max_head_bytes: int = 32 * 1024
@@ -370,6 +376,38 @@ class JsonErrorHttpToolsProtocol(HangupWatch, UvicornHttpProtocol):
             self.transport.close()
         else:
             self.loop.call_later(min(quiet_from, self._linger_ends) - now, self._end_linger)
+
+
+#: How deep ``announce_direct_path`` looks through ``app`` attributes for the fast path.
+_MAX_WRAPPERS = 32
+
+
+def announce_direct_path(app: object) -> bool:
+    """Whether the protocol will take infer requests directly for ``app``; says why not.
+
+    The direct path bypasses the ASGI app, so it is on only when ``app`` is
+    the :class:`InferenceFastPath` itself (``connection_made``). When the fast
+    path sits under middleware, found through the ``app`` attribute ASGI
+    middleware conventionally keeps for what it wraps, infer requests go
+    through the middleware instead, and one warning at startup names it, so
+    the slower path is never taken silently. An app with no fast path in it
+    (the metrics port) has no direct path to lose: nothing is logged.
+    """
+    if isinstance(app, InferenceFastPath):
+        return True
+    inner = getattr(app, "app", None)
+    for _ in range(_MAX_WRAPPERS):
+        if inner is None:
+            break
+        if isinstance(inner, InferenceFastPath):
+            log.warning(
+                "direct infer path off: middleware %s wraps the infer fast path, so every "
+                "infer request goes through the ASGI app",
+                type(app).__qualname__,
+            )
+            break
+        inner = getattr(inner, "app", None)
+    return False
 
 
 def _check_deadlines(connection: object, now: float) -> None:
