@@ -106,7 +106,7 @@ def _tenant_lookup(table: ModelTable) -> Callable[[str], str | None]:
 
     def tenant_of(name: str) -> str | None:
         try:
-            return table.resolve(name, None).config.parameter("tenant")
+            return table.acquire(name, None).config.parameter("tenant")
         except ModelportError:
             return None
 

@@ -18,6 +18,7 @@ these classes to HTTP status codes or gRPC codes, once
     │   └── FailedPrecondition  refused until the state it depends on is changed first
     │                           (409 / FAILED_PRECONDITION)
     ├── ModelNotReady           the model exists but cannot serve now (503 / UNAVAILABLE)
+    │   └── NotLoaded           it will serve once loaded (the model table loads it on use)
     ├── Unavailable             the server sheds load or is shutting down (503 / UNAVAILABLE)
     ├── RateLimited             the caller is over a rate limit (429 / RESOURCE_EXHAUSTED)
     ├── ResidencyRefused        the data may not be processed in this node's region
@@ -94,6 +95,14 @@ class FailedPrecondition(Conflict):
 
 class ModelNotReady(ModelportError):
     """Raised when a model exists but none of the requested versions is ready."""
+
+
+class NotLoaded(ModelNotReady):
+    """Raised by ``ModelTable.acquire`` for a version that serves once loaded.
+
+    The pipeline then awaits ``ModelTable.acquire_loading``; any other caller
+    (metadata, readiness) sees a model that is not ready yet.
+    """
 
 
 class Unavailable(ModelportError):

@@ -21,6 +21,7 @@ from modelport.controlplane.warmup import warm_up
 from modelport.dataplane.runtime import RuntimeLoader, runtime_loader
 from modelport.dataplane.runtime.files import check_version_dir
 from modelport.dataplane.runtime.process import load_in_processes
+from modelport.dataplane.scheduled import ScheduledServable
 from modelport.dataplane.scheduling.policy import scheduling_policy, with_scheduling_shown
 from modelport.dataplane.scheduling.scheduler import Scheduler
 from modelport.dataplane.table import ModelVersion
@@ -147,7 +148,9 @@ def load_version(
         platform=config.platform,
         signature=signature,
         config=config,
-        scheduler=scheduler,
+        servable=ScheduledServable(
+            scheduler, name, str(version), signature, config.modelport.batch_key
+        ),
         stats=stats,
         profile=profile,
     )

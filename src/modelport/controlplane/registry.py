@@ -101,7 +101,8 @@ class Registry:
 
     # ------------------------------------------------------------ ModelTable
 
-    def resolve(self, name: str, version: str | None) -> ModelVersion:
+    def acquire(self, name: str, version: str | None) -> ModelVersion:
+        """The loaded version (two dictionary lookups), or why there is none."""
         if version is None:
             model = self._default.get(name)
             if model is not None:
@@ -113,6 +114,13 @@ class Registry:
                 if found is not None:
                     return found
         raise self._why_not(name, version)
+
+    resolve = acquire
+
+    async def acquire_loading(self, name: str, version: str | None) -> ModelVersion:
+        """Versions load when the repository or the management API asks, never on
+        first use, so ``acquire`` never says NotLoaded and this answers as it does."""
+        return self.acquire(name, version)
 
     def _why_not(self, name: str, version: str | None) -> ModelportError:
         record = self._records.get(name)
@@ -508,7 +516,7 @@ class Registry:
         self._publish(name, {**self._serving.get(name, {}), str(version): model})
         record.versions[version] = VersionRecord(READY, "", fingerprint)
         if old is not None:
-            await old.scheduler.drain_and_close()
+            await old.servable.drain_and_close()
 
     async def _retire(self, name: str, versions: set[str]) -> None:
         if not versions:
@@ -517,7 +525,7 @@ class Registry:
         leaving = [current[v] for v in versions if v in current]
         self._publish(name, {v: m for v, m in current.items() if v not in versions})
         for model in leaving:
-            await model.scheduler.drain_and_close()
+            await model.servable.drain_and_close()
             record = self._records.get(name)
             if record is not None and int(model.version) in record.versions:
                 record.versions[int(model.version)].state = UNAVAILABLE

@@ -18,6 +18,7 @@ from modelport.dataplane.cache import ResponseCache, cache_key
 from modelport.dataplane.routing.shadow import SHADOW_PROTOCOL
 from modelport.dataplane.routing.traffic import HeaderLookup, RoutedModel, Traffic
 from modelport.dataplane.routing.window import counts_as_error
+from modelport.dataplane.servable import respond, wanted_outputs
 from modelport.dataplane.table import ModelTable, ModelVersion
 from modelport.dataplane.validate import check_request
 from modelport.errors import (
@@ -25,12 +26,13 @@ from modelport.errors import (
     ModelNotReady,
     ModelportError,
     NotFound,
+    NotLoaded,
     RateLimited,
 )
 from modelport.observability.metrics import Metrics, ModelMetrics
 from modelport.observability.payloads import PayloadLogger
 from modelport.observability.profile import InputProfile
-from modelport.types import DTYPES, Array, InferenceRequest, InferenceResponse, Tensor
+from modelport.types import InferenceRequest, InferenceResponse
 
 log = logging.getLogger("modelport.inference")
 
@@ -60,14 +62,20 @@ class Pipeline:
         self._clock = (clock if clock is not None else SystemClock()).monotonic_ns
 
     def resolve(self, name: str, version: str | None) -> ModelVersion:
-        return self.table.resolve(name, version)
+        """The loaded version, for what a transport answers without inferring
+        (metadata, readiness, the overload check); a version that must load
+        first is not ready for these."""
+        return self.table.acquire(name, version)
 
-    def overloaded(self, model: ModelVersion, version: str | None) -> bool:
-        """Whether to refuse before decoding: the version's queue is full and the
-        request will go to it (a routed request may go to another version)."""
-        if not model.scheduler.saturated():
-            return False
-        return version is not None or self.traffic is None or self.traffic.get(model.name) is None
+    def overload_refusal(self, model: ModelVersion, version: str | None) -> ModelportError | None:
+        """The error to refuse with before decoding, or None: the version takes no
+        new work and the request will go to it (a routed request may go to another)."""
+        refused = model.servable.refusal()
+        if refused is None:
+            return None
+        if version is not None or self.traffic is None or self.traffic.get(model.name) is None:
+            return refused
+        return None
 
     async def infer(
         self,
@@ -86,13 +94,16 @@ class Pipeline:
             # refuse (and audit) under a name that exists.
             refused = self.residency.refusal(request, header)
             if refused is not None:
-                model = self.table.resolve(request.model_name, request.model_version)
+                model = self.table.acquire(request.model_name, request.model_version)
                 self.residency.refuse(model.name, request, refused, protocol)
         if self.traffic is not None:
             routed = self.traffic.routed(request.model_name)
             if routed is not None:
                 return await self._routed(routed, request, protocol, header, start)
-        model = self.table.resolve(request.model_name, request.model_version)
+        try:
+            model = self.table.acquire(request.model_name, request.model_version)
+        except NotLoaded:
+            model = await self.table.acquire_loading(request.model_name, request.model_version)
         return await self._serve(model, request, protocol, start, None)
 
     async def _routed(
@@ -110,14 +121,18 @@ class Pipeline:
         the chosen one cannot serve. Only policy-routed requests are shadowed.
         """
         if request.model_version is not None:
-            model = self._resolve_recorded(routed, request.model_name, request.model_version, start)
+            model = await self._acquire_recorded(
+                routed, request.model_name, request.model_version, start
+            )
             return await self._serve(model, request, protocol, start, routed)
         version = routed.choose(header, request.parameters)
         try:
-            model = self.table.resolve(request.model_name, version)
+            model = self.table.acquire(request.model_name, version)
+        except NotLoaded:
+            model = await self.table.acquire_loading(request.model_name, version)
         except (NotFound, ModelNotReady) as exc:
             routed.fell_back(version, exc)
-            model = self.table.resolve(request.model_name, None)
+            model = self.table.acquire(request.model_name, None)
         response = await self._serve(model, request, protocol, start, routed)
         shadow = routed.wants_shadow(model.version)
         if shadow is not None:
@@ -130,15 +145,18 @@ class Pipeline:
     ) -> InferenceResponse:
         """One shadow copy, served like any request under the "shadow" protocol label."""
         start = self._clock()
-        model = self._resolve_recorded(routed, request.model_name, version, start)
+        model = await self._acquire_recorded(routed, request.model_name, version, start)
         return await self._serve(model, request, SHADOW_PROTOCOL, start, routed)
 
-    def _resolve_recorded(
+    async def _acquire_recorded(
         self, routed: RoutedModel, name: str, version: str, start: int
     ) -> ModelVersion:
-        """Resolve a named version; a version that cannot serve counts against it."""
+        """Acquire a named version; a version that cannot serve counts against it."""
         try:
-            return self.table.resolve(name, version)
+            try:
+                return self.table.acquire(name, version)
+            except NotLoaded:
+                return await self.table.acquire_loading(name, version)
         except ModelportError as exc:
             if counts_as_error(exc):
                 routed.record(version, self._clock() - start, True)
@@ -247,43 +265,37 @@ class Pipeline:
         samples = check_request(model, request)
         if model.profile is not None:
             self._count_out_of_profile(model, model.profile, request)
-        wanted = (
-            tuple(o.name for o in request.outputs)
-            if request.outputs is not None
-            else model.output_names
-        )
         key = None
         if self.cache is not None and model.cached:
+            wanted = wanted_outputs(request, model.output_names)
             key = cache_key(model.name, model.version, request.inputs, wanted)
             hit = self.cache.get(key)
             if hit is not None:
                 model.stats.record_cache_hit(self._clock() - start)
                 self.metrics.cache.labels(model.name, model.version, "hit").inc()
-                return self._response(model, request, hit, wanted)
-        feeds = {t.name: t.data for t in request.inputs}
+                return respond(model.name, model.version, model.outputs, request, hit, wanted)
         prepared = self._clock()
-        group = request.parameters.get(model.batch_key) if model.batch_key else None
         try:
-            ex = await model.scheduler.submit(
-                feeds, wanted, samples, request.priority, request.timeout_us, group
-            )
+            outcome = await model.servable.execute(None, request)
         except ModelportError:
             model.stats.record_failure(self._clock() - start)
             raise
-        finished = self._clock()
-        response = self._response(model, request, ex.outputs, wanted)
+        response = outcome.response
+        cache_ns = 0
         if key is not None and self.cache is not None:
-            self.cache.put(key, ex.outputs)
-            model.stats.record_cache_miss(self._clock() - finished)
+            finished = self._clock()
+            self.cache.put(key, {t.name: t.data for t in response.outputs})
+            cache_ns = self._clock() - finished
+            model.stats.record_cache_miss(cache_ns)
             self.metrics.cache.labels(model.name, model.version, "miss").inc()
         done = self._clock()
-        input_ns = prepared - start + ex.input_ns
-        output_ns = done - finished + ex.output_ns
+        input_ns = prepared - start + outcome.input_ns
+        output_ns = outcome.output_ns + cache_ns
         model.stats.record_success(
-            done - start, ex.queue_ns, input_ns, ex.infer_ns, output_ns, samples
+            done - start, outcome.queue_ns, input_ns, outcome.compute_ns, output_ns, samples
         )
-        series.queue_duration.observe(ex.queue_ns / 1e9)
-        series.compute_duration.observe(ex.infer_ns / 1e9)
+        series.queue_duration.observe(outcome.queue_ns / 1e9)
+        series.compute_duration.observe(outcome.compute_ns / 1e9)
         return response
 
     def _count_out_of_profile(
@@ -293,20 +305,3 @@ class Pipeline:
         found = profile.outliers({t.name: t.data for t in request.inputs})
         for name, feature, count in found:
             self.metrics.out_of_profile.labels(model.name, model.version, name, feature).inc(count)
-
-    @staticmethod
-    def _response(
-        model: ModelVersion,
-        request: InferenceRequest,
-        arrays: dict[str, Array],
-        wanted: tuple[str, ...],
-    ) -> InferenceResponse:
-        outputs = []
-        for name in wanted:
-            array = arrays[name]
-            datatype = model.outputs[name].datatype
-            want = DTYPES[datatype]
-            if datatype != "BYTES" and array.dtype != want:
-                array = array.astype(want)
-            outputs.append(Tensor(name, datatype, array.shape, array))
-        return InferenceResponse(model.name, model.version, outputs, id=request.id)

@@ -3,7 +3,7 @@
 The control plane implements these protocols; the data plane never imports
 it. A ``ModelVersion`` is everything a request needs about one loaded
 version, built once at load so the request path does no lookups beyond a
-dictionary.
+dictionary; its ``servable`` computes the answers.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from modelport.config.model import ModelConfig, PayloadLog, RateLimit
-from modelport.dataplane.scheduling.scheduler import Scheduler
+from modelport.dataplane.servable import Servable
 from modelport.observability.payloads import enabled_settings
 from modelport.observability.profile import InputProfile
 from modelport.observability.statistics import ModelStatistics
@@ -28,7 +28,8 @@ class ModelVersion:
     platform: str
     signature: ModelSignature
     config: ModelConfig
-    scheduler: Scheduler
+    servable: Servable
+    """What computes this version's answers (a runtime behind a scheduler, today)."""
     stats: ModelStatistics
     profile: InputProfile | None = None
     """The version's reference profile (``reference_profile.json``); None costs nothing."""
@@ -66,12 +67,25 @@ class RepositoryEntry:
 class ModelTable(Protocol):
     """Loaded models, looked up by name and version."""
 
-    def resolve(self, name: str, version: str | None) -> ModelVersion:
-        """The version to serve: the given one, or the highest ready one.
+    def acquire(self, name: str, version: str | None) -> ModelVersion:
+        """The loaded version to serve: the given one, or the default (highest ready) one.
 
+        Synchronous, so the request path pays no await for a loaded version.
         Raises NotFound for an unknown model or version, ModelNotReady when it
-        exists but cannot serve (the reason says why).
+        exists but cannot serve (the reason says why), and its subclass
+        NotLoaded when it will serve once loaded: await ``acquire_loading``.
         """
+        ...
+
+    async def acquire_loading(self, name: str, version: str | None) -> ModelVersion:
+        """The version ``acquire`` refused with NotLoaded, once it has loaded.
+
+        Raises what ``acquire`` raises when the load fails or the version is gone.
+        """
+        ...
+
+    def resolve(self, name: str, version: str | None) -> ModelVersion:
+        """``acquire`` under its former name, for readers not yet moved to it."""
         ...
 
     def versions(self, name: str) -> list[str]:

@@ -84,7 +84,7 @@ def test_poll_follows_the_disk(repo: Path) -> None:
         with pytest.raises(NotFound):
             reg.resolve("ident", None)
         with pytest.raises(Exception, match="being unloaded"):
-            await old.scheduler.submit({}, [], 1)
+            await old.servable.scheduler.submit({}, [], 1)
         await reg.close()
 
     run(scenario())

@@ -13,6 +13,7 @@ from modelport.dataplane.admission.audit import AuthAudit
 from modelport.dataplane.admission.gate import Gate
 from modelport.dataplane.admission.watch import DETECTOR, TrafficWatch, security_sink
 from modelport.dataplane.pipeline import Pipeline
+from modelport.dataplane.scheduled import ScheduledServable
 from modelport.dataplane.scheduling.policy import scheduling_policy
 from modelport.dataplane.scheduling.scheduler import Scheduler
 from modelport.dataplane.table import ModelVersion
@@ -135,14 +136,23 @@ class Table:
     def __init__(self, model: ModelVersion) -> None:
         self.model = model
 
-    def resolve(self, name: str, version: str | None) -> ModelVersion:
+    def acquire(self, name: str, version: str | None) -> ModelVersion:
         return self.model
 
 
 def _profiled(profile: InputProfile | None) -> tuple[Pipeline, Metrics]:
     config = parse_model_config({"max_batch_size": 8}, "t")
     scheduler = Scheduler(Echo(), scheduling_policy(config, None), 1, "t")
-    model = ModelVersion("m", "1", "fake", SIGNATURE, config, scheduler, ModelStatistics(), profile)
+    model = ModelVersion(
+        "m",
+        "1",
+        "fake",
+        SIGNATURE,
+        config,
+        ScheduledServable(scheduler, "m", "1", SIGNATURE),
+        ModelStatistics(),
+        profile,
+    )
     metrics = Metrics()
     return Pipeline(Table(model), metrics), metrics  # type: ignore[arg-type]
 

@@ -11,6 +11,7 @@ import pytest
 
 from modelport.config.model import parse_model_config
 from modelport.dataplane.pipeline import Pipeline
+from modelport.dataplane.scheduled import ScheduledServable
 from modelport.dataplane.scheduling.policy import scheduling_policy
 from modelport.dataplane.scheduling.scheduler import Scheduler
 from modelport.dataplane.table import ModelVersion
@@ -50,7 +51,7 @@ class Table:
     def __init__(self, model: ModelVersion) -> None:
         self.model = model
 
-    def resolve(self, name: str, version: str | None) -> ModelVersion:
+    def acquire(self, name: str, version: str | None) -> ModelVersion:
         if name == "missing":
             raise NotFound("unknown model 'missing'")
         if name == "cold":
@@ -75,7 +76,15 @@ def setup() -> tuple[Pipeline, ModelVersion, AddSub, Metrics]:
     scheduler = Scheduler(
         runtime, scheduling_policy(config, None), 1, "t", on_execution=stats.record_execution
     )
-    model = ModelVersion("m", "1", "fake", SIGNATURE, config, scheduler, stats)
+    model = ModelVersion(
+        "m",
+        "1",
+        "fake",
+        SIGNATURE,
+        config,
+        ScheduledServable(scheduler, "m", "1", SIGNATURE),
+        stats,
+    )
     metrics = Metrics()
     return Pipeline(Table(model), metrics), model, runtime, metrics
 
@@ -167,7 +176,7 @@ def test_draining_pool_refuses_new_work_and_unloads(setup: Any) -> None:
     pipeline, model, runtime, _ = setup
 
     async def scenario() -> None:
-        await model.scheduler.drain_and_close()
+        await model.servable.drain_and_close()
         with pytest.raises(Exception, match="being unloaded"):
             await pipeline.infer(_request([[1, 2]], [[1, 1]]), "http")
 

@@ -13,6 +13,7 @@ import pytest
 from modelport.config.model import parse_model_config
 from modelport.dataplane.pipeline import Pipeline
 from modelport.dataplane.routing import Route, Shadow, Traffic, TrafficPolicy, choose_version
+from modelport.dataplane.scheduled import ScheduledServable
 from modelport.dataplane.scheduling.scheduler import Execution
 from modelport.dataplane.table import ModelVersion
 from modelport.errors import InferenceFailed, InvalidRequest, ModelNotReady, NotFound
@@ -80,10 +81,16 @@ class Table:
         config = parse_model_config({"max_batch_size": 4}, "m")
         for v, compute in versions.items():
             self.models[v] = ModelVersion(
-                "m", v, "fake", SIGNATURE, config, FakeScheduler(compute), ModelStatistics()
-            )  # type: ignore[arg-type]
+                "m",
+                v,
+                "fake",
+                SIGNATURE,
+                config,
+                ScheduledServable(FakeScheduler(compute), "m", v, SIGNATURE),  # type: ignore[arg-type]
+                ModelStatistics(),
+            )
 
-    def resolve(self, name: str, version: str | None) -> ModelVersion:
+    def acquire(self, name: str, version: str | None) -> ModelVersion:
         if name != "m":
             raise NotFound(f"unknown model {name!r}")
         if version is None:
@@ -104,7 +111,7 @@ class Table:
         return True
 
     def scheduler(self, version: str) -> FakeScheduler:
-        return self.models[version].scheduler  # type: ignore[return-value]
+        return self.models[version].servable.scheduler  # type: ignore[attr-defined,no-any-return]
 
     def calls(self, version: str) -> int:
         return self.scheduler(version).calls

@@ -20,6 +20,7 @@ from modelport.dataplane.admission import Decision, MemoryRateLimiter
 from modelport.dataplane.admission.ratelimit import take
 from modelport.dataplane.admission.redis_limiter import RedisRateLimiter
 from modelport.dataplane.pipeline import Pipeline
+from modelport.dataplane.scheduled import ScheduledServable
 from modelport.dataplane.scheduling.policy import scheduling_policy
 from modelport.dataplane.scheduling.scheduler import Scheduler
 from modelport.dataplane.table import ModelVersion
@@ -312,7 +313,7 @@ class Table:
     def __init__(self, *models: ModelVersion) -> None:
         self.models = {m.name: m for m in models}
 
-    def resolve(self, name: str, version: str | None) -> ModelVersion:
+    def acquire(self, name: str, version: str | None) -> ModelVersion:
         if name not in self.models:
             raise NotFound(f"unknown model {name!r}")
         return self.models[name]
@@ -341,7 +342,15 @@ def _model(name: str, options: dict[str, Any], runtime: Echo) -> ModelVersion:
     config = parse_model_config({"max_batch_size": 4, "modelport": options}, name)
     stats = ModelStatistics()
     scheduler = Scheduler(runtime, scheduling_policy(config, None), 1, name)
-    return ModelVersion(name, "1", "fake", SIGNATURE, config, scheduler, stats)
+    return ModelVersion(
+        name,
+        "1",
+        "fake",
+        SIGNATURE,
+        config,
+        ScheduledServable(scheduler, name, "1", SIGNATURE),
+        stats,
+    )
 
 
 def _request(name: str) -> InferenceRequest:

@@ -19,6 +19,7 @@ from modelport.dataplane.admission.residency import (
     parse_residency,
 )
 from modelport.dataplane.pipeline import Pipeline
+from modelport.dataplane.scheduled import ScheduledServable
 from modelport.dataplane.scheduling.policy import scheduling_policy
 from modelport.dataplane.scheduling.scheduler import Scheduler
 from modelport.dataplane.table import ModelVersion
@@ -191,7 +192,7 @@ class Table:
     def __init__(self, model: ModelVersion) -> None:
         self.model = model
 
-    def resolve(self, name: str, version: str | None) -> ModelVersion:
+    def acquire(self, name: str, version: str | None) -> ModelVersion:
         if name != "m":
             raise NotFound(f"unknown model {name!r}")
         return self.model
@@ -211,7 +212,15 @@ def _pipeline(region: str | None) -> tuple[Pipeline, Echo, Metrics, AuthAudit]:
     config = parse_model_config({"max_batch_size": 4}, "t")
     stats = ModelStatistics()
     scheduler = Scheduler(runtime, scheduling_policy(config, None), 1, "t")
-    model = ModelVersion("m", "1", "fake", SIGNATURE, config, scheduler, stats)
+    model = ModelVersion(
+        "m",
+        "1",
+        "fake",
+        SIGNATURE,
+        config,
+        ScheduledServable(scheduler, "m", "1", SIGNATURE),
+        stats,
+    )
     metrics, audit = Metrics(), AuthAudit(None)
     guard = ResidencyGuard(
         region, {}, audit, lambda name: metrics.residency_refused.labels(name).inc()

@@ -167,11 +167,11 @@ def test_openvino_winner_is_written_and_loads_on_the_server_loader(
     version = load_version("tiny", 2, written, config, str(written / "config.yaml"))
     try:
         assert version.config.backend == "openvino"
-        assert isinstance(version.scheduler.runtime, OpenVinoRuntime)
+        assert isinstance(version.servable.scheduler.runtime, OpenVinoRuntime)
         x = np.load(rows)[:8]
-        got = version.scheduler.runtime.predict({"x": x}, ["y"])["y"]
+        got = version.servable.scheduler.runtime.predict({"x": x}, ["y"])["y"]
     finally:
-        version.scheduler.close()
+        version.servable.scheduler.close()
     original = load_onnx(repo, parse_model_config({"name": "tiny"}, "c"), 1)
     want = original.predict({"x": x}, ["y"])["y"]
     original.unload()

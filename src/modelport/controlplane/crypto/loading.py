@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import cast
 
 from modelport.config.model import ModelConfig
 from modelport.controlplane.crypto.keys import KeyProvider
@@ -20,6 +21,7 @@ from modelport.controlplane.crypto.sealing import MANIFEST, is_sealed, open_seal
 from modelport.controlplane.lifecycle import load_version
 from modelport.dataplane.runtime.base import Runtime
 from modelport.dataplane.runtime.files import check_version_dir
+from modelport.dataplane.scheduled import ScheduledServable
 from modelport.dataplane.table import ModelVersion
 from modelport.errors import ModelLoadError
 from modelport.types import Array, ModelSignature
@@ -66,7 +68,9 @@ def load_version_at_rest(
     except BaseException:
         view.release()
         raise
-    model.scheduler.runtime = _ReleasingRuntime(model.scheduler.runtime, view.release)
+    # load_version always builds a scheduler-backed version.
+    scheduler = cast(ScheduledServable, model.servable).scheduler
+    scheduler.runtime = _ReleasingRuntime(scheduler.runtime, view.release)
     return model
 
 

@@ -208,8 +208,9 @@ class InferRoute:
         try:
             ctx = self.ctx
             model = ctx.pipeline.resolve(name, version)  # unknown models: before the body
-            if ctx.pipeline.overloaded(model, version):  # overload: refuse before decoding too
-                raise model.scheduler.refusal(0)
+            refused = ctx.pipeline.overload_refusal(model, version)
+            if refused is not None:  # overload: refuse before decoding too
+                raise refused
             length = headers.get(b"content-length")
             body = await read_body(
                 length.decode("latin-1") if length is not None else None,
