@@ -1,7 +1,8 @@
 """Readiness and the models that cannot be served.
 
-Triton's strict readiness is the default: ``/v2/health/ready`` and gRPC
-ServerReady say not ready while a model failed to load, and not for versions
+Triton's strict readiness is the default: ``/v2/health/ready``, gRPC
+ServerReady and the standard grpc.health.v1 service (what Kubernetes' gRPC
+probes ask) say not ready while a model failed to load, and not for versions
 left unloaded on purpose. A directory whose name is not a valid model name,
 and a model asking for sequence batching, are listed in the repository index
 as UNAVAILABLE with the reason instead of vanishing or failing every request;
@@ -14,10 +15,12 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from tests.integration.conftest import Server, start_server, stop_server
@@ -56,6 +59,22 @@ def _grpc_ready(server: Server) -> bool:
         client.close()
 
 
+#: The services whose grpc.health.v1 status follows readiness.
+HEALTH_SERVICES = ("", "inference.GRPCInferenceService")
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def _health(server: Server) -> set[int]:
+    """The grpc.health.v1 statuses of the overall service and the inference service."""
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        return {
+            stub.Check(health_pb2.HealthCheckRequest(service=s), timeout=10).status
+            for s in HEALTH_SERVICES
+        }
+
+
 def _index(server: Server) -> list[dict[str, str]]:
     r = httpx.post(f"{server.base}/v2/repository/index", json={}, timeout=10)
     assert r.status_code == 200, r.text
@@ -85,6 +104,7 @@ def test_a_model_that_failed_to_load_makes_the_server_not_ready(troubled: Server
     assert httpx.get(f"{troubled.base}/v2/health/live", timeout=10).status_code == 200
     assert _ready(troubled) == 503
     assert _grpc_ready(troubled) is False
+    assert _health(troubled) == {NOT_SERVING}
     # The good model serves all the same.
     assert httpx.get(f"{troubled.base}/v2/models/good/ready", timeout=10).status_code == 200
 
@@ -96,7 +116,37 @@ def test_relaxed_readiness_ignores_failed_models(tmp_path: Path) -> None:
     try:
         assert _ready(srv) == 200
         assert _grpc_ready(srv) is True
+        assert _health(srv) == {SERVING}
     finally:
+        stop_server(srv)
+
+
+def test_grpc_health_follows_readiness_as_models_are_unloaded_and_loaded(tmp_path: Path) -> None:
+    """Kubernetes' gRPC probes ask grpc.health.v1: it must answer what ServerReady answers."""
+    repo = tmp_path / "repo"
+    _good(repo, "good")
+    _broken(repo)
+    srv = start_server(repo, tmp_path / "server.log")
+    channel = grpc.insecure_channel(srv.grpc_url)
+    try:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(service=""), timeout=60
+        )
+        assert next(watch).status == NOT_SERVING
+        assert _health(srv) == {NOT_SERVING}
+        r = httpx.post(f"{srv.base}/v2/repository/models/broken/unload", timeout=30)
+        assert r.status_code == 200, r.text
+        assert _health(srv) == {SERVING}
+        assert _grpc_ready(srv) is True
+        assert next(watch).status == SERVING  # a Watch stream is told of the change
+        # A load that fails makes it NOT_SERVING again.
+        r = httpx.post(f"{srv.base}/v2/repository/models/broken/load", timeout=30)
+        assert r.status_code >= 400
+        assert _health(srv) == {NOT_SERVING}
+        assert next(watch).status == NOT_SERVING
+        watch.cancel()
+    finally:
+        channel.close()
         stop_server(srv)
 
 

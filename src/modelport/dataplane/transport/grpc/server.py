@@ -25,11 +25,12 @@ from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2_grpc
 
 from modelport.config.server import ServerConfig
 from modelport.dataplane.admission.gate import Gate
 from modelport.dataplane.transport.context import TransportContext
+from modelport.dataplane.transport.grpc.health import ReadinessHealth
 from modelport.dataplane.transport.grpc.service import InferenceService
 from modelport.dataplane.transport.listen import address_of, check_free
 from modelport.errors import ListenFailed
@@ -171,16 +172,17 @@ def bind_grpc_server(
 
 def add_services(
     server: grpc.aio.Server, ctx: TransportContext, gate: Gate | None = None
-) -> health.aio.HealthServicer:
+) -> ReadinessHealth:
     """The inference service and grpc.health.v1; the health servicer, for shutdown to flip.
 
-    grpc.health.v1 stays open to probes whatever ``gate`` says."""
+    grpc.health.v1 stays open to probes whatever ``gate`` says, and answers
+    what ServerReady answers (``ReadinessHealth``)."""
     server.add_generic_rpc_handlers((_handlers(InferenceService(ctx, gate)),))
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = ReadinessHealth(ctx.table.is_ready, ("", SERVICE_NAME))
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     return health_servicer
 
 
-async def mark_serving(health_servicer: health.aio.HealthServicer) -> None:
-    for name in ("", SERVICE_NAME):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+async def mark_serving(health_servicer: ReadinessHealth) -> None:
+    """Every port is up: grpc.health.v1 answers the server's readiness from now on."""
+    health_servicer.open()
