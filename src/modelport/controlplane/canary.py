@@ -9,8 +9,11 @@ comparisons under an agreement SLO); one that waits too long for it aborts the
 canary (``canary_step`` holds these rules). Passing the last step promotes the
 candidate.
 
-Progress is stored after every change, with wall-clock times, so a server
-that restarts mid-canary resumes at the step it was on.
+The controller holds each canary as its typed spec and progress
+(``canary_spec``) and turns them into the stored body only when it writes.
+Progress is stored after every change, with wall-clock times from the
+injected clock, so a server that restarts mid-canary resumes at the step it
+was on.
 """
 
 from __future__ import annotations
@@ -18,17 +21,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import itertools
 import logging
 from collections.abc import Callable
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-
 from modelport.clock import Clock, SystemClock
+from modelport.controlplane.canary_spec import (
+    NO_POLICY,
+    Canary,
+    CanaryProgress,
+    CanarySpec,
+    PolicyBefore,
+    parse_spec,
+    to_body,
+)
 from modelport.controlplane.canary_step import (
-    EVIDENCE_INTERVALS,
+    StepWindow,
     comparison_version,
+    evidence_timeout,
     judge_step,
     restore_point,
     step_policy,
@@ -55,71 +65,6 @@ ABORTED = "aborted"
 ACTIVE = (RUNNING, PAUSED)
 
 
-class Slo(BaseModel):
-    """What the candidate must keep to move on; unset fields are not checked."""
-
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
-
-    max_error_rate: float | None = Field(default=0.01, ge=0, le=1)
-    """Highest share of server-side failures (client mistakes do not count)."""
-    max_p99_ms: float | None = Field(default=None, gt=0)
-    """Highest 99th-percentile latency in milliseconds."""
-    min_agreement: float | None = Field(default=None, ge=0, le=1)
-    """Lowest share of answers agreeing with the stable version's; while set, the
-    canary shadows answers between the two versions to compare them."""
-
-
-class CanarySpec(BaseModel):
-    """The body of ``POST /api/v1/models/{model}/canary``."""
-
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
-
-    version: str = Field(pattern=r"^[0-9]+$")
-    """The candidate version."""
-    steps: list[int] = Field(default_factory=lambda: [5, 25, 50, 100], min_length=1)
-    """The candidate's weight at each step, in percent, rising to 100."""
-    interval_s: float = Field(default=60.0, gt=0, le=7 * 24 * 3600)
-    """The shortest time a step lasts."""
-    slo: Slo = Field(default_factory=Slo)
-    """What the candidate must keep throughout."""
-    min_requests: int = Field(default=20, ge=1)
-    """Requests the candidate must have answered in the window before the SLO is judged
-    and before a step may pass (with ``min_agreement``, as many comparisons too)."""
-    evidence_timeout_s: float | None = Field(default=None, gt=0, le=30 * 24 * 3600)
-    """How long a step may run without that evidence before the canary is aborted,
-    from the step's start; at least ``interval_s``, by default five times ``interval_s``."""
-    stable: str | None = Field(default=None, pattern=r"^[0-9]+$")
-    """The version to roll back to; by default the current policy's main route
-    or, without a policy, the highest ready version other than the candidate."""
-
-    @model_validator(mode="after")
-    def _steps_rise_to_100(self) -> CanarySpec:
-        steps = self.steps
-        if any(s <= 0 or s > 100 for s in steps):
-            raise ValueError("steps: every step is a percentage from 1 to 100")
-        if any(b <= a for a, b in itertools.pairwise(steps)):
-            raise ValueError("steps: each step must be larger than the one before")
-        if steps[-1] != 100:
-            raise ValueError("steps: the last step must be 100")
-        if self.evidence_timeout_s is not None and self.evidence_timeout_s < self.interval_s:
-            raise ValueError(
-                f"evidence_timeout_s: must be at least interval_s ({self.interval_s:g}); "
-                "a step cannot pass before its interval is over"
-            )
-        return self
-
-
-def parse_spec(body: Any) -> CanarySpec:
-    """Validate a canary request; the error names the field."""
-    try:
-        return CanarySpec.model_validate(body)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "body"
-        message = first["msg"].removeprefix("Value error, ")
-        raise InvalidRequest(f"{where}: {message}") from None
-
-
 class CanaryController:
     """Runs every model's canary; one per server."""
 
@@ -140,7 +85,8 @@ class CanaryController:
         # node: wall time, never a monotonic reading.
         self.clock = (clock if clock is not None else SystemClock()).wall
         self.tick_s = tick_s
-        self._active: dict[str, StoredCanary] = {}
+        # Running and paused canaries, typed; the store sees only their bodies.
+        self._active: dict[str, Canary] = {}
         self._lock = asyncio.Lock()
         manager.track_canaries(self.versions_in_use, self.restore_point)
 
@@ -148,15 +94,18 @@ class CanaryController:
         canary = self._active.get(model)
         if canary is None:
             return set()
-        return {canary.body["version"], canary.body["stable"]}
+        return {canary.spec.version, canary.spec.stable_version}
 
     def is_active(self, model: str) -> bool:
         return model in self._active
 
     def restore_point(self, model: str, revision: int) -> RestorePoint | None:
         """What rolling back policy ``revision`` puts back (blocking: reads the store)."""
-        canary = self.canaries.get(model)
-        return None if canary is None else restore_point(canary.body, canary.state, revision)
+        stored = self.canaries.get(model)
+        if stored is None:
+            return None
+        canary = Canary.from_stored(stored)
+        return restore_point(canary.spec, canary.progress, revision)
 
     def load_stored(self) -> None:
         """Pick up canaries that were running or paused when the server stopped."""
@@ -164,18 +113,21 @@ class CanaryController:
             # The windows start empty after a restart, so the step's evidence is
             # gathered afresh: its clock restarts, and the time the server was
             # down counts neither towards the interval nor against the evidence wait.
-            body = {**stored.body, "step_started_at": self.clock()}
-            canary = dataclasses.replace(stored, body=body)
-            self._active[canary.model] = canary
+            canary = Canary.from_stored(stored)
+            progress = dataclasses.replace(canary.progress, step_started_at=self.clock())
+            self._active[canary.model] = dataclasses.replace(canary, progress=progress)
             log.info(
                 "canary resumed",
-                extra={"model": canary.model, "step": canary.body["step"], "state": canary.state},
+                extra={"model": canary.model, "step": progress.step, "state": progress.state},
             )
 
     # ------------------------------------------------------------------- API
 
     def get(self, model: str) -> StoredCanary:
-        found = self._active.get(model) or self.canaries.get(model)
+        active = self._active.get(model)
+        if active is not None:
+            return active.stored()
+        found = self.canaries.get(model)
         if found is None:
             raise NotFound(f"model {model!r} has no canary")
         return found
@@ -186,7 +138,7 @@ class CanaryController:
             if model in self._active:
                 raise PolicyConflict(
                     f"model {model!r} already has a canary "
-                    f"({self._active[model].state}); abort or promote it first"
+                    f"({self._active[model].progress.state}); abort or promote it first"
                 )
             states = self.manager.registry.version_states(model)
             if spec.version not in states:
@@ -202,34 +154,30 @@ class CanaryController:
             if stable not in states:
                 raise InvalidRequest(f"stable: model {model!r} has no version {stable}")
             before = await asyncio.to_thread(self.policies.get, model)
-            progress = {
-                **spec.model_dump(),
-                "evidence_timeout_s": spec.evidence_timeout_s
-                or EVIDENCE_INTERVALS * spec.interval_s,
-                "stable": stable,
-                "step": 0,
-                "step_started_at": self.clock(),
-                "weight": spec.steps[0],
-                "reason": None,
-                # What a rollback of the canary's outcome puts back (None: no policy).
-                "policy_before": (
-                    None if before is None else {"revision": before.revision, "policy": before.body}
-                ),
-            }
-            previous = await asyncio.to_thread(self.canaries.get, model)
-            await self._apply(model, progress, actor)
-            saved = await asyncio.to_thread(
-                self.canaries.put,
-                model,
-                progress,
-                RUNNING,
-                expected_revision=previous.revision if previous is not None else None,
-                actor=actor,
-                action="canary.start",
-                reason=f"version {spec.version} against stable {stable}",
+            spec = spec.model_copy(
+                update={"stable": stable, "evidence_timeout_s": evidence_timeout(spec)}
             )
-            self._active[model] = saved
-            self._reset_windows(model, progress)
+            progress = CanaryProgress(
+                state=RUNNING,
+                step=0,
+                step_started_at=self.clock(),
+                # What a rollback of the canary's outcome puts back.
+                policy_before=(
+                    NO_POLICY if before is None else PolicyBefore(before.revision, before.body)
+                ),
+            )
+            previous = await asyncio.to_thread(self.canaries.get, model)
+            await self._apply(model, spec, progress, actor)
+            saved = await self._save(
+                model,
+                spec,
+                progress,
+                previous.revision if previous is not None else None,
+                actor,
+                "canary.start",
+                f"version {spec.version} against stable {stable}",
+            )
+            self._reset_windows(model, spec, progress)
         return saved
 
     async def pause(self, model: str, actor: str = LOCAL) -> StoredCanary:
@@ -266,60 +214,82 @@ class CanaryController:
     async def tick(self) -> None:
         async with self._lock:
             for model, canary in list(self._active.items()):
-                if canary.state == RUNNING:
+                if canary.progress.state == RUNNING:
                     await self._step(model, canary)
 
-    async def _step(self, model: str, canary: StoredCanary) -> None:
-        body = canary.body
-        verdict = judge_step(
-            body,
-            self.traffic.window(model, body["version"]),
-            self.traffic.window(model, comparison_version(body)),
-            self.clock(),
+    async def _step(self, model: str, canary: Canary) -> None:
+        spec, progress = canary.spec, canary.progress
+        window = StepWindow.of(
+            self.traffic.window(model, spec.version),
+            self.traffic.window(model, comparison_version(spec, progress)),
             self.traffic.window_s,
         )
-        if verdict.action == "hold":
+        decision = judge_step(spec, progress, window, self.clock())
+        if decision.action == "hold":
             return
-        if verdict.action in ("rollback", "abort"):
-            state = ROLLED_BACK if verdict.action == "rollback" else ABORTED
-            await self._finish(model, canary, state, verdict.reason or state, "modelport")
+        if decision.action in ("rollback", "abort"):
+            state = ROLLED_BACK if decision.action == "rollback" else ABORTED
+            await self._finish(model, canary, state, decision.reason or state, "modelport")
             return
-        if verdict.action == "promote":
+        if decision.action == "promote":
             await self._finish(model, canary, PROMOTED, "every step passed its SLO", "modelport")
             return
-        step = body["step"] + 1
-        progress = {
-            **body,
-            "step": step,
-            "step_started_at": self.clock(),
-            "weight": body["steps"][step],
-        }
-        await self._apply(model, progress, "modelport")
-        saved = await asyncio.to_thread(
-            self.canaries.put,
+        step = progress.step + 1
+        progress = dataclasses.replace(progress, step=step, step_started_at=self.clock())
+        await self._apply(model, spec, progress, "modelport")
+        await self._save(
             model,
+            spec,
             progress,
-            RUNNING,
-            expected_revision=canary.revision,
-            actor="modelport",
-            action="canary.step",
-            reason=f"step {step + 1} of {len(body['steps'])}: {progress['weight']}%",
+            canary.revision,
+            "modelport",
+            "canary.step",
+            f"step {step + 1} of {len(spec.steps)}: {progress.weight(spec)}%",
         )
-        self._active[model] = saved
-        self._reset_windows(model, progress)
+        self._reset_windows(model, spec, progress)
 
-    def _reset_windows(self, model: str, body: dict[str, Any]) -> None:
+    def _reset_windows(self, model: str, spec: CanarySpec, progress: CanaryProgress) -> None:
         """A step is judged on what it saw itself: candidate and comparison windows."""
-        self.traffic.reset_window(model, body["version"])
-        self.traffic.reset_window(model, comparison_version(body))
+        self.traffic.reset_window(model, spec.version)
+        self.traffic.reset_window(model, comparison_version(spec, progress))
 
     # --------------------------------------------------------------- helpers
 
-    async def _apply(self, model: str, body: dict[str, Any], actor: str) -> None:
+    async def _save(
+        self,
+        model: str,
+        spec: CanarySpec,
+        progress: CanaryProgress,
+        expected_revision: int | None,
+        actor: str,
+        action: str,
+        reason: str | None = None,
+    ) -> StoredCanary:
+        """Store the canary's new progress (the only place its body is written)
+        and, while it runs or is paused, keep it as the active one."""
+        saved = await asyncio.to_thread(
+            self.canaries.put,
+            model,
+            to_body(spec, progress),
+            progress.state,
+            expected_revision=expected_revision,
+            actor=actor,
+            action=action,
+            reason=reason,
+        )
+        if progress.state in ACTIVE:
+            self._active[model] = Canary(model, spec, progress, saved.revision, saved.updated_at)
+        return saved
+
+    async def _apply(
+        self, model: str, spec: CanarySpec, progress: CanaryProgress, actor: str
+    ) -> None:
         """Write the step's weights (and comparison shadow) as the model's traffic policy."""
-        weight = int(body["weight"])
         await self._put_policy(
-            model, lambda sticky: step_policy(body, sticky), actor, f"canary step {weight}%"
+            model,
+            lambda sticky: step_policy(spec, progress, sticky),
+            actor,
+            f"canary step {progress.weight(spec)}%",
         )
 
     async def _put_policy(
@@ -346,10 +316,10 @@ class CanaryController:
         )
 
     async def _finish(
-        self, model: str, canary: StoredCanary, state: str, reason: str, actor: str
+        self, model: str, canary: Canary, state: str, reason: str, actor: str
     ) -> StoredCanary:
-        body = canary.body
-        target = body["version"] if state == PROMOTED else body["stable"]
+        spec = canary.spec
+        target = spec.version if state == PROMOTED else spec.stable_version
         # Drop the canary from the active set first so the policy write below
         # releases the version that no longer takes traffic.
         del self._active[model]
@@ -363,22 +333,22 @@ class CanaryController:
         except Exception:
             self._active[model] = canary
             raise
-        progress = {
-            **body,
-            "reason": reason,
-            "finished_at": self.clock(),
-            # A rollback from exactly this revision undoes the canary as a whole.
-            "policy_revision": written.revision,
-        }
-        saved = await asyncio.to_thread(
-            self.canaries.put,
-            model,
-            progress,
-            state,
-            expected_revision=canary.revision,
-            actor=actor,
-            action=f"canary.{'rollback' if state == ROLLED_BACK else state}",
+        progress = dataclasses.replace(
+            canary.progress,
+            state=state,
             reason=reason,
+            finished_at=self.clock(),
+            # A rollback from exactly this revision undoes the canary as a whole.
+            policy_revision=written.revision,
+        )
+        saved = await self._save(
+            model,
+            spec,
+            progress,
+            canary.revision,
+            actor,
+            f"canary.{'rollback' if state == ROLLED_BACK else state}",
+            reason,
         )
         level = logging.WARNING if state == ROLLED_BACK else logging.INFO
         log.log(level, f"canary {state}", extra={"model": model, "reason": reason})
@@ -389,25 +359,16 @@ class CanaryController:
     ) -> StoredCanary:
         async with self._lock:
             canary = self._require_active(model)
-            if canary.state not in allowed:
-                raise PolicyConflict(f"model {model!r}'s canary is {canary.state}, not {allowed}")
-            body = dict(canary.body)
+            current = canary.progress.state
+            if current not in allowed:
+                raise PolicyConflict(f"model {model!r}'s canary is {current}, not {allowed}")
+            progress = dataclasses.replace(canary.progress, state=state)
             if state == RUNNING:
                 # The paused time does not count towards the step's interval.
-                body["step_started_at"] = self.clock()
-            saved = await asyncio.to_thread(
-                self.canaries.put,
-                model,
-                body,
-                state,
-                expected_revision=canary.revision,
-                actor=actor,
-                action=action,
-            )
-            self._active[model] = saved
-            return saved
+                progress = dataclasses.replace(progress, step_started_at=self.clock())
+            return await self._save(model, canary.spec, progress, canary.revision, actor, action)
 
-    def _require_active(self, model: str) -> StoredCanary:
+    def _require_active(self, model: str) -> Canary:
         canary = self._active.get(model)
         if canary is None:
             raise PolicyConflict(f"model {model!r} has no canary running or paused")

@@ -15,7 +15,7 @@ import pytest
 from pydantic import ValidationError
 
 from modelport.controlplane.api.schemas import CanaryBody, PolicyBody
-from modelport.controlplane.canary import CanarySpec
+from modelport.controlplane.canary_spec import CanarySpec
 from modelport.dataplane.routing.policy import TrafficPolicy
 from modelport.errors import InvalidRequest
 

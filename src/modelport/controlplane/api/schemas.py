@@ -20,7 +20,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema
 
-from modelport.controlplane.canary import CanarySpec
+from modelport.controlplane.canary_spec import CanarySpec
 from modelport.dataplane.routing.policy import MAX_ROUTES, TOTAL_WEIGHT
 
 #: The body of ``POST .../canary``: the controller validates with this very model.
