@@ -1,20 +1,32 @@
-"""One inference request through the data plane: route → resolve → admit → validate → compute.
+"""One inference request through the data plane, in stages, then its observers.
 
 Transports decode the wire into an InferenceRequest, call :meth:`Pipeline.infer`
 and encode what it returns; everything a policy needs to see happens here,
-once, for HTTP and gRPC alike. No I/O of its own; the only work it leaves
+once, for HTTP and gRPC alike. The stages, in order:
+
+1. admission before routing: the data's residency;
+2. route: the version named, or the one the model's traffic policy chooses
+   (falling back to the default version when that one cannot serve);
+3. admission after routing: rate limits (per caller, per model);
+4. validate the request against the version's signature;
+5. cache: answer from the response cache when the version has one;
+6. execute: the version's ``Servable`` computes the answer.
+
+After the answer (or the version's refusal) the version's observers run in
+order (``observers/``): statistics, metrics, canary windows, payload log,
+log lines, shadow copy, input profile. No I/O of its own; the only work left
 behind after answering is a shadow copy, owned by ``Traffic``'s runner.
 """
 
 from __future__ import annotations
 
-import functools
-import logging
+import asyncio
 
 from modelport.clock import Clock, SystemClock
 from modelport.dataplane.admission.ratelimit import RateLimiter
 from modelport.dataplane.admission.residency import ResidencyGuard
 from modelport.dataplane.cache import ResponseCache, cache_key
+from modelport.dataplane.observers import CacheUse, Observer, Served, default_observers
 from modelport.dataplane.routing.shadow import SHADOW_PROTOCOL
 from modelport.dataplane.routing.traffic import HeaderLookup, RoutedModel, Traffic
 from modelport.dataplane.routing.window import counts_as_error
@@ -22,19 +34,19 @@ from modelport.dataplane.servable import respond, wanted_outputs
 from modelport.dataplane.table import ModelTable, ModelVersion
 from modelport.dataplane.validate import check_request
 from modelport.errors import (
-    InferenceFailed,
     ModelNotReady,
     ModelportError,
     NotFound,
     NotLoaded,
     RateLimited,
 )
-from modelport.observability.metrics import Metrics, ModelMetrics
+from modelport.observability.metrics import Metrics
 from modelport.observability.payloads import PayloadLogger
-from modelport.observability.profile import InputProfile
-from modelport.types import InferenceRequest, InferenceResponse
+from modelport.types import Call, InferenceRequest, InferenceResponse
 
-log = logging.getLogger("modelport.inference")
+#: Versions whose observer lists are kept before the list is started afresh;
+#: far above the versions a server serves at once, so only reloads fill it.
+_PLANS_KEPT = 256
 
 
 class Pipeline:
@@ -50,7 +62,9 @@ class Pipeline:
         limiter: RateLimiter | None = None,
         payloads: PayloadLogger | None = None,
         residency: ResidencyGuard | None = None,
+        observers: tuple[Observer, ...] | None = None,
     ) -> None:
+        """``observers`` replaces the default list (``observers.default_observers``)."""
         self.table = table
         self.metrics = metrics
         self.cache = cache
@@ -58,6 +72,14 @@ class Pipeline:
         self.limiter = limiter
         self.payloads = payloads
         self.residency = residency
+        self.observers = (
+            observers
+            if observers is not None
+            else default_observers(metrics, payloads, self._shadow)
+        )
+        # Per version, the observers that apply to it (``Observer.applies``),
+        # chosen the first time the version serves.
+        self._plans: dict[ModelVersion, tuple[Observer, ...]] = {}
         # Bound once: read several times per request to time its stages.
         self._clock = (clock if clock is not None else SystemClock()).monotonic_ns
 
@@ -82,6 +104,7 @@ class Pipeline:
         request: InferenceRequest,
         protocol: str,
         header: HeaderLookup | None = None,
+        call: Call | None = None,
     ) -> InferenceResponse:
         """Serve one request; raises a ModelportError subclass on any refusal.
 
@@ -90,73 +113,79 @@ class Pipeline:
         """
         start = self._clock()
         if self.residency is not None:
-            # Before routing, validation or compute; the model is resolved only to
+            # Before routing, validation or compute; the model is acquired only to
             # refuse (and audit) under a name that exists.
             refused = self.residency.refusal(request, header)
             if refused is not None:
                 model = self.table.acquire(request.model_name, request.model_version)
                 self.residency.refuse(model.name, request, refused, protocol)
-        if self.traffic is not None:
-            routed = self.traffic.routed(request.model_name)
-            if routed is not None:
-                return await self._routed(routed, request, protocol, header, start)
+        routed = self.traffic.routed(request.model_name) if self.traffic is not None else None
+        name, version = request.model_name, request.model_version
         try:
-            model = self.table.acquire(request.model_name, request.model_version)
+            if routed is None:
+                model = self.table.acquire(name, version)
+            elif version is not None:
+                model = self._acquire_recorded(routed, name, version, start)
+            else:
+                model = self._choose(routed, request, header)
         except NotLoaded:
-            model = await self.table.acquire_loading(request.model_name, request.model_version)
-        return await self._serve(model, request, protocol, start, None)
+            model = await self._acquire_loading(routed, request, header, start)
+        chosen = routed is not None and version is None
+        return await self._serve(call, model, request, protocol, start, routed, chosen)
 
-    async def _routed(
-        self,
-        routed: RoutedModel,
-        request: InferenceRequest,
-        protocol: str,
-        header: HeaderLookup | None,
-        start: int,
-    ) -> InferenceResponse:
-        """A request for a model with a traffic policy.
-
-        A named version bypasses the policy (but is still recorded in its window);
-        otherwise the policy chooses, falling back to the default version when
-        the chosen one cannot serve. Only policy-routed requests are shadowed.
-        """
-        if request.model_version is not None:
-            model = await self._acquire_recorded(
-                routed, request.model_name, request.model_version, start
-            )
-            return await self._serve(model, request, protocol, start, routed)
+    def _choose(
+        self, routed: RoutedModel, request: InferenceRequest, header: HeaderLookup | None
+    ) -> ModelVersion:
+        """The version the policy chooses, or the default one when that cannot serve."""
         version = routed.choose(header, request.parameters)
         try:
-            model = self.table.acquire(request.model_name, version)
+            return self.table.acquire(request.model_name, version)
         except NotLoaded:
-            model = await self.table.acquire_loading(request.model_name, version)
+            raise
         except (NotFound, ModelNotReady) as exc:
             routed.fell_back(version, exc)
-            model = self.table.acquire(request.model_name, None)
-        response = await self._serve(model, request, protocol, start, routed)
-        shadow = routed.wants_shadow(model.version)
-        if shadow is not None:
-            call = functools.partial(self._shadow, routed, shadow)
-            routed.shadow(shadow, request, response, call)
-        return response
+            return self.table.acquire(request.model_name, None)
+
+    async def _acquire_loading(
+        self,
+        routed: RoutedModel | None,
+        request: InferenceRequest,
+        header: HeaderLookup | None,
+        start: int,
+    ) -> ModelVersion:
+        """The route stage again for a version that must load first, waiting for it.
+
+        Off the hot path: only a table that loads versions on first use says NotLoaded.
+        """
+        name, version = request.model_name, request.model_version
+        if routed is not None and version is None:
+            version = routed.choose(header, request.parameters)
+        try:
+            return await self.table.acquire_loading(name, version)
+        except ModelportError as exc:
+            if routed is not None and version is not None and counts_as_error(exc):
+                routed.record(version, self._clock() - start, True)
+            raise
 
     async def _shadow(
         self, routed: RoutedModel, version: str, request: InferenceRequest
     ) -> InferenceResponse:
         """One shadow copy, served like any request under the "shadow" protocol label."""
         start = self._clock()
-        model = await self._acquire_recorded(routed, request.model_name, version, start)
-        return await self._serve(model, request, SHADOW_PROTOCOL, start, routed)
+        try:
+            model = self._acquire_recorded(routed, request.model_name, version, start)
+        except NotLoaded:
+            model = await self._acquire_loading(routed, request, None, start)
+        return await self._serve(None, model, request, SHADOW_PROTOCOL, start, routed, False)
 
-    async def _acquire_recorded(
+    def _acquire_recorded(
         self, routed: RoutedModel, name: str, version: str, start: int
     ) -> ModelVersion:
         """Acquire a named version; a version that cannot serve counts against it."""
         try:
-            try:
-                return self.table.acquire(name, version)
-            except NotLoaded:
-                return await self.table.acquire_loading(name, version)
+            return self.table.acquire(name, version)
+        except NotLoaded:
+            raise
         except ModelportError as exc:
             if counts_as_error(exc):
                 routed.record(version, self._clock() - start, True)
@@ -164,24 +193,28 @@ class Pipeline:
 
     async def _serve(
         self,
+        call: Call | None,
         model: ModelVersion,
         request: InferenceRequest,
         protocol: str,
         start: int,
         routed: RoutedModel | None,
+        chosen: bool,
     ) -> InferenceResponse:
-        # Before any validation or compute, and outside the failure accounting
-        # below: a refusal is the caller's excess, not the version's fault, so it
-        # must not count against a canary. Shadow copies were admitted as the
+        """Admission after routing, then validate → cache → execute, then the observers."""
+        # Before any validation or compute, and outside what observers see: a
+        # refusal is the caller's excess, not the version's fault, so it must
+        # not count against a canary. Shadow copies were admitted as the
         # request they copy and take no second token.
         # The caller's own bucket first (a key created with --rate/--burst), then
         # the model's: a caller over its limit must not drain the model's tokens.
-        if self.limiter is not None and protocol != SHADOW_PROTOCOL:
+        limiter = self.limiter
+        if limiter is not None and protocol != SHADOW_PROTOCOL:
             identity = request.identity
             if identity is not None and identity.rate is not None and identity.burst is not None:
                 # One bucket per caller, across every model.
                 await self._take_token(
-                    self.limiter,
+                    limiter,
                     model.name,
                     f"identity:{identity.id}",
                     identity.rate,
@@ -192,7 +225,7 @@ class Pipeline:
             if limit is not None:
                 # One bucket per model, across its versions.
                 await self._take_token(
-                    self.limiter,
+                    limiter,
                     model.name,
                     f"model:{model.name}",
                     limit.rate,
@@ -201,49 +234,59 @@ class Pipeline:
                 )
         series = self.metrics.for_model(model.name, model.version, protocol)
         series.requests.inc()
+        served = Served(model, protocol, routed, chosen, start, series)
         try:
-            response = await self._compute(model, request, start, series)
+            served.response = await self._answer(call, model, request, served)
         except ModelportError as exc:
-            self.metrics.failures.labels(
-                model.name, model.version, protocol, type(exc).__name__
-            ).inc()
-            if routed is not None and counts_as_error(exc):
-                routed.record(model.version, self._clock() - start, True)
-            # Client mistakes and load shedding are counted in metrics; logging
-            # each one would make overload costlier. Model failures are logged.
-            log.log(
-                logging.WARNING if isinstance(exc, InferenceFailed) else logging.DEBUG,
-                "inference refused",
-                extra={
-                    "request_id": request.id,
-                    "model": model.name,
-                    "version": model.version,
-                    "protocol": protocol,
-                    "error": exc.message,
-                },
-            )
-            if model.payload_log is not None and self.payloads is not None:
-                self.payloads.offer(model, model.payload_log, request, None, protocol, exc.message)
+            served.error = exc
+            self._observe(call, request, served)
             raise
-        elapsed_ns = self._clock() - start
-        elapsed = elapsed_ns / 1e9
-        series.request_duration.observe(elapsed)
-        if routed is not None:
-            routed.record(model.version, elapsed_ns, False)
-        if model.payload_log is not None and self.payloads is not None:
-            self.payloads.offer(model, model.payload_log, request, response, protocol)
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug(
-                "inference",
-                extra={
-                    "request_id": request.id,
-                    "model": model.name,
-                    "version": model.version,
-                    "protocol": protocol,
-                    "seconds": elapsed,
-                },
-            )
+        except asyncio.CancelledError:
+            self._observe(call, request, served)
+            raise
+        self._observe(call, request, served)
+        return served.response
+
+    async def _answer(
+        self, call: Call | None, model: ModelVersion, request: InferenceRequest, served: Served
+    ) -> InferenceResponse:
+        """Validate → cache → execute; what happened is left in ``served``."""
+        served.rows = check_request(model, request)
+        key = None
+        cache = self.cache
+        if cache is not None and model.cached:
+            wanted = wanted_outputs(request, model.output_names)
+            key = cache_key(model.name, model.version, request.inputs, wanted)
+            hit = cache.get(key)
+            if hit is not None:
+                served.cache = CacheUse.HIT
+                return respond(model.name, model.version, model.outputs, request, hit, wanted)
+            served.cache = CacheUse.MISS
+        served.executing_ns = self._clock()
+        outcome = await model.servable.execute(call, request)
+        served.outcome = outcome
+        response = outcome.response
+        if key is not None and cache is not None:
+            put = self._clock()
+            cache.put(key, {t.name: t.data for t in response.outputs})
+            served.cache_ns = self._clock() - put
         return response
+
+    def _observe(self, call: Call | None, request: InferenceRequest, served: Served) -> None:
+        """Run the version's observers over one finished request."""
+        served.elapsed_ns = self._clock() - served.start_ns
+        plan = self._plans.get(served.model)
+        if plan is None:
+            plan = self._plan(served.model)
+        for observer in plan:
+            observer.observe(call, request, served)
+
+    def _plan(self, model: ModelVersion) -> tuple[Observer, ...]:
+        """The observers that apply to ``model``, asked once per version."""
+        if len(self._plans) >= _PLANS_KEPT:
+            self._plans.clear()  # replaced versions are never asked for again
+        plan = self._plans[model] = tuple(o for o in self.observers if o.applies(model))
+        return plan
 
     async def _take_token(
         self, limiter: RateLimiter, name: str, bucket: str, rate: float, burst: int, who: str
@@ -258,50 +301,3 @@ class Pipeline:
             f"(burst {burst}); retry in {decision.retry_after_s:.2f} s",
             decision.retry_after_s,
         )
-
-    async def _compute(
-        self, model: ModelVersion, request: InferenceRequest, start: int, series: ModelMetrics
-    ) -> InferenceResponse:
-        samples = check_request(model, request)
-        if model.profile is not None:
-            self._count_out_of_profile(model, model.profile, request)
-        key = None
-        if self.cache is not None and model.cached:
-            wanted = wanted_outputs(request, model.output_names)
-            key = cache_key(model.name, model.version, request.inputs, wanted)
-            hit = self.cache.get(key)
-            if hit is not None:
-                model.stats.record_cache_hit(self._clock() - start)
-                self.metrics.cache.labels(model.name, model.version, "hit").inc()
-                return respond(model.name, model.version, model.outputs, request, hit, wanted)
-        prepared = self._clock()
-        try:
-            outcome = await model.servable.execute(None, request)
-        except ModelportError:
-            model.stats.record_failure(self._clock() - start)
-            raise
-        response = outcome.response
-        cache_ns = 0
-        if key is not None and self.cache is not None:
-            finished = self._clock()
-            self.cache.put(key, {t.name: t.data for t in response.outputs})
-            cache_ns = self._clock() - finished
-            model.stats.record_cache_miss(cache_ns)
-            self.metrics.cache.labels(model.name, model.version, "miss").inc()
-        done = self._clock()
-        input_ns = prepared - start + outcome.input_ns
-        output_ns = outcome.output_ns + cache_ns
-        model.stats.record_success(
-            done - start, outcome.queue_ns, input_ns, outcome.compute_ns, output_ns, samples
-        )
-        series.queue_duration.observe(outcome.queue_ns / 1e9)
-        series.compute_duration.observe(outcome.compute_ns / 1e9)
-        return response
-
-    def _count_out_of_profile(
-        self, model: ModelVersion, profile: InputProfile, request: InferenceRequest
-    ) -> None:
-        """Count input values far outside the version's reference profile (never refuses)."""
-        found = profile.outliers({t.name: t.data for t in request.inputs})
-        for name, feature, count in found:
-            self.metrics.out_of_profile.labels(model.name, model.version, name, feature).inc(count)
