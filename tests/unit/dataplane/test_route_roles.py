@@ -23,6 +23,7 @@ from modelport.controlplane.api import build_api, docs_routes
 from modelport.dataplane.admission.audit import AuthAudit
 from modelport.dataplane.admission.gate import Gate
 from modelport.dataplane.admission.needs import Access, declared, needs
+from modelport.dataplane.info import InfoService
 from modelport.dataplane.transport.grpc.service import RPC_NAMES, InferenceService
 from modelport.dataplane.transport.http.app import build_app, build_metrics_app
 from modelport.dataplane.transport.http.errors import http_status
@@ -56,7 +57,9 @@ class Services:
 
 def rest_app(guard: HttpGuard | None = None) -> InferenceFastPath:
     ctx: Any = SimpleNamespace(
-        metrics=Metrics(), max_body_bytes=1 << 20, server_name="modelport", server_version="0"
+        metrics=Metrics(),
+        max_body_bytes=1 << 20,
+        info=InfoService(None, None, "modelport", "0", ()),  # type: ignore[arg-type]
     )
     api = build_api(Services(), http_status)  # type: ignore[arg-type]
     app = build_app(ctx, api, docs_routes(), guard)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
+from modelport.dataplane.info import InfoService
 from modelport.dataplane.pipeline import Pipeline
 from modelport.dataplane.table import ModelTable, RepositoryControl
 from modelport.observability.metrics import Metrics
@@ -28,3 +30,11 @@ class TransportContext:
     server_version: str
     max_body_bytes: int
     max_elements: int
+
+    @cached_property
+    def info(self) -> InfoService:
+        """Metadata, configuration, statistics and the index, answered once for both
+        transports (built on first use, from the table and repository above)."""
+        return InfoService(
+            self.table, self.repository, self.server_name, self.server_version, EXTENSIONS
+        )

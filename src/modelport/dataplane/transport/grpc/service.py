@@ -32,9 +32,10 @@ from modelport.dataplane.admission.gate import Gate
 from modelport.dataplane.admission.needs import Access, declare, declared
 from modelport.dataplane.codec.grpc_v2 import decode_request, encode_response, parameter_value
 from modelport.dataplane.codec.repository import load_config_parameter
-from modelport.dataplane.transport.context import EXTENSIONS, TransportContext
+from modelport.dataplane.info import Visible
+from modelport.dataplane.transport.context import TransportContext
 from modelport.dataplane.transport.grpc.errors import grpc_status, trailing_metadata
-from modelport.errors import InvalidRequest, ModelportError, NotFound
+from modelport.errors import InvalidRequest, ModelportError
 from modelport.protos import grpc_service_pb2 as pb
 from modelport.protos import grpc_service_pb2_grpc as pb_grpc
 from modelport.types import Identity, Role
@@ -153,6 +154,12 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             client_certificate(context),
         )
 
+    def _visible(self, identity: Identity | None) -> Visible:
+        """Which models the caller may see in listings; None (all) with auth off."""
+        if self.gate is None or identity is None:
+            return None
+        return self.gate.visible(identity)
+
     @_rpc(Access(None))
     async def ServerLive(self, request: Any, context: Any, identity: Identity | None) -> Any:
         return pb.ServerLiveResponse(live=True)
@@ -164,28 +171,25 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     @_rpc(Access(Role.VIEWER, model="name"))
     async def ModelReady(self, request: Any, context: Any, identity: Identity | None) -> Any:
         # Unknown models are simply not ready here, as clients of this rpc expect.
-        try:
-            self.ctx.pipeline.resolve(request.name, request.version or None)
-        except ModelportError:
-            return pb.ModelReadyResponse(ready=False)
-        return pb.ModelReadyResponse(ready=True)
+        state = self.ctx.info.model_ready(request.name, request.version or None)
+        return pb.ModelReadyResponse(ready=state.ready)
 
     @_rpc(Access(Role.VIEWER))
     async def ServerMetadata(self, request: Any, context: Any, identity: Identity | None) -> Any:
+        server = self.ctx.info.server_metadata()
         return pb.ServerMetadataResponse(
-            name=self.ctx.server_name, version=self.ctx.server_version, extensions=list(EXTENSIONS)
+            name=server.name, version=server.version, extensions=list(server.extensions)
         )
 
     @_rpc(Access(Role.VIEWER, model="name"))
     async def ModelMetadata(self, request: Any, context: Any, identity: Identity | None) -> Any:
-        model = self.ctx.pipeline.resolve(request.name, request.version or None)
-        versions = [request.version] if request.version else self.ctx.table.versions(request.name)
+        meta = self.ctx.info.model_metadata(request.name, request.version or None)
         return pb.ModelMetadataResponse(
-            name=model.name,
-            versions=versions,
-            platform=model.platform,
-            inputs=_tensor_metadata(model.signature.inputs),
-            outputs=_tensor_metadata(model.signature.outputs),
+            name=meta.name,
+            versions=meta.versions,
+            platform=meta.platform,
+            inputs=_tensor_metadata(meta.inputs),
+            outputs=_tensor_metadata(meta.outputs),
         )
 
     async def _infer(
@@ -266,36 +270,22 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
     @_rpc(Access(Role.VIEWER, model="name"))
     async def ModelConfig(self, request: Any, context: Any, identity: Identity | None) -> Any:
-        model = self.ctx.pipeline.resolve(request.name, request.version or None)
-        return pb.ModelConfigResponse(config=config_to_proto(model.config.to_json()))
+        config = self.ctx.info.model_config(request.name, request.version or None)
+        return pb.ModelConfigResponse(config=config_to_proto(config))
 
     @_rpc(Access(Role.VIEWER, model="name"))
     async def ModelStatistics(self, request: Any, context: Any, identity: Identity | None) -> Any:
-        models = self.ctx.table.ready()
-        if self.gate is not None and identity is not None:
-            visible = self.gate.visible(identity)
-            models = [m for m in models if visible(m.name)]
-        if request.name:
-            self.ctx.table.versions(request.name)
-            models = [m for m in models if m.name == request.name]
-            if request.version:
-                models = [m for m in models if m.version == request.version]
-                if not models:
-                    raise NotFound(
-                        f"model {request.name!r} version {request.version!r} is not loaded"
-                    )
-        models.sort(key=lambda m: (m.name, int(m.version)))
+        entries = self.ctx.info.statistics(
+            request.name or None, request.version or None, self._visible(identity)
+        )
         out = pb.ModelStatisticsResponse()
-        for m in models:
-            json_format.ParseDict(m.stats.to_json(m.name, m.version), out.model_stats.add())
+        for entry in entries:
+            json_format.ParseDict(entry, out.model_stats.add())
         return out
 
     @_rpc(Access(Role.VIEWER))
     async def RepositoryIndex(self, request: Any, context: Any, identity: Identity | None) -> Any:
-        entries = self.ctx.repository.index(request.ready)
-        if self.gate is not None and identity is not None:
-            visible = self.gate.visible(identity)
-            entries = [e for e in entries if visible(e.name)]
+        entries = self.ctx.info.repository_index(request.ready, self._visible(identity))
         out = pb.RepositoryIndexResponse()
         for e in entries:
             out.models.add(name=e.name, version=e.version, state=e.state, reason=e.reason)

@@ -13,10 +13,11 @@ from modelport.dataplane.admission.identity import IDENTITY_SCOPE_KEY, VISIBLE_S
 from modelport.dataplane.admission.needs import needs
 from modelport.dataplane.codec.jsonbody import decode_json
 from modelport.dataplane.codec.repository import load_config_parameter
+from modelport.dataplane.info import Visible
 from modelport.dataplane.transport.context import TransportContext
 from modelport.dataplane.transport.http.body import read_body
 from modelport.dataplane.transport.http.responses import json_response
-from modelport.errors import InvalidRequest, NotFound
+from modelport.errors import InvalidRequest
 from modelport.types import Role
 
 
@@ -35,32 +36,27 @@ def _actor(request: Request) -> str | None:
     return None if identity is None else str(identity.actor)
 
 
+def _visible(request: Request) -> Visible:
+    """The caller's visibility test the guard left in the scope; None with auth off."""
+    visible: Visible = request.scope.get(VISIBLE_SCOPE_KEY)
+    return visible
+
+
 def routes(ctx: TransportContext) -> list[Route]:
     @needs(Role.VIEWER, model="model")
     async def model_config(request: Request) -> Response:
-        model = ctx.pipeline.resolve(
+        config = ctx.info.model_config(
             request.path_params["model"], request.path_params.get("version")
         )
-        return json_response(model.config.to_json())
+        return json_response(config)
 
     # Also the statistics of every model (no model in the path), filtered by visibility.
     @needs(Role.VIEWER, model="model")
     async def stats(request: Request) -> Response:
-        name: str | None = request.path_params.get("model")
-        version: str | None = request.path_params.get("version")
-        models = ctx.table.ready()
-        if name is not None:
-            ctx.table.versions(name)  # NotFound for an unknown model
-            models = [m for m in models if m.name == name]
-            if version is not None:
-                models = [m for m in models if m.version == version]
-                if not models:
-                    raise NotFound(f"model {name!r} version {version!r} is not loaded")
-        visible = request.scope.get(VISIBLE_SCOPE_KEY)
-        if visible is not None:
-            models = [m for m in models if visible(m.name)]
-        models.sort(key=lambda m: (m.name, int(m.version)))
-        return json_response({"model_stats": [m.stats.to_json(m.name, m.version) for m in models]})
+        entries = ctx.info.statistics(
+            request.path_params.get("model"), request.path_params.get("version"), _visible(request)
+        )
+        return json_response({"model_stats": entries})
 
     @needs(Role.VIEWER)
     async def index(request: Request) -> Response:
@@ -68,10 +64,7 @@ def routes(ctx: TransportContext) -> list[Route]:
         ready_only = body.get("ready", False)
         if not isinstance(ready_only, bool):
             raise InvalidRequest("'ready' must be true or false")
-        entries = ctx.repository.index(ready_only)
-        visible = request.scope.get(VISIBLE_SCOPE_KEY)
-        if visible is not None:
-            entries = [e for e in entries if visible(e.name)]
+        entries = ctx.info.repository_index(ready_only, _visible(request))
         out = []
         for e in entries:
             item: dict[str, Any] = {"name": e.name, "version": e.version, "state": e.state}

@@ -65,8 +65,10 @@ def decode_v1(model: ModelVersion, body: Any, max_elements: int) -> list[Tensor]
 def routes(ctx: TransportContext) -> list[Route]:
     @needs(Role.VIEWER, model="model")
     async def model_status(request: Request) -> Response:
-        model = ctx.pipeline.resolve(request.path_params["model"], None)
-        return json_response({"name": model.name, "ready": True})
+        state = ctx.info.model_ready(request.path_params["model"], None)
+        if state.error is not None:
+            raise state.error
+        return json_response({"name": state.name, "ready": True})
 
     @needs(Role.INVOKER, model="model")
     async def predict(request: Request) -> Response:

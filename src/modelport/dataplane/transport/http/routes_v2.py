@@ -9,28 +9,29 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from modelport.dataplane.admission.needs import needs
-from modelport.dataplane.table import ModelVersion
-from modelport.dataplane.transport.context import EXTENSIONS, TransportContext
+from modelport.dataplane.info import ModelMetadata
+from modelport.dataplane.transport.context import TransportContext
 from modelport.dataplane.transport.http.errors import http_status
 from modelport.dataplane.transport.http.fastpath import InferRoute
 from modelport.dataplane.transport.http.responses import (
     error_response,
     json_response,
 )
-from modelport.errors import ModelportError
-from modelport.types import Role
+from modelport.types import Role, TensorSpec
 
 
-def tensor_metadata(model: ModelVersion) -> dict[str, Any]:
+def _tensors(specs: tuple[TensorSpec, ...]) -> list[dict[str, Any]]:
+    return [{"name": s.name, "datatype": s.datatype, "shape": list(s.shape)} for s in specs]
+
+
+def metadata_json(meta: ModelMetadata) -> dict[str, Any]:
+    """Model metadata in the Open Inference Protocol's JSON shape."""
     return {
-        "inputs": [
-            {"name": s.name, "datatype": s.datatype, "shape": list(s.shape)}
-            for s in model.signature.inputs
-        ],
-        "outputs": [
-            {"name": s.name, "datatype": s.datatype, "shape": list(s.shape)}
-            for s in model.signature.outputs
-        ],
+        "name": meta.name,
+        "versions": meta.versions,
+        "platform": meta.platform,
+        "inputs": _tensors(meta.inputs),
+        "outputs": _tensors(meta.outputs),
     }
 
 
@@ -42,8 +43,9 @@ def _version(request: Request) -> str | None:
 def routes(ctx: TransportContext, infer: InferRoute) -> list[Route]:
     @needs(Role.VIEWER)
     async def server_metadata(request: Request) -> Response:
+        server = ctx.info.server_metadata()
         return json_response(
-            {"name": ctx.server_name, "version": ctx.server_version, "extensions": list(EXTENSIONS)}
+            {"name": server.name, "version": server.version, "extensions": list(server.extensions)}
         )
 
     @needs(None)
@@ -57,27 +59,15 @@ def routes(ctx: TransportContext, infer: InferRoute) -> list[Route]:
 
     @needs(Role.VIEWER, model="model")
     async def model_metadata(request: Request) -> Response:
-        name = request.path_params["model"]
-        version = _version(request)
-        model = ctx.pipeline.resolve(name, version)
-        versions = [version] if version is not None else ctx.table.versions(name)
-        return json_response(
-            {
-                "name": model.name,
-                "versions": versions,
-                "platform": model.platform,
-                **tensor_metadata(model),
-            }
-        )
+        meta = ctx.info.model_metadata(request.path_params["model"], _version(request))
+        return json_response(metadata_json(meta))
 
     @needs(Role.VIEWER, model="model")
     async def model_ready(request: Request) -> Response:
-        name = request.path_params["model"]
-        try:
-            ctx.pipeline.resolve(name, _version(request))
-        except ModelportError as exc:
-            return error_response(exc.message, http_status(exc))
-        return json_response({"name": name, "ready": True})
+        state = ctx.info.model_ready(request.path_params["model"], _version(request))
+        if state.error is not None:
+            return error_response(state.error.message, http_status(state.error))
+        return json_response({"name": state.name, "ready": True})
 
     return [
         Route("/v2", server_metadata, methods=["GET"]),
