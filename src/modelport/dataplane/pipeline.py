@@ -21,6 +21,7 @@ behind after answering is a shadow copy, owned by ``Traffic``'s runner.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 
 from modelport.clock import Clock, SystemClock
 from modelport.dataplane.admission.ratelimit import RateLimiter
@@ -30,7 +31,7 @@ from modelport.dataplane.observers import CacheUse, Observer, Served, default_ob
 from modelport.dataplane.routing.shadow import SHADOW_PROTOCOL
 from modelport.dataplane.routing.traffic import HeaderLookup, RoutedModel, Traffic
 from modelport.dataplane.routing.window import counts_as_error
-from modelport.dataplane.servable import respond, wanted_outputs
+from modelport.dataplane.servable import STEP_PROTOCOL, respond, wanted_outputs
 from modelport.dataplane.table import ModelTable, ModelVersion
 from modelport.dataplane.validate import check_request
 from modelport.errors import (
@@ -42,7 +43,18 @@ from modelport.errors import (
 )
 from modelport.observability.metrics import Metrics
 from modelport.observability.payloads import PayloadLogger
-from modelport.types import Call, InferenceRequest, InferenceResponse
+from modelport.types import (
+    Array,
+    Call,
+    InferenceRequest,
+    InferenceResponse,
+    Tensor,
+    datatype_of,
+)
+
+#: Calls admitted once already, as the request they serve (a shadow copy, a
+#: composite's step): they take no second rate-limit token.
+_ADMITTED = frozenset((SHADOW_PROTOCOL, STEP_PROTOCOL))
 
 #: Versions whose observer lists are kept before the list is started afresh;
 #: far above the versions a server serves at once, so only reloads fill it.
@@ -50,7 +62,8 @@ _PLANS_KEPT = 256
 
 
 class Pipeline:
-    """The data plane's single entry point for inference."""
+    """The data plane's single entry point for inference, and the ``StepRunner``
+    composite servables run their steps through."""
 
     def __init__(
         self,
@@ -133,6 +146,34 @@ class Pipeline:
         chosen = routed is not None and version is None
         return await self._serve(call, model, request, protocol, start, routed, chosen)
 
+    async def run_step(
+        self,
+        call: Call | None,
+        model: str,
+        version: str | None,
+        inputs: Mapping[str, Array],
+    ) -> dict[str, Array]:
+        """One step of a composite servable (``servable.StepRunner``).
+
+        Served as a request for ``model`` under the composite's ``call``:
+        routed (``version`` None: the model's traffic policy or its default
+        version), validated, cached and executed, and observed under the
+        "step" label; no second rate-limit token, as the composite's request
+        was admitted. A step carries no headers, so a sticky policy draws by
+        weight for it.
+        """
+        request = InferenceRequest(
+            model,
+            version,
+            [
+                Tensor(name, datatype_of(array), array.shape, array)
+                for name, array in inputs.items()
+            ],
+            id=call.request_id if call is not None else None,
+        )
+        response = await self.infer(request, STEP_PROTOCOL, None, call)
+        return {t.name: t.data for t in response.outputs}
+
     def _choose(
         self, routed: RoutedModel, request: InferenceRequest, header: HeaderLookup | None
     ) -> ModelVersion:
@@ -209,7 +250,7 @@ class Pipeline:
         # The caller's own bucket first (a key created with --rate/--burst), then
         # the model's: a caller over its limit must not drain the model's tokens.
         limiter = self.limiter
-        if limiter is not None and protocol != SHADOW_PROTOCOL:
+        if limiter is not None and protocol not in _ADMITTED:
             identity = request.identity
             if identity is not None and identity.rate is not None and identity.burst is not None:
                 # One bucket per caller, across every model.

@@ -79,6 +79,10 @@ class Servable(Protocol):
         ...
 
 
+#: The protocol label (metrics, logs) of a step a composite servable runs.
+STEP_PROTOCOL = "step"
+
+
 class StepRunner(Protocol):
     """How a composite servable (an ensemble, a cascade) runs one of its steps.
 
