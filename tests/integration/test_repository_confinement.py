@@ -303,9 +303,12 @@ def test_payloads_stay_redacted_after_a_refused_override(
         while "INPUT0" not in text and time.monotonic() < deadline:
             text = "".join(p.read_text() for p in (payload_dir / "c").glob("*.jsonl"))
             time.sleep(0.05)
-        assert "INPUT0" in text
-        assert "[REDACTED]" in text
-        assert "9.75" not in text and "10.125" not in text
+        records = [json.loads(line) for line in text.splitlines() if line.strip()]
+        logged = [t for record in records for t in record["inputs"] if t["name"] == "INPUT0"]
+        assert logged
+        # Only the values are checked: a timestamp may hold the same digits.
+        assert all(t["data"] == "[REDACTED]" for t in logged), logged
+        assert all("outputs" not in record for record in records), records
     finally:
         http.load_model("c")
 
