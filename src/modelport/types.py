@@ -135,15 +135,17 @@ class Origin(Enum):
     """The gRPC transport."""
     SHADOW = "shadow"
     """A copy the server sends to a shadow version; its answer goes to no one."""
+    STEP = "step"
+    """One step of a composite servable, run for a request already admitted."""
 
     @property
     def internal(self) -> bool:
-        """Whether the server itself made the call, so that no caller waits on it.
+        """Whether the server itself made the call, for a request it already admitted.
 
         Internal calls skip what exists to protect callers from one another,
-        such as rate limits.
+        such as rate limits: the request they serve took its tokens once.
         """
-        return self is Origin.SHADOW
+        return self is Origin.SHADOW or self is Origin.STEP
 
 
 #: The empty, read-only mapping a Call without headers or trace context holds.
@@ -166,7 +168,7 @@ class Call:
     Example: a REST request from 10.0.0.7 carrying ``X-Request-ID: r-1``,
     taken at monotonic time ``t`` with a 5 s timeout, is
     ``Call(Origin.REST, identity, deadline_ns=t + 5_000_000_000, headers=...,
-    request_id="r-1", peer="10.0.0.7:53110")``.
+    request_id="r-1", peer=("10.0.0.7", 53110))``.
     """
 
     origin: Origin
@@ -187,10 +189,22 @@ class Call:
     """
     request_id: str | None = None
     """The id the caller gave the request, echoed in the answer and in logs."""
-    peer: str | None = None
-    """The client's address as the transport reports it (``host:port``), or None if unknown."""
+    peer: str | tuple[str, int] | None = None
+    """The client's address as the transport reports it, or None if unknown.
+
+    Kept in the transport's own form so building a Call formats nothing:
+    REST's ASGI ``(host, port)``, gRPC's peer string (``ipv4:10.0.0.7:53110``).
+    :meth:`peer_text` writes either as text.
+    """
     trace: Mapping[str, str] = field(default_factory=_empty)
     """Trace context carried with the call (such as W3C ``traceparent`` and ``tracestate``)."""
+
+    def peer_text(self) -> str | None:
+        """The peer as text (``host:port`` for REST), for logs and audit records."""
+        peer = self.peer
+        if peer is None or isinstance(peer, str):
+            return peer
+        return f"{peer[0]}:{peer[1]}"
 
     def remaining_ns(self, now_ns: int) -> int | None:
         """Nanoseconds left before the deadline at ``now_ns`` (0 or less: passed; None: none)."""
@@ -224,8 +238,9 @@ class InferenceRequest:
 
     ``priority`` and ``timeout_us`` are Triton's request parameters, kept for
     the scheduler; ``deadline`` is a monotonic time in seconds, or None.
-    ``identity`` is the authenticated caller (None when authentication is
-    off), for per-identity limits and residency by tenant.
+    The caller's identity and deadline travel in the :class:`Call` the
+    transport builds; ``identity`` here is only read for a request served
+    without a Call (a library caller, a test).
     """
 
     model_name: str

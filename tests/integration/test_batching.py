@@ -255,3 +255,51 @@ def test_config_shows_the_scheduling_in_effect(server: Server) -> None:
     greedy = httpx.get(f"{server.base}/v2/models/cached/config").json()
     assert greedy["dynamic_batching"]["max_queue_delay_microseconds"] == 0
     assert greedy["dynamic_batching"]["default_queue_policy"]["max_queue_size"] == 256
+
+
+def test_rest_deadline_header_expires_in_the_queue_with_504(server: Server) -> None:
+    a, b = pair(4)
+    body = {"inputs": [
+        {"name": "INPUT0", "shape": [1, 16], "datatype": "FP32", "data": a.ravel().tolist()},
+        {"name": "INPUT1", "shape": [1, 16], "datatype": "FP32", "data": b.ravel().tolist()},
+    ]}  # fmt: skip
+    url = f"{server.base}/v2/models/slow_fill/infer"
+    before = stats(server, "slow_fill")["execution_count"]
+    started = time.monotonic()
+    r = httpx.post(url, json=body, headers={"modelport-timeout-ms": "50"}, timeout=10)
+    assert r.status_code == 504, r.text
+    assert "timed out" in r.json()["error"]
+    assert time.monotonic() - started < 0.5
+    assert stats(server, "slow_fill")["execution_count"] == before
+    # KServe v1 takes the same header.
+    r = httpx.post(
+        f"{server.base}/v1/models/slow_fill:predict",
+        json={"inputs": {"INPUT0": a.tolist(), "INPUT1": b.tolist()}},
+        headers={"modelport-timeout-ms": "50"},
+        timeout=10,
+    )
+    assert r.status_code == 504, r.text
+    # A deadline the server cannot read is refused, not ignored.
+    r = httpx.post(url, json=body, headers={"modelport-timeout-ms": "soon"}, timeout=10)
+    assert r.status_code == 400
+    assert "modelport-timeout-ms" in r.json()["error"]
+
+
+def test_grpc_deadline_expires_in_the_queue(server: Server) -> None:
+    a, b = pair(5)
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    inputs = [grpcclient.InferInput("INPUT0", [1, 16], "FP32"),
+              grpcclient.InferInput("INPUT1", [1, 16], "FP32")]  # fmt: skip
+    inputs[0].set_data_from_numpy(a)
+    inputs[1].set_data_from_numpy(b)
+    before = stats(server, "slow_fill")["execution_count"]
+    started = time.monotonic()
+    try:
+        with pytest.raises(InferenceServerException) as info:
+            client.infer("slow_fill", inputs, client_timeout=0.1)
+    finally:
+        client.close()
+    assert info.value.status() == "StatusCode.DEADLINE_EXCEEDED"
+    assert time.monotonic() - started < 0.5
+    time.sleep(0.7)  # past the 0.6 s batching delay: the batch would have run by now
+    assert stats(server, "slow_fill")["execution_count"] == before

@@ -46,15 +46,13 @@ from modelport.observability.payloads import PayloadLogger
 from modelport.types import (
     Array,
     Call,
+    Identity,
     InferenceRequest,
     InferenceResponse,
+    Origin,
     Tensor,
     datatype_of,
 )
-
-#: Calls admitted once already, as the request they serve (a shadow copy, a
-#: composite's step): they take no second rate-limit token.
-_ADMITTED = frozenset((SHADOW_PROTOCOL, STEP_PROTOCOL))
 
 #: Versions whose observer lists are kept before the list is started afresh;
 #: far above the versions a server serves at once, so only reloads fill it.
@@ -93,8 +91,10 @@ class Pipeline:
         # Per version, the observers that apply to it (``Observer.applies``),
         # chosen the first time the version serves.
         self._plans: dict[ModelVersion, tuple[Observer, ...]] = {}
+        self.clock: Clock = clock if clock is not None else SystemClock()
+        """The data plane's clock; transports set a Call's deadline by its ``monotonic_ns``."""
         # Bound once: read several times per request to time its stages.
-        self._clock = (clock if clock is not None else SystemClock()).monotonic_ns
+        self._clock = self.clock.monotonic_ns
 
     def resolve(self, name: str, version: str | None) -> ModelVersion:
         """The loaded version, for what a transport answers without inferring
@@ -123,15 +123,18 @@ class Pipeline:
 
         ``header`` looks up a request header (gRPC: metadata) by name: the data's
         residency (``X-Data-Residency``) and, for a traffic policy with one, the sticky key.
+        ``call`` is what the transport knows of the call (the caller, the
+        deadline, the origin); without one the request's own ``identity`` is read.
         """
         start = self._clock()
         if self.residency is not None:
             # Before routing, validation or compute; the model is acquired only to
             # refuse (and audit) under a name that exists.
-            refused = self.residency.refusal(request, header)
+            identity = _identity(call, request)
+            refused = self.residency.refusal(request, header, identity)
             if refused is not None:
                 model = self.table.acquire(request.model_name, request.model_version)
-                self.residency.refuse(model.name, request, refused, protocol)
+                self.residency.refuse(model.name, request, refused, protocol, identity)
         routed = self.traffic.routed(request.model_name) if self.traffic is not None else None
         name, version = request.model_name, request.model_version
         try:
@@ -159,8 +162,8 @@ class Pipeline:
         routed (``version`` None: the model's traffic policy or its default
         version), validated, cached and executed, and observed under the
         "step" label; no second rate-limit token, as the composite's request
-        was admitted. A step carries no headers, so a sticky policy draws by
-        weight for it.
+        was admitted (the step's Call is the composite's, with origin STEP).
+        A step carries no header lookup, so a sticky policy draws by weight for it.
         """
         request = InferenceRequest(
             model,
@@ -171,7 +174,20 @@ class Pipeline:
             ],
             id=call.request_id if call is not None else None,
         )
-        response = await self.infer(request, STEP_PROTOCOL, None, call)
+        step = (
+            Call(Origin.STEP)
+            if call is None
+            else Call(
+                Origin.STEP,
+                call.identity,
+                call.deadline_ns,
+                call.headers,
+                call.request_id,
+                call.peer,
+                call.trace,
+            )
+        )
+        response = await self.infer(request, STEP_PROTOCOL, None, step)
         return {t.name: t.data for t in response.outputs}
 
     def _choose(
@@ -211,13 +227,18 @@ class Pipeline:
     async def _shadow(
         self, routed: RoutedModel, version: str, request: InferenceRequest
     ) -> InferenceResponse:
-        """One shadow copy, served like any request under the "shadow" protocol label."""
+        """One shadow copy, served like any request under the "shadow" protocol label.
+
+        Its Call has origin SHADOW, no caller and no deadline of its own (the
+        shadow runner's timeout bounds it): nobody waits for its answer.
+        """
+        call = Call(Origin.SHADOW, request_id=request.id)
         start = self._clock()
         try:
             model = self._acquire_recorded(routed, request.model_name, version, start)
         except NotLoaded:
             model = await self._acquire_loading(routed, request, None, start)
-        return await self._serve(None, model, request, SHADOW_PROTOCOL, start, routed, False)
+        return await self._serve(call, model, request, SHADOW_PROTOCOL, start, routed, False)
 
     def _acquire_recorded(
         self, routed: RoutedModel, name: str, version: str, start: int
@@ -245,13 +266,13 @@ class Pipeline:
         """Admission after routing, then validate → cache → execute, then the observers."""
         # Before any validation or compute, and outside what observers see: a
         # refusal is the caller's excess, not the version's fault, so it must
-        # not count against a canary. Shadow copies were admitted as the
-        # request they copy and take no second token.
+        # not count against a canary. Internal calls (a shadow copy, a step)
+        # were admitted as the request they serve and take no second token.
         # The caller's own bucket first (a key created with --rate/--burst), then
         # the model's: a caller over its limit must not drain the model's tokens.
         limiter = self.limiter
-        if limiter is not None and protocol not in _ADMITTED:
-            identity = request.identity
+        if limiter is not None and (call is None or not call.origin.internal):
+            identity = _identity(call, request)
             if identity is not None and identity.rate is not None and identity.burst is not None:
                 # One bucket per caller, across every model.
                 await self._take_token(
@@ -342,3 +363,8 @@ class Pipeline:
             f"(burst {burst}); retry in {decision.retry_after_s:.2f} s",
             decision.retry_after_s,
         )
+
+
+def _identity(call: Call | None, request: InferenceRequest) -> Identity | None:
+    """The caller: the Call's, or the request's own when served without a Call."""
+    return call.identity if call is not None else request.identity

@@ -55,6 +55,8 @@ class ScheduledServable:
 
         The request was validated, so every input agrees on the batch size:
         the first input's first dimension when the model batches, 1 otherwise.
+        The scheduler keeps the earliest of the Call's deadline and the
+        request's ``timeout`` under the queue policy.
         """
         inputs = request.inputs
         rows = inputs[0].shape[0] if self._batching and inputs else 1
@@ -68,6 +70,7 @@ class ScheduledServable:
             request.priority,
             request.timeout_us,
             group,
+            call.deadline_ns if call is not None else None,
         )
         clock = self._clock
         finished = clock()

@@ -62,6 +62,7 @@ class FakeScheduler:
         priority: int = 0,
         timeout_us: int | None = None,
         group: Any = None,
+        deadline_ns: int | None = None,
     ) -> Execution:
         self.calls += 1
         if self.compute is None:

@@ -8,6 +8,7 @@ and no control plane are involved.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -143,8 +144,10 @@ def test_a_composite_runs_its_steps_through_routing_and_execution() -> None:
     response = asyncio.run(pipeline.infer(_request("chain", [[1, 2]]), "http", call=call))
     np.testing.assert_array_equal(response.outputs[0].data, [[3, 5]])
     assert response.model_name == "chain"
-    # Each step saw the composite's call, and was served as a request of its own.
-    assert double.calls == [call] and inc.calls == [call]
+    # Each step saw the composite's call as an internal one, and was served as a
+    # request of its own.
+    step = dataclasses.replace(call, origin=Origin.STEP)
+    assert double.calls == [step] and inc.calls == [step]
     for model, protocol in (("chain", "http"), ("double", "step"), ("inc", "step")):
         labels = {"model": model, "version": "1", "protocol": protocol}
         assert metrics.registry.get_sample_value("modelport_inference_requests_total", labels) == 1

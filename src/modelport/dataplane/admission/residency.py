@@ -35,7 +35,7 @@ from modelport.dataplane.admission.audit import ANONYMOUS, AuditEvent, AuthAudit
 from modelport.dataplane.routing.traffic import HeaderLookup
 from modelport.errors import InvalidRequest, ResidencyRefused
 from modelport.regions import region_allowed
-from modelport.types import InferenceRequest
+from modelport.types import Identity, InferenceRequest
 
 #: The request header (HTTP) and metadata key (gRPC, lower-case) naming the data's residency.
 HEADER = "X-Data-Residency"
@@ -111,36 +111,56 @@ class ResidencyGuard:
         """Called with the model's name on every refusal (the metric)."""
 
     def requested(
-        self, request: InferenceRequest, header: HeaderLookup | None
+        self,
+        request: InferenceRequest,
+        header: HeaderLookup | None,
+        identity: Identity | None = None,
     ) -> tuple[tuple[str, ...], str]:
-        """The request's data residency and where it came from (empty: unconstrained)."""
+        """The request's data residency and where it came from (empty: unconstrained).
+
+        ``identity`` is the caller from the Call; None reads the request's own.
+        """
         value = header(HEADER) if header is not None else None
         if value is not None:
             try:
                 return parse_residency(value), f"{HEADER} header"
             except ValueError as exc:
                 raise InvalidRequest(f"{HEADER} header: {exc}") from None
-        identity = request.identity
+        if identity is None:
+            identity = request.identity
         if identity is not None and identity.tenant is not None:
             mapped = self.tenants.get(identity.tenant)
             if mapped:
                 return mapped, f"tenant {identity.tenant!r}"
         return (), ""
 
-    def refusal(self, request: InferenceRequest, header: HeaderLookup | None) -> str | None:
+    def refusal(
+        self,
+        request: InferenceRequest,
+        header: HeaderLookup | None,
+        identity: Identity | None = None,
+    ) -> str | None:
         """Why this request's data must not be processed here, or None (raises InvalidRequest
         for a malformed header)."""
-        data, origin = self.requested(request, header)
+        data, origin = self.requested(request, header, identity)
         if not data:
             return None
         return data_refusal(self.region, data, origin)
 
-    def refuse(self, model: str, request: InferenceRequest, reason: str, protocol: str) -> None:
+    def refuse(
+        self,
+        model: str,
+        request: InferenceRequest,
+        reason: str,
+        protocol: str,
+        identity: Identity | None = None,
+    ) -> None:
         """Count and audit a refusal, then raise ResidencyRefused; ``model`` is a served name."""
         if self.on_refused is not None:
             self.on_refused(model)
         if self.audit is not None:
-            identity = request.identity
+            if identity is None:
+                identity = request.identity
             actor = identity.actor if identity is not None else ANONYMOUS
             detail: dict[str, object] = {
                 "region": self.region,

@@ -148,8 +148,16 @@ class Scheduler:
         priority: int = 0,
         timeout_us: int | None = None,
         group: Any = None,
+        deadline_ns: int | None = None,
     ) -> Execution:
-        """Queue one request and wait for its rows of the result."""
+        """Queue one request and wait for its rows of the result.
+
+        ``deadline_ns`` is the caller's own deadline (the Call's, monotonic):
+        the request is refused with DeadlineExceeded if it is still queued
+        then, whichever comes first of it and the queue policy's timeout.
+        A DELAY policy moves a request past the policy's timeout to the back,
+        but still refuses it at the caller's deadline: no one waits after it.
+        """
         if self._closing:
             raise Unavailable("this model version is being unloaded; retry")
         policy = self.policy
@@ -160,6 +168,12 @@ class Scheduler:
         loop = asyncio.get_running_loop()
         now = self._clock()
         deadline = policy.deadline_ns(level, timeout_us, now)
+        expires = None if lp.delay_on_timeout else deadline
+        if deadline_ns is not None:
+            if expires is None or deadline_ns < expires:
+                expires = deadline_ns
+            if not lp.delay_on_timeout:
+                deadline = expires
         key: Any = None
         if policy.batching:
             key = (group, tuple((n, a.shape[1:], a.dtype.str) for n, a in inputs.items()))
@@ -169,8 +183,8 @@ class Scheduler:
         self._queues.push(pending)
         self._idle.clear()
         timer = None
-        if deadline is not None and not lp.delay_on_timeout:
-            timer = self._timers.call_at(deadline, self._expire, pending)
+        if expires is not None:
+            timer = self._timers.call_at(expires, self._expire, pending)
         if self._inline and defer_batching(
             self._traits, self._costs, self._running > 0, self.policy
         ):

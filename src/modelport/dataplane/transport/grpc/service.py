@@ -35,10 +35,11 @@ from modelport.dataplane.codec.repository import load_config_parameter
 from modelport.dataplane.info import Visible
 from modelport.dataplane.transport.context import TransportContext
 from modelport.dataplane.transport.grpc.errors import grpc_status, trailing_metadata
+from modelport.dataplane.transport.grpc.metadata import MetadataView
 from modelport.errors import InvalidRequest, ModelportError
 from modelport.protos import grpc_service_pb2 as pb
 from modelport.protos import grpc_service_pb2_grpc as pb_grpc
-from modelport.types import Identity, Role
+from modelport.types import Call, Identity, Origin, Role
 
 log = logging.getLogger("modelport.grpc")
 
@@ -85,15 +86,6 @@ def _tensor_metadata(specs: Any) -> list[Any]:
     ]
 
 
-def _metadata(context: grpc.aio.ServicerContext, name: str) -> str | None:
-    """One invocation metadata value by name (gRPC keys are lower-case)."""
-    key = name.lower()
-    for k, v in context.invocation_metadata() or ():
-        if k == key and isinstance(v, str):
-            return v
-    return None
-
-
 def _authorization(context: grpc.aio.ServicerContext) -> str | None:
     """The one ``authorization`` metadata value, or None; InvalidRequest when there
     are several (which one a proxy and the server each take could differ)."""
@@ -101,11 +93,6 @@ def _authorization(context: grpc.aio.ServicerContext) -> str | None:
     if len(values) > 1:
         raise InvalidRequest("send one authorization metadata entry, not several")
     return values[0] if values and isinstance(values[0], str) else None
-
-
-def _metadata_lookup(context: grpc.aio.ServicerContext) -> Callable[[str], str | None]:
-    """The call's metadata as the pipeline's header lookup (residency, sticky routing key)."""
-    return functools.partial(_metadata, context)
 
 
 def client_certificate(context: grpc.aio.ServicerContext) -> ClientCertificate | None:
@@ -195,10 +182,21 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     async def _infer(
         self, request: Any, context: grpc.aio.ServicerContext, identity: Identity | None
     ) -> Any:
-        self.ctx.pipeline.resolve(request.model_name, request.model_version or None)
+        """One infer message: its Call, then decode → pipeline → encode.
+
+        The deadline is the call's ``grpc-timeout`` as the context counts it
+        down, read when the message arrives (for a stream, the stream's).
+        """
+        pipeline = self.ctx.pipeline
+        remaining = context.time_remaining()
+        deadline = (
+            pipeline.clock.monotonic_ns() + int(remaining * 1e9) if remaining is not None else None
+        )
+        pipeline.resolve(request.model_name, request.model_version or None)
         req = decode_request(request, self.ctx.max_elements)
-        req.identity = identity
-        resp = await self.ctx.pipeline.infer(req, "grpc", _metadata_lookup(context))
+        metadata = MetadataView(context)
+        call = Call(Origin.GRPC, identity, deadline, metadata, req.id, context.peer())
+        resp = await pipeline.infer(req, "grpc", metadata.get, call)
         return encode_response(resp)
 
     @_rpc(_INFER)

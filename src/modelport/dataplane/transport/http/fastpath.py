@@ -34,8 +34,9 @@ from modelport.dataplane.transport.http.direct import DirectCycle, Reply
 from modelport.dataplane.transport.http.disconnect import until_disconnect
 from modelport.dataplane.transport.http.errors import error_headers, http_status
 from modelport.dataplane.transport.http.guard import DeclaredRoutes, HttpGuard
+from modelport.dataplane.transport.http.headers import TIMEOUT_HEADER, HeaderView, deadline_ns
 from modelport.errors import InvalidRequest, ModelportError, internal_error
-from modelport.types import Role
+from modelport.types import Call, Origin, Role
 
 log = logging.getLogger("modelport.http")
 
@@ -67,16 +68,6 @@ def _header_length(raw: bytes | None) -> int | None:
             f"Inference-Header-Content-Length {shown!r} is not a non-negative integer"
         )
     return int(text)
-
-
-def _header_lookup(headers: dict[bytes, bytes]) -> Callable[[str], str | None]:
-    """Case-insensitive header lookup for traffic routing's sticky key (ASGI names are lower)."""
-
-    def lookup(name: str) -> str | None:
-        value = headers.get(name.lower().encode("latin-1"))
-        return value.decode("latin-1") if value is not None else None
-
-    return lookup
 
 
 class InferenceFastPath:
@@ -207,8 +198,14 @@ class InferRoute:
         headers: dict[bytes, bytes] = dict(scope["headers"])
         try:
             ctx = self.ctx
-            model = ctx.pipeline.resolve(name, version)  # unknown models: before the body
-            refused = ctx.pipeline.overload_refusal(model, version)
+            pipeline = ctx.pipeline
+            # The deadline runs from arrival, before the body is read.
+            timeout = headers.get(TIMEOUT_HEADER)
+            deadline = (
+                deadline_ns(timeout, pipeline.clock.monotonic_ns()) if timeout is not None else None
+            )
+            model = pipeline.resolve(name, version)  # unknown models: before the body
+            refused = pipeline.overload_refusal(model, version)
             if refused is not None:  # overload: refuse before decoding too
                 raise refused
             length = headers.get(b"content-length")
@@ -223,9 +220,17 @@ class InferRoute:
                 version,
                 ctx.max_elements,
             )
-            request.identity = scope.get(IDENTITY_SCOPE_KEY)
+            view = HeaderView(headers)
+            call = Call(
+                Origin.REST,
+                scope.get(IDENTITY_SCOPE_KEY),
+                deadline,
+                view,
+                request.id,
+                scope.get("client"),
+            )
             response = await until_disconnect(
-                scope, receive, ctx.pipeline.infer(request, "http", _header_lookup(headers))
+                scope, receive, pipeline.infer(request, "http", view.get, call)
             )
             payload, hlen = encode_response(request, response)
         except ModelportError as exc:

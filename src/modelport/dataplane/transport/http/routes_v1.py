@@ -21,9 +21,13 @@ from modelport.dataplane.codec.tensors import array_from_json, array_to_json, ch
 from modelport.dataplane.table import ModelVersion
 from modelport.dataplane.transport.context import TransportContext
 from modelport.dataplane.transport.http.body import read_body
+from modelport.dataplane.transport.http.headers import TIMEOUT_HEADER, deadline_ns
 from modelport.dataplane.transport.http.responses import json_response
 from modelport.errors import InvalidRequest
-from modelport.types import InferenceRequest, Role, Tensor
+from modelport.types import Call, InferenceRequest, Origin, Role, Tensor
+
+#: The deadline header (``headers.TIMEOUT_HEADER``) as Starlette's headers spell names.
+TIMEOUT_NAME = TIMEOUT_HEADER.decode("latin-1")
 
 
 def _shape_of(rows: list[Any]) -> list[int]:
@@ -72,15 +76,27 @@ def routes(ctx: TransportContext) -> list[Route]:
 
     @needs(Role.INVOKER, model="model")
     async def predict(request: Request) -> Response:
+        headers = request.headers
+        timeout = headers.get(TIMEOUT_NAME)
+        deadline = (
+            deadline_ns(timeout, ctx.pipeline.clock.monotonic_ns()) if timeout is not None else None
+        )
         model = ctx.pipeline.resolve(request.path_params["model"], None)
         raw = await read_body(request, ctx.max_body_bytes)
         body = decode_json(raw)
         inputs = decode_v1(model, body, ctx.max_elements)
         # No version: the model's traffic policy, if any, picks one like on /v2.
-        req = InferenceRequest(
-            model.name, None, inputs, identity=request.scope.get(IDENTITY_SCOPE_KEY)
+        req = InferenceRequest(model.name, None, inputs)
+        scope = request.scope
+        call = Call(
+            Origin.REST,
+            scope.get(IDENTITY_SCOPE_KEY),
+            deadline,
+            headers,
+            None,
+            scope.get("client"),
         )
-        resp = await ctx.pipeline.infer(req, "http", request.headers.get)
+        resp = await ctx.pipeline.infer(req, "http", headers.get, call)
         outputs = {t.name: t for t in resp.outputs}
         if len(outputs) == 1:
             (only,) = outputs.values()
