@@ -303,3 +303,46 @@ def test_grpc_deadline_expires_in_the_queue(server: Server) -> None:
     assert time.monotonic() - started < 0.5
     time.sleep(0.7)  # past the 0.6 s batching delay: the batch would have run by now
     assert stats(server, "slow_fill")["execution_count"] == before
+
+
+def test_full_queue_answers_grpc_unavailable_at_once(server: Server) -> None:
+    a, b = pair(6)
+
+    def held_request() -> httpx.Response:
+        return httpx.post(f"{server.base}/v2/models/tiny_queue/infer", json=body, timeout=30)
+
+    body = {"inputs": [
+        {"name": "INPUT0", "shape": [1, 16], "datatype": "FP32", "data": a.ravel().tolist()},
+        {"name": "INPUT1", "shape": [1, 16], "datatype": "FP32", "data": b.ravel().tolist()},
+    ]}  # fmt: skip
+    counter = 'modelport_inference_requests_total{model="tiny_queue",protocol="http",version="1"}'
+    metrics = httpx.get(f"{server.base}/metrics").text
+    seen = next(
+        (float(line.split()[-1]) for line in metrics.splitlines() if line.startswith(counter)), 0.0
+    )
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    inputs = [grpcclient.InferInput("INPUT0", [1, 16], "FP32"),
+              grpcclient.InferInput("INPUT1", [1, 16], "FP32")]  # fmt: skip
+    inputs[0].set_data_from_numpy(a)
+    inputs[1].set_data_from_numpy(b)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            held = [pool.submit(held_request) for _ in range(2)]
+            deadline = time.monotonic() + 5
+            while f"{counter} {seen + 2}" not in httpx.get(f"{server.base}/metrics").text:
+                assert time.monotonic() < deadline, "the two held requests never arrived"
+                time.sleep(0.02)
+            started = time.monotonic()
+            with pytest.raises(InferenceServerException) as info:
+                client.infer("tiny_queue", inputs)
+            # The same refusal REST answers with 503, mapped by the gRPC error table.
+            assert info.value.status() == "StatusCode.UNAVAILABLE"
+            assert "queue full" in str(info.value)
+            assert time.monotonic() - started < 0.5
+            for h in held:
+                assert h.result().status_code == 200
+    finally:
+        client.close()
+    # Refused before decoding: the request never reached the pipeline, which counts each.
+    grpc_counter = 'modelport_inference_requests_total{model="tiny_queue",protocol="grpc"'
+    assert grpc_counter not in httpx.get(f"{server.base}/metrics").text

@@ -8,6 +8,10 @@ once, for HTTP and gRPC alike. The stages, in order:
 2. route: the version named, or the one the model's traffic policy chooses
    (falling back to the default version when that one cannot serve);
 3. admission after routing: rate limits (per caller, per model);
+
+Stages 1 and 3 are the second phase of ``admission/stages.py``, whose first
+phase (authenticate, authorize, route, overload) the transports run before
+they read the body.
 4. validate the request against the version's signature;
 5. cache: answer from the response cache when the version has one;
 6. execute: the version's ``Servable`` computes the answer.
@@ -26,6 +30,7 @@ from collections.abc import Mapping
 from modelport.clock import Clock, SystemClock
 from modelport.dataplane.admission.ratelimit import RateLimiter
 from modelport.dataplane.admission.residency import ResidencyGuard
+from modelport.dataplane.admission.stages import Admission
 from modelport.dataplane.cache import ResponseCache, cache_key
 from modelport.dataplane.observers import CacheUse, Observer, Served, default_observers
 from modelport.dataplane.routing.shadow import SHADOW_PROTOCOL
@@ -39,14 +44,12 @@ from modelport.errors import (
     ModelportError,
     NotFound,
     NotLoaded,
-    RateLimited,
 )
 from modelport.observability.metrics import Metrics
 from modelport.observability.payloads import PayloadLogger
 from modelport.types import (
     Array,
     Call,
-    Identity,
     InferenceRequest,
     InferenceResponse,
     Origin,
@@ -83,6 +86,8 @@ class Pipeline:
         self.limiter = limiter
         self.payloads = payloads
         self.residency = residency
+        self.admission = Admission(table, metrics, traffic, limiter, residency)
+        """The admission stages; transports call its ``before_body`` before reading a body."""
         self.observers = (
             observers
             if observers is not None
@@ -98,19 +103,9 @@ class Pipeline:
 
     def resolve(self, name: str, version: str | None) -> ModelVersion:
         """The loaded version, for what a transport answers without inferring
-        (metadata, readiness, the overload check); a version that must load
+        (metadata, readiness); a version that must load
         first is not ready for these."""
         return self.table.acquire(name, version)
-
-    def overload_refusal(self, model: ModelVersion, version: str | None) -> ModelportError | None:
-        """The error to refuse with before decoding, or None: the version takes no
-        new work and the request will go to it (a routed request may go to another)."""
-        refused = model.servable.refusal()
-        if refused is None:
-            return None
-        if version is not None or self.traffic is None or self.traffic.get(model.name) is None:
-            return refused
-        return None
 
     async def infer(
         self,
@@ -128,13 +123,7 @@ class Pipeline:
         """
         start = self._clock()
         if self.residency is not None:
-            # Before routing, validation or compute; the model is acquired only to
-            # refuse (and audit) under a name that exists.
-            identity = _identity(call, request)
-            refused = self.residency.refusal(request, header, identity)
-            if refused is not None:
-                model = self.table.acquire(request.model_name, request.model_version)
-                self.residency.refuse(model.name, request, refused, protocol, identity)
+            self.admission.check_residency(call, request, header, protocol)
         routed = self.traffic.routed(request.model_name) if self.traffic is not None else None
         name, version = request.model_name, request.model_version
         try:
@@ -264,36 +253,9 @@ class Pipeline:
         chosen: bool,
     ) -> InferenceResponse:
         """Admission after routing, then validate → cache → execute, then the observers."""
-        # Before any validation or compute, and outside what observers see: a
-        # refusal is the caller's excess, not the version's fault, so it must
-        # not count against a canary. Internal calls (a shadow copy, a step)
-        # were admitted as the request they serve and take no second token.
-        # The caller's own bucket first (a key created with --rate/--burst), then
-        # the model's: a caller over its limit must not drain the model's tokens.
-        limiter = self.limiter
-        if limiter is not None and (call is None or not call.origin.internal):
-            identity = _identity(call, request)
-            if identity is not None and identity.rate is not None and identity.burst is not None:
-                # One bucket per caller, across every model.
-                await self._take_token(
-                    limiter,
-                    model.name,
-                    f"identity:{identity.id}",
-                    identity.rate,
-                    identity.burst,
-                    f"caller {identity.name!r}",
-                )
-            limit = model.rate_limit
-            if limit is not None:
-                # One bucket per model, across its versions.
-                await self._take_token(
-                    limiter,
-                    model.name,
-                    f"model:{model.name}",
-                    limit.rate,
-                    limit.burst,
-                    f"model {model.name!r}",
-                )
+        # Before any validation or compute, and outside what observers see.
+        if self.limiter is not None:
+            await self.admission.take_tokens(call, request, model)
         series = self.metrics.for_model(model.name, model.version, protocol)
         series.requests.inc()
         served = Served(model, protocol, routed, chosen, start, series)
@@ -349,22 +311,3 @@ class Pipeline:
             self._plans.clear()  # replaced versions are never asked for again
         plan = self._plans[model] = tuple(o for o in self.observers if o.applies(model))
         return plan
-
-    async def _take_token(
-        self, limiter: RateLimiter, name: str, bucket: str, rate: float, burst: int, who: str
-    ) -> None:
-        """Take one token from ``bucket`` or refuse with 429, naming ``who`` is over."""
-        decision = await limiter.acquire(bucket, rate, burst)
-        if decision.allowed:
-            return
-        self.metrics.rate_limited.labels(name).inc()
-        raise RateLimited(
-            f"{who} is over its rate limit of {rate:g} requests/s "
-            f"(burst {burst}); retry in {decision.retry_after_s:.2f} s",
-            decision.retry_after_s,
-        )
-
-
-def _identity(call: Call | None, request: InferenceRequest) -> Identity | None:
-    """The caller: the Call's, or the request's own when served without a Call."""
-    return call.identity if call is not None else request.identity

@@ -192,7 +192,9 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         deadline = (
             pipeline.clock.monotonic_ns() + int(remaining * 1e9) if remaining is not None else None
         )
-        pipeline.resolve(request.model_name, request.model_version or None)
+        # Admission's first phase (the gate authenticated and authorized): an
+        # unknown model or a full queue is refused before the tensors are decoded.
+        pipeline.admission.before_body(request.model_name, request.model_version or None)
         req = decode_request(request, self.ctx.max_elements)
         metadata = MetadataView(context)
         call = Call(Origin.GRPC, identity, deadline, metadata, req.id, context.peer())

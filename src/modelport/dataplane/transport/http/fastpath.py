@@ -204,10 +204,9 @@ class InferRoute:
             deadline = (
                 deadline_ns(timeout, pipeline.clock.monotonic_ns()) if timeout is not None else None
             )
-            model = pipeline.resolve(name, version)  # unknown models: before the body
-            refused = pipeline.overload_refusal(model, version)
-            if refused is not None:  # overload: refuse before decoding too
-                raise refused
+            # Admission's first phase (the guard authenticated and authorized):
+            # unknown models and a full queue are refused before the body is read.
+            pipeline.admission.before_body(name, version)
             length = headers.get(b"content-length")
             body = await read_body(
                 length.decode("latin-1") if length is not None else None,

@@ -81,7 +81,8 @@ def routes(ctx: TransportContext) -> list[Route]:
         deadline = (
             deadline_ns(timeout, ctx.pipeline.clock.monotonic_ns()) if timeout is not None else None
         )
-        model = ctx.pipeline.resolve(request.path_params["model"], None)
+        # Admission's first phase, before the body: the model, and overload.
+        model = ctx.pipeline.admission.before_body(request.path_params["model"], None)
         raw = await read_body(request, ctx.max_body_bytes)
         body = decode_json(raw)
         inputs = decode_v1(model, body, ctx.max_elements)
