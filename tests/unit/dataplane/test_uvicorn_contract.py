@@ -142,6 +142,7 @@ def test_the_protocol_state_before_any_request() -> None:
         flow = protocol.flow
         for name in ("write_paused", "drain", "resume_reading"):
             assert hasattr(flow, name), changed(f"FlowControl.{name}")
+        assert protocol.write_paused is False, changed("FlowControl.write_paused")
         await protocol.drain_writes()
         protocol.keep_reading()
 

@@ -120,7 +120,9 @@ class DirectCycle:
     async def send(self, reply: Reply) -> None:
         """Write the answer, head and body together, then let the connection go on."""
         protocol = self.protocol
-        if not self.disconnected:
+        # Awaiting only when paused: an await that need not suspend still costs a
+        # coroutine per answer.
+        if not self.disconnected and protocol.write_paused:
             await protocol.drain_writes()
         transport = protocol.transport
         if self.disconnected or self.response_complete or transport.is_closing():

@@ -155,6 +155,12 @@ class UvicornHttpProtocol(HttpToolsProtocol):
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
+    @property
+    def write_paused(self) -> bool:
+        """Whether the transport asked us to stop writing (its buffer is over its limit)."""
+        paused: bool = self.flow.write_paused
+        return paused
+
     async def drain_writes(self) -> None:
         """Wait until the transport's write buffer is below its limit again."""
         if self.flow.write_paused:
