@@ -155,17 +155,21 @@ class JsonErrorHttpToolsProtocol(HangupWatch, UvicornHttpProtocol):
     def on_headers_complete(self) -> None:
         # One sum per request, before the application sees it; a head arriving
         # over several reads is also cut off in data_received as it grows.
-        size = len(self.request_target) + sum(len(n) + len(v) + 4 for n, v in self.request_headers)
+        # The request's state is read once here and handed on: each adapter read is a
+        # property call, and this runs for every request.
+        target = self.request_target
+        headers = self.request_headers
+        size = len(target) + sum(len(n) + len(v) + 4 for n, v in headers)
         if size > self.max_head_bytes:
             self._head_too_large = True
             raise _HeadTooLarge
-        if self._refused or self._refuse_declared_body():
+        if self._refused or self._refuse_declared_body(headers):
             return
         app = self._infer_app
-        if app is None or not self._take_direct(app):
+        if app is None or not self._take_direct(app, target):
             super().on_headers_complete()
 
-    def _take_direct(self, app: InferenceFastPath) -> bool:
+    def _take_direct(self, app: InferenceFastPath, target: bytes) -> bool:
         """Start an infer request as a DirectCycle, when it can be one (see direct.py)."""
         parser = self.request_parser
         if parser.get_method() != b"POST" or parser.should_upgrade() or self.mount_path:
@@ -173,7 +177,7 @@ class JsonErrorHttpToolsProtocol(HangupWatch, UvicornHttpProtocol):
         current = self.request_cycle
         if current is not None and not current.response_complete:
             return False  # pipelined behind an unfinished answer: uvicorn queues it
-        url = httptools.parse_url(self.request_target)
+        url = httptools.parse_url(target)
         raw_path: bytes = url.path
         if b"%" in raw_path or not raw_path.isascii():
             return False
@@ -214,7 +218,7 @@ class JsonErrorHttpToolsProtocol(HangupWatch, UvicornHttpProtocol):
         if cycle is not None:
             cycle.keep_alive = False
 
-    def _refuse_declared_body(self) -> bool:
+    def _refuse_declared_body(self, headers: list[tuple[bytes, bytes]]) -> bool:
         """Answer 413 for a declared Content-Length over the limit; True when refused.
 
         No cycle is started for the request, so no application sees it. Behind
@@ -222,7 +226,7 @@ class JsonErrorHttpToolsProtocol(HangupWatch, UvicornHttpProtocol):
         that answer finishes, then the connection closes, and this request is
         never answered; nothing more is read meanwhile.
         """
-        declared = next((v for n, v in self.request_headers if n == b"content-length"), None)
+        declared = next((v for n, v in headers if n == b"content-length"), None)
         if declared is None:
             return False
         try:

@@ -120,7 +120,8 @@ class UvicornHttpProtocol(HttpToolsProtocol):
     @property
     def request_scope(self) -> dict[str, Any] | None:
         """The scope of the request being received; None before the first."""
-        scope: dict[str, Any] | None = getattr(self, "scope", None)
+        # uvicorn's __init__ sets it to None, so no getattr default is needed.
+        scope: dict[str, Any] | None = self.scope  # type: ignore[assignment]
         return scope
 
     @property
