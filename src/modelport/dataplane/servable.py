@@ -31,13 +31,16 @@ from modelport.types import (
 )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Outcome:
     """One request's answer from a Servable, with the timings observers need.
 
     Durations are in nanoseconds of the monotonic clock. A servable that does
     not queue or batch reports ``queue_ns=0`` and ``batch_size`` equal to the
     request's own rows.
+
+    One is built per request, so it is not frozen (a frozen dataclass sets each
+    field through ``object.__setattr__``); nothing changes it once built.
     """
 
     response: InferenceResponse
