@@ -16,6 +16,7 @@ from modelport.dataplane.scheduling.placement import (
     Traits,
     cost_source,
     defer_batching,
+    inline_enabled,
     place,
 )
 from modelport.dataplane.scheduling.policy import SchedulingPolicy, scheduling_policy
@@ -128,12 +129,14 @@ def test_a_batch_over_the_byte_limit_goes_to_an_instance() -> None:
 def test_batching_waits_a_loop_turn_only_when_the_batch_may_run_inline() -> None:
     lone = settings(lone_us=100)
     cheap = costs_of(10, 1, lone)
-    assert defer_batching(SAFE, cheap, False, lone)
-    assert not defer_batching(SAFE, cheap, True, lone)  # an instance is busy: no lone run
-    assert not defer_batching(SAFE, RecentCosts(), False, lone)
-    assert not defer_batching(Traits(False, False), cheap, False, lone)
+    assert defer_batching(cheap, False)
+    assert not defer_batching(cheap, True)  # an instance is busy: no lone run
+    assert not defer_batching(RecentCosts(), False)
+    # Never asked where no batch may run inline: the scheduler checks this once.
+    assert inline_enabled(SAFE, lone)
+    assert not inline_enabled(Traits(False, False), lone)
     busy = settings(lone_us=0, busy_us=50)
-    assert defer_batching(SAFE, costs_of(10, 1, busy), True, busy)
+    assert defer_batching(costs_of(10, 1, busy), True)
 
 
 def test_the_cost_of_a_pin_safe_runtime_is_its_threads_cpu_time() -> None:

@@ -131,17 +131,15 @@ def _every_batch_inline(costs: RecentCosts) -> bool:
     return costs.over_busy <= INLINE_BUSY_SLACK
 
 
-def defer_batching(
-    traits: Traits, costs: RecentCosts, busy: bool, settings: SchedulingPolicy
-) -> bool:
+def defer_batching(costs: RecentCosts, busy: bool) -> bool:
     """Whether a request just queued should wait one loop turn before batching.
 
     True when the batch it joins may then run inline, so that requests
     arriving in the same turn form one execution; ``busy``: a batch of this
-    version is computing on an instance.
+    version is computing on an instance. Asked per request, so only of a
+    version whose batches may run inline at all (``inline_enabled``, which the
+    scheduler computes once).
     """
-    if not inline_enabled(traits, settings):
-        return False
     return _every_batch_inline(costs) or (not busy and costs.over_lone == 0)
 
 

@@ -185,9 +185,7 @@ class Scheduler:
         timer = None
         if expires is not None:
             timer = self._timers.call_at(expires, self._expire, pending)
-        if self._inline and defer_batching(
-            self._traits, self._costs, self._running > 0, self.policy
-        ):
+        if self._inline and defer_batching(self._costs, self._running > 0):
             if not self._deferred:
                 self._deferred = True
                 loop.call_soon(self._deferred_pump)
