@@ -54,16 +54,21 @@ async def receive_body(
     return decode_content(body, content_encoding, limit)
 
 
-def check_declared(declared: str | None, limit: int) -> None:
-    """Refuse a Content-Length that is not a number or is over ``limit``, before reading."""
+def check_declared(declared: str | None, limit: int) -> int | None:
+    """Refuse a Content-Length that is not a number or is over ``limit``, before reading.
+
+    Returns the declared length, so a caller that checks it once can hand it on.
+    """
     if declared is None:
-        return
+        return None
     if not (declared.isascii() and declared.isdigit()):
         raise InvalidRequest(f"Content-Length {declared!r} is not a number")
-    if int(declared) > limit:
+    length = int(declared)
+    if length > limit:
         raise PayloadTooLarge(
             f"request body of {declared} bytes is over the limit of {limit} bytes"
         )
+    return length
 
 
 def too_large(limit: int) -> PayloadTooLarge:

@@ -51,8 +51,11 @@ class DirectCycle:
         keep_alive: bool,
         expect_100: bool,
         limit: int,
+        declared: int | None = None,
     ) -> None:
+        """``declared``: the Content-Length the protocol already parsed and checked."""
         self.protocol = protocol
+        self.declared = declared
         self.scope = scope
         self.keep_alive = keep_alive
         self.expect_100 = expect_100
@@ -97,7 +100,11 @@ class DirectCycle:
 
     async def read_body(self, declared: str | None, content_encoding: str) -> bytes:
         """The whole body, decoded; refuses a declared or actual size over the limit."""
-        check_declared(declared, self.limit)
+        # The protocol parsed the header already; only a length over this
+        # route's limit needs the refusal (with the header's own spelling).
+        known = self.declared
+        if known is None or known > self.limit:
+            check_declared(declared, self.limit)
         if self.expect_100 and self.more_body and not self.protocol.transport.is_closing():
             self.expect_100 = False
             self.protocol.transport.write(_CONTINUE)

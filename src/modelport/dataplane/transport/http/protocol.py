@@ -68,6 +68,9 @@ class _HeadTooLarge(Exception):
     """Raised inside a parser callback; the parser turns it into a parse error."""
 
 
+#: What ``_declared_length`` answers when it refused the request (413).
+_REFUSED = -1
+
 #: Seconds between the checks of every connection's request deadlines.
 SWEEP_INTERVAL_S = 0.5
 #: Seconds a refused connection stays open once the client stops sending.
@@ -159,17 +162,27 @@ class JsonErrorHttpToolsProtocol(HangupWatch, UvicornHttpProtocol):
         # property call, and this runs for every request.
         target = self.request_target
         headers = self.request_headers
-        size = len(target) + sum(len(n) + len(v) + 4 for n, v in headers)
+        # Content-Length is found in the same pass that measures the head; the
+        # first one counts (httptools refuses a request with two).
+        size = len(target)
+        declared: bytes | None = None
+        for name, value in headers:
+            size += len(name) + len(value) + 4
+            if declared is None and name == b"content-length":
+                declared = value
         if size > self.max_head_bytes:
             self._head_too_large = True
             raise _HeadTooLarge
-        if self._refused or self._refuse_declared_body(headers):
+        if self._refused:
+            return
+        length = self._declared_length(declared) if declared is not None else None
+        if length == _REFUSED:
             return
         app = self._infer_app
-        if app is None or not self._take_direct(app, target):
+        if app is None or not self._take_direct(app, target, length):
             super().on_headers_complete()
 
-    def _take_direct(self, app: InferenceFastPath, target: bytes) -> bool:
+    def _take_direct(self, app: InferenceFastPath, target: bytes, length: int | None) -> bool:
         """Start an infer request as a DirectCycle, when it can be one (see direct.py)."""
         parser = self.request_parser
         if parser.get_method() != b"POST" or parser.should_upgrade() or self.mount_path:
@@ -200,6 +213,7 @@ class JsonErrorHttpToolsProtocol(HangupWatch, UvicornHttpProtocol):
             keep_alive=http_version != "1.0" and parser.should_keep_alive(),
             expect_100=self.expects_continue,
             limit=app.infer.ctx.max_body_bytes,
+            declared=length,
         )
         self.request_cycle = cycle
         self.start_request_task(app.serve_direct(cycle, *route))
@@ -218,19 +232,16 @@ class JsonErrorHttpToolsProtocol(HangupWatch, UvicornHttpProtocol):
         if cycle is not None:
             cycle.keep_alive = False
 
-    def _refuse_declared_body(self, headers: list[tuple[bytes, bytes]]) -> bool:
-        """Answer 413 for a declared Content-Length over the limit; True when refused.
+    def _declared_length(self, declared: bytes) -> int:
+        """The declared Content-Length; ``_REFUSED`` when 413 was answered for it.
 
         No cycle is started for the request, so no application sees it. Behind
         an unfinished answer (pipelining) a 413 cannot be written in order:
         that answer finishes, then the connection closes, and this request is
         never answered; nothing more is read meanwhile.
         """
-        declared = next((v for n, v in headers if n == b"content-length"), None)
-        if declared is None:
-            return False
         try:
-            check_declared(declared.decode("latin-1"), self.max_body_bytes)
+            length = check_declared(declared.decode("latin-1"), self.max_body_bytes)
         except PayloadTooLarge as exc:
             previous = self.request_cycle
             if previous is not None and not previous.response_complete:
@@ -238,8 +249,9 @@ class JsonErrorHttpToolsProtocol(HangupWatch, UvicornHttpProtocol):
                 self._refused = True
             else:
                 self._send_error(413, "Content Too Large", exc.message)
-            return True
-        return False
+            return _REFUSED
+        assert length is not None  # given a string, check_declared answers its number
+        return length
 
     def on_body(self, body: bytes) -> None:
         cycle = self.request_cycle
