@@ -24,6 +24,7 @@ from modelport.dataplane.transport.http.fastpath import (
 from modelport.dataplane.transport.http.guard import DeclaredRoutes
 from modelport.dataplane.transport.http.protocol import limited_protocol
 from modelport.errors import ModelportError, NotFound
+from tests.unit.dataplane.fake_transport import Transport
 
 LIMIT = 1000
 
@@ -51,39 +52,6 @@ class EchoRoute(InferRoute):
         except ModelportError as exc:
             return error_reply(exc, scope["path"])
         return 200, [(b"content-type", b"text/plain")], name.encode() + b":" + body
-
-
-class Transport(asyncio.Transport):
-    def __init__(self) -> None:
-        super().__init__()
-        self.writes: list[bytes] = []
-        self.closed = False
-
-    def write(self, data: Any) -> None:
-        self.writes.append(bytes(data))
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return {"peername": ("127.0.0.1", 40000), "sockname": ("127.0.0.1", 8000)}.get(
-            name, default
-        )
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def can_write_eof(self) -> bool:
-        return True
-
-    def write_eof(self) -> None:
-        pass
 
 
 class Fallback:

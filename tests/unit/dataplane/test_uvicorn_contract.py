@@ -27,39 +27,13 @@ from modelport.dataplane.transport.http.uvicorn_adapter import (
     bound_tls_handshakes,
     uvicorn_server,
 )
+from tests.unit.dataplane.fake_transport import Transport
 
 VERSION = uvicorn.__version__
 
 
 def changed(what: str) -> str:
     return f"uvicorn {VERSION} changed {what}; uvicorn_adapter.py relies on it"
-
-
-class Transport(asyncio.Transport):
-    def __init__(self) -> None:
-        super().__init__()
-        self.writes: list[bytes] = []
-        self.closed = False
-
-    def write(self, data: Any) -> None:
-        self.writes.append(bytes(data))
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return {"peername": ("127.0.0.1", 40000), "sockname": ("127.0.0.1", 8000)}.get(
-            name, default
-        )
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
 
 
 class Recording(UvicornHttpProtocol):
