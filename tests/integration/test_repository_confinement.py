@@ -469,7 +469,7 @@ def policy(srv: Server) -> Iterator[None]:
         headers={"If-Match": str(current["revision"])},
         timeout=60,
     )
-    assert dropped.status_code in (200, 204), dropped.text
+    assert dropped.status_code == 204, dropped.text
 
 
 def infer_pinned(srv: Server) -> httpx.Response:
