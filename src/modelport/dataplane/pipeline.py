@@ -8,13 +8,13 @@ once, for HTTP and gRPC alike. The stages, in order:
 2. route: the version named, or the one the model's traffic policy chooses
    (falling back to the default version when that one cannot serve);
 3. admission after routing: rate limits (per caller, per model);
+4. validate the request against the version's signature;
+5. cache: answer from the response cache when the version has one;
+6. execute: the version's ``Servable`` computes the answer.
 
 Stages 1 and 3 are the second phase of ``admission/stages.py``, whose first
 phase (authenticate, authorize, route, overload) the transports run before
 they read the body.
-4. validate the request against the version's signature;
-5. cache: answer from the response cache when the version has one;
-6. execute: the version's ``Servable`` computes the answer.
 
 After the answer (or the version's refusal) the version's observers run in
 order (``observers/``): statistics, metrics, canary windows, payload log,
@@ -100,12 +100,6 @@ class Pipeline:
         """The data plane's clock; transports set a Call's deadline by its ``monotonic_ns``."""
         # Bound once: read several times per request to time its stages.
         self._clock = self.clock.monotonic_ns
-
-    def resolve(self, name: str, version: str | None) -> ModelVersion:
-        """The loaded version, for what a transport answers without inferring
-        (metadata, readiness); a version that must load
-        first is not ready for these."""
-        return self.table.acquire(name, version)
 
     async def infer(
         self,
