@@ -393,33 +393,9 @@ def load(
     machine other processes took meanwhile.
     """
     meter = servers.CpuMeter(server_pid)
-    r = _load(
-        settings, target=target, model=model, served_name=served_name, transport=transport,
-        conc=conc, http_port=http_port, grpc_port=grpc_port, bodies=bodies,
-        duration=duration, tag=tag,
-    )  # fmt: skip
-    r.server_cpu_s = meter.server_cpu_s()
-    r.other_cpu = meter.other_share()
-    return r
-
-
-def _load(
-    settings: LoadSettings,
-    *,
-    target: str,
-    model: str,
-    served_name: str,
-    transport: str,
-    conc: int,
-    http_port: int,
-    grpc_port: int,
-    bodies: ModelBodies,
-    duration: int,
-    tag: str,
-) -> LoadResult:
     if transport.startswith("http"):
         r = LoadResult(target, model, transport, conc, "wrk", settings.batch)
-        return run_wrk(
+        r = run_wrk(
             url_for(http_port, served_name),
             http_body(bodies, transport),
             concurrency=conc,
@@ -429,9 +405,9 @@ def _load(
             result=r,
             raw_out=settings.raw_dir / f"{tag}-{transport}-c{conc}.txt",
         )
-    if settings.pa is not None:
+    elif settings.pa is not None:
         r = LoadResult(target, model, transport, conc, "perf_analyzer", settings.batch)
-        return run_perf_analyzer(
+        r = run_perf_analyzer(
             settings.pa,
             model=served_name,
             url=f"127.0.0.1:{grpc_port}",
@@ -443,18 +419,22 @@ def _load(
             csv_out=settings.raw_dir / f"{tag}-grpc-c{conc}.csv",
             result=r,
         )
-    r = LoadResult(target, model, transport, conc, "grpc_load.py", settings.batch)
-    return run_grpc_load(
-        python=settings.python,
-        model=served_name,
-        input_name=models.SPECS[model].input_name,
-        url=f"127.0.0.1:{grpc_port}",
-        shape=bodies.shape,
-        raw=bodies.raw,
-        concurrency=conc,
-        duration=duration,
-        result=r,
-    )
+    else:
+        r = LoadResult(target, model, transport, conc, "grpc_load.py", settings.batch)
+        r = run_grpc_load(
+            python=settings.python,
+            model=served_name,
+            input_name=models.SPECS[model].input_name,
+            url=f"127.0.0.1:{grpc_port}",
+            shape=bodies.shape,
+            raw=bodies.raw,
+            concurrency=conc,
+            duration=duration,
+            result=r,
+        )
+    r.server_cpu_s = meter.server_cpu_s()
+    r.other_cpu = meter.other_share()
+    return r
 
 
 def warm_up(settings: LoadSettings, http_port: int, served: str, body: Body) -> None:
