@@ -140,6 +140,21 @@ def tree_env(tree: Path) -> dict[str, str]:
     return env
 
 
+def python_in_tree(
+    tree: Path, args: list[str], *, timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """This Python run in ``tree`` with tree_env(), its output captured as text."""
+    return subprocess.run(
+        [PYTHON, *args],
+        cwd=tree,
+        env=tree_env(tree),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 def export_tree(sha: str) -> Path:
     """``.work/commits/<sha>``: the commit's src/ with its protobuf stubs generated.
 
@@ -166,15 +181,7 @@ def export_tree(sha: str) -> Path:
         archive.unlink()
         # The stubs are not committed: the tree's own generator writes them
         # next to its .proto files.
-        gen = subprocess.run(
-            [PYTHON, "-m", "modelport.protos.generate"],
-            cwd=staging,
-            env=tree_env(staging),
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        gen = python_in_tree(staging, ["-m", "modelport.protos.generate"], timeout=120)
         if gen.returncode != 0:
             raise SystemExit(f"generating the stubs of {sha[:12]} failed:\n{gen.stderr[-2000:]}")
         shutil.rmtree(dest, ignore_errors=True)
@@ -190,15 +197,7 @@ def check_imports_from(tree: Path) -> None:
     The venv holds modelport as an editable install of the main tree; the
     PYTHONPATH entry must come first or both sides would measure that one.
     """
-    out = subprocess.run(
-        [PYTHON, "-c", "import modelport; print(modelport.__file__)"],
-        cwd=tree,
-        env=tree_env(tree),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    out = python_in_tree(tree, ["-c", "import modelport; print(modelport.__file__)"], timeout=60)
     found = Path(out.stdout.strip() or "?").resolve()
     if not found.is_relative_to(tree.resolve()):
         raise SystemExit(f"modelport imports from {found}, not from {tree}: {out.stderr[-500:]}")
