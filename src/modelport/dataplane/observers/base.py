@@ -34,7 +34,7 @@ class Served:
 
     model: ModelVersion
     protocol: str
-    """The metrics label: "http", "grpc" or "shadow"."""
+    """The metrics label: "http", "grpc", "shadow" or "step"."""
     routed: RoutedModel | None
     """The model's traffic policy when it has one (canary windows, shadows)."""
     chosen: bool
