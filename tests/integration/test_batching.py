@@ -8,6 +8,7 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -110,6 +111,14 @@ def http_inputs(a: np.ndarray, b: np.ndarray) -> list[object]:
     return inputs
 
 
+def rest_body(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
+    """The REST infer body for one [1, 16] pair."""
+    return {"inputs": [
+        {"name": "INPUT0", "shape": [1, 16], "datatype": "FP32", "data": a.ravel().tolist()},
+        {"name": "INPUT1", "shape": [1, 16], "datatype": "FP32", "data": b.ravel().tolist()},
+    ]}  # fmt: skip
+
+
 def test_concurrent_http_and_grpc_callers_get_their_own_rows(server: Server) -> None:
     # tritonclient.http runs concurrent requests as greenlets of one client on
     # this thread (its clients must not be made on threads that later exit);
@@ -158,10 +167,7 @@ def test_full_queue_answers_503_at_once(server: Server) -> None:
     def held_request() -> httpx.Response:
         return httpx.post(f"{server.base}/v2/models/tiny_queue/infer", json=body, timeout=30)
 
-    body = {"inputs": [
-        {"name": "INPUT0", "shape": [1, 16], "datatype": "FP32", "data": a.ravel().tolist()},
-        {"name": "INPUT1", "shape": [1, 16], "datatype": "FP32", "data": b.ravel().tolist()},
-    ]}  # fmt: skip
+    body = rest_body(a, b)
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         held = [pool.submit(held_request) for _ in range(2)]
         counter = (
@@ -192,10 +198,7 @@ def test_request_timeout_expires_in_the_queue_with_504(server: Server) -> None:
     assert "timed out" in str(info.value)
     assert time.monotonic() - started < 0.5
     assert stats(server, "slow_fill")["execution_count"] == 0
-    body = {"inputs": [
-        {"name": "INPUT0", "shape": [1, 16], "datatype": "FP32", "data": a.ravel().tolist()},
-        {"name": "INPUT1", "shape": [1, 16], "datatype": "FP32", "data": b.ravel().tolist()},
-    ], "parameters": {"timeout": 20_000}}  # fmt: skip
+    body = rest_body(a, b) | {"parameters": {"timeout": 20_000}}
     r = httpx.post(f"{server.base}/v2/models/slow_fill/infer", json=body, timeout=10)
     assert r.status_code == 504
     # Without a timeout the same request waits for its batch and succeeds.
@@ -205,10 +208,7 @@ def test_request_timeout_expires_in_the_queue_with_504(server: Server) -> None:
 
 def test_client_that_disconnects_has_its_queued_work_dropped(server: Server) -> None:
     a, b = pair(3)
-    body = json.dumps({"inputs": [
-        {"name": "INPUT0", "shape": [1, 16], "datatype": "FP32", "data": a.ravel().tolist()},
-        {"name": "INPUT1", "shape": [1, 16], "datatype": "FP32", "data": b.ravel().tolist()},
-    ]}).encode()  # fmt: skip
+    body = json.dumps(rest_body(a, b)).encode()
     before = stats(server, "slow_fill")["execution_count"]
     with socket.create_connection(("127.0.0.1", server.http_port)) as sock:
         sock.sendall(
@@ -259,10 +259,7 @@ def test_config_shows_the_scheduling_in_effect(server: Server) -> None:
 
 def test_rest_deadline_header_expires_in_the_queue_with_504(server: Server) -> None:
     a, b = pair(4)
-    body = {"inputs": [
-        {"name": "INPUT0", "shape": [1, 16], "datatype": "FP32", "data": a.ravel().tolist()},
-        {"name": "INPUT1", "shape": [1, 16], "datatype": "FP32", "data": b.ravel().tolist()},
-    ]}  # fmt: skip
+    body = rest_body(a, b)
     url = f"{server.base}/v2/models/slow_fill/infer"
     before = stats(server, "slow_fill")["execution_count"]
     started = time.monotonic()
@@ -311,10 +308,7 @@ def test_full_queue_answers_grpc_unavailable_at_once(server: Server) -> None:
     def held_request() -> httpx.Response:
         return httpx.post(f"{server.base}/v2/models/tiny_queue/infer", json=body, timeout=30)
 
-    body = {"inputs": [
-        {"name": "INPUT0", "shape": [1, 16], "datatype": "FP32", "data": a.ravel().tolist()},
-        {"name": "INPUT1", "shape": [1, 16], "datatype": "FP32", "data": b.ravel().tolist()},
-    ]}  # fmt: skip
+    body = rest_body(a, b)
     counter = 'modelport_inference_requests_total{model="tiny_queue",protocol="http",version="1"}'
     metrics = httpx.get(f"{server.base}/metrics").text
     seen = next(
