@@ -46,17 +46,10 @@ import servers
 from loadgen import LoadResult
 from tables import fmt_num, fmt_pct, fmt_ratio, log
 from tritonclient.grpc import service_pb2
+from workdirs import BODIES, HERE, LOGS, PYTHON, RAW, ROOT, SERVE, WORK
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-WORK = HERE / ".work"
 COMMITS = WORK / "commits"
-RAW = WORK / "raw"
-LOGS = WORK / "logs"
-BODIES = WORK / "bodies"
-SERVE = WORK / "serve"
 REPORT = WORK / "RESULTS-compare.md"
-PYTHON = sys.executable
 DEFAULT_ROUNDS = 8
 #: modelport may not spend more than this multiple of the floor's CPU per gRPC request.
 GRPC_FLOOR_TARGET = 1.3

@@ -45,15 +45,7 @@ from loadgen import LoadResult
 from machine import describe_machine, exact_command, read_text, source_fingerprint
 from servers import ServerGone, ServerRun, check_server, scan_log
 from tables import OTHER_CPU_WARN, fmt_ms, fmt_num, fmt_pct, fmt_ratio, log
-
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-WORK = HERE / ".work"
-RAW = WORK / "raw"
-LOGS = WORK / "logs"
-BODIES = WORK / "bodies"
-SERVE = WORK / "serve"
-PYTHON = sys.executable
+from workdirs import BODIES, HERE, LOGS, PYTHON, RAW, ROOT, SERVE, WORK
 
 TRANSPORTS = ("http-json", "http-binary", "grpc")
 CONCURRENCY = (1, 8, 32, 64)
