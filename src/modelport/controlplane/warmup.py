@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from modelport.config.model import ModelConfig
+from modelport.dataplane.runtime.files import resolves_below
 from modelport.errors import ModelLoadError, first_line
 from modelport.types import CONFIG_TYPES, DTYPES, Array, ModelSignature, TensorSpec
 
@@ -105,8 +106,8 @@ def _from_file(
     them is ignored, as it always was. A file too short for the sample is
     refused with the sizes, not left to fail in a reshape.
     """
-    path = (model_dir / "warmup" / filename).resolve()
-    if model_dir.resolve() not in path.parents:
+    path = model_dir / "warmup" / filename
+    if not resolves_below(path, model_dir):
         raise ModelLoadError(f"{field}: outside the model")
     if datatype == "BYTES":
         raise ModelLoadError(f"{field}: not supported for BYTES inputs; use zero_data")

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from modelport.dataplane.runtime.files import resolves_below
 from modelport.errors import InvalidRequest
 
 CONFIG_FILES = ("config.yaml", "config.pbtxt")
@@ -71,14 +72,6 @@ CONFIG_LINKED_OUT = (
 )
 
 
-def _inside(path: Path, root: Path) -> bool:
-    """Whether ``path`` resolves strictly below ``root`` (both resolved here)."""
-    try:
-        return root.resolve() in path.resolve().parents
-    except (OSError, RuntimeError):  # a link loop, a name too long ...
-        return False
-
-
 def scan_model(repo: Path, name: str) -> ModelSource | None:
     """Read one model directory; None when it does not exist.
 
@@ -96,10 +89,10 @@ def scan_model(repo: Path, name: str) -> ModelSource | None:
     path = repo / check_model_name(name)
     if not path.is_dir():
         return None
-    if not _inside(path, repo):
+    if not resolves_below(path, repo):
         return ModelSource(name, path, None, {}, problem=f"{name}: {LINKED_OUT}")
     candidates = [path / f for f in CONFIG_FILES]
-    linked_out = [p for p in candidates if p.is_symlink() and not _inside(p, path)]
+    linked_out = [p for p in candidates if p.is_symlink() and not resolves_below(p, path)]
     present = [p for p in candidates if p not in linked_out and p.is_file()]
     problem = ""
     config_file: Path | None = None
@@ -127,7 +120,7 @@ def scan_model(repo: Path, name: str) -> ModelSource | None:
             for st in [p.lstat() if p in linked_out else p.stat()]
         ),
         version_fingerprints={
-            v: _fingerprint(p) if _inside(p, path) else () for v, p in versions.items()
+            v: _fingerprint(p) if resolves_below(p, path) else () for v, p in versions.items()
         },
         problem=problem,
     )

@@ -102,10 +102,10 @@ def check_label_files(model_dir: Path, config: ModelConfig) -> None:
         field = f"output[{i}].label_filename"
         outside = f"{field} must name a file inside the model directory (a relative path, no '..')"
         try:
-            path = version_file(model_dir, output.label_filename, field).resolve()
-        except (ModelLoadError, OSError, RuntimeError):
+            path = version_file(model_dir, output.label_filename, field)
+        except ModelLoadError:
             raise ModelLoadError(outside) from None
-        if root not in path.parents:
+        if not resolves_below(path, root):
             raise ModelLoadError(outside)
 
 
@@ -120,6 +120,19 @@ def _resolved(path: Path, what: str, named: bool = False) -> Path:
 
 def _inside(path: Path, root: Path) -> bool:
     return path == root or root in path.parents
+
+
+def resolves_below(path: Path, root: Path) -> bool:
+    """Whether ``path``, links followed, is strictly below ``root`` (links followed).
+
+    False when either cannot be followed (a link loop, a name too long ...):
+    the one check of "inside this directory" for the repository scan, label
+    files and warmup sample files.
+    """
+    try:
+        return root.resolve() in path.resolve().parents
+    except (OSError, RuntimeError):
+        return False
 
 
 def model_file(version_dir: Path, config: ModelConfig, filenames: Sequence[str]) -> Path:
