@@ -184,22 +184,10 @@ def scan_model(data: bytes) -> dict[bytes, bytes]:
     return header
 
 
-def _header_int(header: Mapping[bytes, bytes], key: str, default: int | None = None) -> int:
-    raw = header.get(key.encode())
-    if raw is None:
-        if default is None:
-            raise Malformed(f"the header has no {key}")
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise Malformed(f"the header's {key} is not an integer") from None
-
-
 def _check_header(header: Mapping[bytes, bytes]) -> None:
     """The class counts agree: LightGBM sizes its output buffers from them, unchecked."""
-    classes = _header_int(header, "num_class")
-    per_iteration = _header_int(header, "num_tree_per_iteration", classes)
+    classes = _integer(header, "num_class", "the header")
+    per_iteration = _integer(header, "num_tree_per_iteration", "the header", classes)
     if classes < 1 or per_iteration != classes:
         raise Malformed(f"num_class {classes} and num_tree_per_iteration {per_iteration} disagree")
     objective = header.get(b"objective", b"").split()
