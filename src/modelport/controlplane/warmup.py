@@ -106,8 +106,10 @@ def _from_file(
     them is ignored, as it always was. A file too short for the sample is
     refused with the sizes, not left to fail in a reshape.
     """
+    # The name may come from a load request: confined to the warm-up folder,
+    # as Triton reads it, not merely to the model.
     path = model_dir / "warmup" / filename
-    if not resolves_below(path, model_dir):
+    if not resolves_below(path, model_dir / "warmup"):
         raise ModelLoadError(f"{field}: outside the model")
     if datatype == "BYTES":
         raise ModelLoadError(f"{field}: not supported for BYTES inputs; use zero_data")

@@ -512,6 +512,26 @@ def test_a_warm_up_file_shorter_than_its_sample_names_the_sizes(tmp_path: Path) 
     run(scenario())
 
 
+@pytest.mark.parametrize("name", ["../config.yaml", "../1/model.onnx", "/etc/passwd"])
+def test_a_warm_up_file_outside_the_warmup_folder_is_refused(tmp_path: Path, name: str) -> None:
+    """A load request may set model_warmup, so its file names stay in <model>/warmup/."""
+    model = tmp_path / "repo" / "w"
+    _write(model / "1" / "model.onnx", identity_model("FP32"))
+    sample = {"data_type": "TYPE_FP32", "dims": [4], "input_data_file": name}
+    warmup = [{"name": "row", "batch_size": 1, "inputs": {"INPUT0": sample}}]
+    (model / "config.yaml").write_text(json.dumps({"max_batch_size": 8, "model_warmup": warmup}))
+    (model / "warmup").mkdir()
+
+    async def scenario() -> None:
+        reg = Registry(tmp_path / "repo", Metrics())
+        await reg.start()
+        with pytest.raises(ModelNotReady, match="outside the model"):
+            reg.resolve("w", None)
+        await reg.close()
+
+    run(scenario())
+
+
 @pytest.mark.parametrize("name", ["/etc/passwd", "../b/labels.txt", "x/../../labels.txt"])
 def test_label_files_outside_the_model_directory_are_refused(tmp_path: Path, name: str) -> None:
     model = tmp_path / "repo" / "m"
