@@ -35,6 +35,12 @@ class ReadinessHealth:
 
     NOT_SERVING until ``open`` (the server calls it once every listener is
     up), and again from ``enter_graceful_shutdown`` on.
+
+    At most ``max_watches`` Watch streams are open at once: each one makes
+    the server poll ``is_ready``, and the health service answers anyone who
+    can reach the port, so without a cap a client could open thousands and
+    keep the event loop busy polling. A Watch beyond the cap is refused at
+    once with RESOURCE_EXHAUSTED; probes that need more should call Check.
     """
 
     def __init__(
@@ -42,10 +48,13 @@ class ReadinessHealth:
         is_ready: Callable[[], bool],
         services: Collection[str],
         watch_interval: float = 0.5,
+        max_watches: int = 64,
     ) -> None:
         self._is_ready = is_ready
         self._services = frozenset(services)
         self._watch_interval = watch_interval
+        self._max_watches = max_watches
+        self._watches = 0
         self._open = False
         self._shutting_down = False
 
@@ -85,10 +94,20 @@ class ReadinessHealth:
         An unknown service gets SERVICE_UNKNOWN and the stream stays open, as
         the health protocol asks (the service may appear later).
         """
-        last = None
-        while True:
-            status = self.status(request.service)
-            if status != last:
-                await context.write(health_pb2.HealthCheckResponse(status=status))
-                last = status
-            await asyncio.sleep(self._watch_interval)
+        if self._watches >= self._max_watches:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"too many open health Watch streams (the limit is {self._max_watches});"
+                " call Check instead",
+            )
+        self._watches += 1
+        try:
+            last = None
+            while True:
+                status = self.status(request.service)
+                if status != last:
+                    await context.write(health_pb2.HealthCheckResponse(status=status))
+                    last = status
+                await asyncio.sleep(self._watch_interval)
+        finally:
+            self._watches -= 1
