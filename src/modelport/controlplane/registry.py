@@ -115,8 +115,6 @@ class Registry:
                     return found
         raise self._why_not(name, version)
 
-    resolve = acquire
-
     async def acquire_loading(self, name: str, version: str | None) -> ModelVersion:
         """Versions load when the repository or the management API asks, never on
         first use, so ``acquire`` never says NotLoaded and this answers as it does."""

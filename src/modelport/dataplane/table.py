@@ -84,10 +84,6 @@ class ModelTable(Protocol):
         """
         ...
 
-    def resolve(self, name: str, version: str | None) -> ModelVersion:
-        """``acquire`` under its former name, for readers not yet moved to it."""
-        ...
-
     def versions(self, name: str) -> list[str]:
         """Every version of a model the repository offers (NotFound if none)."""
         ...

@@ -316,13 +316,13 @@ def test_a_load_override_cannot_serve_another_model_s_file(repo: Path) -> None:
         for name in ("../../b/1/model.onnx", str(repo / "b" / "1" / "model.onnx")):
             with pytest.raises(InvalidRequest, match="'default_model_filename'"):
                 await reg.load("a", {"default_model_filename": name})
-        model = reg.resolve("a", None)
+        model = reg.acquire("a", None)
         assert [t.name for t in model.signature.inputs] == ["INPUT0"]  # still A's own
         assert all(not e.reason for e in reg.index(ready_only=False))
         with pytest.raises(InvalidRequest, match="'backend'"):
             await reg.load("a", {"backend": "python"})
         await reg.load("a", {"max_batch_size": 2})
-        assert reg.resolve("a", None).config.max_batch_size == 2
+        assert reg.acquire("a", None).config.max_batch_size == 2
         await reg.close()
 
     run(scenario())
@@ -338,12 +338,12 @@ def test_a_failed_reload_fails_the_load_call(repo: Path) -> None:
             await reg.load("a", None)
         assert "a link leading out of the version directory" in info.value.message
         assert str(repo) not in info.value.message
-        assert reg.resolve("a", None).version == "1"  # the previous copy serves on
+        assert reg.acquire("a", None).version == "1"  # the previous copy serves on
         await reg.unload("a")
         with pytest.raises(ModelLoadError, match=r"model\.onnx: a link leading out"):
             await reg.load("a", None)
         with pytest.raises(ModelNotReady) as not_ready:
-            reg.resolve("a", None)
+            reg.acquire("a", None)
         assert str(repo) not in not_ready.value.message
         await reg.close()
 
@@ -370,14 +370,14 @@ def test_a_version_directory_linked_out_of_its_model_is_refused(tmp_path: Path) 
         await reg.start()
         for name in ("d", "e"):
             with pytest.raises(ModelNotReady):
-                reg.resolve(name, None)
+                reg.acquire(name, None)
             why = " ".join(e.reason for e in reg.index(ready_only=False) if e.name == name)
             assert "1: the version directory is a link leading out of its model directory" in why
             assert "b/1" not in why and "store" not in why and str(tmp_path) not in why
             with pytest.raises(ModelLoadError, match="version directory is a link leading out"):
                 await reg.load(name, None)
         assert reg.versions("k") == ["1", "2"]
-        assert reg.resolve("k", "1").version == "1"
+        assert reg.acquire("k", "1").version == "1"
         await reg.close()
 
     run(scenario())
@@ -399,10 +399,10 @@ def test_a_model_directory_linked_out_of_the_repository_is_refused(tmp_path: Pat
     async def scenario() -> None:
         reg = Registry(repo, Metrics())
         await reg.start()
-        assert reg.resolve("a", None).version == "1"
-        assert reg.resolve("g", None).version == "1"
+        assert reg.acquire("a", None).version == "1"
+        assert reg.acquire("g", None).version == "1"
         with pytest.raises(ModelNotReady) as info:
-            reg.resolve("f", None)
+            reg.acquire("f", None)
         assert "f: the model directory is a link leading out of the repository" in str(info.value)
         assert "outside" not in str(info.value)
         with pytest.raises(ModelLoadError, match="link leading out of the repository") as load:
@@ -433,12 +433,12 @@ def test_a_config_file_linked_out_of_its_model_is_refused(tmp_path: Path) -> Non
     async def scenario() -> None:
         reg = Registry(repo, Metrics())
         await reg.start()
-        assert reg.resolve("b", None).config.max_batch_size == 4
-        assert reg.resolve("k", None).config.max_batch_size == 2
+        assert reg.acquire("b", None).config.max_batch_size == 4
+        assert reg.acquire("k", None).config.max_batch_size == 2
         reasons = []
         for name, file in (("d", "config.pbtxt"), ("e", "config.pbtxt"), ("gone", "config.yaml")):
             with pytest.raises(ModelNotReady):
-                reg.resolve(name, None)
+                reg.acquire(name, None)
             why = " ".join(e.reason for e in reg.index(ready_only=False) if e.name == name)
             assert f"{name}/{file}: the config file is a link leading out of the model" in why
             with pytest.raises(ModelLoadError, match="config file is a link leading out") as info:
@@ -482,7 +482,7 @@ def test_warm_up_reads_only_the_bytes_its_sample_needs(tmp_path: Path) -> None:
         reg = Registry(tmp_path / "repo", Metrics())
         await reg.start()
         assert not gave_up.is_set(), "warm-up read past its sample"
-        assert reg.resolve("w", None).version == "1"
+        assert reg.acquire("w", None).version == "1"
         await reg.close()
 
     try:
@@ -506,7 +506,7 @@ def test_a_warm_up_file_shorter_than_its_sample_names_the_sizes(tmp_path: Path) 
         reg = Registry(tmp_path / "repo", Metrics())
         await reg.start()
         with pytest.raises(ModelNotReady, match=r"row\.bin holds 8 bytes; the sample needs 16"):
-            reg.resolve("w", None)
+            reg.acquire("w", None)
         await reg.close()
 
     run(scenario())
@@ -526,7 +526,7 @@ def test_a_warm_up_file_outside_the_warmup_folder_is_refused(tmp_path: Path, nam
         reg = Registry(tmp_path / "repo", Metrics())
         await reg.start()
         with pytest.raises(ModelNotReady, match="outside the model"):
-            reg.resolve("w", None)
+            reg.acquire("w", None)
         await reg.close()
 
     run(scenario())
@@ -576,7 +576,7 @@ def test_configs_naming_what_modelport_cannot_serve_are_refused(
         reg = Registry(repo, Metrics())
         await reg.start()
         with pytest.raises(ModelNotReady, match=why) as info:
-            reg.resolve("c", None)
+            reg.acquire("c", None)
         assert "/tmp" not in str(info.value) and str(repo) not in str(info.value)
         with pytest.raises(ModelLoadError, match=why):
             await reg.load("c", None)

@@ -36,16 +36,16 @@ def test_auto_configuration_from_the_graph(repo: Path) -> None:
     async def scenario() -> None:
         reg = Registry(repo, Metrics())
         await reg.start()
-        model = reg.resolve("add_sub", None)
+        model = reg.acquire("add_sub", None)
         assert model.version == "2"  # latest 1 by default
         assert model.config.max_batch_size == 64
         assert [i.dims for i in model.config.input] == [[16], [16]]
         assert model.signature.inputs[0].shape == (-1, 16)
         assert model.config.platform == "onnxruntime_onnx"
         with pytest.raises(NotFound, match="unknown version '7'"):
-            reg.resolve("add_sub", "7")
+            reg.acquire("add_sub", "7")
         with pytest.raises(ModelNotReady, match="not selected by version_policy"):
-            reg.resolve("add_sub", "1")
+            reg.acquire("add_sub", "1")
         await reg.close()
 
     run(scenario())
@@ -60,11 +60,11 @@ def test_config_that_disagrees_with_the_graph_names_the_field(repo: Path) -> Non
         reg = Registry(repo, Metrics())
         await reg.start()
         with pytest.raises(ModelNotReady) as info:
-            reg.resolve("ident", None)
+            reg.acquire("ident", None)
         assert "config.yaml: input[0].data_type: TYPE_INT32 but the model has TYPE_FP32" in str(
             info.value
         )
-        assert reg.resolve("add_sub", None).version == "2"  # the others serve on
+        assert reg.acquire("add_sub", None).version == "2"  # the others serve on
         await reg.close()
 
     run(scenario())
@@ -74,15 +74,15 @@ def test_poll_follows_the_disk(repo: Path) -> None:
     async def scenario() -> None:
         reg = Registry(repo, Metrics())
         await reg.start()
-        old = reg.resolve("add_sub", None)
+        old = reg.acquire("add_sub", None)
         shutil.copytree(repo / "add_sub" / "2", repo / "add_sub" / "3")
         shutil.rmtree(repo / "ident")
         shutil.copytree(repo / "add_sub", repo / "copy")
         await reg.poll()
-        assert reg.resolve("add_sub", None).version == "3"
-        assert reg.resolve("copy", None).version == "3"
+        assert reg.acquire("add_sub", None).version == "3"
+        assert reg.acquire("copy", None).version == "3"
         with pytest.raises(NotFound):
-            reg.resolve("ident", None)
+            reg.acquire("ident", None)
         with pytest.raises(Exception, match="being unloaded"):
             await old.servable.scheduler.submit({}, [], 1)
         await reg.close()
@@ -96,12 +96,12 @@ def test_explicit_load_and_unload(repo: Path) -> None:
         await reg.start()
         await reg.unload("ident")
         with pytest.raises(ModelNotReady, match="unloaded"):
-            reg.resolve("ident", None)
+            reg.acquire("ident", None)
         await reg.poll()  # an explicit unload sticks until the files change
         with pytest.raises(ModelNotReady):
-            reg.resolve("ident", None)
+            reg.acquire("ident", None)
         await reg.load("ident", {"max_batch_size": 4})
-        assert reg.resolve("ident", None).config.max_batch_size == 4
+        assert reg.acquire("ident", None).config.max_batch_size == 4
         with pytest.raises(ModelLoadError, match="max_batch_size"):
             await reg.load("ident", {"max_batch_size": "many"})
         with pytest.raises(NotFound):
@@ -120,13 +120,13 @@ def test_a_residency_change_that_excludes_this_node_stops_the_serving_copy(repo:
     async def scenario() -> None:
         reg = Registry(repo, Metrics(), region="eu-west-1")
         await reg.start()
-        assert reg.resolve("ident", None).version == "1"
+        assert reg.acquire("ident", None).version == "1"
         (repo / "ident" / "config.yaml").write_text("modelport: {residency: [ae]}\n")
         await reg.poll()
         with pytest.raises(ModelNotReady, match="not served on this node"):
-            reg.resolve("ident", None)
+            reg.acquire("ident", None)
         assert reg.version_states("ident")["1"][0] == "UNAVAILABLE"
-        assert reg.resolve("add_sub", None).version == "2"  # the others serve on
+        assert reg.acquire("add_sub", None).version == "2"  # the others serve on
         await reg.close()
 
     run(scenario())

@@ -353,7 +353,7 @@ def test_registry_serves_a_sealed_model_from_memory(
     async def scenario() -> None:
         reg = Registry(sealed_repo, Metrics(), keys=keys)
         await reg.start()
-        model = reg.resolve("secret", None)
+        model = reg.acquire("secret", None)
         x = np.arange(16, dtype=np.float32).reshape(1, 16)
         out = model.servable.scheduler.runtime.predict({"INPUT0": x, "INPUT1": x}, ["OUTPUT0"])
         np.testing.assert_array_equal(out["OUTPUT0"], 2 * x)

@@ -102,8 +102,6 @@ class Table:
             raise NotFound(f"unknown model {name!r}")
         return model
 
-    resolve = acquire
-
     async def acquire_loading(self, name: str, version: str | None) -> ModelVersion:
         return self.acquire(name, version)
 
