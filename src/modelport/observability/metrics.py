@@ -9,10 +9,16 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.metrics_core import Metric
+
+from modelport.observability.series import (
+    CounterFamily,
+    CounterSeries,
+    HistogramFamily,
+    HistogramSeries,
+)
 
 #: Buckets from 100 µs to 10 s: model servers answer small models in well under 1 ms.
 LATENCY_BUCKETS = (
@@ -27,10 +33,10 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 class ModelMetrics:
     """The labelled series one (model, version, protocol) writes on every request."""
 
-    requests: Any
-    request_duration: Any
-    queue_duration: Any
-    compute_duration: Any
+    requests: CounterSeries
+    request_duration: HistogramSeries
+    queue_duration: HistogramSeries
+    compute_duration: HistogramSeries
 
 
 class Metrics:
@@ -40,11 +46,12 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self._children: dict[tuple[str, str, str], ModelMetrics] = {}
         labels = ("model", "version", "protocol")
-        self.requests = Counter(
+        # The series written on every request are lock-free (``series.py``).
+        self.requests = CounterFamily(
             "modelport_inference_requests",
             "Inference requests received, by model, version and protocol.",
             labels,
-            registry=self.registry,
+            self.registry,
         )
         self.failures = Counter(
             "modelport_inference_failures",
@@ -52,26 +59,26 @@ class Metrics:
             (*labels, "reason"),
             registry=self.registry,
         )
-        self.request_duration = Histogram(
+        self.request_duration = HistogramFamily(
             "modelport_request_duration_seconds",
             "Time from a decoded request to its response, in seconds.",
             labels,
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
+            self.registry,
+            LATENCY_BUCKETS,
         )
-        self.queue_duration = Histogram(
+        self.queue_duration = HistogramFamily(
             "modelport_queue_duration_seconds",
             "Time a request waited for a model instance, in seconds.",
             ("model", "version"),
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
+            self.registry,
+            LATENCY_BUCKETS,
         )
-        self.compute_duration = Histogram(
+        self.compute_duration = HistogramFamily(
             "modelport_compute_duration_seconds",
             "Time the model computed the batch each request was part of, in seconds.",
             ("model", "version"),
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
+            self.registry,
+            LATENCY_BUCKETS,
         )
         self.cache = Counter(
             "modelport_response_cache",
