@@ -174,6 +174,8 @@ async def serve(config: ServerConfig) -> None:
     audit_log = AuditLog(database)
     policies = PolicyStore(database)
     canaries = CanaryStore(database)
+    # One source of time for the request path and the control plane.
+    clock = SystemClock()
     registry = Registry(
         repository,
         metrics,
@@ -181,14 +183,13 @@ async def serve(config: ServerConfig) -> None:
         keys,
         config.region,
         strict_readiness=config.strict_readiness,
+        clock=clock,
     )
     # Before any model loads: a server that must not start (no credentials off
     # loopback) says so at once.
     auth = await asyncio.to_thread(
         build_auth, config, KeyStore(database), audit_log, registry, metrics
     )
-    # One source of time for the request path and the control plane.
-    clock = SystemClock()
     # The live routing table; the control plane keeps it in step with the store.
     traffic = Traffic(metrics)
     manager = TrafficManager(policies, audit_log, registry, traffic)

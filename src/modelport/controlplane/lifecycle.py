@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from modelport.clock import Clock, SystemClock
 from modelport.config.model import InstanceGroup, ModelConfig
 from modelport.controlplane.repository.autoconfig import (
     choose_backend,
@@ -99,13 +100,17 @@ def load_version(
     source: str,
     server_timeout_s: float | None = None,
     files_checked: bool = False,
+    clock: Clock | None = None,
 ) -> ModelVersion:
     """Build a ready version; raises ModelLoadError or ConfigError with the reason.
 
     Every file the version loads must be inside ``version_dir``
     (``check_version_dir``); ``files_checked`` says the caller checked the
     directory the files came from already (a sealed version, opened into
-    memory files whose links lead out of the view by design).
+    memory files whose links lead out of the view by design). ``clock`` is
+    the server's, so the version's deadlines, batching delays and timings
+    run on the same time as the rest of the request path (and on a test's
+    fake clock).
     """
     refuse_unsupported(config, source)
     if not files_checked:
@@ -131,12 +136,14 @@ def load_version(
         runtime.unload()
         raise
     stats = ModelStatistics()
+    clock = clock if clock is not None else SystemClock()
     scheduler = Scheduler(
         runtime,
         scheduling_policy(config, server_timeout_s),
         count,
         f"{name}-v{version}",
         on_execution=stats.record_execution,
+        clock=clock,
     )
     log.info(
         "model version ready",
@@ -149,7 +156,7 @@ def load_version(
         signature=signature,
         config=config,
         servable=ScheduledServable(
-            scheduler, name, str(version), signature, config.modelport.batch_key
+            scheduler, name, str(version), signature, config.modelport.batch_key, clock
         ),
         stats=stats,
         profile=profile,

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from modelport.clock import Clock
 from modelport.config.model import ModelConfig
 from modelport.controlplane.crypto.keys import KeyProvider
 from modelport.controlplane.crypto.loading import load_version_at_rest
@@ -78,8 +79,11 @@ class Registry:
         keys: KeyProvider | None = None,
         region: str | None = None,
         strict_readiness: bool = True,
+        clock: Clock | None = None,
     ) -> None:
         self.repository = repository
+        self.clock = clock
+        """The server's clock, for the schedulers of the versions it loads (None: the system's)."""
         self.strict_readiness = strict_readiness
         """Ready only while nothing has failed to load (Triton's default)."""
         self.keys = keys
@@ -492,6 +496,7 @@ class Registry:
                 config,
                 origin,
                 self.default_timeout,
+                self.clock,
             )
         except ModelportError as exc:
             log.error(

@@ -6,12 +6,15 @@ import asyncio
 import shutil
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 
 from modelport.controlplane.registry import Registry
+from modelport.dataplane.scheduled import ScheduledServable
 from modelport.errors import InvalidRequest, ModelLoadError, ModelNotReady, NotFound
 from modelport.observability.metrics import Metrics
+from tests.fake_clock import FakeClock
 from tests.integration.models import add_sub_model, identity_model
 
 
@@ -163,5 +166,35 @@ def test_strict_readiness_counts_versions_that_failed_not_those_unloaded(repo: P
         for reg in (strict, relaxed):
             await reg.close()
         assert strict.is_ready() is False  # stopping
+
+    run(scenario())
+
+
+class CountingClock(FakeClock):
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    def monotonic_ns(self) -> int:
+        self.reads += 1
+        return super().monotonic_ns()
+
+
+def test_loaded_versions_schedule_on_the_servers_clock(repo: Path) -> None:
+    clock = CountingClock()
+
+    async def scenario() -> None:
+        reg = Registry(repo, Metrics(), clock=clock)
+        await reg.start()
+        servable = reg.acquire("add_sub", None).servable
+        assert isinstance(servable, ScheduledServable)
+        before = clock.reads
+        x = np.ones((1, 16), np.float32)
+        done = await servable.scheduler.submit(
+            {"INPUT0": x, "INPUT1": x}, ["OUTPUT0"], 1, timeout_us=1000
+        )
+        np.testing.assert_array_equal(done.outputs["OUTPUT0"], 2 * x)
+        assert clock.reads > before
+        await reg.close()
 
     run(scenario())

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import cast
 
+from modelport.clock import Clock
 from modelport.config.model import ModelConfig
 from modelport.controlplane.crypto.keys import KeyProvider
 from modelport.controlplane.crypto.memview import MemoryView
@@ -38,10 +39,13 @@ def load_version_at_rest(
     config: ModelConfig,
     source: str,
     server_timeout_s: float | None = None,
+    clock: Clock | None = None,
 ) -> ModelVersion:
     """``load_version``, decrypting a sealed version into memory first."""
     if not is_sealed(version_dir):
-        return load_version(name, version, version_dir, config, source, server_timeout_s)
+        return load_version(
+            name, version, version_dir, config, source, server_timeout_s, clock=clock
+        )
     if keys is None:
         raise ModelLoadError(
             f"sealed ({MANIFEST}) but no master key is configured: start the server with "
@@ -63,7 +67,14 @@ def load_version_at_rest(
         for beside in _BESIDE_VERSION:
             view.copy_beside(version_dir.parent, beside)
         model = load_version(
-            name, version, view.version_dir, config, source, server_timeout_s, files_checked=True
+            name,
+            version,
+            view.version_dir,
+            config,
+            source,
+            server_timeout_s,
+            files_checked=True,
+            clock=clock,
         )
     except BaseException:
         view.release()
