@@ -4,7 +4,8 @@ Transports decode the wire into an InferenceRequest, call :meth:`Pipeline.infer`
 and encode what it returns; everything a policy needs to see happens here,
 once, for HTTP and gRPC alike. The stages, in order:
 
-1. admission before routing: the data's residency;
+1. admission before routing: the data's residency, unless the transport ran
+   admission's first phase (``admitted``), which checked it before the body;
 2. route: the version named, or the one the model's traffic policy chooses
    (falling back to the default version when that one cannot serve);
 3. admission after routing: rate limits (per caller, per model);
@@ -107,6 +108,7 @@ class Pipeline:
         protocol: str,
         header: HeaderLookup | None = None,
         call: Call | None = None,
+        admitted: ModelVersion | None = None,
     ) -> InferenceResponse:
         """Serve one request; raises a ModelportError subclass on any refusal.
 
@@ -114,9 +116,17 @@ class Pipeline:
         residency (``X-Data-Residency``) and, for a traffic policy with one, the sticky key.
         ``call`` is what the transport knows of the call (the caller, the
         deadline, the origin); without one the request's own ``identity`` is read.
+        ``admitted`` is the version ``Admission.before_body`` returned when the
+        transport ran admission's first phase; the residency it checked is not
+        checked again. The version is acquired afresh all the same: reading
+        the body may have taken long enough for a reload to replace it.
         """
         start = self._clock()
-        if self.residency is not None:
+        if (
+            self.residency is not None
+            and admitted is None
+            and (call is None or not call.origin.internal)
+        ):
             self.admission.check_residency(call, request, header, protocol)
         routed = self.traffic.routed(request.model_name) if self.traffic is not None else None
         name, version = request.model_name, request.model_version

@@ -253,3 +253,47 @@ def test_unknown_model_is_not_found_before_residency() -> None:
     pipeline, *_ = _pipeline("eu-west-1")
     with pytest.raises(NotFound):
         asyncio.run(pipeline.infer(_infer("nope"), "http", _headers(x_data_residency="ae")))
+
+
+# ------------------------------------------------------- admission's first phase
+
+
+def test_before_the_body_residency_is_refused_and_audited() -> None:
+    pipeline, runtime, metrics, audit = _pipeline("eu-west-1")
+    with pytest.raises(ResidencyRefused, match="eu-west-1"):
+        pipeline.admission.before_body("m", None, None, _headers(x_data_residency="ae"), "grpc")
+    assert runtime.calls == 0
+    (event,) = audit.pending()
+    assert (event.action, event.detail["protocol"]) == (RESIDENCY_REFUSED, "grpc")
+    assert 'modelport_residency_refused_total{model="m"} 1.0' in metrics.render().decode()
+
+
+def test_before_the_body_a_tenant_carries_its_residency() -> None:
+    pipeline, *_ = _pipeline("eu-west-1")
+    pipeline.admission.residency = ResidencyGuard("eu-west-1", {"acme": ["ae"]}, None)
+    with pytest.raises(ResidencyRefused, match="tenant 'acme'"):
+        pipeline.admission.before_body("m", None, ACME, _headers(), "http")
+    assert pipeline.admission.before_body("m", None, OTHER, _headers(), "http").name == "m"
+
+
+def test_before_the_body_an_unknown_model_is_not_found_before_residency() -> None:
+    pipeline, _runtime, _metrics, audit = _pipeline("eu-west-1")
+    with pytest.raises(NotFound):
+        pipeline.admission.before_body("nope", None, None, _headers(x_data_residency="ae"))
+    assert audit.pending() == []
+
+
+def test_a_version_admitted_before_the_body_is_not_checked_again() -> None:
+    """The transport ran phase one: the pipeline serves without a second residency check."""
+    pipeline, runtime, *_ = _pipeline("ae-dxb-1")
+    header = _headers(x_data_residency="ae")
+    admitted = pipeline.admission.before_body("m", None, None, header, "http")
+    # The guard now refuses everything; only a second check would see it.
+    pipeline.admission.residency = ResidencyGuard(None, {}, None)
+    pipeline.residency = pipeline.admission.residency
+    asyncio.run(pipeline.infer(_infer(), "http", header, None, admitted))
+    assert runtime.calls == 1
+    # Without ``admitted`` the pipeline checks residency itself: no entry skips it.
+    with pytest.raises(ResidencyRefused):
+        asyncio.run(pipeline.infer(_infer(), "http", header))
+    assert runtime.calls == 1

@@ -112,13 +112,15 @@ class ResidencyGuard:
 
     def requested(
         self,
-        request: InferenceRequest,
+        request: InferenceRequest | None,
         header: HeaderLookup | None,
         identity: Identity | None = None,
     ) -> tuple[tuple[str, ...], str]:
         """The request's data residency and where it came from (empty: unconstrained).
 
         ``identity`` is the caller from the Call; None reads the request's own.
+        Both sources are known before a body is read, so ``request`` may be
+        None (admission's first phase).
         """
         value = header(HEADER) if header is not None else None
         if value is not None:
@@ -126,7 +128,7 @@ class ResidencyGuard:
                 return parse_residency(value), f"{HEADER} header"
             except ValueError as exc:
                 raise InvalidRequest(f"{HEADER} header: {exc}") from None
-        if identity is None:
+        if identity is None and request is not None:
             identity = request.identity
         if identity is not None and identity.tenant is not None:
             mapped = self.tenants.get(identity.tenant)
@@ -136,7 +138,7 @@ class ResidencyGuard:
 
     def refusal(
         self,
-        request: InferenceRequest,
+        request: InferenceRequest | None,
         header: HeaderLookup | None,
         identity: Identity | None = None,
     ) -> str | None:
@@ -150,7 +152,7 @@ class ResidencyGuard:
     def refuse(
         self,
         model: str,
-        request: InferenceRequest,
+        request: InferenceRequest | None,
         reason: str,
         protocol: str,
         identity: Identity | None = None,
@@ -159,7 +161,7 @@ class ResidencyGuard:
         if self.on_refused is not None:
             self.on_refused(model)
         if self.audit is not None:
-            if identity is None:
+            if identity is None and request is not None:
                 identity = request.identity
             actor = identity.actor if identity is not None else ANONYMOUS
             detail: dict[str, object] = {

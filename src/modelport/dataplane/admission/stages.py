@@ -9,9 +9,13 @@ body, gRPC before converting the message's tensors):
 1. authenticate: who calls (``gate.Gate``; REST through ``HttpGuard``);
 2. authorize: the role the route or rpc declares (``needs.py``), on the
    model it names, within the caller's tenant (``authorize.py``);
-3. route: the model and version the path or message names must exist and
-   be ready (:meth:`Admission.before_body`); 404 or 503 otherwise;
-4. overload: when the version the request will reach takes no new work
+3. residency: the data's residency from the ``X-Data-Residency`` header
+   or the caller's tenant, both known before the body; data this node's
+   region must not process is refused (403) and audited, under the name of
+   a model that exists (an unknown model is a 404 first);
+4. route: the model and version the path or message names must exist and
+   be ready; 404 or 503 otherwise;
+5. overload: when the version the request will reach takes no new work
    (its queue is full), the request is refused at once (REST 503, gRPC
    UNAVAILABLE), before any byte of it is decoded. A request a traffic
    policy will route is not refused here: it may go to another version.
@@ -19,12 +23,11 @@ body, gRPC before converting the message's tensors):
 Authentication and authorization are transport-shaped (credentials come
 from headers or metadata, a certificate from the connection) and stay in
 the guard and the gate; the transport runs them first, then
-:meth:`Admission.before_body`.
+:meth:`Admission.before_body` (stages 3 to 5), and hands the version it
+returns to the pipeline as ``admitted``.
 
 **After decoding** (the pipeline calls these, in this order, then goes on):
 
-5. residency: the data's residency from the ``X-Data-Residency`` header or
-   the caller's tenant (:meth:`Admission.check_residency`);
 6. route to a version (the pipeline: the version named, or the traffic
    policy's choice);
 7. rate limits: the caller's bucket, then the model's
@@ -32,6 +35,10 @@ the guard and the gate; the transport runs them first, then
    Internal calls (``Call.origin.internal``: a shadow copy, a composite's
    step) were admitted as the request they serve and take no token;
 8. validate, 9. cache, 10. execute: the pipeline's stages after admission.
+
+A caller of the pipeline that did not run the first phase (no ``admitted``
+version) gets the residency stage there, before routing
+(:meth:`Admission.check_residency`), so no entry skips it.
 """
 
 from __future__ import annotations
@@ -64,16 +71,33 @@ class Admission:
         self.limiter = limiter
         self.residency = residency
 
-    def before_body(self, name: str, version: str | None) -> ModelVersion:
-        """Phase one's route and overload stages: the version a request names, or a refusal.
+    def before_body(
+        self,
+        name: str,
+        version: str | None,
+        identity: Identity | None = None,
+        header: HeaderLookup | None = None,
+        protocol: str = "http",
+    ) -> ModelVersion:
+        """Phase one's residency, route and overload stages: the version a request
+        names, or a refusal.
 
-        Called once the caller is authenticated and authorized, before the
-        body is read or decoded. Raises NotFound or ModelNotReady for a model
-        or version that cannot serve, and the version's own refusal
-        (``Unavailable``, queue full) when it takes no new work and the
-        request will go to it; a request without a version under a traffic
-        policy may go to another, so it is not refused for this one.
+        Called once the caller (``identity``, None with authentication off)
+        is authenticated and authorized, before the body is read or decoded;
+        ``header`` looks up the request's headers or metadata. Raises
+        ResidencyRefused for data this node must not process, NotFound or
+        ModelNotReady for a model or version that cannot serve, and the
+        version's own refusal (``Unavailable``, queue full) when it takes no
+        new work and the request will go to it; a request without a version
+        under a traffic policy may go to another, so it is not refused for
+        this one.
         """
+        residency = self.residency
+        if residency is not None:
+            reason = residency.refusal(None, header, identity)
+            if reason is not None:
+                model = self.table.acquire(name, version)
+                residency.refuse(model.name, None, reason, protocol, identity)
         model = self.table.acquire(name, version)
         refused = model.servable.refusal()
         if refused is not None and (
@@ -89,10 +113,11 @@ class Admission:
         header: HeaderLookup | None,
         protocol: str,
     ) -> None:
-        """Phase two's first stage: refuse (ResidencyRefused) data this node must not process.
+        """The residency stage for a call that skipped phase one (see the module docstring).
 
-        Before routing, validation or compute; the model is acquired only to
-        refuse (and audit) under a name that exists.
+        Refuses (ResidencyRefused) data this node must not process, before
+        routing, validation or compute; the model is acquired only to refuse
+        (and audit) under a name that exists.
         """
         residency = self.residency
         if residency is None:

@@ -192,13 +192,16 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         deadline = (
             pipeline.clock.monotonic_ns() + int(remaining * 1e9) if remaining is not None else None
         )
-        # Admission's first phase (the gate authenticated and authorized): an
-        # unknown model or a full queue is refused before the tensors are decoded.
-        pipeline.admission.before_body(request.model_name, request.model_version or None)
-        req = decode_request(request, self.ctx.max_elements)
+        # Admission's first phase (the gate authenticated and authorized):
+        # residency, an unknown model or a full queue is refused before the
+        # tensors are decoded.
         metadata = MetadataView(context)
+        admitted = pipeline.admission.before_body(
+            request.model_name, request.model_version or None, identity, metadata.get, "grpc"
+        )
+        req = decode_request(request, self.ctx.max_elements)
         call = Call(Origin.GRPC, identity, deadline, metadata, req.id, context.peer())
-        resp = await pipeline.infer(req, "grpc", metadata.get, call)
+        resp = await pipeline.infer(req, "grpc", metadata.get, call, admitted)
         return encode_response(resp)
 
     @_rpc(_INFER)

@@ -205,8 +205,10 @@ class InferRoute:
                 deadline_ns(timeout, pipeline.clock.monotonic_ns()) if timeout is not None else None
             )
             # Admission's first phase (the guard authenticated and authorized):
-            # unknown models and a full queue are refused before the body is read.
-            pipeline.admission.before_body(name, version)
+            # residency, unknown models and a full queue are refused before the body is read.
+            identity = scope.get(IDENTITY_SCOPE_KEY)
+            view = HeaderView(headers)
+            admitted = pipeline.admission.before_body(name, version, identity, view.get, "http")
             length = headers.get(b"content-length")
             body = await read_body(
                 length.decode("latin-1") if length is not None else None,
@@ -219,17 +221,16 @@ class InferRoute:
                 version,
                 ctx.max_elements,
             )
-            view = HeaderView(headers)
             call = Call(
                 Origin.REST,
-                scope.get(IDENTITY_SCOPE_KEY),
+                identity,
                 deadline,
                 view,
                 request.id,
                 scope.get("client"),
             )
             response = await until_disconnect(
-                scope, receive, pipeline.infer(request, "http", view.get, call)
+                scope, receive, pipeline.infer(request, "http", view.get, call, admitted)
             )
             payload, hlen = encode_response(request, response)
         except ModelportError as exc:

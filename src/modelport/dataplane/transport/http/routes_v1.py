@@ -81,23 +81,26 @@ def routes(ctx: TransportContext) -> list[Route]:
         deadline = (
             deadline_ns(timeout, ctx.pipeline.clock.monotonic_ns()) if timeout is not None else None
         )
-        # Admission's first phase, before the body: the model, and overload.
-        model = ctx.pipeline.admission.before_body(request.path_params["model"], None)
+        # Admission's first phase, before the body: residency, the model, and overload.
+        scope = request.scope
+        identity = scope.get(IDENTITY_SCOPE_KEY)
+        model = ctx.pipeline.admission.before_body(
+            request.path_params["model"], None, identity, headers.get, "http"
+        )
         raw = await read_body(request, ctx.max_body_bytes)
         body = decode_json(raw)
         inputs = decode_v1(model, body, ctx.max_elements)
         # No version: the model's traffic policy, if any, picks one like on /v2.
         req = InferenceRequest(model.name, None, inputs)
-        scope = request.scope
         call = Call(
             Origin.REST,
-            scope.get(IDENTITY_SCOPE_KEY),
+            identity,
             deadline,
             headers,
             None,
             scope.get("client"),
         )
-        resp = await ctx.pipeline.infer(req, "http", headers.get, call)
+        resp = await ctx.pipeline.infer(req, "http", headers.get, call, model)
         outputs = {t.name: t for t in resp.outputs}
         if len(outputs) == 1:
             (only,) = outputs.values()
