@@ -1,10 +1,10 @@
 """A call's gRPC metadata as the Call's read-only view, read only when asked.
 
 ``ServicerContext.invocation_metadata()`` builds its tuple afresh on every
-call, so the view keeps the context and reads it on a lookup: a request
-whose stages look nothing up (no residency, no sticky routing) pays nothing.
-Keys are lower case on the wire; a lookup lowers the name it gets. Binary
-(``-bin``) entries hold bytes and are left out.
+call, so the view keeps the context and reads it on the first lookup, into
+a dict the later lookups share: a request whose stages look nothing up pays
+nothing. Keys are lower case on the wire; a lookup lowers the name it gets.
+Binary (``-bin``) entries hold bytes and are left out.
 """
 
 from __future__ import annotations
@@ -20,15 +20,19 @@ class MetadataView(Mapping[str, str]):
     A repeated key answers its first value, as a lookup by name did before.
     """
 
-    __slots__ = ("_context",)
+    __slots__ = ("_context", "_values")
 
     def __init__(self, context: grpc.aio.ServicerContext) -> None:
         self._context = context
+        self._values: dict[str, str] | None = None
 
-    def _pairs(self) -> Iterator[tuple[str, str]]:
+    def _read(self) -> dict[str, str]:
+        values: dict[str, str] = {}
         for key, value in self._context.invocation_metadata() or ():
-            if isinstance(value, str):
-                yield key, value
+            if isinstance(value, str) and key not in values:
+                values[key] = value
+        self._values = values
+        return values
 
     def __getitem__(self, name: str) -> str:
         value = self.get(name)
@@ -38,18 +42,15 @@ class MetadataView(Mapping[str, str]):
 
     def get(self, name: str, default: str | None = None) -> str | None:  # type: ignore[override]
         """The first value of ``name``, or ``default``; also the pipeline's ``HeaderLookup``."""
-        key = name.lower()
-        for k, v in self._pairs():
-            if k == key:
-                return v
-        return default
+        values = self._values
+        if values is None:
+            values = self._read()
+        return values.get(name.lower(), default)
 
     def __iter__(self) -> Iterator[str]:
-        seen: set[str] = set()
-        for k, _ in self._pairs():
-            if k not in seen:
-                seen.add(k)
-                yield k
+        values = self._values
+        return iter(values if values is not None else self._read())
 
     def __len__(self) -> int:
-        return len({k for k, _ in self._pairs()})
+        values = self._values
+        return len(values if values is not None else self._read())

@@ -36,6 +36,7 @@ from modelport.dataplane.info import Visible
 from modelport.dataplane.transport.context import TransportContext
 from modelport.dataplane.transport.grpc.errors import grpc_status, trailing_metadata
 from modelport.dataplane.transport.grpc.metadata import MetadataView
+from modelport.dataplane.transport.trace import trace_context
 from modelport.errors import InvalidRequest, ModelportError
 from modelport.protos import grpc_service_pb2 as pb
 from modelport.protos import grpc_service_pb2_grpc as pb_grpc
@@ -200,7 +201,15 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             request.model_name, request.model_version or None, identity, metadata.get, "grpc"
         )
         req = decode_request(request, self.ctx.max_elements)
-        call = Call(Origin.GRPC, identity, deadline, metadata, req.id, context.peer())
+        call = Call(
+            Origin.GRPC,
+            identity,
+            deadline,
+            metadata,
+            req.id,
+            context.peer(),
+            trace_context(metadata.get),
+        )
         resp = await pipeline.infer(req, "grpc", metadata.get, call, admitted)
         return encode_response(resp)
 

@@ -35,6 +35,7 @@ from modelport.dataplane.transport.http.disconnect import until_disconnect
 from modelport.dataplane.transport.http.errors import error_headers, http_status
 from modelport.dataplane.transport.http.guard import DeclaredRoutes, HttpGuard
 from modelport.dataplane.transport.http.headers import TIMEOUT_HEADER, HeaderView, deadline_ns
+from modelport.dataplane.transport.trace import trace_context
 from modelport.errors import InvalidRequest, ModelportError, internal_error
 from modelport.types import Call, Origin, Role
 
@@ -228,6 +229,7 @@ class InferRoute:
                 view,
                 request.id,
                 scope.get("client"),
+                trace_context(view.get),
             )
             response = await until_disconnect(
                 scope, receive, pipeline.infer(request, "http", view.get, call, admitted)

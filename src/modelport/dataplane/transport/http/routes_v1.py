@@ -23,6 +23,7 @@ from modelport.dataplane.transport.context import TransportContext
 from modelport.dataplane.transport.http.body import read_body
 from modelport.dataplane.transport.http.headers import TIMEOUT_HEADER, deadline_ns
 from modelport.dataplane.transport.http.responses import json_response
+from modelport.dataplane.transport.trace import trace_context
 from modelport.errors import InvalidRequest
 from modelport.types import Call, InferenceRequest, Origin, Role, Tensor
 
@@ -99,6 +100,7 @@ def routes(ctx: TransportContext) -> list[Route]:
             headers,
             None,
             scope.get("client"),
+            trace_context(headers.get),
         )
         resp = await ctx.pipeline.infer(req, "http", headers.get, call, model)
         outputs = {t.name: t for t in resp.outputs}
