@@ -59,7 +59,8 @@ import contextlib
 import functools
 import ssl
 from collections.abc import Callable, Coroutine, Iterator
-from typing import Any, Protocol
+from operator import attrgetter
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httptools
 import uvicorn
@@ -86,64 +87,72 @@ class RequestCycle(Protocol):
     def message_event(self) -> _Event: ...
 
 
+def _set_cycle(protocol: HttpToolsProtocol, cycle: RequestCycle) -> None:
+    protocol.cycle = cycle  # type: ignore[assignment]
+
+
 class UvicornHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, its private state under names this module owns.
 
     Subclasses use these properties and methods, plus ``loop``, ``transport``
     and the hooks the module docstring lists; nothing else of uvicorn's.
+
+    The per-request reads are properties over ``operator.attrgetter``, which
+    run in C: the protocol reads them several times per request, and a
+    Python getter there costs a frame each time.
     """
 
-    @property
-    def served_app(self) -> object:
-        """The ASGI app uvicorn loaded, as the server was given it."""
-        return self.app
+    if TYPE_CHECKING:
 
-    @property
-    def request_cycle(self) -> RequestCycle | None:
-        """The cycle of the request being received or answered; None before the first."""
-        cycle: RequestCycle | None = self.cycle
-        return cycle
+        @property
+        def served_app(self) -> object:
+            """The ASGI app uvicorn loaded, as the server was given it."""
 
-    @request_cycle.setter
-    def request_cycle(self, cycle: RequestCycle) -> None:
-        self.cycle = cycle  # type: ignore[assignment]
+        @property
+        def request_cycle(self) -> RequestCycle | None:
+            """The cycle of the request being received or answered; None before the first."""
+
+        @request_cycle.setter
+        def request_cycle(self, cycle: RequestCycle) -> None: ...
+
+        @property
+        def request_parser(self) -> httptools.HttpRequestParser:
+            """The httptools parser of this connection."""
+
+        @property
+        def request_scope(self) -> dict[str, Any] | None:
+            """The scope of the request being received; None before the first
+            (uvicorn's ``__init__`` sets it to None)."""
+
+        @property
+        def request_target(self) -> bytes:
+            """The raw request target of the request being received."""
+
+        @property
+        def request_headers(self) -> list[tuple[bytes, bytes]]:
+            """The headers received so far, names lower-cased."""
+
+        @property
+        def expects_continue(self) -> bool:
+            """Whether the request being received sent ``Expect: 100-continue``."""
+
+        @property
+        def mount_path(self) -> str:
+            """The server's ``root_path`` (empty unless configured)."""
+
+    else:
+        served_app = property(attrgetter("app"))
+        request_cycle = property(attrgetter("cycle"), _set_cycle)
+        request_parser = property(attrgetter("parser"))
+        request_scope = property(attrgetter("scope"))
+        request_target = property(attrgetter("url"))
+        request_headers = property(attrgetter("headers"))
+        expects_continue = property(attrgetter("expect_100_continue"))
+        mount_path = property(attrgetter("root_path"))
 
     def is_queued(self, cycle: RequestCycle | None) -> bool:
         """Whether ``cycle`` waits behind an unfinished answer (HTTP pipelining)."""
         return any(c is cycle for c, _ in self.pipeline)
-
-    @property
-    def request_parser(self) -> httptools.HttpRequestParser:
-        """The httptools parser of this connection."""
-        return self.parser
-
-    @property
-    def request_scope(self) -> dict[str, Any] | None:
-        """The scope of the request being received; None before the first."""
-        # uvicorn's __init__ sets it to None, so no getattr default is needed.
-        scope: dict[str, Any] | None = self.scope  # type: ignore[assignment]
-        return scope
-
-    @property
-    def request_target(self) -> bytes:
-        """The raw request target of the request being received."""
-        target: bytes = self.url
-        return target
-
-    @property
-    def request_headers(self) -> list[tuple[bytes, bytes]]:
-        """The headers received so far, names lower-cased."""
-        return self.headers
-
-    @property
-    def expects_continue(self) -> bool:
-        """Whether the request being received sent ``Expect: 100-continue``."""
-        return self.expect_100_continue
-
-    @property
-    def mount_path(self) -> str:
-        """The server's ``root_path`` (empty unless configured)."""
-        return self.root_path
 
     @property
     def default_headers(self) -> list[tuple[bytes, bytes]]:
