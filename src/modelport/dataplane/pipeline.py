@@ -258,8 +258,9 @@ class Pipeline:
     ) -> InferenceResponse:
         """Admission after routing, then validate → cache → execute, then the observers."""
         # Before any validation or compute, and outside what observers see.
-        if self.limiter is not None:
-            await self.admission.take_tokens(call, request, model)
+        admission = self.admission
+        if self.limiter is not None and admission.limits(call, request, model):
+            await admission.take_tokens(call, request, model)
         series = self.metrics.for_model(model.name, model.version, protocol)
         series.requests.inc()
         served = Served(model, protocol, routed, chosen, start, series)

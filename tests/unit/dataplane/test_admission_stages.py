@@ -114,3 +114,23 @@ def test_a_refused_token_is_a_rate_limited_error() -> None:
                 admission.table.acquire("m", None),  # type: ignore[arg-type]
             )
         )
+
+
+def test_limits_says_whether_any_bucket_applies() -> None:
+    """The pipeline asks first, so a request no limit applies to awaits nothing."""
+    limited = Identity("key:1", "ci", Role.INVOKER, ("*",), rate=5.0, burst=5)
+    free = Identity("key:2", "ci", Role.INVOKER, ("*",))
+    request = InferenceRequest("m", None, [])
+    plain = _admission(Version(), limiter=Limiter(allowed=True))
+    model = plain.table.acquire("m", None)
+    assert not plain.limits(Call(Origin.REST, free), request, model)  # type: ignore[arg-type]
+    assert plain.limits(Call(Origin.REST, limited), request, model)  # type: ignore[arg-type]
+    assert not plain.limits(Call(Origin.STEP, limited), request, model)  # type: ignore[arg-type]
+    capped = _admission(Version(rate_limit=Limit()), limiter=Limiter(allowed=True))
+    model = capped.table.acquire("m", None)
+    assert capped.limits(Call(Origin.REST), request, model)  # type: ignore[arg-type]
+    assert capped.limits(None, request, model)  # type: ignore[arg-type]
+    assert not capped.limits(Call(Origin.SHADOW), request, model)  # type: ignore[arg-type]
+    # No limiter at all: nothing to take.
+    unlimited = _admission(Version(rate_limit=Limit()))
+    assert not unlimited.limits(Call(Origin.REST), request, model)  # type: ignore[arg-type]

@@ -128,6 +128,20 @@ class Admission:
             model = self.table.acquire(request.model_name, request.model_version)
             residency.refuse(model.name, request, refused, protocol, identity)
 
+    def limits(self, call: Call | None, request: InferenceRequest, model: ModelVersion) -> bool:
+        """Whether :meth:`take_tokens` has a bucket to take from for this request.
+
+        Asked first so that a request no limit applies to (the common case)
+        costs no coroutine: no limiter, an internal call, or neither the
+        caller nor the model has a rate.
+        """
+        if self.limiter is None or model.rate_limit is not None:
+            return self.limiter is not None and (call is None or not call.origin.internal)
+        if call is not None and call.origin.internal:
+            return False
+        identity = caller(call, request)
+        return identity is not None and identity.rate is not None and identity.burst is not None
+
     async def take_tokens(
         self, call: Call | None, request: InferenceRequest, model: ModelVersion
     ) -> None:
