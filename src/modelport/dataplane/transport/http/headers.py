@@ -24,6 +24,20 @@ from modelport.errors import InvalidRequest
 TIMEOUT_HEADER = b"modelport-timeout-ms"
 
 
+#: Wire keys of the names looked up so far. The names come from code and
+#: configuration (``X-Data-Residency``, ``traceparent``, a sticky-routing
+#: header), a handful per server, so each is lowered and encoded once.
+_KEYS: dict[str, bytes] = {}
+_KEYS_KEPT = 256
+
+
+def _key(name: str) -> bytes:
+    key = name.lower().encode("latin-1")
+    if len(_KEYS) < _KEYS_KEPT:
+        _KEYS[name] = key
+    return key
+
+
 class HeaderView(Mapping[str, str]):
     """A read-only ``str`` view over a request's ASGI headers (``dict[bytes, bytes]``).
 
@@ -41,7 +55,10 @@ class HeaderView(Mapping[str, str]):
 
     def get(self, name: str, default: str | None = None) -> str | None:  # type: ignore[override]
         """The header's value, or ``default``; also the pipeline's ``HeaderLookup``."""
-        value = self._raw.get(name.lower().encode("latin-1"))
+        key = _KEYS.get(name)
+        if key is None:
+            key = _key(name)
+        value = self._raw.get(key)
         return default if value is None else value.decode("latin-1")
 
     def __contains__(self, name: object) -> bool:
