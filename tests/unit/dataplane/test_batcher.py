@@ -187,3 +187,11 @@ def test_a_freed_instance_leaves_the_busy_one_its_share() -> None:
     assert [p.rows for p in took.batch] == [6]
     # Nothing busy and one instance: greedy as before.
     assert len(choose_batch(queue, policy(), 0, free_instances=1).batch) == 8
+
+
+def test_max_rows_caps_the_batch_but_never_splits_the_head() -> None:
+    queue = [req(1) for _ in range(10)]
+    assert len(choose_batch(queue, policy(), 0, max_rows=3).batch) == 3
+    assert len(choose_batch(queue, policy(), 0, max_rows=20).batch) == 8  # max_batch_size
+    big = [req(5), req(1)]
+    assert [p.rows for p in choose_batch(big, policy(), 0, max_rows=2).batch] == [5]

@@ -526,3 +526,24 @@ def test_runtimes_that_do_not_say_inline_safe_never_run_inline() -> None:
     loop_thread = _lone_requests(sched, INLINE_WINDOW + 3)
     assert loop_thread not in threads
     sched.close()
+
+
+def test_batches_on_the_loop_are_not_split_into_instance_shares() -> None:
+    """Forty requests arriving together at a loop-bound version are one execution.
+
+    The loop runs batches one after another, so dividing them into each
+    instance's share (halves, then halves of what is left) only multiplies
+    executions; the cap is the rows the loop may take.
+    """
+    from modelport.dataplane.scheduling.placement import INLINE_WINDOW
+
+    runtime = Tracer()
+    sched = make(runtime, instances=2, max_batch_size=64, modelport={"inline_busy_max_us": 5000})
+    loop_thread = _lone_requests(sched, INLINE_WINDOW)
+    _together(sched, 40)  # cheap executions raise the rows allowed on the loop
+    _together(sched, 40)
+    before = len(runtime.threads)
+    _together(sched, 40)
+    assert runtime.threads[before:] == [loop_thread]
+    assert sorted(runtime.batches[-1]) == list(range(40))
+    sched.close()

@@ -21,6 +21,10 @@ rule is tested with plain numbers. Rules, in order:
    whose cost per row does not fall with the batch size keeps every instance
    busy this way, because a finished instance finds work already waiting
    instead of one instance holding every request.
+   When the scheduler runs every batch of the version on the event loop
+   (``placement.py``) there is one instance to share with, the loop, and the
+   batch is capped at the rows it may have there instead (``max_rows``):
+   one execution of everything that arrived rather than halves of halves.
 4. Otherwise the batch goes now if batching is off, if it is full, or if
    nothing more can join (greedy: ``max_queue_delay`` of 0). Otherwise it
    waits until the head has waited ``max_queue_delay``.
@@ -74,10 +78,14 @@ def choose_batch(
     free_instances: int = 1,
     busy_rows: int = 0,
     busy_instances: int = 0,
+    max_rows: int | None = None,
 ) -> Decision:
     """The next batch to run from ``waiting`` (priority, then arrival order).
 
     ``busy_rows`` are the rows the ``busy_instances`` are computing now.
+    ``max_rows`` caps the batch below ``max_batch_size`` (the rows a batch
+    may have to run on the event loop, when every batch of the version does);
+    the head is taken whatever its rows.
     """
     if not waiting:
         return Decision(())
@@ -86,7 +94,7 @@ def choose_batch(
     head = waiting[0]
     if not policy.batching:
         return Decision((head,))
-    limit = policy.max_batch_size
+    limit = policy.max_batch_size if max_rows is None else min(policy.max_batch_size, max_rows)
     instances = free_instances + busy_instances
     if policy.max_queue_delay_ns == 0 and instances > 1:
         rows_in_system = sum(p.rows for p in waiting) + busy_rows

@@ -94,7 +94,7 @@ class RecentCosts:
     O(1): the window is a full ring, and each new cost replaces the oldest.
     """
 
-    __slots__ = ("_window", "inline_rows", "over_busy", "over_lone")
+    __slots__ = ("_window", "defer_busy", "defer_idle", "inline_rows", "over_busy", "over_lone")
 
     def __init__(self) -> None:
         # An execution not seen yet counts as over both bounds.
@@ -105,6 +105,10 @@ class RecentCosts:
         """Costs in the window at or over ``inline_busy_max_ns``."""
         self.inline_rows = 1
         """The most rows a batch may have to run inline under load."""
+        self.defer_idle = False
+        """``defer_batching`` for a version with nothing computing on an instance."""
+        self.defer_busy = False
+        """``defer_batching`` for a version with a batch computing on an instance."""
 
     def note(self, cost_ns: int, rows: int, settings: SchedulingPolicy) -> None:
         """Count one finished execution of ``rows`` rows that cost ``cost_ns``."""
@@ -120,6 +124,9 @@ class RecentCosts:
             # Only a batch near the allowance says it is too high; a small batch that
             # was slow says nothing about rows (the slack deals with it).
             self.inline_rows = min(self.inline_rows, max(1, rows // 2))
+        # Answered here, once per execution, rather than per request (``defer_batching``).
+        self.defer_busy = _every_batch_inline(self)
+        self.defer_idle = self.defer_busy or self.over_lone == 0
 
 
 def inline_enabled(traits: Traits, settings: SchedulingPolicy) -> bool:
@@ -138,9 +145,10 @@ def defer_batching(costs: RecentCosts, busy: bool) -> bool:
     arriving in the same turn form one execution; ``busy``: a batch of this
     version is computing on an instance. Asked per request, so only of a
     version whose batches may run inline at all (``inline_enabled``, which the
-    scheduler computes once).
+    scheduler computes once). The answers are kept up to date by
+    ``RecentCosts.note``, so this reads one attribute.
     """
-    return _every_batch_inline(costs) or (not busy and costs.over_lone == 0)
+    return costs.defer_busy if busy else costs.defer_idle
 
 
 def place(

@@ -40,7 +40,6 @@ from modelport.dataplane.scheduling.placement import (
     RecentCosts,
     Traits,
     cost_source,
-    defer_batching,
     inline_enabled,
     place,
 )
@@ -185,7 +184,9 @@ class Scheduler:
         timer = None
         if expires is not None:
             timer = self._timers.call_at(expires, self._expire, pending)
-        if self._inline and defer_batching(self._costs, self._running > 0):
+        costs = self._costs
+        # defer_batching(costs, busy), read straight from the costs: asked per request.
+        if self._inline and (costs.defer_busy if self._running else costs.defer_idle):
             if not self._deferred:
                 self._deferred = True
                 loop.call_soon(self._deferred_pump)
@@ -220,16 +221,25 @@ class Scheduler:
     # ------------------------------------------------------------ batches
 
     def _pump(self) -> None:
-        """Start batches while an instance is free and something is due."""
+        """Start batches while an instance is free and something is due.
+
+        While every batch runs on the loop (nothing on an instance, and the
+        costs say every batch may), batches are not shared out between
+        instances: they would run one after the other on the loop anyway.
+        Each is then as large as the loop may take (``RecentCosts.inline_rows``).
+        """
+        costs = self._costs
         while self._free > 0 and len(self._queues) > 0:
             now = self._clock()
+            on_loop = self._inline and not self._running and costs.defer_busy
             decision = choose_batch(
                 list(self._queues.live()),
                 self.policy,
                 now,
-                self._free,
+                1 if on_loop else self._free,
                 self._running_rows,
                 self._running,
+                costs.inline_rows if on_loop else None,
             )
             if not decision.batch:
                 if decision.wake_at_ns is not None:
