@@ -30,8 +30,8 @@ serve: venv
 # Unit and integration tests run as two processes: tritonclient.grpc and
 # modelport's own protobuf modules both define inference.* and cannot share one.
 test: venv
-	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
-	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+	$(PY) -m pytest tests/unit --durations=10 $(PYTEST_ARGS)
+	$(PY) -m pytest tests/integration --durations=10 $(PYTEST_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check .
