@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
+from typing import Generic, TypeVar
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -55,7 +56,10 @@ class HistogramSeries:
         self.sum += value
 
 
-class _Family(Collector):
+S = TypeVar("S", CounterSeries, HistogramSeries)
+
+
+class _Family(Collector, Generic[S]):
     """Children by label values, created on first use, never removed (as prometheus_client)."""
 
     def __init__(
@@ -68,7 +72,20 @@ class _Family(Collector):
         self.name = name
         self.documentation = documentation
         self.labelnames = tuple(labelnames)
+        self._children: dict[tuple[str, ...], S] = {}
         registry.register(self)
+
+    def labels(self, *values: str) -> S:
+        """The series of these label values (in ``labelnames`` order), made on first use."""
+        if len(values) != len(self.labelnames):
+            raise ValueError(f"{self.name}: expected labels {self.labelnames}, got {values}")
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self.new_series()
+        return child
+
+    def new_series(self) -> S:
+        raise NotImplementedError
 
     def describe(self) -> list[Metric]:
         """The family without samples: what the registry checks names against."""
@@ -78,26 +95,11 @@ class _Family(Collector):
         raise NotImplementedError
 
 
-class CounterFamily(_Family):
+class CounterFamily(_Family[CounterSeries]):
     """A labelled counter family; ``labels(...)`` gives the series to ``inc``."""
 
-    def __init__(
-        self,
-        name: str,
-        documentation: str,
-        labelnames: Sequence[str],
-        registry: CollectorRegistry,
-    ) -> None:
-        self._children: dict[tuple[str, ...], CounterSeries] = {}
-        super().__init__(name, documentation, labelnames, registry)
-
-    def labels(self, *values: str) -> CounterSeries:
-        if len(values) != len(self.labelnames):
-            raise ValueError(f"{self.name}: expected labels {self.labelnames}, got {values}")
-        child = self._children.get(values)
-        if child is None:
-            child = self._children[values] = CounterSeries()
-        return child
+    def new_series(self) -> CounterSeries:
+        return CounterSeries()
 
     def empty(self) -> CounterMetricFamily:
         return CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
@@ -109,7 +111,7 @@ class CounterFamily(_Family):
         yield family
 
 
-class HistogramFamily(_Family):
+class HistogramFamily(_Family[HistogramSeries]):
     """A labelled histogram family with fixed bucket bounds."""
 
     def __init__(
@@ -125,16 +127,10 @@ class HistogramFamily(_Family):
             raise ValueError(f"{name}: bucket bounds must increase")
         self.bounds = bounds
         self._names = (*(floatToGoString(b) for b in bounds), "+Inf")  # type: ignore[no-untyped-call]
-        self._children: dict[tuple[str, ...], HistogramSeries] = {}
         super().__init__(name, documentation, labelnames, registry)
 
-    def labels(self, *values: str) -> HistogramSeries:
-        if len(values) != len(self.labelnames):
-            raise ValueError(f"{self.name}: expected labels {self.labelnames}, got {values}")
-        child = self._children.get(values)
-        if child is None:
-            child = self._children[values] = HistogramSeries(self.bounds)
-        return child
+    def new_series(self) -> HistogramSeries:
+        return HistogramSeries(self.bounds)
 
     def empty(self) -> HistogramMetricFamily:
         return HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
