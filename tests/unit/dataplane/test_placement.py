@@ -8,12 +8,18 @@ import numpy as np
 
 from modelport.config.model import parse_model_config
 from modelport.dataplane.scheduling.placement import (
+    GATHER_MAX_NS,
+    GATHER_SPAN,
     INLINE_BUSY_SLACK,
     INLINE_MAX_BYTES,
     INLINE_WINDOW,
+    TRIAL_EVERY_NS,
+    TRIAL_WINDOW_NS,
+    Gathering,
     Placement,
     RecentCosts,
     Traits,
+    Trial,
     cost_source,
     defer_batching,
     inline_enabled,
@@ -142,3 +148,87 @@ def test_batching_waits_a_loop_turn_only_when_the_batch_may_run_inline() -> None
 def test_the_cost_of_a_pin_safe_runtime_is_its_threads_cpu_time() -> None:
     assert cost_source(Traits(inline_safe=True, pin_safe=True)) is time.thread_time_ns
     assert cost_source(SAFE) is None
+
+
+# ------------------------------------------------------------------ gathering
+
+MS = 1_000_000
+
+
+def _lone_version() -> Gathering:
+    """A version whose one-turn deferrals each found one request, arrivals 200 µs apart."""
+    g = Gathering()
+    for i in range(64):
+        g.arrived(i * 200_000)
+        g.deferred(1)
+    return g
+
+
+def _window(g: Gathering, start: int, rows: int) -> int:
+    """Serve ``rows`` over one trial window from ``start``; returns when the window ends."""
+    g.served(rows)
+    end = start + TRIAL_WINDOW_NS
+    g.tick(end)
+    return end
+
+
+def test_a_version_waits_only_after_a_trial_shows_waiting_serves_more() -> None:
+    g = _lone_version()
+    assert g.wait_ns() == 0  # nothing measured yet: no waiting
+    g.tick(0)  # the first tick schedules the first trial
+    g.tick(TRIAL_EVERY_NS)
+    assert g.phase is Trial.OFF
+    end = _window(g, TRIAL_EVERY_NS, 1000)  # 2000 rows/s without waiting
+    assert g.phase is Trial.ON and g.wait_ns() == GATHER_SPAN * g.gap_ns
+    for _ in range(10):
+        g.waited(4)  # waits that found company
+    _window(g, end, 1300)  # 30 % more with waiting: kept
+    assert g.phase is Trial.NONE and g.waiting
+    assert 0 < g.wait_ns() <= GATHER_MAX_NS
+
+
+def test_waiting_that_serves_less_is_turned_off_and_tried_again_later() -> None:
+    g = _lone_version()
+    g.tick(0)
+    g.tick(TRIAL_EVERY_NS)
+    end = _window(g, TRIAL_EVERY_NS, 1000)
+    for _ in range(10):
+        g.waited(2)
+    _window(g, end, 800)  # a few callers each waiting: fewer served while waiting
+    assert not g.waiting and g.wait_ns() == 0
+    # Nothing changed: the next trial comes after twice the time.
+    g.tick(end + TRIAL_WINDOW_NS + TRIAL_EVERY_NS)
+    assert g.phase is Trial.NONE
+    g.tick(end + TRIAL_WINDOW_NS + 2 * TRIAL_EVERY_NS)
+    assert g.phase is Trial.OFF
+
+
+def test_a_trial_whose_waits_find_no_one_ends_at_once() -> None:
+    """One caller at a time: each wait is pure latency, so the trial stops after a few."""
+    g = _lone_version()
+    g.tick(0)
+    g.tick(TRIAL_EVERY_NS)
+    _window(g, TRIAL_EVERY_NS, 1000)
+    assert g.waiting
+    for _ in range(8):
+        g.waited(1)
+    assert not g.waiting and g.phase is Trial.NONE
+
+
+def test_requests_that_arrive_together_never_start_a_trial() -> None:
+    g = Gathering()
+    for i in range(64):
+        g.arrived(i * 10_000)
+        g.deferred(6)  # each one-turn deferral already batches six
+    g.tick(0)
+    g.tick(10 * TRIAL_EVERY_NS)
+    assert g.phase is Trial.NONE and g.wait_ns() == 0
+
+
+def test_a_wait_is_a_few_gaps_between_arrivals_and_never_over_the_cap() -> None:
+    g = _lone_version()
+    g.waiting = True
+    assert g.wait_ns() == min(GATHER_SPAN * g.gap_ns, GATHER_MAX_NS)
+    for i in range(200):
+        g.arrived(100 * MS + i * 5 * MS)  # sparse arrivals: gaps capped at the maximum
+    assert g.wait_ns() == GATHER_MAX_NS

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from modelport.config.model import parse_model_config
+from modelport.dataplane.scheduling.placement import GATHER_MAX_NS
 from modelport.dataplane.scheduling.policy import scheduling_policy
 from modelport.dataplane.scheduling.scheduler import Scheduler
 from modelport.errors import DeadlineExceeded, InferenceFailed, Unavailable
@@ -546,4 +547,34 @@ def test_batches_on_the_loop_are_not_split_into_instance_shares() -> None:
     _together(sched, 40)
     assert runtime.threads[before:] == [loop_thread]
     assert sorted(runtime.batches[-1]) == list(range(40))
+    sched.close()
+
+
+def test_a_waiting_version_gathers_requests_that_arrive_one_per_turn_into_one_execution() -> None:
+    """With gathering on (a trial showed it serves more), a request that starts a batch
+    waits, on the scheduler's clock, for those that arrive after it; a request
+    arriving before the wait ends rides in the same execution."""
+    from modelport.dataplane.scheduling.placement import INLINE_WINDOW
+
+    clock = FakeClock()
+    runtime = Tracer()
+    sched = make(runtime, instances=2, clock=clock, modelport={"inline_busy_max_us": 5000})
+    loop_thread = _lone_requests(sched, INLINE_WINDOW)
+    sched._gathering.waiting = True  # what a trial that kept waiting on leaves
+    before = len(runtime.threads)
+
+    async def scenario() -> None:
+        first = asyncio.ensure_future(sched.submit({"x": rows(0, 1)}, ["y"], 1))
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert not first.done() and len(runtime.threads) == before  # waiting, not computed
+        second = asyncio.ensure_future(sched.submit({"x": rows(1, 1)}, ["y"], 1))
+        await asyncio.sleep(0)
+        clock.advance(GATHER_MAX_NS)  # the wait ends
+        a, b = await asyncio.gather(first, second)
+        np.testing.assert_array_equal(a.outputs["y"], 2 * rows(0, 1))
+        np.testing.assert_array_equal(b.outputs["y"], 2 * rows(1, 1))
+
+    asyncio.run(scenario())
+    assert runtime.threads[before:] == [loop_thread]  # one execution, on the loop
     sched.close()

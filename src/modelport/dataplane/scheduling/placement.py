@@ -183,3 +183,162 @@ def cost_source(traits: Traits) -> Callable[[], int] | None:
     scheduler already measures it (no second reading).
     """
     return time.thread_time_ns if traits.pin_safe else None
+
+
+#: Longest a request of a loop-bound version waits for others to batch with.
+GATHER_MAX_NS = 1_000_000
+#: A wait lasts this many times the recent gap between arrivals (up to GATHER_MAX_NS).
+GATHER_SPAN = 4
+#: One-turn deferrals finding fewer requests than this on average (in 1024ths)
+#: form no batches of their own: requests arrive one per loop turn.
+LONE_BELOW = 1536
+#: Each of the two windows a trial compares (waiting off, then on).
+TRIAL_WINDOW_NS = 500_000_000
+#: Time between trials, doubled after each that kept waiting off, up to TRIAL_EVERY_MAX_NS.
+TRIAL_EVERY_NS = 5_000_000_000
+TRIAL_EVERY_MAX_NS = 80_000_000_000
+#: Waiting stays on only when it served this much more per second (in 1024ths).
+TRIAL_MARGIN = 1075
+#: A trial ends early, waiting off, once this many waits found no second request
+#: and they are most of its waits (one caller at a time: waiting only adds latency).
+TRIAL_UNPAID = 8
+
+
+class Trial(enum.Enum):
+    """Where a version's gathering trial stands."""
+
+    NONE = "none"
+    """No trial: waiting stays as the last one decided."""
+    OFF = "off"
+    """Counting what is served per second without waiting."""
+    ON = "on"
+    """Counting what is served per second with waiting."""
+
+
+class Gathering:
+    """Whether a loop-bound version waits a little for more requests to batch with.
+
+    A version whose every batch runs on the event loop (a small model under
+    load) costs the loop about the same per execution whatever its rows, so
+    one execution of four requests is far cheaper than four of one. Batching
+    one loop turn later gathers what arrived together (REST: several
+    connections readable at once), but when requests reach the scheduler one
+    per loop turn (gRPC's server accepts one call per turn) it gathers none
+    (``lone``). Then the request that starts a batch may wait for more, for
+    ``GATHER_SPAN`` times the recent gap between arrivals and never over
+    ``GATHER_MAX_NS``.
+
+    Whether that wait pays depends on the callers, which the server cannot
+    see: many callers queued behind the loop fill the wait and the batches
+    (more served per second); a few callers that each wait for their answer
+    leave the loop idle while it waits (fewer). So it is measured: a trial
+    counts the rows served per second for ``TRIAL_WINDOW_NS`` without
+    waiting, then as long with it, and keeps waiting on only when that
+    served ``TRIAL_MARGIN``/1024 as much or more. A trial in which most
+    waits found no second request ends at once, waiting off, and so does one
+    whose requests stopped arriving one per turn. Trials repeat every
+    ``TRIAL_EVERY_NS``, the time doubling after each that changed nothing
+    (up to ``TRIAL_EVERY_MAX_NS``), so a steady load pays for a trial rarely
+    and a changed one is noticed.
+
+    Pure bookkeeping fed by the scheduler with its clock's readings, so its
+    rules are tested with plain numbers.
+    """
+
+    __slots__ = (
+        "_before",
+        "_every",
+        "_last_ns",
+        "_next_trial",
+        "_off_rate",
+        "_paid",
+        "_rows",
+        "_unpaid",
+        "_window_start",
+        "gap_ns",
+        "lone",
+        "phase",
+        "waiting",
+    )
+
+    def __init__(self) -> None:
+        self.gap_ns = GATHER_MAX_NS
+        """Mean time between arrivals (an exponentially weighted average)."""
+        self.lone = 1024
+        """Requests per one-turn deferral, in 1024ths (an exponentially weighted average)."""
+        self.waiting = False
+        """Whether the request that starts a batch waits for more."""
+        self.phase = Trial.NONE
+        self._before = False
+        self._last_ns: int | None = None
+        self._next_trial: int | None = None
+        self._every = TRIAL_EVERY_NS
+        self._window_start = 0
+        self._rows = 0
+        self._off_rate = 0
+        self._paid = 0
+        self._unpaid = 0
+
+    def arrived(self, now_ns: int) -> None:
+        """Count one arrival at ``now_ns``."""
+        last = self._last_ns
+        self._last_ns = now_ns
+        if last is not None:
+            gap = min(now_ns - last, GATHER_MAX_NS)
+            self.gap_ns += (gap - self.gap_ns) >> 3
+
+    def deferred(self, requests: int) -> None:
+        """A one-turn deferral (no wait) found ``requests`` queued."""
+        self.lone += ((requests << 10) - self.lone) >> 3
+
+    def served(self, rows: int) -> None:
+        """An execution of ``rows`` rows finished (counted during a trial only)."""
+        if self.phase is not Trial.NONE:
+            self._rows += rows
+
+    def wait_ns(self) -> int:
+        """How long the request that starts a batch waits for others (0: not at all)."""
+        if not self.waiting:
+            return 0
+        return min(GATHER_SPAN * self.gap_ns, GATHER_MAX_NS)
+
+    def waited(self, requests: int) -> None:
+        """A wait ended with ``requests`` queued; most finding no one ends a trial."""
+        if requests > 1:
+            self._paid += 1
+        else:
+            self._unpaid += 1
+        if self.phase is Trial.ON and self._unpaid >= TRIAL_UNPAID and self._unpaid > self._paid:
+            self._decide(False, self._window_start)
+
+    def tick(self, now_ns: int) -> None:
+        """Move the trial along: start one when due, switch windows, decide."""
+        if self._next_trial is None:
+            self._next_trial = now_ns + self._every
+            return
+        if self.phase is Trial.NONE:
+            if now_ns >= self._next_trial and self.lone < LONE_BELOW:
+                self._before = self.waiting
+                self.phase, self.waiting = Trial.OFF, False
+                self._window_start, self._rows = now_ns, 0
+            return
+        elapsed = now_ns - self._window_start
+        if elapsed < TRIAL_WINDOW_NS:
+            return
+        rate = self._rows * 1_000_000_000 // elapsed  # rows per second
+        if self.phase is Trial.OFF:
+            if self.lone >= LONE_BELOW:  # requests now arrive together: nothing to gather
+                self._decide(False, now_ns)
+                return
+            self._off_rate = rate
+            self.phase, self.waiting = Trial.ON, True
+            self._window_start, self._rows = now_ns, 0
+            self._paid = self._unpaid = 0
+            return
+        self._decide((rate << 10) >= self._off_rate * TRIAL_MARGIN, now_ns)
+
+    def _decide(self, wait: bool, now_ns: int) -> None:
+        self.phase, self.waiting = Trial.NONE, wait
+        changed = wait != self._before
+        self._every = TRIAL_EVERY_NS if changed else min(2 * self._every, TRIAL_EVERY_MAX_NS)
+        self._next_trial = now_ns + self._every

@@ -36,6 +36,7 @@ from modelport.dataplane.scheduling.batcher import choose_batch
 from modelport.dataplane.scheduling.cores import Pinning
 from modelport.dataplane.scheduling.placement import (
     UNKNOWN_COST,
+    Gathering,
     Placement,
     RecentCosts,
     Traits,
@@ -117,6 +118,9 @@ class Scheduler:
         self._cpu_cost = cost_source(self._traits)
         self._costs = RecentCosts()
         self._deferred = False
+        self._gathering = Gathering()
+        self._gathered = False
+        """The pending deferred pump ends a wait for more requests (``Gathering``)."""
         self._pinning: Pinning | None = None
         if policy.pin_min_ns > 0 and self._traits.pin_safe:
             self._pinning = Pinning(policy.pin_min_ns, label=label)
@@ -187,9 +191,16 @@ class Scheduler:
         costs = self._costs
         # defer_batching(costs, busy), read straight from the costs: asked per request.
         if self._inline and (costs.defer_busy if self._running else costs.defer_idle):
+            gathering = self._gathering
+            gathering.arrived(now)
             if not self._deferred:
                 self._deferred = True
-                loop.call_soon(self._deferred_pump)
+                wait = gathering.wait_ns() if costs.defer_busy and not self._running else 0
+                if wait:
+                    self._gathered = True
+                    self._timers.call_at(now + wait, self._deferred_pump)
+                else:
+                    loop.call_soon(self._deferred_pump)
         else:
             self._pump()
         try:
@@ -294,6 +305,13 @@ class Scheduler:
 
     def _deferred_pump(self) -> None:
         self._deferred = False
+        gathering = self._gathering
+        if self._gathered:
+            self._gathered = False
+            gathering.waited(len(self._queues))
+        else:
+            gathering.deferred(len(self._queues))
+        gathering.tick(self._clock())
         self._pump()
 
     def _compute_on_instance(self, batch: Sequence[Pending], names: Sequence[str]) -> _Result:
@@ -357,6 +375,7 @@ class Scheduler:
         total_rows = sum(p.rows for p in batch)
         if self._inline:
             self._costs.note(result.cost_ns, total_rows, self.policy)
+            self._gathering.served(total_rows)
         error = result.error
         outputs = result.outputs or {}
         if error is None and len(batch) > 1:
