@@ -14,6 +14,7 @@ from modelport.dataplane.scheduling.placement import (
     INLINE_MAX_BYTES,
     INLINE_WINDOW,
     TRIAL_EVERY_NS,
+    TRIAL_FIRST_NS,
     TRIAL_WINDOW_NS,
     Gathering,
     Placement,
@@ -176,6 +177,8 @@ def test_a_version_waits_only_after_a_trial_shows_waiting_serves_more() -> None:
     g = _lone_version()
     assert g.wait_ns() == 0  # nothing measured yet: no waiting
     g.tick(0)  # the first tick schedules the first trial
+    g.tick(TRIAL_FIRST_NS - 1)
+    assert g.phase is Trial.NONE
     g.tick(TRIAL_EVERY_NS)
     assert g.phase is Trial.OFF
     end = _window(g, TRIAL_EVERY_NS, 1000)  # 2000 rows/s without waiting
@@ -232,3 +235,28 @@ def test_a_wait_is_a_few_gaps_between_arrivals_and_never_over_the_cap() -> None:
     for i in range(200):
         g.arrived(100 * MS + i * 5 * MS)  # sparse arrivals: gaps capped at the maximum
     assert g.wait_ns() == GATHER_MAX_NS
+
+
+def test_a_window_the_version_spent_idle_is_measured_again() -> None:
+    """A trial window across a quiet spell would compare idle time, not waiting."""
+    g = _lone_version()
+    g.tick(0)
+    g.tick(TRIAL_FIRST_NS)
+    assert g.phase is Trial.OFF
+    g.served(1000)
+    g.tick(TRIAL_FIRST_NS + 10 * TRIAL_WINDOW_NS)  # the next batch came much later
+    assert g.phase is Trial.OFF  # the same window again, from now
+    end = _window(g, TRIAL_FIRST_NS + 10 * TRIAL_WINDOW_NS, 1000)
+    assert g.phase is Trial.ON
+    assert end > 0
+
+
+def test_a_trial_in_which_waiting_serves_less_ends_a_quarter_of_the_way_in() -> None:
+    g = _lone_version()
+    g.tick(0)
+    g.tick(TRIAL_FIRST_NS)
+    end = _window(g, TRIAL_FIRST_NS, 1000)  # 2000 rows/s without waiting
+    assert g.phase is Trial.ON
+    g.served(100)  # 800 rows/s a quarter of the way in
+    g.tick(end + TRIAL_WINDOW_NS // 4)
+    assert g.phase is Trial.NONE and not g.waiting

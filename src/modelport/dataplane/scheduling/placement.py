@@ -194,9 +194,11 @@ GATHER_SPAN = 4
 LONE_BELOW = 1536
 #: Each of the two windows a trial compares (waiting off, then on).
 TRIAL_WINDOW_NS = 500_000_000
+#: When the first trial starts, after the version's first batch.
+TRIAL_FIRST_NS = 1_000_000_000
 #: Time between trials, doubled after each that kept waiting off, up to TRIAL_EVERY_MAX_NS.
 TRIAL_EVERY_NS = 5_000_000_000
-TRIAL_EVERY_MAX_NS = 80_000_000_000
+TRIAL_EVERY_MAX_NS = 20_000_000_000
 #: Waiting stays on only when it served this much more per second (in 1024ths).
 TRIAL_MARGIN = 1075
 #: A trial ends early, waiting off, once this many waits found no second request
@@ -234,7 +236,10 @@ class Gathering:
     leave the loop idle while it waits (fewer). So it is measured: a trial
     counts the rows served per second for ``TRIAL_WINDOW_NS`` without
     waiting, then as long with it, and keeps waiting on only when that
-    served ``TRIAL_MARGIN``/1024 as much or more. A trial in which most
+    served ``TRIAL_MARGIN``/1024 as much or more (a window the version
+    spent partly idle is measured again; one in which waiting serves less
+    than without ends a quarter of the way in). The first trial starts
+    ``TRIAL_FIRST_NS`` after the version's first batch. A trial in which most
     waits found no second request ends at once, waiting off, and so does one
     whose requests stopped arriving one per turn. Trials repeat every
     ``TRIAL_EVERY_NS``, the time doubling after each that changed nothing
@@ -313,8 +318,8 @@ class Gathering:
 
     def tick(self, now_ns: int) -> None:
         """Move the trial along: start one when due, switch windows, decide."""
-        if self._next_trial is None:
-            self._next_trial = now_ns + self._every
+        if self._next_trial is None:  # the version's first batches: a trial soon
+            self._next_trial = now_ns + TRIAL_FIRST_NS
             return
         if self.phase is Trial.NONE:
             if now_ns >= self._next_trial and self.lone < LONE_BELOW:
@@ -324,6 +329,18 @@ class Gathering:
             return
         elapsed = now_ns - self._window_start
         if elapsed < TRIAL_WINDOW_NS:
+            if (
+                self.phase is Trial.ON
+                and 4 * elapsed >= TRIAL_WINDOW_NS
+                and self._rows * 1_000_000_000 // elapsed < self._off_rate
+            ):
+                # A quarter of the window in, waiting serves less: stop paying for it.
+                self._decide(False, now_ns)
+            return
+        if elapsed > 2 * TRIAL_WINDOW_NS:
+            # The version went quiet during the window (no batch to tick it): what it
+            # served then says nothing about waiting. Measure this window again.
+            self._window_start, self._rows = now_ns, 0
             return
         rate = self._rows * 1_000_000_000 // elapsed  # rows per second
         if self.phase is Trial.OFF:
