@@ -94,9 +94,10 @@ class Pipeline:
             if observers is not None
             else default_observers(metrics, payloads, self._shadow)
         )
-        # Per version, the observers that apply to it (``Observer.applies``),
-        # chosen the first time the version serves.
-        self._plans: dict[ModelVersion, tuple[Observer, ...]] = {}
+        # Per version, the observers that apply to it (``Observer.applies``), chosen
+        # the first time the version serves: for routed requests, and for the rest
+        # (without the ``routed_only`` ones).
+        self._plans: dict[ModelVersion, tuple[tuple[Observer, ...], tuple[Observer, ...]]] = {}
         self.clock: Clock = clock if clock is not None else SystemClock()
         """The data plane's clock; transports set a Call's deadline by its ``monotonic_ns``."""
         # Bound once: read several times per request to time its stages.
@@ -304,15 +305,16 @@ class Pipeline:
     def _observe(self, call: Call | None, request: InferenceRequest, served: Served) -> None:
         """Run the version's observers over one finished request."""
         served.elapsed_ns = self._clock() - served.start_ns
-        plan = self._plans.get(served.model)
-        if plan is None:
-            plan = self._plan(served.model)
-        for observer in plan:
+        plans = self._plans.get(served.model)
+        if plans is None:
+            plans = self._plan(served.model)
+        for observer in plans[0] if served.routed is not None else plans[1]:
             observer.observe(call, request, served)
 
-    def _plan(self, model: ModelVersion) -> tuple[Observer, ...]:
-        """The observers that apply to ``model``, asked once per version."""
+    def _plan(self, model: ModelVersion) -> tuple[tuple[Observer, ...], tuple[Observer, ...]]:
+        """The observers that apply to ``model`` (routed requests; the rest), asked once."""
         if len(self._plans) >= _PLANS_KEPT:
             self._plans.clear()  # replaced versions are never asked for again
-        plan = self._plans[model] = tuple(o for o in self.observers if o.applies(model))
-        return plan
+        routed = tuple(o for o in self.observers if o.applies(model))
+        plans = self._plans[model] = (routed, tuple(o for o in routed if not o.routed_only))
+        return plans

@@ -448,3 +448,35 @@ def test_no_shadow_for_the_shadow_versions_own_answers_or_named_versions() -> No
 
     _run(s, scenario)
     assert s.table.calls("3") == 1
+
+
+class Recorder:
+    """An observer that records which requests it saw."""
+
+    def __init__(self, routed_only: bool) -> None:
+        self.routed_only = routed_only
+        self.seen: list[str | None] = []
+
+    def applies(self, model: ModelVersion) -> bool:
+        return True
+
+    def observe(self, call: Any, request: InferenceRequest, served: Any) -> None:
+        self.seen.append(request.model_version)
+
+
+def test_observers_of_routed_requests_only_are_left_out_of_the_rest() -> None:
+    """A model without a traffic policy never pays for the canary and shadow observers."""
+    setup = Setup(draws=[0.1])
+    every, routed = Recorder(routed_only=False), Recorder(routed_only=True)
+    setup.pipeline = Pipeline(
+        setup.table, setup.metrics, traffic=setup.traffic, observers=(every, routed)
+    )
+
+    async def scenario() -> None:
+        await setup.pipeline.infer(_request(), "http", _no_header)  # no policy yet
+        setup.policy({"1": 100})
+        await setup.pipeline.infer(_request(), "http", _no_header)  # routed by the policy
+
+    _run(setup, scenario)
+    assert len(every.seen) == 2
+    assert len(routed.seen) == 1

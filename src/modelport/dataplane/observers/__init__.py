@@ -5,7 +5,9 @@ is answered, refused by its version, or abandoned by its caller, hands it to
 each observer that applies to the version. An observer that has nothing to
 do for a version (no payload log, no reference profile) is left out of that
 version's list once, the first time the version serves, so it costs the
-requests nothing. A new concern (tracing, drift) is one class here and one
+requests nothing; one that acts only on requests a traffic policy routed
+(canary windows, shadow copies: ``routed_only``) is left out of every other
+request's list. A new concern (tracing, drift) is one class here and one
 entry in ``default_observers``.
 """
 

@@ -62,6 +62,10 @@ class Served:
 class Observer(Protocol):
     """One job done after each request: record, count, log or copy it."""
 
+    routed_only: bool
+    """Whether it acts only on requests a traffic policy routed (``Served.routed``);
+    such an observer is left out of the list for every other request."""
+
     def applies(self, model: ModelVersion) -> bool:
         """Whether this observer has anything to do for ``model``'s requests.
 

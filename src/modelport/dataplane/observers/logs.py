@@ -19,6 +19,8 @@ class LogObserver:
     would make overload costlier.
     """
 
+    routed_only = False
+
     def applies(self, model: ModelVersion) -> bool:
         return True
 

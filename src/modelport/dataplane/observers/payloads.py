@@ -14,6 +14,8 @@ class PayloadLogObserver:
     def __init__(self, payloads: PayloadLogger) -> None:
         self.payloads = payloads
 
+    routed_only = False
+
     def applies(self, model: ModelVersion) -> bool:
         return model.payload_log is not None
 

@@ -18,6 +18,8 @@ class InputProfileObserver:
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
 
+    routed_only = False
+
     def applies(self, model: ModelVersion) -> bool:
         return model.profile is not None
 

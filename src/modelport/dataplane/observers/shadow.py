@@ -26,6 +26,8 @@ class ShadowObserver:
     def __init__(self, serve: ShadowServe) -> None:
         self._serve = serve
 
+    routed_only = True
+
     def applies(self, model: ModelVersion) -> bool:
         return True
 

@@ -14,6 +14,8 @@ class StatisticsObserver:
     refused by validation never reached the model (Triton counts the same way).
     """
 
+    routed_only = False
+
     def applies(self, model: ModelVersion) -> bool:
         return True
 

@@ -15,6 +15,8 @@ class CanaryWindowObserver:
     mistake or a refusal under load says nothing about a candidate's health.
     """
 
+    routed_only = True
+
     def applies(self, model: ModelVersion) -> bool:
         return True
 
