@@ -560,7 +560,7 @@ def test_a_waiting_version_gathers_requests_that_arrive_one_per_turn_into_one_ex
     runtime = Tracer()
     sched = make(runtime, instances=2, clock=clock, modelport={"inline_busy_max_us": 5000})
     loop_thread = _lone_requests(sched, INLINE_WINDOW)
-    sched._gathering.waiting = True  # what a trial that kept waiting on leaves
+    sched._gathering.waiting = sched._gathering.tracking = True  # what a kept trial leaves
     before = len(runtime.threads)
 
     async def scenario() -> None:

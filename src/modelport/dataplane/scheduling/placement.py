@@ -125,17 +125,14 @@ class RecentCosts:
             # was slow says nothing about rows (the slack deals with it).
             self.inline_rows = min(self.inline_rows, max(1, rows // 2))
         # Answered here, once per execution, rather than per request (``defer_batching``).
-        self.defer_busy = _every_batch_inline(self)
-        self.defer_idle = self.defer_busy or self.over_lone == 0
+        # Every batch may run inline while at most the slack's executions were costly.
+        self.defer_busy = every = self.over_busy <= INLINE_BUSY_SLACK
+        self.defer_idle = every or self.over_lone == 0
 
 
 def inline_enabled(traits: Traits, settings: SchedulingPolicy) -> bool:
     """Whether any batch of this version may ever run on the loop."""
     return traits.inline_safe and (settings.inline_max_ns > 0 or settings.inline_busy_max_ns > 0)
-
-
-def _every_batch_inline(costs: RecentCosts) -> bool:
-    return costs.over_busy <= INLINE_BUSY_SLACK
 
 
 def defer_batching(costs: RecentCosts, busy: bool) -> bool:
@@ -162,15 +159,22 @@ def place(
 
     ``idle``: nothing else of this version is queued or computing. Rows and
     bytes are summed only once the cheaper rules leave the loop possible.
+    Called once per batch, so the rules read the answers ``RecentCosts``
+    keeps (``defer_busy`` is whether every batch may run inline).
     """
     if not inline_enabled(traits, settings):
         return Placement.INSTANCE
-    if _every_batch_inline(costs):
-        if sum(p.rows for p in batch) > costs.inline_rows:
+    if costs.defer_busy:
+        rows = batch[0].rows if len(batch) == 1 else sum(p.rows for p in batch)
+        if rows > costs.inline_rows:
             return Placement.INSTANCE
     elif len(batch) != 1 or not idle or costs.over_lone != 0:
         return Placement.INSTANCE
-    if sum(a.nbytes for p in batch for a in p.inputs.values()) > INLINE_MAX_BYTES:
+    size = 0
+    for p in batch:
+        for a in p.inputs.values():
+            size += a.nbytes
+    if size > INLINE_MAX_BYTES:
         return Placement.INSTANCE
     return Placement.LOOP
 
@@ -263,6 +267,7 @@ class Gathering:
         "gap_ns",
         "lone",
         "phase",
+        "tracking",
         "waiting",
     )
 
@@ -274,6 +279,11 @@ class Gathering:
         self.waiting = False
         """Whether the request that starts a batch waits for more."""
         self.phase = Trial.NONE
+        self.tracking = False
+        """Whether arrivals and served rows are counted: while waiting, or in a trial.
+
+        The scheduler asks before each call, so a version that never waits
+        pays for no bookkeeping per request."""
         self._before = False
         self._last_ns: int | None = None
         self._next_trial: int | None = None
@@ -324,7 +334,7 @@ class Gathering:
         if self.phase is Trial.NONE:
             if now_ns >= self._next_trial and self.lone < LONE_BELOW:
                 self._before = self.waiting
-                self.phase, self.waiting = Trial.OFF, False
+                self.phase, self.waiting, self.tracking = Trial.OFF, False, True
                 self._window_start, self._rows = now_ns, 0
             return
         elapsed = now_ns - self._window_start
@@ -355,7 +365,7 @@ class Gathering:
         self._decide((rate << 10) >= self._off_rate * TRIAL_MARGIN, now_ns)
 
     def _decide(self, wait: bool, now_ns: int) -> None:
-        self.phase, self.waiting = Trial.NONE, wait
+        self.phase, self.waiting, self.tracking = Trial.NONE, wait, wait
         changed = wait != self._before
         self._every = TRIAL_EVERY_NS if changed else min(2 * self._every, TRIAL_EVERY_MAX_NS)
         self._next_trial = now_ns + self._every

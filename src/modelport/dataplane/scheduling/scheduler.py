@@ -192,7 +192,8 @@ class Scheduler:
         # defer_batching(costs, busy), read straight from the costs: asked per request.
         if self._inline and (costs.defer_busy if self._running else costs.defer_idle):
             gathering = self._gathering
-            gathering.arrived(now)
+            if gathering.tracking:
+                gathering.arrived(now)
             if not self._deferred:
                 self._deferred = True
                 wait = gathering.wait_ns() if costs.defer_busy and not self._running else 0
@@ -375,7 +376,8 @@ class Scheduler:
         total_rows = sum(p.rows for p in batch)
         if self._inline:
             self._costs.note(result.cost_ns, total_rows, self.policy)
-            self._gathering.served(total_rows)
+            if self._gathering.tracking:
+                self._gathering.served(total_rows)
         error = result.error
         outputs = result.outputs or {}
         if error is None and len(batch) > 1:
