@@ -388,6 +388,8 @@ def test_listings_show_only_the_models_a_caller_may_see(
     assert {s["name"] for s in stats} == {"fraud-1"}
     models = httpx.get(f"{server.base}/api/v1/models", headers=acme).json()["models"]
     assert {m["name"] for m in models} == {"fraud-1"}
+    assert httpx.get(f"{server.base}/v1/models", headers=acme).json() == {"models": ["fraud-1"]}
+    assert httpx.get(f"{server.base}/v1/models").status_code == 401
     history = httpx.get(f"{server.base}/api/v1/history", headers=acme).json()["events"]
     assert {e["model"] for e in history} <= {"fraud-1"}
     client = grpcclient.InferenceServerClient(server.grpc_url)

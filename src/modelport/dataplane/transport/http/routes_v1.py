@@ -1,6 +1,8 @@
 """KServe's V1 protocol, for clients written for it.
 
-``POST /v1/models/{m}:predict`` takes ``instances`` (a list of rows) or
+``GET /v1/models`` lists the names of the models ready to serve that the
+caller may see (``{"models": [...]}``); ``GET /v1/models/{m}`` says whether one
+is ready. ``POST /v1/models/{m}:predict`` takes ``instances`` (a list of rows) or
 ``inputs`` (rows, or a mapping of input name to rows) and answers
 ``predictions``: one value per row for a single-output model, or one object
 per row mapping output names to values.
@@ -14,10 +16,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from modelport.dataplane.admission.identity import IDENTITY_SCOPE_KEY
+from modelport.dataplane.admission.identity import IDENTITY_SCOPE_KEY, VISIBLE_SCOPE_KEY
 from modelport.dataplane.admission.needs import needs
 from modelport.dataplane.codec.jsonbody import decode_json
 from modelport.dataplane.codec.tensors import array_from_json, array_to_json, check_shape
+from modelport.dataplane.info import Visible
 from modelport.dataplane.table import ModelVersion
 from modelport.dataplane.transport.context import TransportContext
 from modelport.dataplane.transport.http.body import read_body
@@ -68,6 +71,13 @@ def decode_v1(model: ModelVersion, body: Any, max_elements: int) -> list[Tensor]
 
 
 def routes(ctx: TransportContext) -> list[Route]:
+    @needs(Role.VIEWER)
+    async def list_models(request: Request) -> Response:
+        """KServe v1's listing: the names of the models ready to serve that the caller may see."""
+        visible: Visible = request.scope.get(VISIBLE_SCOPE_KEY)
+        entries = ctx.info.repository_index(True, visible)
+        return json_response({"models": sorted({e.name for e in entries})})
+
     @needs(Role.VIEWER, model="model")
     async def model_status(request: Request) -> Response:
         state = ctx.info.model_ready(request.path_params["model"], None)
@@ -114,6 +124,7 @@ def routes(ctx: TransportContext) -> list[Route]:
         return json_response({"predictions": predictions})
 
     return [
+        Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/models/{model}", model_status, methods=["GET"]),
         Route("/v1/models/{model}:predict", predict, methods=["POST"]),
     ]
