@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 
+from modelport import __version__
 from modelport.cli.audit import audit_app
 from modelport.cli.compliance import compliance_app
 from modelport.cli.convert import convert
@@ -33,8 +34,24 @@ app.add_typer(payloads_app, name="payloads")
 app.add_typer(compliance_app, name="compliance")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"modelport {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print modelport's version and exit.",
+        ),
+    ] = False,
+) -> None:
     """modelport: Open Inference Protocol (REST and gRPC) model server."""
 
 
