@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -182,3 +183,17 @@ def test_draining_pool_refuses_new_work_and_unloads(setup: Any) -> None:
 
     asyncio.run(scenario())
     assert runtime.unloaded
+
+
+def test_a_model_failure_is_logged_as_the_model_failing_not_as_a_refusal(
+    setup: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    pipeline, *_ = setup
+    with (
+        caplog.at_level(logging.WARNING, logger="modelport.inference"),
+        pytest.raises(InferenceFailed),
+    ):
+        asyncio.run(pipeline.infer(_request([[np.nan, 1]], [[1, 1]]), "http"))
+    messages = [r.getMessage() for r in caplog.records if r.name == "modelport.inference"]
+    assert messages == ["model failed"]
+    assert caplog.records[-1].levelno == logging.WARNING

@@ -27,11 +27,13 @@ class LogObserver:
     def observe(self, call: Call | None, request: InferenceRequest, served: Served) -> None:
         error = served.error
         if error is not None:
-            level = logging.WARNING if isinstance(error, InferenceFailed) else logging.DEBUG
+            failed = isinstance(error, InferenceFailed)
+            level = logging.WARNING if failed else logging.DEBUG
             if log.isEnabledFor(level):
                 log.log(
                     level,
-                    "inference refused",
+                    # The model's own failure is not a refusal: say which it was.
+                    "model failed" if failed else "inference refused",
                     extra={
                         "request_id": request.id,
                         "model": served.model.name,
