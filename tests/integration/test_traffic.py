@@ -482,6 +482,12 @@ def test_command_line_drives_the_api(srv: Server) -> None:
     history = json.loads(cli(srv, "deploy", "history", "cli").stdout)["events"]
     assert [e["action"] for e in history][:3] == ["traffic.update"] * 3
     assert history[-1]["reason"] == "split"
+    # Without a model: every model's history, this one's changes among them.
+    everything = cli(srv, "deploy", "history")
+    assert everything.returncode == 0, everything.stderr
+    events = json.loads(everything.stdout)["events"]
+    assert {e["model"] for e in events} >= {"cli"}
+    assert [e for e in events if e["model"] == "cli"][:3] == history[:3]
     unreachable = subprocess.run(
         [sys.executable, "-m", "modelport", "models", "list", "--url", "http://127.0.0.1:9"],
         capture_output=True,

@@ -151,9 +151,16 @@ def rollback(model: str, reason: str | None = None, url: Url = DEFAULT_URL) -> N
 
 
 @deploy_app.command("history")
-def history(model: str, limit: int = 20, url: Url = DEFAULT_URL) -> None:
+def history(
+    model: Annotated[
+        str | None, typer.Argument(help="Only this model's changes; every model's without one.")
+    ] = None,
+    limit: int = 20,
+    url: Url = DEFAULT_URL,
+) -> None:
     """Who changed what, when and why (newest first)."""
-    _show(_call(url, "GET", f"/models/{model}/history?limit={limit}"))
+    path = f"/models/{model}/history" if model is not None else "/history"
+    _show(_call(url, "GET", f"{path}?limit={limit}"))
 
 
 @canary_app.command("start")
