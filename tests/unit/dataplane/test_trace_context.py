@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from modelport.clock import SystemClock
 from modelport.dataplane.transport.grpc.metadata import MetadataView
+from modelport.dataplane.transport.grpc.service import InferenceService
+from modelport.dataplane.transport.http.fastpath import InferRoute
 from modelport.dataplane.transport.http.headers import HeaderView
 from modelport.dataplane.transport.trace import MAX_TRACESTATE, trace_context
+from modelport.protos import grpc_service_pb2 as pb
+from modelport.types import Call, InferenceRequest, InferenceResponse
 
 PARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
@@ -78,3 +86,55 @@ def test_grpc_metadata_is_read_once_and_answers_first_values_without_binary_entr
     assert sorted(view) == ["traceparent", "x-data-residency"]
     assert len(view) == 2
     assert context.reads == 1
+
+
+class _Pipeline:
+    """Records the Call each transport builds, and answers with no outputs."""
+
+    def __init__(self) -> None:
+        self.clock = SystemClock()
+        self.calls: list[Call] = []
+        self.admission = SimpleNamespace(before_body=lambda *args: None)
+
+    async def infer(
+        self, request: InferenceRequest, protocol: str, header: Any, call: Call, admitted: Any
+    ) -> InferenceResponse:
+        self.calls.append(call)
+        return InferenceResponse(request.model_name, "1", [], id=request.id)
+
+
+def _ctx(pipeline: _Pipeline) -> Any:
+    return SimpleNamespace(pipeline=pipeline, max_body_bytes=1 << 20, max_elements=1 << 20)
+
+
+BODY = json.dumps({"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}]})
+
+
+def test_the_rest_infer_route_hands_the_trace_context_to_its_call() -> None:
+    pipeline = _Pipeline()
+    scope = {
+        "type": "http",
+        "path": "/v2/models/m/infer",
+        "headers": [(b"traceparent", PARENT.encode()), (b"tracestate", b"a=b")],
+    }
+
+    async def read(declared: str | None, encoding: str) -> bytes:
+        return BODY.encode()
+
+    reply = asyncio.run(InferRoute(_ctx(pipeline)).respond(scope, "m", None, read))
+    assert reply is not None and reply[0] == 200
+    (call,) = pipeline.calls
+    assert dict(call.trace) == {"traceparent": PARENT, "tracestate": "a=b"}
+
+
+def test_the_grpc_infer_rpc_hands_the_trace_context_to_its_call() -> None:
+    pipeline = _Pipeline()
+    context = _Context((("traceparent", PARENT),))
+    context.time_remaining = lambda: None  # type: ignore[attr-defined]
+    context.peer = lambda: "ipv4:127.0.0.1:5000"  # type: ignore[attr-defined]
+    message = pb.ModelInferRequest(model_name="m")
+    tensor = message.inputs.add(name="x", datatype="FP32", shape=[1])
+    tensor.contents.fp32_contents.append(1.0)
+    asyncio.run(InferenceService(_ctx(pipeline))._infer(message, context, None))  # type: ignore[arg-type]
+    (call,) = pipeline.calls
+    assert dict(call.trace) == {"traceparent": PARENT}
