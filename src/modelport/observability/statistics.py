@@ -62,26 +62,12 @@ class ModelStatistics:
         output_ns: int,
         samples: int,
     ) -> None:
-        """One request answered; ``samples`` is its batch size (1 when not batching).
-
-        Called for every request, so the additions are written out rather than
-        made through ``Duration.add`` (a method call each).
-        """
-        d = self.success
-        d.count += 1
-        d.ns += total_ns
-        d = self.queue
-        d.count += 1
-        d.ns += queue_ns
-        d = self.compute_input
-        d.count += 1
-        d.ns += input_ns
-        d = self.compute_infer
-        d.count += 1
-        d.ns += infer_ns
-        d = self.compute_output
-        d.count += 1
-        d.ns += output_ns
+        """One request answered; ``samples`` is its batch size (1 when not batching)."""
+        self.success.add(total_ns)
+        self.queue.add(queue_ns)
+        self.compute_input.add(input_ns)
+        self.compute_infer.add(infer_ns)
+        self.compute_output.add(output_ns)
         self.inference_count += samples
         self.last_inference_ms = time.time_ns() // 1_000_000
 
@@ -108,15 +94,9 @@ class ModelStatistics:
         b = self.batches.get(batch_size)
         if b is None:
             b = self.batches[batch_size] = BatchDurations()
-        d = b.compute_input
-        d.count += 1
-        d.ns += input_ns
-        d = b.compute_infer
-        d.count += 1
-        d.ns += infer_ns
-        d = b.compute_output
-        d.count += 1
-        d.ns += output_ns
+        b.compute_input.add(input_ns)
+        b.compute_infer.add(infer_ns)
+        b.compute_output.add(output_ns)
 
     def to_json(self, name: str, version: str) -> dict[str, Any]:
         """One entry of ``model_stats`` as Triton's statistics extension shapes it."""
