@@ -135,10 +135,10 @@ class Admission:
         costs no coroutine: no limiter, an internal call, or neither the
         caller nor the model has a rate.
         """
-        if self.limiter is None or model.rate_limit is not None:
-            return self.limiter is not None and (call is None or not call.origin.internal)
-        if call is not None and call.origin.internal:
+        if self.limiter is None or (call is not None and call.origin.internal):
             return False
+        if model.rate_limit is not None:
+            return True
         identity = caller(call, request)
         return identity is not None and identity.rate is not None and identity.burst is not None
 
