@@ -13,9 +13,6 @@ from modelport.dataplane.admission.audit import AuthAudit
 from modelport.dataplane.admission.gate import Gate
 from modelport.dataplane.admission.watch import DETECTOR, TrafficWatch, security_sink
 from modelport.dataplane.pipeline import Pipeline
-from modelport.dataplane.scheduled import ScheduledServable
-from modelport.dataplane.scheduling.policy import scheduling_policy
-from modelport.dataplane.scheduling.scheduler import Scheduler
 from modelport.dataplane.table import ModelVersion
 from modelport.errors import Unauthenticated
 from modelport.observability.anomaly import (
@@ -26,8 +23,8 @@ from modelport.observability.anomaly import (
 )
 from modelport.observability.metrics import Metrics
 from modelport.observability.profile import InputProfile, build_profile
-from modelport.observability.statistics import ModelStatistics
 from modelport.types import Identity, InferenceRequest, ModelSignature, Role, Tensor, TensorSpec
+from tests.unit.dataplane.versions import scheduled_version
 
 ALICE = Identity("key:a", "alice", Role.INVOKER, ("*",))
 
@@ -142,17 +139,7 @@ class Table:
 
 def _profiled(profile: InputProfile | None) -> tuple[Pipeline, Metrics]:
     config = parse_model_config({"max_batch_size": 8}, "t")
-    scheduler = Scheduler(Echo(), scheduling_policy(config, None), 1, "t")
-    model = ModelVersion(
-        "m",
-        "1",
-        "fake",
-        SIGNATURE,
-        config,
-        ScheduledServable(scheduler, "m", "1", SIGNATURE),
-        ModelStatistics(),
-        profile,
-    )
+    model = scheduled_version(Echo(), SIGNATURE, config, profile=profile)
     metrics = Metrics()
     return Pipeline(Table(model), metrics), metrics  # type: ignore[arg-type]
 

@@ -12,14 +12,11 @@ import pytest
 
 from modelport.config.model import parse_model_config
 from modelport.dataplane.pipeline import Pipeline
-from modelport.dataplane.scheduled import ScheduledServable
-from modelport.dataplane.scheduling.policy import scheduling_policy
-from modelport.dataplane.scheduling.scheduler import Scheduler
 from modelport.dataplane.table import ModelVersion
 from modelport.errors import InferenceFailed, InvalidRequest, ModelNotReady, NotFound
 from modelport.observability.metrics import Metrics
-from modelport.observability.statistics import ModelStatistics
 from modelport.types import InferenceRequest, ModelSignature, RequestedOutput, Tensor, TensorSpec
+from tests.unit.dataplane.versions import scheduled_version
 
 SIGNATURE = ModelSignature(
     inputs=(TensorSpec("a", "FP32", (-1, 2)), TensorSpec("b", "FP32", (-1, 2))),
@@ -73,19 +70,7 @@ class Table:
 def setup() -> tuple[Pipeline, ModelVersion, AddSub, Metrics]:
     runtime = AddSub()
     config = parse_model_config({"max_batch_size": 4}, "t")
-    stats = ModelStatistics()
-    scheduler = Scheduler(
-        runtime, scheduling_policy(config, None), 1, "t", on_execution=stats.record_execution
-    )
-    model = ModelVersion(
-        "m",
-        "1",
-        "fake",
-        SIGNATURE,
-        config,
-        ScheduledServable(scheduler, "m", "1", SIGNATURE),
-        stats,
-    )
+    model = scheduled_version(runtime, SIGNATURE, config, count_executions=True)
     metrics = Metrics()
     return Pipeline(Table(model), metrics), model, runtime, metrics
 

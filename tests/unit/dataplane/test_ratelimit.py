@@ -20,16 +20,13 @@ from modelport.dataplane.admission import Decision, MemoryRateLimiter
 from modelport.dataplane.admission.ratelimit import take
 from modelport.dataplane.admission.redis_limiter import RedisRateLimiter
 from modelport.dataplane.pipeline import Pipeline
-from modelport.dataplane.scheduled import ScheduledServable
-from modelport.dataplane.scheduling.policy import scheduling_policy
-from modelport.dataplane.scheduling.scheduler import Scheduler
 from modelport.dataplane.table import ModelVersion
 from modelport.dataplane.transport.grpc.errors import grpc_status, trailing_metadata
 from modelport.dataplane.transport.http.errors import http_status, retry_after
 from modelport.errors import ConfigError, NotFound, RateLimited, Unavailable
 from modelport.observability.metrics import Metrics
-from modelport.observability.statistics import ModelStatistics
 from modelport.types import InferenceRequest, ModelSignature, Tensor, TensorSpec
+from tests.unit.dataplane.versions import scheduled_version
 
 T = TypeVar("T")
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -340,17 +337,7 @@ class CountingLimiter(MemoryRateLimiter):
 
 def _model(name: str, options: dict[str, Any], runtime: Echo) -> ModelVersion:
     config = parse_model_config({"max_batch_size": 4, "modelport": options}, name)
-    stats = ModelStatistics()
-    scheduler = Scheduler(runtime, scheduling_policy(config, None), 1, name)
-    return ModelVersion(
-        name,
-        "1",
-        "fake",
-        SIGNATURE,
-        config,
-        ScheduledServable(scheduler, name, "1", SIGNATURE),
-        stats,
-    )
+    return scheduled_version(runtime, SIGNATURE, config, name)
 
 
 def _request(name: str) -> InferenceRequest:

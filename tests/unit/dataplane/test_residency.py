@@ -19,15 +19,12 @@ from modelport.dataplane.admission.residency import (
     parse_residency,
 )
 from modelport.dataplane.pipeline import Pipeline
-from modelport.dataplane.scheduled import ScheduledServable
-from modelport.dataplane.scheduling.policy import scheduling_policy
-from modelport.dataplane.scheduling.scheduler import Scheduler
 from modelport.dataplane.table import ModelVersion
 from modelport.errors import ConfigError, InvalidRequest, NotFound, ResidencyRefused
 from modelport.observability.metrics import Metrics
-from modelport.observability.statistics import ModelStatistics
 from modelport.regions import region_allowed
 from modelport.types import Identity, InferenceRequest, ModelSignature, Role, Tensor, TensorSpec
+from tests.unit.dataplane.versions import scheduled_version
 
 
 @pytest.mark.parametrize(
@@ -210,17 +207,7 @@ class Table:
 def _pipeline(region: str | None) -> tuple[Pipeline, Echo, Metrics, AuthAudit]:
     runtime = Echo()
     config = parse_model_config({"max_batch_size": 4}, "t")
-    stats = ModelStatistics()
-    scheduler = Scheduler(runtime, scheduling_policy(config, None), 1, "t")
-    model = ModelVersion(
-        "m",
-        "1",
-        "fake",
-        SIGNATURE,
-        config,
-        ScheduledServable(scheduler, "m", "1", SIGNATURE),
-        stats,
-    )
+    model = scheduled_version(runtime, SIGNATURE, config)
     metrics, audit = Metrics(), AuthAudit(None)
     guard = ResidencyGuard(
         region, {}, audit, lambda name: metrics.residency_refused.labels(name).inc()
