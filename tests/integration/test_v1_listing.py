@@ -27,7 +27,7 @@ def test_v1_models_lists_the_ready_models_and_only_them(server: Server) -> None:
         assert httpx.get(f"{server.base}/v1/models/{name}", timeout=10).json()["ready"] is True
 
 
-def test_v1_models_takes_no_body_method_but_get(server: Server) -> None:
+def test_v1_models_answers_get_only(server: Server) -> None:
     r = httpx.post(f"{server.base}/v1/models", json={}, timeout=10)
     assert r.status_code == 405
 
