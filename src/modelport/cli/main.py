@@ -93,6 +93,19 @@ def serve(
         int | None, typer.Option(help="Response cache size in bytes (0: off).")
     ] = None,
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning or error.")] = None,
+    log_format: Annotated[
+        str | None,
+        typer.Option(
+            help="auto (default: text on a terminal, JSON lines otherwise), text or json."
+        ),
+    ] = None,
+    triton_metrics: Annotated[
+        bool | None,
+        typer.Option(
+            "--triton-metrics/--no-triton-metrics",
+            help="Serve Triton's nv_* metric names beside modelport's own (default: on).",
+        ),
+    ] = None,
     data_dir: Annotated[
         Path | None,
         typer.Option(help="Directory of the embedded state database (default ./.modelport)."),
@@ -178,6 +191,8 @@ def serve(
         "default_timeout": default_timeout,
         "cache_size": cache_size,
         "log_level": log_level,
+        "log_format": log_format,
+        "triton_metrics": triton_metrics,
         "data_dir": data_dir,
         "state_url": state_url,
         "master_key_file": master_key_file,

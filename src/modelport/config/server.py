@@ -76,7 +76,13 @@ class ServerConfig(BaseModel):
     cache_size: int = Field(default=0, ge=0)
     """Bytes of the response cache shared by models with ``response_cache.enable``; 0 is off."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    """Threshold of the structured JSON log."""
+    """Threshold of the server's log."""
+    log_format: Literal["auto", "text", "json"] = "auto"
+    """Log lines for people (text) or for collectors (json, one object per line);
+    auto picks text when stderr is a terminal, json otherwise."""
+    triton_metrics: bool = True
+    """Serve Triton's metric names (``nv_inference_*``, ``nv_cpu_*``) on /metrics beside
+    modelport's own, so dashboards built for Triton work unchanged."""
     shutdown_grace: float = Field(default=30.0, ge=0)
     """Seconds SIGTERM waits for requests in flight before closing."""
     data_dir: Path = Path(".modelport")
