@@ -3,10 +3,12 @@
 Triton's strict readiness is the default: ``/v2/health/ready``, gRPC
 ServerReady and the standard grpc.health.v1 service (what Kubernetes' gRPC
 probes ask) say not ready while a model failed to load, and not for versions
-left unloaded on purpose. A directory whose name is not a valid model name,
-and a model asking for sequence batching, are listed in the repository index
-as UNAVAILABLE with the reason instead of vanishing or failing every request;
+left unloaded on purpose. A directory whose name is not a valid model name
+is listed in the repository index as UNAVAILABLE with the reason instead of
+vanishing or failing every request;
 the misnamed directory is no model that failed, so it leaves readiness alone.
+A model with sequence batching among them serves (tests/integration/test_sequences.py
+has the rest).
 """
 
 from __future__ import annotations
@@ -208,7 +210,7 @@ def test_a_misnamed_directory_is_listed_with_the_naming_rule(troubled: Server) -
     ready_only = httpx.post(
         f"{troubled.base}/v2/repository/index", json={"ready": True}, timeout=10
     ).json()
-    assert {e["name"] for e in ready_only} == {"good"}
+    assert {e["name"] for e in ready_only} == {"good", "seq"}
 
 
 def test_a_repository_with_lost_and_found_and_a_good_model_is_ready(tmp_path: Path) -> None:
@@ -251,23 +253,23 @@ def test_a_misnamed_directory_leaves_the_index_when_it_leaves_the_disk(tmp_path:
 # ----------------------------------------------------------- sequence batching
 
 
-def test_sequence_batching_is_refused_at_load(troubled: Server) -> None:
+def test_a_sequence_model_loads_and_takes_only_sequence_requests(troubled: Server) -> None:
     entry = next(e for e in _index(troubled) if e["name"] == "seq")
-    assert entry["state"] == "UNAVAILABLE"
-    assert "sequence_batching is not supported yet" in entry["reason"]
+    assert entry["state"] == "READY"
 
     body = {"inputs": [{"name": "INPUT0", "shape": [1, 4], "datatype": "FP32", "data": [0] * 4}]}
     r = httpx.post(f"{troubled.base}/v2/models/seq/infer", json=body, timeout=10)
-    assert r.status_code == 503
-    assert "sequence_batching is not supported yet" in r.json()["error"]
+    assert r.status_code == 400
+    assert "needs a 'sequence_id'" in r.json()["error"]
 
     client = grpcclient.InferenceServerClient(troubled.grpc_url)
     try:
         inp = grpcclient.InferInput("INPUT0", [1, 4], "FP32")
-        inp.set_data_from_numpy(np.zeros((1, 4), dtype=np.float32))
+        inp.set_data_from_numpy(np.ones((1, 4), dtype=np.float32))
         with pytest.raises(InferenceServerException) as info:
             client.infer("seq", [inp])
-        assert info.value.status() == "StatusCode.UNAVAILABLE"
-        assert "sequence_batching is not supported yet" in str(info.value.message())
+        assert info.value.status() == "StatusCode.INVALID_ARGUMENT"
+        out = client.infer("seq", [inp], sequence_id=1, sequence_start=True, sequence_end=True)
+        assert out.as_numpy("OUTPUT0").tolist() == [[1.0] * 4]
     finally:
         client.close()

@@ -6,8 +6,8 @@ are Triton's; whatever modelport adds lives in the ``modelport:`` block, so
 unknown top-level keys are errors rather than silently ignored.
 
 Sections that modelport reads today are typed closely; Triton sections it
-accepts but does not act on yet (sequence batching, ensembles ...) are kept
-as plain mappings so an existing Triton repository still loads.
+accepts but does not act on yet (ensembles ...) are kept as plain mappings so
+an existing Triton repository still loads.
 """
 
 from __future__ import annotations
@@ -145,6 +145,122 @@ class DynamicBatching(_Strict):
     priority_queue_policy: dict[int, QueuePolicy] = Field(default_factory=dict)
 
 
+#: Triton's control kinds: what the sequence batcher tells the model through a control input.
+ControlKind = Literal[
+    "CONTROL_SEQUENCE_START",
+    "CONTROL_SEQUENCE_READY",
+    "CONTROL_SEQUENCE_END",
+    "CONTROL_SEQUENCE_CORRID",
+]
+
+#: Datatypes a CONTROL_SEQUENCE_CORRID input may have (Triton's).
+CORRID_TYPES = ("TYPE_INT32", "TYPE_INT64", "TYPE_UINT32", "TYPE_UINT64", "TYPE_STRING")
+
+
+class SequenceControl(_Strict):
+    """One signal the sequence batcher writes into a control input (Triton's ``Control``).
+
+    START, READY and END give their [false, true] values in exactly one of the
+    ``*_false_true`` pairs, whose type is the tensor's (INT32, FP32, BOOL);
+    CORRID gives the tensor's ``data_type`` instead. Protobuf omits an enum at
+    its default, so a pbtxt control without ``kind`` is a START control.
+    """
+
+    kind: ControlKind = "CONTROL_SEQUENCE_START"
+    int32_false_true: list[int] = Field(default_factory=list)
+    fp32_false_true: list[float] = Field(default_factory=list)
+    bool_false_true: list[bool] = Field(default_factory=list)
+    data_type: str = "TYPE_INVALID"
+
+    def model_post_init(self, __context: Any) -> None:
+        pairs = [
+            name
+            for name in ("int32_false_true", "fp32_false_true", "bool_false_true")
+            if getattr(self, name)
+        ]
+        if self.kind == "CONTROL_SEQUENCE_CORRID":
+            if pairs:
+                raise ValueError(f"a CORRID control takes data_type, not {pairs[0]}")
+            if self.data_type not in CORRID_TYPES:
+                raise ValueError(
+                    f"a CORRID control needs data_type {', '.join(CORRID_TYPES)}; "
+                    f"got {self.data_type}"
+                )
+            return
+        if len(pairs) != 1:
+            raise ValueError(
+                f"{self.kind} needs exactly one of int32_false_true, fp32_false_true, "
+                f"bool_false_true (got {len(pairs)})"
+            )
+        if len(getattr(self, pairs[0])) != 2:
+            raise ValueError(f"{pairs[0]} holds two values: [false, true]")
+        if self.data_type != "TYPE_INVALID":
+            raise ValueError(f"{self.kind} takes its type from {pairs[0]}, not data_type")
+
+
+class ControlInput(_Strict):
+    """A model input the sequence batcher fills; clients never send it."""
+
+    name: str
+    control: list[SequenceControl] = Field(min_length=1, max_length=1)
+
+
+class InitialState(_Strict):
+    """The value a sequence's implicit state starts from (zeros when none is given)."""
+
+    data_type: str = "TYPE_INVALID"
+    dims: list[int] = Field(default_factory=list)
+    zero_data: bool = False
+    data_file: str = ""
+    name: str = ""
+
+
+class SequenceState(_Strict):
+    """Implicit state: ``output_name`` of one request is fed as ``input_name`` of the next."""
+
+    input_name: str
+    output_name: str
+    data_type: str
+    dims: list[int]
+    initial_state: list[InitialState] = Field(default_factory=list, max_length=1)
+    use_same_buffer_for_input_output: bool = False
+    use_growable_memory: bool = False
+
+    _dt = field_validator("data_type")(_check_data_type)
+    _dims = field_validator("dims")(_check_dims)
+
+
+class StrategyDirect(_Strict):
+    max_queue_delay_microseconds: int = Field(default=0, ge=0)
+    minimum_slot_utilization: float = Field(default=0.0, ge=0, le=1)
+
+
+class StrategyOldest(_Strict):
+    max_candidate_sequences: int = Field(default=0, ge=0)
+    preferred_batch_size: list[int] = Field(default_factory=list)
+    max_queue_delay_microseconds: int = Field(default=0, ge=0)
+    preserve_ordering: bool = False
+
+
+class SequenceBatching(_Strict):
+    """Triton's ``sequence_batching``: stateful models whose requests carry a sequence id.
+
+    Neither strategy given means ``direct`` (Triton's default).
+    """
+
+    max_sequence_idle_microseconds: int = Field(default=0, ge=0)
+    """A sequence with no request for this long is ended and its slot freed; 0 is 1 s."""
+    control_input: list[ControlInput] = Field(default_factory=list)
+    direct: StrategyDirect | None = None
+    oldest: StrategyOldest | None = None
+    state: list[SequenceState] = Field(default_factory=list)
+    iterative_sequence: bool = False
+
+    def model_post_init(self, __context: Any) -> None:
+        if self.direct is not None and self.oldest is not None:
+            raise ValueError("choose one strategy: direct or oldest")
+
+
 class Accelerator(_Strict):
     name: str
     parameters: dict[str, str] = Field(default_factory=dict)
@@ -271,7 +387,7 @@ class ModelConfig(_Strict):
     batch_output: list[dict[str, Any]] = Field(default_factory=list)
     optimization: Optimization | None = None
     dynamic_batching: DynamicBatching | None = None
-    sequence_batching: dict[str, Any] | None = None
+    sequence_batching: SequenceBatching | None = None
     ensemble_scheduling: dict[str, Any] | None = None
     instance_group: list[InstanceGroup] = Field(default_factory=list)
     default_model_filename: str = ""

@@ -9,6 +9,7 @@ already in flight on that version.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from modelport.clock import Clock, SystemClock
@@ -25,10 +26,18 @@ from modelport.dataplane.runtime.process import load_in_processes
 from modelport.dataplane.scheduled import ScheduledServable
 from modelport.dataplane.scheduling.policy import scheduling_policy, with_scheduling_shown
 from modelport.dataplane.scheduling.scheduler import Scheduler
+from modelport.dataplane.scheduling.sequencer import SequenceScheduler
+from modelport.dataplane.scheduling.sequences import (
+    SequenceSettings,
+    sequence_settings,
+    with_idle_controls,
+)
+from modelport.dataplane.sequenced import SequencedServable
 from modelport.dataplane.table import ModelVersion
 from modelport.errors import ConfigError, ModelLoadError
 from modelport.observability.profile import load_profile
 from modelport.observability.statistics import ModelStatistics
+from modelport.types import Array, ModelSignature
 
 log = logging.getLogger("modelport.lifecycle")
 
@@ -65,21 +74,14 @@ def choose_loader(config: ModelConfig, source: str) -> RuntimeLoader:
 def refuse_unsupported(config: ModelConfig, source: str) -> None:
     """Refuse at load what the config asks for and modelport cannot serve yet.
 
-    A model with ``sequence_batching`` expects requests of one sequence to
-    reach the same state in order (``sequence_id``, start and end flags);
-    served as stateless, it would load READY and then fail, or answer wrongly,
-    on every request. Refused here, it is UNAVAILABLE with this reason.
-    Likewise an ensemble (``platform: ensemble`` or ``ensemble_scheduling``),
-    which has no model file of its own and would route to its steps, and
-    ``model_operations.op_library_filename``: custom operation libraries
+    An ensemble (``platform: ensemble`` or ``ensemble_scheduling``) has no
+    model file of its own and would route to its steps; and
+    ``model_operations.op_library_filename`` names custom operation libraries
     modelport never loads, so a model needing them could not work, and a
-    config naming one is refused rather than taken as if it did.
+    config naming one is refused rather than taken as if it did. A sequence
+    model is served (``dataplane/sequenced.py``) unless it also asks for what
+    cannot go with it (``check_sequence_model``).
     """
-    if config.sequence_batching is not None:
-        raise ModelLoadError(
-            f"sequence_batching is not supported yet ({source}): modelport serves "
-            "stateless models only"
-        )
     if config.platform == "ensemble" or config.ensemble_scheduling is not None:
         raise ModelLoadError(
             f"ensembles are not supported yet ({source}): modelport serves single models only"
@@ -90,6 +92,54 @@ def refuse_unsupported(config: ModelConfig, source: str) -> None:
             f"model_operations.op_library_filename is not supported ({source}): modelport "
             "loads no custom operation libraries"
         )
+    if config.sequence_batching is not None:
+        if config.dynamic_batching is not None:
+            raise ConfigError(
+                source,
+                "dynamic_batching",
+                "a model has one scheduler: dynamic_batching or sequence_batching, not both",
+            )
+        if config.response_cache is not None and config.response_cache.enable:
+            raise ConfigError(
+                source,
+                "response_cache.enable",
+                "a sequence model's answers depend on its sequence: they cannot be cached",
+            )
+
+
+def hide_sequence_tensors(
+    config: ModelConfig, settings: SequenceSettings, native: ModelSignature, source: str
+) -> ModelConfig:
+    """The config less the inputs the server fills and the state outputs it keeps.
+
+    Control and state inputs must be inputs of the model, state outputs its
+    outputs; clients never send the former nor receive the latter, so
+    metadata does not list them and validation does not ask for them.
+    """
+    have_in = {t.name for t in native.inputs}
+    have_out = {t.name for t in native.outputs}
+    for name in sorted(settings.hidden_inputs):
+        if name not in have_in:
+            raise ConfigError(
+                source,
+                "sequence_batching",
+                f"{name!r} is not an input of the model ({', '.join(sorted(have_in))})",
+            )
+    for name in sorted(settings.hidden_outputs):
+        if name not in have_out:
+            raise ConfigError(
+                source,
+                "sequence_batching.state",
+                f"output_name {name!r} is not an output of the model "
+                f"({', '.join(sorted(have_out))})",
+            )
+    hidden_in, hidden_out = settings.hidden_inputs, settings.hidden_outputs
+    return config.model_copy(
+        update={
+            "input": [t for t in config.input if t.name not in hidden_in],
+            "output": [t for t in config.output if t.name not in hidden_out],
+        }
+    )
 
 
 def load_version(
@@ -128,23 +178,51 @@ def load_version(
     if not config.instance_group:
         group = InstanceGroup(name=name, kind="KIND_CPU", count=1)
         config = config.model_copy(update={"instance_group": [group]})
-    config = with_scheduling_shown(config)
-    signature = signature_of(config)
+    sequences: SequenceSettings | None = None
+    predict: Callable[[Mapping[str, Array], Sequence[str]], dict[str, Array]]
+    predict = runtime.predict
     try:
-        warmed = warm_up(runtime.predict, config, signature, version_dir.parent)
+        if config.sequence_batching is not None:
+            sequences = sequence_settings(config, count, source, version_dir.parent)
+            config = hide_sequence_tensors(config, sequences, runtime.native, source)
+            predict = with_idle_controls(runtime.predict, sequences)
+        config = with_scheduling_shown(config)
+        signature = signature_of(config)
+        warmed = warm_up(predict, config, signature, version_dir.parent)
     except Exception:
         runtime.unload()
         raise
     stats = ModelStatistics()
     clock = clock if clock is not None else SystemClock()
-    scheduler = Scheduler(
-        runtime,
-        scheduling_policy(config, server_timeout_s),
-        count,
-        f"{name}-v{version}",
-        on_execution=stats.record_execution,
-        clock=clock,
-    )
+    label = f"{name}-v{version}"
+    servable: ScheduledServable | SequencedServable
+    if sequences is not None:
+        servable = SequencedServable(
+            SequenceScheduler(
+                runtime,
+                sequences,
+                [t.name for t in signature.inputs],
+                label,
+                on_execution=stats.record_execution,
+                clock=clock,
+            ),
+            name,
+            str(version),
+            signature,
+            clock,
+        )
+    else:
+        scheduler = Scheduler(
+            runtime,
+            scheduling_policy(config, server_timeout_s),
+            count,
+            label,
+            on_execution=stats.record_execution,
+            clock=clock,
+        )
+        servable = ScheduledServable(
+            scheduler, name, str(version), signature, config.modelport.batch_key, clock
+        )
     log.info(
         "model version ready",
         extra={"model": name, "version": version, "instances": count, "warmup_runs": warmed},
@@ -155,9 +233,7 @@ def load_version(
         platform=config.platform,
         signature=signature,
         config=config,
-        servable=ScheduledServable(
-            scheduler, name, str(version), signature, config.modelport.batch_key, clock
-        ),
+        servable=servable,
         stats=stats,
         profile=profile,
     )

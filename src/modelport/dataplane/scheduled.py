@@ -9,9 +9,10 @@ once, here, so ``execute`` does no lookups beyond a dictionary.
 from __future__ import annotations
 
 from modelport.clock import Clock, SystemClock
+from modelport.dataplane.codec.parameters import SEQUENCE_ID
 from modelport.dataplane.scheduling.scheduler import Scheduler
 from modelport.dataplane.servable import Outcome, respond, wanted_outputs
-from modelport.errors import ModelportError, Unavailable
+from modelport.errors import InvalidRequest, ModelportError, Unavailable
 from modelport.types import Call, InferenceRequest, ModelSignature
 
 
@@ -61,8 +62,14 @@ class ScheduledServable:
         inputs = request.inputs
         rows = inputs[0].shape[0] if self._batching and inputs else 1
         wanted = wanted_outputs(request, self._every)
+        params = request.parameters
+        if params and SEQUENCE_ID in params:
+            raise InvalidRequest(
+                f"model {self.name!r} has no sequence_batching: it takes no "
+                f"'sequence_id' (got {params[SEQUENCE_ID]!r}); send stateless requests"
+            )
         key = self._batch_key
-        group = request.parameters.get(key) if key else None
+        group = params.get(key) if key else None
         ex = await self.scheduler.submit(
             {t.name: t.data for t in inputs},
             wanted,

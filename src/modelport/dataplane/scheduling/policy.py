@@ -98,11 +98,12 @@ def with_scheduling_shown(config: ModelConfig) -> ModelConfig:
     A model that batches by default gets a ``dynamic_batching`` section, and
     queue policies without ``max_queue_size`` show the default bound, so
     tools that read the config (perf_analyzer, dashboards) see what runs.
+    A sequence model is shown as it is: its ``sequence_batching`` schedules it.
     """
     batching = config.max_batch_size > 0 and (
         config.dynamic_batching is not None or config.modelport.batching
     )
-    if not batching:
+    if not batching or config.sequence_batching is not None:
         return config
     db = config.dynamic_batching or DynamicBatching()
     default = db.default_queue_policy or QueuePolicy()
