@@ -4,16 +4,28 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
+BASE   := $(VENV)/.installed-base
 STAMP  := $(VENV)/.installed
+# pip's list of what it installs is the progress shown; PIP_QUIET=--quiet hides it.
+PIP_QUIET ?=
 PROTOS := src/modelport/protos/grpc_service.proto src/modelport/protos/model_config.proto
 STUBS  := src/modelport/protos/grpc_service_pb2.py
 
 .PHONY: venv serve test lint format bench protos clean
 
-$(STAMP): pyproject.toml
+# Two stages: `make serve` needs only the server (the base package, which serves
+# ONNX and the bundled examples); `make test` adds every framework extra and the
+# test and lint tools on top.
+$(BASE): pyproject.toml
+	@echo "==> creating $(VENV) and installing modelport (base package: serves ONNX models)"
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --progress-bar on $(PIP_QUIET) -e .
+	touch $(BASE)
+
+$(STAMP): $(BASE)
+	@echo "==> installing every framework extra and the test tools into $(VENV)"
+	$(PY) -m pip install --progress-bar on $(PIP_QUIET) -e '.[dev]'
 	touch $(STAMP)
 
 $(STUBS): $(PROTOS) $(STAMP)
@@ -24,7 +36,8 @@ venv: $(STAMP) $(STUBS)
 protos: $(STAMP)
 	$(PY) -m modelport.protos.generate
 
-serve: venv
+# The editable install generates the protobuf stubs, so serving needs no tools.
+serve: $(BASE)
 	$(VENV)/bin/modelport serve $(ARGS)
 
 # Unit and integration tests run as two processes: tritonclient.grpc and
