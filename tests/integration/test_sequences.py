@@ -351,3 +351,41 @@ def test_sequence_model_without_batching(tmp_path: Path) -> None:
             client.close()
     finally:
         stop_server(srv)
+
+
+def test_string_sequence_ids_reach_a_string_corrid(tmp_path: Path) -> None:
+    """CORRID of TYPE_STRING: a UUID-like id reaches the model as text, over both transports."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("Identity", ["INPUT"], ["OUTPUT"]),
+            helper.make_node("Identity", ["CORRID"], ["SEQUENCE"]),
+        ],
+        "strings",
+        [
+            helper.make_tensor_value_info("INPUT", TensorProto.INT32, ["batch", 1]),
+            helper.make_tensor_value_info("CORRID", TensorProto.STRING, ["batch", 1]),
+        ],
+        [
+            helper.make_tensor_value_info("OUTPUT", TensorProto.INT32, ["batch", 1]),
+            helper.make_tensor_value_info("SEQUENCE", TensorProto.STRING, ["batch", 1]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    root = tmp_path / "repo"
+    _save(model, root / "strings" / "1" / "model.onnx")
+    (root / "strings" / "config.pbtxt").write_text(
+        'max_batch_size: 2\nsequence_batching { control_input [ { name: "CORRID" '
+        "control [ { kind: CONTROL_SEQUENCE_CORRID data_type: TYPE_STRING } ] } ] }\n"
+    )
+    srv = start_server(root, tmp_path / "server.log")
+    http = httpclient.InferenceServerClient(srv.http_url)
+    grpc = grpcclient.InferenceServerClient(srv.grpc_url)
+    try:
+        for client, module, sid in ((http, httpclient, "e333c95a"), (grpc, grpcclient, "abc")):
+            for flags in ({"sequence_start": True}, {"sequence_end": True}):
+                out = client.infer("strings", _inputs(module, 1), sequence_id=sid, **flags)
+                assert out.as_numpy("SEQUENCE").reshape(-1).tolist() == [sid.encode()]
+    finally:
+        http.close()
+        grpc.close()
+        stop_server(srv)

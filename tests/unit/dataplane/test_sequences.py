@@ -382,3 +382,16 @@ def test_drain_waits_for_accepted_requests() -> None:
             await send(s, 1, 1.0)
 
     asyncio.run(run())
+
+
+def test_string_ids_fill_a_string_corrid() -> None:
+    controls = [
+        {"name": "ID", "control": [{"kind": "CONTROL_SEQUENCE_CORRID", "data_type": "TYPE_STRING"}]}
+    ]
+    config = parse_model_config(
+        {"max_batch_size": 2, "sequence_batching": {"control_input": controls}}, "t"
+    )
+    s = sequence_settings(config, 1, "t")
+    rows = [None, _lane(1, 1, 1.0)]
+    rows[1].sid = "session-1"  # type: ignore[union-attr]
+    assert feed_for(rows, s, ["IN"])["ID"].tolist() == [[b""], [b"session-1"]]

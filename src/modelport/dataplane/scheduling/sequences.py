@@ -343,10 +343,7 @@ def feed_for(
     shape = (n, 1) if batching else (1,)
     for c in settings.controls:
         if c.kind == CORRID:
-            values: list[Any] = [
-                _corrid(lane.sid, c.dtype) if lane is not None else _corrid(0, c.dtype)
-                for lane in rows
-            ]
+            values: list[Any] = [_corrid(lane.sid if lane else None, c.dtype) for lane in rows]
             feed[c.name] = np.array(values, dtype=c.dtype).reshape(shape)
             continue
         flags = [_flag(c.kind, lane) for lane in rows]
@@ -371,13 +368,12 @@ def _flag(kind: str, lane: Lane | None) -> bool:
     return step.start if kind == START else step.end
 
 
-def _corrid(sid: int | str, dtype: np.dtype[Any]) -> Any:
+def _corrid(sid: int | str | None, dtype: np.dtype[Any]) -> Any:
+    """A CORRID value: the id as the tensor holds it; 0 or "" for a padding row (None)."""
     if dtype.kind == "O":
-        return str(sid).encode() if not isinstance(sid, bytes) else sid
-    if isinstance(sid, str):
-        # A string id sent to a model whose CORRID is an integer: refused at arrival.
-        return 0
-    return sid
+        return b"" if sid is None else str(sid).encode()
+    # A string id for an integer CORRID is refused at the sequence's start.
+    return sid if isinstance(sid, int) else 0
 
 
 def _state_in(lane: Lane | None, spec: StateSpec) -> Array:
@@ -421,7 +417,7 @@ def idle_feed(settings: SequenceSettings, rows: int) -> dict[str, Array]:
     shape = (rows, 1) if settings.batching else (1,)
     feed: dict[str, Array] = {}
     for c in settings.controls:
-        value = _corrid(0, c.dtype) if c.kind == CORRID else c.false
+        value = _corrid(None, c.dtype) if c.kind == CORRID else c.false
         feed[c.name] = np.full(shape, value, dtype=c.dtype)
     for s in settings.states:
         feed[s.input_name] = (
