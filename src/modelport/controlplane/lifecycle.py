@@ -79,8 +79,9 @@ def refuse_unsupported(config: ModelConfig, source: str) -> None:
     ``model_operations.op_library_filename`` names custom operation libraries
     modelport never loads, so a model needing them could not work, and a
     config naming one is refused rather than taken as if it did. A sequence
-    model is served (``dataplane/sequenced.py``) unless it also asks for what
-    cannot go with it (``check_sequence_model``).
+    model is served (``dataplane/sequenced.py``), but not with a second
+    scheduler (``dynamic_batching``) nor with a response cache: its answers
+    depend on the requests before them.
     """
     if config.platform == "ensemble" or config.ensemble_scheduling is not None:
         raise ModelLoadError(
