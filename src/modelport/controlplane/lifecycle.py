@@ -115,12 +115,14 @@ def hide_sequence_tensors(
 
     Control and state inputs must be inputs of the model, state outputs its
     outputs; clients never send the former nor receive the latter, so
-    metadata does not list them and validation does not ask for them.
+    metadata does not list them and validation does not ask for them. A
+    python model's inputs are what its config lists, and it takes whatever
+    it is given: as in Triton, its control inputs need not be listed.
     """
     have_in = {t.name for t in native.inputs}
     have_out = {t.name for t in native.outputs}
     for name in sorted(settings.hidden_inputs):
-        if name not in have_in:
+        if name not in have_in and config.backend != "python":
             raise ConfigError(
                 source,
                 "sequence_batching",

@@ -99,3 +99,48 @@ def test_what_a_sequence_model_cannot_be_is_refused_at_load(
 ) -> None:
     with pytest.raises(ConfigError, match=words):
         _load(tmp_path, **extra)
+
+
+PYTHON_MODEL = """
+import numpy as np
+
+
+class Model:
+    def predict(self, inputs):
+        out = inputs["X"] + 100 * inputs["START"] + inputs["CORRID"]
+        return {"OUT": out.astype(np.float32)}
+"""
+
+
+def test_a_python_model_gets_controls_its_config_does_not_list(tmp_path: Path) -> None:
+    version_dir = tmp_path / "py" / "1"
+    version_dir.mkdir(parents=True)
+    (version_dir / "model.py").write_text(PYTHON_MODEL)
+    config = parse_model_config(
+        {
+            "backend": "python",
+            "max_batch_size": 2,
+            "input": [{"name": "X", "data_type": "TYPE_FP32", "dims": [1]}],
+            "output": [{"name": "OUT", "data_type": "TYPE_FP32", "dims": [1]}],
+            "sequence_batching": {
+                "control_input": [
+                    START,
+                    {
+                        "name": "CORRID",
+                        "control": [{"kind": "CONTROL_SEQUENCE_CORRID", "data_type": "TYPE_INT32"}],
+                    },
+                ]
+            },
+        },
+        "c",
+    )
+    version = load_version("py", 1, version_dir, config, "c")
+
+    async def run() -> float:
+        request = _request(1.0, sequence_id=20, sequence_start=True, sequence_end=True)
+        request.model_name = "py"
+        outcome = await version.servable.execute(None, request)
+        await version.servable.drain_and_close()
+        return float(outcome.response.outputs[0].data[0, 0])
+
+    assert asyncio.run(run()) == 121.0
