@@ -395,3 +395,25 @@ def test_string_ids_fill_a_string_corrid() -> None:
     rows = [None, _lane(1, 1, 1.0)]
     rows[1].sid = "session-1"  # type: ignore[union-attr]
     assert feed_for(rows, s, ["IN"])["ID"].tolist() == [[b""], [b"session-1"]]
+
+
+def test_direct_runs_each_sequence_on_its_own_instance_thread() -> None:
+    ran: list[tuple[int, str]] = []
+
+    class Threads(Recorder):
+        def predict(self, inputs: Mapping[str, Any], outputs: Sequence[str]) -> dict[str, Any]:
+            sid = int(inputs["CORRID"].reshape(-1)[0])
+            ran.append((sid, threading.current_thread().name))
+            return super().predict(inputs, outputs)
+
+    async def run() -> None:
+        s = scheduler(Threads(), max_batch_size=1, instances=2)
+        await asyncio.gather(send(s, 1, 1.0, start=True), send(s, 2, 1.0, start=True))
+        for _ in range(5):
+            await asyncio.gather(send(s, 1, 1.0), send(s, 2, 1.0))
+        s.close()
+
+    asyncio.run(run())
+    threads = {sid: {name for got, name in ran if got == sid} for sid in (1, 2)}
+    assert len(threads[1]) == 1 and len(threads[2]) == 1
+    assert threads[1] != threads[2]
