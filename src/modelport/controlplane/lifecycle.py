@@ -204,7 +204,6 @@ def load_version(
             SequenceScheduler(
                 runtime,
                 sequences,
-                [t.name for t in signature.inputs],
                 label,
                 on_execution=stats.record_execution,
                 clock=clock,

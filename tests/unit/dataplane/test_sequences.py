@@ -92,7 +92,7 @@ def one(value: float) -> dict[str, Any]:
 
 
 def scheduler(runtime: Recorder, clock: FakeClock | None = None, **kw: Any) -> SequenceScheduler:
-    return SequenceScheduler(runtime, settings(**kw), ["IN"], "t", clock=clock)
+    return SequenceScheduler(runtime, settings(**kw), "t", clock=clock)
 
 
 async def send(
@@ -209,7 +209,7 @@ def test_direct_batch_pads_rows_without_a_request() -> None:
     slots: list[Lane | None] = [_lane(1, 0, None), None, _lane(3, 2, 5.0, start=True), None]
     batch = choose_direct(slots, 0, s, 0)
     assert [lane.sid if lane else None for lane in batch.rows] == [None, None, 3]
-    feed = feed_for(batch.rows, s, ["IN"])
+    feed = feed_for(batch.rows, s)
     assert feed["IN"].tolist() == [[0.0], [0.0], [5.0]]
     assert feed["READY"].tolist() == [[False], [False], [True]]
     assert feed["START"].tolist() == [[0], [0], [1]]
@@ -394,7 +394,7 @@ def test_string_ids_fill_a_string_corrid() -> None:
     s = sequence_settings(config, 1, "t")
     rows = [None, _lane(1, 1, 1.0)]
     rows[1].sid = "session-1"  # type: ignore[union-attr]
-    assert feed_for(rows, s, ["IN"])["ID"].tolist() == [[b""], [b"session-1"]]
+    assert feed_for(rows, s)["ID"].tolist() == [[b""], [b"session-1"]]
 
 
 def test_direct_runs_each_sequence_on_its_own_instance_thread() -> None:

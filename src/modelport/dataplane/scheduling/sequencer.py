@@ -73,15 +73,13 @@ class SequenceScheduler:
         self,
         runtime: Runtime,
         settings: SequenceSettings,
-        inputs: Sequence[str],
         label: str,
         on_execution: ExecutionRecorder | None = None,
         clock: Clock | None = None,
     ) -> None:
-        """``inputs`` are the client inputs (the model's inputs less controls and states)."""
+        """``label`` names the instance threads; ``clock`` sets idle timers and batching delays."""
         self.runtime = runtime
         self.settings = settings
-        self._inputs = tuple(inputs)
         self._state_outputs = tuple(s.output_name for s in settings.states)
         self._executors = [
             ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{label}-i{i}")
@@ -299,7 +297,7 @@ class SequenceScheduler:
         err: ModelportError | None = None
         t1 = t0
         try:
-            feed = feed_for(rows, self.settings, self._inputs)
+            feed = feed_for(rows, self.settings)
             t1 = clock()
             out = self.runtime.predict(feed, names)
         except ModelportError as exc:

@@ -265,10 +265,6 @@ class Lane:
         return self.slot is not None and not self.running and bool(self.steps)
 
 
-def instance_of(slot: int, settings: SequenceSettings) -> int:
-    return slot // settings.slots_per_instance
-
-
 @dataclass(frozen=True, slots=True)
 class DirectBatch:
     """What one instance runs next under the direct strategy."""
@@ -315,29 +311,25 @@ def choose_direct(
 # ------------------------------------------------------------------ tensors
 
 
-def feed_for(
-    rows: Sequence[Lane | None], settings: SequenceSettings, inputs: Sequence[str]
-) -> dict[str, Array]:
+def feed_for(rows: Sequence[Lane | None], settings: SequenceSettings) -> dict[str, Array]:
     """The arrays one execution takes: the rows' inputs, controls and states.
 
     A padding row (None) gets zeros shaped like a real row, READY false, and
-    the other controls false (CORRID 0 or ""). ``inputs`` are the names of
-    the client inputs the first real row carries.
+    the other controls false (CORRID 0 or ""). The rows' requests share their
+    input names and inner shapes (their batch key), so the first one's give
+    every row's.
     """
     first = next(lane for lane in rows if lane is not None).steps[0].pending.inputs
-    feed: dict[str, Array] = {}
     batching = settings.batching
     if not batching:
-        step = next(lane for lane in rows if lane is not None).steps[0]
-        feed.update(step.pending.inputs)
+        feed: dict[str, Array] = dict(first)
     else:
-        for name in inputs:
-            parts = []
-            for lane in rows:
-                if lane is None:
-                    parts.append(np.zeros_like(first[name]))
-                else:
-                    parts.append(lane.steps[0].pending.inputs[name])
+        feed = {}
+        for name, array in first.items():
+            parts = [
+                np.zeros_like(array) if lane is None else lane.steps[0].pending.inputs[name]
+                for lane in rows
+            ]
             feed[name] = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
     n = len(rows)
     shape = (n, 1) if batching else (1,)
