@@ -17,6 +17,7 @@ import signal
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -30,12 +31,14 @@ from modelport.controlplane.canary import CanaryController
 from modelport.controlplane.crypto.providers import key_provider_for
 from modelport.controlplane.registry import Registry
 from modelport.controlplane.store import AuditLog, CanaryStore, Database, KeyStore, PolicyStore
-from modelport.controlplane.traffic import TrafficManager
+from modelport.controlplane.traffic import LOCAL, TrafficManager
 from modelport.dataplane.admission import MemoryRateLimiter, RateLimiter
+from modelport.dataplane.admission.audit import SERVER_WIDE
 from modelport.dataplane.admission.residency import ResidencyGuard
 from modelport.dataplane.cache import ResponseCache
 from modelport.dataplane.pipeline import Pipeline
 from modelport.dataplane.routing import Traffic
+from modelport.dataplane.scheduled import ScheduledServable
 from modelport.dataplane.transport.context import TransportContext
 from modelport.dataplane.transport.grpc.server import (
     add_services,
@@ -45,14 +48,18 @@ from modelport.dataplane.transport.grpc.server import (
 from modelport.dataplane.transport.http.app import build_app, build_metrics_app
 from modelport.dataplane.transport.http.errors import http_status
 from modelport.dataplane.transport.http.protocol import announce_direct_path, limited_protocol
+from modelport.dataplane.transport.http.routes_logging import OnChange as OnLogChange
+from modelport.dataplane.transport.http.routes_logging import routes as logging_routes
 from modelport.dataplane.transport.http.uvicorn_adapter import (
     UvicornServer,
     bound_tls_handshakes,
     uvicorn_server,
 )
 from modelport.dataplane.transport.listen import address_of, bind_listeners, port_of
+from modelport.observability.logs import configure_logging
 from modelport.observability.metrics import Metrics
 from modelport.observability.payloads import PayloadLogger, retention_of
+from modelport.observability.triton_metrics import LoadedVersion, TritonMetrics
 from modelport.tls.material import TlsFiles
 from modelport.tls.rotation import TlsRotation
 
@@ -142,15 +149,48 @@ def bind_ports(config: ServerConfig, tls: TlsRotation | None) -> Listeners:
             sock.close()
         raise
     listeners = Listeners(http, metrics, grpc_server, grpc_port)
-    bound = [("HTTP", listeners.http_port), ("gRPC", grpc_port)]
-    if listeners.metrics_port is not None:
-        bound.append(("metrics", listeners.metrics_port))
-    for transport, port in bound:
-        log.info(
-            "listening",
-            extra={"transport": transport, "address": address_of(config.host, port)},
-        )
+    for transport, address in bound_addresses(listeners):
+        log.info("listening", extra={"transport": transport, "address": address})
     return listeners
+
+
+def bound_addresses(listeners: Listeners) -> list[tuple[str, str]]:
+    """(transport, address) of every socket listening, one per address a host resolved to.
+
+    gRPC binds its port itself, on the addresses the same host resolves to,
+    so its addresses are the REST sockets' hosts with its port.
+    """
+    http = [sock.getsockname()[:2] for sock in listeners.http]
+    found = [("HTTP", address_of(host, port)) for host, port in http]
+    found += [("gRPC", address_of(host, listeners.grpc_port)) for host, _ in http]
+    for sock in listeners.metrics or []:
+        found.append(("metrics", address_of(*sock.getsockname()[:2])))
+    return found
+
+
+def loaded_versions(registry: Registry) -> list[LoadedVersion]:
+    """What Triton's metric names read of each ready version, at scrape time."""
+    return [
+        LoadedVersion(
+            m.name,
+            m.version,
+            m.stats,
+            m.servable.scheduler.queued if isinstance(m.servable, ScheduledServable) else 0,
+            m.cached,
+        )
+        for m in registry.ready()
+    ]
+
+
+def _log_audit(audit_log: AuditLog) -> OnLogChange:
+    """Log settings changed through /v2/logging, in the audit log as server-wide events."""
+
+    async def record(actor: str | None, changed: dict[str, Any]) -> None:
+        await asyncio.to_thread(
+            audit_log.record, SERVER_WIDE, "logging.update", actor=actor or LOCAL, detail=changed
+        )
+
+    return record
 
 
 def repository_of(config: ServerConfig) -> Path:
@@ -163,6 +203,9 @@ def repository_of(config: ServerConfig) -> Path:
 
 async def serve(config: ServerConfig) -> None:
     """Run until SIGTERM/SIGINT, then stop gracefully."""
+    # The CLI set the log up already; this makes the config's format and level
+    # hold however the server was started (it replaces the earlier set-up).
+    logs = configure_logging(config.log_level, config.log_format)
     metrics = Metrics()
     repository = repository_of(config)
     tls = await asyncio.to_thread(build_tls, config)
@@ -244,7 +287,10 @@ async def serve(config: ServerConfig) -> None:
     api = build_api(
         ManagementServices(registry, policies, canaries, audit_log, manager, canary), http_status
     )
-    http = _uvicorn(build_app(ctx, api, docs_routes(), auth.guard), config, config.http_port, tls)
+    if config.triton_metrics:
+        metrics.add_exposition(TritonMetrics(lambda: loaded_versions(registry)).render)
+    extra_routes = [*docs_routes(), *logging_routes(logs, _log_audit(audit_log))]
+    http = _uvicorn(build_app(ctx, api, extra_routes, auth.guard), config, config.http_port, tls)
     metrics_http = (
         _uvicorn(build_metrics_app(metrics, auth.metrics_guard), config, config.metrics_port, tls)
         if config.metrics_port is not None

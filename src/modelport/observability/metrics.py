@@ -28,6 +28,12 @@ LATENCY_BUCKETS = (
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
+#: Whether a caller may see the series of the model of that name; None shows every model.
+Visible = Callable[[str], bool] | None
+
+#: Writes families of its own into the exposition, leaving out the models ``Visible`` refuses.
+Exposition = Callable[[Visible], bytes]
+
 
 @dataclass(frozen=True, slots=True)
 class ModelMetrics:
@@ -45,6 +51,7 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._children: dict[tuple[str, str, str], ModelMetrics] = {}
+        self._expositions: list[Exposition] = []
         labels = ("model", "version", "protocol")
         # The series written on every request are lock-free (``series.py``).
         self.requests = CounterFamily(
@@ -159,7 +166,16 @@ class Metrics:
             )
         return found
 
-    def render(self, visible: Callable[[str], bool] | None = None) -> bytes:
+    def add_exposition(self, render: Exposition) -> None:
+        """Append what ``render(visible)`` writes to every exposition.
+
+        For families written as text rather than through the registry (Triton's
+        ``nv_*`` names, whose counters carry no ``_total``); ``render`` must
+        leave out the series of models ``visible`` refuses, as ``render`` does.
+        """
+        self._expositions.append(render)
+
+    def render(self, visible: Visible = None) -> bytes:
         """The Prometheus text exposition; only the series ``visible`` allows.
 
         ``visible`` tests a model name (the caller may see that model, as
@@ -167,9 +183,12 @@ class Metrics:
         out, series without a model label (server-wide) always stay. None
         shows everything.
         """
-        if visible is None:
-            return generate_latest(self.registry)
-        return generate_latest(_VisibleSeries(self.registry, visible))
+        text = generate_latest(
+            self.registry if visible is None else _VisibleSeries(self.registry, visible)
+        )
+        if not self._expositions:
+            return text
+        return b"".join([text, *(render(visible) for render in self._expositions)])
 
 
 class _VisibleSeries:

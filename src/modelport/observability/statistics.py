@@ -2,7 +2,10 @@
 
 Per request: success, fail, queue, compute_input, compute_infer,
 compute_output (count and cumulative nanoseconds) and inference_count (one
-per sample). Per execution (one runtime call, possibly a whole batch):
+per sample); each failure also by its reason, as Triton's
+``nv_inference_request_failure`` metric labels it.
+
+Per execution (one runtime call, possibly a whole batch):
 execution_count and batch_stats keyed by batch size. Only the event loop
 writes these, so plain integers need no lock.
 """
@@ -11,7 +14,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
+
+#: Triton's failure reasons (the ``reason`` label of ``nv_inference_request_failure``):
+#: refused by the version's queue (full, timed out, unloading), abandoned by the
+#: caller, failed in the model, anything else.
+REJECTED: Final = "REJECTED"
+CANCELED: Final = "CANCELED"
+BACKEND: Final = "BACKEND"
+OTHER: Final = "OTHER"
+FAILURE_REASONS: Final = (REJECTED, CANCELED, BACKEND, OTHER)
 
 
 @dataclass(slots=True)
@@ -52,6 +64,8 @@ class ModelStatistics:
     execution_count: int = 0
     last_inference_ms: int = 0
     batches: dict[int, BatchDurations] = field(default_factory=dict)
+    failures: dict[str, int] = field(default_factory=dict)
+    """Failed requests by reason (``FAILURE_REASONS``); they add up to ``fail.count``."""
 
     def record_success(
         self,
@@ -81,9 +95,11 @@ class ModelStatistics:
         """A cacheable request that had to compute; ``insert_ns`` is the cache's cost."""
         self.cache_miss.add(insert_ns)
 
-    def record_failure(self, total_ns: int) -> None:
-        """One request that reached the model and failed there or in its queue."""
+    def record_failure(self, total_ns: int, reason: str = OTHER) -> None:
+        """One request that reached the model and failed there or in its queue
+        (or whose caller went away meanwhile); ``reason`` is one of ``FAILURE_REASONS``."""
         self.fail.add(total_ns)
+        self.failures[reason] = self.failures.get(reason, 0) + 1
         self.last_inference_ms = time.time_ns() // 1_000_000
 
     def record_execution(

@@ -1,7 +1,7 @@
 """Roles declared on routes and rpcs: every one declares, and the guard goes by it.
 
 The REST app is built as the server builds it (the data plane's routes, the
-management API under /api/v1, /docs, and the --metrics-port app) over a
+management API under /api/v1, /docs, /v2/logging, and the --metrics-port app) over a
 context whose pipeline is missing: a request that reached a model-resolving
 handler would fail with a 500, so a 403 or 404 here was decided before that.
 """
@@ -9,6 +9,7 @@ handler would fail with a 500, so a 403 or 404 here was decided before that.
 from __future__ import annotations
 
 import asyncio
+import io
 from types import SimpleNamespace
 from typing import Any
 
@@ -25,11 +26,13 @@ from modelport.dataplane.admission.gate import Gate
 from modelport.dataplane.admission.needs import Access, declared, needs
 from modelport.dataplane.info import InfoService
 from modelport.dataplane.transport.grpc.service import RPC_NAMES, InferenceService
+from modelport.dataplane.transport.http import routes_logging
 from modelport.dataplane.transport.http.app import build_app, build_metrics_app
 from modelport.dataplane.transport.http.errors import http_status
 from modelport.dataplane.transport.http.fastpath import InferenceFastPath
 from modelport.dataplane.transport.http.guard import DeclaredRoutes, HttpGuard, route_access
 from modelport.errors import Unauthenticated
+from modelport.observability.logs import LogControl, LogSettings, ServerLogHandler
 from modelport.observability.metrics import Metrics
 from modelport.types import Identity, Role
 
@@ -62,7 +65,8 @@ def rest_app(guard: HttpGuard | None = None) -> InferenceFastPath:
         info=InfoService(None, None, "modelport", "0", ()),  # type: ignore[arg-type]
     )
     api = build_api(Services(), http_status)  # type: ignore[arg-type]
-    app = build_app(ctx, api, docs_routes(), guard)
+    logs = LogControl(ServerLogHandler(io.StringIO(), LogSettings()))
+    app = build_app(ctx, api, [*docs_routes(), *routes_logging.routes(logs)], guard)
     assert isinstance(app, InferenceFastPath)
     return app
 
@@ -166,6 +170,8 @@ def _declared(method: str, path: str) -> tuple[Role | None, str | None] | None:
         ("GET", "/api/v1/history", Role.VIEWER, None),
         ("GET", "/api/v1/openapi.json", Role.VIEWER, None),
         ("GET", "/docs", Role.VIEWER, None),
+        ("GET", "/v2/logging", Role.VIEWER, None),
+        ("POST", "/v2/logging", Role.OPERATOR, None),
     ],
 )
 def test_each_route_declares_its_role_and_model(
