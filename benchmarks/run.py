@@ -176,6 +176,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="report file (default RESULTS.md; .work/RESULTS-quick.md with --quick)",
     )
+    parser.add_argument(
+        "--shm",
+        action="store_true",
+        help="also compare system shared memory with binary HTTP (shm.py), after the rest",
+    )
+    parser.add_argument(
+        "--shm-only", action="store_true", help="run only the shared-memory comparison (shm.py)"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.duration = 1
@@ -890,6 +898,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.compare_commits:
         return compare.run(args, argv)
+    if args.shm_only:
+        return run_shm(args)
     started = time.monotonic()
     whole = servers.CpuMeter()
     res = Results(settings={k: str(v) for k, v in vars(args).items()})
@@ -951,7 +961,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     log(f"wrote {args.output} ({res.elapsed_s / 60:.1f} min)")
     failed = [r for r in res.runs if r.errors != 0] or res.problems
-    return 1 if failed else 0
+    shm_failed = run_shm(args) if args.shm else 0
+    return 1 if failed or shm_failed else 0
+
+
+def run_shm(args: argparse.Namespace) -> int:
+    """System shared memory against binary HTTP (shm.py; its own server and table)."""
+    import shm
+
+    log("system shared memory vs binary HTTP")
+    return shm.main(["--duration", str(args.duration)] + (["--rounds", "1"] if args.quick else []))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,13 @@ the body, so no per-element Python object is made for them.
 Responses mirror this: outputs asked for with ``binary_data`` (or all
 outputs, with the request parameter ``binary_data_output``) are appended as
 raw bytes after the JSON header.
+
+Triton's system shared-memory extension: an input whose parameters name a
+``shared_memory_region`` carries no data and is read from that region, and
+an output asked for with one is written there, its metadata (with the same
+parameters) answered without data. The caller's regions are a
+``SharedMemoryAccess`` the transport hands in; without one, such a tensor is
+refused.
 """
 
 from __future__ import annotations
@@ -20,12 +27,18 @@ import msgspec
 from modelport.dataplane.codec.jsonbody import decode_json
 from modelport.dataplane.codec.parameters import apply_request_parameters
 from modelport.dataplane.codec.tensors import (
+    SHM_REGION,
+    SharedMemoryAccess,
     array_from_buffer,
     array_from_json,
     array_to_bytes,
     array_to_json,
     check_datatype,
     check_shape,
+    shm_output_parameters,
+    shm_outputs,
+    shm_reference,
+    without_shm,
 )
 from modelport.errors import InvalidRequest, Unsupported
 from modelport.types import InferenceRequest, InferenceResponse, RequestedOutput, Tensor
@@ -79,8 +92,12 @@ def decode_request(
     model_name: str,
     model_version: str | None,
     max_elements: int,
+    shm: SharedMemoryAccess | None = None,
 ) -> InferenceRequest:
-    """Decode a JSON or binary-extension request body into an InferenceRequest."""
+    """Decode a JSON or binary-extension request body into an InferenceRequest.
+
+    ``shm``: the caller's shared-memory regions, for tensors that name one.
+    """
     view = memoryview(body)
     if header_length is None:
         header, binary = view, view[:0]
@@ -104,7 +121,12 @@ def decode_request(
         check_datatype(inp.datatype, where)
         shape = check_shape(inp.shape, max_elements, where)
         size = inp.parameters.get("binary_data_size")
-        if size is not None:
+        ref = shm_reference(inp.parameters, where) if inp.parameters else None
+        if ref is not None:
+            if size is not None or inp.data is not msgspec.UNSET:
+                raise InvalidRequest(f"{where}: has both {SHM_REGION} and data")
+            array = _shm(shm, where).read(ref, inp.datatype, shape, where)
+        elif size is not None:
             if type(size) is not int or size < 0:
                 raise InvalidRequest(f"{where}: binary_data_size must be a non-negative integer")
             if inp.data is not msgspec.UNSET:
@@ -120,7 +142,11 @@ def decode_request(
             if inp.data is msgspec.UNSET:
                 raise InvalidRequest(f"{where} (inputs[{i}]) has no data")
             array = array_from_json(inp.data, inp.datatype, shape, where)
-        params = {k: v for k, v in inp.parameters.items() if k != "binary_data_size"}
+        params = (
+            without_shm(inp.parameters)
+            if ref is not None
+            else {k: v for k, v in inp.parameters.items() if k != "binary_data_size"}
+        )
         tensors.append(Tensor(inp.name, inp.datatype, shape, array, params))
     if offset != len(binary):
         raise InvalidRequest(
@@ -140,6 +166,10 @@ def decode_request(
                 raise Unsupported(
                     f"output {out.name!r}: the classification extension is not served"
                 )
+            where = f"output {out.name!r}"
+            ref = shm_reference(out.parameters, where) if out.parameters else None
+            if ref is not None:
+                _shm(shm, where).check_output(ref, where)
             outputs.append(RequestedOutput(out.name, dict(out.parameters)))
     request = InferenceRequest(
         model_name=model_name,
@@ -153,6 +183,12 @@ def decode_request(
     return request
 
 
+def _shm(shm: SharedMemoryAccess | None, where: str) -> SharedMemoryAccess:
+    if shm is None:
+        raise Unsupported(f"{where}: shared memory is not served on this path")
+    return shm
+
+
 def _binary_wanted(request: InferenceRequest) -> dict[str, bool] | bool:
     default = bool(request.parameters.get("binary_data_output", False))
     if request.outputs is None:
@@ -161,13 +197,26 @@ def _binary_wanted(request: InferenceRequest) -> dict[str, bool] | bool:
 
 
 def encode_response(
-    request: InferenceRequest, response: InferenceResponse
+    request: InferenceRequest,
+    response: InferenceResponse,
+    shm: SharedMemoryAccess | None = None,
 ) -> tuple[bytes, int | None]:
-    """Encode a response; the int is the JSON header length when binary data follows."""
+    """Encode a response; the int is the JSON header length when binary data follows.
+
+    Outputs asked for in shared memory are written to their region through ``shm``.
+    """
     wanted = _binary_wanted(request)
+    refs = shm_outputs(request) if request.outputs is not None else None
     tensors: list[OutputTensor] = []
     chunks: list[bytes] = []
     for t in response.outputs:
+        ref = refs.get(t.name) if refs else None
+        if ref is not None:
+            where = f"output {t.name!r}"
+            written = _shm(shm, where).write(ref, t.data, t.datatype, where)
+            params = shm_output_parameters(ref, written)
+            tensors.append(OutputTensor(t.name, t.datatype, list(t.shape), parameters=params))
+            continue
         binary = wanted if isinstance(wanted, bool) else wanted.get(t.name, False)
         if binary:
             raw = array_to_bytes(t.data, t.datatype)

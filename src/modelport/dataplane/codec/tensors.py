@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import math
 import struct
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
 from modelport.errors import InvalidRequest
-from modelport.types import DTYPES, ITEMSIZE, Array
+from modelport.types import DTYPES, ITEMSIZE, Array, InferenceRequest
 
 _LEN = struct.Struct("<I")
 
@@ -46,6 +47,104 @@ def check_shape(shape: Any, max_elements: int, where: str) -> tuple[int, ...]:
             f"of {max_elements}"
         )
     return tuple(shape)
+
+
+# --------------------------------------------------------- shared memory form
+
+#: Triton's tensor parameters naming a registered system shared-memory region.
+SHM_REGION = "shared_memory_region"
+SHM_OFFSET = "shared_memory_offset"
+SHM_BYTE_SIZE = "shared_memory_byte_size"
+SHM_PARAMETERS = (SHM_REGION, SHM_OFFSET, SHM_BYTE_SIZE)
+
+
+class ShmRef(NamedTuple):
+    """Where a tensor lies in a registered region: the region, and a span inside it."""
+
+    region: str
+    offset: int
+    byte_size: int
+
+
+def shm_reference(params: Mapping[str, Any], where: str) -> ShmRef | None:
+    """The region a tensor's parameters name; None when they name none.
+
+    Only the shape of the values is checked here; whether the span fits
+    the region is the region's own check (``SharedMemoryAccess``).
+    """
+    region = params.get(SHM_REGION)
+    if region is None:
+        if SHM_BYTE_SIZE in params or SHM_OFFSET in params:
+            raise InvalidRequest(f"{where}: {SHM_BYTE_SIZE}/{SHM_OFFSET} without {SHM_REGION}")
+        return None
+    if type(region) is not str or not region:
+        raise InvalidRequest(f"{where}: {SHM_REGION} must be a region name")
+    size = params.get(SHM_BYTE_SIZE)
+    if type(size) is not int or size < 0:
+        raise InvalidRequest(f"{where}: {SHM_BYTE_SIZE} must be a non-negative integer")
+    offset = params.get(SHM_OFFSET, 0)
+    if type(offset) is not int or offset < 0:
+        raise InvalidRequest(f"{where}: {SHM_OFFSET} must be a non-negative integer")
+    return ShmRef(region, offset, size)
+
+
+def without_shm(params: Mapping[str, Any]) -> dict[str, Any]:
+    """``params`` less the shared-memory ones (consumed by the codec)."""
+    return {k: v for k, v in params.items() if k not in SHM_PARAMETERS}
+
+
+class SharedMemoryAccess(Protocol):
+    """The caller's registered regions, for one request (``modelport.dataplane.sharedmemory``).
+
+    Codecs read inputs from it and write outputs to it; every span is checked
+    against the region and the segment before a byte moves.
+    """
+
+    def read(self, ref: ShmRef, datatype: str, shape: tuple[int, ...], where: str) -> Array:
+        """The tensor ``ref`` holds, as an array the request owns."""
+        ...
+
+    def check_output(self, ref: ShmRef, where: str) -> None:
+        """Refuse, before inference, an output span that cannot be written."""
+        ...
+
+    def write(self, ref: ShmRef, array: Array, datatype: str, where: str) -> int:
+        """Write ``array`` (Triton's binary layout) at ``ref``; the bytes written."""
+        ...
+
+
+def shm_outputs(request: InferenceRequest) -> dict[str, ShmRef]:
+    """The outputs the request asks to have written to shared memory (checked at decode)."""
+    if request.outputs is None:
+        return {}
+    refs: dict[str, ShmRef] = {}
+    for o in request.outputs:
+        if o.parameters and SHM_REGION in o.parameters:
+            ref = shm_reference(o.parameters, f"output {o.name!r}")
+            if ref is not None:
+                refs[o.name] = ref
+    return refs
+
+
+def shm_output_parameters(ref: ShmRef, written: int) -> dict[str, Any]:
+    """An output's parameters when it was written to shared memory (as Triton answers)."""
+    params: dict[str, Any] = {SHM_REGION: ref.region, SHM_BYTE_SIZE: written}
+    if ref.offset:
+        params[SHM_OFFSET] = ref.offset
+    return params
+
+
+def tensor_nbytes(datatype: str, shape: tuple[int, ...]) -> int:
+    """Bytes a fixed-size tensor takes in Triton's binary layout."""
+    return math.prod(shape) * ITEMSIZE[datatype]
+
+
+def array_to_buffer(array: Array, datatype: str) -> memoryview | bytes:
+    """Triton's binary layout of ``array`` without a copy where it is already contiguous."""
+    if datatype == "BYTES":
+        return array_to_bytes(array, datatype)
+    flat = np.ascontiguousarray(array, dtype=DTYPES[datatype]).reshape(-1)
+    return memoryview(flat.view(np.uint8).data)
 
 
 # ---------------------------------------------------------------- binary form

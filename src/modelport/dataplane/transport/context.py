@@ -7,6 +7,7 @@ from functools import cached_property
 
 from modelport.dataplane.info import InfoService
 from modelport.dataplane.pipeline import Pipeline
+from modelport.dataplane.sharedmemory import Registry
 from modelport.dataplane.table import ModelTable, RepositoryControl
 from modelport.observability.metrics import Metrics
 
@@ -17,6 +18,7 @@ EXTENSIONS = (
     "model_repository(unload_dependents)",
     "model_configuration",
     "statistics",
+    "system_shared_memory",
 )
 
 
@@ -38,3 +40,9 @@ class TransportContext:
         return InfoService(
             self.table, self.repository, self.server_name, self.server_version, EXTENSIONS
         )
+
+    @cached_property
+    def shared_memory(self) -> Registry:
+        """The system shared-memory regions callers registered, shared by both transports
+        (built on first use; docs/shared-memory.md)."""
+        return Registry()

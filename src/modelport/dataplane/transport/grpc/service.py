@@ -33,11 +33,12 @@ from modelport.dataplane.admission.needs import Access, declare, declared
 from modelport.dataplane.codec.grpc_v2 import decode_request, encode_response, parameter_value
 from modelport.dataplane.codec.repository import load_config_parameter
 from modelport.dataplane.info import Visible
+from modelport.dataplane.sharedmemory import CUDA_UNSUPPORTED, Session, owner_of
 from modelport.dataplane.transport.context import TransportContext
 from modelport.dataplane.transport.grpc.errors import grpc_status, trailing_metadata
 from modelport.dataplane.transport.grpc.metadata import MetadataView
 from modelport.dataplane.transport.trace import trace_context
-from modelport.errors import InvalidRequest, ModelportError
+from modelport.errors import InvalidRequest, ModelportError, Unsupported
 from modelport.protos import grpc_service_pb2 as pb
 from modelport.protos import grpc_service_pb2_grpc as pb_grpc
 from modelport.types import Call, Identity, Origin, Role
@@ -54,6 +55,9 @@ RPC_NAMES = tuple(m.name for m in pb.DESCRIPTOR.services_by_name["GRPCInferenceS
 
 #: Both inference rpcs: the invoker role on the model the message names.
 _INFER = Access(Role.INVOKER, model="model_name")
+
+#: Shared-memory rpcs: registering is part of inferring (docs/shared-memory.md).
+_SHM = Access(Role.INVOKER)
 
 
 def _rpc(access: Access) -> Callable[[Admitted[T]], Handler[T]]:
@@ -200,18 +204,24 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         admitted = pipeline.admission.before_body(
             request.model_name, request.model_version or None, identity, metadata.get, "grpc"
         )
-        req = decode_request(request, self.ctx.max_elements)
-        call = Call(
-            Origin.GRPC,
-            identity,
-            deadline,
-            metadata,
-            req.id,
-            context.peer(),
-            trace_context(metadata.get),
-        )
-        resp = await pipeline.infer(req, "grpc", metadata.get, call, admitted)
-        return encode_response(resp)
+        # The caller's shared-memory regions, held until the answer is made.
+        ctx = self.ctx
+        shm = Session(lambda: ctx.shared_memory, owner_of(identity), ctx.max_body_bytes)
+        try:
+            req = decode_request(request, self.ctx.max_elements, shm)
+            call = Call(
+                Origin.GRPC,
+                identity,
+                deadline,
+                metadata,
+                req.id,
+                context.peer(),
+                trace_context(metadata.get),
+            )
+            resp = await pipeline.infer(req, "grpc", metadata.get, call, admitted)
+            return encode_response(resp, req, shm)
+        finally:
+            shm.close()
 
     @_rpc(_INFER)
     async def ModelInfer(self, request: Any, context: Any, identity: Identity | None) -> Any:
@@ -320,3 +330,51 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         actor = identity.actor if identity is not None else None
         await self.ctx.repository.unload(request.model_name, actor)
         return pb.RepositoryModelUnloadResponse()
+
+    @_rpc(_SHM)
+    async def SystemSharedMemoryStatus(
+        self, request: Any, context: Any, identity: Identity | None
+    ) -> Any:
+        regions = self.ctx.shared_memory.status(owner_of(identity), request.name or None)
+        out = pb.SystemSharedMemoryStatusResponse()
+        for r in regions:
+            status = out.regions[r.name]
+            status.name = r.name
+            status.key = r.key
+            status.offset = r.offset
+            status.byte_size = r.byte_size
+        return out
+
+    @_rpc(_SHM)
+    async def SystemSharedMemoryRegister(
+        self, request: Any, context: Any, identity: Identity | None
+    ) -> Any:
+        self.ctx.shared_memory.register(
+            owner_of(identity), request.name, request.key, request.offset, request.byte_size
+        )
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    @_rpc(_SHM)
+    async def SystemSharedMemoryUnregister(
+        self, request: Any, context: Any, identity: Identity | None
+    ) -> Any:
+        self.ctx.shared_memory.unregister(owner_of(identity), request.name or None)
+        return pb.SystemSharedMemoryUnregisterResponse()
+
+    @_rpc(_SHM)
+    async def CudaSharedMemoryStatus(
+        self, request: Any, context: Any, identity: Identity | None
+    ) -> Any:
+        raise Unsupported(CUDA_UNSUPPORTED)
+
+    @_rpc(_SHM)
+    async def CudaSharedMemoryRegister(
+        self, request: Any, context: Any, identity: Identity | None
+    ) -> Any:
+        raise Unsupported(CUDA_UNSUPPORTED)
+
+    @_rpc(_SHM)
+    async def CudaSharedMemoryUnregister(
+        self, request: Any, context: Any, identity: Identity | None
+    ) -> Any:
+        raise Unsupported(CUDA_UNSUPPORTED)

@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from modelport.dataplane.admission.identity import VISIBLE_SCOPE_KEY
 from modelport.dataplane.admission.needs import needs
 from modelport.dataplane.transport.context import TransportContext
-from modelport.dataplane.transport.http import routes_triton, routes_v1, routes_v2
+from modelport.dataplane.transport.http import routes_shm, routes_triton, routes_v1, routes_v2
 from modelport.dataplane.transport.http.errors import error_headers, http_status
 from modelport.dataplane.transport.http.fastpath import InferenceFastPath, InferRoute
 from modelport.dataplane.transport.http.guard import (
@@ -114,9 +114,9 @@ def build_app(
     extra_routes: list[BaseRoute] | None = None,
     guard: HttpGuard | None = None,
 ) -> ASGIApp:
-    """The REST app: OIP v2, Triton's extensions, KServe v1, /metrics, and the
-    management API (built by the control plane) under /api/v1; every path
-    behind ``guard`` when authentication is on.
+    """The REST app: OIP v2, Triton's extensions (shared memory included),
+    KServe v1, /metrics, and the management API (built by the control plane)
+    under /api/v1; every path behind ``guard`` when authentication is on.
 
     Every route, the management API's included, must declare the role it
     needs (``admission/needs.py``): building fails on one that does not.
@@ -125,6 +125,7 @@ def build_app(
     router = Starlette(
         routes=[
             *routes_triton.routes(ctx),
+            *routes_shm.routes(ctx),
             *routes_v2.routes(ctx, infer),
             *routes_v1.routes(ctx),
             *metrics_routes(ctx.metrics),

@@ -28,6 +28,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from modelport.dataplane.admission.identity import IDENTITY_SCOPE_KEY
 from modelport.dataplane.admission.needs import Access, declared, needs
 from modelport.dataplane.codec.json_v2 import decode_request, encode_json, encode_response
+from modelport.dataplane.sharedmemory import Session, owner_of
 from modelport.dataplane.transport.context import TransportContext
 from modelport.dataplane.transport.http.body import ClientDisconnected, compress, receive_body
 from modelport.dataplane.transport.http.direct import DirectCycle, Reply
@@ -197,6 +198,7 @@ class InferRoute:
         the scope (see ``disconnect.until_disconnect``).
         """
         headers: dict[bytes, bytes] = dict(scope["headers"])
+        shm: Session | None = None
         try:
             ctx = self.ctx
             pipeline = ctx.pipeline
@@ -215,12 +217,15 @@ class InferRoute:
                 length.decode("latin-1") if length is not None else None,
                 headers.get(b"content-encoding", b"").decode("latin-1"),
             )
+            # The caller's shared-memory regions, held from here until the answer is made.
+            shm = Session(lambda: ctx.shared_memory, owner_of(identity), ctx.max_body_bytes)
             request = decode_request(
                 body,
                 _header_length(headers.get(b"inference-header-content-length")),
                 name,
                 version,
                 ctx.max_elements,
+                shm,
             )
             call = Call(
                 Origin.REST,
@@ -234,11 +239,14 @@ class InferRoute:
             response = await until_disconnect(
                 scope, receive, pipeline.infer(request, "http", view.get, call, admitted)
             )
-            payload, hlen = encode_response(request, response)
+            payload, hlen = encode_response(request, response, shm)
         except ModelportError as exc:
             return error_reply(exc, scope["path"])
         except ClientDisconnected:
             return None
+        finally:
+            if shm is not None:
+                shm.close()
         extra: list[tuple[bytes, bytes]]
         if hlen is None:
             extra = list(_JSON)
