@@ -167,8 +167,16 @@ def test_server_metadata(client: httpclient.InferenceServerClient) -> None:
     meta = client.get_server_metadata()
     assert meta["name"] == "modelport"
     assert isinstance(meta["version"], str) and meta["version"]
-    for ext in ("binary_tensor_data", "model_repository", "model_configuration", "statistics"):
+    for ext in (
+        "binary_tensor_data",
+        "model_repository",
+        "model_configuration",
+        "statistics",
+        "system_shared_memory",
+        "sequence",
+    ):
         assert ext in meta["extensions"]
+    assert "cuda_shared_memory" not in meta["extensions"]
 
 
 def test_model_ready(client: httpclient.InferenceServerClient) -> None:

@@ -19,6 +19,8 @@ EXTENSIONS = (
     "model_configuration",
     "statistics",
     "system_shared_memory",
+    "sequence",
+    "sequence(string_id)",
 )
 
 
