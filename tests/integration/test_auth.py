@@ -337,7 +337,7 @@ def test_brute_force_gets_429_and_is_audited(tmp_path: Path) -> None:
         assert httpx.get(f"{server.base}/v2/health/ready").status_code == 200
     finally:
         stop_server(server)
-    exported = cli("audit", "export", "--data-dir", str(data)).stdout.splitlines()
+    exported = cli("audit", "export", "--data-dir", str(data), "--json").stdout.splitlines()
     actions = [json.loads(line)["action"] for line in exported]
     assert actions.count("auth.blocked") >= 1
     assert 1 <= actions.count("auth.failure") <= 3  # sampled, not one row per attempt
@@ -457,7 +457,7 @@ def test_management_commands_send_the_token(setup: tuple[Server, dict[str, str]]
     refused = cli("models", "list", "--url", server.base)
     assert refused.returncode == 1
     assert "401" in refused.stderr
-    listed = cli("models", "--token", keys["acme"], "list", "--url", server.base)
+    listed = cli("models", "--token", keys["acme"], "list", "--url", server.base, "--json")
     assert listed.returncode == 0, listed.stderr
     assert {m["name"] for m in json.loads(listed.stdout)["models"]} == {"fraud-1"}
     env = {**os.environ, "MODELPORT_TOKEN": keys["viewer"]}

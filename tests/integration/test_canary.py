@@ -50,7 +50,7 @@ def test_canary_without_traffic_aborts_instead_of_promoting(srv: Server) -> None
         srv,
         "deploy", "canary", "start", "idle", "2",
         "--steps", "50,100", "--interval", "0.2", "--min-requests", "5",
-        "--evidence-timeout", "1",
+        "--evidence-timeout", "1", "--json",
     )  # fmt: skip
     assert started.returncode == 0, started.stderr
     assert json.loads(started.stdout)["spec"]["evidence_timeout_s"] == 1.0
@@ -60,9 +60,9 @@ def test_canary_without_traffic_aborts_instead_of_promoting(srv: Server) -> None
     pattern = r"step 1: only 0 of min_requests 5 requests reached the candidate in 1\.\d s"
     assert re.fullmatch(pattern, state["spec"]["reason"])
     assert routes(srv, "idle") == [{"version": "1", "weight": 100}]
-    status = json.loads(cli(srv, "deploy", "canary", "status", "idle").stdout)
+    status = json.loads(cli(srv, "deploy", "canary", "status", "idle", "--json").stdout)
     assert status["state"] == "aborted"
-    events = json.loads(cli(srv, "deploy", "history", "idle").stdout)["events"]
+    events = json.loads(cli(srv, "deploy", "history", "idle", "--json").stdout)["events"]
     aborted = [e for e in events if e["action"] == "canary.aborted"]
     assert aborted and re.fullmatch(pattern, aborted[0]["reason"])
     assert not [e for e in events if e["action"] == "canary.promoted"]
@@ -113,11 +113,11 @@ def test_rollback_after_a_promotion_restores_the_policy_before_the_canary(srv: S
 
     wait_for(promoted)
     promoted_revision = httpx.get(f"{api(srv)}/models/promo/traffic").json()["revision"]
-    back = cli(srv, "deploy", "rollback", "promo")
+    back = cli(srv, "deploy", "rollback", "promo", "--json")
     assert back.returncode == 0, back.stderr
     assert json.loads(back.stdout)["policy"] == before
     assert {infer(srv, "promo", 1.0)[0] for _ in range(10)} == {"1"}
-    latest = json.loads(cli(srv, "deploy", "history", "promo").stdout)["events"][0]
+    latest = json.loads(cli(srv, "deploy", "history", "promo", "--json").stdout)["events"][0]
     assert latest["action"] == "traffic.update"
     assert latest["detail"]["policy"] == before
     assert latest["reason"] == (

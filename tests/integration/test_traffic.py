@@ -459,7 +459,7 @@ def cli(server: Server, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_command_line_drives_the_api(srv: Server) -> None:
-    first = cli(srv, "deploy", "traffic", "cli", "1=50", "2=50", "--reason", "split")
+    first = cli(srv, "deploy", "traffic", "cli", "1=50", "2=50", "--reason", "split", "--json")
     assert first.returncode == 0, first.stderr
     assert json.loads(first.stdout)["revision"] == 1
     second = cli(srv, "deploy", "traffic", "cli", "1=10", "2=90")
@@ -467,7 +467,7 @@ def test_command_line_drives_the_api(srv: Server) -> None:
     bad = cli(srv, "deploy", "traffic", "cli", "1=70", "2=20")
     assert bad.returncode == 1
     assert "sum" in bad.stderr and "invalid_request" in bad.stderr
-    listed = json.loads(cli(srv, "models", "list").stdout)
+    listed = json.loads(cli(srv, "models", "list", "--json").stdout)
     weights = {
         v["version"]: v["weight"]
         for m in listed["models"]
@@ -475,15 +475,15 @@ def test_command_line_drives_the_api(srv: Server) -> None:
         for v in m["versions"]
     }
     assert weights == {"1": 10, "2": 90}
-    back = cli(srv, "deploy", "rollback", "cli")
+    back = cli(srv, "deploy", "rollback", "cli", "--json")
     assert back.returncode == 0, back.stderr
     routes = json.loads(back.stdout)["policy"]["routes"]
     assert routes == [{"version": "1", "weight": 50}, {"version": "2", "weight": 50}]
-    history = json.loads(cli(srv, "deploy", "history", "cli").stdout)["events"]
+    history = json.loads(cli(srv, "deploy", "history", "cli", "--json").stdout)["events"]
     assert [e["action"] for e in history][:3] == ["traffic.update"] * 3
     assert history[-1]["reason"] == "split"
     # Without a model: every model's history, this one's changes among them.
-    everything = cli(srv, "deploy", "history")
+    everything = cli(srv, "deploy", "history", "--json")
     assert everything.returncode == 0, everything.stderr
     events = json.loads(everything.stdout)["events"]
     assert {e["model"] for e in events} >= {"cli"}

@@ -10,17 +10,21 @@ within a second (its identity cache lives at most that long).
 from __future__ import annotations
 
 import getpass
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from modelport.cli.output import iso_time, say, show, table, text, utc_text
 from modelport.cli.storeoptions import DataDir, StateUrl, guard, open_store
 
 if TYPE_CHECKING:
     from modelport.controlplane.keys import KeyService
+    from modelport.controlplane.store.keys import StoredKey
 
 keys_app = typer.Typer(no_args_is_help=True, help="API keys: who may call the server.")
 
@@ -85,18 +89,80 @@ def create(
     )
 
 
+KeysJson = Annotated[
+    bool,
+    typer.Option(
+        "--json",
+        help="Print the keys as JSON for scripts (never a secret or its hash), not a table.",
+    ),
+]
+
+
+def key_json(key: StoredKey) -> dict[str, object]:
+    """A key as ``keys list --json`` prints it: its scope and state; no salt, no hash."""
+    return {
+        "id": key.id,
+        "name": key.name,
+        "role": key.role,
+        "models": list(key.models),
+        "tenant": key.tenant,
+        "rate": key.rate,
+        "burst": key.burst,
+        "created_at": utc_text(key.created_at),
+        "created_by": key.created_by,
+        "expires_at": utc_text(key.expires_at),
+        "revoked_at": utc_text(key.revoked_at),
+        "state": key_state(key),
+    }
+
+
+def key_state(key: StoredKey, now: datetime | None = None) -> str:
+    """``revoked``, ``expired`` or ``active``."""
+    if key.revoked_at is not None:
+        return "revoked"
+    moment = now or datetime.now(UTC)
+    expires = key.expires_at
+    if expires is not None and expires.tzinfo is None:
+        expires = expires.replace(tzinfo=UTC)
+    if expires is not None and expires <= moment:
+        return "expired"
+    return "active"
+
+
+def _scope(key: StoredKey) -> str:
+    """The key's model patterns, then its tenant and rate limit when it has them."""
+    parts = [" ".join(key.models)]
+    if key.tenant is not None:
+        parts.append(f"tenant {key.tenant}")
+    if key.rate is not None:
+        parts.append(f"{key.rate:g}/s" + (f" burst {key.burst}" if key.burst is not None else ""))
+    return "; ".join(parts)
+
+
 @keys_app.command("list")
-def list_keys(data_dir: DataDir = None, state_url: StateUrl = None) -> None:
+def list_keys(
+    data_dir: DataDir = None, state_url: StateUrl = None, as_json: KeysJson = False
+) -> None:
     """Every key with its scope and state; never a secret."""
     with _service(data_dir, state_url) as service:
         keys = guard(service.list)
+    if as_json:
+        typer.echo(json.dumps({"keys": [key_json(k) for k in keys]}, indent=2))
+        return
+    if not keys:
+        say("no keys")
+        return
+    grid = table("ID", "NAME", "ROLE", "SCOPE", "EXPIRES", "STATE", wide=["NAME", "SCOPE"])
     for k in keys:
-        state = "revoked" if k.revoked_at else "active"
-        typer.echo(
-            f"{k.id}  {k.name}  {k.role}  models={','.join(k.models)}  "
-            f"tenant={k.tenant or '-'}  expires={k.expires_at.isoformat() if k.expires_at else '-'}"
-            f"  rate={k.rate if k.rate is not None else '-'}  {state}"
+        grid.add_row(
+            text(k.id),
+            text(k.name),
+            text(k.role),
+            text(_scope(k)),
+            iso_time(k.expires_at) if k.expires_at else "never",
+            key_state(k),
         )
+    show(grid)
 
 
 @keys_app.command("revoke")

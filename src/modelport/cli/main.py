@@ -15,6 +15,7 @@ import typer
 
 from modelport import __version__
 from modelport.cli.audit import audit_app
+from modelport.cli.client import Token, Url, remember
 from modelport.cli.compliance import compliance_app
 from modelport.cli.convert import convert
 from modelport.cli.crypto import encrypt, keygen
@@ -42,6 +43,9 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _root(
+    ctx: typer.Context,
+    url: Url = None,
+    token: Token = None,
     version: Annotated[
         bool,
         typer.Option(
@@ -53,6 +57,8 @@ def _root(
     ] = False,
 ) -> None:
     """modelport: Open Inference Protocol (REST and gRPC) model server."""
+    # --url and --token for `models` and `deploy`, given before the group.
+    remember(ctx, url, token)
 
 
 @app.command()

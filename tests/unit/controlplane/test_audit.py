@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import re
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -535,9 +536,18 @@ def test_cli_verify_lists_each_problem_and_exits_1(data_dir: Path) -> None:
     result = CliRunner().invoke(audit_app, ["verify", "--data-dir", str(data_dir)])
     assert result.exit_code == 1
     lines = result.stdout.splitlines()
-    assert lines[0].startswith("seq 2 (id 2): edited: ")
-    assert lines[1].startswith("seq 4: removed: no record has seq 4")
-    assert lines[2] == "4 records, 2 problems: chain broken"
+    assert lines[0].split() == ["SEQ", "ID", "PROBLEM", "DETAIL"]
+    assert lines[2].split()[:3] == ["2", "2", "edited"]
+    assert lines[3].split()[:3] == ["4", "-", "removed"] and "no record has seq 4" in lines[3]
+    assert lines[4] == "4 records, 2 problems: chain broken"
+    as_json = CliRunner().invoke(audit_app, ["verify", "--data-dir", str(data_dir), "--json"])
+    assert as_json.exit_code == 1
+    report = json.loads(as_json.stdout)
+    assert report["ok"] is False and report["checked"] == 4
+    assert [(p["seq"], p["id"], p["what"]) for p in report["problems"]] == [
+        (2, 2, "edited"),
+        (4, None, "removed"),
+    ]
 
 
 def test_cli_verify_calls_two_swapped_records_reordered(data_dir: Path) -> None:
@@ -550,11 +560,14 @@ def test_cli_verify_calls_two_swapped_records_reordered(data_dir: Path) -> None:
     url = Database.sqlite_url(data_dir)
     result = CliRunner().invoke(main_app, ["audit", "verify", "--state-url", url])
     assert result.exit_code == 1
-    assert result.stdout.splitlines() == [
-        f"seq 2 (id {rows[2]['id']}): reordered: it holds the content written as seq 3",
-        f"seq 3 (id {rows[1]['id']}): reordered: it holds the content written as seq 2",
-        "5 records, 2 problems: chain broken",
-    ]
+    lines = result.stdout.splitlines()
+    assert lines[2].split(maxsplit=3) == [
+        "2", str(rows[2]["id"]), "reordered", "it holds the content written as seq 3"
+    ]  # fmt: skip
+    assert lines[3].split(maxsplit=3) == [
+        "3", str(rows[1]["id"]), "reordered", "it holds the content written as seq 2"
+    ]  # fmt: skip
+    assert lines[4:] == ["5 records, 2 problems: chain broken"]
 
 
 def test_cli_refuses_a_data_directory_without_a_database(tmp_path: Path) -> None:
@@ -581,10 +594,22 @@ def test_cli_exports_to_a_file_from_a_seq(data_dir: Path, tmp_path: Path) -> Non
 
 
 def test_cli_exports_to_stdout(data_dir: Path) -> None:
-    result = CliRunner().invoke(audit_app, ["export", "--data-dir", str(data_dir)])
+    result = CliRunner().invoke(audit_app, ["export", "--data-dir", str(data_dir), "--json"])
     assert result.exit_code == 0, result.output
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert [r["seq"] for r in records] == [1, 2, 3, 4, 5]
+
+
+def test_cli_export_without_json_is_a_table_of_the_records(data_dir: Path) -> None:
+    result = CliRunner().invoke(audit_app, ["export", "--data-dir", str(data_dir)])
+    assert result.exit_code == 0, result.output
+    header, _, *rows = result.stdout.splitlines()
+    assert header.split()[:5] == ["SEQ", "TIME", "MODEL", "ACTOR", "ACTION"]
+    assert [row.split()[0] for row in rows] == ["1", "2", "3", "4", "5"]
+    # Not a terminal: times in UTC, ISO 8601 to the second.
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", r.split()[1]) for r in rows)
+    later = CliRunner().invoke(audit_app, ["export", "--data-dir", str(data_dir), "--since", "5"])
+    assert later.stdout == "no audit records after seq 5\n"
 
 
 def test_cli_refuses_a_negative_since(data_dir: Path) -> None:

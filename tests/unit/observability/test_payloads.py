@@ -397,10 +397,14 @@ def test_sealed_records_read_back_and_hold_no_plaintext(tmp_path: Path) -> None:
     assert counted(metrics, "fraud", "written") == 2
 
     result = CliRunner().invoke(
-        app, ["payloads", "read", str(file), "--master-key-file", str(path)]
+        app, ["payloads", "read", str(file), "--master-key-file", str(path), "--json"]
     )
     assert result.exit_code == 0, result.output
     assert [json.loads(line)["id"] for line in result.output.splitlines()] == ["secret-id"] * 2
+    table = CliRunner().invoke(app, ["payloads", "read", str(file), "--master-key-file", str(path)])
+    assert table.exit_code == 0, table.output
+    rows = [line for line in table.output.splitlines() if "secret-id" in line]
+    assert len(rows) == 2 and all("fraud" in row and "http" in row for row in rows)
 
 
 def test_a_wrong_key_or_an_edited_header_is_refused(tmp_path: Path) -> None:
