@@ -36,7 +36,8 @@ Url = Annotated[
         "--url",
         metavar="URL",
         show_default=False,
-        help=f"The server's REST address (default: ${URL_ENV}, else {DEFAULT_URL}).",
+        help=f"REST address of the server that models and deploy commands call "
+        f"(default: ${URL_ENV}, else {DEFAULT_URL}).",
     ),
 ]
 Token = Annotated[
@@ -45,7 +46,8 @@ Token = Annotated[
         "--token",
         metavar="TOKEN",
         show_default=False,
-        help=f"API key or JWT for a server with authentication on (default: ${TOKEN_ENV}).",
+        help=f"API key or JWT that models and deploy commands send to a server with "
+        f"authentication on (default: ${TOKEN_ENV}).",
     ),
 ]
 

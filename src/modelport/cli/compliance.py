@@ -127,6 +127,9 @@ def _print_table(report: dict[str, Any]) -> None:
     from modelport.cli.console import output_console
 
     node = report["node"]
+    if not report["models"]:
+        typer.echo(f"no models in {node['repository']}")
+        return
     where = node["region"] or "none (fail closed: only models without residency are served)"
     table = Table(title=escape(f"modelport compliance: node region {where}"))
     for column in ("model", "allowed regions", "served here", "encrypted", "payload log", "limit"):

@@ -310,3 +310,9 @@ def test_a_refusal_exits_1_with_the_servers_error(server: FakeServer) -> None:
     result = run("deploy", "history", "nope")
     assert result.exit_code == 1
     assert result.stderr.startswith("error: 404: ? (x)")
+
+
+def test_compliance_report_of_an_empty_repository_says_so(tmp_path: Any) -> None:
+    result = run("compliance", "report", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"no models in {tmp_path}\n"
