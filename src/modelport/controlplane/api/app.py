@@ -8,13 +8,14 @@ plane's shape with a ``code`` (see errors.py).
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable, Coroutine
 from dataclasses import asdict, dataclass
-from typing import Annotated, Any
+from functools import cache
+from typing import Annotated, Any, cast
 
 from fastapi import FastAPI, Header, Path, Query, Response
 from fastapi.exceptions import HTTPException
-from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.routing import APIRoute
 from starlette.datastructures import Headers
 from starlette.requests import ClientDisconnect, Request
@@ -22,8 +23,9 @@ from starlette.responses import HTMLResponse
 from starlette.routing import BaseRoute, Route
 from starlette.types import Message, Receive
 
+from modelport import __version__
 from modelport.config.server import MANAGEMENT_BODY_BYTES
-from modelport.controlplane.api import schemas
+from modelport.controlplane.api import docs_assets, openapi_inference, schemas
 from modelport.controlplane.api.errors import install_error_handlers
 from modelport.controlplane.canary import CanaryController
 from modelport.controlplane.registry import Registry
@@ -494,16 +496,82 @@ def _add_canary_action(api: FastAPI, services: ManagementServices, action: str) 
     )(handler)
 
 
-def docs_routes() -> list[BaseRoute]:
-    """``/docs``: an interactive page over ``/api/v1/openapi.json``."""
+class _Unserved:
+    """The services of an API built only for its OpenAPI document: none is ever called."""
+
+    def __getattr__(self, name: str) -> Any:
+        return None
+
+
+def _unserved_status(exc: ModelportError) -> int:
+    return 500
+
+
+def docs_routes(management: FastAPI | None = None) -> list[BaseRoute]:
+    """``/docs`` and what it shows, served from this host (no CDN).
+
+    - ``/docs``: Swagger UI over ``/openapi.json`` (docs_assets.py);
+    - ``/docs/assets/{name}``: Swagger UI's files, from the ``swagger_ui_bundle`` package;
+    - ``/openapi.json``: one OpenAPI 3.1 document for every REST route, the data
+      plane's (openapi_inference.py) and the management API's under ``/api/v1``
+      (which still serves its own at ``/api/v1/openapi.json``);
+    - ``/docs/openapi-3.0.json``: the same as OpenAPI 3.0, for a Swagger UI before 5.
+
+    The management API's part comes from ``management`` (the API built by
+    ``build_api``) or, without it, from an API built for its document alone:
+    its routes and schemas are the same code's either way.
+
+    Each needs the ``viewer`` role, like ``/api/v1/openapi.json``: with
+    authentication on, a browser reaches them only with credentials
+    (docs/management-api.md).
+    """
+
+    @cache
+    def documents() -> dict[str, bytes]:
+        """Both documents, built on first use (off the event loop) and kept."""
+        api = management or build_api(cast(ManagementServices, _Unserved()), _unserved_status)
+        combined = openapi_inference.combined_document(api.openapi(), __version__)
+        return {
+            "3.1": json.dumps(combined).encode(),
+            "3.0": json.dumps(docs_assets.as_openapi_30(combined)).encode(),
+        }
+
+    async def document(version: str) -> Response:
+        built = await asyncio.to_thread(documents)
+        return Response(
+            built[version], media_type="application/json", headers={"Cache-Control": "no-cache"}
+        )
 
     @needs(Role.VIEWER)
     async def page(request: Request) -> HTMLResponse:
-        return get_swagger_ui_html(
-            openapi_url="/api/v1/openapi.json", title="modelport management API"
-        )
+        openapi_url = "/openapi.json"
+        if docs_assets.swagger_ui_major() < 5:
+            openapi_url = "/docs/openapi-3.0.json"  # Swagger UI 4 renders 3.0 only
+        return await asyncio.to_thread(docs_assets.page, request, openapi_url, "modelport API")
 
-    return [Route("/docs", page, methods=["GET"])]
+    @needs(Role.VIEWER)
+    async def asset(request: Request) -> Response:
+        found = await asyncio.to_thread(
+            docs_assets.asset_response, request, request.path_params["name"]
+        )
+        if found is None:
+            raise HTTPException(404)
+        return found
+
+    @needs(Role.VIEWER)
+    async def openapi(request: Request) -> Response:
+        return await document("3.1")
+
+    @needs(Role.VIEWER)
+    async def openapi_30(request: Request) -> Response:
+        return await document("3.0")
+
+    return [
+        Route("/docs", page, methods=["GET"]),
+        Route("/docs/assets/{name}", asset, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
+        Route("/docs/openapi-3.0.json", openapi_30, methods=["GET"]),
+    ]
 
 
 async def _history(
