@@ -229,7 +229,7 @@ def serve(
     if settings.repository is not None and not settings.repository.is_dir():
         typer.echo(f"error: repository {settings.repository} is not a directory", err=True)
         raise typer.Exit(2)
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     from modelport.server import serve as run_server
 
     try:
