@@ -48,7 +48,6 @@ from modelport.dataplane.transport.grpc.server import (
 from modelport.dataplane.transport.http.app import build_app, build_metrics_app
 from modelport.dataplane.transport.http.errors import http_status
 from modelport.dataplane.transport.http.protocol import announce_direct_path, limited_protocol
-from modelport.dataplane.transport.http.routes_logging import OnChange as OnLogChange
 from modelport.dataplane.transport.http.routes_logging import routes as logging_routes
 from modelport.dataplane.transport.http.uvicorn_adapter import (
     UvicornServer,
@@ -56,7 +55,7 @@ from modelport.dataplane.transport.http.uvicorn_adapter import (
     uvicorn_server,
 )
 from modelport.dataplane.transport.listen import address_of, bind_listeners, port_of
-from modelport.observability.logs import configure_logging
+from modelport.observability.logs import LogControl, configure_logging
 from modelport.observability.metrics import Metrics
 from modelport.observability.payloads import PayloadLogger, retention_of
 from modelport.observability.triton_metrics import LoadedVersion, TritonMetrics
@@ -182,15 +181,16 @@ def loaded_versions(registry: Registry) -> list[LoadedVersion]:
     ]
 
 
-def _log_audit(audit_log: AuditLog) -> OnLogChange:
-    """Log settings changed through /v2/logging, in the audit log as server-wide events."""
+def _audited_logs(logs: LogControl, audit_log: AuditLog) -> LogControl:
+    """``logs``, with each change a caller makes (REST's /v2/logging or gRPC's
+    LogSettings) in the audit log as a server-wide event."""
 
     async def record(actor: str | None, changed: dict[str, Any]) -> None:
         await asyncio.to_thread(
             audit_log.record, SERVER_WIDE, "logging.update", actor=actor or LOCAL, detail=changed
         )
 
-    return record
+    return logs.audited(record)
 
 
 def repository_of(config: ServerConfig) -> Path:
@@ -274,6 +274,7 @@ async def serve(config: ServerConfig) -> None:
         payloads=payloads,
         residency=residency,
     )
+    log_control = _audited_logs(logs, audit_log)
     ctx = TransportContext(
         pipeline=pipeline,
         table=registry,
@@ -283,13 +284,14 @@ async def serve(config: ServerConfig) -> None:
         server_version=__version__,
         max_body_bytes=config.max_body_bytes,
         max_elements=config.max_elements,
+        log_control=log_control,
     )
     api = build_api(
         ManagementServices(registry, policies, canaries, audit_log, manager, canary), http_status
     )
     if config.triton_metrics:
         metrics.add_exposition(TritonMetrics(lambda: loaded_versions(registry)).render)
-    extra_routes = [*docs_routes(), *logging_routes(logs, _log_audit(audit_log))]
+    extra_routes = [*docs_routes(), *logging_routes(log_control)]
     http = _uvicorn(build_app(ctx, api, extra_routes, auth.guard), config, config.http_port, tls)
     metrics_http = (
         _uvicorn(build_metrics_app(metrics, auth.metrics_guard), config, config.metrics_port, tls)

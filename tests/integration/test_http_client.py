@@ -174,6 +174,7 @@ def test_server_metadata(client: httpclient.InferenceServerClient) -> None:
         "statistics",
         "system_shared_memory",
         "sequence",
+        "logging",
     ):
         assert ext in meta["extensions"]
     assert "cuda_shared_memory" not in meta["extensions"]

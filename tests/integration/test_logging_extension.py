@@ -1,4 +1,5 @@
-"""Triton's logging extension against the real server: /v2/logging read, changed, refused.
+"""Triton's logging extension against the real server: read, changed and refused over
+REST (/v2/logging) and gRPC (LogSettings, through tritonclient.grpc).
 
 The server's stderr goes to a file (no terminal), so its log starts as JSON lines.
 """
@@ -10,10 +11,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc as grpc_module
 import httpx
 import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+from tritonclient.utils import InferenceServerException
 
 from tests.integration.conftest import Server, start_server, stop_server
 from tests.integration.models import _save, identity_model
@@ -53,6 +58,20 @@ def defaults(server: Server) -> Iterator[None]:
 
 def _post(server: Server, body: Any, **kwargs: Any) -> httpx.Response:
     return httpx.post(f"{server.base}/v2/logging", json=body, **kwargs)
+
+
+def _settings(response: Any) -> dict[str, Any]:
+    """A LogSettingsResponse as REST's dictionary: each setting's value, whatever its kind."""
+    return {
+        name: getattr(value, value.WhichOneof("parameter_choice"))
+        for name, value in response.settings.items()
+    }
+
+
+def _grpc_refusal(client: grpcclient.InferenceServerClient, **kwargs: Any) -> Any:
+    with pytest.raises(InferenceServerException) as refused:
+        client.update_log_settings(**kwargs)
+    return refused.value
 
 
 def _infer(server: Server) -> None:
@@ -193,3 +212,109 @@ def test_a_change_is_in_the_audit_log(guarded: tuple[Server, dict[str, str]]) ->
     assert changes[0]["actor"] == "ops-bot"
     assert changes[0]["model"] == "*"
     assert changes[0]["detail"] == {"log_warnings": True}
+
+
+@pytest.fixture
+def grpc(server: Server) -> Iterator[grpcclient.InferenceServerClient]:
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    yield client
+    client.close()
+
+
+def test_grpc_reads_tritons_settings(grpc: grpcclient.InferenceServerClient) -> None:
+    assert _settings(grpc.get_log_settings()) == DEFAULTS
+    as_json = grpc.get_log_settings(as_json=True)["settings"]
+    assert as_json["log_info"] == {"bool_param": True}
+    assert as_json["log_format"] == {"string_param": "json"}
+    assert "logging" in grpc.get_server_metadata(as_json=True)["extensions"]
+
+
+def test_grpc_changes_what_it_names_and_rest_sees_it(
+    server: Server, grpc: grpcclient.InferenceServerClient
+) -> None:
+    changed = grpc.update_log_settings({"log_warnings": False, "log_format": "text"})
+    assert _settings(changed) == {**DEFAULTS, "log_warnings": False, "log_format": "text"}
+    assert _settings(grpc.get_log_settings()) == _settings(changed)
+    assert httpx.get(f"{server.base}/v2/logging").json() == _settings(changed)
+    # What REST changes, gRPC reads.
+    assert _post(server, {"log_format": "json"}).status_code == 200
+    assert _settings(grpc.get_log_settings())["log_format"] == "json"
+
+
+def test_a_verbose_level_set_over_grpc_turns_on_debug_lines(
+    server: Server, grpc: grpcclient.InferenceServerClient
+) -> None:
+    assert _settings(grpc.update_log_settings({"log_verbose_level": 1}))["log_verbose_level"] == 1
+    mark = len(server.log())
+    _infer(server)
+    assert _written_after(server, mark, '"message": "inference"')
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"log_warning": True},
+        {"log_format": "xml"},
+        {"log_info": None},
+    ],
+)
+def test_a_bad_grpc_change_is_invalid_with_rests_message(
+    server: Server, grpc: grpcclient.InferenceServerClient, settings: dict[str, Any]
+) -> None:
+    refused = _grpc_refusal(grpc, settings={"log_info": False, **settings})
+    assert refused.status() == "StatusCode.INVALID_ARGUMENT"
+    # A setting without a value is REST's null.
+    assert refused.message() == _post(server, settings).json()["error"]
+    assert _settings(grpc.get_log_settings()) == DEFAULTS
+
+
+def test_a_value_of_the_wrong_kind_is_refused_over_grpc_as_over_rest(server: Server) -> None:
+    """tritonclient picks each value's kind by the setting's name; another client may not."""
+    request = service_pb2.LogSettingsRequest()
+    request.settings["log_verbose_level"].bool_param = True
+    with grpc_module.insecure_channel(server.grpc_url) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        with pytest.raises(grpc_module.RpcError) as refused:
+            stub.LogSettings(request)
+    assert refused.value.code() == grpc_module.StatusCode.INVALID_ARGUMENT
+    assert refused.value.details() == _post(server, {"log_verbose_level": True}).json()["error"]
+
+
+def test_log_file_is_refused_over_grpc_and_no_file_is_made(
+    grpc: grpcclient.InferenceServerClient, tmp_path: Path
+) -> None:
+    target = tmp_path / "chosen.log"
+    refused = _grpc_refusal(grpc, settings={"log_file": str(target), "log_info": False})
+    assert refused.status() == "StatusCode.INVALID_ARGUMENT"
+    assert "a caller may not choose a file" in refused.message()
+    assert not target.exists()
+    assert _settings(grpc.get_log_settings())["log_info"] is True
+
+
+def test_over_grpc_reading_needs_a_viewer_and_changing_an_operator_and_is_audited(
+    guarded: tuple[Server, dict[str, str]],
+) -> None:
+    server, keys = guarded
+
+    def auth(name: str) -> dict[str, str]:
+        return {"authorization": f"Bearer {keys[name]}"}
+
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    try:
+        with pytest.raises(InferenceServerException) as anonymous:
+            client.get_log_settings()
+        assert anonymous.value.status() == "StatusCode.UNAUTHENTICATED"
+        before = _settings(client.get_log_settings(headers=auth("viewer")))
+        denied = _grpc_refusal(client, settings={"log_errors": False}, headers=auth("viewer"))
+        assert denied.status() == "StatusCode.PERMISSION_DENIED"
+        assert _settings(client.get_log_settings(headers=auth("viewer"))) == before
+        done = client.update_log_settings({"log_verbose_level": 3}, headers=auth("ops"))
+        assert _settings(done) == {**before, "log_verbose_level": 3}
+    finally:
+        client.close()
+    history = httpx.get(f"{server.base}/api/v1/history", headers=bearer(keys["admin"])).json()
+    changes = [e for e in history["events"] if e["action"] == "logging.update"]
+    assert changes, history
+    assert changes[0]["actor"] == "ops-bot"
+    assert changes[0]["model"] == "*"
+    assert changes[0]["detail"] == {"log_verbose_level": 3}

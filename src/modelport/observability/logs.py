@@ -18,7 +18,9 @@ Two formats, chosen at start (``--log-format``) and changeable at run time:
 Which levels are written follows Triton's logging extension (``/v2/logging``):
 info, warnings and errors each on or off, and verbose (debug) messages on
 from ``log_verbose_level`` 1. :class:`LogControl` reads and changes those
-settings; the transports only translate its Triton-shaped dictionary.
+settings, and records each change (:meth:`LogControl.change`), for REST's
+``/v2/logging`` and gRPC's ``LogSettings`` alike; the transports only
+translate its Triton-shaped dictionary.
 
 Libraries' set-up chatter (uvicorn's start and stop lines, alembic's
 migrations, asyncio, gRPC, SQLAlchemy, httpx) is held at warning: what they
@@ -32,7 +34,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Literal, TextIO
@@ -199,12 +201,22 @@ _FIELDS: dict[str, type] = {
 
 _UINT32_MAX = 2**32 - 1
 
+#: Records a change that took effect: (who asked, or None with authentication
+#: off; the settings changed, as the caller gave them).
+OnChange = Callable[[str | None, dict[str, Any]], Awaitable[None]]
+
 
 class LogControl:
     """Reads and changes the log settings at run time (Triton's logging extension)."""
 
-    def __init__(self, handler: ServerLogHandler) -> None:
+    def __init__(self, handler: ServerLogHandler, on_change: OnChange | None = None) -> None:
         self.handler = handler
+        self.on_change = on_change
+
+    def audited(self, on_change: OnChange) -> LogControl:
+        """A control over the same log whose :meth:`change` records each change with
+        ``on_change`` (the audit log: the log is set up before the audit log exists)."""
+        return LogControl(self.handler, on_change)
 
     @property
     def settings(self) -> LogSettings:
@@ -277,6 +289,19 @@ class LogControl:
             # After the change: turning info off is not announced at info.
             _log.info("log settings changed", extra={"changed": changed})
         return changed
+
+    async def change(self, changes: Mapping[str, object], actor: str | None) -> dict[str, Any]:
+        """A caller's change: :meth:`update`, then the change recorded for ``actor``
+        (None with authentication off); returns every setting after it.
+
+        Both transports change the settings through here, so a change is
+        recorded the same way whichever protocol asked. A request that
+        changed nothing records nothing.
+        """
+        changed = self.update(changes)
+        if changed and self.on_change is not None:
+            await self.on_change(actor, changed)
+        return self.triton_settings()
 
 
 _JSON_TYPE = {str: "a string", bool: "true or false", int: "a whole number"}

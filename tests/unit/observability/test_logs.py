@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -224,3 +225,23 @@ def test_a_bad_change_is_refused_naming_the_field_and_changes_nothing(
     with pytest.raises(InvalidRequest, match=re.escape(message)):
         control.update({"log_info": False, **changes})
     assert control.settings == before
+
+
+def test_a_callers_change_is_recorded_once_and_a_refused_or_empty_one_not_at_all() -> None:
+    recorded: list[tuple[str | None, dict[str, object]]] = []
+
+    async def record(actor: str | None, changed: dict[str, object]) -> None:
+        recorded.append((actor, changed))
+
+    plain = configure_logging("info", "json", io.StringIO())
+    control = plain.audited(record)
+    after = asyncio.run(control.change({"log_info": False, "log_file": ""}, "ops-bot"))
+    assert after == {**plain.triton_settings(), "log_info": False}
+    assert plain.settings.info is False  # the same log, whichever control changed it
+    assert recorded == [("ops-bot", {"log_info": False})]
+    asyncio.run(control.change({"log_file": ""}, None))
+    with pytest.raises(InvalidRequest):
+        asyncio.run(control.change({"log_info": True, "log_file": "/tmp/x.log"}, None))
+    assert recorded == [("ops-bot", {"log_info": False})]
+    # A control built without a recorder changes the settings all the same.
+    assert asyncio.run(plain.change({"log_info": True}, None))["log_info"] is True

@@ -9,6 +9,7 @@ from modelport.dataplane.info import InfoService
 from modelport.dataplane.pipeline import Pipeline
 from modelport.dataplane.sharedmemory import Registry
 from modelport.dataplane.table import ModelTable, RepositoryControl
+from modelport.observability.logs import LogControl
 from modelport.observability.metrics import Metrics
 
 #: Triton protocol extensions served on both transports.
@@ -21,6 +22,7 @@ EXTENSIONS = (
     "system_shared_memory",
     "sequence",
     "sequence(string_id)",
+    "logging",
 )
 
 
@@ -34,6 +36,9 @@ class TransportContext:
     server_version: str
     max_body_bytes: int
     max_elements: int
+    log_control: LogControl | None = None
+    """Triton's logging extension (REST's /v2/logging, gRPC's LogSettings); None
+    where a server is built without one (tests of other parts)."""
 
     @cached_property
     def info(self) -> InfoService:

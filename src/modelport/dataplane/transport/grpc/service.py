@@ -12,7 +12,9 @@ health rpcs (ServerLive, ServerReady; grpc.health.v1 is another service) are
 declared open. The check lives here rather than in an interceptor, which
 cannot see the message. An rpc of the service that declares nothing stops
 the service from being built. With authentication off there is no Gate and
-admission returns at its first line.
+admission returns at its first line. LogSettings both reads and changes: it
+is declared for viewers, and a call that changes a setting is authorized
+for the operator role too, the role REST's POST /v2/logging declares.
 """
 
 from __future__ import annotations
@@ -117,6 +119,27 @@ def peer_address(peer: str) -> str:
     if kind in ("ipv4", "ipv6") and ":" in rest:
         return rest.rsplit(":", 1)[0].strip("[]")
     return peer
+
+
+def _setting_value(value: Any) -> object:
+    """A LogSettingsRequest value as the JSON value REST would carry: bool, int or
+    str by the oneof set; None (JSON's null, refused by LogControl) when none is."""
+    choice = value.WhichOneof("parameter_choice")
+    return None if choice is None else getattr(value, choice)
+
+
+def _log_settings_response(settings: dict[str, Any]) -> Any:
+    """Triton-shaped settings as a LogSettingsResponse, each value in its oneof."""
+    out = pb.LogSettingsResponse()
+    for name, value in settings.items():
+        entry = out.settings[name]
+        if isinstance(value, bool):
+            entry.bool_param = value
+        elif isinstance(value, int):
+            entry.uint32_param = value
+        else:
+            entry.string_param = str(value)
+    return out
 
 
 def _model_in(access: Access, message: Any) -> str | None:
@@ -330,6 +353,21 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         actor = identity.actor if identity is not None else None
         await self.ctx.repository.unload(request.model_name, actor)
         return pb.RepositoryModelUnloadResponse()
+
+    @_rpc(Access(Role.VIEWER))
+    async def LogSettings(self, request: Any, context: Any, identity: Identity | None) -> Any:
+        """Triton's logging extension: an empty ``settings`` reads, any other changes
+        the settings it names (the operator role), and both answer every setting."""
+        control = self.ctx.log_control
+        if control is None:
+            raise Unsupported("this server does not serve the logging extension")
+        if not request.settings:
+            return _log_settings_response(control.triton_settings())
+        if self.gate is not None and identity is not None:
+            self.gate.check(identity, peer_address(context.peer()), Role.OPERATOR, None)
+        changes = {name: _setting_value(value) for name, value in request.settings.items()}
+        actor = identity.actor if identity is not None else None
+        return _log_settings_response(await control.change(changes, actor))
 
     @_rpc(_SHM)
     async def SystemSharedMemoryStatus(

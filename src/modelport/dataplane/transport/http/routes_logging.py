@@ -3,15 +3,12 @@
 GET answers the current settings in Triton's shape (``log_file`` is always
 "": the log goes to stderr); POST changes the settings it names and answers
 them all. Reading needs the viewer role, changing the operator role. The
-settings themselves, and every check of a change, live in
-``observability/logs.py`` (:class:`LogControl`), so a gRPC ``LogSettings``
-would share them.
+settings themselves, every check of a change and its audit record live in
+``observability/logs.py`` (:class:`LogControl`), which gRPC's ``LogSettings``
+shares.
 """
 
 from __future__ import annotations
-
-from collections.abc import Awaitable, Callable
-from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -27,13 +24,9 @@ from modelport.errors import InvalidRequest
 from modelport.observability.logs import LogControl
 from modelport.types import Role
 
-#: Records a change that took effect: (who asked, or None with authentication
-#: off; the settings changed, as the caller gave them).
-OnChange = Callable[[str | None, dict[str, Any]], Awaitable[None]]
 
-
-def routes(control: LogControl, on_change: OnChange | None = None) -> list[Route]:
-    """The logging extension's routes over ``control``; ``on_change`` audits changes."""
+def routes(control: LogControl) -> list[Route]:
+    """The logging extension's routes over ``control``, which records each change."""
 
     @needs(Role.VIEWER)
     async def read(request: Request) -> Response:
@@ -45,11 +38,9 @@ def routes(control: LogControl, on_change: OnChange | None = None) -> list[Route
         value = decode_json(body) if body.strip() else {}
         if not isinstance(value, dict):
             raise InvalidRequest("request body must be a JSON object of log settings")
-        changed = control.update(value)
-        if changed and on_change is not None:
-            identity = request.scope.get(IDENTITY_SCOPE_KEY)
-            await on_change(None if identity is None else str(identity.actor), changed)
-        return json_response(control.triton_settings())
+        identity = request.scope.get(IDENTITY_SCOPE_KEY)
+        actor = None if identity is None else str(identity.actor)
+        return json_response(await control.change(value, actor))
 
     return [
         Route("/v2/logging", read, methods=["GET"]),
