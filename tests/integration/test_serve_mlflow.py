@@ -7,7 +7,9 @@ and a signature from ``infer_signature``; a string model is saved as MLflow
 The sklearn flavour writes ``model.skops`` next to ``MLmodel``, and a version
 directory's files pick the backend with ``model.skops`` first, so those models
 carry a config.yaml that says ``backend: mlflow`` (and nothing else: their
-tensors still come from the signature).
+tensors still come from the signature). ``iris`` also lists one ``input``
+matrix, which keeps the one-tensor form of a column signature; ``iris_auto``
+is served one input per column.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ IRIS_X: pd.DataFrame = IRIS.data
 IRIS_Y = IRIS.target.to_numpy()
 REQUIREMENTS = ["scikit-learn"]  # given, so mlflow does not start a subprocess to infer them
 BACKEND_ONLY = "backend: mlflow\n"
+ONE_MATRIX = BACKEND_ONLY + "input:\n- {name: input, data_type: TYPE_FP32, dims: [4]}\n"
 
 SHOUT_CODE = """\
 import mlflow
@@ -82,7 +85,7 @@ def build(root: Path) -> Models:
     labels = LogisticRegression(max_iter=1000).fit(IRIS_X, IRIS_Y)
     signature = quietly(infer_signature, IRIS_X, labels.predict(IRIS_X))
     save_sklearn(labels, root / "iris" / "1", signature=signature)
-    (root / "iris" / "config.yaml").write_text(BACKEND_ONLY)
+    (root / "iris" / "config.yaml").write_text(ONE_MATRIX)
     save_sklearn(labels, root / "iris_auto" / "1", signature=signature)
 
     x = IRIS_X.to_numpy()
@@ -204,12 +207,30 @@ def test_tensor_signature_metadata(http: Any) -> None:
 def test_mlmodel_alone_picks_the_backend(http: Any) -> None:
     meta = http.get_model_metadata("shout")
     assert meta["platform"] == "mlflow"
-    assert meta["inputs"] == [{"name": "input", "datatype": "BYTES", "shape": [-1, 1]}]
+    assert meta["inputs"] == [{"name": "text", "datatype": "BYTES", "shape": [-1, 1]}]
     assert meta["outputs"] == [{"name": "predictions", "datatype": "BYTES", "shape": [-1, 1]}]
 
 
 def test_sklearn_flavour_without_config_is_served_by_mlflow(http: Any) -> None:
-    assert http.get_model_metadata("iris_auto")["platform"] == "mlflow"
+    meta = http.get_model_metadata("iris_auto")
+    assert meta["platform"] == "mlflow"
+    # One input per column of the signature, as MLServer's pandas codec sends them.
+    assert meta["inputs"] == [
+        {"name": str(c), "datatype": "FP64", "shape": [-1, 1]} for c in IRIS_X.columns
+    ]
+
+
+@pytest.mark.parametrize("kind", CLIENTS)
+def test_columns_equal_the_model(kind: str, http: Any, grpc: Any, models: Models) -> None:
+    client, lib = client_for(kind, http, grpc)
+    rows = IRIS_X.iloc[::4]
+    tensors = []
+    for column in rows.columns:
+        tensor = lib.InferInput(str(column), [len(rows), 1], "FP64")
+        tensor.set_data_from_numpy(rows[column].to_numpy().reshape(-1, 1))
+        tensors.append(tensor)
+    result = client.infer("iris_auto", tensors, outputs=[lib.InferRequestedOutput("predictions")])
+    np.testing.assert_array_equal(result.as_numpy("predictions")[:, 0], models.labels.predict(rows))
 
 
 # ------------------------------------------------------------------ predictions
@@ -239,7 +260,10 @@ def test_probabilities_equal_the_model(kind: str, http: Any, grpc: Any, models: 
 def test_strings_round_trip(kind: str, http: Any, grpc: Any) -> None:
     client, lib = client_for(kind, http, grpc)
     x = np.array([["abc"], ["wörld"]], dtype=object)
-    got = infer(client, lib, "shout", x, "BYTES", "predictions")
+    tensor = lib.InferInput("text", list(x.shape), "BYTES")
+    tensor.set_data_from_numpy(x)
+    result = client.infer("shout", [tensor], outputs=[lib.InferRequestedOutput("predictions")])
+    got = result.as_numpy("predictions")
     assert got.tolist() == [[b"ABC!"], ["WÖRLD!".encode()]]
 
 

@@ -32,7 +32,7 @@ from sklearn.tree import DecisionTreeClassifier
 from modelport.config.model import ModelConfig, parse_model_config
 from modelport.controlplane.repository.autoconfig import complete_config
 from modelport.dataplane.runtime.mlflow import MlflowRuntime, load_mlflow
-from modelport.errors import ModelLoadError
+from modelport.errors import InvalidRequest, ModelLoadError
 from modelport.types import TensorSpec
 
 REQUIREMENTS = ["scikit-learn"]  # given, so mlflow does not start a subprocess to infer them
@@ -124,17 +124,27 @@ def served_rows(x: pd.DataFrame, rows: slice) -> np.ndarray[Any, Any]:
     return x.iloc[rows].to_numpy(dtype=np.float32)
 
 
+def columns_of(x: pd.DataFrame) -> dict[str, np.ndarray[Any, Any]]:
+    """A DataFrame as one [N, 1] array per column, as MLServer's pandas codec sends it."""
+    return {str(c): x[c].to_numpy().reshape(-1, 1) for c in x.columns}
+
+
 # ------------------------------------------------------------ column-based
 
 
-def test_columns_become_one_fp32_input(columns_dir: Path) -> None:
+def test_columns_become_one_input_each(
+    columns_dir: Path, iris: tuple[pd.DataFrame, np.ndarray[Any, Any]]
+) -> None:
+    x, _ = iris
     rt = load(columns_dir)
-    assert rt.input_format == "dataframe"
-    assert rt.native.inputs == (TensorSpec("input", "FP32", (-1, 4)),)
+    assert rt.input_format == "columns"
+    assert rt.native.inputs == tuple(TensorSpec(str(c), "FP64", (-1, 1)) for c in x.columns)
     assert rt.native.outputs == (TensorSpec("predictions", "INT64", (-1, 1)),)
     done = complete_config(config(), rt.native, "config.yaml")
     assert done.max_batch_size == 64
-    assert [(i.name, i.data_type, i.dims) for i in done.input] == [("input", "TYPE_FP32", [4])]
+    assert [(i.name, i.data_type, i.dims) for i in done.input] == [
+        (str(c), "TYPE_FP64", [1]) for c in x.columns
+    ]
     assert [(o.name, o.data_type, o.dims) for o in done.output] == [
         ("predictions", "TYPE_INT64", [1])
     ]
@@ -147,13 +157,35 @@ def test_columns_predictions_equal_the_model(
 ) -> None:
     x, _ = iris
     rt = load(columns_dir)
-    batch = served_rows(x, slice(None))
-    got = rt.predict({"input": batch}, ["predictions"])["predictions"]
-    # The model sees the float32 values widened to the schema's double columns.
-    frame = pd.DataFrame(batch.astype(np.float64), columns=x.columns)
+    got = rt.predict(columns_of(x), ["predictions"])["predictions"]
     assert got.shape == (len(x), 1)
     assert got.dtype == np.int64
+    np.testing.assert_array_equal(got[:, 0], classifier.predict(x))
+
+
+def test_columns_listed_in_config_are_cast_to_the_schema(
+    columns_dir: Path,
+    classifier: LogisticRegression,
+    iris: tuple[pd.DataFrame, np.ndarray[Any, Any]],
+) -> None:
+    x, _ = iris
+    cfg = config(input=[{"name": str(c), "data_type": "TYPE_FP32", "dims": [1]} for c in x.columns])
+    rt = load(columns_dir, cfg)
+    assert {t.datatype for t in rt.native.inputs} == {"FP32"}
+    batch = {n: a.astype(np.float32) for n, a in columns_of(x).items()}
+    got = rt.predict(batch, ["predictions"])["predictions"]
+    frame = pd.DataFrame({c: x[c].to_numpy(np.float32).astype(np.float64) for c in x.columns})
     np.testing.assert_array_equal(got[:, 0], classifier.predict(frame))
+
+
+def test_columns_partly_listed_in_config_are_refused(
+    columns_dir: Path, iris: tuple[pd.DataFrame, np.ndarray[Any, Any]]
+) -> None:
+    x, _ = iris
+    first = str(x.columns[0])
+    cfg = config(input=[{"name": first, "data_type": "TYPE_FP64", "dims": [1]}])
+    with pytest.raises(ModelLoadError, match=r"lists 1 of the model's 4 columns.*missing: "):
+        load(columns_dir, cfg)
 
 
 def test_columns_config_names_and_types(
@@ -183,7 +215,7 @@ def test_columns_cannot_be_served_as_strings(columns_dir: Path) -> None:
         load(columns_dir, cfg)
 
 
-def test_integer_columns_are_cast_from_fp32(tmp_path: Path) -> None:
+def test_integer_columns_as_one_fp32_matrix_are_cast(tmp_path: Path) -> None:
     data = load_digits(as_frame=True)
     x = data.data.astype(np.int64)
     model = DecisionTreeClassifier(max_depth=6, random_state=0).fit(x, data.target)
@@ -197,7 +229,11 @@ def test_integer_columns_are_cast_from_fp32(tmp_path: Path) -> None:
         pip_requirements=REQUIREMENTS,
         skops_trusted_types=["sklearn.tree._tree.Tree"],
     )
-    rt = load(target)
+    assert load(target).native.inputs == tuple(
+        TensorSpec(str(c), "INT64", (-1, 1)) for c in x.columns
+    )
+    # The one FP32 matrix of earlier releases, kept by listing it in config.yaml.
+    rt = load(target, config(input=[{"name": "input", "data_type": "TYPE_FP32", "dims": [64]}]))
     assert rt.native.inputs == (TensorSpec("input", "FP32", (-1, 64)),)
     got = rt.predict({"input": x.to_numpy(dtype=np.float32)}, ["predictions"])["predictions"]
     np.testing.assert_array_equal(got[:, 0], model.predict(x))
@@ -218,10 +254,8 @@ def test_regressor_with_column_output(tmp_path: Path) -> None:
     )
     rt = load(target)
     assert rt.native.outputs == (TensorSpec("predictions", "FP64", (-1, 1)),)
-    batch = x.to_numpy(dtype=np.float32)
-    got = rt.predict({"input": batch}, ["predictions"])["predictions"]
-    want = model.predict(pd.DataFrame(batch.astype(np.float64), columns=x.columns))
-    np.testing.assert_allclose(got[:, 0], want, rtol=0, atol=1e-9)
+    got = rt.predict(columns_of(x), ["predictions"])["predictions"]
+    np.testing.assert_allclose(got[:, 0], model.predict(x), rtol=0, atol=1e-9)
 
 
 # ------------------------------------------------------------ tensor-based
@@ -322,11 +356,13 @@ def test_string_columns_are_bytes(tmp_path: Path) -> None:
         pip_requirements=[],
     )
     rt = load(target, UNSAFE)
-    assert rt.native.inputs == (TensorSpec("input", "BYTES", (-1, 1)),)
+    assert rt.native.inputs == (TensorSpec("text", "BYTES", (-1, 1)),)
     assert rt.native.outputs == (TensorSpec("predictions", "BYTES", (-1, 1)),)
     batch = np.array([[b"abc"], ["wörld".encode()]], dtype=object)
-    got = quietly(rt.predict, {"input": batch}, ["predictions"])["predictions"]
+    got = quietly(rt.predict, {"text": batch}, ["predictions"])["predictions"]
     assert got.tolist() == [[b"ABC!"], ["WÖRLD!".encode()]]
+    with pytest.raises(InvalidRequest, match=r"input 'text': BYTES element 1 is not valid UTF-8"):
+        rt.predict({"text": np.array([[b"ok"], [b"\xff"]], dtype=object)}, ["predictions"])
 
 
 # ------------------------------------------------------------ without a signature
@@ -418,7 +454,7 @@ def test_pickled_models_need_the_flag(
     with caplog.at_level(logging.WARNING, logger="modelport.runtime.mlflow"):
         rt = load(target, UNSAFE)
     assert any("ran code from a pickle" in r.getMessage() for r in caplog.records)
-    got = rt.predict({"input": x.to_numpy(dtype=np.float32)[:5]}, ["predictions"])
+    got = rt.predict(columns_of(x.iloc[:5]), ["predictions"])
     np.testing.assert_array_equal(got["predictions"][:, 0], classifier.predict(x.iloc[:5]))
 
 
@@ -448,4 +484,4 @@ def test_unload(columns_dir: Path) -> None:
     rt = load(columns_dir)
     rt.unload()
     with pytest.raises(RuntimeError, match="unloaded"):
-        rt.predict({"input": np.zeros((1, 4), np.float32)}, ["predictions"])
+        rt.predict({"input": np.zeros((1, 4), np.float64)}, ["predictions"])

@@ -284,10 +284,15 @@ def test_clusterer_labels_are_int64(tmp_path: Path) -> None:
     assert rt.native.outputs == (TensorSpec("label", "INT64", (-1, 1)),)
 
 
-def test_dataframe_fitted_model_gets_its_column_names(tmp_path: Path) -> None:
+def test_dataframe_fitted_model_as_one_matrix_gets_its_column_names(tmp_path: Path) -> None:
     data = load_iris(as_frame=True)
     model = LogisticRegression(max_iter=500).fit(data.data, data.target)
-    rt = load(save_skops(model, tmp_path))
+    # A config listing one input that is not a column keeps the one matrix.
+    rt = load(
+        save_skops(model, tmp_path),
+        config(input=[{"name": "input", "data_type": "TYPE_FP32", "dims": [4]}]),
+    )
+    assert rt.native.inputs == (TensorSpec("input", "FP32", (-1, 4)),)
     x = data.data.to_numpy(dtype=np.float32)[:5]
     # pytest turns warnings into errors: a missing-feature-names warning would fail here.
     out = rt.predict({"input": x}, ["label"])

@@ -10,11 +10,18 @@ Tensors come from the model's signature when it has one:
   dtypes and shapes (an unnamed single tensor is called ``input`` or
   ``predictions``);
 - a column-based schema (``ColSpec``, a DataFrame of named columns) is served
-  as ONE input tensor ``input`` of shape [-1, n_columns], FP32 by default; each
-  row becomes a DataFrame row whose columns carry the schema's names, in the
-  schema's order, cast to the schema's column types. If every column is a
-  string column the tensor is BYTES instead. Column-based outputs become one
-  tensor ``predictions`` of shape [-1, n_columns].
+  as one input per column, as MLServer's pandas codec sends a DataFrame: each
+  named after its column, shape [-1, 1], typed from the column (string →
+  BYTES, double → FP64, float → FP32, long → INT64, integer → INT32,
+  boolean → BOOL); the batch reaches the model as a DataFrame with the
+  schema's columns, in its order and dtypes (see runtime/columns.py).
+  config.yaml may list every column to serve other wire types (the values
+  are cast to the schema's). A schema without column names, or a config.yaml
+  that lists a single input that is not one of the columns, serves the
+  columns as ONE input tensor ``input`` of shape [-1, n_columns] instead, as
+  earlier releases did: FP32 by default, BYTES when every column is a
+  string, each row one DataFrame row. Column-based outputs become one tensor
+  ``predictions`` of shape [-1, n_columns].
 
 Outputs the model gives as [N] are served as [N, 1]. Names the model does not
 name itself (``input``, ``predictions``) and their datatypes may be set in
@@ -47,6 +54,7 @@ with warnings.catch_warnings():
     from mlflow.types.schema import TensorSpec as MlflowTensorSpec
 
 from modelport.config.model import ModelConfig, ModelInput, ModelOutput
+from modelport.dataplane.runtime.columns import Column, Columns, column_datatypes, decode_text
 from modelport.dataplane.runtime.files import version_file
 from modelport.errors import InvalidRequest, ModelLoadError, first_line
 from modelport.types import CONFIG_TYPES, DTYPES, Array, ModelSignature, TensorSpec, datatype_of
@@ -67,8 +75,9 @@ COLUMN_TYPES: dict[DataType, str] = {
     DataType.string: "BYTES",
 }
 
-#: How inputs are handed to ``PyFuncModel.predict``.
-_FRAME, _ARRAY, _DICT = "dataframe", "tensor", "dict"
+#: How inputs are handed to ``PyFuncModel.predict``: one matrix as a DataFrame,
+#: one array, a dict of arrays, or one input per DataFrame column.
+_FRAME, _ARRAY, _DICT, _COLUMNS = "dataframe", "tensor", "dict", "columns"
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,8 +176,10 @@ class MlflowRuntime:
         outputs: list[_Tensor],
         columns: list[Any] | None = None,
         column_dtypes: dict[Any, np.dtype[Any]] | None = None,
+        frame: Columns | None = None,
     ) -> None:
         self._model: Any = model
+        self._frame = frame
         self._mode = mode
         self._inputs = inputs
         self._outputs = outputs
@@ -184,17 +195,25 @@ class MlflowRuntime:
 
     @property
     def input_format(self) -> str:
-        """What pyfunc receives: ``dataframe``, ``tensor`` or ``dict`` (of tensors)."""
+        """What pyfunc receives: ``dataframe`` (from one matrix), ``columns`` (a DataFrame
+        from one input per column), ``tensor`` or ``dict`` (of tensors)."""
         return self._mode
 
+    @property
+    def columns(self) -> Columns | None:
+        """The schema's columns when the model is served one input per column."""
+        return self._frame
+
     def _feed(self, inputs: Mapping[str, Array]) -> Any:
+        if self._frame is not None:
+            return self._frame.frame(inputs)
         arrays: dict[str, Array] = {}
         for t in self._inputs:
             array = inputs[t.spec.name]
             if t.flat:
                 array = array.reshape(-1)
             if t.spec.datatype == "BYTES":
-                array = _as_text(t.spec.name, array)
+                array = decode_text(t.spec.name, array.reshape(-1)).reshape(array.shape)
             elif t.dtype is not None and t.dtype.kind not in "OUS" and array.dtype != t.dtype:
                 array = array.astype(t.dtype)
             arrays[t.spec.name] = array
@@ -234,20 +253,6 @@ class MlflowRuntime:
 
     def unload(self) -> None:
         self._model = None
-
-
-def _as_text(name: str, array: Array) -> Array:
-    out = np.empty(array.shape, dtype=object)
-    flat = out.reshape(-1)
-    for i, value in enumerate(array.reshape(-1)):
-        try:
-            flat[i] = value.decode("utf-8") if isinstance(value, bytes) else str(value)
-        except UnicodeDecodeError:
-            raise InvalidRequest(
-                f"input {name!r}: BYTES element {i} is not valid UTF-8; the model's string "
-                "columns hold text"
-            ) from None
-    return out
 
 
 def _pick(result: Any, tensor: _Tensor, count: int) -> Any:
@@ -324,6 +329,51 @@ def _column_inputs(
             f"columns are {kind}"
         )
     return [tensor], names, dtypes
+
+
+def _per_column(config: ModelConfig, schema: Schema) -> bool:
+    """Whether a column schema is served one input per column (else as one matrix)."""
+    if not schema.has_input_names():
+        return False
+    names = {str(n) for n in schema.input_names()}
+    return all(t.name in names for t in config.input)
+
+
+def _columns(path: Path, config: ModelConfig, schema: Schema) -> Columns:
+    """One served input per schema column, typed from the column or config.yaml."""
+    columns = [c for c in schema.inputs if isinstance(c, ColSpec)]
+    names = [str(c.name) for c in columns]
+    inferred: dict[str, str] = {}
+    model_dtypes: dict[str, np.dtype[Any] | None] = {}
+    for name, c in zip(names, columns, strict=True):
+        model_dtypes[name] = None
+        if not isinstance(c.type, DataType):
+            if type(c.type).__name__ == "AnyType":
+                continue  # no fixed type: served as config.yaml lists it, else the default
+            raise ModelLoadError(
+                f"{path}: input column {name!r} has type {c.type}, which is not served"
+            )
+        datatype = COLUMN_TYPES.get(c.type)
+        if datatype is None:
+            raise ModelLoadError(
+                f"{path}: input column {name!r} has type {c.type.name}, which is not served"
+            )
+        inferred[name] = datatype
+        if datatype != "BYTES":
+            model_dtypes[name] = np.dtype(c.type.to_numpy())
+    types = column_datatypes(names, inferred, config, path, log)
+    for name in names:
+        if (types[name] == "BYTES") != (inferred.get(name, types[name]) == "BYTES"):
+            kind = "string" if inferred[name] == "BYTES" else "numeric"
+            raise ModelLoadError(
+                f"{path}: input {name!r} cannot be {types[name]}: the model's column is {kind}"
+            )
+    return Columns(
+        [
+            Column(name, c.name, types[name], model_dtypes[name])
+            for name, c in zip(names, columns, strict=True)
+        ]
+    )
 
 
 def _outputs(path: Path, config: ModelConfig, schema: Schema | None) -> list[_Tensor]:
@@ -408,6 +458,7 @@ def load_mlflow(version_dir: Path, config: ModelConfig, instances: int) -> Mlflo
     out_schema: Schema | None = model.metadata.get_output_schema()
     columns: list[Any] | None = None
     dtypes: dict[Any, np.dtype[Any]] | None = None
+    frame: Columns | None = None
     if in_schema is None:
         if not config.input or not config.output:
             raise ModelLoadError(
@@ -418,11 +469,15 @@ def load_mlflow(version_dir: Path, config: ModelConfig, instances: int) -> Mlflo
         mode = _DICT if len(inputs) > 1 else (input_format or _ARRAY)
     elif in_schema.is_tensor_spec():
         mode, inputs = _tensor_inputs(path, config, in_schema)
+    elif _per_column(config, in_schema):
+        frame = _columns(path, config, in_schema)
+        inputs = [_Tensor(spec, spec.name) for spec in frame.specs]
+        mode = _COLUMNS
     else:
         inputs, columns, dtypes = _column_inputs(path, config, in_schema)
         mode = _FRAME
     outputs = _outputs(path, config, out_schema)
-    runtime = MlflowRuntime(model, mode, inputs, outputs, columns, dtypes)
+    runtime = MlflowRuntime(model, mode, inputs, outputs, columns, dtypes, frame)
     flavors = ", ".join(sorted(k for k in model.metadata.flavors if k != "python_function"))
     log.info(
         "mlflow model ready",

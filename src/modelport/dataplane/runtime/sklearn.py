@@ -7,13 +7,26 @@ in an arbitrary callable. Pickle and joblib files run code while loading;
 they are served only when the model's config says
 ``modelport: {allow_unsafe_pickle: true}``, and every load is logged as such.
 
-The signature is read from the fitted estimator: one input matrix
-``[-1, n_features_in_]`` (FP32, or the type config.yaml gives it) and, by
-default, ``label`` + ``probabilities`` for a classifier, ``predictions`` for
-a regressor, ``output`` for a transformer. ``modelport.method`` picks a single
-method (predict, predict_proba or transform) instead. A model fitted on a
-DataFrame gets its column names back (column transformers select by name);
-a ``TYPE_STRING`` input feeds text pipelines one string per row.
+The signature is read from the fitted estimator. Inputs:
+
+- a model fitted on a DataFrame (``feature_names_in_``) takes one input per
+  column, ``[-1, 1]`` each, as MLServer's pandas codec sends them; the batch
+  reaches it as a DataFrame (runtime/columns.py). Column types come from
+  config.yaml when it lists every column, else from the model: the
+  transformers of a leading ColumnTransformer (an encoder's categories, a
+  vectorizer's text, a scaler's numbers, see :func:`column_types`), FP64
+  for an estimator that reads numbers, and FP64 with a logged warning for
+  columns nothing tells (passthrough, FunctionTransformer);
+- any other model takes one matrix ``[-1, n_features_in_]`` (FP32, or the
+  type config.yaml gives it), as does a DataFrame-fitted model whose
+  config.yaml lists a single input that is not one of its columns (its rows
+  then become DataFrame rows with the fitted column names); a
+  ``TYPE_STRING`` input feeds text pipelines one string per row.
+
+Outputs, by default: ``label`` + ``probabilities`` for a classifier,
+``predictions`` for a regressor, ``output`` for a transformer.
+``modelport.method`` picks a single method (predict, predict_proba or
+transform) instead.
 
 Threads: estimators' ``n_jobs`` and scikit-learn's OpenMP loops are held to
 this instance's share of the cores (``parameters: {n_jobs: ...}`` overrides),
@@ -36,6 +49,7 @@ from sklearn.utils.validation import check_is_fitted
 from threadpoolctl import ThreadpoolController  # type: ignore[import-untyped]
 
 from modelport.config.model import ModelConfig
+from modelport.dataplane.runtime.columns import Column, Columns, column_datatypes, decode_text
 from modelport.dataplane.runtime.files import model_file
 from modelport.dataplane.runtime.threads import default_threads
 from modelport.errors import InferenceFailed, InvalidRequest, ModelLoadError, first_line
@@ -315,6 +329,201 @@ def _outputs(model: Any, config: ModelConfig, sample: Any) -> tuple[_Output, ...
     return tuple(outputs)
 
 
+# ---------------------------------------------------------------- columns
+
+#: Encoders whose ``categories_`` tell the type of each column they were fitted on.
+_TEXT_TRANSFORMERS = ("CountVectorizer", "TfidfVectorizer", "HashingVectorizer")
+#: Steps that hand a column on unchanged, so the next step decides its type.
+_PASSING = ("SimpleImputer", "MissingIndicator", "KNNImputer", "IterativeImputer")
+
+
+def _is_nan(value: Any) -> bool:
+    return isinstance(value, float | np.floating) and bool(np.isnan(value))
+
+
+def _values_type(values: Any) -> str | None:
+    """The column type fitted values (categories, imputed statistics) reveal."""
+    array = np.asarray(values)
+    kind = array.dtype.kind
+    if kind == "b":
+        return "BOOL"
+    if kind in "iu":
+        return "INT64"
+    if kind == "f":
+        return "FP64"
+    if kind in "US":
+        return "BYTES"
+    if kind == "O":
+        # Categories may hold None or NaN (a missing value); they tell nothing.
+        items = [v for v in array.reshape(-1) if v is not None and not _is_nan(v)]
+        if items and all(isinstance(v, str | bytes) for v in items):
+            return "BYTES"
+        if items and all(isinstance(v, bool | np.bool_) for v in items):
+            return "BOOL"
+        if items and all(isinstance(v, int | np.integer) for v in items):
+            return "INT64"
+        if items and all(isinstance(v, float | np.floating) for v in items):
+            return "FP64"
+    return None
+
+
+def _step_type(step: Any, position: int) -> str | None:
+    """The type of the ``position``-th column a fitted step reads; None when it cannot tell.
+
+    Encoders tell by their categories, vectorizers read text, imputers by
+    their statistics (or the step after them), other scikit-learn
+    transformers and estimators read numbers. Passthrough, drop and
+    FunctionTransformer read anything.
+    """
+    if isinstance(step, str) or step is None:  # "passthrough", "drop"
+        return None
+    name = type(step).__name__
+    if hasattr(step, "steps") and isinstance(step.steps, list):
+        for _, inner in step.steps:
+            found = _step_type(inner, position)
+            if found is not None or type(inner).__name__ not in _PASSING:
+                return found
+        return None
+    categories = getattr(step, "categories_", None)
+    if isinstance(categories, list) and position < len(categories):
+        return _values_type(categories[position])
+    if name in _TEXT_TRANSFORMERS:
+        return "BYTES"
+    if name in _PASSING:
+        statistics = getattr(step, "statistics_", None)
+        if statistics is not None and position < np.asarray(statistics).shape[0]:
+            found = _values_type(np.asarray(statistics)[position : position + 1])
+            return "BYTES" if found == "BYTES" else None
+        return None
+    if name == "FunctionTransformer" or not type(step).__module__.startswith("sklearn."):
+        return None
+    return "FP64"
+
+
+def _selected(columns: Any, names: list[str]) -> list[str]:
+    """The column names a ColumnTransformer entry selects (its fitted selection)."""
+    if isinstance(columns, str):
+        return [columns]
+    if isinstance(columns, int | np.integer):
+        return [names[int(columns)]]
+    if isinstance(columns, slice):
+        if all(isinstance(b, str | None) for b in (columns.start, columns.stop)):
+            start = names.index(columns.start) if columns.start is not None else 0
+            stop = names.index(columns.stop) + 1 if columns.stop is not None else len(names)
+            return names[start:stop]
+        return names[columns]
+    picked = list(columns)
+    if picked and all(isinstance(c, bool | np.bool_) for c in picked):
+        return [n for n, keep in zip(names, picked, strict=False) if keep]
+    return [names[int(c)] if isinstance(c, int | np.integer) else str(c) for c in picked]
+
+
+def _frame_readers(model: Any) -> list[Any]:
+    """The steps that see the DataFrame's columns: leading imputers (which hand them
+    on), then the first other step, through nested pipelines."""
+    readers: list[Any] = []
+    pending = [model]
+    while pending:
+        step = pending.pop(0)
+        if isinstance(step, str) or step is None:  # "passthrough"
+            continue
+        if hasattr(step, "steps") and isinstance(step.steps, list):
+            pending = [inner for _, inner in step.steps] + pending
+            continue
+        readers.append(step)
+        if type(step).__name__ not in _PASSING:
+            break
+    return readers
+
+
+def _read_types(step: Any, names: list[str]) -> dict[str, str]:
+    """The column types one frame-reading step tells."""
+    transformers = getattr(step, "transformers_", None)
+    if transformers is None:
+        return {n: t for i, n in enumerate(names) if (t := _step_type(step, i)) is not None}
+    found: dict[str, str] = {}
+    for _, inner, selection in transformers:
+        try:
+            selected = _selected(selection, names)
+        except (ValueError, IndexError, TypeError):
+            continue
+        if len(selected) == 1 and type(inner).__name__ in _TEXT_TRANSFORMERS:
+            found.setdefault(selected[0], "BYTES")
+            continue
+        for i, column in enumerate(selected):
+            datatype = _step_type(inner, i)
+            if datatype is not None:
+                found.setdefault(column, datatype)
+    return found
+
+
+def column_types(model: Any, names: list[str]) -> dict[str, str]:
+    """The type of each column the fitted model reads, where the model tells.
+
+    From the steps that read the DataFrame: a ColumnTransformer's
+    transformers (an encoder over string categories makes a BYTES column,
+    a scaler an FP64 one), an encoder's categories, an imputer's string
+    statistics, or FP64 for every column of an estimator that reads
+    numbers. Columns none of them tells are left out.
+    """
+    found: dict[str, str] = {}
+    for step in _frame_readers(model):
+        for column, datatype in _read_types(step, names).items():
+            found.setdefault(column, datatype)
+    return found
+
+
+def _categories(step: Any, position: int) -> list[Any] | None:
+    """The categories an encoder (alone, or after imputers in a pipeline) was fitted on."""
+    if hasattr(step, "steps") and isinstance(step.steps, list):
+        for _, inner in step.steps:
+            found = _categories(inner, position)
+            if found is not None or type(inner).__name__ not in _PASSING:
+                return found
+        return None
+    categories = getattr(step, "categories_", None)
+    if isinstance(categories, list) and position < len(categories):
+        return [
+            v for v in np.asarray(categories[position]).tolist() if v is not None and not _is_nan(v)
+        ]
+    return None
+
+
+def column_values(model: Any, names: list[str]) -> dict[str, list[Any]]:
+    """The values a categorical column was fitted on, for columns the model encodes.
+
+    Sample rows made from them (``modelport convert`` without ``--data``)
+    reach the model's encoders with categories they know.
+    """
+    entries: list[tuple[Any, list[str]]] = []
+    for first in _frame_readers(model):
+        transformers = getattr(first, "transformers_", None)
+        if transformers is None:
+            entries.append((first, names))
+            continue
+        for _, step, selection in transformers:
+            try:
+                entries.append((step, _selected(selection, names)))
+            except (ValueError, IndexError, TypeError):
+                continue
+    found: dict[str, list[Any]] = {}
+    for step, selected in entries:
+        for i, column in enumerate(selected):
+            values = _categories(step, i)
+            if values:
+                found.setdefault(column, values)
+    return found
+
+
+def _column_specs(
+    model: Any, names: list[str], config: ModelConfig, path: Path
+) -> tuple[Column, ...]:
+    """The served columns: declared in config.yaml, else inferred, else FP64 (logged)."""
+    inferred = column_types(model, names) if not config.input else {}
+    types = column_datatypes(names, inferred, config, path, log)
+    return tuple(Column(n, n, types[n]) for n in names)
+
+
 # ---------------------------------------------------------------- runtime
 
 
@@ -329,7 +538,7 @@ class _Features:
 
     def __call__(self, x: Array) -> Any:
         if self.text:
-            return _as_text(self.name, x.reshape(x.shape[0], -1)[:, 0])
+            return decode_text(self.name, x.reshape(x.shape[0], -1)[:, 0])
         if self._columns is not None:
             import pandas as pd
 
@@ -338,17 +547,20 @@ class _Features:
             return pd.DataFrame(x, columns=self._columns, copy=False)
         return x
 
+    def feed(self, inputs: Mapping[str, Array]) -> tuple[Any, int]:
+        x = inputs[self.name]
+        return self(x), int(x.shape[0])
 
-def _as_text(name: str, column: Array) -> Array:
-    out = np.empty(column.shape[0], dtype=object)
-    for i, value in enumerate(column):
-        try:
-            out[i] = value.decode("utf-8") if isinstance(value, bytes) else str(value)
-        except UnicodeDecodeError:
-            raise InvalidRequest(
-                f"input {name!r}: BYTES element {i} is not valid UTF-8 text"
-            ) from None
-    return out
+
+class _Frame:
+    """Builds the DataFrame a model fitted on one takes, from one input per column."""
+
+    def __init__(self, columns: Columns) -> None:
+        self.columns = columns
+
+    def feed(self, inputs: Mapping[str, Array]) -> tuple[Any, int]:
+        frame = self.columns.frame(inputs)
+        return frame, len(frame)
 
 
 class SklearnRuntime:
@@ -361,8 +573,8 @@ class SklearnRuntime:
     def __init__(
         self,
         model: Any,
-        features: _Features,
-        input_width: int,
+        features: _Features | _Frame,
+        inputs: tuple[TensorSpec, ...],
         outputs: tuple[_Output, ...],
         threads: int,
     ) -> None:
@@ -373,9 +585,8 @@ class SklearnRuntime:
         # OpenMP limits are per calling thread, so setting one per batch on
         # the instance's own thread never races with other models.
         self._openmp = ThreadpoolController().select(user_api="openmp")
-        shape = (-1, 1) if features.text else (-1, input_width)
         self._native = ModelSignature(
-            inputs=(TensorSpec(features.name, features.datatype, shape),),
+            inputs=inputs,
             outputs=tuple(TensorSpec(o.name, o.datatype, (-1, o.width)) for o in outputs),
         )
 
@@ -388,10 +599,21 @@ class SklearnRuntime:
         """The fitted estimator, for tools (conversion) that work on the model itself."""
         return self._model
 
+    @property
+    def columns(self) -> Columns | None:
+        """The model's DataFrame columns when it is served one input per column."""
+        return self._features.columns if isinstance(self._features, _Frame) else None
+
+    def column_values(self) -> dict[str, list[Any]]:
+        """Per categorical column, the categories the model was fitted on (see
+        :func:`column_values`); empty when the model is not served by column."""
+        columns = self.columns
+        if columns is None:
+            return {}
+        return column_values(self._model, columns.names)
+
     def predict(self, inputs: Mapping[str, Array], outputs: Sequence[str]) -> dict[str, Array]:
-        x = inputs[self._features.name]
-        rows = int(x.shape[0])
-        feed = self._features(x)
+        feed, rows = self._features.feed(inputs)
         computed: dict[str, Any] = {}
         result: dict[str, Array] = {}
         with self._openmp.limit(limits=self._threads):
@@ -483,16 +705,38 @@ def load_sklearn(version_dir: Path, config: ModelConfig, instances: int) -> Skle
         ) from None
 
 
-def _build(model: Any, path: Path, config: ModelConfig, instances: int) -> SklearnRuntime:
+def _column_names(model: Any) -> list[str] | None:
+    """The DataFrame columns the model was fitted on; None when fitted without names."""
+    names = getattr(model, "feature_names_in_", None)
+    if names is None:
+        return None
     try:
-        check_is_fitted(model)
-    except Exception as exc:  # NotFittedError, or TypeError for a non-estimator
-        raise ModelLoadError(
-            f"not a fitted scikit-learn estimator: {first_line(exc, limit=300)}"
-        ) from None
+        import pandas  # noqa: F401
+    except ImportError:
+        return None
+    return [str(c) for c in names]
+
+
+def _probe_frame(columns: Columns) -> Any:
+    try:
+        return columns.zeros()
+    except Exception:  # a probe is optional: widths then stay open
+        return None
+
+
+def _matrix(
+    model: Any, config: ModelConfig, names: list[str] | None
+) -> tuple[_Features, tuple[TensorSpec, ...], Any]:
+    """The one input matrix ``[-1, n_features]``: a model fitted without column names,
+    or one whose config.yaml lists a single input that is not one of its columns."""
     if len(config.input) > 1:
         raise ModelLoadError(
             f"config lists {len(config.input)} inputs; a scikit-learn model takes one matrix"
+            + (
+                f", or one input per column of its DataFrame ({', '.join(names)})"
+                if names is not None
+                else ""
+            )
         )
     declared = config.input[0] if config.input else None
     name = declared.name if declared is not None else DEFAULT_INPUT
@@ -506,29 +750,45 @@ def _build(model: Any, path: Path, config: ModelConfig, instances: int) -> Sklea
         width = declared.dims[-1]
     else:
         width = -1
-    names = getattr(model, "feature_names_in_", None)
-    columns = [str(c) for c in names] if names is not None and datatype != "BYTES" else None
-    if columns is not None:
-        try:
-            import pandas  # noqa: F401
-        except ImportError:
-            columns = None
+    columns = names if datatype != "BYTES" else None
     features = _Features(name, datatype, columns)
     sample = None
     if features.text:
         sample = features(np.array([[b""]], dtype=object))
     elif width > 0:
         sample = features(np.zeros((1, width), dtype=DTYPES[datatype]))
+    shape = (-1, 1) if features.text else (-1, width)
+    return features, (TensorSpec(name, datatype, shape),), sample
+
+
+def _build(model: Any, path: Path, config: ModelConfig, instances: int) -> SklearnRuntime:
+    try:
+        check_is_fitted(model)
+    except Exception as exc:  # NotFittedError, or TypeError for a non-estimator
+        raise ModelLoadError(
+            f"not a fitted scikit-learn estimator: {first_line(exc, limit=300)}"
+        ) from None
+    names = _column_names(model)
+    if names is not None and all(t.name in names for t in config.input):
+        # Fitted on a DataFrame, and config.yaml lists none but its columns:
+        # one input per column, as MLServer's pandas codec sends them.
+        columns = Columns(_column_specs(model, names, config, path))
+        features: _Features | _Frame = _Frame(columns)
+        inputs = columns.specs
+        sample = _probe_frame(columns)
+    else:
+        features, inputs, sample = _matrix(model, config, names)
     outputs = _outputs(model, config, sample)
     threads = _threads(config, instances)
     _cap_jobs(model, threads, override=config.parameter("n_jobs") is not None)
-    runtime = SklearnRuntime(model, features, width, outputs, threads)
+    runtime = SklearnRuntime(model, features, inputs, outputs, threads)
     log.info(
         "scikit-learn model ready",
         extra={
             "model": config.name,
             "path": str(path),
             "estimator": type(model).__name__,
+            "inputs": [t.name for t in inputs],
             "outputs": [o.name for o in outputs],
             "threads": threads,
         },

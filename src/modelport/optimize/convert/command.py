@@ -141,7 +141,9 @@ def _config_text(config: ModelConfig, source: VersionPath, backend: str) -> str:
 
 def _samples(options: ConvertOptions, raw: dict[str, Any] | None, source: Source) -> Samples:
     if raw is None:
-        return synthetic_samples(source.signature)
+        # A DataFrame model's categorical columns draw from the categories it knows.
+        known = getattr(source.runtime, "column_values", None)
+        return synthetic_samples(source.signature, known=known() if callable(known) else None)
     return match_samples(raw, source.signature, str(options.data))
 
 

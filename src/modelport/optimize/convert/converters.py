@@ -89,24 +89,103 @@ def _sklearn_output(name: str, method: str | None, graph_outputs: list[str]) -> 
     )
 
 
-def convert_sklearn(source: Source, opset: int | None) -> Converted:
-    """scikit-learn estimators and pipelines, with skl2onnx."""
-    from skl2onnx import convert_sklearn as to_onnx
-    from skl2onnx.common import data_types as t
-    from sklearn.base import is_classifier
+def _sklearn_steps(model: Any, path: str = "") -> Iterator[tuple[str, Any]]:
+    """Every estimator of a (nested) pipeline with where it sits, outermost first.
 
-    estimator = getattr(source.runtime, "estimator", None)
-    if estimator is None:
-        raise ConversionFailed("the scikit-learn runtime holds no estimator to convert")
-    spec = source.signature.inputs[0]
+    The path names each container's step: ``step 'prep' (ColumnTransformer) >
+    transformer 'city' (OneHotEncoder)``.
+    """
+    here = f"{path} > " if path else ""
+    children: list[tuple[str, str, Any]] = []
+    if hasattr(model, "steps") and isinstance(model.steps, list):
+        children = [("step", name, step) for name, step in model.steps]
+    elif isinstance(getattr(model, "transformers_", None), list):
+        children = [("transformer", entry[0], entry[1]) for entry in model.transformers_]
+    elif isinstance(getattr(model, "transformer_list", None), list):
+        children = [("transformer", name, step) for name, step in model.transformer_list]
+    for kind, name, step in children:
+        if isinstance(step, str) or step is None:  # "passthrough", "drop"
+            continue
+        where = f"{here}{kind} {name!r} ({type(step).__name__})"
+        yield where, step
+        yield from _sklearn_steps(step, where)
+
+
+def _sklearn_culprit(estimator: Any, exc: BaseException) -> str | None:
+    """Which step skl2onnx could not convert: one it has no converter for, or one the
+    error names by class; None when neither tells."""
+    try:
+        from skl2onnx._supported_operators import sklearn_operator_name_map
+
+        known: Any = sklearn_operator_name_map
+    except ImportError:  # a private module: without it, only the error's text tells
+        known = None
+    steps = list(_sklearn_steps(estimator))
+    if known is not None:
+        for where, step in steps:
+            if type(step) not in known:
+                return f"{where} has no skl2onnx converter"
+    text = str(exc)
+    named = [(where, step) for where, step in steps if type(step).__name__ in text]
+    if named:
+        return named[-1][0]  # the innermost step the error names
+    return None
+
+
+def _sklearn_failed(estimator: Any, exc: BaseException) -> ConversionFailed:
+    culprit = _sklearn_culprit(estimator, exc)
+    if culprit is None:
+        return _failed("skl2onnx", exc)
+    return ConversionFailed(
+        f"skl2onnx could not convert {culprit}: {type(exc).__name__}: {first_line(exc, limit=300)}"
+    )
+
+
+def _sklearn_inputs(source: Source) -> list[tuple[str, Any]]:
+    """skl2onnx's initial types: the one matrix, or one ``[N, 1]`` input per column.
+
+    Columns are named as served, which is how skl2onnx's ColumnTransformer
+    finds them: strings are StringTensorType, FP64 DoubleTensorType, FP32
+    and FP16 FloatTensorType, integers and BOOL Int64TensorType (fit_signature
+    casts the served type to the graph's).
+    """
+    from skl2onnx.common import data_types as t
+
     types: dict[str, Callable[[list[int | None]], Any]] = {
         "FP32": t.FloatTensorType,
         "FP64": t.DoubleTensorType,
         "INT64": t.Int64TensorType,
         "BYTES": t.StringTensorType,
     }
-    # Other numeric inputs reach the graph as float: fit_signature casts them.
-    tensor_type = types.get(spec.datatype, t.FloatTensorType)
+    if getattr(source.runtime, "columns", None) is None:
+        spec = source.signature.inputs[0]
+        # Other numeric inputs reach the graph as float: fit_signature casts them.
+        return [(spec.name, types.get(spec.datatype, t.FloatTensorType)(_dims(spec)))]
+    columns: list[tuple[str, Any]] = []
+    for spec in source.signature.inputs:
+        if spec.datatype in types:
+            kind = types[spec.datatype]
+        elif spec.datatype == "FP16":
+            kind = t.FloatTensorType
+        else:  # BOOL and the other integer types
+            kind = t.Int64TensorType
+        columns.append((spec.name, kind(_dims(spec))))
+    return columns
+
+
+def convert_sklearn(source: Source, opset: int | None) -> Converted:
+    """scikit-learn estimators and pipelines, with skl2onnx.
+
+    A model served one input per DataFrame column becomes a graph with one
+    input per column (string columns as ONNX strings). When skl2onnx cannot
+    convert a step, the error names the step and its class.
+    """
+    from skl2onnx import convert_sklearn as to_onnx
+    from sklearn.base import is_classifier
+
+    estimator = getattr(source.runtime, "estimator", None)
+    if estimator is None:
+        raise ConversionFailed("the scikit-learn runtime holds no estimator to convert")
     options: dict[int, dict[str, Any]] = {}
     final = estimator
     while hasattr(final, "steps") and isinstance(final.steps, list) and final.steps:
@@ -118,12 +197,12 @@ def convert_sklearn(source: Source, opset: int | None) -> Converted:
     try:
         model = to_onnx(
             estimator,
-            initial_types=[(spec.name, tensor_type(_dims(spec)))],
+            initial_types=_sklearn_inputs(source),
             options=options or None,
             target_opset=opset,
         )
     except Exception as exc:  # skl2onnx raises many types: missing converters, bad options
-        raise _failed("skl2onnx", exc) from None
+        raise _sklearn_failed(estimator, exc) from None
     graph_outputs = [o.name for o in model.graph.output]
     method = source.config.modelport.method
     outputs = {

@@ -12,9 +12,10 @@ the input space where a conversion goes wrong.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -160,6 +161,19 @@ def match_samples(raw: Mapping[str, Array], signature: ModelSignature, origin: s
     return Samples(arrays, count, False, origin)
 
 
+def _drawn(
+    spec: TensorSpec, shape: tuple[int, ...], values: Sequence[Any], rng: np.random.Generator
+) -> Array:
+    """Values drawn from those the model knows (a column's categories)."""
+    picked = rng.integers(0, len(values), size=shape)
+    out = np.empty(shape, dtype=object if spec.datatype == "BYTES" else DTYPES[spec.datatype])
+    flat = out.reshape(-1)
+    for i, index in enumerate(picked.reshape(-1)):
+        value = values[int(index)]
+        flat[i] = str(value).encode("utf-8") if spec.datatype == "BYTES" else value
+    return out
+
+
 def _synthetic(spec: TensorSpec, shape: tuple[int, ...], rng: np.random.Generator) -> Array:
     datatype = spec.datatype
     if datatype == "BYTES":
@@ -179,9 +193,17 @@ def _synthetic(spec: TensorSpec, shape: tuple[int, ...], rng: np.random.Generato
 
 
 def synthetic_samples(
-    signature: ModelSignature, rows: int = SYNTHETIC_ROWS, seed: int = SYNTHETIC_SEED
+    signature: ModelSignature,
+    rows: int = SYNTHETIC_ROWS,
+    seed: int = SYNTHETIC_SEED,
+    known: Mapping[str, Sequence[Any]] | None = None,
 ) -> Samples:
-    """Rows made from the signature: standard normal floats, small integers, short words."""
+    """Rows made from the signature: standard normal floats, small integers, short words.
+
+    ``known`` gives, per input, the values the model was fitted on (a
+    DataFrame column's categories); that input's rows are drawn from them,
+    so an encoder that refuses unknown categories still answers.
+    """
     batched = signature.max_batch_size > 0
     rng = np.random.default_rng(seed)
     arrays: dict[str, Array] = {}
@@ -192,6 +214,10 @@ def synthetic_samples(
             (rows if batched and i == 0 else OPEN_DIM) if d < 0 else d
             for i, d in enumerate(spec.shape)
         )
-        arrays[spec.name] = _synthetic(spec, shape, rng)
+        values = (known or {}).get(spec.name)
+        if values:
+            arrays[spec.name] = _drawn(spec, shape, values, rng)
+        else:
+            arrays[spec.name] = _synthetic(spec, shape, rng)
     origin = f"synthetic, {rows if batched else 1} rows made from the signature (seed {seed})"
     return Samples(arrays, rows if batched else 1, True, origin)
