@@ -98,6 +98,17 @@ def serve(
     cache_size: Annotated[
         int | None, typer.Option(help="Response cache size in bytes (0: off).")
     ] = None,
+    idle_unload: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds without a request before a version unloads; the next request "
+            "loads it again (default: never)."
+        ),
+    ] = None,
+    cold_start_timeout: Annotated[
+        float | None,
+        typer.Option(help="Most seconds a request waits for an unloaded version (default 60)."),
+    ] = None,
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning or error.")] = None,
     log_format: Annotated[
         str | None,
@@ -196,6 +207,8 @@ def serve(
         "max_body_bytes": max_body_bytes,
         "default_timeout": default_timeout,
         "cache_size": cache_size,
+        "idle_unload": idle_unload,
+        "cold_start_timeout": cold_start_timeout,
         "log_level": log_level,
         "log_format": log_format,
         "triton_metrics": triton_metrics,

@@ -15,7 +15,14 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from modelport.errors import ConfigError
 from modelport.types import CONFIG_TYPES
@@ -318,6 +325,31 @@ class PayloadLog(_Strict):
     configured, this model's payloads are not logged at all."""
 
 
+class Autoscaling(_Strict):
+    """Instance count that follows the version's load, between two bounds."""
+
+    min_instances: int = Field(default=1, ge=0, le=1024)
+    """Fewest instances; 0 lets the version unload when idle and load again on demand."""
+    max_instances: int = Field(default=1, ge=1, le=1024)
+    """Most instances."""
+    target_in_flight_per_instance: float = Field(default=2.0, gt=0, allow_inf_nan=False)
+    """Requests queued or computing per instance that the count aims at."""
+    upscale_delay_s: float = Field(default=3.0, ge=0, allow_inf_nan=False)
+    """Seconds of sustained overload before instances are added."""
+    downscale_delay_s: float = Field(default=60.0, ge=0, allow_inf_nan=False)
+    """Seconds of sustained underload before instances are removed; also the least
+    time between two changes under steady load."""
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> Autoscaling:
+        if self.min_instances > self.max_instances:
+            raise ValueError(
+                f"min_instances ({self.min_instances}) is more than "
+                f"max_instances ({self.max_instances})"
+            )
+        return self
+
+
 def _check_residency(entries: list[str]) -> list[str]:
     for entry in entries:
         if not re.fullmatch(r"[a-z]{2,}(?:-[a-z0-9]+)*", entry):
@@ -368,6 +400,14 @@ class ModelportOptions(_Strict):
     residency: list[str] = Field(default_factory=list)
     """Jurisdictions (``ae``) or regions (``ae-dxb-1``) where this model's data may be
     processed and logged; empty is anywhere."""
+    idle_unload_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    """A version with no request for this many seconds is unloaded, and loaded again by
+    the next request for it; None uses the server's --idle-unload (off unless set)."""
+    keep_loaded: bool = False
+    """Never unload this model's versions for idleness or to make room in the memory
+    budget."""
+    autoscaling: Autoscaling | None = None
+    """Instance count that follows load; None keeps instance_group's count."""
 
     _residency = field_validator("residency")(_check_residency)
 

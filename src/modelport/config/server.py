@@ -83,6 +83,11 @@ class ServerConfig(BaseModel):
     triton_metrics: bool = True
     """Serve Triton's metric names (``nv_inference_*``, ``nv_cpu_*``) on /metrics beside
     modelport's own, so dashboards built for Triton work unchanged."""
+    idle_unload: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    """Seconds without a request after which a version is unloaded (and loaded again by
+    the next request); a model's ``idle_unload_s`` wins; None never unloads for idleness."""
+    cold_start_timeout: float = Field(default=60.0, gt=0, allow_inf_nan=False)
+    """Most seconds a request for an unloaded version waits for it to load."""
     shutdown_grace: float = Field(default=30.0, ge=0)
     """Seconds SIGTERM waits for requests in flight before closing."""
     data_dir: Path = Path(".modelport")
