@@ -98,7 +98,10 @@ class Scheduler:
         self.runtime = runtime
         self.policy = policy
         self.instances = instances
+        self._label = label
         self._executor = ThreadPoolExecutor(max_workers=instances, thread_name_prefix=label)
+        self._threads = instances
+        self._retired: list[ThreadPoolExecutor] = []
         self._queues = LevelQueues(len(policy.levels))
         self._free = instances
         self._timers: Clock = clock if clock is not None else SystemClock()
@@ -108,6 +111,7 @@ class Scheduler:
         self._wake_at: int | None = None
         self._running = 0
         self._running_rows = 0
+        self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
         self._closing = False
@@ -128,6 +132,37 @@ class Scheduler:
     @property
     def queued(self) -> int:
         return len(self._queues)
+
+    @property
+    def in_flight(self) -> int:
+        """Requests computing on an instance thread now (read by the autoscaler)."""
+        return self._in_flight
+
+    def resize(self, instances: int) -> None:
+        """Run up to ``instances`` batches at once from now on.
+
+        Instances share the one runtime, as instance_group's count does at
+        load, so an instance is a thread and nothing is built. A smaller
+        count starts no new batch until fewer than ``instances`` run: the
+        batches already computing finish and answer first. A larger one
+        than ever before needs more threads: a new pool takes the new
+        batches while the old one ends once its batches are answered.
+        """
+        if instances < 1:
+            raise ValueError(f"a scheduler runs at least 1 instance, not {instances}")
+        if self._closing or instances == self.instances:
+            return
+        if instances > self._threads:
+            old = self._executor
+            self._executor = ThreadPoolExecutor(
+                max_workers=instances, thread_name_prefix=self._label
+            )
+            self._threads = instances
+            old.shutdown(wait=False)
+            self._retired.append(old)
+        self._free += instances - self.instances
+        self.instances = instances
+        self._pump()
 
     def saturated(self) -> bool:
         """Whether any new request would be refused (single priority level, full).
@@ -300,6 +335,7 @@ class Scheduler:
         rows = sum(p.rows for p in batch)
         self._running += 1
         self._running_rows += rows
+        self._in_flight += len(batch)
         loop = asyncio.get_running_loop()
         fut = loop.run_in_executor(self._executor, self._compute_on_instance, batch, names)
         fut.add_done_callback(lambda f: self._finish(batch, rows, started, f))
@@ -362,6 +398,7 @@ class Scheduler:
         self._free += 1
         self._running -= 1
         self._running_rows -= rows
+        self._in_flight -= len(batch)
         try:
             result = fut.result()
         except Exception as exc:  # the executor itself failed
@@ -432,6 +469,8 @@ class Scheduler:
         if self._wake is not None:
             self._wake.cancel()
         self._executor.shutdown(wait=True)
+        for old in self._retired:
+            old.shutdown(wait=True)
         if self._pinning is not None:
             self._pinning.release()
         self.runtime.unload()
