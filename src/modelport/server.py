@@ -29,6 +29,7 @@ from modelport.controlplane.api import ManagementServices, build_api, docs_route
 from modelport.controlplane.audited import AuditedRepository
 from modelport.controlplane.canary import CanaryController
 from modelport.controlplane.crypto.providers import key_provider_for
+from modelport.controlplane.ondemand import IdleUnloader
 from modelport.controlplane.registry import Registry
 from modelport.controlplane.store import AuditLog, CanaryStore, Database, KeyStore, PolicyStore
 from modelport.controlplane.traffic import LOCAL, TrafficManager
@@ -227,6 +228,7 @@ async def serve(config: ServerConfig) -> None:
         config.region,
         strict_readiness=config.strict_readiness,
         clock=clock,
+        cold_start_timeout=config.cold_start_timeout,
     )
     # Before any model loads: a server that must not start (no credentials off
     # loopback) says so at once.
@@ -303,6 +305,12 @@ async def serve(config: ServerConfig) -> None:
     await grpc_server.start()
     await mark_serving(grpc_health)
 
+    async def record_idle_unload(name: str, version: str, idle_s: float) -> None:
+        detail = {"version": version, "reason": "unloaded: idle", "idle_s": round(idle_s, 3)}
+        await asyncio.to_thread(audit_log.record, name, "model.unload", actor=LOCAL, detail=detail)
+
+    idle = IdleUnloader(registry, config.idle_unload, clock, record_idle_unload)
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -350,6 +358,7 @@ async def serve(config: ServerConfig) -> None:
             tasks.create_task(poll_repository())
         tasks.create_task(shutdown())
         tasks.create_task(canary.run(stop))
+        tasks.create_task(idle.run(stop))
         tasks.create_task(auth.run(stop))
         if tls is not None:
             tasks.create_task(tls.run(stop))

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from modelport.clock import Clock
+from modelport.clock import Clock, SystemClock
 from modelport.config.model import ModelConfig
+from modelport.controlplane.coldstart import HOLD_LIMIT, ColdLoads
 from modelport.controlplane.crypto.keys import KeyProvider
 from modelport.controlplane.crypto.loading import load_version_at_rest
 from modelport.controlplane.lifecycle import LOADING, READY, UNAVAILABLE
@@ -37,10 +38,14 @@ from modelport.errors import (
     ModelNotReady,
     ModelportError,
     NotFound,
+    NotLoaded,
 )
 from modelport.observability.metrics import Metrics
 
 log = logging.getLogger("modelport.registry")
+
+#: The index reason of a version unloaded for idleness; the next request loads it.
+IDLE_REASON = "unloaded: idle"
 
 
 @dataclass
@@ -51,6 +56,10 @@ class VersionRecord:
     failed: bool = False
     """The version was meant to serve and could not load (strict readiness counts it);
     False for versions left unloaded on purpose (policy, operator, residency)."""
+    cold: bool = False
+    """Unloaded for idleness: the next request for it loads it again, and polls
+    leave it unloaded. Anything else that replaces the record (an operator's
+    load or unload, a policy change) ends it."""
 
 
 @dataclass
@@ -80,7 +89,11 @@ class Registry:
         region: str | None = None,
         strict_readiness: bool = True,
         clock: Clock | None = None,
+        cold_start_timeout: float = 60.0,
+        hold_limit: int = HOLD_LIMIT,
     ) -> None:
+        """``cold_start_timeout`` bounds how long a request waits for an idle-unloaded
+        version to load; ``hold_limit`` how many wait for one version at once."""
         self.repository = repository
         self.clock = clock
         """The server's clock, for the schedulers of the versions it loads (None: the system's)."""
@@ -96,6 +109,8 @@ class Registry:
         self._serving: dict[str, dict[str, ModelVersion]] = {}
         self._default: dict[str, ModelVersion] = {}
         self._lock = asyncio.Lock()
+        self._now = (clock if clock is not None else SystemClock()).monotonic_ns
+        self._cold: ColdLoads[tuple[str, int]] = ColdLoads(clock, cold_start_timeout, hold_limit)
         self._started = False
         self._stopping = False
         self._pins: dict[str, frozenset[int]] = {}
@@ -119,21 +134,116 @@ class Registry:
                     return found
         raise self._why_not(name, version)
 
-    async def acquire_loading(self, name: str, version: str | None) -> ModelVersion:
-        """Versions load when the repository or the management API asks, never on
-        first use, so ``acquire`` never says NotLoaded and this answers as it does."""
-        return self.acquire(name, version)
+    async def acquire_loading(
+        self, name: str, version: str | None, deadline_ns: int | None = None
+    ) -> ModelVersion:
+        """Load a version unloaded for idleness (``acquire`` said NotLoaded) and serve it.
+
+        Callers that arrive while it loads share that one load (``ColdLoads``).
+        Only idle unloads are undone here: a version an operator unloaded, or
+        one never loaded, answers as ``acquire`` does.
+        """
+        try:
+            return self.acquire(name, version)
+        except NotLoaded:
+            pass
+        target = self._cold_version(name, version)
+        if target is None:
+            return self.acquire(name, version)
+        label = f"model {name!r} version {target}"
+        await self._cold.wait(
+            (name, target), label, lambda: self._load_cold(name, target), deadline_ns
+        )
+        found = self._serving.get(name, {}).get(str(target))
+        if found is None:
+            raise self._why_not(name, str(target))
+        return found
+
+    def _cold_version(self, name: str, version: str | None) -> int | None:
+        """The version a request means when that one is cold, else None.
+
+        With no version named that is the highest version loaded or cold: the
+        one the model's default would be, were nothing unloaded for idleness.
+        """
+        record = self._records.get(name)
+        if record is None:
+            return None
+        if version is None:
+            live = [
+                v
+                for v, r in record.versions.items()
+                if r.cold or str(v) in self._serving.get(name, {})
+            ]
+            if not live:
+                return None
+            top = max(live)
+            return top if record.versions[top].cold else None
+        if not version.isdigit():
+            return None
+        found = record.versions.get(int(version))
+        return int(version) if found is not None and found.cold else None
+
+    async def _load_cold(self, name: str, version: int) -> str | None:
+        """Load one cold version for the requests held for it: None, or why it did not."""
+        async with self._lock:
+            record = self._records.get(name)
+            state = record.versions.get(version) if record is not None else None
+            if record is None or state is None or not state.cold or self._stopping:
+                return None  # changed meanwhile: the callers get what acquire says now
+            source = await asyncio.to_thread(scan_model, self.repository, name)
+            if source is None:
+                return f"{name}: no directory in the repository"
+            state.cold, state.state, state.reason = False, LOADING, ""
+            self.metrics.cold_starts.labels(name).inc()
+            log.info("cold start", extra={"model": name, "version": version})
+            record = await self._sync(source, override=record.override, force=False)
+        after = record.versions.get(version)
+        if after is None:
+            return self._reason(record)
+        if after.state == READY and str(version) in self._serving.get(name, {}):
+            return None
+        return after.reason or after.state.lower()
+
+    async def unload_idle(self, name: str, version: str, seen_ns: int) -> bool:
+        """Unload a version nobody used since ``seen_ns``, keeping it loadable on demand.
+
+        Checked again under the lock, as a request, a pin or a reload may have
+        come since the version was found idle: it is not unloaded then (False).
+        """
+        async with self._lock:
+            model = self._serving.get(name, {}).get(version)
+            record = self._records.get(name)
+            if model is None or record is None or self._stopping:
+                return False
+            if model.last_used_ns != seen_ns or int(version) in self._pins.get(name, ()):
+                return False
+            state = record.versions.get(int(version))
+            if state is None:
+                return False
+            state.cold, state.state, state.reason = True, UNAVAILABLE, IDLE_REASON
+            await self._retire(name, {version})
+            state.state, state.reason = UNAVAILABLE, IDLE_REASON
+        self.metrics.idle_unloads.labels(name).inc()
+        log.info(
+            "model version unloaded",
+            extra={"model": name, "version": version, "reason": IDLE_REASON},
+        )
+        return True
 
     def _why_not(self, name: str, version: str | None) -> ModelportError:
         record = self._records.get(name)
         if record is None:
             return NotFound(f"unknown model {name!r}")
         if version is None:
+            if self._cold_version(name, None) is not None:
+                return NotLoaded(f"model {name!r} is not ready: {IDLE_REASON}")
             return ModelNotReady(f"model {name!r} is not ready: {self._reason(record)}")
         if not version.isdigit() or int(version) not in record.versions:
             return NotFound(f"unknown version {version!r} of model {name!r}")
         v = record.versions[int(version)]
         why = v.reason or v.state.lower()
+        if v.cold:
+            return NotLoaded(f"model {name!r} version {version} is not ready: {why}")
         return ModelNotReady(f"model {name!r} version {version} is not ready: {why}")
 
     @staticmethod
@@ -241,7 +351,7 @@ class Registry:
                 raise NotFound(f"unknown model {name!r}")
             await self._retire(name, set(self._serving.get(name, {})))
             for vr in record.versions.values():
-                vr.state, vr.reason = UNAVAILABLE, "unloaded"
+                vr.state, vr.reason, vr.cold = UNAVAILABLE, "unloaded", False
             record.unloaded = True
 
     # ------------------------------------------------------------ lifecycle
@@ -290,6 +400,7 @@ class Registry:
     async def close(self) -> None:
         """Drain and release every version (server shutdown)."""
         self._stopping = True
+        self._cold.cancel()
         async with self._lock:
             for name in list(self._serving):
                 await self._retire(name, set(self._serving[name]))
@@ -340,6 +451,9 @@ class Registry:
             record = self._records.get(name) or ModelRecord(name)
             self._records[name] = record
             record.wanted[version] = True
+            cold = record.versions.get(version)
+            if cold is not None:
+                cold.cold = False  # an operator's load is no cold start: it loads now
             record = await self._sync(source, override=record.override, force=False)
         state = record.versions.get(version)
         if state is None or state.state != READY:
@@ -439,9 +553,12 @@ class Registry:
                     else "not selected by version_policy"
                 )
                 record.versions[v] = VersionRecord(UNAVAILABLE, why)
+        pinned = self._pins.get(name, frozenset())
         for v in wanted:
             fp = source.version_fingerprints[v]
             current = record.versions.get(v)
+            if current is not None and current.cold and not force and v not in pinned:
+                continue  # unloaded for idleness: the next request loads it, not a poll
             up_to_date = (
                 current is not None
                 and current.fingerprint == fp
@@ -486,6 +603,7 @@ class Registry:
             await self._retire(name, {str(version)})
             record.versions[version] = VersionRecord(UNAVAILABLE, reason, fingerprint)
             return
+        started = self._now()
         try:
             model = await asyncio.to_thread(
                 load_version_at_rest,
@@ -499,6 +617,7 @@ class Registry:
                 self.clock,
             )
         except ModelportError as exc:
+            self.metrics.load_duration.labels(name).observe((self._now() - started) / 1e9)
             log.error(
                 "model version failed to load",
                 extra={"model": name, "version": version, "reason": exc.message},
@@ -515,6 +634,9 @@ class Registry:
                     UNAVAILABLE, self._public(exc.message), fingerprint, failed=True
                 )
             return
+        loaded = self._now()
+        self.metrics.load_duration.labels(name).observe((loaded - started) / 1e9)
+        model.last_used_ns = loaded  # idle from now, not since the clock's origin
         old = self._serving.get(name, {}).get(str(version))
         self._publish(name, {**self._serving.get(name, {}), str(version): model})
         record.versions[version] = VersionRecord(READY, "", fingerprint)
@@ -533,13 +655,22 @@ class Registry:
             if record is not None and int(model.version) in record.versions:
                 record.versions[int(model.version)].state = UNAVAILABLE
 
+    def _cold_above(self, name: str, version: int) -> bool:
+        record = self._records.get(name)
+        return record is not None and any(r.cold for v, r in record.versions.items() if v > version)
+
     def _publish(self, name: str, versions: dict[str, ModelVersion]) -> None:
         """Swap in a model's serving versions; the highest one is the default."""
         serving = dict(self._serving)
         default = dict(self._default)
-        if versions:
+        top = max(versions, key=int) if versions else None
+        if top is not None and not self._cold_above(name, int(top)):
             serving[name] = versions
-            default[name] = versions[max(versions, key=int)]
+            default[name] = versions[top]
+        elif top is not None:
+            # A higher version sleeps: requests naming none wake it, not this one.
+            serving[name] = versions
+            default.pop(name, None)
         else:
             serving.pop(name, None)
             default.pop(name, None)

@@ -58,6 +58,9 @@ from modelport.types import (
     datatype_of,
 )
 
+#: The response parameter set on an answer whose version had to load first.
+COLD_START = "cold_start"
+
 #: Versions whose observer lists are kept before the list is started afresh;
 #: far above the versions a server serves at once, so only reloads fill it.
 _PLANS_KEPT = 256
@@ -139,7 +142,7 @@ class Pipeline:
             else:
                 model = self._choose(routed, request, header)
         except NotLoaded:
-            model = await self._acquire_loading(routed, request, header, start)
+            return await self._serve_cold(call, request, protocol, header, routed, start)
         chosen = routed is not None and version is None
         return await self._serve(call, model, request, protocol, start, routed, chosen)
 
@@ -197,22 +200,49 @@ class Pipeline:
             routed.fell_back(version, exc)
             return self.table.acquire(request.model_name, None)
 
+    async def _serve_cold(
+        self,
+        call: Call | None,
+        request: InferenceRequest,
+        protocol: str,
+        header: HeaderLookup | None,
+        routed: RoutedModel | None,
+        start: int,
+    ) -> InferenceResponse:
+        """Serve a request whose version had to load first; its answer says so.
+
+        The ``cold_start`` response parameter tells a caller that saw a slow
+        answer why: it waited for the version to load.
+        """
+        model = await self._acquire_loading(routed, request, header, start, call)
+        chosen = routed is not None and request.model_version is None
+        response = await self._serve(call, model, request, protocol, start, routed, chosen)
+        response.parameters[COLD_START] = True
+        return response
+
     async def _acquire_loading(
         self,
         routed: RoutedModel | None,
         request: InferenceRequest,
         header: HeaderLookup | None,
         start: int,
+        call: Call | None = None,
     ) -> ModelVersion:
         """The route stage again for a version that must load first, waiting for it.
 
         Off the hot path: only a table that loads versions on first use says NotLoaded.
+        The wait ends at the request's deadline, as a queued request's would:
+        the earlier of the Call's and the request's own ``timeout``.
         """
         name, version = request.model_name, request.model_version
         if routed is not None and version is None:
             version = routed.choose(header, request.parameters)
+        deadline = call.deadline_ns if call is not None else None
+        if request.timeout_us:  # 0 is no limit, as the queue policy reads it
+            own = start + request.timeout_us * 1000
+            deadline = own if deadline is None else min(deadline, own)
         try:
-            return await self.table.acquire_loading(name, version)
+            return await self.table.acquire_loading(name, version, deadline)
         except ModelportError as exc:
             if routed is not None and version is not None and counts_as_error(exc):
                 routed.record(version, self._clock() - start, True)
@@ -262,6 +292,7 @@ class Pipeline:
         admission = self.admission
         if self.limiter is not None and admission.limits(call, request, model):
             await admission.take_tokens(call, request, model)
+        model.last_used_ns = start
         series = self.metrics.for_model(model.name, model.version, protocol)
         series.requests.inc()
         served = Served(model, protocol, routed, chosen, start, series)

@@ -43,6 +43,10 @@ class ModelVersion:
     """The model's token bucket (``modelport.rate_limit``), read once at load."""
     payload_log: PayloadLog | None = field(init=False)
     """Payload logging settings when the model turns it on; None costs the request nothing."""
+    last_used_ns: int = field(default=0, init=False)
+    """When the version last took a request (the pipeline's clock, monotonic): the
+    start time the pipeline reads anyway, written once per request, so finding
+    idle versions costs the request path nothing more."""
 
     def __post_init__(self) -> None:
         self.inputs = {s.name: s for s in self.signature.inputs}
@@ -77,10 +81,15 @@ class ModelTable(Protocol):
         """
         ...
 
-    async def acquire_loading(self, name: str, version: str | None) -> ModelVersion:
+    async def acquire_loading(
+        self, name: str, version: str | None, deadline_ns: int | None = None
+    ) -> ModelVersion:
         """The version ``acquire`` refused with NotLoaded, once it has loaded.
 
-        Raises what ``acquire`` raises when the load fails or the version is gone.
+        ``deadline_ns`` (monotonic, the pipeline's clock) is the caller's own
+        deadline: it waits no longer. Raises what ``acquire`` raises when the
+        version is gone, ModelNotReady with the reason when the load fails,
+        DeadlineExceeded or Unavailable when the wait is over first.
         """
         ...
 

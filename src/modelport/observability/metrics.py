@@ -10,7 +10,7 @@ import copy
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.metrics_core import Metric
 
 from modelport.observability.series import (
@@ -25,6 +25,9 @@ LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
     0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
+
+#: Buckets from 10 ms to 5 minutes: loading a version reads files and builds sessions.
+LOAD_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -150,6 +153,26 @@ class Metrics:
         self.models_loaded = Gauge(
             "modelport_models_loaded",
             "Model versions loaded and ready.",
+            registry=self.registry,
+        )
+        self.load_duration = Histogram(
+            "modelport_model_load_duration_seconds",
+            "Time to load one model version (at start, by the API, a poll or a cold start), "
+            "in seconds; by model.",
+            ("model",),
+            registry=self.registry,
+            buckets=LOAD_BUCKETS,
+        )
+        self.cold_starts = Counter(
+            "modelport_cold_starts",
+            "Loads of a version unloaded for idleness that a request asked for, by model.",
+            ("model",),
+            registry=self.registry,
+        )
+        self.idle_unloads = Counter(
+            "modelport_idle_unloads",
+            "Versions unloaded because no request came for their idle_unload time, by model.",
+            ("model",),
             registry=self.registry,
         )
 

@@ -102,7 +102,9 @@ class Table:
             raise NotFound(f"unknown model {name!r}")
         return model
 
-    async def acquire_loading(self, name: str, version: str | None) -> ModelVersion:
+    async def acquire_loading(
+        self, name: str, version: str | None, deadline_ns: int | None = None
+    ) -> ModelVersion:
         return self.acquire(name, version)
 
     def versions(self, name: str) -> list[str]:

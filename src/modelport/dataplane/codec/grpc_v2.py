@@ -176,7 +176,9 @@ def decode_request(
 
 
 def _set_parameter(params: Any, key: str, value: Any) -> None:
-    if isinstance(value, str):
+    if isinstance(value, bool):
+        params[key].bool_param = value
+    elif isinstance(value, str):
         params[key].string_param = value
     else:
         params[key].int64_param = value
@@ -196,6 +198,9 @@ def encode_response(
         model_version=response.model_version,
         id=response.id or "",
     )
+    if response.parameters:  # rare (a cold start): the answer usually carries none
+        for key, value in response.parameters.items():
+            _set_parameter(msg.parameters, key, value)
     refs = shm_outputs(request) if request is not None and request.outputs else None
     raw: list[bytes] = []
     for t in response.outputs:

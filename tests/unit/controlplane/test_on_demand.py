@@ -1,0 +1,179 @@
+"""Idle unload and cold start in the registry, on a fake clock (no sleeps)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import onnx
+import pytest
+
+from modelport.controlplane.ondemand import IdleUnloader, idle_due
+from modelport.controlplane.registry import IDLE_REASON, Registry
+from modelport.errors import ModelNotReady, NotLoaded
+from modelport.observability.metrics import Metrics
+from tests.fake_clock import FakeClock
+from tests.integration.models import identity_model
+
+SECOND = 1_000_000_000
+
+
+def _write(path: Path, model: onnx.ModelProto) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    _write(tmp_path / "sleepy" / "1" / "model.onnx", identity_model("FP32"))
+    (tmp_path / "sleepy" / "config.yaml").write_text("modelport: {idle_unload_s: 2}\n")
+    _write(tmp_path / "awake" / "1" / "model.onnx", identity_model("FP32"))
+    (tmp_path / "awake" / "config.yaml").write_text(
+        "modelport: {idle_unload_s: 2, keep_loaded: true}\n"
+    )
+    _write(tmp_path / "plain" / "1" / "model.onnx", identity_model("FP32"))
+    return tmp_path
+
+
+def _sample(metrics: Metrics, name: str, model: str) -> float:
+    value = metrics.registry.get_sample_value(name, {"model": model})
+    return value or 0.0
+
+
+def _registry(repo: Path, clock: FakeClock) -> Registry:
+    return Registry(repo, Metrics(), clock=clock, cold_start_timeout=30)
+
+
+async def _unloaded(reg: Registry, clock: FakeClock) -> None:
+    """Let ``sleepy`` go idle and be unloaded."""
+    clock.advance(3 * SECOND)
+    unloaded, _ = await IdleUnloader(reg, None, clock).check()
+    assert ("sleepy", "1") in unloaded
+
+
+def test_the_decision_follows_the_model_then_the_server(repo: Path) -> None:
+    async def scenario() -> None:
+        clock = FakeClock()
+        reg = _registry(repo, clock)
+        await reg.start()
+        sleepy, awake, plain = (reg.acquire(n, None) for n in ("sleepy", "awake", "plain"))
+        now = clock.monotonic_ns() + 3 * SECOND
+        assert idle_due(sleepy, now, None, pinned=False, is_busy=False)
+        assert idle_due(sleepy, now, 60.0, pinned=False, is_busy=False)  # the model's wins
+        assert not idle_due(sleepy, now, None, pinned=True, is_busy=False)
+        assert not idle_due(sleepy, now, None, pinned=False, is_busy=True)
+        assert not idle_due(sleepy, now - 2 * SECOND, None, pinned=False, is_busy=False)
+        assert not idle_due(awake, now, 1.0, pinned=False, is_busy=False)  # keep_loaded
+        assert not idle_due(plain, now, None, pinned=False, is_busy=False)  # off by default
+        assert idle_due(plain, now, 1.0, pinned=False, is_busy=False)  # the server's default
+        await reg.close()
+
+    asyncio.run(scenario())
+
+
+def test_an_idle_version_is_unloaded_and_says_why(repo: Path) -> None:
+    async def scenario() -> None:
+        clock = FakeClock()
+        reg = _registry(repo, clock)
+        await reg.start()
+        idle = IdleUnloader(reg, None, clock)
+        clock.advance(1 * SECOND)
+        reg.acquire("sleepy", None).last_used_ns = clock.monotonic_ns()  # a request
+        clock.advance(int(1.5 * SECOND))
+        assert (await idle.check())[0] == []  # used 1.5 s ago: not idle yet
+        clock.advance(1 * SECOND)
+        unloaded, _ = await idle.check()
+        assert unloaded == [("sleepy", "1")]
+        entry = next(e for e in reg.index(False) if e.name == "sleepy")
+        assert (entry.state, entry.reason) == ("UNAVAILABLE", IDLE_REASON)
+        with pytest.raises(NotLoaded):
+            reg.acquire("sleepy", None)
+        with pytest.raises(NotLoaded):
+            reg.acquire("sleepy", "1")
+        clock.advance(60 * SECOND)
+        assert (await idle.check())[0] == []  # keep_loaded, and no limit, stay
+        assert reg.acquire("awake", None) and reg.acquire("plain", None)
+        assert _sample(reg.metrics, "modelport_idle_unloads_total", "sleepy") == 1
+        await reg.poll()  # a poll leaves it for the next request to load
+        with pytest.raises(NotLoaded):
+            reg.acquire("sleepy", None)
+        await reg.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_pinned_version_is_never_idle(repo: Path) -> None:
+    async def scenario() -> None:
+        clock = FakeClock()
+        reg = _registry(repo, clock)
+        await reg.start()
+        reg.pin("sleepy", {1})
+        clock.advance(10 * SECOND)
+        assert (await IdleUnloader(reg, None, clock).check())[0] == []
+        assert reg.acquire("sleepy", "1")
+        await reg.close()
+
+    asyncio.run(scenario())
+
+
+def test_concurrent_cold_requests_share_one_load(repo: Path) -> None:
+    async def scenario() -> None:
+        clock = FakeClock()
+        reg = _registry(repo, clock)
+        await reg.start()
+        loads = _sample(reg.metrics, "modelport_model_load_duration_seconds_count", "sleepy")
+        await _unloaded(reg, clock)
+        got = await asyncio.gather(*(reg.acquire_loading("sleepy", None) for _ in range(32)))
+        assert {m.version for m in got} == {"1"} and len({id(m) for m in got}) == 1
+        after = _sample(reg.metrics, "modelport_model_load_duration_seconds_count", "sleepy")
+        assert after == loads + 1
+        assert _sample(reg.metrics, "modelport_cold_starts_total", "sleepy") == 1
+        assert reg.acquire("sleepy", None) is got[0]
+        entry = next(e for e in reg.index(False) if e.name == "sleepy")
+        assert (entry.state, entry.reason) == ("READY", "")
+        await reg.close()
+
+    asyncio.run(scenario())
+
+
+def test_an_operator_unload_is_not_undone_by_traffic(repo: Path) -> None:
+    async def scenario() -> None:
+        clock = FakeClock()
+        reg = _registry(repo, clock)
+        await reg.start()
+        await _unloaded(reg, clock)
+        await reg.unload("sleepy")
+        for attempt in (reg.acquire_loading("sleepy", None), reg.acquire_loading("sleepy", "1")):
+            with pytest.raises(ModelNotReady, match="unloaded") as caught:
+                await attempt
+            assert not isinstance(caught.value, NotLoaded)
+        await reg.unload_model_version("plain", 1)
+        with pytest.raises(ModelNotReady, match="management API"):
+            await reg.acquire_loading("plain", "1")
+        await reg.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_broken_version_fails_every_held_request_with_its_reason(repo: Path) -> None:
+    async def scenario() -> None:
+        clock = FakeClock()
+        reg = _registry(repo, clock)
+        await reg.start()
+        await _unloaded(reg, clock)
+        (repo / "sleepy" / "1" / "model.onnx").write_bytes(b"not a model")
+        results = await asyncio.gather(
+            *(reg.acquire_loading("sleepy", None) for _ in range(5)), return_exceptions=True
+        )
+        assert all(isinstance(r, ModelNotReady) for r in results)
+        messages = {str(r) for r in results}
+        assert len(messages) == 1 and "failed to load" in messages.pop()
+        assert _sample(reg.metrics, "modelport_cold_starts_total", "sleepy") == 1
+        # Failed once: later requests get the reason without loading again.
+        with pytest.raises(ModelNotReady) as caught:
+            await reg.acquire_loading("sleepy", None)
+        assert not isinstance(caught.value, NotLoaded)
+        assert _sample(reg.metrics, "modelport_cold_starts_total", "sleepy") == 1
+        await reg.close()
+
+    asyncio.run(scenario())
