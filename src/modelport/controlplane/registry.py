@@ -31,7 +31,7 @@ from modelport.controlplane.repository.layout import (
 )
 from modelport.controlplane.repository.reasons import public_reason
 from modelport.dataplane.admission.residency import model_refusal
-from modelport.dataplane.table import ModelVersion, RepositoryEntry
+from modelport.dataplane.table import ModelVersion, RepositoryEntry, asleep
 from modelport.errors import (
     InvalidRequest,
     ModelLoadError,
@@ -111,6 +111,8 @@ class Registry:
         self._lock = asyncio.Lock()
         self._now = (clock if clock is not None else SystemClock()).monotonic_ns
         self._cold: ColdLoads[tuple[str, int]] = ColdLoads(clock, cold_start_timeout, hold_limit)
+        self._outlines: dict[tuple[str, int], ModelVersion] = {}
+        """Versions unloaded for idleness, without what computes them (``admit``)."""
         self._started = False
         self._stopping = False
         self._pins: dict[str, frozenset[int]] = {}
@@ -132,6 +134,25 @@ class Registry:
                 found = versions.get(version)
                 if found is not None:
                     return found
+        raise self._why_not(name, version)
+
+    def admit(self, name: str, version: str | None) -> ModelVersion:
+        """``acquire`` for admission's first phase: a cold version answers with its
+        outline, so its request is read and then waits for the load in the route stage."""
+        if version is None:
+            model = self._default.get(name)
+            if model is not None:
+                return model
+        else:
+            versions = self._serving.get(name)
+            if versions is not None:
+                found = versions.get(version)
+                if found is not None:
+                    return found
+        target = self._cold_version(name, version)
+        outline = self._outlines.get((name, target)) if target is not None else None
+        if outline is not None:
+            return outline
         raise self._why_not(name, version)
 
     async def acquire_loading(
@@ -194,6 +215,7 @@ class Registry:
             if source is None:
                 return f"{name}: no directory in the repository"
             state.cold, state.state, state.reason = False, LOADING, ""
+            self._outlines.pop((name, version), None)
             self.metrics.cold_starts.labels(name).inc()
             log.info("cold start", extra={"model": name, "version": version})
             record = await self._sync(source, override=record.override, force=False)
@@ -221,6 +243,7 @@ class Registry:
             if state is None:
                 return False
             state.cold, state.state, state.reason = True, UNAVAILABLE, IDLE_REASON
+            self._outlines[(name, int(version))] = asleep(model)
             await self._retire(name, {version})
             state.state, state.reason = UNAVAILABLE, IDLE_REASON
         self.metrics.idle_unloads.labels(name).inc()
@@ -352,6 +375,7 @@ class Registry:
             await self._retire(name, set(self._serving.get(name, {})))
             for vr in record.versions.values():
                 vr.state, vr.reason, vr.cold = UNAVAILABLE, "unloaded", False
+            self._forget_outlines(name)
             record.unloaded = True
 
     # ------------------------------------------------------------ lifecycle
@@ -370,6 +394,7 @@ class Registry:
                 if name not in found:
                     await self._retire(name, set(self._serving.get(name, {})))
                     del self._records[name]
+                    self._forget_outlines(name)
                     log.info("model removed", extra={"model": name})
             for source in found.values():
                 record = self._records.get(source.name)
@@ -654,6 +679,10 @@ class Registry:
             record = self._records.get(name)
             if record is not None and int(model.version) in record.versions:
                 record.versions[int(model.version)].state = UNAVAILABLE
+
+    def _forget_outlines(self, name: str) -> None:
+        for key in [k for k in self._outlines if k[0] == name]:
+            del self._outlines[key]
 
     def _cold_above(self, name: str, version: int) -> bool:
         record = self._records.get(name)

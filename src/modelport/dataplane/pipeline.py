@@ -38,7 +38,7 @@ from modelport.dataplane.routing.shadow import SHADOW_PROTOCOL
 from modelport.dataplane.routing.traffic import HeaderLookup, RoutedModel, Traffic
 from modelport.dataplane.routing.window import counts_as_error
 from modelport.dataplane.servable import STEP_PROTOCOL, respond, wanted_outputs
-from modelport.dataplane.table import ModelTable, ModelVersion
+from modelport.dataplane.table import AdmissionView, ModelTable, ModelVersion
 from modelport.dataplane.validate import check_request
 from modelport.errors import (
     ModelNotReady,
@@ -90,7 +90,7 @@ class Pipeline:
         self.limiter = limiter
         self.payloads = payloads
         self.residency = residency
-        self.admission = Admission(table, metrics, traffic, limiter, residency)
+        self.admission = Admission(AdmissionView(table), metrics, traffic, limiter, residency)
         """The admission stages; transports call its ``before_body`` before reading a body."""
         self.observers = (
             observers

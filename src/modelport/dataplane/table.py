@@ -8,15 +8,17 @@ dictionary; its ``servable`` computes the answers.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from modelport.config.model import ModelConfig, PayloadLog, RateLimit
-from modelport.dataplane.servable import Servable
+from modelport.dataplane.servable import Outcome, Servable
+from modelport.errors import ModelportError, NotLoaded
 from modelport.observability.payloads import enabled_settings
 from modelport.observability.profile import InputProfile
 from modelport.observability.statistics import ModelStatistics
-from modelport.types import ModelSignature, TensorSpec
+from modelport.types import Call, InferenceRequest, ModelSignature, TensorSpec
 
 
 @dataclass(eq=False)
@@ -56,6 +58,43 @@ class ModelVersion:
         self.batch_key = self.config.modelport.batch_key
         self.rate_limit = self.config.modelport.rate_limit
         self.payload_log = enabled_settings(self.config)
+
+
+class Asleep:
+    """The servable of a version unloaded for idleness: it computes nothing.
+
+    A version's outline (name, signature, config) outlives its unload, so the
+    transports' first phase can take a request for it and read its body; the
+    pipeline then acquires the version afresh and waits for it to load.
+    """
+
+    __slots__ = ("label",)
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+
+    async def execute(self, call: Call | None, request: InferenceRequest) -> Outcome:
+        raise NotLoaded(f"{self.label} is not loaded")
+
+    def refusal(self) -> ModelportError | None:
+        return None
+
+    async def drain_and_close(self) -> None:
+        return None
+
+
+def asleep(model: ModelVersion) -> ModelVersion:
+    """The outline of ``model`` once unloaded: what it takes, without what computes it."""
+    return ModelVersion(
+        model.name,
+        model.version,
+        model.platform,
+        model.signature,
+        model.config,
+        Asleep(f"model {model.name!r} version {model.version}"),
+        model.stats,
+        model.profile,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +143,39 @@ class ModelTable(Protocol):
     def is_ready(self) -> bool:
         """Whether the server is ready: every model that should serve does."""
         ...
+
+
+class AdmissionView:
+    """The table as admission's first phase reads it, before a request's body.
+
+    A version that loads on first use is admitted as its outline (``asleep``)
+    when the table offers ``admit``; the route stage acquires it afresh and
+    waits for the load. The lookups are the table's own bound methods, so a
+    loaded version costs the request no extra call.
+    """
+
+    __slots__ = ("acquire", "table")
+
+    def __init__(self, table: ModelTable) -> None:
+        self.table = table
+        admit: Callable[[str, str | None], ModelVersion] | None = getattr(table, "admit", None)
+        self.acquire: Callable[[str, str | None], ModelVersion] = (
+            admit if admit is not None else table.acquire
+        )
+
+    async def acquire_loading(
+        self, name: str, version: str | None, deadline_ns: int | None = None
+    ) -> ModelVersion:
+        return await self.table.acquire_loading(name, version, deadline_ns)
+
+    def versions(self, name: str) -> list[str]:
+        return self.table.versions(name)
+
+    def ready(self) -> list[ModelVersion]:
+        return self.table.ready()
+
+    def is_ready(self) -> bool:
+        return self.table.is_ready()
 
 
 class RepositoryControl(Protocol):

@@ -90,6 +90,10 @@ def test_an_idle_version_is_unloaded_and_says_why(repo: Path) -> None:
             reg.acquire("sleepy", None)
         with pytest.raises(NotLoaded):
             reg.acquire("sleepy", "1")
+        # Admission's first phase takes the request as the version's outline.
+        outline = reg.admit("sleepy", None)
+        assert (outline.name, outline.version) == ("sleepy", "1")
+        assert outline.servable.refusal() is None and outline not in reg.ready()
         clock.advance(60 * SECOND)
         assert (await idle.check())[0] == []  # keep_loaded, and no limit, stay
         assert reg.acquire("awake", None) and reg.acquire("plain", None)
