@@ -7,14 +7,17 @@ batches compute at once is counted exactly, with no timing guesses.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 import pytest
 
 from modelport.config.model import parse_model_config
+from modelport.dataplane.scheduling.cores import PIN_STREAK, CoreClaims, Pinning
 from modelport.dataplane.scheduling.policy import scheduling_policy
 from modelport.dataplane.scheduling.scheduler import Scheduler
 from modelport.errors import Unavailable
@@ -144,3 +147,19 @@ def test_no_count_below_one_and_none_once_closing() -> None:
             await sched.submit({"x": np.zeros(2, np.float32)}, ["y"], 1)
 
     asyncio.run(main())
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="Linux only")
+def test_cores_of_ended_threads_are_given_back_and_live_ones_kept() -> None:
+    core = min(os.sched_getaffinity(0))
+    claims = CoreClaims({core})
+    pinning = Pinning(1000, claims)
+    ended = ThreadPoolExecutor(1)
+    ended.submit(lambda: [pinning.after(5000) for _ in range(PIN_STREAK)]).result()
+    assert pinning.held == [core]
+    pinning.release_ended()  # its thread is still there, idle in its pool
+    assert pinning.held == [core]
+    ended.shutdown(wait=True)
+    pinning.release_ended()
+    assert pinning.held == []
+    assert claims.claim() == core

@@ -66,6 +66,8 @@ class Pinning:
         self.label = label
         self._local = threading.local()
         self._held: list[int] = []
+        self._owners: dict[int, int] = {}
+        """Which thread (its ident) holds each core."""
         self._lock = threading.Lock()
 
     def settled(self) -> bool:
@@ -98,6 +100,7 @@ class Pinning:
         local.core = core
         with self._lock:
             self._held.append(core)
+            self._owners[core] = threading.get_ident()
         log.debug("instance thread pinned", extra={"model": self.label, "core": core})
 
     @property
@@ -109,5 +112,23 @@ class Pinning:
         """Give the cores back (the version is unloading; its threads are ending)."""
         with self._lock:
             held, self._held = self._held, []
+            self._owners.clear()
         for core in held:
+            self.claims.release(core)
+
+    def release_ended(self) -> None:
+        """Give back the cores of pinned threads that have ended.
+
+        A version whose instance count grows replaces its thread pool (the
+        scheduler's ``resize``); the old pool's pinned threads end with it
+        while the version stays loaded, and their cores would otherwise stay
+        claimed until it unloads.
+        """
+        alive = {t.ident for t in threading.enumerate()}
+        with self._lock:
+            ended = [c for c in self._held if self._owners.get(c) not in alive]
+            for core in ended:
+                self._held.remove(core)
+                del self._owners[core]
+        for core in ended:
             self.claims.release(core)

@@ -160,9 +160,17 @@ class Scheduler:
             self._threads = instances
             old.shutdown(wait=False)
             self._retired.append(old)
+            if self._pinning is not None:
+                asyncio.get_running_loop().run_in_executor(None, self._retire, old)
         self._free += instances - self.instances
         self.instances = instances
         self._pump()
+
+    def _retire(self, old: ThreadPoolExecutor) -> None:
+        """Off the loop: once the old pool's threads end, give back the cores they held."""
+        old.shutdown(wait=True)
+        if self._pinning is not None:
+            self._pinning.release_ended()
 
     def saturated(self) -> bool:
         """Whether any new request would be refused (single priority level, full).
