@@ -32,6 +32,7 @@ from modelport.dataplane.runtime.process import ProcessRuntime
 from modelport.dataplane.scheduled import ScheduledServable
 from modelport.dataplane.scheduling.scheduler import Scheduler
 from modelport.dataplane.table import ModelVersion
+from modelport.observability.metrics import Visible
 
 log = logging.getLogger("modelport.autoscaling")
 
@@ -39,8 +40,6 @@ log = logging.getLogger("modelport.autoscaling")
 PERIOD_S = 0.5
 
 _NS = 1_000_000_000
-
-Visible = Callable[[str], bool] | None
 
 
 @dataclass(slots=True)
