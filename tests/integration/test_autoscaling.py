@@ -7,10 +7,12 @@ milliseconds a request, so 16 callers keep one instance's queue long and the
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime
 
 import httpx
 import numpy as np
@@ -129,9 +131,6 @@ def test_instances_follow_the_load_with_no_failed_request(server: Server) -> Non
         for t in threads:
             t.join(30)
     quiet = time.monotonic()
-    # Closed-loop callers wait in the transport too, so the count may already
-    # have come down part of the way while they ran.
-    at_stop = instances(server)
     rose = [at for at, n in seen if n is not None and n > 1]
     assert rose, f"instances never rose above 1 under load: {seen}"
     assert rose[0] <= 3.5, f"instances rose only after {rose[0]:.1f} s: {seen}"
@@ -141,10 +140,7 @@ def test_instances_follow_the_load_with_no_failed_request(server: Server) -> Non
 
     while time.monotonic() - quiet < 8 and instances(server) != 1:
         time.sleep(0.2)
-    fell = time.monotonic() - quiet
     assert instances(server) == 1, "instances stayed above 1 after the load stopped"
-    if at_stop is not None and at_stop > 1:
-        assert fell >= 1.5, f"instances fell {fell:.1f} s after the load: before the delay"
 
     changes = [
         json.loads(line) for line in server.log().splitlines() if '"instance count changed"' in line
@@ -153,3 +149,13 @@ def test_instances_follow_the_load_with_no_failed_request(server: Server) -> Non
     assert changes[0]["from"] == 1 and changes[0]["to"] > 1
     assert "overload" in changes[0]["reason"]
     assert changes[-1]["to"] == 1 and "underload" in changes[-1]["reason"]
+    # Closed-loop callers also wait in the transport, so the count may come
+    # down part of the way while they still run, but never sooner than the
+    # downscale delay after the change before.
+    for before, after in itertools.pairwise(changes):
+        if after["to"] < after["from"]:
+            assert seconds(after["time"]) - seconds(before["time"]) >= 2
+
+
+def seconds(stamp: str) -> float:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
