@@ -288,11 +288,13 @@ class Pipeline:
         chosen: bool,
     ) -> InferenceResponse:
         """Admission after routing, then validate → cache → execute, then the observers."""
+        # Noted before anything awaits, so an idle check never unloads a version
+        # between the route stage and its use.
+        model.last_used_ns = start
         # Before any validation or compute, and outside what observers see.
         admission = self.admission
         if self.limiter is not None and admission.limits(call, request, model):
             await admission.take_tokens(call, request, model)
-        model.last_used_ns = start
         series = self.metrics.for_model(model.name, model.version, protocol)
         series.requests.inc()
         served = Served(model, protocol, routed, chosen, start, series)
