@@ -181,3 +181,41 @@ def test_a_broken_version_fails_every_held_request_with_its_reason(repo: Path) -
         await reg.close()
 
     asyncio.run(scenario())
+
+
+def test_an_operator_load_wakes_a_cold_version_at_once(repo: Path) -> None:
+    async def scenario() -> None:
+        clock = FakeClock()
+        reg = _registry(repo, clock)
+        await reg.start()
+        await _unloaded(reg, clock)
+        await reg.load("sleepy", None)
+        assert reg.acquire("sleepy", None).version == "1"
+        assert _sample(reg.metrics, "modelport_cold_starts_total", "sleepy") == 0
+        await reg.close()
+
+    asyncio.run(scenario())
+
+
+def test_requests_naming_no_version_wake_the_default_not_an_older_one(repo: Path) -> None:
+    _write(repo / "sleepy" / "2" / "model.onnx", identity_model("FP32"))
+    (repo / "sleepy" / "config.yaml").write_text(
+        "modelport: {idle_unload_s: 2}\nversion_policy: {all: {}}\n"
+    )
+
+    async def scenario() -> None:
+        clock = FakeClock()
+        reg = _registry(repo, clock)
+        await reg.start()
+        clock.advance(3 * SECOND)
+        reg.acquire("sleepy", "1").last_used_ns = clock.monotonic_ns()  # version 1 in use
+        unloaded, _ = await IdleUnloader(reg, None, clock).check()
+        assert ("sleepy", "2") in unloaded and ("sleepy", "1") not in unloaded
+        assert reg.acquire("sleepy", "1").version == "1"
+        with pytest.raises(NotLoaded):
+            reg.acquire("sleepy", None)
+        assert (await reg.acquire_loading("sleepy", None)).version == "2"
+        assert reg.acquire("sleepy", None).version == "2"
+        await reg.close()
+
+    asyncio.run(scenario())
