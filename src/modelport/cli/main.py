@@ -15,6 +15,7 @@ import typer
 
 from modelport import __version__
 from modelport.cli.audit import audit_app
+from modelport.cli.batch import batch
 from modelport.cli.client import Token, Url, remember
 from modelport.cli.compliance import compliance_app
 from modelport.cli.convert import convert
@@ -258,6 +259,7 @@ def serve(
 
 
 app.command("convert")(convert)
+app.command("batch")(batch)
 app.command("optimize")(optimize)
 app.command("validate")(validate)
 app.command("encrypt")(encrypt)
