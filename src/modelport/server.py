@@ -30,7 +30,7 @@ from modelport.controlplane.audited import AuditedRepository
 from modelport.controlplane.canary import CanaryController
 from modelport.controlplane.crypto.providers import key_provider_for
 from modelport.controlplane.ondemand import IdleUnloader
-from modelport.controlplane.registry import Registry
+from modelport.controlplane.registry import IDLE_REASON, Registry
 from modelport.controlplane.store import AuditLog, CanaryStore, Database, KeyStore, PolicyStore
 from modelport.controlplane.traffic import LOCAL, TrafficManager
 from modelport.dataplane.admission import MemoryRateLimiter, RateLimiter
@@ -306,8 +306,10 @@ async def serve(config: ServerConfig) -> None:
     await mark_serving(grpc_health)
 
     async def record_idle_unload(name: str, version: str, idle_s: float) -> None:
-        detail = {"version": version, "reason": "unloaded: idle", "idle_s": round(idle_s, 3)}
-        await asyncio.to_thread(audit_log.record, name, "model.unload", actor=LOCAL, detail=detail)
+        detail = {"version": version, "idle_s": round(idle_s, 3)}
+        await asyncio.to_thread(
+            audit_log.record, name, "model.unload", actor=LOCAL, detail=detail, reason=IDLE_REASON
+        )
 
     idle = IdleUnloader(registry, config.idle_unload, clock, record_idle_unload)
 

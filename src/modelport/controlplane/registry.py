@@ -193,16 +193,21 @@ class Registry:
             live = [
                 v
                 for v, r in record.versions.items()
-                if r.cold or str(v) in self._serving.get(name, {})
+                if self._asleep(name, v, r) or str(v) in self._serving.get(name, {})
             ]
             if not live:
                 return None
             top = max(live)
-            return top if record.versions[top].cold else None
+            return top if self._asleep(name, top, record.versions[top]) else None
         if not version.isdigit():
             return None
         found = record.versions.get(int(version))
-        return int(version) if found is not None and found.cold else None
+        asleep = found is not None and self._asleep(name, int(version), found)
+        return int(version) if asleep else None
+
+    def _asleep(self, name: str, version: int, state: VersionRecord) -> bool:
+        """Unloaded for idleness, or loading again for that: a request waits for it."""
+        return state.cold or self._cold.loading((name, version))
 
     async def _load_cold(self, name: str, version: int) -> str | None:
         """Load one cold version for the requests held for it: None, or why it did not."""
@@ -215,10 +220,10 @@ class Registry:
             if source is None:
                 return f"{name}: no directory in the repository"
             state.cold, state.state, state.reason = False, LOADING, ""
-            self._outlines.pop((name, version), None)
             self.metrics.cold_starts.labels(name).inc()
             log.info("cold start", extra={"model": name, "version": version})
             record = await self._sync(source, override=record.override, force=False)
+            self._outlines.pop((name, version), None)
         after = record.versions.get(version)
         if after is None:
             return self._reason(record)
@@ -265,7 +270,7 @@ class Registry:
             return NotFound(f"unknown version {version!r} of model {name!r}")
         v = record.versions[int(version)]
         why = v.reason or v.state.lower()
-        if v.cold:
+        if self._asleep(name, int(version), v):
             return NotLoaded(f"model {name!r} version {version} is not ready: {why}")
         return ModelNotReady(f"model {name!r} version {version} is not ready: {why}")
 

@@ -219,3 +219,35 @@ def test_requests_naming_no_version_wake_the_default_not_an_older_one(repo: Path
         await reg.close()
 
     asyncio.run(scenario())
+
+
+def test_requests_arriving_while_it_loads_wait_for_the_same_load(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def scenario() -> None:
+        clock = FakeClock()
+        reg = _registry(repo, clock)
+        await reg.start()
+        await _unloaded(reg, clock)
+        inside, go = asyncio.Event(), asyncio.Event()
+        real_sync = reg._sync
+
+        async def paused_sync(*args: object, **kwargs: object) -> object:
+            inside.set()
+            await go.wait()
+            return await real_sync(*args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(reg, "_sync", paused_sync)
+        first = asyncio.create_task(reg.acquire_loading("sleepy", None))
+        await inside.wait()  # the load has begun
+        with pytest.raises(NotLoaded):
+            reg.acquire("sleepy", None)
+        assert reg.admit("sleepy", "1").version == "1"
+        late = asyncio.create_task(reg.acquire_loading("sleepy", "1"))
+        await asyncio.sleep(0)
+        go.set()
+        assert (await first) is (await late)
+        assert _sample(reg.metrics, "modelport_cold_starts_total", "sleepy") == 1
+        await reg.close()
+
+    asyncio.run(scenario())
