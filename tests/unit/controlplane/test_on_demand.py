@@ -8,7 +8,7 @@ from pathlib import Path
 import onnx
 import pytest
 
-from modelport.controlplane.ondemand import IdleUnloader, idle_due
+from modelport.controlplane.ondemand import IdleUnloader, busy, idle_due
 from modelport.controlplane.registry import IDLE_REASON, Registry
 from modelport.errors import ModelNotReady, NotLoaded
 from modelport.observability.metrics import Metrics
@@ -248,6 +248,46 @@ def test_requests_arriving_while_it_loads_wait_for_the_same_load(
         go.set()
         assert (await first) is (await late)
         assert _sample(reg.metrics, "modelport_cold_starts_total", "sleepy") == 1
+        await reg.close()
+
+    asyncio.run(scenario())
+
+
+def test_queued_computing_or_open_sequences_keep_a_version_loaded(repo: Path) -> None:
+    async def scenario() -> None:
+        clock = FakeClock()
+        reg = _registry(repo, clock)
+        await reg.start()
+        model = reg.acquire("sleepy", None)
+        scheduler = model.servable.scheduler  # type: ignore[attr-defined]
+        assert not busy(model)
+        scheduler._running = 1  # a batch computing
+        assert busy(model)
+        clock.advance(10 * SECOND)
+        assert ("sleepy", "1") not in (await IdleUnloader(reg, None, clock).check())[0]
+        scheduler._running = 0
+        assert ("sleepy", "1") in (await IdleUnloader(reg, None, clock).check())[0]
+        await reg.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_sequence_scheduler_with_open_sequences_is_busy(repo: Path) -> None:
+    class Sequences:
+        active, backlog = 2, 0
+
+    class Servable:
+        scheduler = Sequences()
+
+    async def scenario() -> None:
+        reg = _registry(repo, FakeClock())
+        await reg.start()
+        model = reg.acquire("sleepy", None)
+        real, model.servable = model.servable, Servable()  # type: ignore[assignment]
+        assert busy(model)
+        Sequences.active = 0
+        assert not busy(model)
+        model.servable = real
         await reg.close()
 
     asyncio.run(scenario())
