@@ -168,3 +168,21 @@ def test_keep_loaded_is_never_unloaded(server: Server) -> None:
     time.sleep(IDLE_S * 2 + 0.5)
     assert _index(server)["always"] == ("READY", "")
     assert _metric(server, "modelport_idle_unloads_total", "always") == 0
+
+
+def test_the_servers_idle_unload_applies_to_models_without_their_own(
+    tmp_path: Path,
+) -> None:
+    _model(tmp_path, "plain", "max_batch_size: 8\n")
+    _model(tmp_path, "kept", "modelport: {keep_loaded: true}\n")
+    _model(tmp_path, "slower", "modelport: {idle_unload_s: 600}\n")
+    srv = start_server(tmp_path, tmp_path / "server.log", "--idle-unload", "1")
+    try:
+        _wait_for(srv, "plain", IDLE)
+        time.sleep(1)
+        index = _index(srv)
+        assert index["kept"] == ("READY", "") and index["slower"] == ("READY", "")
+        r = httpx.post(f"{srv.base}/v2/models/plain/infer", json=REQUEST, timeout=30)
+        assert r.status_code == 200 and r.json()["parameters"] == {"cold_start": True}
+    finally:
+        stop_server(srv)
