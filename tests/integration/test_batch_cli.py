@@ -188,3 +188,39 @@ def test_repo_serves_the_repository_for_the_run(tmp_path: Path) -> None:
                  "--repo", str(ROOT / "src/modelport/examples/models"), env=env)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert len(out.read_text().splitlines()) == 10
+
+
+def test_parquet_in_and_out_resumes_after_a_kill(server: Server, tmp_path: Path) -> None:
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    x = rows(6000, seed=4)
+    source = tmp_path / "in.parquet"
+    table = pa.table({"id": [f"r{i}" for i in range(len(x))], "input": x.tolist()})
+    pq.write_table(table, source, row_group_size=1000)
+    args = ["--input", str(source), "--server", server.base, "--chunk-rows", "16",
+            "--concurrency", "2", "--id-column", "id"]  # fmt: skip
+    whole = tmp_path / "whole.parquet"
+    assert batch("breast_cancer", *args, "--output", str(whole)).returncode == 0
+
+    out = tmp_path / "cut.parquet"
+    checkpoint = Path(f"{out}.progress")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "modelport", "batch", "breast_cancer", *args, "--output", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None:
+        if checkpoint.exists() and json.loads(checkpoint.read_text() or "{}").get("rows", 0) > 500:
+            break
+        time.sleep(0.01)
+    assert process.poll() is None, "the run ended before it could be killed"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    resumed = batch("breast_cancer", *args, "--output", str(out), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    got, want = pq.read_table(out), pq.read_table(whole)
+    assert got.equals(want)
+    assert got.column("id").to_pylist() == table.column("id").to_pylist()
+    expected = direct(server, "breast_cancer", x[:64])
+    assert got.column("label").to_pylist()[:64] == expected["label"].reshape(-1).tolist()

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from modelport.cli.batch_output import Writer
 
 EXIT_SOME_FAILED = 1
+#: Exit code of a run stopped by Ctrl-C, as a shell gives a process ended by SIGINT.
+EXIT_INTERRUPTED = 130
 #: Failures listed one per line in the summary; the rest are counted.
 LISTED_FAILURES = 20
 
@@ -101,6 +103,9 @@ def batch(
             code = _run(conn, model, input, output, id_column, chunk_rows, concurrency, resume)
     except UsageError as exc:
         _usage(str(exc))
+    except KeyboardInterrupt:
+        typer.echo("stopped: run the same command with --resume to continue", err=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     raise typer.Exit(code)
 
 
@@ -141,6 +146,7 @@ def _run(
     if max_batch > 0:
         chunk_rows = min(chunk_rows, max_batch)
 
+    writer_type: type[Writer] = WRITERS.get(out_kind) or _parquet_writer()
     checkpoint = progress_path(output)
     progress = Progress(str(input.resolve()), model)
     if checkpoint.exists():
@@ -154,14 +160,14 @@ def _run(
             raise UsageError(
                 f"{checkpoint} is of a run of {progress.model} over {progress.input}, not this one"
             )
-        if not output.exists() or output.stat().st_size < progress.output_bytes:
-            raise UsageError(f"{output} is shorter than {checkpoint} records: cannot resume")
+        data = writer_type.data_path(output)
+        if not data.exists() or data.stat().st_size < progress.output_bytes:
+            raise UsageError(f"{data} is shorter than {checkpoint} records: cannot resume")
 
     reader = Reader(input, in_kind, chunk_rows, id_column)
     reader.open(progress.rows, progress.offset)
     layout = Layout.for_fields(inputs, reader.fields)
     target = Target(conn.url, model, conn.token, layout, outputs)
-    writer_type: type[Writer] = WRITERS.get(out_kind) or _parquet_writer()
     writer = writer_type(output, outputs, id_column, progress.output_bytes)
     started = time.monotonic()
     done_before = progress.succeeded + progress.failed
@@ -175,14 +181,16 @@ def _run(
                     reader.chunks(),
                     writer,
                     progress,
-                    checkpoint if writer.resumable else None,
+                    checkpoint,
                     target,
                     concurrency,
                     lambda c: bar(c.rows_after if by_rows else c.offset_after),
                 )
             )
-        finally:
-            writer.close()
+        except BaseException:
+            writer.drop()
+            raise
+        writer.close()
     checkpoint.unlink(missing_ok=True)
     from modelport.cli.batch_view import summary
 

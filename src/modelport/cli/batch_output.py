@@ -75,15 +75,17 @@ def progress_path(output: Path) -> Path:
 class Writer:
     """Writes output rows; ``position`` is the byte length a checkpoint may record."""
 
-    #: Whether the file can be truncated back to a checkpoint and appended to.
-    resumable = True
+    @staticmethod
+    def data_path(output: Path) -> Path:
+        """The file whose byte length the checkpoint records."""
+        return output
 
     def __init__(
         self, path: Path, outputs: list[TensorSpec], id_column: str | None, at: int
     ) -> None:
         self.outputs = outputs
         self.id_column = id_column
-        self.file = path.open("r+b" if at else "wb")
+        self.file = path.open("r+b" if at else "w+b")
         self.file.truncate(at)
         self.file.seek(at)
         self.started = at > 0
@@ -100,6 +102,11 @@ class Writer:
         return self.file.tell()
 
     def close(self) -> None:
+        """Finish the file: the run is over."""
+        self.file.close()
+
+    def drop(self) -> None:
+        """Stop without finishing: the run stopped, and its checkpoint is resumed from."""
         self.file.close()
 
 

@@ -1,13 +1,18 @@
 """The parquet output of ``modelport batch`` (pyarrow, an optional dependency).
 
-Each chunk becomes a row group. Parquet's footer is written last, so a file
-cut short by a crash cannot be appended to: a parquet output is not
-resumable, and a run that stopped is done again from the start.
+Parquet's footer is written last, so a parquet file cut short by a crash
+cannot be appended to. Chunks are therefore spooled to ``OUTPUT.partial``:
+the Arrow schema, then each chunk as an Arrow record batch message, each
+with its length in front. That file can be truncated back to a checkpoint
+and appended to like a JSONL one; when the run ends it is copied into the
+parquet file, a row group per chunk, one chunk in memory at a time, and
+removed.
 """
 
 from __future__ import annotations
 
 import importlib
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +37,7 @@ ARROW_TYPES = {
 
 
 class ParquetWriter(Writer):
-    """One row group per chunk; columns typed from the model's metadata."""
-
-    resumable = False
+    """Spools chunks as Arrow record batches; ``close`` writes the parquet file."""
 
     def __init__(
         self, path: Path, outputs: list[TensorSpec], id_column: str | None, at: int
@@ -42,18 +45,29 @@ class ParquetWriter(Writer):
         self.pa: Any = importlib.import_module("pyarrow")
         self.pq: Any = importlib.import_module("pyarrow.parquet")
         self.path = path
-        self.outputs = outputs
-        self.id_column = id_column
-        self.writer: Any = None
+        super().__init__(self.data_path(path), outputs, id_column, at)
         self.schema: Any = None
+        if at:
+            self.file.seek(0)
+            self.schema = self.pa.ipc.read_schema(self.pa.py_buffer(self._frame()))
+            self.file.seek(at)
+
+    @staticmethod
+    def data_path(output: Path) -> Path:
+        return output.with_name(output.name + ".partial")
 
     def _type(self, spec: TensorSpec) -> Any:
         base = getattr(self.pa, ARROW_TYPES[spec.datatype])()
-        return (
-            base
-            if (spec.row_size or 1) == 1 and len(spec.row_shape) <= 1
-            else (self.pa.list_(base))
-        )
+        scalar = (spec.row_size or 1) == 1 and len(spec.row_shape) <= 1
+        return base if scalar else self.pa.list_(base)
+
+    def _frame(self) -> bytes:
+        (length,) = struct.unpack("<Q", self.file.read(8))
+        data: bytes = self.file.read(length)
+        return data
+
+    def _put(self, data: bytes) -> None:
+        self.file.write(struct.pack("<Q", len(data)) + data)
 
     def write(self, rows: list[OutRow]) -> None:
         pa = self.pa
@@ -64,20 +78,28 @@ class ParquetWriter(Writer):
             values = [None if r.values is None else r.values[spec.name] for r in rows]
             columns[spec.name] = pa.array(values, type=self._type(spec))
         table = pa.table(columns)
-        if self.writer is None:
+        if self.schema is None:
             schema = table.schema
             if self.id_column is not None and pa.types.is_null(schema.field(self.id_column).type):
                 schema = schema.set(0, pa.field(self.id_column, pa.string()))
             self.schema = schema
-            self.writer = self.pq.ParquetWriter(str(self.path), schema)
-        self.writer.write_table(table.cast(self.schema))
-
-    def position(self) -> int:
-        return 0
+            self._put(schema.serialize().to_pybytes())
+        for batch in table.cast(self.schema).to_batches():
+            self._put(batch.serialize().to_pybytes())
 
     def close(self) -> None:
-        if self.writer is None:
-            self.writer = self.pq.ParquetWriter(
-                str(self.path), self.pa.schema([(s.name, self._type(s)) for s in self.outputs])
-            )
-        self.writer.close()
+        """Copy the spool into the parquet file, then remove it."""
+        pa = self.pa
+        end = self.position()
+        if self.schema is None:
+            self.schema = pa.schema([(s.name, self._type(s)) for s in self.outputs])
+            self._put(self.schema.serialize().to_pybytes())
+            end = self.position()
+        self.file.seek(0)
+        self._frame()
+        with self.pq.ParquetWriter(str(self.path), self.schema) as parquet:
+            while self.file.tell() < end:
+                batch = pa.ipc.read_record_batch(pa.py_buffer(self._frame()), self.schema)
+                parquet.write_batch(batch)
+        super().close()
+        self.data_path(self.path).unlink()

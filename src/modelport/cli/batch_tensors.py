@@ -113,6 +113,8 @@ def _scalar(value: Any, datatype: str, where: str) -> Any:
 
 def to_array(value: Any, spec: TensorSpec, where: str) -> np.ndarray[Any, Any]:
     """One row's value for ``spec``: a scalar or (nested) list, shaped to the row shape."""
+    if value is None:
+        raise RowError(f"{where}: missing value")
     dtype = DTYPES[spec.datatype]
     flat: list[Any] = []
 

@@ -154,3 +154,35 @@ def test_checkpoint_round_trips_and_keeps_a_bounded_failure_list(tmp_path: Path)
     loaded = Progress.load(tmp_path / "p")
     assert loaded.failed == 200 and len(loaded.failures) == 100
     assert (loaded.rows, loaded.offset, loaded.output_bytes) == (3, 40, 90)
+
+
+def test_parquet_output_resumes_from_its_spool(tmp_path: Path) -> None:
+    pq = pytest.importorskip("pyarrow.parquet")
+    from modelport.cli.batch_parquet import ParquetWriter
+
+    path = tmp_path / "out.parquet"
+    writer = ParquetWriter(path, OUTPUTS, "id", 0)
+    writer.write([OutRow(1, 7, {"label": 1, "p": [0.5, 0.5]}), OutRow(2, 8, None, "bad")])
+    at = writer.position()
+    writer.write([OutRow(3, 9, {"label": 0, "p": [1.0, 0.0]})])  # lost: past the checkpoint
+    writer.drop()
+    writer = ParquetWriter(path, OUTPUTS, "id", at)
+    writer.write([OutRow(3, 9, {"label": 0, "p": [1.0, 0.0]})])
+    writer.close()
+    assert pq.read_table(path).to_pylist() == [
+        {"id": 7, "label": 1, "p": [0.5, 0.5]},
+        {"id": 8, "label": None, "p": None},
+        {"id": 9, "label": 0, "p": [1.0, 0.0]},
+    ]
+    assert not ParquetWriter.data_path(path).exists()
+
+
+def test_parquet_output_of_one_uninterrupted_run(tmp_path: Path) -> None:
+    pq = pytest.importorskip("pyarrow.parquet")
+    from modelport.cli.batch_parquet import ParquetWriter
+
+    path = tmp_path / "out.parquet"
+    writer = ParquetWriter(path, OUTPUTS, None, 0)
+    writer.write([OutRow(1, None, {"label": 1, "p": [0.5, 0.5]})])
+    writer.close()
+    assert pq.read_table(path).to_pylist() == [{"label": 1, "p": [0.5, 0.5]}]
