@@ -121,8 +121,9 @@ def test_two_named_inputs_from_jsonl(server: Server, tmp_path: Path) -> None:
         "".join(json.dumps({"INPUT0": r.tolist(), "INPUT1": [1.0] * 16}) + "\n" for r in a)
     )
     out = tmp_path / "out.jsonl"
+    env = {**os.environ, "MODELPORT_URL": server.base}  # the address other commands take
     done = batch("add_sub", "--input", str(source), "--output", str(out),
-                 "--server", server.base, "--chunk-rows", "7")  # fmt: skip
+                 "--chunk-rows", "7", env=env)  # fmt: skip
     assert done.returncode == 0, done.stderr
     got = [json.loads(line) for line in out.read_text().splitlines()]
     assert [g["OUTPUT0"] for g in got] == (a + 1).tolist()

@@ -192,7 +192,10 @@ class _Lines:
         raw = self.f.readline()
         if not raw:
             raise StopIteration
+        first = self.offset == 0
         self.offset += len(raw)
+        if first and raw.startswith(b"\xef\xbb\xbf"):  # a byte order mark, as spreadsheets write
+            raw = raw[3:]
         return raw.decode("utf-8", errors="replace")
 
     def number_after(self, rows: int) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +73,20 @@ def test_unknown_extension_and_missing_pyarrow_are_usage_errors(tmp_path: Path) 
     if importlib.util.find_spec("pyarrow") is None:
         with pytest.raises(UsageError, match="parquet needs pyarrow: pip install pyarrow"):
             file_format(tmp_path / "x.parquet", "--input")
+
+
+def test_parquet_without_pyarrow_says_how_to_install_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # import pyarrow raises ImportError
+    with pytest.raises(UsageError, match=r"^parquet needs pyarrow: pip install pyarrow$"):
+        file_format(tmp_path / "x.parquet", "--output")
+
+
+def test_csv_byte_order_mark_is_not_part_of_the_first_column(tmp_path: Path) -> None:
+    path = tmp_path / "in.csv"
+    path.write_bytes(b"\xef\xbb\xbfa,b\n1,2\n")
+    assert chunks(path, "csv") == [[(1, {"a": "1", "b": "2"})]]
 
 
 def test_one_input_takes_a_list_an_object_by_name_or_its_columns_in_order() -> None:
