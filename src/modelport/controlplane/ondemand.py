@@ -15,7 +15,6 @@ computing (a long computation is no idleness).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -133,11 +132,10 @@ class IdleUnloader:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Check until ``stop`` is set, sooner when a version is due; a failing check
-        is logged, never fatal."""
+        is logged, never fatal. The waits are timers on the server's clock."""
         wait = MAX_CHECK_INTERVAL_S
         while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), wait)
+            await self._sleep(wait, stop)
             if stop.is_set():
                 return
             try:
@@ -147,6 +145,18 @@ class IdleUnloader:
                 due = None
             wait = MAX_CHECK_INTERVAL_S if due is None else due
             wait = min(MAX_CHECK_INTERVAL_S, max(MIN_CHECK_INTERVAL_S, wait))
+
+    async def _sleep(self, seconds: float, stop: asyncio.Event) -> None:
+        """Wait ``seconds`` on the clock, or until ``stop`` is set."""
+        woken = asyncio.Event()
+        timer = self.clock.call_later(int(seconds * 1e9), woken.set)
+        waits = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(woken.wait())}
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            timer.cancel()
+            for task in waits:
+                task.cancel()
 
     async def _record(self, name: str, version: str, idle_s: float) -> None:
         if self.on_unload is None:

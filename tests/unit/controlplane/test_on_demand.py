@@ -291,3 +291,24 @@ def test_a_sequence_scheduler_with_open_sequences_is_busy(repo: Path) -> None:
         await reg.close()
 
     asyncio.run(scenario())
+
+
+def test_the_periodic_check_runs_on_the_servers_clock(repo: Path) -> None:
+    async def scenario() -> None:
+        clock = FakeClock()
+        reg = _registry(repo, clock)
+        await reg.start()
+        stop = asyncio.Event()
+        runner = asyncio.create_task(IdleUnloader(reg, None, clock).run(stop))
+        for _ in range(4):  # the clock moves; no time passes
+            await asyncio.sleep(0)
+            clock.advance(1 * SECOND)
+            for _ in range(20):
+                await asyncio.sleep(0)
+        with pytest.raises(NotLoaded):
+            reg.acquire("sleepy", None)
+        stop.set()
+        await asyncio.wait_for(runner, 5)
+        await reg.close()
+
+    asyncio.run(scenario())
