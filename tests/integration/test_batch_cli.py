@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.integration.conftest import Server
+from tests.integration.conftest import Server, start_server, stop_server
 
 pytestmark = pytest.mark.integration
 
@@ -47,12 +48,12 @@ def batch(*args: str, env: dict[str, str] | None = None) -> subprocess.Completed
     )
 
 
-def direct(server: Server, model: str, x: np.ndarray, name: str = "input") -> dict[str, Any]:
-    """The server's outputs for ``x``, asked for directly in JSON, 64 rows a request."""
+def direct(server: Server, model: str, x: np.ndarray, step: int = 64) -> dict[str, Any]:
+    """The server's outputs for ``x``, asked for directly in JSON, ``step`` rows a request."""
     found: dict[str, list[Any]] = {}
-    for at in range(0, len(x), 64):
-        part = x[at : at + 64]
-        body = {"inputs": [{"name": name, "shape": list(part.shape), "datatype": "FP32",
+    for at in range(0, len(x), step):
+        part = x[at : at + step]
+        body = {"inputs": [{"name": "input", "shape": list(part.shape), "datatype": "FP32",
                             "data": part.reshape(-1).tolist()}]}  # fmt: skip
         answer = httpx.post(f"{server.base}/v2/models/{model}/infer", json=body, timeout=30)
         answer.raise_for_status()
@@ -225,3 +226,30 @@ def test_parquet_in_and_out_resumes_after_a_kill(server: Server, tmp_path: Path)
     assert got.column("id").to_pylist() == table.column("id").to_pylist()
     expected = direct(server, "breast_cancer", x[:64])
     assert got.column("label").to_pylist()[:64] == expected["label"].reshape(-1).tolist()
+
+
+@pytest.fixture(scope="module")
+def small_bodies(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The bundled examples behind a 6000-byte body limit: 64 breast_cancer rows exceed it."""
+    srv = start_server(None, tmp_path_factory.mktemp("small") / "server.log",
+                       "--max-body-bytes", "6000")  # fmt: skip
+    yield srv
+    stop_server(srv)
+
+
+def test_a_refused_chunk_fails_its_rows_with_the_servers_message(
+    small_bodies: Server, tmp_path: Path
+) -> None:
+    x = rows(100, seed=5)
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps(r.tolist()) + "\n" for r in x))
+    out = tmp_path / "out.jsonl"
+    done = batch("breast_cancer", "--input", str(source), "--output", str(out),
+                 "--server", small_bodies.base, "--chunk-rows", "64")  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert "100 rows: 36 succeeded, 64 failed" in done.stdout
+    assert "failed row 1: 413" in done.stdout
+    got = [json.loads(line) for line in out.read_text().splitlines()]
+    assert all(g["label"] is None for g in got[:64])
+    want = direct(small_bodies, "breast_cancer", x[64:], step=4)
+    assert [g["label"] for g in got[64:]] == want["label"].reshape(-1).tolist()
