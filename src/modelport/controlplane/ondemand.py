@@ -60,11 +60,13 @@ def busy(model: ModelVersion) -> bool:
     hook = getattr(scheduler, "busy", None)
     if hook is not None:
         return bool(hook() if callable(hook) else hook)
-    running = getattr(scheduler, "_running", 0)  # the scheduler's count of batches computing
+    # A batch computed inline runs on the event loop, where no check can see it
+    # half done; ``in_flight`` counts those on instance threads.
+    computing = getattr(scheduler, "in_flight", 0)
     queued = getattr(scheduler, "queued", 0)
     active = getattr(scheduler, "active", 0)  # sequences seated (sequence batching)
     backlog = getattr(scheduler, "backlog", 0)
-    return bool(running or queued or active or backlog)
+    return bool(computing or queued or active or backlog)
 
 
 def idle_due(

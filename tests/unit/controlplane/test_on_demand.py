@@ -261,11 +261,11 @@ def test_queued_computing_or_open_sequences_keep_a_version_loaded(repo: Path) ->
         model = reg.acquire("sleepy", None)
         scheduler = model.servable.scheduler  # type: ignore[attr-defined]
         assert not busy(model)
-        scheduler._running = 1  # a batch computing
+        scheduler._in_flight = 1  # a request computing on an instance thread
         assert busy(model)
         clock.advance(10 * SECOND)
         assert ("sleepy", "1") not in (await IdleUnloader(reg, None, clock).check())[0]
-        scheduler._running = 0
+        scheduler._in_flight = 0
         assert ("sleepy", "1") in (await IdleUnloader(reg, None, clock).check())[0]
         await reg.close()
 
