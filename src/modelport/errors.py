@@ -106,7 +106,21 @@ class NotLoaded(ModelNotReady):
 
 
 class Unavailable(ModelportError):
-    """Raised when the server cannot take the request now (queue full, shutting down)."""
+    """Raised when the server cannot take the request now (queue full, shutting down).
+
+    ``retry_after_s``, when the server knows it (a cold model's load under way),
+    is passed on as rate-limit refusals pass theirs.
+    """
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    @property
+    def retry_after_header(self) -> str | None:
+        """Whole seconds, rounded up and at least 1; None when no wait is known."""
+        wait = self.retry_after_s
+        return None if wait is None else str(max(1, math.ceil(wait)))
 
 
 class RateLimited(ModelportError):

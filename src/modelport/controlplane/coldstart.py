@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
@@ -37,15 +36,6 @@ class HoldQueueFull(Unavailable):
 
     ``retry_after_s`` is the wait to suggest: by then the load has most likely ended.
     """
-
-    def __init__(self, message: str, retry_after_s: float) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
-
-    @property
-    def retry_after_header(self) -> str:
-        """Whole seconds, rounded up and at least 1, as rate-limit refusals send it."""
-        return str(max(1, math.ceil(self.retry_after_s)))
 
 
 class ColdLoads(Generic[K]):

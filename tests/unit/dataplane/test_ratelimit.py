@@ -398,3 +398,14 @@ def test_other_errors_carry_no_retry_hint() -> None:
     exc = Unavailable("queue full")
     assert retry_after(exc) is None
     assert trailing_metadata(exc) == ()
+
+
+@pytest.mark.parametrize(("wait", "header"), [(0.2, "1"), (4.5, "5")])
+def test_unavailable_with_a_known_wait_carries_it_on_both_transports(
+    wait: float, header: str
+) -> None:
+    exc = Unavailable("model 'm' has too many callers waiting for its load", wait)
+    assert http_status(exc) == 503
+    assert retry_after(exc) == header
+    assert grpc_status(exc) == grpc.StatusCode.UNAVAILABLE
+    assert trailing_metadata(exc) == (("retry-after", header),)

@@ -53,6 +53,5 @@ def grpc_status(exc: ModelportError) -> grpc.StatusCode:
 def trailing_metadata(exc: ModelportError) -> tuple[tuple[str, str], ...]:
     """Trailing metadata for an error: ``retry-after`` (seconds) on a rate-limit refusal,
     the same value HTTP sends."""
-    if isinstance(exc, RateLimited):
-        return (("retry-after", exc.retry_after_header),)
-    return ()
+    wait = exc.retry_after_header if isinstance(exc, RateLimited | Unavailable) else None
+    return () if wait is None else (("retry-after", wait),)

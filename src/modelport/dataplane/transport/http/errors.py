@@ -50,8 +50,9 @@ def http_status(exc: ModelportError) -> int:
 
 
 def retry_after(exc: ModelportError) -> str | None:
-    """The ``Retry-After`` value for a rate-limit refusal, else None."""
-    return exc.retry_after_header if isinstance(exc, RateLimited) else None
+    """The ``Retry-After`` value of a rate-limit refusal, or of an Unavailable that knows
+    when to come back; else None."""
+    return exc.retry_after_header if isinstance(exc, RateLimited | Unavailable) else None
 
 
 def error_headers(exc: ModelportError) -> list[tuple[bytes, bytes]]:
