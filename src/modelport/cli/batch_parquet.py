@@ -5,8 +5,7 @@ cannot be appended to. Chunks are therefore spooled to ``OUTPUT.partial``:
 the Arrow schema, then each chunk as an Arrow record batch message, each
 with its length in front. That file can be truncated back to a checkpoint
 and appended to like a JSONL one; when the run ends it is copied into the
-parquet file, a row group per chunk, one chunk in memory at a time, and
-removed.
+parquet file, a row group at a time, and removed.
 """
 
 from __future__ import annotations
@@ -18,6 +17,10 @@ from typing import Any
 
 from modelport.cli.batch_output import OutRow, Writer
 from modelport.cli.batch_tensors import TensorSpec
+
+#: Rows per parquet row group: each group's metadata stays in memory until the
+#: footer is written, so a group per small chunk would grow with the file.
+ROW_GROUP_ROWS = 65_536
 
 ARROW_TYPES = {
     "BOOL": "bool_",
@@ -98,8 +101,13 @@ class ParquetWriter(Writer):
         self.file.seek(0)
         self._frame()
         with self.pq.ParquetWriter(str(self.path), self.schema) as parquet:
+            group: list[Any] = []
             while self.file.tell() < end:
-                batch = pa.ipc.read_record_batch(pa.py_buffer(self._frame()), self.schema)
-                parquet.write_batch(batch)
+                group.append(pa.ipc.read_record_batch(pa.py_buffer(self._frame()), self.schema))
+                if sum(b.num_rows for b in group) >= ROW_GROUP_ROWS:
+                    parquet.write_table(pa.Table.from_batches(group, self.schema))
+                    group = []
+            if group:
+                parquet.write_table(pa.Table.from_batches(group, self.schema))
         super().close()
         self.data_path(self.path).unlink()
