@@ -190,6 +190,9 @@ class Layout:
                     f"{where}: missing field {only.name} (or its values as {size or 'the'} "
                     f"fields: got {len(record)})"
                 )
+            for key, value in record.items():  # a bad cell is named by its column
+                if not isinstance(value, list):
+                    _scalar(value, only.datatype, f"{where} {key}")
             return {only.name: to_array(list(record.values()), only, where)}
         missing = [i.name for i in self.inputs if i.name not in record]
         raise RowError(f"{where}: missing field {', '.join(missing)}")

@@ -99,6 +99,9 @@ def test_one_input_takes_a_list_an_object_by_name_or_its_columns_in_order() -> N
         layout.row({"input": [1, 2]}, 5)
     with pytest.raises(RowError, match="expected a number, got 'a'"):
         layout.row(["a", 2, 3], 6)
+    columns = Layout.for_fields([VECTOR], ["x", "y", "z"])
+    with pytest.raises(RowError, match=r"^row 7 y: expected a number, got 'dark'$"):
+        columns.row({"x": "1", "y": "dark", "z": "3"}, 7)
 
 
 def test_columns_models_take_one_field_per_input() -> None:
