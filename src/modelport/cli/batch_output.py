@@ -12,6 +12,7 @@ done twice and the file equals an uninterrupted run's.
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import json
 import os
@@ -21,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from modelport.cli.batch_tensors import TensorSpec
+from modelport.cli.batch_tensors import TensorSpec, UsageError
 
 #: Failures kept in the checkpoint with their messages; the rest are counted.
 KEPT_FAILURES = 100
@@ -85,7 +86,14 @@ class Writer:
     ) -> None:
         self.outputs = outputs
         self.id_column = id_column
-        self.file = path.open("r+b" if at else "w+b")
+        # Locked before it is cut back, so a second run on the same output refuses
+        # instead of interleaving its chunks with this one's.
+        self.file = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT, 0o644), "r+b")
+        try:
+            fcntl.flock(self.file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.file.close()
+            raise UsageError(f"another run is writing {path}") from None
         self.file.truncate(at)
         self.file.seek(at)
         self.started = at > 0

@@ -204,3 +204,14 @@ def test_parquet_output_of_one_uninterrupted_run(tmp_path: Path) -> None:
     writer.write([OutRow(1, None, {"label": 1, "p": [0.5, 0.5]})])
     writer.close()
     assert pq.read_table(path).to_pylist() == [{"label": 1, "p": [0.5, 0.5]}]
+
+
+def test_a_second_writer_of_the_same_output_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "out.jsonl"
+    first = JsonlWriter(path, OUTPUTS, None, 0)
+    first.write([OutRow(1, None, {"label": 1, "p": [0.5, 0.5]})])
+    at = first.position()
+    with pytest.raises(UsageError, match="another run is writing"):
+        JsonlWriter(path, OUTPUTS, None, 0)
+    assert path.stat().st_size == at  # not cut back by the refused writer
+    first.close()
