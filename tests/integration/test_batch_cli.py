@@ -253,3 +253,30 @@ def test_a_refused_chunk_fails_its_rows_with_the_servers_message(
     assert all(g["label"] is None for g in got[:64])
     want = direct(small_bodies, "breast_cancer", x[64:], step=4)
     assert [g["label"] for g in got[64:]] == want["label"].reshape(-1).tolist()
+
+
+def test_token_from_the_option_or_the_environment(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    made = subprocess.run(
+        [sys.executable, "-m", "modelport", "keys", "create", "--data-dir", str(data),
+         "--role", "invoker", "--models", "*"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    token = made.stdout.strip()
+    server = start_server(None, tmp_path / "server.log", "--data-dir", str(data))
+    try:
+        source = tmp_path / "in.jsonl"
+        source.write_text(json.dumps(ROW.tolist()) + "\n")
+        args = ["breast_cancer", "--input", str(source), "--server", server.base]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MODELPORT_")}
+        refused = batch(*args, "--output", str(tmp_path / "a.jsonl"), env=env)
+        assert refused.returncode == 2 and "No token was sent" in refused.stderr
+        given = batch(*args, "--output", str(tmp_path / "b.jsonl"), "--token", token, env=env)
+        assert given.returncode == 0, given.stderr
+        from_env = batch(*args, "--output", str(tmp_path / "c.jsonl"),
+                         env={**env, "MODELPORT_TOKEN": token})  # fmt: skip
+        assert from_env.returncode == 0, from_env.stderr
+        assert (tmp_path / "b.jsonl").read_text() == (tmp_path / "c.jsonl").read_text()
+    finally:
+        stop_server(server)
