@@ -280,3 +280,17 @@ def test_token_from_the_option_or_the_environment(tmp_path: Path) -> None:
         assert (tmp_path / "b.jsonl").read_text() == (tmp_path / "c.jsonl").read_text()
     finally:
         stop_server(server)
+
+
+def test_strings_go_and_come_back_as_bytes_tensors(server: Server, tmp_path: Path) -> None:
+    words = [[f"w{i}", "é", "", "a,b"] for i in range(10)]
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps({"INPUT0": w}) + "\n" for w in words))
+    out = tmp_path / "out.csv"
+    done = batch("identity_bytes", "--input", str(source), "--output", str(out),
+                 "--server", server.base)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    with out.open(newline="") as f:
+        table = list(csv.reader(f))
+    assert table[0] == ["OUTPUT0_0", "OUTPUT0_1", "OUTPUT0_2", "OUTPUT0_3"]
+    assert table[1:] == words
