@@ -27,6 +27,7 @@ from modelport.clock import SystemClock
 from modelport.config.server import ServerConfig
 from modelport.controlplane.api import ManagementServices, build_api, docs_routes
 from modelport.controlplane.audited import AuditedRepository
+from modelport.controlplane.autoscaler import Autoscaler
 from modelport.controlplane.canary import CanaryController
 from modelport.controlplane.crypto.providers import key_provider_for
 from modelport.controlplane.ondemand import IdleUnloader
@@ -293,6 +294,8 @@ async def serve(config: ServerConfig) -> None:
     )
     if config.triton_metrics:
         metrics.add_exposition(TritonMetrics(lambda: loaded_versions(registry)).render)
+    autoscaler = Autoscaler(registry.ready, clock)
+    metrics.add_exposition(autoscaler.render)
     extra_routes = [*docs_routes(), *logging_routes(log_control)]
     http = _uvicorn(build_app(ctx, api, extra_routes, auth.guard), config, config.http_port, tls)
     metrics_http = (
@@ -360,6 +363,7 @@ async def serve(config: ServerConfig) -> None:
             tasks.create_task(poll_repository())
         tasks.create_task(shutdown())
         tasks.create_task(canary.run(stop))
+        tasks.create_task(autoscaler.run(stop))
         tasks.create_task(idle.run(stop))
         tasks.create_task(auth.run(stop))
         if tls is not None:
