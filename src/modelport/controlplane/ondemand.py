@@ -40,11 +40,18 @@ def idle_limit_s(model: ModelVersion, server_default_s: float | None) -> float |
     """Seconds without a request after which ``model`` is unloaded; None: never.
 
     The model's ``idle_unload_s`` wins over the server's; ``keep_loaded`` means never.
+    Autoscaling down to ``min_instances: 0`` unloads after ``downscale_delay_s`` idle,
+    unless the model sets its own ``idle_unload_s``.
     """
     options = model.config.modelport
     if options.keep_loaded:
         return None
-    return options.idle_unload_s if options.idle_unload_s is not None else server_default_s
+    if options.idle_unload_s is not None:
+        return options.idle_unload_s
+    scaling = options.autoscaling
+    if scaling is not None and scaling.min_instances == 0:
+        return scaling.downscale_delay_s
+    return server_default_s
 
 
 def busy(model: ModelVersion) -> bool:

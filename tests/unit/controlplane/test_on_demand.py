@@ -71,6 +71,31 @@ def test_the_decision_follows_the_model_then_the_server(repo: Path) -> None:
     asyncio.run(scenario())
 
 
+def test_autoscaling_to_zero_instances_unloads_after_the_downscale_delay(
+    tmp_path: Path,
+) -> None:
+    scaling = "autoscaling: {min_instances: 0, max_instances: 2, downscale_delay_s: 5}"
+    _write(tmp_path / "zero" / "1" / "model.onnx", identity_model("FP32"))
+    (tmp_path / "zero" / "config.yaml").write_text(f"modelport: {{{scaling}}}\n")
+    _write(tmp_path / "own" / "1" / "model.onnx", identity_model("FP32"))
+    (tmp_path / "own" / "config.yaml").write_text(f"modelport: {{idle_unload_s: 20, {scaling}}}\n")
+
+    async def scenario() -> None:
+        clock = FakeClock()
+        reg = _registry(tmp_path, clock)
+        await reg.start()
+        zero, own = reg.acquire("zero", None), reg.acquire("own", None)
+        now = clock.monotonic_ns()
+        assert not idle_due(zero, now + 4 * SECOND, None, pinned=False, is_busy=False)
+        assert idle_due(zero, now + 6 * SECOND, None, pinned=False, is_busy=False)
+        # A model's own idle_unload_s wins over the delay.
+        assert not idle_due(own, now + 6 * SECOND, None, pinned=False, is_busy=False)
+        assert idle_due(own, now + 21 * SECOND, None, pinned=False, is_busy=False)
+        await reg.close()
+
+    asyncio.run(scenario())
+
+
 def test_an_idle_version_is_unloaded_and_says_why(repo: Path) -> None:
     async def scenario() -> None:
         clock = FakeClock()
