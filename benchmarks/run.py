@@ -184,6 +184,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--shm-only", action="store_true", help="run only the shared-memory comparison (shm.py)"
     )
+    parser.add_argument(
+        "--cold-start",
+        action="store_true",
+        help="also time cold starts against explicit loads (cold_start.py), after the rest",
+    )
+    parser.add_argument(
+        "--cold-start-only", action="store_true", help="run only the cold-start measurement"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.duration = 1
@@ -900,6 +908,8 @@ def main(argv: list[str] | None = None) -> int:
         return compare.run(args, argv)
     if args.shm_only:
         return run_shm(args)
+    if args.cold_start_only:
+        return run_cold_start(args)
     started = time.monotonic()
     whole = servers.CpuMeter()
     res = Results(settings={k: str(v) for k, v in vars(args).items()})
@@ -962,7 +972,8 @@ def main(argv: list[str] | None = None) -> int:
     log(f"wrote {args.output} ({res.elapsed_s / 60:.1f} min)")
     failed = [r for r in res.runs if r.errors != 0] or res.problems
     shm_failed = run_shm(args) if args.shm else 0
-    return 1 if failed or shm_failed else 0
+    cold_failed = run_cold_start(args) if args.cold_start else 0
+    return 1 if failed or shm_failed or cold_failed else 0
 
 
 def run_shm(args: argparse.Namespace) -> int:
@@ -971,6 +982,14 @@ def run_shm(args: argparse.Namespace) -> int:
 
     log("system shared memory vs binary HTTP")
     return shm.main(["--duration", str(args.duration)] + (["--rounds", "1"] if args.quick else []))
+
+
+def run_cold_start(args: argparse.Namespace) -> int:
+    """Cold starts of the bundled digits model against explicit loads (cold_start.py)."""
+    import cold_start
+
+    log("cold starts against explicit loads")
+    return cold_start.main(["--runs", "5" if args.quick else "20"])
 
 
 if __name__ == "__main__":
