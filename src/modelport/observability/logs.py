@@ -272,7 +272,8 @@ class LogControl:
                 assert isinstance(value, int)
                 if not 0 <= value <= _UINT32_MAX:
                     raise InvalidRequest(
-                        f"log setting 'log_verbose_level' must be 0 or more, got {value}"
+                        "log setting 'log_verbose_level' must be from 0 to "
+                        f"{_UINT32_MAX} (an unsigned 32-bit integer), got {value}"
                     )
                 new = replace(new, verbose_level=value)
             elif name == "log_format":
