@@ -139,21 +139,14 @@ class Registry:
     def admit(self, name: str, version: str | None) -> ModelVersion:
         """``acquire`` for admission's first phase: a cold version answers with its
         outline, so its request is read and then waits for the load in the route stage."""
-        if version is None:
-            model = self._default.get(name)
-            if model is not None:
-                return model
-        else:
-            versions = self._serving.get(name)
-            if versions is not None:
-                found = versions.get(version)
-                if found is not None:
-                    return found
-        target = self._cold_version(name, version)
-        outline = self._outlines.get((name, target)) if target is not None else None
-        if outline is not None:
+        try:
+            return self.acquire(name, version)
+        except ModelportError:
+            target = self._cold_version(name, version)
+            outline = self._outlines.get((name, target)) if target is not None else None
+            if outline is None:
+                raise
             return outline
-        raise self._why_not(name, version)
 
     async def acquire_loading(
         self, name: str, version: str | None, deadline_ns: int | None = None
