@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from modelport.clock import Clock, SystemClock, Timer
+from modelport.clock import Clock, SystemClock
 from modelport.dataplane.runtime.base import Runtime
 from modelport.dataplane.scheduling.batcher import choose_batch
 from modelport.dataplane.scheduling.cores import Pinning
@@ -46,6 +46,7 @@ from modelport.dataplane.scheduling.placement import (
 )
 from modelport.dataplane.scheduling.policy import SchedulingPolicy
 from modelport.dataplane.scheduling.queue import LevelQueues, Pending
+from modelport.dataplane.scheduling.wakeup import Wakeup
 from modelport.errors import (
     DeadlineExceeded,
     InferenceFailed,
@@ -107,8 +108,7 @@ class Scheduler:
         self._timers: Clock = clock if clock is not None else SystemClock()
         self._clock = self._timers.monotonic_ns  # bound once: read on every request
         self._on_execution = on_execution
-        self._wake: Timer | None = None
-        self._wake_at: int | None = None
+        self._wakeup = Wakeup(self._timers, self._pump)
         self._running = 0
         self._running_rows = 0
         self._in_flight = 0
@@ -298,7 +298,7 @@ class Scheduler:
             )
             if not decision.batch:
                 if decision.wake_at_ns is not None:
-                    self._wake_later(decision.wake_at_ns)
+                    self._wakeup.at(decision.wake_at_ns)
                 return
             for p in decision.batch:
                 self._queues.retire(p)
@@ -306,19 +306,6 @@ class Scheduler:
             self._launch(decision.batch, now)
         self._queues.sweep()
         self._check_idle()
-
-    def _wake_later(self, at_ns: int) -> None:
-        if self._wake is not None and self._wake_at is not None and self._wake_at <= at_ns:
-            return
-        if self._wake is not None:
-            self._wake.cancel()
-        self._wake_at = at_ns
-        self._wake = self._timers.call_at(at_ns, self._woken)
-
-    def _woken(self) -> None:
-        self._wake = None
-        self._wake_at = None
-        self._pump()
 
     def _launch(self, batch: Sequence[Pending], started: int) -> None:
         names = batch[0].outputs
@@ -474,8 +461,7 @@ class Scheduler:
     def close(self) -> None:
         """Release threads and the runtime (callers made sure nothing runs)."""
         self._closing = True
-        if self._wake is not None:
-            self._wake.cancel()
+        self._wakeup.cancel()
         self._executor.shutdown(wait=True)
         for old in self._retired:
             old.shutdown(wait=True)

@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from modelport.clock import Clock, SystemClock, Timer
+from modelport.clock import Clock, SystemClock
 from modelport.dataplane.runtime.base import Runtime
 from modelport.dataplane.scheduling.batcher import choose_batch
 from modelport.dataplane.scheduling.queue import Pending
@@ -44,6 +44,7 @@ from modelport.dataplane.scheduling.sequences import (
     feed_for,
     keep_states,
 )
+from modelport.dataplane.scheduling.wakeup import Wakeup
 from modelport.errors import (
     InferenceFailed,
     InvalidRequest,
@@ -94,8 +95,7 @@ class SequenceScheduler:
         self._on_execution = on_execution
         self._queued = 0
         self._running = 0
-        self._wake: Timer | None = None
-        self._wake_at: int | None = None
+        self._wakeup = Wakeup(self._timers, self._pump)
         self._idle = asyncio.Event()
         self._idle.set()
         self._closing = False
@@ -242,7 +242,7 @@ class SequenceScheduler:
                 if decision.rows:
                     self._launch(instance, decision.rows, now)
                 elif decision.wake_at_ns is not None:
-                    self._wake_later(decision.wake_at_ns)
+                    self._wakeup.at(decision.wake_at_ns)
         self._check_idle()
 
     def _pump_oldest(self, now: int) -> None:
@@ -258,23 +258,10 @@ class SequenceScheduler:
             decision = choose_batch(list(heads), self.settings.policy, now, free)
             if not decision.batch:
                 if decision.wake_at_ns is not None:
-                    self._wake_later(decision.wake_at_ns)
+                    self._wakeup.at(decision.wake_at_ns)
                 return
             instance = self._busy.index(False)
             self._launch(instance, tuple(heads[p] for p in decision.batch), now)
-
-    def _wake_later(self, at_ns: int) -> None:
-        if self._wake is not None and self._wake_at is not None and self._wake_at <= at_ns:
-            return
-        if self._wake is not None:
-            self._wake.cancel()
-        self._wake_at = at_ns
-        self._wake = self._timers.call_at(at_ns, self._woken)
-
-    def _woken(self) -> None:
-        self._wake = None
-        self._wake_at = None
-        self._pump()
 
     def _launch(self, instance: int, rows: tuple[Lane | None, ...], started: int) -> None:
         names: dict[str, None] = {}
@@ -385,8 +372,7 @@ class SequenceScheduler:
     def close(self) -> None:
         """Release timers, threads and the runtime (callers made sure nothing runs)."""
         self._closing = True
-        if self._wake is not None:
-            self._wake.cancel()
+        self._wakeup.cancel()
         for lane in list(self._lanes.values()):
             if lane.idle_timer is not None:
                 lane.idle_timer.cancel()
