@@ -156,6 +156,21 @@ def test_killed_run_resumes_to_the_same_file(server: Server, tmp_path: Path) -> 
 
     out = tmp_path / "cut.jsonl"
     checkpoint = Path(f"{out}.progress")
+    rows_done = _kill_after_500_rows(args, out)
+    assert 0 < rows_done < 6000
+
+    refused = batch("breast_cancer", *args, "--output", str(out))
+    assert refused.returncode == 2 and "--resume" in refused.stderr
+    resumed = batch("breast_cancer", *args, "--output", str(out), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert out.read_bytes() == whole.read_bytes()
+    assert not checkpoint.exists()
+
+
+def _kill_after_500_rows(args: list[str], out: Path) -> int:
+    """Run a batch into ``out``, SIGKILL it once its checkpoint has passed 500 rows,
+    and answer the rows the checkpoint holds."""
+    checkpoint = Path(f"{out}.progress")
     process = subprocess.Popen(
         [sys.executable, "-m", "modelport", "batch", "breast_cancer", *args, "--output", str(out)],
         stdout=subprocess.DEVNULL,
@@ -169,15 +184,8 @@ def test_killed_run_resumes_to_the_same_file(server: Server, tmp_path: Path) -> 
     assert process.poll() is None, "the run ended before it could be killed"
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
-    rows_done = json.loads(checkpoint.read_text())["rows"]
-    assert 0 < rows_done < 6000
-
-    refused = batch("breast_cancer", *args, "--output", str(out))
-    assert refused.returncode == 2 and "--resume" in refused.stderr
-    resumed = batch("breast_cancer", *args, "--output", str(out), "--resume")
-    assert resumed.returncode == 0, resumed.stderr
-    assert out.read_bytes() == whole.read_bytes()
-    assert not checkpoint.exists()
+    rows: int = json.loads(checkpoint.read_text())["rows"]
+    return rows
 
 
 def test_repo_serves_the_repository_for_the_run(tmp_path: Path) -> None:
@@ -205,20 +213,7 @@ def test_parquet_in_and_out_resumes_after_a_kill(server: Server, tmp_path: Path)
     assert batch("breast_cancer", *args, "--output", str(whole)).returncode == 0
 
     out = tmp_path / "cut.parquet"
-    checkpoint = Path(f"{out}.progress")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "modelport", "batch", "breast_cancer", *args, "--output", str(out)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and process.poll() is None:
-        if checkpoint.exists() and json.loads(checkpoint.read_text() or "{}").get("rows", 0) > 500:
-            break
-        time.sleep(0.01)
-    assert process.poll() is None, "the run ended before it could be killed"
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
+    _kill_after_500_rows(args, out)
     resumed = batch("breast_cancer", *args, "--output", str(out), "--resume")
     assert resumed.returncode == 0, resumed.stderr
     got, want = pq.read_table(out), pq.read_table(whole)
