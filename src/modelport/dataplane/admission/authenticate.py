@@ -18,6 +18,19 @@ the peer is blocked until it refills: its requests are answered
 RateLimited before any credential is looked at, and the block is audited
 once.
 
+With ``--workers N`` the buckets are the node's: given ``failures`` (a
+:class:`FailureBuckets`, in practice shared_buckets.SharedBuckets over a
+file every worker maps), a failure counted by one worker blocks the peer in
+all of them. A peer is then blocked while its shared bucket holds less than
+one token, which each worker reads before looking at credentials; the
+worker whose failure took the last token audits the block, once for the
+node. The one difference from the single-process default: the block starts
+as the last token is taken, not at the next failed attempt, so a peer that
+has used up its failures is refused even with a good credential until a
+token is back ("once that bucket is empty", applied exactly). While no
+bucket of the table is empty, the check is one unlocked read of the file's
+header (:meth:`FailureBuckets.any_empty`), so requests pay nothing for it.
+
 Mutual TLS: a client certificate the TLS layer verified is a credential
 too, mapped by :class:`CertificateIdentities`. A bearer token, when sent,
 wins: the certificate is used only by requests without an Authorization
@@ -34,7 +47,7 @@ from typing import Protocol
 
 from modelport.dataplane.admission.audit import AuthAudit
 from modelport.dataplane.admission.certificates import CertificateIdentities, ClientCertificate
-from modelport.dataplane.admission.ratelimit import MemoryRateLimiter
+from modelport.dataplane.admission.ratelimit import Decision, MemoryRateLimiter
 from modelport.errors import RateLimited, Unauthenticated
 from modelport.types import Identity
 
@@ -49,6 +62,25 @@ MAX_CACHED = 10_000
 
 #: Peers remembered as blocked at most (a flood of addresses costs bounded memory).
 MAX_BLOCKED = 10_000
+
+
+class FailureBuckets(Protocol):
+    """Failure buckets shared by the workers of a node (shared_buckets.SharedBuckets).
+
+    Every method is synchronous and short: they are called on the event loop.
+    """
+
+    def acquire_now(self, key: str, rate: float, burst: int, cost: int = 1) -> Decision:
+        """Take ``cost`` tokens from ``key``'s bucket, or say when they will be there."""
+        ...
+
+    def level(self, key: str, rate: float, burst: int) -> float:
+        """Tokens in ``key``'s bucket now, taking none (``burst`` for a key never seen)."""
+        ...
+
+    def any_empty(self) -> bool:
+        """False only when no bucket can hold less than one token now (cheap, no lock)."""
+        ...
 
 
 class CredentialVerifier(Protocol):
@@ -88,7 +120,13 @@ class Authenticator:
         ttl: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        failures: FailureBuckets | None = None,
     ) -> None:
+        """``failures``: the node's shared failure buckets; None keeps them in this process.
+
+        Shared buckets keep their own clock; it must be the same clock as ``clock``
+        (both default to ``time.monotonic``).
+        """
         if not 0 < ttl <= 1.0:
             raise ValueError(f"ttl must be in (0, 1] seconds so revocation is prompt, got {ttl}")
         self._keys = keys
@@ -101,6 +139,7 @@ class Authenticator:
         self._clock = clock
         self._wall = wall
         self._failures = MemoryRateLimiter(clock=clock)
+        self._shared = failures
         self._cache: dict[bytes, tuple[Identity, float]] = {}
         self._blocked: dict[str, float] = {}
 
@@ -116,7 +155,10 @@ class Authenticator:
         ``certificate`` is the connection's verified client certificate, if any.
         """
         now = self._clock()
-        if self._blocked:
+        if self._shared is not None:
+            if self._shared.any_empty():
+                self._check_shared_block(self._shared, peer)
+        elif self._blocked:
             self._check_blocked(peer, now)
         if header is None and certificate is not None and self._certificates is not None:
             return self._certificates.identity(certificate)
@@ -166,6 +208,11 @@ class Authenticator:
             raise _blocked_refusal(until - now)
         del self._blocked[peer]
 
+    def _check_shared_block(self, shared: FailureBuckets, peer: str) -> None:
+        level = shared.level(f"authfail:{peer}", self._failure_rate, self._failure_burst)
+        if level < 1.0:
+            raise _blocked_refusal((1.0 - level) / self._failure_rate)
+
     def _fail(self, peer: str, exc: Unauthenticated, now: float, *, counts: bool) -> None:
         """Audit a failure; an invalid credential also drains the peer's bucket.
 
@@ -174,6 +221,9 @@ class Authenticator:
         """
         self._audit.failure(peer, exc.message)
         if not counts:
+            return
+        if self._shared is not None:
+            self._fail_shared(self._shared, peer)
             return
         decision = self._failures.acquire_now(
             f"authfail:{peer}", self._failure_rate, self._failure_burst
@@ -187,6 +237,19 @@ class Authenticator:
         self._blocked[peer] = now + decision.retry_after_s
         self._audit.blocked(peer, decision.retry_after_s)
         raise _blocked_refusal(decision.retry_after_s) from None
+
+    def _fail_shared(self, shared: FailureBuckets, peer: str) -> None:
+        """Count a failure in the node's bucket; the failure that empties it audits the block.
+
+        A refusal means the peer was blocked already (another worker's failure
+        emptied the bucket while this request was being verified): answered
+        like any blocked request, and audited where the block began.
+        """
+        decision = shared.acquire_now(f"authfail:{peer}", self._failure_rate, self._failure_burst)
+        if not decision.allowed:
+            raise _blocked_refusal(decision.retry_after_s) from None
+        if decision.remaining < 1.0:
+            self._audit.blocked(peer, (1.0 - decision.remaining) / self._failure_rate)
 
 
 def _blocked_refusal(retry_after_s: float) -> RateLimited:
