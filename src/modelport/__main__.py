@@ -1,3 +1,4 @@
 from modelport.cli.main import main
 
-main()
+if __name__ == "__main__":  # a worker process of a node imports this module without running it
+    main()

@@ -27,7 +27,7 @@ from modelport.config.server import ServerConfig
 from modelport.controlplane.keys import KeyService
 from modelport.controlplane.store import AuditLog, KeyStore
 from modelport.dataplane.admission.audit import AuthAudit, Sink
-from modelport.dataplane.admission.authenticate import Authenticator
+from modelport.dataplane.admission.authenticate import Authenticator, FailureBuckets
 from modelport.dataplane.admission.certificates import CertificateIdentities
 from modelport.dataplane.admission.gate import Gate
 from modelport.dataplane.admission.jwks import JwksError
@@ -126,6 +126,7 @@ def build_auth(
     history: AuditLog,
     table: ModelTable,
     metrics: Metrics | None = None,
+    failures: FailureBuckets | None = None,
 ) -> AuthSetup:
     """Decide the mode and build its parts; ConfigError when the server must not start.
 
@@ -165,6 +166,7 @@ def build_auth(
         certificates=certificates,
         failure_rate=config.auth_failure_rate,
         failure_burst=config.auth_failure_burst,
+        failures=failures,
     )
     watch = build_watch(audit, metrics) if metrics is not None else None
     gate = Gate(authenticator, _tenant_lookup(table), audit, watch)

@@ -25,6 +25,7 @@ from modelport import __version__
 from modelport.auth_setup import build_auth
 from modelport.clock import SystemClock
 from modelport.config.server import ServerConfig
+from modelport.controlplane.announce import nobody
 from modelport.controlplane.api import ManagementServices, build_api, docs_routes
 from modelport.controlplane.audited import AuditedRepository
 from modelport.controlplane.autoscaler import Autoscaler
@@ -37,6 +38,7 @@ from modelport.controlplane.traffic import LOCAL, TrafficManager
 from modelport.dataplane.admission import MemoryRateLimiter, RateLimiter
 from modelport.dataplane.admission.audit import SERVER_WIDE
 from modelport.dataplane.admission.residency import ResidencyGuard
+from modelport.dataplane.admission.shared_buckets import NodeRateLimiter, SharedBuckets
 from modelport.dataplane.cache import ResponseCache
 from modelport.dataplane.pipeline import Pipeline
 from modelport.dataplane.routing import Traffic
@@ -57,6 +59,8 @@ from modelport.dataplane.transport.http.uvicorn_adapter import (
     uvicorn_server,
 )
 from modelport.dataplane.transport.listen import address_of, bind_listeners, port_of
+from modelport.node.link import NodeLink
+from modelport.node.member import NodeMember
 from modelport.observability.logs import LogControl, configure_logging
 from modelport.observability.metrics import Metrics
 from modelport.observability.payloads import PayloadLogger, retention_of
@@ -102,9 +106,14 @@ def build_tls(config: ServerConfig) -> TlsRotation | None:
     return TlsRotation.start(files, config.tls_reload_interval)
 
 
-def build_limiter(config: ServerConfig, metrics: Metrics) -> RateLimiter:
-    """Buckets in Redis when several nodes must share limits, else in this process."""
+def build_limiter(
+    config: ServerConfig, metrics: Metrics, member: NodeMember | None = None
+) -> RateLimiter:
+    """Buckets in Redis when several nodes must share limits, else in this process, or
+    in a table every worker of this node maps (a limit is the node's, not a worker's)."""
     if config.redis_url is None:
+        if member is not None:
+            return NodeRateLimiter.open(member.directory / "buckets")
         return MemoryRateLimiter()
     from modelport.dataplane.admission.redis_limiter import RedisRateLimiter
 
@@ -131,20 +140,21 @@ class Listeners:
         return port_of(self.metrics) if self.metrics is not None else None
 
 
-def bind_ports(config: ServerConfig, tls: TlsRotation | None) -> Listeners:
+def bind_ports(config: ServerConfig, tls: TlsRotation | None, shared: bool = False) -> Listeners:
     """Bind REST, metrics and gRPC ports, in that order, before any model loads.
 
     A taken port raises ListenFailed naming it at once, instead of after every
     model has loaded; the ports already bound are released first. Until the
     servers start, the kernel queues connections (so a client waits rather than
-    being refused while models load).
+    being refused while models load). ``shared``: a worker of a node, on ports
+    its supervisor holds (SO_REUSEPORT).
     """
-    http = bind_listeners(config.host, config.http_port, "HTTP")
+    http = bind_listeners(config.host, config.http_port, "HTTP", shared=shared)
     metrics: list[socket.socket] | None = None
     try:
         if config.metrics_port is not None:
-            metrics = bind_listeners(config.host, config.metrics_port, "metrics")
-        grpc_server, grpc_port = bind_grpc_server(config, tls)
+            metrics = bind_listeners(config.host, config.metrics_port, "metrics", shared=shared)
+        grpc_server, grpc_port = bind_grpc_server(config, tls, shared=shared)
     except BaseException:
         for sock in http + (metrics or []):
             sock.close()
@@ -183,14 +193,17 @@ def loaded_versions(registry: Registry) -> list[LoadedVersion]:
     ]
 
 
-def _audited_logs(logs: LogControl, audit_log: AuditLog) -> LogControl:
+def _audited_logs(logs: LogControl, audit_log: AuditLog, link: NodeLink | None) -> LogControl:
     """``logs``, with each change a caller makes (REST's /v2/logging or gRPC's
-    LogSettings) in the audit log as a server-wide event."""
+    LogSettings) in the audit log as a server-wide event, and on every worker
+    of a node."""
 
     async def record(actor: str | None, changed: dict[str, Any]) -> None:
         await asyncio.to_thread(
             audit_log.record, SERVER_WIDE, "logging.update", actor=actor or LOCAL, detail=changed
         )
+        if link is not None:
+            await link.logging_changed(actor, changed)
 
     return logs.audited(record)
 
@@ -203,11 +216,35 @@ def repository_of(config: ServerConfig) -> Path:
     return repository_path()
 
 
-async def serve(config: ServerConfig) -> None:
-    """Run until SIGTERM/SIGINT, then stop gracefully."""
+def run(config: ServerConfig, member: NodeMember | None = None) -> None:
+    """Serve on uvloop when it is installed, else on asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(serve(config, member))
+    else:
+        uvloop.run(serve(config, member))
+
+
+class _WorkerTag(logging.Filter):
+    """Each log record of a node's worker names the worker."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__()
+        self.index = index
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.worker = self.index
+        return True
+
+
+async def serve(config: ServerConfig, member: NodeMember | None = None) -> None:
+    """Run until SIGTERM/SIGINT, then stop gracefully; ``member``: as a worker of a node."""
     # The CLI set the log up already; this makes the config's format and level
     # hold however the server was started (it replaces the earlier set-up).
     logs = configure_logging(config.log_level, config.log_format)
+    if member is not None:
+        logs.handler.addFilter(_WorkerTag(member.index))
     metrics = Metrics()
     repository = repository_of(config)
     tls = await asyncio.to_thread(build_tls, config)
@@ -233,8 +270,11 @@ async def serve(config: ServerConfig) -> None:
     )
     # Before any model loads: a server that must not start (no credentials off
     # loopback) says so at once.
+    # A node's workers count failed authentications in one table, so a peer blocked
+    # by one worker is blocked by all.
+    failures = SharedBuckets.open(member.directory / "authfail") if member is not None else None
     auth = await asyncio.to_thread(
-        build_auth, config, KeyStore(database), audit_log, registry, metrics
+        build_auth, config, KeyStore(database), audit_log, registry, metrics, failures
     )
     # The live routing table; the control plane keeps it in step with the store.
     traffic = Traffic(metrics)
@@ -244,9 +284,17 @@ async def serve(config: ServerConfig) -> None:
     # canaries and operators asked for load with everything else.
     await asyncio.to_thread(canary.load_stored)
     await asyncio.to_thread(manager.pin_stored)
-    listeners = bind_ports(config, tls)
+    listeners = bind_ports(config, tls, shared=member is not None)
+    link: NodeLink | None = None
+    if member is not None:
+        # On the bus before loading, so no change another worker makes meanwhile is missed.
+        link = NodeLink(member, registry, manager, canary, logs, metrics)
+        manager.announce = canary.announce = link.announce
+        await link.bus.start()
     log.info("loading models", extra={"repository": str(repository)})
     await registry.start()
+    if link is not None and member is not None and member.restarted:
+        await link.copy_state()
     await manager.start()
     # Everything built so far (sessions, configs, libraries) lives as long as
     # the server. Freezing it keeps the collector's full passes from walking
@@ -255,7 +303,7 @@ async def serve(config: ServerConfig) -> None:
     gc.collect()
     gc.freeze()
     cache = ResponseCache(config.cache_size) if config.cache_size > 0 else None
-    limiter = build_limiter(config, metrics)
+    limiter = build_limiter(config, metrics, member)
     payloads = PayloadLogger(
         config.payload_log_dir or config.data_dir / "payloads", metrics, config.region, keys
     )
@@ -277,11 +325,13 @@ async def serve(config: ServerConfig) -> None:
         payloads=payloads,
         residency=residency,
     )
-    log_control = _audited_logs(logs, audit_log)
+    log_control = _audited_logs(logs, audit_log, link)
     ctx = TransportContext(
         pipeline=pipeline,
         table=registry,
-        repository=AuditedRepository(registry, audit_log, manager),
+        repository=AuditedRepository(
+            registry, audit_log, manager, link.announce if link is not None else nobody
+        ),
         metrics=metrics,
         server_name=SERVER_NAME,
         server_version=__version__,
@@ -289,8 +339,20 @@ async def serve(config: ServerConfig) -> None:
         max_elements=config.max_elements,
         log_control=log_control,
     )
+    if link is not None:
+        metrics.peers = link.peer_metrics
+        ctx.info.peer_statistics = link.peer_statistics
     api = build_api(
-        ManagementServices(registry, policies, canaries, audit_log, manager, canary), http_status
+        ManagementServices(
+            registry,
+            policies,
+            canaries,
+            audit_log,
+            manager,
+            canary,
+            link.announce if link is not None else nobody,
+        ),
+        http_status,
     )
     if config.triton_metrics:
         metrics.add_exposition(TritonMetrics(lambda: loaded_versions(registry)).render)
@@ -331,9 +393,25 @@ async def serve(config: ServerConfig) -> None:
                 await asyncio.wait_for(stop.wait(), config.poll_interval)
             if not stop.is_set():
                 try:
+                    before = registry.index(False)
                     await registry.poll()
+                    if link is not None and registry.index(False) != before:
+                        await link.announce("poll", {})
                 except Exception:
                     log.exception("repository poll failed")
+
+    async def lead() -> None:
+        """The node's single jobs (one server's, or the lease holder's of a node)."""
+        if link is not None:
+            if not await link.lease.take(stop):
+                return
+            # The store holds the canaries' progress as the last leader left it.
+            await asyncio.to_thread(canary.load_stored)
+            log.info("leading the node: canary controller and repository poller")
+        async with asyncio.TaskGroup() as jobs:
+            jobs.create_task(canary.run(stop))
+            if config.poll_interval is not None:
+                jobs.create_task(poll_repository())
 
     async def shutdown() -> None:
         await stop.wait()
@@ -355,20 +433,25 @@ async def serve(config: ServerConfig) -> None:
             "models": sorted({m.name for m in registry.ready()}),
         },
     )
+    if member is not None:
+        member.ready()
     async with asyncio.TaskGroup() as tasks:
         tasks.create_task(http.serve(sockets=listeners.http))
         if metrics_http is not None:
             tasks.create_task(metrics_http.serve(sockets=listeners.metrics))
-        if config.poll_interval is not None:
-            tasks.create_task(poll_repository())
+        tasks.create_task(lead())
         tasks.create_task(shutdown())
-        tasks.create_task(canary.run(stop))
         tasks.create_task(autoscaler.run(stop))
         tasks.create_task(idle.run(stop))
         tasks.create_task(auth.run(stop))
         if tls is not None:
             tasks.create_task(tls.run(stop))
         tasks.create_task(payloads.run_retention(lambda: retention_of(registry.ready()), stop))
+    if link is not None:
+        await link.bus.close()
+        link.lease.release()
+    if failures is not None:
+        failures.close()
     await traffic.close()  # shadow copies still running are cancelled, not drained
     await registry.close()
     await limiter.close()

@@ -6,7 +6,6 @@ variables, which override the ``--config`` file) and starts the server.
 
 from __future__ import annotations
 
-import asyncio
 import os
 from pathlib import Path
 from typing import Annotated
@@ -110,6 +109,13 @@ def serve(
         float | None,
         typer.Option(help="Most seconds a request waits for an unloaded version (default 60)."),
     ] = None,
+    workers: Annotated[
+        str | None,
+        typer.Option(
+            help="Processes serving the same ports as one server: a number, or auto "
+            "for one per core (default 1)."
+        ),
+    ] = None,
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning or error.")] = None,
     log_format: Annotated[
         str | None,
@@ -210,6 +216,7 @@ def serve(
         "cache_size": cache_size,
         "idle_unload": idle_unload,
         "cold_start_timeout": cold_start_timeout,
+        "workers": workers,
         "log_level": log_level,
         "log_format": log_format,
         "triton_metrics": triton_metrics,
@@ -244,15 +251,17 @@ def serve(
         typer.echo(f"error: repository {settings.repository} is not a directory", err=True)
         raise typer.Exit(2)
     configure_logging(settings.log_level, settings.log_format)
-    from modelport.server import serve as run_server
-
     try:
-        try:
-            import uvloop
-        except ImportError:
-            asyncio.run(run_server(settings))
+        from modelport.server import run
+
+        if settings.workers > 1:
+            from modelport.node.supervisor import run_node
+
+            status = run_node(settings, run)
+            if status:
+                raise typer.Exit(status)
         else:
-            uvloop.run(run_server(settings))
+            run(settings)
     except (ConfigError, ListenFailed) as exc:
         typer.echo(f"error: {exc.message}", err=True)
         raise typer.Exit(2) from None

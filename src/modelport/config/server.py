@@ -8,6 +8,7 @@ CLI calls :func:`load_server_config` with what it read.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -88,6 +89,9 @@ class ServerConfig(BaseModel):
     the next request); a model's ``idle_unload_s`` wins; None never unloads for idleness."""
     cold_start_timeout: float = Field(default=60.0, gt=0, allow_inf_nan=False)
     """Most seconds a request for an unloaded version waits for it to load."""
+    workers: int = Field(default=1, ge=1, le=1024)
+    """Front-end processes of this node, sharing its ports and acting as one server
+    (``auto``: one per core this process may run on)."""
     shutdown_grace: float = Field(default=30.0, ge=0)
     """Seconds SIGTERM waits for requests in flight before closing."""
     data_dir: Path = Path(".modelport")
@@ -156,6 +160,13 @@ class ServerConfig(BaseModel):
     tls_reload_interval: float = Field(default=5.0, gt=0)
     """Seconds between checks of the TLS files for a rotated certificate."""
 
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _auto_workers(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return cores()
+        return value
+
     @field_validator("tenant_residency", mode="before")
     @classmethod
     def _split_residency(cls, value: Any) -> Any:
@@ -199,6 +210,14 @@ class ServerConfig(BaseModel):
 
 
 _FIELDS = set(ServerConfig.model_fields)
+
+
+def cores() -> int:
+    """Cores this process may run on (its CPU affinity, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
@@ -249,6 +268,8 @@ def load_server_config(
         source = origin.get(field, "server config")
         if source == "environment":
             field = ENV_PREFIX + field.upper()
+        elif source == "command line":
+            field = "--" + field.replace("_", "-")
         problem = first["msg"]
         if first["type"] == "extra_forbidden":
             problem = "unknown setting"

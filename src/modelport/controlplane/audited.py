@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from modelport.controlplane.announce import Announce, nobody
 from modelport.controlplane.registry import Registry
 from modelport.controlplane.store import AuditLog
 from modelport.controlplane.store.tables import MODEL_NAME_MAX
@@ -23,12 +24,18 @@ class AuditedRepository:
     """Implements the data plane's RepositoryControl over the registry."""
 
     def __init__(
-        self, registry: Registry, audit: AuditLog, traffic: TrafficManager | None = None
+        self,
+        registry: Registry,
+        audit: AuditLog,
+        traffic: TrafficManager | None = None,
+        announce: Announce = nobody,
     ) -> None:
         self.registry = registry
         self.audit = audit
         self.traffic = traffic
         """Refuses to unload versions a traffic policy or canary uses (as /api/v1 does)."""
+        self.announce = announce
+        """The rest of the node follows; a load answers once every worker has loaded."""
 
     def index(self, ready_only: bool) -> list[RepositoryEntry]:
         return self.registry.index(ready_only)
@@ -39,6 +46,7 @@ class AuditedRepository:
         detail: dict[str, Any] = {"config_override": config is not None}
         try:
             await self.registry.load(name, config)
+            await self.announce("repository.load", {"model": name, "config": config})
         except ModelportError as exc:
             await self._record(name, "model.load", actor, {**detail, "error": exc.message})
             raise
@@ -50,6 +58,7 @@ class AuditedRepository:
                 await self.registry.unload(name)
             else:
                 await self.traffic.unload_checked(name, None, lambda: self.registry.unload(name))
+            await self.announce("repository.unload", {"model": name})
         except ModelportError as exc:
             await self._record(name, "model.unload", actor, {"error": exc.message})
             raise

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from modelport.clock import Clock, SystemClock
+from modelport.controlplane.announce import Announce, nobody
 from modelport.controlplane.canary_spec import (
     NO_POLICY,
     Canary,
@@ -89,6 +90,8 @@ class CanaryController:
         self._active: dict[str, Canary] = {}
         self._lock = asyncio.Lock()
         manager.track_canaries(self.versions_in_use, self.restore_point)
+        self.announce: Announce = nobody
+        """Tells the node's other workers that a model's stored canary changed."""
 
     def versions_in_use(self, model: str) -> set[str]:
         canary = self._active.get(model)
@@ -279,7 +282,23 @@ class CanaryController:
         )
         if progress.state in ACTIVE:
             self._active[model] = Canary(model, spec, progress, saved.revision, saved.updated_at)
+        await self.announce("canary", {"model": model})
         return saved
+
+    async def sync(self, model: str) -> None:
+        """Take ``model``'s canary as the store holds it, after another worker of the
+        node changed it; a new step starts this worker's windows afresh too."""
+        async with self._lock:
+            stored = await asyncio.to_thread(self.canaries.get, model)
+            before = self._active.get(model)
+            if stored is None or stored.state not in ACTIVE:
+                self._active.pop(model, None)
+            else:
+                canary = Canary.from_stored(stored)
+                self._active[model] = canary
+                if before is None or before.progress.step != canary.progress.step:
+                    self._reset_windows(model, canary.spec, canary.progress)
+        await self.manager.sync(model)
 
     async def _apply(
         self, model: str, spec: CanarySpec, progress: CanaryProgress, actor: str

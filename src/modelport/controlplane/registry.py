@@ -437,6 +437,15 @@ class Registry:
             raise NotFound(f"unknown model {name!r}")
         return {str(v): (r.state, r.reason) for v, r in sorted(record.versions.items())}
 
+    def operator_state(self) -> list[tuple[str, bool, dict[str, Any] | None]]:
+        """(model, unloaded by an operator, the config its last load gave) of every
+        model an operator changed: what a new worker of a node copies from a peer."""
+        return [
+            (name, record.unloaded, record.override)
+            for name, record in sorted(self._records.items())
+            if record.unloaded or record.override is not None
+        ]
+
     def model_names(self) -> list[str]:
         return sorted(self._records)
 

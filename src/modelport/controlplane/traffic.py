@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
+from modelport.controlplane.announce import Announce, nobody
 from modelport.controlplane.lifecycle import READY
 from modelport.controlplane.registry import Registry
 from modelport.controlplane.store import (
@@ -60,6 +61,8 @@ class TrafficManager:
         self._canary_versions: Callable[[str], set[str]] = lambda _model: set()
         self._restore_point: Callable[[str, int], RestorePoint | None] = lambda _m, _r: None
         self._lock = asyncio.Lock()
+        self.announce: Announce = nobody
+        """Tells the node's other workers that a model's stored policy changed."""
 
     def track_canaries(
         self,
@@ -104,7 +107,11 @@ class TrafficManager:
                 continue
             missing = sorted(v for v in policy.versions() if not self._is_ready(stored.model, v))
             if missing:
-                await self._fall_back(stored, policy, missing)
+                try:
+                    await self._fall_back(stored, policy, missing)
+                except RevisionConflict:
+                    # Another worker of the node wrote the fallback first: apply its policy.
+                    await self.sync(stored.model)
                 continue
             self.traffic.set(stored.model, policy)
 
@@ -197,6 +204,7 @@ class TrafficManager:
             self.traffic.set(model, policy)
             # Versions no longer named are released (unless the version policy keeps them).
             await self.registry.refresh(model)
+            await self.announce("traffic", {"model": model})
         log.info(
             "traffic policy changed",
             extra={"model": model, "revision": saved.revision, "actor": actor},
@@ -222,6 +230,29 @@ class TrafficManager:
             self.registry.pin(model, set())
             self.traffic.set(model, None)
             await self.registry.refresh(model)
+            await self.announce("traffic", {"model": model})
+
+    async def sync(self, model: str) -> None:
+        """Apply the stored policy of ``model`` as another worker of the node wrote it:
+        its versions pinned and loaded, then the routing table set."""
+        async with self._lock:
+            stored = await asyncio.to_thread(self.policies.get, model)
+            policy = self._parse(stored) if stored is not None else None
+            if policy is None:
+                canary = {int(v) for v in self._canary_versions(model)}
+                self.registry.pin(model, canary)
+                self.traffic.set(model, None)
+                await self.registry.refresh(model)
+                return
+            self._pin(model, policy)
+            await self.registry.refresh(model)
+            missing = sorted(v for v in policy.versions() if not self._is_ready(model, v))
+            if missing:
+                log.error(
+                    "a version of the node's traffic policy did not load on this worker",
+                    extra={"model": model, "missing": missing},
+                )
+            self.traffic.set(model, policy)
 
     async def rollback(
         self, model: str, actor: str = LOCAL, reason: str | None = None

@@ -15,12 +15,13 @@ only ever removes models the caller did not name.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from modelport.dataplane.table import ModelTable, ModelVersion, RepositoryControl, RepositoryEntry
 from modelport.errors import ModelportError, NotFound
+from modelport.observability.merge import merge_statistics
 from modelport.types import TensorSpec
 
 #: Whether the caller may see the model of that name; None lets it see every model
@@ -95,6 +96,9 @@ class InfoService:
         self.table = table
         self.repository = repository
         self.server = ServerMetadata(server_name, server_version, extensions)
+        self.peer_statistics: Callable[[], Awaitable[list[list[dict[str, Any]]]]] | None = None
+        """Every other worker's entries (all versions it serves), in a node of several
+        workers: the statistics extension then answers for the node."""
 
     def server_metadata(self) -> ServerMetadata:
         return self.server
@@ -144,6 +148,25 @@ class InfoService:
         shown: list[ModelVersion] = only_visible(models, visible)
         shown.sort(key=lambda m: (m.name, int(m.version)))
         return [m.stats.to_json(m.name, m.version) for m in shown]
+
+    async def node_statistics(
+        self, name: str | None, version: str | None, visible: Visible
+    ) -> list[dict[str, Any]]:
+        """:meth:`statistics`, summed over the workers of a node (this one alone otherwise)."""
+        entries = self.statistics(name, version, visible)
+        if self.peer_statistics is None:
+            return entries
+        others = [
+            [
+                e
+                for e in theirs
+                if (name is None or e.get("name") == name)
+                and (version is None or e.get("version") == version)
+                and (visible is None or visible(str(e.get("name"))))
+            ]
+            for theirs in await self.peer_statistics()
+        ]
+        return merge_statistics([entries, *others])
 
     def repository_index(self, ready_only: bool, visible: Visible) -> list[RepositoryEntry]:
         """Every model version of the repository the caller may see, with its state."""

@@ -6,13 +6,15 @@ across replicas by the monitoring system.
 
 from __future__ import annotations
 
+import asyncio
 import copy
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.metrics_core import Metric
 
+from modelport.observability.merge import merge_expositions
 from modelport.observability.series import (
     CounterFamily,
     CounterSeries,
@@ -55,6 +57,9 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self._children: dict[tuple[str, str, str], ModelMetrics] = {}
         self._expositions: list[Exposition] = []
+        self.peers: Callable[[], Awaitable[list[bytes]]] | None = None
+        """The other workers' full expositions, in a node of several workers; a scrape
+        of any worker then answers for the node (see :meth:`exposition`)."""
         labels = ("model", "version", "protocol")
         # The series written on every request are lock-free (``series.py``).
         self.requests = CounterFamily(
@@ -212,6 +217,16 @@ class Metrics:
         if not self._expositions:
             return text
         return b"".join([text, *(render(visible) for render in self._expositions)])
+
+    async def exposition(self, visible: Visible = None) -> bytes:
+        """What /metrics answers: :meth:`render`, or in a node of several workers every
+        worker's series merged (counters and histograms summed; ``merge.py``)."""
+        if self.peers is None:
+            return self.render(visible)
+        own = self.render()
+        others = await self.peers()
+        # Parsing costs milliseconds per worker: off the event loop.
+        return await asyncio.to_thread(merge_expositions, [own, *others], visible)
 
 
 class _VisibleSeries:

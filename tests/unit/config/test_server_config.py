@@ -52,5 +52,5 @@ def test_strict_readiness_is_on_unless_turned_off() -> None:
     env = {"MODELPORT_STRICT_READINESS": "false"}
     assert load_server_config(None, env, {}).strict_readiness is False
     assert load_server_config(None, env, {"strict_readiness": "true"}).strict_readiness is True
-    with pytest.raises(ConfigError, match="strict_readiness"):
+    with pytest.raises(ConfigError, match="command line: --strict-readiness"):
         load_server_config(None, {}, {"strict_readiness": "sometimes"})

@@ -156,7 +156,7 @@ def test_refuse_counts_audits_and_raises() -> None:
 def test_tenant_residency_setting() -> None:
     config = load_server_config(None, {}, {"tenant_residency": {"acme": "ae, SA-ruh-1"}})
     assert config.tenant_residency == {"acme": ["ae", "sa-ruh-1"]}
-    with pytest.raises(ConfigError, match=r"tenant_residency.*tenant 'acme'"):
+    with pytest.raises(ConfigError, match=r"--tenant-residency.*tenant 'acme'"):
         load_server_config(None, {}, {"tenant_residency": {"acme": ["a e"]}})
 
 

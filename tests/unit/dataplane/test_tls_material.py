@@ -116,7 +116,7 @@ def test_bad_client_ca_names_it(tmp_path: Path, ca: Issued) -> None:
             {"tls_cert": "c", "tls_key": "k", "tls_identities": "i.yaml"},
             "tls_identities needs tls_client_ca",
         ),
-        ({"tls_cert": "c", "tls_key": "k", "tls_client_auth": "maybe"}, "tls_client_auth"),
+        ({"tls_cert": "c", "tls_key": "k", "tls_client_auth": "maybe"}, "--tls-client-auth"),
     ],
 )
 def test_settings_that_do_not_go_together(flags: dict[str, str], problem: str) -> None:

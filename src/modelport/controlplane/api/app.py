@@ -25,6 +25,7 @@ from starlette.types import Message, Receive
 
 from modelport import __version__
 from modelport.config.server import MANAGEMENT_BODY_BYTES
+from modelport.controlplane.announce import Announce, nobody
 from modelport.controlplane.api import docs_assets, openapi_inference, schemas
 from modelport.controlplane.api.errors import install_error_handlers
 from modelport.controlplane.canary import CanaryController
@@ -64,6 +65,8 @@ class ManagementServices:
     audit: AuditLog
     traffic: TrafficManager
     canary: CanaryController
+    announce: Announce = nobody
+    """Tells the node's other workers of a version loaded or unloaded here."""
 
 
 def _actor(request: Request) -> str:
@@ -326,6 +329,7 @@ def build_api(services: ManagementServices, status_of: Any) -> FastAPI:
         body: schemas.Reason | None = None,
     ) -> schemas.VersionChange:
         await registry.load_model_version(model, int(version))
+        await services.announce("version.load", {"model": model, "version": version})
         return await changed(request, model, version, "version.load", body)
 
     @api.post(
@@ -345,6 +349,7 @@ def build_api(services: ManagementServices, status_of: Any) -> FastAPI:
         await manager.unload_checked(
             model, [version], lambda: registry.unload_model_version(model, int(version))
         )
+        await services.announce("version.unload", {"model": model, "version": version})
         return await changed(request, model, version, "version.unload", body)
 
     @api.get(

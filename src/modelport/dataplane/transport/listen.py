@@ -51,12 +51,19 @@ def _addresses(host: str, port: int, transport: str) -> list[tuple[int, tuple[st
     return unique
 
 
-def bind_listeners(host: str, port: int, transport: str) -> list[socket.socket]:
-    """Sockets bound to every address ``host`` resolves to, already listening.
+def bind_listeners(
+    host: str, port: int, transport: str, *, shared: bool = False, listen: bool = True
+) -> list[socket.socket]:
+    """Sockets bound to every address ``host`` resolves to, listening unless ``listen``
+    is False.
 
     As asyncio would bind them: SO_REUSEADDR (a restart does not wait for
     TIME_WAIT) and IPv6 sockets IPv6-only. With port 0 the first socket's
     port is reused for the others, so one number names the listener.
+    ``shared`` sets SO_REUSEPORT: the worker processes of one node each
+    listen on the port and the kernel spreads connections over them; the
+    node's supervisor holds the ports the same way, bound but not
+    listening, so no connection is ever queued on its sockets.
     Raises ListenFailed naming the address and ``transport``.
     """
     bound: list[socket.socket] = []
@@ -65,12 +72,15 @@ def bind_listeners(host: str, port: int, transport: str) -> list[socket.socket]:
             sock = socket.socket(family, socket.SOCK_STREAM)
             bound.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if shared:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             chosen = wanted or (bound[0].getsockname()[1] if len(bound) > 1 else 0)
             try:
                 sock.bind((address, chosen))
-                sock.listen(BACKLOG)
+                if listen:
+                    sock.listen(BACKLOG)
             except OSError as exc:
                 raise _failure(host, chosen or port, transport, exc) from None
     except BaseException:

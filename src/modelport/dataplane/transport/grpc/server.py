@@ -138,19 +138,22 @@ def tls_credentials(tls: TlsRotation) -> grpc.ServerCredentials:
 
 
 def bind_grpc_server(
-    config: ServerConfig, tls: TlsRotation | None = None
+    config: ServerConfig, tls: TlsRotation | None = None, *, shared: bool = False
 ) -> tuple[grpc.aio.Server, int]:
     """The server (not started, no services yet) with its port bound, and that port.
 
     gRPC listens as soon as the port is added, so this runs before models
     load; a taken port raises ListenFailed naming it (see ``listen.py``).
+    ``shared``: one worker of a node, on a port its supervisor holds
+    (SO_REUSEPORT), which checked it was free before any worker started.
     """
-    check_free(config.host, config.grpc_port, "gRPC")
+    if not shared:
+        check_free(config.host, config.grpc_port, "gRPC")
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", config.max_body_bytes),
             ("grpc.max_send_message_length", config.max_body_bytes),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", 1 if shared else 0),
             # A TLS handshake gets the time an HTTP request head gets (gRPC's default: 120 s).
             ("grpc.server_handshake_timeout_ms", max(1, round(config.header_timeout * 1000))),
         ]

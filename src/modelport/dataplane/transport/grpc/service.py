@@ -320,7 +320,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
     @_rpc(Access(Role.VIEWER, model="name"))
     async def ModelStatistics(self, request: Any, context: Any, identity: Identity | None) -> Any:
-        entries = self.ctx.info.statistics(
+        entries = await self.ctx.info.node_statistics(
             request.name or None, request.version or None, self._visible(identity)
         )
         out = pb.ModelStatisticsResponse()

@@ -67,7 +67,8 @@ def metrics_routes(metrics: Metrics) -> list[Route]:
     async def render(request: Request) -> Response:
         # A caller sees the series of the models it may see, and the server-wide ones.
         return Response(
-            metrics.render(request.scope.get(VISIBLE_SCOPE_KEY)), media_type=CONTENT_TYPE
+            await metrics.exposition(request.scope.get(VISIBLE_SCOPE_KEY)),
+            media_type=CONTENT_TYPE,
         )
 
     return [Route("/metrics", render, methods=["GET"])]

@@ -53,7 +53,7 @@ def routes(ctx: TransportContext) -> list[Route]:
     # Also the statistics of every model (no model in the path), filtered by visibility.
     @needs(Role.VIEWER, model="model")
     async def stats(request: Request) -> Response:
-        entries = ctx.info.statistics(
+        entries = await ctx.info.node_statistics(
             request.path_params.get("model"), request.path_params.get("version"), _visible(request)
         )
         return json_response({"model_stats": entries})

@@ -1,0 +1,183 @@
+"""A worker's part in its node: what it tells the other workers, and what it does when told.
+
+Changes reach the store first (policies, canaries, keys, the audit log are
+in the one state database every worker opens), so a message only says
+*what* changed and each worker reads the rest where it always reads it:
+a message lost to a worker that was restarting costs nothing, since that
+worker reads everything when it starts. What lives only in a worker's
+memory (the models an operator loaded or unloaded through the repository
+extension, the log settings) is copied from a peer by a worker that
+replaces one that ended.
+
+The operator's worker applies a change itself, then awaits every other
+worker: a repository load answers once every worker has the model READY
+(or names the workers where it failed).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from modelport.controlplane.canary import CanaryController
+from modelport.controlplane.registry import Registry
+from modelport.controlplane.traffic import TrafficManager
+from modelport.errors import InvalidRequest, ModelLoadError
+from modelport.node.bus import BusServer, Handler, Peers
+from modelport.node.lease import Lease
+from modelport.node.member import NodeMember
+from modelport.observability.logs import LogControl
+from modelport.observability.metrics import Metrics
+
+log = logging.getLogger("modelport.node")
+
+#: Seconds a worker's load may take before the operator hears it did not follow.
+LOAD_WAIT_S = 600.0
+#: Seconds any other message may take.
+WAIT_S = 10.0
+_LOADS = ("repository.load", "version.load")
+
+
+def _model(body: dict[str, Any]) -> str:
+    model = body.get("model")
+    if not isinstance(model, str):
+        raise InvalidRequest("a node message without a model name")
+    return model
+
+
+def _version(body: dict[str, Any]) -> int:
+    version = body.get("version")
+    if not isinstance(version, str) or not version.isdigit():
+        raise InvalidRequest("a node message without a version number")
+    return int(version)
+
+
+class NodeLink:
+    """The bus server with this worker's handlers, its peers, and the leader lease."""
+
+    def __init__(
+        self,
+        member: NodeMember,
+        registry: Registry,
+        manager: TrafficManager,
+        canary: CanaryController,
+        logs: LogControl,
+        metrics: Metrics,
+    ) -> None:
+        self.member = member
+        self.registry = registry
+        self.manager = manager
+        self.canary = canary
+        self.logs = logs
+        self.metrics = metrics
+        self.peers = Peers(member.directory, member.index)
+        self.lease = Lease(member.directory / "leader.lock")
+        self.bus = BusServer(member.directory, member.index, self._handlers())
+
+    # ------------------------------------------------------------ telling
+
+    async def announce(self, op: str, body: dict[str, Any]) -> None:
+        """Have every other worker apply a change made here; see the module docstring."""
+        wait_s = LOAD_WAIT_S if op in _LOADS else WAIT_S
+        replies = await self.peers.broadcast(op, body, wait_s)
+        failed = [r for r in replies if not r.ok]
+        if not failed:
+            return
+        text = "; ".join(f"worker {r.worker}: {r.error}" for r in failed)
+        if op in _LOADS:
+            raise ModelLoadError(f"not loaded on every worker of the node: {text}")
+        log.error("a worker did not follow a change", extra={"op": op, "failed": text})
+
+    async def peer_metrics(self) -> list[bytes]:
+        """Every other worker's full exposition, for a scrape answered for the node."""
+        replies = await self.peers.broadcast("metrics", {}, WAIT_S)
+        return [r.result.encode() for r in replies if r.ok and isinstance(r.result, str)]
+
+    async def peer_statistics(self) -> list[list[dict[str, Any]]]:
+        """Every other worker's statistics entries, for Triton's statistics extension."""
+        replies = await self.peers.broadcast("statistics", {}, WAIT_S)
+        return [r.result for r in replies if r.ok and isinstance(r.result, list)]
+
+    async def logging_changed(self, actor: str | None, changed: dict[str, Any]) -> None:
+        await self.announce("logging", {"changes": changed})
+
+    async def copy_state(self) -> None:
+        """Take what lives in a peer's memory only (see the module docstring)."""
+        for worker in self.peers.indices():
+            reply = await self.peers.ask(worker, "state", {}, WAIT_S)
+            if reply is None or not reply.ok or not isinstance(reply.result, dict):
+                continue
+            for name, unloaded, override in reply.result.get("repository", []):
+                try:
+                    if unloaded:
+                        await self.registry.unload(name)
+                    else:
+                        await self.registry.load(name, override)
+                except Exception as exc:
+                    log.error(
+                        "could not follow the node's repository state",
+                        extra={"model": name, "error": str(exc)},
+                    )
+            settings = reply.result.get("logging")
+            if isinstance(settings, dict):
+                self.logs.update(settings)
+            log.info("copied the node's state", extra={"from_worker": worker})
+            return
+
+    # -------------------------------------------------------------- told
+
+    def _handlers(self) -> dict[str, Handler]:
+        registry = self.registry
+
+        async def repository_load(body: dict[str, Any]) -> None:
+            config = body.get("config")
+            await registry.load(_model(body), config if isinstance(config, dict) else None)
+
+        async def repository_unload(body: dict[str, Any]) -> None:
+            await registry.unload(_model(body))
+
+        async def version_load(body: dict[str, Any]) -> None:
+            await registry.load_model_version(_model(body), _version(body))
+
+        async def version_unload(body: dict[str, Any]) -> None:
+            await registry.unload_model_version(_model(body), _version(body))
+
+        async def traffic(body: dict[str, Any]) -> None:
+            await self.manager.sync(_model(body))
+
+        async def canary(body: dict[str, Any]) -> None:
+            await self.canary.sync(_model(body))
+
+        async def logging_(body: dict[str, Any]) -> None:
+            changes = body.get("changes")
+            if isinstance(changes, dict):
+                self.logs.update(changes)
+
+        async def poll(body: dict[str, Any]) -> None:
+            await registry.poll()
+
+        async def state(body: dict[str, Any]) -> dict[str, Any]:
+            return {
+                "repository": registry.operator_state(),
+                "logging": self.logs.triton_settings(),
+            }
+
+        async def metrics(body: dict[str, Any]) -> str:
+            return self.metrics.render().decode()
+
+        async def statistics(body: dict[str, Any]) -> list[dict[str, Any]]:
+            return [m.stats.to_json(m.name, m.version) for m in registry.ready()]
+
+        return {
+            "repository.load": repository_load,
+            "repository.unload": repository_unload,
+            "version.load": version_load,
+            "version.unload": version_unload,
+            "traffic": traffic,
+            "canary": canary,
+            "logging": logging_,
+            "poll": poll,
+            "state": state,
+            "metrics": metrics,
+            "statistics": statistics,
+        }

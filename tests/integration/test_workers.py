@@ -1,0 +1,303 @@
+"""``--workers N``: several processes on the same ports, acting as one server.
+
+Every request here opens a new connection, so the kernel picks a worker for
+each; a promise that held on one worker only would fail some of them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from prometheus_client.parser import text_string_to_metric_families
+
+from modelport.examples import repository_path, samples_path
+from tests.integration.conftest import Server, start_server, stop_server
+
+pytestmark = pytest.mark.integration
+
+WORKERS = 2
+#: Fresh connections per check: with two workers, the chance that all land on one is 2**-19.
+CONNECTIONS = 20
+LIMIT = "\nmodelport:\n  rate_limit: {rate: 0.01, burst: 6}\n"
+
+
+def _copy(repo: Path, name: str, versions: tuple[int, ...] = (1,), extra: str = "") -> None:
+    source = repository_path() / "breast_cancer"
+    target = repo / name
+    target.mkdir()
+    config = (source / "config.yaml").read_text().replace("num_versions: 1", "num_versions: 2")
+    (target / "config.yaml").write_text(config + extra)
+    for version in versions:
+        shutil.copytree(source / "1", target / str(version))
+
+
+def _body() -> dict[str, Any]:
+    body: dict[str, Any] = json.loads((samples_path() / "breast_cancer.json").read_text())
+    return body
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    repo = tmp_path_factory.mktemp("repo")
+    _copy(repo, "scorer", (1, 2))
+    _copy(repo, "spare")
+    _copy(repo, "capped", extra=LIMIT)
+    _copy(repo, "counted")
+    logs = tmp_path_factory.mktemp("node")
+    srv = start_server(repo, logs / "node.log", "--workers", str(WORKERS))
+    # Ready answers once one worker serves; the node serves once all do.
+    _until(lambda: "node serving" in srv.log(), "the node never served")
+    yield srv
+    assert stop_server(srv) == 0, srv.log()
+
+
+def _until(check: Callable[[], bool], why: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    raise AssertionError(why)
+
+
+def _fresh(server: Server, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    """One request on a connection of its own."""
+    with httpx.Client(base_url=server.base, timeout=60) as client:
+        return client.request(method, path, **kwargs)
+
+
+def _every(server: Server, method: str, path: str, **kwargs: Any) -> list[httpx.Response]:
+    return [_fresh(server, method, path, **kwargs) for _ in range(CONNECTIONS)]
+
+
+def _workers(server: Server) -> list[int]:
+    """The worker processes' ids: the node process's children that serve."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == server.process.pid and b"spawn_main" in cmdline:
+            found.append(int(entry.name))
+    return sorted(found)
+
+
+def _state(entries: list[dict[str, Any]], name: str) -> set[tuple[str, str]]:
+    return {(e["state"], e.get("reason", "")) for e in entries if e["name"] == name}
+
+
+def test_one_node_answers_on_every_connection(node: Server) -> None:
+    assert len(_workers(node)) == WORKERS
+    answers = _every(node, "POST", "/v2/models/scorer/infer", json=_body())
+    assert [a.status_code for a in answers] == [200] * CONNECTIONS
+    with grpcclient.InferenceServerClient(node.grpc_url) as client:
+        assert client.is_server_ready()
+        assert client.is_model_ready("scorer")
+
+
+def test_a_repository_unload_holds_on_every_worker(node: Server) -> None:
+    assert _fresh(node, "POST", "/v2/repository/models/spare/unload").status_code == 200
+    for answer in _every(node, "POST", "/v2/repository/index", json={}):
+        assert _state(answer.json(), "spare") == {("UNAVAILABLE", "unloaded")}
+    with httpclient.InferenceServerClient(node.http_url) as client:
+        client.load_model("spare")  # answers once every worker has it READY
+    for answer in _every(node, "GET", "/v2/models/spare/ready"):
+        assert answer.status_code == 200
+
+
+def test_a_traffic_policy_holds_on_every_worker(node: Server) -> None:
+    url = "/api/v1/models/scorer/traffic"
+    current = _fresh(node, "GET", url).json()["revision"]
+    put = _fresh(
+        node,
+        "PUT",
+        url,
+        json={"routes": [{"version": "1", "weight": 100}]},
+        headers={"If-Match": str(current)},
+    )
+    assert put.status_code == 200, put.text
+    for answer in _every(node, "POST", "/v2/models/scorer/infer", json=_body()):
+        assert answer.json()["model_version"] == "1"
+    put = _fresh(
+        node,
+        "PUT",
+        url,
+        json={"routes": [{"version": "2", "weight": 100}]},
+        headers={"If-Match": str(put.json()["revision"])},
+    )
+    assert put.status_code == 200, put.text
+    for answer in _every(node, "POST", "/v2/models/scorer/infer", json=_body()):
+        assert answer.json()["model_version"] == "2"
+
+
+def test_log_settings_hold_on_every_worker(node: Server) -> None:
+    changed = _fresh(node, "POST", "/v2/logging", json={"log_verbose_level": 2})
+    assert changed.status_code == 200, changed.text
+    for answer in _every(node, "GET", "/v2/logging"):
+        assert answer.json()["log_verbose_level"] == 2
+    assert _fresh(node, "POST", "/v2/logging", json={"log_verbose_level": 0}).status_code == 200
+
+
+def _counter(text: str, name: str, **labels: str) -> float:
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in (name, f"{name}_total") and all(
+                sample.labels.get(k) == v for k, v in labels.items()
+            ):
+                total += sample.value
+    return total
+
+
+def test_metrics_and_statistics_count_the_whole_node(node: Server) -> None:
+    answers = _every(node, "POST", "/v2/models/counted/infer", json=_body())
+    assert [a.status_code for a in answers] == [200] * CONNECTIONS
+    for _ in range(4):  # whichever worker answers the scrape
+        text = _fresh(node, "GET", "/metrics").text
+        assert _counter(text, "modelport_inference_requests_total", model="counted") == CONNECTIONS
+        assert _counter(text, "nv_inference_request_success", model="counted") == CONNECTIONS
+        scraped = httpx.get(f"http://127.0.0.1:{node.metrics_port}/metrics", timeout=30).text
+        count = _counter(scraped, "modelport_request_duration_seconds_count", model="counted")
+        assert count == CONNECTIONS
+        stats = _fresh(node, "GET", "/v2/models/counted/stats").json()["model_stats"]
+        assert [s["inference_stats"]["success"]["count"] for s in stats] == [CONNECTIONS]
+    with grpcclient.InferenceServerClient(node.grpc_url) as client:
+        stats = client.get_inference_statistics("counted", as_json=True)["model_stats"]
+        assert [int(s["inference_stats"]["success"]["count"]) for s in stats] == [CONNECTIONS]
+
+
+def test_a_rate_limit_is_the_nodes(node: Server) -> None:
+    codes = [a.status_code for a in _every(node, "POST", "/v2/models/capped/infer", json=_body())]
+    # burst 6 and a token every 100 s: six pass in the whole node, not six per worker.
+    assert codes.count(200) == 6, codes
+    assert codes.count(429) == CONNECTIONS - 6
+
+
+def test_a_killed_worker_is_replaced_and_takes_the_nodes_state(node: Server) -> None:
+    assert _fresh(node, "POST", "/v2/repository/models/spare/unload").status_code == 200
+    victim = _workers(node)[0]
+    os.kill(victim, signal.SIGKILL)
+    failures = 0
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            answer = _fresh(node, "POST", "/v2/models/scorer/infer", json=_body())
+            failures += answer.status_code != 200
+        except httpx.TransportError:
+            failures += 1
+        workers = _workers(node)
+        if len(workers) == WORKERS and victim not in workers and "serving again" in node.log():
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError(f"no worker took the killed one's place:\n{node.log()[-3000:]}")
+    # Only connections the dead worker had accepted could fail.
+    assert failures <= 2
+    for answer in _every(node, "POST", "/v2/repository/index", json={}):
+        assert _state(answer.json(), "spare") == {("UNAVAILABLE", "unloaded")}
+    for answer in _every(node, "POST", "/v2/models/scorer/infer", json=_body()):
+        assert answer.status_code == 200
+    assert _fresh(node, "POST", "/v2/repository/models/spare/load").status_code == 200
+
+
+def test_the_leader_lease_moves_when_its_holder_dies(node: Server) -> None:
+    def leaders() -> int:
+        return node.log().count("leading the node")
+
+    before = leaders()
+    holder = _leader_pid(node)
+    os.kill(holder, signal.SIGKILL)
+    _until(lambda: leaders() > before, "no worker took the lease", timeout=10)
+
+
+def _leader_pid(node: Server) -> int:
+    """The pid of the worker that logged it leads last."""
+    leading = [line for line in node.log().splitlines() if "leading the node" in line]
+    worker = json.loads(leading[-1])["worker"]
+    started = [
+        json.loads(line)
+        for line in node.log().splitlines()
+        if '"worker started"' in line or "worker started" in line
+    ]
+    pids = [s["pid"] for s in started if s.get("worker") == worker]
+    return int(pids[-1])
+
+
+def test_the_audit_chain_stays_valid(node: Server) -> None:
+    args = [str(a) for a in node.process.args]  # type: ignore[union-attr]
+    state = args[args.index("--data-dir") + 1]
+    verify = subprocess.run(
+        [sys.executable, "-m", "modelport", "audit", "verify", "--data-dir", state],
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=60,
+    )
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+# ------------------------------------------------------------------ start and stop
+
+
+def _serve(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "modelport", "serve", *args],
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "many"])
+def test_a_bad_worker_count_is_refused_naming_the_flag(value: str) -> None:
+    done = _serve("--workers", value)
+    assert done.returncode == 2
+    assert "--workers" in done.stderr
+
+
+def test_a_taken_port_stops_the_node_before_any_worker_starts(tmp_path: Path) -> None:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        done = _serve("--workers", "2", "--http-port", str(port), "--data-dir", str(tmp_path))
+    finally:
+        taken.close()
+    assert done.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port} (HTTP)" in done.stderr
+    assert "worker started" not in done.stderr
+
+
+def test_sigterm_drains_every_worker(tmp_path: Path) -> None:
+    srv = start_server(None, tmp_path / "node.log", "--workers", "2")
+    _until(lambda: "node serving" in srv.log(), "the node never served")
+    workers = _workers(srv)
+    with httpclient.InferenceServerClient(srv.http_url) as client:
+        request = httpclient.InferInput("input", [1, 30], "FP32")
+        request.set_data_from_numpy(np.zeros((1, 30), dtype=np.float32))
+        assert client.infer("breast_cancer", [request]).as_numpy("label") is not None
+    assert stop_server(srv) == 0
+    assert srv.log().count("stopped") >= 3  # each worker, then the node
+    assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
