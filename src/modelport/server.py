@@ -288,8 +288,9 @@ async def serve(config: ServerConfig, member: NodeMember | None = None) -> None:
     link: NodeLink | None = None
     if member is not None:
         # On the bus before loading, so no change another worker makes meanwhile is missed.
-        link = NodeLink(member, registry, manager, canary, logs, metrics)
+        link = NodeLink(member, registry, manager, canary, logs, metrics, traffic)
         manager.announce = canary.announce = link.announce
+        canary.windows = link.node_window
         await link.bus.start()
     log.info("loading models", extra={"repository": str(repository)})
     await registry.start()

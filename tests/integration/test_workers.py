@@ -58,6 +58,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     _copy(repo, "spare")
     _copy(repo, "capped", extra=LIMIT)
     _copy(repo, "counted")
+    _copy(repo, "judged", (1, 2))
     logs = tmp_path_factory.mktemp("node")
     srv = start_server(repo, logs / "node.log", "--workers", str(WORKERS))
     # Ready answers once one worker serves; the node serves once all do.
@@ -148,6 +149,29 @@ def test_a_traffic_policy_holds_on_every_worker(node: Server) -> None:
     assert put.status_code == 200, put.text
     for answer in _every(node, "POST", "/v2/models/scorer/infer", json=_body()):
         assert answer.json()["model_version"] == "2"
+
+
+def test_a_canary_is_judged_on_every_workers_requests(node: Server) -> None:
+    first = _fresh(
+        node,
+        "PUT",
+        "/api/v1/models/judged/traffic",
+        json={"routes": [{"version": "1", "weight": 100}]},
+        headers={"If-Match": "0"},
+    )
+    assert first.status_code == 200, first.text
+    spec = {"version": "2", "steps": [100], "interval_s": 0.3, "min_requests": CONNECTIONS}
+    spec["evidence_timeout_s"] = 120
+    began = _fresh(node, "POST", "/api/v1/models/judged/canary", json=spec)
+    assert began.status_code == 201, began.text
+    for answer in _every(node, "POST", "/v2/models/judged/infer", json=_body()):
+        assert answer.json()["model_version"] == "2"
+    # No further request: only the windows of both workers added up reach min_requests.
+    _until(
+        lambda: _fresh(node, "GET", "/api/v1/models/judged/canary").json()["state"] == "promoted",
+        "the canary was not promoted on the node's requests",
+        timeout=20,
+    )
 
 
 def test_log_settings_hold_on_every_worker(node: Server) -> None:

@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from modelport.clock import Clock, SystemClock
@@ -54,6 +54,7 @@ from modelport.controlplane.traffic import (
 )
 from modelport.dataplane.routing import Route, TrafficPolicy
 from modelport.dataplane.routing.traffic import Traffic
+from modelport.dataplane.routing.window import WindowSnapshot
 from modelport.errors import InvalidRequest, NotFound
 
 log = logging.getLogger("modelport.canary")
@@ -92,6 +93,12 @@ class CanaryController:
         manager.track_canaries(self.versions_in_use, self.restore_point)
         self.announce: Announce = nobody
         """Tells the node's other workers that a model's stored canary changed."""
+        self.windows: Callable[[str, str], Awaitable[WindowSnapshot]] = self._local_window
+        """A version's window as the step is judged on it: this server's, or in a node
+        of several workers every worker's added up."""
+
+    async def _local_window(self, model: str, version: str) -> WindowSnapshot:
+        return self.traffic.window(model, version)
 
     def versions_in_use(self, model: str) -> set[str]:
         canary = self._active.get(model)
@@ -223,8 +230,8 @@ class CanaryController:
     async def _step(self, model: str, canary: Canary) -> None:
         spec, progress = canary.spec, canary.progress
         window = StepWindow.of(
-            self.traffic.window(model, spec.version),
-            self.traffic.window(model, comparison_version(spec, progress)),
+            await self.windows(model, spec.version),
+            await self.windows(model, comparison_version(spec, progress)),
             self.traffic.window_s,
         )
         decision = judge_step(spec, progress, window, self.clock())

@@ -16,12 +16,15 @@ worker: a repository load answers once every worker has the model READY
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
 from modelport.controlplane.canary import CanaryController
 from modelport.controlplane.registry import Registry
 from modelport.controlplane.traffic import TrafficManager
+from modelport.dataplane.routing.traffic import Traffic
+from modelport.dataplane.routing.window import WindowSnapshot, merged
 from modelport.errors import InvalidRequest, ModelLoadError
 from modelport.node.bus import BusServer, Handler, Peers
 from modelport.node.lease import Lease
@@ -36,6 +39,20 @@ LOAD_WAIT_S = 600.0
 #: Seconds any other message may take.
 WAIT_S = 10.0
 _LOADS = ("repository.load", "version.load")
+
+
+def _snapshot(found: dict[str, Any]) -> WindowSnapshot:
+    """A peer's window as its worker sent it (JSON: the histogram as a list)."""
+    return WindowSnapshot(
+        requests=int(found["requests"]),
+        errors=int(found["errors"]),
+        error_rate=None,
+        p99_ms=None,
+        shadow_compared=int(found["shadow_compared"]),
+        shadow_agreed=int(found["shadow_agreed"]),
+        agreement=None,
+        latency=tuple(int(n) for n in found["latency"]),
+    )
 
 
 def _model(body: dict[str, Any]) -> str:
@@ -63,6 +80,7 @@ class NodeLink:
         canary: CanaryController,
         logs: LogControl,
         metrics: Metrics,
+        traffic: Traffic,
     ) -> None:
         self.member = member
         self.registry = registry
@@ -70,6 +88,7 @@ class NodeLink:
         self.canary = canary
         self.logs = logs
         self.metrics = metrics
+        self.traffic = traffic
         self.peers = Peers(member.directory, member.index)
         self.lease = Lease(member.directory / "leader.lock")
         self.bus = BusServer(member.directory, member.index, self._handlers())
@@ -97,6 +116,14 @@ class NodeLink:
         """Every other worker's statistics entries, for Triton's statistics extension."""
         replies = await self.peers.broadcast("statistics", {}, WAIT_S)
         return [r.result for r in replies if r.ok and isinstance(r.result, list)]
+
+    async def node_window(self, model: str, version: str) -> WindowSnapshot:
+        """A version's canary window over every worker of the node."""
+        own = self.traffic.window(model, version)
+        body = {"model": model, "version": version}
+        replies = await self.peers.broadcast("window", body, WAIT_S)
+        others = [_snapshot(r.result) for r in replies if r.ok and isinstance(r.result, dict)]
+        return merged([own, *others])
 
     async def logging_changed(self, actor: str | None, changed: dict[str, Any]) -> None:
         await self.announce("logging", {"changes": changed})
@@ -165,6 +192,12 @@ class NodeLink:
         async def metrics(body: dict[str, Any]) -> str:
             return self.metrics.render().decode()
 
+        async def window(body: dict[str, Any]) -> dict[str, Any]:
+            version = body.get("version")
+            if not isinstance(version, str):
+                raise InvalidRequest("a node message without a version")
+            return dataclasses.asdict(self.traffic.window(_model(body), version))
+
         async def statistics(body: dict[str, Any]) -> list[dict[str, Any]]:
             return [m.stats.to_json(m.name, m.version) for m in registry.ready()]
 
@@ -180,4 +213,5 @@ class NodeLink:
             "state": state,
             "metrics": metrics,
             "statistics": statistics,
+            "window": window,
         }

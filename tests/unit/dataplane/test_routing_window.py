@@ -10,6 +10,7 @@ from modelport.dataplane.routing.window import (
     SlidingWindow,
     counts_as_error,
     latency_bucket,
+    merged,
 )
 from modelport.errors import (
     DeadlineExceeded,
@@ -34,7 +35,9 @@ class Clock:
 
 def test_empty_window_has_no_ratios() -> None:
     window = SlidingWindow(Clock())
-    assert window.snapshot() == WindowSnapshot(0, 0, None, None, 0, 0, None)
+    assert window.snapshot() == WindowSnapshot(
+        0, 0, None, None, 0, 0, None, (0,) * len(LATENCY_BOUNDS_MS)
+    )
 
 
 def test_error_rate_and_p99() -> None:
@@ -78,7 +81,9 @@ def test_old_buckets_leave_the_window() -> None:
     assert (snap.requests, snap.errors, snap.error_rate) == (1, 0, 0.0)
     assert (snap.shadow_compared, snap.shadow_agreed, snap.agreement) == (1, 0, 0.0)
     clock.now += 30
-    assert window.snapshot() == WindowSnapshot(0, 0, None, None, 0, 0, None)
+    assert window.snapshot() == WindowSnapshot(
+        0, 0, None, None, 0, 0, None, (0,) * len(LATENCY_BOUNDS_MS)
+    )
 
 
 def test_a_reused_bucket_forgets_its_previous_minute() -> None:
@@ -158,3 +163,23 @@ def test_traffic_windows_survive_policy_changes_and_go_with_the_policy() -> None
     assert traffic.get("m") is None
     assert traffic.routed("m") is None
     assert traffic.window("m", "1").requests == 0
+
+
+def test_windows_of_several_workers_add_up() -> None:
+    clock = Clock()
+    first, second = SlidingWindow(clock), SlidingWindow(clock)
+    for _ in range(98):
+        first.record(1.0, failed=False)
+    first.record(400.0, failed=True)
+    second.record(1.0, failed=True)
+    second.record_comparison(agreed=True)
+    second.record_comparison(agreed=False)
+    both = merged([first.snapshot(), second.snapshot()])
+    assert (both.requests, both.errors) == (100, 2)
+    assert both.error_rate == pytest.approx(0.02)
+    # 99 of 100 requests took about 1 ms: the node's p99 is theirs, though one worker's
+    # own p99 (its only slow request among 99) is not.
+    assert both.p99_ms == LATENCY_BOUNDS_MS[latency_bucket(1.0)]
+    assert first.snapshot().p99_ms == LATENCY_BOUNDS_MS[latency_bucket(400.0)]
+    assert (both.shadow_compared, both.shadow_agreed, both.agreement) == (2, 1, 0.5)
+    assert merged([first.snapshot()]) == first.snapshot()

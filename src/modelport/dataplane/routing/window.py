@@ -15,7 +15,7 @@ the bucket it falls in: the true value is at most that, and at most about
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from modelport.errors import InvalidRequest, ModelportError, NotFound
@@ -63,6 +63,9 @@ class WindowSnapshot:
     shadow_compared: int
     shadow_agreed: int
     agreement: float | None
+    latency: tuple[int, ...] = ()
+    """Requests per latency bucket (``LATENCY_BOUNDS_MS``), so that windows of several
+    workers of a node can be added up (:func:`merged`)."""
 
 
 EMPTY = WindowSnapshot(0, 0, None, None, 0, 0, None)
@@ -140,15 +143,38 @@ class SlidingWindow:
             if bucket.count:
                 for i, n in enumerate(bucket.latency):
                     latency[i] += n
-        return WindowSnapshot(
-            requests=requests,
-            errors=errors,
-            error_rate=errors / requests if requests else None,
-            p99_ms=_quantile(latency, requests, 0.99),
-            shadow_compared=compared,
-            shadow_agreed=agreed,
-            agreement=agreed / compared if compared else None,
-        )
+        return _snapshot(requests, errors, compared, agreed, latency)
+
+
+def _snapshot(
+    requests: int, errors: int, compared: int, agreed: int, latency: list[int]
+) -> WindowSnapshot:
+    return WindowSnapshot(
+        requests=requests,
+        errors=errors,
+        error_rate=errors / requests if requests else None,
+        p99_ms=_quantile(latency, requests, 0.99),
+        shadow_compared=compared,
+        shadow_agreed=agreed,
+        agreement=agreed / compared if compared else None,
+        latency=tuple(latency),
+    )
+
+
+def merged(snapshots: Sequence[WindowSnapshot]) -> WindowSnapshot:
+    """One window of several workers' windows of the same version: counts added,
+    ratios and the p99 worked out again from the added counts and histograms."""
+    latency = [0] * len(LATENCY_BOUNDS_MS)
+    for snapshot in snapshots:
+        for i, n in enumerate(snapshot.latency):
+            latency[i] += n
+    return _snapshot(
+        sum(s.requests for s in snapshots),
+        sum(s.errors for s in snapshots),
+        sum(s.shadow_compared for s in snapshots),
+        sum(s.shadow_agreed for s in snapshots),
+        latency,
+    )
 
 
 def _quantile(histogram: list[int], total: int, q: float) -> float | None:
