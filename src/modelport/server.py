@@ -339,8 +339,10 @@ async def serve(config: ServerConfig, member: NodeMember | None = None) -> None:
         max_body_bytes=config.max_body_bytes,
         max_elements=config.max_elements,
         log_control=log_control,
+        announce=link.announce if link is not None else None,
     )
     if link is not None:
+        link.regions = ctx.shared_memory
         metrics.peers = link.peer_metrics
         ctx.info.peer_statistics = link.peer_statistics
     api = build_api(

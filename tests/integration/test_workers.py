@@ -174,6 +174,40 @@ def test_a_canary_is_judged_on_every_workers_requests(node: Server) -> None:
     )
 
 
+def test_a_shared_memory_region_is_registered_on_every_worker(node: Server) -> None:
+    key = f"/mpnode_{os.getpid()}"
+    features = np.asarray(_body()["inputs"][0]["data"], dtype=np.float32).reshape(1, 30)
+    segment = Path("/dev/shm") / key.lstrip("/")
+    segment.write_bytes(features.tobytes())
+    try:
+        register = {"key": key, "offset": 0, "byte_size": features.nbytes}
+        done = _fresh(node, "POST", "/v2/systemsharedmemory/region/feats/register", json=register)
+        assert done.status_code == 200, done.text
+        request = {
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": [1, 30],
+                    "datatype": "FP32",
+                    "parameters": {
+                        "shared_memory_region": "feats",
+                        "shared_memory_byte_size": features.nbytes,
+                    },
+                }
+            ]
+        }
+        expected = _fresh(node, "POST", "/v2/models/scorer/infer", json=_body()).json()
+        for answer in _every(node, "POST", "/v2/models/scorer/infer", json=request):
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["outputs"] == expected["outputs"]
+        gone = _fresh(node, "POST", "/v2/systemsharedmemory/region/feats/unregister")
+        assert gone.status_code == 200
+        for answer in _every(node, "GET", "/v2/systemsharedmemory/status"):
+            assert answer.json() == []
+    finally:
+        segment.unlink()
+
+
 def test_log_settings_hold_on_every_worker(node: Server) -> None:
     changed = _fresh(node, "POST", "/v2/logging", json={"log_verbose_level": 2})
     assert changed.status_code == 200, changed.text

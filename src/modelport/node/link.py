@@ -16,6 +16,7 @@ worker: a repository load answers once every worker has the model READY
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from typing import Any
@@ -25,7 +26,9 @@ from modelport.controlplane.registry import Registry
 from modelport.controlplane.traffic import TrafficManager
 from modelport.dataplane.routing.traffic import Traffic
 from modelport.dataplane.routing.window import WindowSnapshot, merged
-from modelport.errors import InvalidRequest, ModelLoadError
+from modelport.dataplane.sharedmemory import Registry as Regions
+from modelport.dataplane.sharedmemory.registry import Owner
+from modelport.errors import Conflict, InvalidRequest, ModelLoadError, ModelportError
 from modelport.node.bus import BusServer, Handler, Peers
 from modelport.node.lease import Lease
 from modelport.node.member import NodeMember
@@ -53,6 +56,14 @@ def _snapshot(found: dict[str, Any]) -> WindowSnapshot:
         agreement=None,
         latency=tuple(int(n) for n in found["latency"]),
     )
+
+
+def _owner(found: object) -> Owner:
+    """A region's owner as JSON carried it: [identity, tenant] or null."""
+    if isinstance(found, list) and len(found) == 2 and isinstance(found[0], str):
+        tenant = found[1]
+        return (found[0], tenant if isinstance(tenant, str) else None)
+    return None
 
 
 def _model(body: dict[str, Any]) -> str:
@@ -89,6 +100,9 @@ class NodeLink:
         self.logs = logs
         self.metrics = metrics
         self.traffic = traffic
+        self.regions: Regions | None = None
+        """The shared-memory regions callers registered (set once the transports'
+        context exists)."""
         self.peers = Peers(member.directory, member.index)
         self.lease = Lease(member.directory / "leader.lock")
         self.bus = BusServer(member.directory, member.index, self._handlers())
@@ -148,6 +162,14 @@ class NodeLink:
             settings = reply.result.get("logging")
             if isinstance(settings, dict):
                 self.logs.update(settings)
+            for owner, name, key, offset, byte_size in reply.result.get("regions", []):
+                try:
+                    self._register(_owner(owner), name, key, offset, byte_size)
+                except ModelportError as exc:
+                    log.error(
+                        "could not open a region the node holds",
+                        extra={"region": name, "error": exc.message},
+                    )
             log.info("copied the node's state", extra={"from_worker": worker})
             return
 
@@ -184,10 +206,28 @@ class NodeLink:
             await registry.poll()
 
         async def state(body: dict[str, Any]) -> dict[str, Any]:
+            regions = self.regions.everything() if self.regions is not None else []
             return {
                 "repository": registry.operator_state(),
                 "logging": self.logs.triton_settings(),
+                "regions": [[owner, *status] for owner, status in regions],
             }
+
+        async def shm_register(body: dict[str, Any]) -> None:
+            self._register(
+                _owner(body.get("owner")),
+                body.get("name"),
+                body.get("key"),
+                body.get("offset"),
+                body.get("byte_size"),
+            )
+
+        async def shm_unregister(body: dict[str, Any]) -> None:
+            if self.regions is not None:
+                name = body.get("name")
+                self.regions.unregister(
+                    _owner(body.get("owner")), name if isinstance(name, str) else None
+                )
 
         async def metrics(body: dict[str, Any]) -> str:
             return self.metrics.render().decode()
@@ -214,4 +254,15 @@ class NodeLink:
             "metrics": metrics,
             "statistics": statistics,
             "window": window,
+            "shm.register": shm_register,
+            "shm.unregister": shm_unregister,
         }
+
+    def _register(
+        self, owner: Owner, name: object, key: object, offset: object, byte_size: object
+    ) -> None:
+        if self.regions is None:
+            return
+        # Conflict: registered here already (a copy of the node's state raced the message).
+        with contextlib.suppress(Conflict):
+            self.regions.register(owner, name, key, offset, byte_size)

@@ -248,6 +248,15 @@ class Registry:
         for owner in owners:
             self.unregister(owner)
 
+    def everything(self) -> list[tuple[Owner, RegionStatus]]:
+        """Every caller's regions: what a new worker of a node copies from a peer."""
+        with self._lock:
+            return [
+                (owner, region.status)
+                for owner, mine in self._regions.items()
+                for region in mine.values()
+            ]
+
     @property
     def counts(self) -> tuple[int, int]:
         """(regions registered, bytes registered), all callers together."""

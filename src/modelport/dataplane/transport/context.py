@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 from modelport.dataplane.info import InfoService
 from modelport.dataplane.pipeline import Pipeline
 from modelport.dataplane.sharedmemory import Registry
+from modelport.dataplane.sharedmemory.registry import Owner
 from modelport.dataplane.table import ModelTable, RepositoryControl
 from modelport.observability.logs import LogControl
 from modelport.observability.metrics import Metrics
@@ -39,6 +42,24 @@ class TransportContext:
     log_control: LogControl | None = None
     """Triton's logging extension (REST's /v2/logging, gRPC's LogSettings); None
     where a server is built without one (tests of other parts)."""
+    announce: Callable[[str, dict[str, Any]], Awaitable[None]] | None = None
+    """In a node of several workers: has every other worker apply a change made here
+    (shared-memory regions, which each worker holds open itself)."""
+
+    async def register_region(
+        self, owner: Owner, name: object, key: object, offset: object, byte_size: object
+    ) -> None:
+        """Register a caller's region here and, in a node, on every worker, so a
+        request naming it may reach whichever worker the kernel picks."""
+        self.shared_memory.register(owner, name, key, offset, byte_size)
+        if self.announce is not None:
+            body = {"owner": owner, "name": name, "key": key, "offset": offset}
+            await self.announce("shm.register", {**body, "byte_size": byte_size})
+
+    async def unregister_region(self, owner: Owner, name: str | None) -> None:
+        self.shared_memory.unregister(owner, name)
+        if self.announce is not None:
+            await self.announce("shm.unregister", {"owner": owner, "name": name})
 
     @cached_property
     def info(self) -> InfoService:

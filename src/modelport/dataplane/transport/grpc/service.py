@@ -387,7 +387,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     async def SystemSharedMemoryRegister(
         self, request: Any, context: Any, identity: Identity | None
     ) -> Any:
-        self.ctx.shared_memory.register(
+        await self.ctx.register_region(
             owner_of(identity), request.name, request.key, request.offset, request.byte_size
         )
         return pb.SystemSharedMemoryRegisterResponse()
@@ -396,7 +396,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     async def SystemSharedMemoryUnregister(
         self, request: Any, context: Any, identity: Identity | None
     ) -> Any:
-        self.ctx.shared_memory.unregister(owner_of(identity), request.name or None)
+        await self.ctx.unregister_region(owner_of(identity), request.name or None)
         return pb.SystemSharedMemoryUnregisterResponse()
 
     @_rpc(_SHM)

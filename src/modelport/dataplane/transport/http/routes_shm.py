@@ -68,7 +68,7 @@ def routes(ctx: TransportContext) -> list[Route]:
             )
         if "byte_size" not in body:
             raise InvalidRequest("'byte_size' is required")
-        ctx.shared_memory.register(
+        await ctx.register_region(
             _owner(request),
             request.path_params["name"],
             body.get("key"),
@@ -80,7 +80,7 @@ def routes(ctx: TransportContext) -> list[Route]:
     @needs(Role.INVOKER)
     async def unregister(request: Request) -> Response:
         await _json_object(request)
-        ctx.shared_memory.unregister(_owner(request), _name(request))
+        await ctx.unregister_region(_owner(request), _name(request))
         return json_response({})
 
     @needs(Role.INVOKER)
