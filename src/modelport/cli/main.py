@@ -109,6 +109,13 @@ def serve(
         float | None,
         typer.Option(help="Most seconds a request waits for an unloaded version (default 60)."),
     ] = None,
+    memory_budget: Annotated[
+        str | None,
+        typer.Option(
+            help="Memory the node's loaded models may take, e.g. 2GiB or 60% of the "
+            "machine's; least recently used idle versions make room (default: no budget)."
+        ),
+    ] = None,
     workers: Annotated[
         str | None,
         typer.Option(
@@ -217,6 +224,7 @@ def serve(
         "idle_unload": idle_unload,
         "cold_start_timeout": cold_start_timeout,
         "workers": workers,
+        "memory_budget": memory_budget,
         "log_level": log_level,
         "log_format": log_format,
         "triton_metrics": triton_metrics,

@@ -89,6 +89,10 @@ class ServerConfig(BaseModel):
     the next request); a model's ``idle_unload_s`` wins; None never unloads for idleness."""
     cold_start_timeout: float = Field(default=60.0, gt=0, allow_inf_nan=False)
     """Most seconds a request for an unloaded version waits for it to load."""
+    memory_budget: int | None = Field(default=None, gt=0)
+    """Bytes the node's loaded model versions may take, every worker's copy counted
+    (``2GiB``, ``512MB``, or a percentage of the machine's memory such as ``60%``);
+    None sets no budget."""
     workers: int = Field(default=1, ge=1, le=1024)
     """Front-end processes of this node, sharing its ports and acting as one server
     (``auto``: one per core this process may run on)."""
@@ -160,6 +164,13 @@ class ServerConfig(BaseModel):
     tls_reload_interval: float = Field(default=5.0, gt=0)
     """Seconds between checks of the TLS files for a rotated certificate."""
 
+    @field_validator("memory_budget", mode="before")
+    @classmethod
+    def _parse_budget(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return parse_size(value)
+        return value
+
     @field_validator("workers", mode="before")
     @classmethod
     def _auto_workers(cls, value: Any) -> Any:
@@ -210,6 +221,41 @@ class ServerConfig(BaseModel):
 
 
 _FIELDS = set(ServerConfig.model_fields)
+
+
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
+
+
+def machine_memory() -> int:
+    """Bytes of memory this machine has (MemTotal)."""
+    with open("/proc/meminfo", encoding="ascii") as meminfo:
+        for line in meminfo:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    raise ValueError("cannot read the machine's memory size from /proc/meminfo")
+
+
+def parse_size(text: str) -> int:
+    """``2GiB``, ``512MB``, ``1.5G``, ``1000000`` or ``60%`` (of the machine's memory)
+    → bytes; ValueError says what is accepted."""
+    stripped = text.strip()
+    if stripped.endswith("%"):
+        try:
+            share = float(stripped[:-1])
+        except ValueError:
+            share = -1.0
+        if not 0 < share <= 100:
+            raise ValueError(f"{text!r}: a percentage must be above 0 and at most 100")
+        return int(machine_memory() * share / 100)
+    found = _SIZE.fullmatch(stripped)
+    if found is None:
+        raise ValueError(f"{text!r} is not a size (e.g. 2GiB, 512MB, 60%)")
+    number, unit = float(found.group(1)), (found.group(2) or "").lower()
+    binary = unit.endswith("ib") or (len(unit) == 1 and unit != "b")
+    base = unit[:1] if unit not in ("", "b") else unit
+    scale = 1024 ** "bkmgt".index(base) if binary and base else _UNITS[base]
+    return int(number * scale)
 
 
 def cores() -> int:

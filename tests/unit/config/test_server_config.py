@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from modelport.config.server import load_server_config
+from modelport.config.server import cores, load_server_config, machine_memory
 from modelport.errors import ConfigError
 
 
@@ -54,3 +54,38 @@ def test_strict_readiness_is_on_unless_turned_off() -> None:
     assert load_server_config(None, env, {"strict_readiness": "true"}).strict_readiness is True
     with pytest.raises(ConfigError, match="command line: --strict-readiness"):
         load_server_config(None, {}, {"strict_readiness": "sometimes"})
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        ("2GiB", 2 * 1024**3),
+        ("512MB", 512 * 10**6),
+        ("1.5G", int(1.5 * 1024**3)),  # a bare letter is binary, as `docker run -m` reads it
+        ("1000000", 1_000_000),
+        ("64 mib", 64 * 1024**2),
+    ],
+)
+def test_memory_budget_sizes(text: str, size: int) -> None:
+    assert load_server_config(None, {}, {"memory_budget": text}).memory_budget == size
+
+
+def test_memory_budget_as_a_share_of_the_machine() -> None:
+    half = load_server_config(None, {}, {"memory_budget": "50%"}).memory_budget
+    assert half == machine_memory() // 2
+
+
+@pytest.mark.parametrize("text", ["2x", "-1G", "0%", "101%", "0"])
+def test_a_bad_memory_budget_names_the_flag(text: str) -> None:
+    with pytest.raises(ConfigError, match="command line: --memory-budget"):
+        load_server_config(None, {}, {"memory_budget": text})
+
+
+@pytest.mark.parametrize("text", ["0", "-1", "many"])
+def test_a_bad_worker_count_names_the_flag(text: str) -> None:
+    with pytest.raises(ConfigError, match="command line: --workers"):
+        load_server_config(None, {}, {"workers": text})
+
+
+def test_auto_workers_is_one_per_core_this_process_may_use() -> None:
+    assert load_server_config(None, {}, {"workers": "auto"}).workers == cores()
