@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -29,6 +30,8 @@ from modelport.examples import repository_path, samples_path
 from tests.integration.conftest import Server, start_server, stop_server
 
 pytestmark = pytest.mark.integration
+
+MODELPORT = [sys.executable, "-m", "modelport"]
 
 WORKERS = 2
 #: Fresh connections per check: with two workers, the chance that all land on one is 2**-19.
@@ -359,3 +362,54 @@ def test_sigterm_drains_every_worker(tmp_path: Path) -> None:
     assert stop_server(srv) == 0
     assert srv.log().count("stopped") >= 3  # each worker, then the node
     assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
+
+
+def test_keys_and_blocking_hold_on_every_worker(tmp_path: Path) -> None:
+    state = str(tmp_path / "state")
+    created = subprocess.run(
+        [*MODELPORT, "keys", "create", "--role", "invoker", "--models", "*", "--data-dir", state],
+        capture_output=True,
+        check=True,
+        text=True,
+        timeout=60,
+    )
+    token = re.search(r"mpk_[\w-]+", created.stdout)
+    assert token is not None, created.stdout
+    key = token.group(0)
+    burst = 2 * CONNECTIONS
+    srv = start_server(
+        None,
+        tmp_path / "node.log",
+        *("--workers", "2", "--require-auth", "--data-dir", state),
+        *("--auth-failure-burst", str(burst)),
+    )
+    try:
+        _until(lambda: "node serving" in srv.log(), "the node never served")
+        good = {"Authorization": f"Bearer {key}"}
+        for answer in _every(srv, "GET", "/v2/models/breast_cancer/ready", headers=good):
+            assert answer.status_code == 200
+        revoked = subprocess.run(
+            [*MODELPORT, "keys", "revoke", key.split("_")[1], "--data-dir", str(state)],
+            capture_output=True,
+            check=False,
+            text=True,
+            timeout=60,
+        )
+        assert revoked.returncode == 0, revoked.stderr
+        time.sleep(1.2)  # the identity cache holds an answer for at most a second
+        for answer in _every(srv, "GET", "/v2/models/breast_cancer/ready", headers=good):
+            assert answer.status_code == 401
+        # The burst of failures is the node's: once the revoked key's and these bad
+        # tokens' failures used it up, every worker refuses the address. Per worker,
+        # each would have allowed a burst of its own, twice as many in all.
+        bad = {"Authorization": "Bearer mpk_nothing_wrong"}
+        codes = [
+            a.status_code
+            for _ in range(3)
+            for a in _every(srv, "GET", "/v2/models/breast_cancer/ready", headers=bad)
+        ]
+        refused = CONNECTIONS + codes.count(401)
+        assert burst <= refused <= burst + 10, codes  # a token a second comes back
+        assert codes[-10:] == [429] * 10, codes
+    finally:
+        assert stop_server(srv) == 0

@@ -15,7 +15,8 @@ worker that fails before the node ever served (a broken config, a port)
 stops the node with that worker's exit status. SIGTERM or SIGINT is
 passed to every worker, each drains as a single server does, and after
 ``shutdown_grace`` plus a margin the stragglers are killed. SIGHUP (reload
-the TLS certificate) is passed on.
+the TLS certificate) is passed on when the node serves TLS; without TLS it
+stops the node as SIGTERM does (a single server ends on it too).
 """
 
 from __future__ import annotations
@@ -213,7 +214,7 @@ class Supervisor:
     def _handle_signals(self, deadline: float | None) -> float | None:
         while self._signals:
             signum = self._signals.pop(0)
-            if signum == signal.SIGHUP:
+            if signum == signal.SIGHUP and self.config.tls_cert is not None:
                 for worker in self.workers.values():
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(worker.process.pid or 0, signal.SIGHUP)
