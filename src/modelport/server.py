@@ -31,7 +31,8 @@ from modelport.controlplane.audited import AuditedRepository
 from modelport.controlplane.autoscaler import Autoscaler
 from modelport.controlplane.canary import CanaryController
 from modelport.controlplane.crypto.providers import key_provider_for
-from modelport.controlplane.ondemand import IdleUnloader
+from modelport.controlplane.memory import node_budget
+from modelport.controlplane.ondemand import IdleUnloader, busy
 from modelport.controlplane.registry import IDLE_REASON, Registry
 from modelport.controlplane.store import AuditLog, CanaryStore, Database, KeyStore, PolicyStore
 from modelport.controlplane.traffic import LOCAL, TrafficManager
@@ -59,6 +60,7 @@ from modelport.dataplane.transport.http.uvicorn_adapter import (
     uvicorn_server,
 )
 from modelport.dataplane.transport.listen import address_of, bind_listeners, port_of
+from modelport.node.forward import SequenceRouter
 from modelport.node.link import NodeLink
 from modelport.node.member import NodeMember
 from modelport.observability.logs import LogControl, configure_logging
@@ -267,6 +269,7 @@ async def serve(config: ServerConfig, member: NodeMember | None = None) -> None:
         strict_readiness=config.strict_readiness,
         clock=clock,
         cold_start_timeout=config.cold_start_timeout,
+        memory=node_budget(config.memory_budget, config.workers, busy, audit_log, LOCAL),
     )
     # Before any model loads: a server that must not start (no credentials off
     # loopback) says so at once.
@@ -291,6 +294,7 @@ async def serve(config: ServerConfig, member: NodeMember | None = None) -> None:
         link = NodeLink(member, registry, manager, canary, logs, metrics, traffic)
         manager.announce = canary.announce = link.announce
         canary.windows = link.node_window
+        registry.sequence_router = SequenceRouter(link.peers, member.index, member.count)
         await link.bus.start()
     log.info("loading models", extra={"repository": str(repository)})
     await registry.start()

@@ -17,7 +17,13 @@ from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
 from modelport.clock import Clock, SystemClock
-from modelport.errors import DeadlineExceeded, ModelNotReady, Unavailable, internal_error
+from modelport.errors import (
+    DeadlineExceeded,
+    ModelNotReady,
+    ModelportError,
+    Unavailable,
+    internal_error,
+)
 
 log = logging.getLogger("modelport.coldstart")
 
@@ -139,12 +145,16 @@ class ColdLoads(Generic[K]):
     def _forget(self, key: K, task: asyncio.Task[str | None]) -> None:
         if self._loads.get(key) is task:
             del self._loads[key]
+        if not task.cancelled():
+            task.exception()  # read, so a refusal no caller waited for is not logged as lost
 
     @staticmethod
     async def _run(load: Load, label: str) -> str | None:
         """The load, with a bug turned into a reason rather than lost in a task."""
         try:
             return await load()
+        except ModelportError:
+            raise  # a refusal meant for the callers as it is (the memory budget's Unavailable)
         except Exception as exc:
             log.exception("cold load failed", extra={"model": label})
             return internal_error(exc)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,15 @@ from modelport.controlplane.coldstart import HOLD_LIMIT, ColdLoads
 from modelport.controlplane.crypto.keys import KeyProvider
 from modelport.controlplane.crypto.loading import load_version_at_rest
 from modelport.controlplane.lifecycle import LOADING, READY, UNAVAILABLE
+from modelport.controlplane.memory import (
+    MEMORY_REASON,
+    Key,
+    MemoryBudget,
+    OverBudget,
+    evictions,
+    refusal,
+    worth_waiting,
+)
 from modelport.controlplane.repository.config_files import read_model_config
 from modelport.controlplane.repository.layout import (
     ModelSource,
@@ -31,6 +41,7 @@ from modelport.controlplane.repository.layout import (
 )
 from modelport.controlplane.repository.reasons import public_reason
 from modelport.dataplane.admission.residency import model_refusal
+from modelport.dataplane.sequenced import SequencedServable, SequenceRouter
 from modelport.dataplane.table import ModelVersion, RepositoryEntry, asleep
 from modelport.errors import (
     InvalidRequest,
@@ -60,6 +71,8 @@ class VersionRecord:
     """Unloaded for idleness: the next request for it loads it again, and polls
     leave it unloaded. Anything else that replaces the record (an operator's
     load or unload, a policy change) ends it."""
+    over_budget: bool = False
+    """Not loaded because the memory budget had no room: loads fail with Unavailable."""
 
 
 @dataclass
@@ -91,11 +104,16 @@ class Registry:
         clock: Clock | None = None,
         cold_start_timeout: float = 60.0,
         hold_limit: int = HOLD_LIMIT,
+        memory: MemoryBudget | None = None,
     ) -> None:
         """``cold_start_timeout`` bounds how long a request waits for an idle-unloaded
-        version to load; ``hold_limit`` how many wait for one version at once."""
+        version to load (and a load for room in the memory budget); ``hold_limit`` how
+        many wait for one version at once; ``memory``: the budget (None: none)."""
         self.repository = repository
         self.clock = clock
+        self.sequence_router: SequenceRouter | None = None
+        """In a node of several workers: each sequence model's steps run on the worker
+        that holds the sequence (``node/forward.py``)."""
         """The server's clock, for the schedulers of the versions it loads (None: the system's)."""
         self.strict_readiness = strict_readiness
         """Ready only while nothing has failed to load (Triton's default)."""
@@ -105,11 +123,15 @@ class Registry:
         """This node's region; a model whose residency excludes it is not loaded."""
         self.metrics = metrics
         self.default_timeout = default_timeout
+        self.memory = memory
+        if memory is not None:
+            metrics.memory_budget.set(memory.limit)
         self._records: dict[str, ModelRecord] = {}
         self._serving: dict[str, dict[str, ModelVersion]] = {}
         self._default: dict[str, ModelVersion] = {}
         self._lock = asyncio.Lock()
-        self._now = (clock if clock is not None else SystemClock()).monotonic_ns
+        self._timers: Clock = clock if clock is not None else SystemClock()
+        self._now = self._timers.monotonic_ns
         self._cold: ColdLoads[tuple[str, int]] = ColdLoads(clock, cold_start_timeout, hold_limit)
         self._outlines: dict[tuple[str, int], ModelVersion] = {}
         """Versions unloaded for idleness, without what computes them (``admit``)."""
@@ -216,8 +238,11 @@ class Registry:
             self.metrics.cold_starts.labels(name).inc()
             log.info("cold start", extra={"model": name, "version": version})
             record = await self._sync(source, override=record.override, force=False)
-            self._outlines.pop((name, version), None)
-        after = record.versions.get(version)
+            after = record.versions.get(version)
+            if after is None or not after.cold:
+                self._outlines.pop((name, version), None)
+        if after is not None and after.over_budget:
+            raise OverBudget(after.reason)
         if after is None:
             return self._reason(record)
         if after.state == READY and str(version) in self._serving.get(name, {}):
@@ -256,8 +281,10 @@ class Registry:
         if record is None:
             return NotFound(f"unknown model {name!r}")
         if version is None:
-            if self._cold_version(name, None) is not None:
-                return NotLoaded(f"model {name!r} is not ready: {IDLE_REASON}")
+            cold = self._cold_version(name, None)
+            if cold is not None:
+                why = record.versions[cold].reason or IDLE_REASON
+                return NotLoaded(f"model {name!r} is not ready: {why}")
             return ModelNotReady(f"model {name!r} is not ready: {self._reason(record)}")
         if not version.isdigit() or int(version) not in record.versions:
             return NotFound(f"unknown version {version!r} of model {name!r}")
@@ -354,6 +381,7 @@ class Registry:
             record = await self._sync(source, override=config, force=True)
         if record.reason:
             raise ModelLoadError(f"failed to load {name!r}: {record.reason}")
+        self._raise_over_budget(record, record.versions)
         failed = [
             f"version {v}: {r.reason}"
             for v, r in sorted(record.versions.items())
@@ -488,6 +516,7 @@ class Registry:
                 cold.cold = False  # an operator's load is no cold start: it loads now
             record = await self._sync(source, override=record.override, force=False)
         state = record.versions.get(version)
+        self._raise_over_budget(record, [version])
         if state is None or state.state != READY:
             why = state.reason if state is not None else self._reason(record)
             raise ModelLoadError(f"failed to load {name!r} version {version}: {why}")
@@ -635,6 +664,14 @@ class Registry:
             await self._retire(name, {str(version)})
             record.versions[version] = VersionRecord(UNAVAILABLE, reason, fingerprint)
             return
+        key, files = (name, str(version)), source.versions[version]
+        before = 0
+        if self.memory is not None:
+            refused = await self._make_room(key, files)
+            if refused is not None:
+                self._refuse(record, version, config, fingerprint, refused)
+                return
+            before = self.memory.before_load()
         started = self._now()
         try:
             model = await asyncio.to_thread(
@@ -668,12 +705,23 @@ class Registry:
             return
         loaded = self._now()
         self.metrics.load_duration.labels(name).observe((loaded - started) / 1e9)
+        if self.memory is not None:
+            refused = await self._fit_loaded(key, model, files, before)
+            if refused is not None:
+                await model.servable.drain_and_close()
+                del model
+                await self.memory.release()
+                self._refuse(record, version, config, fingerprint, refused)
+                return
         model.last_used_ns = loaded  # idle from now, not since the clock's origin
         old = self._serving.get(name, {}).get(str(version))
         self._publish(name, {**self._serving.get(name, {}), str(version): model})
         record.versions[version] = VersionRecord(READY, "", fingerprint)
         if old is not None:
             await old.servable.drain_and_close()
+            if self.memory is not None:
+                del old
+                await self.memory.release()
 
     async def _retire(self, name: str, versions: set[str]) -> None:
         if not versions:
@@ -686,6 +734,136 @@ class Registry:
             record = self._records.get(name)
             if record is not None and int(model.version) in record.versions:
                 record.versions[int(model.version)].state = UNAVAILABLE
+        if self.memory is not None and leaving:
+            for v in versions:
+                self._forget_memory((name, v))
+            del leaving, current, model
+            await self.memory.release()  # the versions' objects are gone: trim the heap
+
+    # ---------------------------------------------------------- memory budget
+
+    async def _make_room(self, key: Key, files: Path) -> str | None:
+        """Evict what ``key``'s load needs room for: None, or why it cannot load.
+
+        When only versions busy now stand in the way, wait for them (up to the
+        cold-start timeout) rather than fail a load that could fit in a moment.
+        """
+        memory = self.memory
+        assert memory is not None
+        label = f"{key[0]} version {key[1]}"
+        needed = memory.estimate(key, files)
+        deadline = self._now() + self._cold.timeout_ns
+        while True:
+            residents = memory.residents(self.ready(), self._pinned, key)
+            free = memory.free()
+            plan = evictions(residents, needed, free)
+            if plan is not None:
+                for victim in plan:
+                    await self._evict(victim, label)
+                return None
+            if (
+                self._stopping
+                or self._now() >= deadline
+                or not worth_waiting(residents, needed, free)
+            ):
+                return refusal(label, needed, memory.limit, free)
+            await self._pause(memory.poll_s)
+
+    async def _fit_loaded(
+        self, key: Key, model: ModelVersion, files: Path, before: int
+    ) -> str | None:
+        """Measure a version just loaded and, when it came out larger than its estimate,
+        evict what it crossed the budget by: None, or why it cannot stay."""
+        memory = self.memory
+        assert memory is not None
+        size = memory.measured(key, before, model, files)
+        self.metrics.model_memory.labels(*key).set(size)
+        residents = memory.residents(self.ready(), self._pinned, key)
+        free = memory.limit - (memory.used() - size)
+        plan = evictions(residents, size, free)
+        if plan is None:
+            self._forget_memory(key)
+            return refusal(f"{key[0]} version {key[1]}", size, memory.limit, free)
+        for victim in plan:
+            await self._evict(victim, f"{key[0]} version {key[1]}")
+        return None
+
+    async def _evict(self, key: Key, made_room_for: str) -> None:
+        """Unload one version for memory, keeping it loadable on demand like an idle one."""
+        assert self.memory is not None
+        name, version = key
+        record = self._records.get(name)
+        model = self._serving.get(name, {}).get(version)
+        state = record.versions.get(int(version)) if record is not None else None
+        if model is None or state is None:
+            return
+        size = self.memory.sizes.get(key, 0)
+        state.cold, state.state, state.reason = True, UNAVAILABLE, MEMORY_REASON
+        self._outlines[(name, int(version))] = asleep(model)
+        del model
+        await self._retire(name, {version})
+        state.state, state.reason = UNAVAILABLE, MEMORY_REASON
+        self.metrics.evictions.labels(name, version).inc()
+        log.info(
+            "model version unloaded",
+            extra={"model": name, "version": version, "reason": MEMORY_REASON, "bytes": size},
+        )
+        await self.memory.record(name, version, size, made_room_for)
+
+    def _refuse(
+        self,
+        record: ModelRecord,
+        version: int,
+        config: ModelConfig,
+        fingerprint: tuple[tuple[str, int, int], ...],
+        reason: str,
+    ) -> None:
+        """Mark a version the budget had no room for.
+
+        One a request was loading stays loadable on demand (the next request tries
+        again); one that must stay loaded (``keep_loaded``, pinned) counts as failed.
+        A copy already serving (a reload) serves on.
+        """
+        name = record.name
+        log.error(
+            "model version not loaded: memory budget",
+            extra={"model": name, "version": version, "reason": reason},
+        )
+        if str(version) in self._serving.get(name, {}):
+            why = f"reload failed, previous copy serving: {reason}"
+            record.versions[version] = VersionRecord(READY, why, fingerprint, over_budget=True)
+            return
+        held = config.modelport.keep_loaded or self._pinned(name, version)
+        cold = not held and (name, version) in self._outlines
+        record.versions[version] = VersionRecord(
+            UNAVAILABLE, reason, fingerprint, failed=not cold, cold=cold, over_budget=True
+        )
+
+    @staticmethod
+    def _raise_over_budget(record: ModelRecord, versions: Iterable[int]) -> None:
+        """A load the memory budget refused fails with Unavailable: retrying may work later."""
+        for v in versions:
+            state = record.versions.get(v)
+            if state is not None and state.over_budget:
+                raise OverBudget(f"failed to load {record.name!r} version {v}: {state.reason}")
+
+    def _forget_memory(self, key: Key) -> None:
+        if self.memory is None or key not in self.memory.sizes:
+            return
+        self.memory.forget(key)
+        self.metrics.model_memory.remove(*key)
+
+    def _pinned(self, name: str, version: int) -> bool:
+        return version in self._pins.get(name, frozenset())
+
+    async def _pause(self, seconds: float) -> None:
+        """Wait ``seconds`` on the server's clock (a fake one in tests)."""
+        woken = asyncio.Event()
+        timer = self._timers.call_later(int(seconds * 1e9), woken.set)
+        try:
+            await woken.wait()
+        finally:
+            timer.cancel()
 
     def _forget_outlines(self, name: str) -> None:
         for key in [k for k in self._outlines if k[0] == name]:
@@ -697,6 +875,10 @@ class Registry:
 
     def _publish(self, name: str, versions: dict[str, ModelVersion]) -> None:
         """Swap in a model's serving versions; the highest one is the default."""
+        if self.sequence_router is not None:
+            for model in versions.values():
+                if isinstance(model.servable, SequencedServable):
+                    model.servable.router = self.sequence_router
         serving = dict(self._serving)
         default = dict(self._default)
         top = max(versions, key=int) if versions else None

@@ -180,6 +180,26 @@ class Metrics:
             ("model",),
             registry=self.registry,
         )
+        self.evictions = Counter(
+            "modelport_evictions",
+            "Versions unloaded to make room for another within --memory-budget, by model "
+            "and version.",
+            ("model", "version"),
+            registry=self.registry,
+        )
+        self.model_memory = Gauge(
+            "modelport_model_memory_bytes",
+            "Memory a loaded version took, measured over its load and warm-up (this "
+            "process's resident memory, plus its worker processes'), by model and version.",
+            ("model", "version"),
+            registry=self.registry,
+        )
+        self.memory_budget = Gauge(
+            "modelport_memory_budget_bytes",
+            "The memory loaded versions may take (--memory-budget; each worker of a node "
+            "holds an equal share, so the node's sum is the whole budget).",
+            registry=self.registry,
+        )
 
     def for_model(self, model: str, version: str, protocol: str) -> ModelMetrics:
         """Labelled children, looked up once per (model, version, protocol)."""
