@@ -28,6 +28,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from modelport.examples import repository_path, samples_path
 from tests.integration.conftest import Server, start_server, stop_server
+from tests.integration.models import _save
+from tests.integration.test_sequences import ACCUMULATOR, accumulator_model
 
 pytestmark = pytest.mark.integration
 
@@ -62,6 +64,8 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     _copy(repo, "capped", extra=LIMIT)
     _copy(repo, "counted")
     _copy(repo, "judged", (1, 2))
+    _save(accumulator_model(), repo / "accumulator" / "1" / "model.onnx")
+    (repo / "accumulator" / "config.pbtxt").write_text(ACCUMULATOR)
     logs = tmp_path_factory.mktemp("node")
     srv = start_server(repo, logs / "node.log", "--workers", str(WORKERS))
     # Ready answers once one worker serves; the node serves once all do.
@@ -209,6 +213,35 @@ def test_a_shared_memory_region_is_registered_on_every_worker(node: Server) -> N
             assert answer.json() == []
     finally:
         segment.unlink()
+
+
+def _step(node: Server, sid: int | str, value: float, **flags: bool) -> float:
+    body = {
+        "inputs": [{"name": "INPUT", "shape": [1, 1], "datatype": "FP32", "data": [value]}],
+        "parameters": {"sequence_id": sid, **flags},
+    }
+    answer = _fresh(node, "POST", "/v2/models/accumulator/infer", json=body)
+    assert answer.status_code == 200, answer.text
+    return float(answer.json()["outputs"][0]["data"][0])
+
+
+def test_a_sequence_keeps_its_state_whichever_worker_each_request_reaches(node: Server) -> None:
+    sequences: list[int | str] = [11, 12, 13, 14, "basket-a", "basket-b"]
+    sums = dict.fromkeys(sequences, 0.0)
+    for step in range(6):
+        for n, sid in enumerate(sequences):
+            value = float(n + 1)
+            flags = {"sequence_start": True} if step == 0 else {}
+            if step == 5:
+                flags["sequence_end"] = True
+            sums[sid] += value
+            assert _step(node, sid, value, **flags) == sums[sid]
+    with grpcclient.InferenceServerClient(node.grpc_url) as client:
+        for step in range(4):
+            tensor = grpcclient.InferInput("INPUT", [1, 1], "FP32")
+            tensor.set_data_from_numpy(np.array([[2.0]], dtype=np.float32))
+            out = client.infer("accumulator", [tensor], sequence_id=99, sequence_start=step == 0)
+            assert float(out.as_numpy("OUTPUT")[0, 0]) == 2.0 * (step + 1)
 
 
 def test_log_settings_hold_on_every_worker(node: Server) -> None:

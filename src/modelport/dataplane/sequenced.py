@@ -10,6 +10,8 @@ control inputs and implicit state filled in.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from modelport.clock import Clock, SystemClock
 from modelport.dataplane.codec.parameters import sequence_of
 from modelport.dataplane.scheduling.sequencer import SequenceScheduler
@@ -18,10 +20,34 @@ from modelport.errors import InvalidRequest, ModelportError
 from modelport.types import Call, InferenceRequest, ModelSignature
 
 
+class SequenceRouter(Protocol):
+    """Which worker of a node holds a sequence, and the way to run a step there."""
+
+    def mine(self, sequence_id: int | str) -> bool: ...
+
+    async def execute(
+        self,
+        model: str,
+        version: str,
+        sequence_id: int | str,
+        call: Call | None,
+        request: InferenceRequest,
+    ) -> Outcome: ...
+
+
 class SequencedServable:
     """A sequence model version: each request rides its sequence's lane."""
 
-    __slots__ = ("_batching", "_clock", "_every", "_outputs", "name", "scheduler", "version")
+    __slots__ = (
+        "_batching",
+        "_clock",
+        "_every",
+        "_outputs",
+        "name",
+        "router",
+        "scheduler",
+        "version",
+    )
 
     def __init__(
         self,
@@ -39,6 +65,8 @@ class SequencedServable:
         self._every = tuple(self._outputs)
         self._batching = signature.max_batch_size > 0
         self._clock = (clock if clock is not None else SystemClock()).monotonic_ns
+        self.router: SequenceRouter | None = None
+        """In a node of several workers: where each sequence lives (None: here)."""
 
     async def execute(self, call: Call | None, request: InferenceRequest) -> Outcome:
         """Run the request as the next step of its sequence."""
@@ -50,6 +78,9 @@ class SequencedServable:
                 "request and 'sequence_end' on its last)"
             )
         sid, start, end = sequence
+        router = self.router
+        if router is not None and not router.mine(sid):
+            return await router.execute(self.name, self.version, sid, call, request)
         inputs = request.inputs
         rows = inputs[0].shape[0] if self._batching and inputs else 1
         wanted = wanted_outputs(request, self._every)

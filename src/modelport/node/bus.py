@@ -44,6 +44,8 @@ class Reply:
     ok: bool
     result: Any = None
     error: str = ""
+    kind: str = ""
+    """The error's type name (``Unavailable``, ``InvalidRequest``...)."""
 
 
 class BusServer:
@@ -91,7 +93,7 @@ class BusServer:
         try:
             result = await handler(body if isinstance(body, dict) else {})
         except ModelportError as exc:
-            return {"ok": False, "error": exc.message}
+            return {"ok": False, "error": exc.message, "kind": type(exc).__name__}
         except Exception as exc:
             log.exception("node message failed", extra={"op": op})
             return {"ok": False, "error": internal_error(exc)}
@@ -140,7 +142,8 @@ class Peers:
             return Reply(worker, False, error="answered something unreadable")
         if answer.get("ok"):
             return Reply(worker, True, answer.get("result"))
-        return Reply(worker, False, error=str(answer.get("error", "failed")))
+        error, kind = str(answer.get("error", "failed")), str(answer.get("kind", ""))
+        return Reply(worker, False, error=error, kind=kind)
 
     async def broadcast(
         self, op: str, body: Mapping[str, Any], wait_s: float = 10.0
