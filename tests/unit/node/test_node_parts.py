@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from modelport.dataplane.servable import Outcome
 from modelport.errors import NotFound
 from modelport.node.bus import BusServer, Peers
