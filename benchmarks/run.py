@@ -192,6 +192,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--cold-start-only", action="store_true", help="run only the cold-start measurement"
     )
+    parser.add_argument(
+        "--workers-only",
+        action="store_true",
+        help="run only --workers 2 against --workers 1 and two separate servers (workers.py)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.duration = 1
@@ -910,6 +915,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_shm(args)
     if args.cold_start_only:
         return run_cold_start(args)
+    if args.workers_only:
+        return run_workers(args, argv)
     started = time.monotonic()
     whole = servers.CpuMeter()
     res = Results(settings={k: str(v) for k, v in vars(args).items()})
@@ -990,6 +997,17 @@ def run_cold_start(args: argparse.Namespace) -> int:
 
     log("cold starts against explicit loads")
     return cold_start.main(["--runs", "5" if args.quick else "20"])
+
+
+def run_workers(args: argparse.Namespace, argv: list[str]) -> int:
+    """--workers 2 against --workers 1 and two separate servers (workers.py; its own section)."""
+    import workers
+
+    log("--workers 2 against --workers 1 and two separate servers")
+    return workers.main(
+        ["--duration", str(args.duration), "--command", exact_command(argv)]
+        + (["--rounds", "1", "--output", str(args.output)] if args.quick else [])
+    )
 
 
 if __name__ == "__main__":
