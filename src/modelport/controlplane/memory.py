@@ -221,12 +221,20 @@ class MemoryBudget:
         known = self._known.get(key)
         return known if known is not None else disk_bytes(path)
 
-    def before_load(self) -> int:
+    async def before_load(self) -> int:
+        """This process's resident bytes before a load, freed pages given back first."""
+        await asyncio.to_thread(self.trim)
         return self.rss(None)
 
-    def measured(self, key: Key, before: int, model: ModelVersion, path: Path) -> int:
+    async def measured(self, key: Key, before: int, model: ModelVersion, path: Path) -> int:
         """Record what loading ``model`` cost: the growth of this process, its workers,
-        and never less than its files."""
+        and never less than its files.
+
+        The heap is trimmed before reading, so what the load allocated and freed
+        (the parsed file, say) does not count; without it the same version reads
+        larger or smaller by tens of MiB, as freed pages were reused or not.
+        """
+        await asyncio.to_thread(self.trim)
         grown = max(0, self.rss(None) - before)
         workers = sum(self.rss(pid) for pid in worker_pids(model))
         size = max(grown + workers, disk_bytes(path))

@@ -21,7 +21,7 @@ from modelport.config.model import ModelConfig
 from modelport.controlplane.coldstart import HOLD_LIMIT, ColdLoads
 from modelport.controlplane.crypto.keys import KeyProvider
 from modelport.controlplane.crypto.loading import load_version_at_rest
-from modelport.controlplane.lifecycle import LOADING, READY, UNAVAILABLE
+from modelport.controlplane.lifecycle import LOADING, READY, UNAVAILABLE, ProcessHost
 from modelport.controlplane.memory import (
     MEMORY_REASON,
     Key,
@@ -111,6 +111,9 @@ class Registry:
         many wait for one version at once; ``memory``: the budget (None: none)."""
         self.repository = repository
         self.clock = clock
+        self.process_host: ProcessHost | None = None
+        """In a node of several workers: which worker hosts each model with process
+        instances (once per node, ``node/forward.py``)."""
         self.sequence_router: SequenceRouter | None = None
         """In a node of several workers: each sequence model's steps run on the worker
         that holds the sequence (``node/forward.py``)."""
@@ -671,7 +674,7 @@ class Registry:
             if refused is not None:
                 self._refuse(record, version, config, fingerprint, refused)
                 return
-            before = self.memory.before_load()
+            before = await self.memory.before_load()
         started = self._now()
         try:
             model = await asyncio.to_thread(
@@ -684,6 +687,7 @@ class Registry:
                 origin,
                 self.default_timeout,
                 self.clock,
+                self.process_host,
             )
         except ModelportError as exc:
             self.metrics.load_duration.labels(name).observe((self._now() - started) / 1e9)
@@ -776,7 +780,7 @@ class Registry:
         evict what it crossed the budget by: None, or why it cannot stay."""
         memory = self.memory
         assert memory is not None
-        size = memory.measured(key, before, model, files)
+        size = await memory.measured(key, before, model, files)
         self.metrics.model_memory.labels(*key).set(size)
         residents = memory.residents(self.ready(), self._pinned, key)
         free = memory.limit - (memory.used() - size)
