@@ -79,7 +79,8 @@ class ColdLoads(Generic[K]):
         Raises ModelNotReady with the load's reason when it fails (every caller
         held for that load gets the same reason), DeadlineExceeded when the
         caller's deadline passes first, Unavailable when ``cold_start_timeout``
-        does, HoldQueueFull when too many callers wait already.
+        does, HoldQueueFull when too many callers wait already; an error the load
+        raises on purpose (the memory budget's refusal) reaches every caller as it is.
         """
         held = self._held.get(key, 0)
         if held >= self.hold_limit:

@@ -300,3 +300,42 @@ def test_a_load_that_waits_past_the_cold_start_timeout_fails(tmp_path: Path) -> 
         await reg.close()
 
     asyncio.run(scenario())
+
+
+def test_a_measure_adds_the_worker_processes_and_never_reads_below_the_files(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "model.onnx").write_bytes(bytes(1000))
+    readings = {None: [100_000, 160_000], 41: [5_000], 42: [7_000]}
+
+    def rss(pid: int | None) -> int:
+        return readings[pid].pop(0)
+
+    class Runtime:
+        def pids(self) -> list[int]:
+            return [41, 42]
+
+    class Scheduler:
+        runtime = Runtime()
+
+    class Servable:
+        scheduler = Scheduler()
+
+    model = ModelVersion.__new__(ModelVersion)
+    model.servable = Servable()  # type: ignore[assignment]
+    budget = MemoryBudget(1 << 30, busy, rss=rss, trim=lambda: True)
+
+    async def scenario() -> None:
+        before = await budget.before_load()
+        assert await budget.measured(("m", "1"), before, model, tmp_path) == 72_000
+        readings[None] = [100_000, 90_000]  # the load reused memory freed before it
+        readings[41], readings[42] = [0], [0]
+        before = await budget.before_load()
+        assert await budget.measured(("m", "2"), before, model, tmp_path) == 1000
+        assert budget.used() == 73_000 and budget.free() == (1 << 30) - 73_000
+        assert budget.estimate(("m", "1"), tmp_path) == 72_000  # its last measure
+        assert budget.estimate(("m", "3"), tmp_path) == 1000  # never loaded: its files
+        budget.forget(("m", "1"))
+        assert budget.used() == 1000
+
+    asyncio.run(scenario())
