@@ -60,7 +60,7 @@ from modelport.dataplane.transport.http.uvicorn_adapter import (
     uvicorn_server,
 )
 from modelport.dataplane.transport.listen import address_of, bind_listeners, port_of
-from modelport.node.forward import SequenceRouter
+from modelport.node.forward import ProcessHost, SequenceRouter
 from modelport.node.link import NodeLink
 from modelport.node.member import NodeMember
 from modelport.observability.logs import LogControl, configure_logging
@@ -295,6 +295,9 @@ async def serve(config: ServerConfig, member: NodeMember | None = None) -> None:
         manager.announce = canary.announce = link.announce
         canary.windows = link.node_window
         registry.sequence_router = SequenceRouter(link.peers, member.index, member.count)
+        registry.process_host = ProcessHost(
+            link.peers, member.index, member.count, config.cold_start_timeout
+        )
         await link.bus.start()
     log.info("loading models", extra={"repository": str(repository)})
     await registry.start()

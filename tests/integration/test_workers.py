@@ -39,6 +39,28 @@ MODELPORT = [sys.executable, "-m", "modelport"]
 WORKERS = 2
 #: Fresh connections per check: with two workers, the chance that all land on one is 2**-19.
 CONNECTIONS = 20
+#: y = 2x and the pid of the process that computed it.
+POOLED_MODEL = """
+import os
+
+import numpy as np
+
+
+class Model:
+    def predict(self, inputs):
+        x = inputs["x"]
+        return {"y": x * 2, "pid": np.full((x.shape[0], 1), os.getpid(), dtype=np.int64)}
+"""
+POOLED_CONFIG = """
+backend: python
+max_batch_size: 8
+input: [{name: x, data_type: TYPE_FP32, dims: [2]}]
+output:
+- {name: y, data_type: TYPE_FP32, dims: [2]}
+- {name: pid, data_type: TYPE_INT64, dims: [1]}
+instance_group: [{count: 1, kind: KIND_CPU}]
+modelport: {instance_process: true}
+"""
 LIMIT = "\nmodelport:\n  rate_limit: {rate: 0.01, burst: 6}\n"
 
 
@@ -65,6 +87,9 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     _copy(repo, "capped", extra=LIMIT)
     _copy(repo, "counted")
     _copy(repo, "judged", (1, 2))
+    (repo / "pooled" / "1").mkdir(parents=True)
+    (repo / "pooled" / "1" / "model.py").write_text(POOLED_MODEL)
+    (repo / "pooled" / "config.yaml").write_text(POOLED_CONFIG)
     _save(accumulator_model(), repo / "accumulator" / "1" / "model.onnx")
     (repo / "accumulator" / "config.pbtxt").write_text(ACCUMULATOR)
     logs = tmp_path_factory.mktemp("node")
@@ -243,6 +268,22 @@ def test_a_sequence_keeps_its_state_whichever_worker_each_request_reaches(node: 
             tensor.set_data_from_numpy(np.array([[2.0]], dtype=np.float32))
             out = client.infer("accumulator", [tensor], sequence_id=99, sequence_start=step == 0)
             assert float(out.as_numpy("OUTPUT")[0, 0]) == 2.0 * (step + 1)
+
+
+def test_a_model_with_process_instances_is_hosted_once_per_node(node: Server) -> None:
+    body = {"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1.5, -2]}]}
+    pids = set()
+    for answer in _every(node, "POST", "/v2/models/pooled/infer", json=body):
+        assert answer.status_code == 200, answer.text
+        outputs = {o["name"]: o["data"] for o in answer.json()["outputs"]}
+        assert outputs["y"] == [3.0, -4.0]
+        pids.update(outputs["pid"])
+    # One instance process in the node computed every answer, whichever worker took it.
+    assert len(pids) == 1, pids
+    config = _fresh(node, "GET", "/v2/models/pooled/config").json()
+    assert config["modelport"]["instance_process"] is True
+    stats = _fresh(node, "GET", "/v2/models/pooled/stats").json()["model_stats"]
+    assert stats[0]["inference_stats"]["success"]["count"] == CONNECTIONS
 
 
 def test_log_settings_hold_on_every_worker(node: Server) -> None:

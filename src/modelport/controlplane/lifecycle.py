@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Protocol
 
 from modelport.clock import Clock, SystemClock
 from modelport.config.model import InstanceGroup, ModelConfig
@@ -33,9 +34,10 @@ from modelport.dataplane.scheduling.sequences import (
     with_idle_controls,
 )
 from modelport.dataplane.sequenced import SequencedServable
+from modelport.dataplane.servable import Servable
 from modelport.dataplane.table import ModelVersion
 from modelport.errors import ConfigError, ModelLoadError
-from modelport.observability.profile import load_profile
+from modelport.observability.profile import InputProfile, load_profile
 from modelport.observability.statistics import ModelStatistics
 from modelport.types import Array, ModelSignature
 
@@ -145,6 +147,27 @@ def hide_sequence_tensors(
     )
 
 
+class ProcessHost(Protocol):
+    """Which worker of a node hosts a model whose instances are processes.
+
+    Such a model is hosted once per node, not once per front-end worker: the
+    other workers serve it through the host (``node/forward.py``).
+    """
+
+    def mine(self, name: str) -> bool:
+        """Whether this worker hosts ``name``."""
+        ...
+
+    def outline(self, name: str, version: int) -> ModelConfig:
+        """The host's completed config of the version, once it is loaded there
+        (blocking; ModelLoadError when the host does not load it in time)."""
+        ...
+
+    def servable(self, name: str, version: int) -> Servable:
+        """The servable that runs requests on the host."""
+        ...
+
+
 def load_version(
     name: str,
     version: int,
@@ -154,6 +177,7 @@ def load_version(
     server_timeout_s: float | None = None,
     files_checked: bool = False,
     clock: Clock | None = None,
+    host: ProcessHost | None = None,
 ) -> ModelVersion:
     """Build a ready version; raises ModelLoadError or ConfigError with the reason.
 
@@ -171,6 +195,8 @@ def load_version(
     # Before anything is allocated: a bad profile makes this version UNAVAILABLE.
     profile = load_profile(version_dir)
     config = choose_backend(config, source, version_dir)
+    if host is not None and config.modelport.instance_process and not host.mine(name):
+        return hosted_elsewhere(name, version, host, profile)
     count = instance_count(config)
     runtime = choose_loader(config, source)(version_dir, config, count)
     try:
@@ -237,5 +263,26 @@ def load_version(
         config=config,
         servable=servable,
         stats=stats,
+        profile=profile,
+    )
+
+
+def hosted_elsewhere(
+    name: str, version: int, host: ProcessHost, profile: InputProfile | None
+) -> ModelVersion:
+    """A version another worker of the node hosts: its config as the host completed
+    it, and a servable that runs each request there."""
+    config = host.outline(name, version)
+    log.info(
+        "model version ready", extra={"model": name, "version": version, "hosted": "elsewhere"}
+    )
+    return ModelVersion(
+        name=name,
+        version=str(version),
+        platform=config.platform,
+        signature=signature_of(config),
+        config=config,
+        servable=host.servable(name, version),
+        stats=ModelStatistics(),
         profile=profile,
     )

@@ -17,6 +17,7 @@ import contextlib
 import json
 import logging
 import os
+import socket
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,16 +135,26 @@ class Peers:
             return None
         except (TimeoutError, OSError, ValueError) as exc:
             return Reply(worker, False, error=f"no answer ({type(exc).__name__})")
-        if not line:
-            return Reply(worker, False, error="closed without answering")
+        return _reply(worker, line)
+
+    def ask_blocking(
+        self, worker: int, op: str, body: Mapping[str, Any], wait_s: float
+    ) -> Reply | None:
+        """:meth:`ask` for code that runs off the event loop (a model load's thread)."""
+        path = socket_path(self.directory, worker)
+        message = json.dumps({"op": op, "body": dict(body)}, separators=(",", ":")).encode()
         try:
-            answer = json.loads(line)
-        except ValueError:
-            return Reply(worker, False, error="answered something unreadable")
-        if answer.get("ok"):
-            return Reply(worker, True, answer.get("result"))
-        error, kind = str(answer.get("error", "failed")), str(answer.get("kind", ""))
-        return Reply(worker, False, error=error, kind=kind)
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(wait_s)
+                sock.connect(str(path))
+                sock.sendall(message + b"\n")
+                with sock.makefile("rb") as answers:
+                    line = answers.readline(LIMIT)
+        except (FileNotFoundError, ConnectionRefusedError):
+            return None
+        except OSError as exc:
+            return Reply(worker, False, error=f"no answer ({type(exc).__name__})")
+        return _reply(worker, line)
 
     async def broadcast(
         self, op: str, body: Mapping[str, Any], wait_s: float = 10.0
@@ -151,3 +162,16 @@ class Peers:
         """Every other worker's answer to one message, asked all at once."""
         asked = await asyncio.gather(*(self.ask(w, op, body, wait_s) for w in self.indices()))
         return [reply for reply in asked if reply is not None]
+
+
+def _reply(worker: int, line: bytes) -> Reply:
+    if not line:
+        return Reply(worker, False, error="closed without answering")
+    try:
+        answer = json.loads(line)
+    except ValueError:
+        return Reply(worker, False, error="answered something unreadable")
+    if answer.get("ok"):
+        return Reply(worker, True, answer.get("result"))
+    error, kind = str(answer.get("error", "failed")), str(answer.get("kind", ""))
+    return Reply(worker, False, error=error, kind=kind)

@@ -26,8 +26,9 @@ from typing import Any
 import numpy as np
 
 from modelport import errors
+from modelport.config.model import ModelConfig
 from modelport.dataplane.servable import Outcome
-from modelport.errors import ModelportError, Unavailable
+from modelport.errors import ModelLoadError, ModelportError, Unavailable
 from modelport.node.bus import Peers
 from modelport.types import (
     DTYPES,
@@ -186,7 +187,7 @@ class SequenceRouter:
             "request": encode_request(request),
             "wait_s": wait_s,
         }
-        reply = await self.peers.ask(owner, "sequence.step", body, wait_s + 1.0)
+        reply = await self.peers.ask(owner, "step", body, wait_s + 1.0)
         if reply is None:
             raise Unavailable(
                 f"the worker holding sequence {sequence_id!r} is restarting; "
@@ -195,6 +196,91 @@ class SequenceRouter:
         if not reply.ok:
             raise _error(reply.kind, reply.error)
         return decode_outcome(reply.result)
+
+
+class HostedElsewhere:
+    """The servable of a version with process instances that another worker hosts:
+    every request runs there (see ``ProcessHost``)."""
+
+    __slots__ = ("label", "model", "owner", "peers", "version")
+
+    def __init__(self, peers: Peers, owner: int, model: str, version: str) -> None:
+        self.peers = peers
+        self.owner = owner
+        self.model = model
+        self.version = version
+        self.label = f"model {model!r} version {version}"
+
+    async def execute(self, call: Call | None, request: InferenceRequest) -> Outcome:
+        wait_s = STEP_WAIT_S
+        if call is not None and call.deadline_ns is not None:
+            wait_s = max(0.001, (call.deadline_ns - time.monotonic_ns()) / 1e9)
+        body = {
+            "model": self.model,
+            "version": self.version,
+            "request": encode_request(request),
+            "wait_s": wait_s,
+        }
+        reply = await self.peers.ask(self.owner, "step", body, wait_s + 1.0)
+        if reply is None:
+            raise Unavailable(
+                f"{self.label} is hosted by worker {self.owner}, which is restarting",
+                retry_after_s=1.0,
+            )
+        if not reply.ok:
+            raise _error(reply.kind, reply.error)
+        return decode_outcome(reply.result)
+
+    def refusal(self) -> ModelportError | None:
+        return None  # the host refuses for itself
+
+    async def drain_and_close(self) -> None:
+        return None  # nothing computes here
+
+
+class ProcessHost:
+    """Models with process instances, hosted once per node (``lifecycle.ProcessHost``).
+
+    The host of a model is worked out from its name, as a sequence's owner is
+    from its id; a non-host waits for the host's copy to load and serves the
+    version with the host's completed config.
+    """
+
+    def __init__(self, peers: Peers, index: int, workers: int, wait_s: float) -> None:
+        self.peers = peers
+        self.index = index
+        self.workers = workers
+        self.wait_s = wait_s
+
+    def mine(self, name: str) -> bool:
+        return owner_of(name, self.workers) == self.index
+
+    def outline(self, name: str, version: int) -> ModelConfig:
+        owner = owner_of(name, self.workers)
+        body = {"model": name, "version": str(version)}
+        deadline = time.monotonic() + self.wait_s
+        why = "it did not answer"
+        while time.monotonic() < deadline:
+            reply = self.peers.ask_blocking(owner, "outline", body, 10.0)
+            if reply is not None and reply.ok and isinstance(reply.result, dict):
+                return ModelConfig.model_validate(reply.result)
+            if reply is not None:
+                why = reply.error
+            time.sleep(0.2)
+        raise ModelLoadError(
+            f"hosted by worker {owner} of the node (process instances), which did not "
+            f"load it within {self.wait_s:g} s: {why}"
+        )
+
+    def servable(self, name: str, version: int) -> HostedElsewhere:
+        return HostedElsewhere(self.peers, owner_of(name, self.workers), name, str(version))
+
+
+async def outline(table: Any, body: dict[str, Any]) -> dict[str, Any]:
+    """The host's side of ``ProcessHost.outline``: the loaded version's config."""
+    model = table.acquire(str(body["model"]), str(body["version"]))
+    config: dict[str, Any] = model.config.model_dump(mode="json")
+    return config
 
 
 async def run_step(table: Any, body: dict[str, Any]) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from modelport.dataplane.sharedmemory import Registry as Regions
 from modelport.dataplane.sharedmemory.registry import Owner
 from modelport.errors import Conflict, InvalidRequest, ModelLoadError, ModelportError
 from modelport.node.bus import BusServer, Handler, Peers
-from modelport.node.forward import run_step
+from modelport.node.forward import outline, run_step
 from modelport.node.lease import Lease
 from modelport.node.member import NodeMember
 from modelport.observability.logs import LogControl
@@ -255,7 +255,8 @@ class NodeLink:
             "metrics": metrics,
             "statistics": statistics,
             "window": window,
-            "sequence.step": lambda body: run_step(registry, body),
+            "step": lambda body: run_step(registry, body),
+            "outline": lambda body: outline(registry, body),
             "shm.register": shm_register,
             "shm.unregister": shm_unregister,
         }

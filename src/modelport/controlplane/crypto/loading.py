@@ -19,7 +19,7 @@ from modelport.config.model import ModelConfig
 from modelport.controlplane.crypto.keys import KeyProvider
 from modelport.controlplane.crypto.memview import MemoryView
 from modelport.controlplane.crypto.sealing import MANIFEST, is_sealed, open_sealed
-from modelport.controlplane.lifecycle import load_version
+from modelport.controlplane.lifecycle import ProcessHost, load_version
 from modelport.dataplane.runtime.base import Runtime
 from modelport.dataplane.runtime.files import check_version_dir
 from modelport.dataplane.scheduled import ScheduledServable
@@ -40,11 +40,13 @@ def load_version_at_rest(
     source: str,
     server_timeout_s: float | None = None,
     clock: Clock | None = None,
+    host: ProcessHost | None = None,
 ) -> ModelVersion:
-    """``load_version``, decrypting a sealed version into memory first."""
+    """``load_version``, decrypting a sealed version into memory first; ``host``: in a
+    node of several workers, which one hosts models with process instances."""
     if not is_sealed(version_dir):
         return load_version(
-            name, version, version_dir, config, source, server_timeout_s, clock=clock
+            name, version, version_dir, config, source, server_timeout_s, clock=clock, host=host
         )
     if keys is None:
         raise ModelLoadError(
