@@ -177,3 +177,26 @@ def test_a_budget_too_small_for_a_kept_model_names_the_budget(tmp_path: Path) ->
         assert "memory budget" in refused.text
     finally:
         stop_server(srv)
+
+
+def test_a_node_of_two_workers_shares_one_budget(tmp_path: Path) -> None:
+    heavy = heavy_model()
+    for name in ("a", "b"):
+        _save(tmp_path, name, heavy)
+    # Each worker accounts against half: 100 MiB, room for its copies of both models
+    # (about 45 MiB each, the first a worker loads more: the runtime's own set-up).
+    srv = start_server(
+        tmp_path, tmp_path / "node.log", "--workers", "2", "--memory-budget", "200MiB"
+    )
+    try:
+        # The node's merged metrics add the workers' gauges: the whole budget, every copy.
+        assert _series(srv, "modelport_memory_budget_bytes") == {"": 200 * MIB}
+        with httpx.Client(base_url=srv.base, timeout=120) as http:
+            for _ in range(6):
+                for name in ("a", "b"):
+                    answer = _infer(http, name)
+                    assert answer.status_code == 200, answer.text
+        sizes = _series(srv, "modelport_model_memory_bytes")
+        assert 2 * 40 * MIB <= sum(sizes.values()) <= 200 * MIB, sizes
+    finally:
+        stop_server(srv)
