@@ -40,6 +40,7 @@ from modelport.dataplane.admission import MemoryRateLimiter, RateLimiter
 from modelport.dataplane.admission.audit import SERVER_WIDE
 from modelport.dataplane.admission.residency import ResidencyGuard
 from modelport.dataplane.admission.shared_buckets import NodeRateLimiter, SharedBuckets
+from modelport.dataplane.admission.watch import Tally, TrafficWatch
 from modelport.dataplane.cache import ResponseCache
 from modelport.dataplane.pipeline import Pipeline
 from modelport.dataplane.routing import Traffic
@@ -349,6 +350,10 @@ async def serve(config: ServerConfig, member: NodeMember | None = None) -> None:
         announce=link.announce if link is not None else None,
     )
     if link is not None:
+        if auth.gate is not None and isinstance(auth.gate.watch, TrafficWatch):
+            # The detectors watch the node's traffic, on the lease holder only.
+            link.watch, link.tally = auth.gate.watch, Tally()
+            auth.gate.watch = link.tally
         link.regions = ctx.shared_memory
         metrics.peers = link.peer_metrics
         ctx.info.peer_statistics = link.peer_statistics
@@ -450,6 +455,8 @@ async def serve(config: ServerConfig, member: NodeMember | None = None) -> None:
         if metrics_http is not None:
             tasks.create_task(metrics_http.serve(sockets=listeners.metrics))
         tasks.create_task(lead())
+        if link is not None:
+            tasks.create_task(link.report(stop))
         tasks.create_task(shutdown())
         tasks.create_task(autoscaler.run(stop))
         tasks.create_task(idle.run(stop))

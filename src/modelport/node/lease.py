@@ -20,8 +20,9 @@ from pathlib import Path
 class Lease:
     """One worker's claim on the lease file."""
 
-    def __init__(self, path: Path, retry_s: float = 0.5) -> None:
+    def __init__(self, path: Path, index: int = 0, retry_s: float = 0.5) -> None:
         self.path = path
+        self.index = index
         self.retry_s = retry_s
         self._fd: int | None = None
 
@@ -39,7 +40,18 @@ class Lease:
             os.close(fd)
             return False
         self._fd = fd
+        # The holder's index, for the workers that report to it.
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(self.index).encode(), 0)
         return True
+
+    def holder(self) -> int | None:
+        """The index of the worker holding the lease, as it wrote it; None when none has."""
+        try:
+            text = self.path.read_text(encoding="ascii").strip()
+        except (OSError, ValueError):
+            return None
+        return int(text) if text.isdigit() else None
 
     async def take(self, stop: asyncio.Event) -> bool:
         """Wait for the lease; False when ``stop`` is set first."""

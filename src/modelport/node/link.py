@@ -16,6 +16,7 @@ worker: a repository load answers once every worker has the model READY
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import logging
@@ -24,6 +25,7 @@ from typing import Any
 from modelport.controlplane.canary import CanaryController
 from modelport.controlplane.registry import Registry
 from modelport.controlplane.traffic import TrafficManager
+from modelport.dataplane.admission.watch import Tally, TrafficWatch
 from modelport.dataplane.routing.traffic import Traffic
 from modelport.dataplane.routing.window import WindowSnapshot, merged
 from modelport.dataplane.sharedmemory import Registry as Regions
@@ -42,6 +44,8 @@ log = logging.getLogger("modelport.node")
 LOAD_WAIT_S = 600.0
 #: Seconds any other message may take.
 WAIT_S = 10.0
+#: Seconds between a worker's reports of its traffic to the anomaly detectors.
+REPORT_S = 0.25
 _LOADS = ("repository.load", "version.load")
 
 
@@ -57,6 +61,12 @@ def _snapshot(found: dict[str, Any]) -> WindowSnapshot:
         agreement=None,
         latency=tuple(int(n) for n in found["latency"]),
     )
+
+
+def _counts(found: object) -> dict[str, int]:
+    if not isinstance(found, dict):
+        return {}
+    return {str(k): v for k, v in found.items() if isinstance(v, int) and v > 0}
 
 
 def _owner(found: object) -> Owner:
@@ -105,7 +115,11 @@ class NodeLink:
         """The shared-memory regions callers registered (set once the transports'
         context exists)."""
         self.peers = Peers(member.directory, member.index)
-        self.lease = Lease(member.directory / "leader.lock")
+        self.lease = Lease(member.directory / "leader.lock", member.index)
+        self.watch: TrafficWatch | None = None
+        """The anomaly detectors, fed with the whole node's traffic on the lease holder."""
+        self.tally: Tally | None = None
+        """What the gate counts here for them (both None with authentication off)."""
         self.bus = BusServer(member.directory, member.index, self._handlers())
 
     # ------------------------------------------------------------ telling
@@ -139,6 +153,24 @@ class NodeLink:
         replies = await self.peers.broadcast("window", body, WAIT_S)
         others = [_snapshot(r.result) for r in replies if r.ok and isinstance(r.result, dict)]
         return merged([own, *others])
+
+    async def report(self, stop: asyncio.Event) -> None:
+        """Every ``REPORT_S``, hand what the gate counted to the lease holder's detectors."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), REPORT_S)
+            if self.tally is None or self.watch is None:
+                continue
+            admitted, failed = self.tally.take()
+            if not admitted and not failed:
+                continue
+            if self.lease.held:
+                self.watch.feed(admitted, failed)
+                continue
+            leader = self.lease.holder()
+            if leader is not None:
+                body = {"admitted": admitted, "failed": failed}
+                await self.peers.ask(leader, "watch", body, WAIT_S)
 
     async def logging_changed(self, actor: str | None, changed: dict[str, Any]) -> None:
         await self.announce("logging", {"changes": changed})
@@ -233,6 +265,11 @@ class NodeLink:
         async def metrics(body: dict[str, Any]) -> str:
             return self.metrics.render().decode()
 
+        async def watch(body: dict[str, Any]) -> None:
+            if self.watch is None or not self.lease.held:
+                return  # the lease moved on since the reporter read it: this report is lost
+            self.watch.feed(_counts(body.get("admitted")), _counts(body.get("failed")))
+
         async def window(body: dict[str, Any]) -> dict[str, Any]:
             version = body.get("version")
             if not isinstance(version, str):
@@ -255,6 +292,7 @@ class NodeLink:
             "metrics": metrics,
             "statistics": statistics,
             "window": window,
+            "watch": watch,
             "step": lambda body: run_step(registry, body),
             "outline": lambda body: outline(registry, body),
             "shm.register": shm_register,

@@ -62,7 +62,9 @@ class RateSpikeDetector:
         self.clock = clock
         self._states: OrderedDict[str, _RateState] = OrderedDict()
 
-    def observe(self, source: str) -> None:
+    def observe(self, source: str, count: int = 1) -> None:
+        """``count`` requests of ``source`` now (several when a node's workers report
+        what they counted since their last report)."""
         now = self.clock()
         second = int(now)
         state = self._states.get(source)
@@ -75,7 +77,7 @@ class RateSpikeDetector:
             self._states.move_to_end(source)
         if second != state.second:
             self._close_seconds(state, second)
-        state.count += 1
+        state.count += count
         baseline = max(state.average, 1.0)
         spiking = (
             state.seen_seconds >= self.warmup_s
@@ -133,7 +135,7 @@ class AuthFailureBurstDetector:
         self.clock = clock
         self._states: OrderedDict[str, _FailureState] = OrderedDict()
 
-    def observe_failure(self, source: str) -> None:
+    def observe_failure(self, source: str, count: int = 1) -> None:
         now = self.clock()
         state = self._states.get(source)
         if state is None:
@@ -145,7 +147,7 @@ class AuthFailureBurstDetector:
             self._states.move_to_end(source)
         if now - state.window_start >= self.window_s:
             state.window_start, state.failures = now, 0
-        state.failures += 1
+        state.failures += count
         if state.failures > self.threshold and now - state.last_event >= self.cooldown_s:
             state.last_event = now
             self.on_event(

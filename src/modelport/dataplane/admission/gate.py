@@ -15,7 +15,7 @@ from modelport.dataplane.admission.audit import AuthAudit
 from modelport.dataplane.admission.authenticate import Authenticator
 from modelport.dataplane.admission.authorize import TenantOf, allows, denial
 from modelport.dataplane.admission.certificates import ClientCertificate
-from modelport.dataplane.admission.watch import TrafficWatch
+from modelport.dataplane.admission.watch import Watch
 from modelport.errors import Unauthenticated
 from modelport.types import Identity, Role
 
@@ -28,7 +28,7 @@ class Gate:
         authenticator: Authenticator,
         tenant_of: TenantOf,
         audit: AuthAudit,
-        watch: TrafficWatch | None = None,
+        watch: Watch | None = None,
     ) -> None:
         self.authenticator = authenticator
         self.tenant_of = tenant_of
