@@ -11,7 +11,7 @@ import numpy as np
 from modelport.config.model import parse_model_config
 from modelport.dataplane.admission.audit import AuthAudit
 from modelport.dataplane.admission.gate import Gate
-from modelport.dataplane.admission.watch import DETECTOR, TrafficWatch, security_sink
+from modelport.dataplane.admission.watch import DETECTOR, Tally, TrafficWatch, security_sink
 from modelport.dataplane.pipeline import Pipeline
 from modelport.dataplane.table import ModelVersion
 from modelport.errors import Unauthenticated
@@ -177,3 +177,35 @@ def test_models_without_a_profile_count_nothing() -> None:
     pipeline, metrics = _profiled(None)
     _send(pipeline, [[1e9, 1e9, 1e9]])
     assert "modelport_input_out_of_profile_total{" not in metrics.render().decode()
+
+
+def test_a_tally_hands_its_counts_over_once_and_the_detectors_see_them_whole() -> None:
+    events: list[tuple[str, str, dict[str, Any]]] = []
+    clock = Clock()
+
+    def sink(kind: str, source: str, detail: dict[str, Any]) -> None:
+        events.append((kind, source, detail))
+
+    watch = TrafficWatch(
+        RateSpikeDetector(sink, clock=clock), AuthFailureBurstDetector(sink, clock=clock)
+    )
+    # Two workers' tallies, each under the burst threshold (20 in 10 s) on its own.
+    first, second = Tally(), Tally()
+    for tally in (first, second):
+        for _ in range(11):
+            tally.failed("10.0.0.9")
+        tally.admitted(ALICE)
+    for tally in (first, second):
+        admitted, failed = tally.take()
+        assert (admitted, failed) == ({"key:a": 1}, {"10.0.0.9": 11})
+        watch.feed(admitted, failed)
+        assert tally.take() == ({}, {})
+    assert [(kind, source) for kind, source, _ in events] == [(AUTH_FAILURE_BURST, "10.0.0.9")]
+    assert events[0][2]["failures"] == 22
+
+
+def test_a_tally_holds_a_bounded_number_of_sources() -> None:
+    tally = Tally(max_sources=2)
+    for peer in ("a", "b", "c", "a"):
+        tally.failed(peer)
+    assert tally.take()[1] == {"a": 2, "b": 1}
