@@ -158,6 +158,29 @@ def _error(kind: str, message: str) -> ModelportError:
     return Unavailable(message)
 
 
+async def step_on(
+    peers: Peers,
+    owner: int,
+    model: str,
+    version: str,
+    call: Call | None,
+    request: InferenceRequest,
+    gone: ModelportError,
+) -> Outcome:
+    """Run ``request`` on worker ``owner``'s copy of the version, within the call's
+    deadline; ``gone`` is raised when that worker is not there."""
+    wait_s = STEP_WAIT_S
+    if call is not None and call.deadline_ns is not None:
+        wait_s = max(0.001, (call.deadline_ns - time.monotonic_ns()) / 1e9)
+    body = {"model": model, "version": version, "request": encode_request(request)}
+    reply = await peers.ask(owner, "step", {**body, "wait_s": wait_s}, wait_s + 1.0)
+    if reply is None:
+        raise gone
+    if not reply.ok:
+        raise _error(reply.kind, reply.error)
+    return decode_outcome(reply.result)
+
+
 class SequenceRouter:
     """Sends a sequence's step to the worker that holds the sequence."""
 
@@ -177,25 +200,12 @@ class SequenceRouter:
         call: Call | None,
         request: InferenceRequest,
     ) -> Outcome:
+        gone = Unavailable(
+            f"the worker holding sequence {sequence_id!r} is restarting; "
+            "its state is gone: start the sequence again"
+        )
         owner = owner_of(sequence_id, self.workers)
-        wait_s = STEP_WAIT_S
-        if call is not None and call.deadline_ns is not None:
-            wait_s = max(0.001, (call.deadline_ns - time.monotonic_ns()) / 1e9)
-        body = {
-            "model": model,
-            "version": version,
-            "request": encode_request(request),
-            "wait_s": wait_s,
-        }
-        reply = await self.peers.ask(owner, "step", body, wait_s + 1.0)
-        if reply is None:
-            raise Unavailable(
-                f"the worker holding sequence {sequence_id!r} is restarting; "
-                "its state is gone: start the sequence again"
-            )
-        if not reply.ok:
-            raise _error(reply.kind, reply.error)
-        return decode_outcome(reply.result)
+        return await step_on(self.peers, owner, model, version, call, request, gone)
 
 
 class HostedElsewhere:
@@ -212,24 +222,11 @@ class HostedElsewhere:
         self.label = f"model {model!r} version {version}"
 
     async def execute(self, call: Call | None, request: InferenceRequest) -> Outcome:
-        wait_s = STEP_WAIT_S
-        if call is not None and call.deadline_ns is not None:
-            wait_s = max(0.001, (call.deadline_ns - time.monotonic_ns()) / 1e9)
-        body = {
-            "model": self.model,
-            "version": self.version,
-            "request": encode_request(request),
-            "wait_s": wait_s,
-        }
-        reply = await self.peers.ask(self.owner, "step", body, wait_s + 1.0)
-        if reply is None:
-            raise Unavailable(
-                f"{self.label} is hosted by worker {self.owner}, which is restarting",
-                retry_after_s=1.0,
-            )
-        if not reply.ok:
-            raise _error(reply.kind, reply.error)
-        return decode_outcome(reply.result)
+        gone = Unavailable(
+            f"{self.label} is hosted by worker {self.owner}, which is restarting",
+            retry_after_s=1.0,
+        )
+        return await step_on(self.peers, self.owner, self.model, self.version, call, request, gone)
 
     def refusal(self) -> ModelportError | None:
         return None  # the host refuses for itself
