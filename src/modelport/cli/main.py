@@ -260,15 +260,15 @@ def serve(
         raise typer.Exit(2)
     configure_logging(settings.log_level, settings.log_format)
     try:
-        from modelport.server import run
-
         if settings.workers > 1:
             from modelport.node.supervisor import run_node
 
-            status = run_node(settings, run)
+            status = run_node(settings)
             if status:
                 raise typer.Exit(status)
         else:
+            from modelport.server import run
+
             run(settings)
     except (ConfigError, ListenFailed) as exc:
         typer.echo(f"error: {exc.message}", err=True)

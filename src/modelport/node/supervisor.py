@@ -22,6 +22,7 @@ stops the node as SIGTERM does (a single server ends on it too).
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import multiprocessing
 import os
@@ -81,13 +82,23 @@ def hold_ports(config: ServerConfig) -> tuple[ServerConfig, list[socket.socket]]
     return config.model_copy(update=update), held
 
 
-#: Runs one worker's server until it stops: ``modelport.server.run``, handed in by
-#: the CLI (the server imports this package, so this package does not import it).
+#: Runs one worker's server until it stops.
 Serve = Callable[[ServerConfig, NodeMember], None]
+
+#: Where the worker finds it, as ``module:function``: imported in the worker only,
+#: so the supervisor stays small (it serves nothing) and this package does not
+#: import the server, which imports it.
+SERVE = "modelport.server:run"
+
+
+def _serve_function(where: str) -> Serve:
+    module, _, name = where.partition(":")
+    found: Serve = getattr(importlib.import_module(module), name)
+    return found
 
 
 def _worker_main(
-    run: Serve,
+    serve: str,
     config: ServerConfig,
     index: int,
     count: int,
@@ -104,7 +115,7 @@ def _worker_main(
     configure_logging(config.log_level, config.log_format)
     member = NodeMember(index, count, directory, lambda: conn.send("ready"), restarted)
     try:
-        run(config, member)
+        _serve_function(serve)(config, member)
     except (ConfigError, ListenFailed) as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         sys.exit(2)
@@ -132,7 +143,7 @@ class Supervisor:
     config: ServerConfig
     directory: Path
     count: int
-    serve: Serve
+    serve: str = SERVE
     workers: dict[int, _Worker] = field(default_factory=dict)
     restarts: dict[int, _Restart] = field(default_factory=dict)
     stopping: bool = False
@@ -279,7 +290,7 @@ class Supervisor:
         return None
 
 
-def run_node(config: ServerConfig, serve: Serve) -> int:
+def run_node(config: ServerConfig, serve: str = SERVE) -> int:
     """Run ``config.workers`` workers as one node; the exit status.
 
     Raises ListenFailed (a taken port) or ConfigError (the state store)
