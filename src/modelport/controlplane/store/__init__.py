@@ -4,7 +4,8 @@ One SQLAlchemy schema over an SQLite file (the default) or PostgreSQL,
 migrated by the Alembic revisions in ``migrations/`` whenever a
 :class:`Database` is opened. Each aggregate has a store of its own over
 that one database: :class:`PolicyStore`, :class:`CanaryStore`,
-:class:`KeyStore` and the :class:`AuditLog` every write appends to. See
+:class:`KeyStore`, :class:`JobStore` (asynchronous inference jobs) and the
+:class:`AuditLog` every write appends to. See
 ``revisions.py`` for the optimistic-concurrency rule policy and canary
 writes follow.
 """
@@ -12,6 +13,7 @@ writes follow.
 from modelport.controlplane.store.audit import AuditLog
 from modelport.controlplane.store.canaries import CanaryStore
 from modelport.controlplane.store.database import Database
+from modelport.controlplane.store.jobs import JobStore, NewJob, StoredJob
 from modelport.controlplane.store.keys import KeyStore, StoredKey
 from modelport.controlplane.store.policies import TRAFFIC_DELETE, TRAFFIC_UPDATE, PolicyStore
 from modelport.controlplane.store.records import (
@@ -34,10 +36,13 @@ __all__ = [
     "CanaryStore",
     "Database",
     "Event",
+    "JobStore",
     "KeyStore",
+    "NewJob",
     "PolicyStore",
     "RevisionConflict",
     "StoredCanary",
+    "StoredJob",
     "StoredKey",
     "StoredPolicy",
 ]

@@ -19,10 +19,12 @@ from sqlalchemy import (
     Float,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.types import TypeDecorator, TypeEngine
@@ -40,6 +42,12 @@ HASH_LENGTH = 64
 KEY_ID_MAX = 32
 ROLE_MAX = 16
 TENANT_MAX = 256
+JOB_ID_MAX = 32
+JOB_OWNER_MAX = 512
+IDEMPOTENCY_KEY_MAX = 128
+VERSION_MAX = 32
+LEASE_OWNER_MAX = 64
+RESIDENCY_MAX = 256
 
 
 def json_type() -> TypeEngine[Any]:
@@ -139,4 +147,36 @@ api_keys = Table(
     Column("created_by", String(ACTOR_MAX), nullable=False),
     Column("expires_at", UTCDateTime(), nullable=True),
     Column("revoked_at", UTCDateTime(), nullable=True),
+)
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", String(JOB_ID_MAX), primary_key=True),
+    # The caller's identity id ("" with authentication off): only it sees the job.
+    Column("owner", String(JOB_OWNER_MAX), nullable=False),
+    Column("tenant", String(TENANT_MAX), nullable=True),
+    # The caller's identity as JSON, so the job runs as the one who sent it.
+    Column("identity", Text(), nullable=True),
+    Column("idempotency_key", String(IDEMPOTENCY_KEY_MAX), nullable=True),
+    Column("model", String(MODEL_NAME_MAX), nullable=False),
+    Column("version", String(VERSION_MAX), nullable=True),
+    Column("state", String(STATE_MAX), nullable=False),
+    Column("request", LargeBinary(), nullable=False),
+    Column("header_length", Integer(), nullable=True),
+    Column("residency", String(RESIDENCY_MAX), nullable=True),
+    Column("attempts", Integer(), nullable=False),
+    Column("lease_owner", String(LEASE_OWNER_MAX), nullable=True),
+    Column("lease_until", UTCDateTime(), nullable=True),
+    Column("status", Integer(), nullable=True),
+    Column("result", LargeBinary(), nullable=True),
+    Column("result_header_length", Integer(), nullable=True),
+    Column("error", Text(), nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("started_at", UTCDateTime(), nullable=True),
+    Column("finished_at", UTCDateTime(), nullable=True),
+    UniqueConstraint("owner", "idempotency_key", name="uq_jobs_owner_idempotency_key"),
+    Index("ix_jobs_state_created", "state", "created_at"),
+    Index("ix_jobs_owner_created", "owner", "created_at"),
+    Index("ix_jobs_finished", "finished_at"),
 )
