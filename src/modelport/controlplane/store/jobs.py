@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Row, and_, delete, select, update
 from sqlalchemy.exc import IntegrityError
@@ -192,7 +192,7 @@ class JobStore:
                 .where(jobs.c.id.in_(taken))
                 .order_by(jobs.c.created_at, jobs.c.id)
             )
-            return [_job(row) for row in rows]
+            return [_job(cast(Row[Any], row)) for row in rows]
 
     def renew(self, worker: str, job_ids: list[str], lease_s: float) -> set[str]:
         """Extend ``worker``'s leases; the ids it still holds (not cancelled, not taken over)."""
