@@ -6,8 +6,8 @@ are Triton's; whatever modelport adds lives in the ``modelport:`` block, so
 unknown top-level keys are errors rather than silently ignored.
 
 Sections that modelport reads today are typed closely; Triton sections it
-accepts but does not act on yet (ensembles ...) are kept as plain mappings so
-an existing Triton repository still loads.
+accepts but does not act on yet (batch inputs, model operations ...) are kept
+as plain mappings so an existing Triton repository still loads.
 """
 
 from __future__ import annotations
@@ -412,6 +412,33 @@ class ModelportOptions(_Strict):
     _residency = field_validator("residency")(_check_residency)
 
 
+class EnsembleStep(_Strict):
+    """One step of Triton's ``ensemble_scheduling``: a model and how its tensors connect.
+
+    ``input_map`` maps each of the model's inputs to the ensemble tensor it
+    takes; ``output_map`` each of its outputs to the ensemble tensor it gives.
+    """
+
+    model_name: str = Field(min_length=1)
+    model_version: int = Field(default=-1, ge=-1)
+    """-1 is Triton's "latest": the version the model's routing picks."""
+    input_map: dict[str, str] = Field(default_factory=dict)
+    output_map: dict[str, str] = Field(default_factory=dict)
+    model_namespace: str = ""
+    """Triton's repository namespaces; modelport serves one repository (empty only)."""
+
+
+class EnsembleScheduling(_Strict):
+    """Triton's ``ensemble_scheduling``: the steps of an ensemble (``platform: ensemble``).
+
+    Steps run as soon as their inputs exist, not in the order written.
+    """
+
+    step: list[EnsembleStep] = Field(default_factory=list)
+    max_inflight_requests: int = Field(default=0, ge=0)
+    """Triton's backpressure between steps; accepted, not acted on."""
+
+
 class ModelConfig(_Strict):
     """A model's configuration in Triton's schema plus the ``modelport`` block."""
 
@@ -428,7 +455,7 @@ class ModelConfig(_Strict):
     optimization: Optimization | None = None
     dynamic_batching: DynamicBatching | None = None
     sequence_batching: SequenceBatching | None = None
-    ensemble_scheduling: dict[str, Any] | None = None
+    ensemble_scheduling: EnsembleScheduling | None = None
     instance_group: list[InstanceGroup] = Field(default_factory=list)
     default_model_filename: str = ""
     cc_model_filenames: dict[str, str] = Field(default_factory=dict)

@@ -21,6 +21,7 @@ from modelport.controlplane.repository.autoconfig import (
     signature_of,
 )
 from modelport.controlplane.warmup import warm_up
+from modelport.dataplane.ensemble import EnsembleServable, build_graph
 from modelport.dataplane.runtime import RuntimeLoader, runtime_loader
 from modelport.dataplane.runtime.files import check_version_dir
 from modelport.dataplane.runtime.process import load_in_processes
@@ -34,9 +35,15 @@ from modelport.dataplane.scheduling.sequences import (
     with_idle_controls,
 )
 from modelport.dataplane.sequenced import SequencedServable
-from modelport.dataplane.servable import Servable
+from modelport.dataplane.servable import Servable, StepRunner
 from modelport.dataplane.table import ModelVersion
-from modelport.errors import ConfigError, ModelLoadError
+from modelport.errors import (
+    ConfigError,
+    ModelLoadError,
+    ModelportError,
+    NotFound,
+    ResidencyRefused,
+)
 from modelport.observability.profile import InputProfile, load_profile
 from modelport.observability.statistics import ModelStatistics
 from modelport.types import Array, ModelSignature
@@ -76,19 +83,16 @@ def choose_loader(config: ModelConfig, source: str) -> RuntimeLoader:
 def refuse_unsupported(config: ModelConfig, source: str) -> None:
     """Refuse at load what the config asks for and modelport cannot serve yet.
 
-    An ensemble (``platform: ensemble`` or ``ensemble_scheduling``) has no
-    model file of its own and would route to its steps; and
     ``model_operations.op_library_filename`` names custom operation libraries
     modelport never loads, so a model needing them could not work, and a
     config naming one is refused rather than taken as if it did. A sequence
     model is served (``dataplane/sequenced.py``), but not with a second
     scheduler (``dynamic_batching``) nor with a response cache: its answers
-    depend on the requests before them.
+    depend on the requests before them. An ensemble loads through
+    ``load_ensemble``, never here.
     """
-    if config.platform == "ensemble" or config.ensemble_scheduling is not None:
-        raise ModelLoadError(
-            f"ensembles are not supported yet ({source}): modelport serves single models only"
-        )
+    if is_ensemble(config):
+        raise ModelLoadError(f"{source}: an ensemble has no model file to load")
     operations = config.model_operations or {}
     if operations.get("op_library_filename"):
         raise ModelLoadError(
@@ -144,6 +148,151 @@ def hide_sequence_tensors(
             "input": [t for t in config.input if t.name not in hidden_in],
             "output": [t for t in config.output if t.name not in hidden_out],
         }
+    )
+
+
+def is_ensemble(config: ModelConfig) -> bool:
+    """Whether the config is an ensemble's (Triton's ``platform: ensemble``)."""
+    return config.platform == ENSEMBLE or config.ensemble_scheduling is not None
+
+
+#: Triton's platform name of an ensemble.
+ENSEMBLE = "ensemble"
+
+#: What an ensemble's steps are looked up by: the version ``admit`` gives
+#: (NotFound for a model not in the repository, ModelNotReady with the reason
+#: for one that cannot serve, ResidencyRefused for one this node may not serve).
+StepModels = Callable[[str, str | None], ModelVersion]
+
+
+def ensemble_steps(config: ModelConfig) -> tuple[str, ...]:
+    """The models an ensemble's steps name (empty for any other model)."""
+    if config.ensemble_scheduling is None:
+        return ()
+    return tuple(dict.fromkeys(s.model_name for s in config.ensemble_scheduling.step))
+
+
+def load_order(steps: Mapping[str, Sequence[str]]) -> list[str]:
+    """Model names so that every ensemble comes after the models its steps name.
+
+    ``steps`` maps every model to the models its steps name (empty for a
+    plain model). Ties keep name order; ensembles that name each other (a
+    cycle, refused at their load) come in name order too.
+    """
+    order: list[str] = []
+    placed: set[str] = set()
+    visiting: set[str] = set()
+
+    def place(name: str) -> None:
+        if name in placed or name in visiting:
+            return
+        visiting.add(name)
+        for dependency in sorted(steps.get(name, ())):
+            if dependency in steps:
+                place(dependency)
+        visiting.discard(name)
+        placed.add(name)
+        order.append(name)
+
+    for name in sorted(steps):
+        place(name)
+    return order
+
+
+def _check_ensemble_config(name: str, config: ModelConfig, source: str) -> None:
+    """What an ensemble's own config must say (Triton's rules), each naming its field."""
+    if config.platform != ENSEMBLE:
+        raise ConfigError(source, "platform", 'ensemble_scheduling needs platform: "ensemble"')
+    scheduling = config.ensemble_scheduling
+    if scheduling is None or not scheduling.step:
+        raise ConfigError(source, "ensemble_scheduling.step", "an ensemble needs at least one step")
+    if config.backend:
+        raise ConfigError(source, "backend", "an ensemble has no backend: its steps compute")
+    for field, present in (
+        ("dynamic_batching", config.dynamic_batching is not None),
+        ("sequence_batching", config.sequence_batching is not None),
+    ):
+        if present:
+            raise ConfigError(
+                source, field, "an ensemble has no scheduler of its own: its steps' models batch"
+            )
+    if not config.input or not config.output:
+        raise ConfigError(
+            source,
+            "input" if not config.input else "output",
+            "an ensemble declares its inputs and outputs (there is no graph to read them from)",
+        )
+    for i, step in enumerate(scheduling.step):
+        field = f"ensemble_scheduling.step[{i}]"
+        if step.model_namespace:
+            raise ConfigError(
+                source, f"{field}.model_namespace", "modelport serves one repository: no namespaces"
+            )
+        if step.model_name == name:
+            raise ConfigError(source, f"{field}.model_name", "an ensemble cannot be its own step")
+
+
+def load_ensemble(
+    name: str,
+    version: int,
+    config: ModelConfig,
+    source: str,
+    models: StepModels,
+    runner: StepRunner,
+    clock: Clock | None = None,
+) -> ModelVersion:
+    """An ensemble version, its graph checked against its steps' loaded models.
+
+    Runs on the event loop once the models it names have loaded (the registry
+    orders loads so). A step naming a model outside the repository, or one
+    of its tensors the model does not have, is a ConfigError naming
+    ``source`` and the field; a model that cannot serve makes the ensemble
+    fail its load with that model's reason. A model this node may not serve
+    (its residency) does not: requests needing its step are refused with 451.
+    """
+    _check_ensemble_config(name, config, source)
+    scheduling = config.ensemble_scheduling
+    assert scheduling is not None
+    signatures: list[ModelSignature | None] = []
+    refused: dict[int, str] = {}
+    for i, step in enumerate(scheduling.step):
+        field = f"ensemble_scheduling.step[{i}]"
+        wanted = None if step.model_version == -1 else str(step.model_version)
+        try:
+            model = models(step.model_name, wanted)
+        except ResidencyRefused as exc:
+            refused[i] = exc.message
+            signatures.append(None)
+            continue
+        except NotFound as exc:
+            raise ConfigError(source, f"{field}.model_name", exc.message) from None
+        except ModelportError as exc:
+            raise ModelLoadError(
+                f"{source}: {field}.model_name: model {step.model_name!r} cannot serve: "
+                f"{exc.message}"
+            ) from None
+        if model.config.sequence_batching is not None:
+            raise ConfigError(
+                source,
+                f"{field}.model_name",
+                f"model {step.model_name!r} is a sequence model: not supported as a step yet",
+            )
+        signatures.append(model.signature)
+    signature = signature_of(config)
+    graph = build_graph(scheduling, signature, signatures, source)
+    servable = EnsembleServable(name, str(version), graph, signature, runner, clock, refused)
+    log.info(
+        "model version ready",
+        extra={"model": name, "version": version, "steps": len(graph.steps)},
+    )
+    return ModelVersion(
+        name=name,
+        version=str(version),
+        platform=ENSEMBLE,
+        signature=signature,
+        config=config,
+        servable=servable,
+        stats=ModelStatistics(),
     )
 
 

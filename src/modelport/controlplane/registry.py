@@ -21,7 +21,16 @@ from modelport.config.model import ModelConfig
 from modelport.controlplane.coldstart import HOLD_LIMIT, ColdLoads
 from modelport.controlplane.crypto.keys import KeyProvider
 from modelport.controlplane.crypto.loading import load_version_at_rest
-from modelport.controlplane.lifecycle import LOADING, READY, UNAVAILABLE, ProcessHost
+from modelport.controlplane.lifecycle import (
+    LOADING,
+    READY,
+    UNAVAILABLE,
+    ProcessHost,
+    ensemble_steps,
+    is_ensemble,
+    load_ensemble,
+    load_order,
+)
 from modelport.controlplane.memory import (
     MEMORY_REASON,
     Key,
@@ -41,6 +50,7 @@ from modelport.controlplane.repository.layout import (
 )
 from modelport.controlplane.repository.reasons import public_reason
 from modelport.dataplane.admission.residency import model_refusal
+from modelport.dataplane.ensemble import LateStepRunner
 from modelport.dataplane.sequenced import SequencedServable, SequenceRouter
 from modelport.dataplane.table import ModelVersion, RepositoryEntry, asleep
 from modelport.errors import (
@@ -50,6 +60,7 @@ from modelport.errors import (
     ModelportError,
     NotFound,
     NotLoaded,
+    ResidencyRefused,
 )
 from modelport.observability.metrics import Metrics
 
@@ -88,6 +99,12 @@ class ModelRecord:
     wanted: dict[int, bool] = field(default_factory=dict)
     """Per-version load (True) or unload (False) asked for through the
     management API; it overrides the version policy until asked otherwise."""
+    refused_here: str = ""
+    """Why this node may not serve the model (its residency), or empty."""
+    steps: tuple[str, ...] = ()
+    """An ensemble's: the models its steps name (loaded before it)."""
+    steps_seen: tuple[Any, ...] = ()
+    """An ensemble's: those models' states when it last loaded; a change reloads it."""
 
 
 class Registry:
@@ -142,6 +159,9 @@ class Registry:
         self._stopping = False
         self._pins: dict[str, frozenset[int]] = {}
         self._misnamed: dict[str, str] = {}
+        self.steps = LateStepRunner()
+        """What ensembles run their steps through; the composition root binds the
+        pipeline to it once built (after the first load)."""
         """Directories not served for their name (shown escaped) and why; read again
         by every index, load and poll (``_rescan_misnamed``)."""
 
@@ -382,6 +402,7 @@ class Registry:
                 except ModelportError:
                     pass  # an invalid config: reported through the record, as without one
             record = await self._sync(source, override=config, force=True)
+            await self._sync_ensembles()
         if record.reason:
             raise ModelLoadError(f"failed to load {name!r}: {record.reason}")
         self._raise_over_budget(record, record.versions)
@@ -406,6 +427,7 @@ class Registry:
                 vr.state, vr.reason, vr.cold = UNAVAILABLE, "unloaded", False
             self._forget_outlines(name)
             record.unloaded = True
+            await self._sync_ensembles()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -425,7 +447,8 @@ class Registry:
                     del self._records[name]
                     self._forget_outlines(name)
                     log.info("model removed", extra={"model": name})
-            for source in found.values():
+            for name in load_order({n: self._steps_named(s) for n, s in found.items()}):
+                source = found[name]
                 record = self._records.get(source.name)
                 if record is not None and record.unloaded and not self._changed(record, source):
                     continue
@@ -606,6 +629,11 @@ class Registry:
         if not source.versions:
             record.reason = f"{source.name}: no version directories (positive integers)"
             return record
+        record.steps = ensemble_steps(config)
+        if record.steps:
+            seen = self._steps_state(record.steps)
+            config_changed = config_changed or seen != record.steps_seen
+            record.steps_seen = seen
         serving = self._serving.get(name, {})
         for v in sorted(set(record.versions) - set(source.versions)):
             del record.versions[v]
@@ -635,6 +663,82 @@ class Registry:
         stale = set(self._serving.get(name, {})) - {str(v) for v in wanted}
         await self._retire(name, stale)
         return record
+
+    def _steps_named(self, source: ModelSource) -> tuple[str, ...]:
+        """The models an ensemble's steps name, for the load order (empty otherwise)."""
+        if source.problem:
+            return ()
+        try:
+            return ensemble_steps(read_model_config(source, None))
+        except ModelportError:
+            return ()  # its own load reports the config's problem
+
+    def _steps_state(self, names: tuple[str, ...]) -> tuple[Any, ...]:
+        """What an ensemble's validation depended on: its step models' records."""
+        state: list[Any] = []
+        for name in names:
+            record = self._records.get(name)
+            if record is None:
+                state.append((name, None))
+                continue
+            versions = tuple(
+                (v, r.state, r.fingerprint, r.cold) for v, r in sorted(record.versions.items())
+            )
+            state.append(
+                (name, record.config_fingerprint, record.reason, record.refused_here, versions)
+            )
+        return tuple(state)
+
+    async def _sync_ensembles(self) -> None:
+        """Reload the ensembles whose step models changed since they loaded."""
+        for name, record in list(self._records.items()):
+            if not record.steps or record.unloaded:
+                continue
+            if self._steps_state(record.steps) == record.steps_seen:
+                continue
+            source = await asyncio.to_thread(scan_model, self.repository, name)
+            if source is not None:
+                await self._sync(source, override=record.override, force=False)
+
+    def _step_model(self, name: str, version: str | None) -> ModelVersion:
+        """A step's model as an ensemble's load checks it (``lifecycle.StepModels``)."""
+        record = self._records.get(name)
+        if record is None:
+            raise NotFound(f"unknown model {name!r}: not in the repository")
+        if record.refused_here:
+            raise ResidencyRefused(record.refused_here)
+        return self.admit(name, version)
+
+    async def _load_ensemble(
+        self,
+        record: ModelRecord,
+        version: int,
+        config: ModelConfig,
+        origin: str,
+        fingerprint: tuple[tuple[str, int, int], ...],
+    ) -> None:
+        """Load an ensemble version on the loop: it only checks its graph against the
+        loaded step models. One that no longer checks stops serving (its steps would fail)."""
+        name = record.name
+        try:
+            model = load_ensemble(
+                name, version, config, origin, self._step_model, self.steps, self.clock
+            )
+        except ModelportError as exc:
+            reason = self._public(exc.message)
+            log.error(
+                "model version failed to load",
+                extra={"model": name, "version": version, "reason": reason},
+            )
+            await self._retire(name, {str(version)})
+            record.versions[version] = VersionRecord(UNAVAILABLE, reason, fingerprint, failed=True)
+            return
+        model.last_used_ns = self._now()
+        old = self._serving.get(name, {}).get(str(version))
+        self._publish(name, {**self._serving.get(name, {}), str(version): model})
+        record.versions[version] = VersionRecord(READY, "", fingerprint)
+        if old is not None:
+            await old.servable.drain_and_close()
 
     def _mark_all(self, record: ModelRecord, source: ModelSource, reason: str) -> None:
         serving = self._serving.get(record.name, {})
@@ -666,6 +770,11 @@ class Registry:
             )
             await self._retire(name, {str(version)})
             record.versions[version] = VersionRecord(UNAVAILABLE, reason, fingerprint)
+            record.refused_here = reason
+            return
+        record.refused_here = ""
+        if is_ensemble(config):
+            await self._load_ensemble(record, version, config, origin, fingerprint)
             return
         key, files = (name, str(version)), source.versions[version]
         before = 0
