@@ -197,6 +197,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="run only --workers 2 against --workers 1 and two separate servers (workers.py)",
     )
+    parser.add_argument(
+        "--eviction-only",
+        action="store_true",
+        help="run only round-robin traffic over three models in a memory budget for two, "
+        "against no budget (eviction.py)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.duration = 1
@@ -917,6 +923,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_cold_start(args)
     if args.workers_only:
         return run_workers(args, argv)
+    if args.eviction_only:
+        return run_eviction(args, argv)
     started = time.monotonic()
     whole = servers.CpuMeter()
     res = Results(settings={k: str(v) for k, v in vars(args).items()})
@@ -1007,6 +1015,17 @@ def run_workers(args: argparse.Namespace, argv: list[str]) -> int:
     return workers.main(
         ["--duration", str(args.duration), "--command", exact_command(argv)]
         + (["--rounds", "1", "--output", str(args.output)] if args.quick else [])
+    )
+
+
+def run_eviction(args: argparse.Namespace, argv: list[str]) -> int:
+    """Three models in a memory budget for two against no budget (eviction.py; its section)."""
+    import eviction
+
+    log("eviction churn: three models in a memory budget for two, against no budget")
+    return eviction.main(
+        ["--command", exact_command(argv)]
+        + (["--rounds", "1", "--duration", "3", "--output", str(args.output)] if args.quick else [])
     )
 
 
