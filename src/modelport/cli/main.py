@@ -19,6 +19,7 @@ from modelport.cli.client import Token, Url, remember
 from modelport.cli.compliance import compliance_app
 from modelport.cli.convert import convert
 from modelport.cli.crypto import encrypt, keygen
+from modelport.cli.jobs import jobs_app
 from modelport.cli.keys import keys_app
 from modelport.cli.manage import deploy_app, models_app
 from modelport.cli.optimize import optimize, validate
@@ -31,6 +32,7 @@ app.add_typer(models_app, name="models")
 app.add_typer(deploy_app, name="deploy")
 app.add_typer(audit_app, name="audit")
 app.add_typer(keys_app, name="keys")
+app.add_typer(jobs_app, name="jobs")
 app.add_typer(payloads_app, name="payloads")
 app.add_typer(compliance_app, name="compliance")
 
@@ -108,6 +110,10 @@ def serve(
     cold_start_timeout: Annotated[
         float | None,
         typer.Option(help="Most seconds a request waits for an unloaded version (default 60)."),
+    ] = None,
+    job_retention: Annotated[
+        float | None,
+        typer.Option(help="Seconds a finished asynchronous job's result is kept (default 86400)."),
     ] = None,
     memory_budget: Annotated[
         str | None,
@@ -223,6 +229,7 @@ def serve(
         "cache_size": cache_size,
         "idle_unload": idle_unload,
         "cold_start_timeout": cold_start_timeout,
+        "job_retention_s": job_retention,
         "workers": workers,
         "memory_budget": memory_budget,
         "log_level": log_level,

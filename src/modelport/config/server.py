@@ -89,6 +89,9 @@ class ServerConfig(BaseModel):
     the next request); a model's ``idle_unload_s`` wins; None never unloads for idleness."""
     cold_start_timeout: float = Field(default=60.0, gt=0, allow_inf_nan=False)
     """Most seconds a request for an unloaded version waits for it to load."""
+    job_retention_s: float = Field(default=86400.0, gt=0, allow_inf_nan=False)
+    """Seconds a finished asynchronous job (``Prefer: respond-async``) and its result
+    are kept before they are purged (docs/jobs.md)."""
     memory_budget: int | None = Field(default=None, gt=0)
     """Bytes the node's loaded model versions may take, every worker's copy counted
     (``2GiB``, ``512MB``, or a percentage of the machine's memory such as ``60%``);

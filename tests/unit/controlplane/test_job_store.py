@@ -128,3 +128,12 @@ def test_purge_removes_only_old_finished_jobs(jobs: JobStore, clock: Clock) -> N
     clock.advance(101)
     assert jobs.purge(200) == 1
     assert jobs.get("done") is None and jobs.get("waiting") is not None
+
+
+def test_release_hands_a_job_back_without_counting_the_run(jobs: JobStore) -> None:
+    jobs.add(_new("j"))
+    jobs.claim("w1", 1, 10)
+    assert jobs.release("w2", ["j"]) == 0
+    assert jobs.release("w1", ["j"]) == 1
+    again = jobs.claim("w2", 1, 10)
+    assert [(j.id, j.attempts) for j in again] == [("j", 1)]

@@ -28,7 +28,9 @@ from modelport.config.server import MANAGEMENT_BODY_BYTES
 from modelport.controlplane.announce import Announce, nobody
 from modelport.controlplane.api import docs_assets, openapi_inference, schemas
 from modelport.controlplane.api.errors import install_error_handlers
+from modelport.controlplane.api.jobs import add_job_routes
 from modelport.controlplane.canary import CanaryController
+from modelport.controlplane.jobs import JobRunner
 from modelport.controlplane.registry import Registry
 from modelport.controlplane.store import (
     AuditLog,
@@ -67,6 +69,8 @@ class ManagementServices:
     canary: CanaryController
     announce: Announce = nobody
     """Tells the node's other workers of a version loaded or unloaded here."""
+    jobs: JobRunner | None = None
+    """Asynchronous inference jobs (/jobs routes); None: the routes are not served."""
 
 
 def _actor(request: Request) -> str:
@@ -471,6 +475,8 @@ def build_api(services: ManagementServices, status_of: Any) -> FastAPI:
             found.events = [e for e in found.events if visible(e.model)]
         return found
 
+    if services.jobs is not None:
+        add_job_routes(api, services.jobs)
     return api
 
 

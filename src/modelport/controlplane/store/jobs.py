@@ -261,6 +261,25 @@ class JobStore:
             ).first()
         return None if row is None else _job(row)
 
+    def release(self, worker: str, job_ids: list[str]) -> int:
+        """Queue again the jobs ``worker`` holds and stops running (a graceful stop);
+        the interrupted run does not count as an attempt."""
+        with self._db.transaction(write=True) as conn:
+            done = conn.execute(
+                update(jobs)
+                .where(
+                    jobs.c.id.in_(job_ids), jobs.c.state == RUNNING, jobs.c.lease_owner == worker
+                )
+                .values(
+                    state=QUEUED,
+                    lease_owner=None,
+                    lease_until=None,
+                    started_at=None,
+                    attempts=jobs.c.attempts - 1,
+                )
+            )
+        return int(done.rowcount)
+
     def recover(self, max_attempts: int) -> tuple[int, int]:
         """Jobs whose worker stopped (lease lapsed): queued again, or failed after
         ``max_attempts`` runs. Returns (requeued, failed)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import Any, Protocol
 
 from modelport.dataplane.info import InfoService
 from modelport.dataplane.pipeline import Pipeline
@@ -14,6 +14,7 @@ from modelport.dataplane.sharedmemory.registry import Owner
 from modelport.dataplane.table import ModelTable, RepositoryControl
 from modelport.observability.logs import LogControl
 from modelport.observability.metrics import Metrics
+from modelport.types import Identity
 
 #: Triton protocol extensions served on both transports.
 EXTENSIONS = (
@@ -27,6 +28,39 @@ EXTENSIONS = (
     "sequence(string_id)",
     "logging",
 )
+
+
+class AcceptedJob(Protocol):
+    """A job the queue took: what the 202 answer names."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def state(self) -> str: ...
+
+
+class JobQueue(Protocol):
+    """Where an infer request asking ``Prefer: respond-async`` goes once admitted.
+
+    The composition root provides it (``jobs_setup.py``); the transport only
+    decides "async or not", runs the same admission a synchronous call gets,
+    and hands over the body it read.
+    """
+
+    async def submit(
+        self,
+        *,
+        model: str,
+        version: str | None,
+        identity: Identity | None,
+        body: bytes,
+        header_length: int | None,
+        residency: str | None,
+        idempotency_key: str | None,
+    ) -> AcceptedJob:
+        """Store a queued job; with an idempotency key this caller used already,
+        the first job instead."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -45,6 +79,8 @@ class TransportContext:
     announce: Callable[[str, dict[str, Any]], Awaitable[None]] | None = None
     """In a node of several workers: has every other worker apply a change made here
     (shared-memory regions, which each worker holds open itself)."""
+    jobs: JobQueue | None = None
+    """Asynchronous inference (``Prefer: respond-async``); None: the header is ignored."""
 
     async def register_region(
         self, owner: Owner, name: object, key: object, offset: object, byte_size: object

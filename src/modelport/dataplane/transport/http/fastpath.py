@@ -60,7 +60,8 @@ def match_infer(path: str) -> tuple[str, str | None] | None:
     return None
 
 
-def _header_length(raw: bytes | None) -> int | None:
+def inference_header_length(raw: bytes | None) -> int | None:
+    """The ``Inference-Header-Content-Length`` header, checked."""
     if raw is None:
         return None
     text = raw.strip()
@@ -141,6 +142,25 @@ def _params(name: str, version: str | None) -> dict[str, str | None]:
 #: Reads the request body: (declared Content-Length, Content-Encoding) -> the decoded body.
 BodyReader = Callable[[str | None, str], Awaitable[bytes]]
 
+#: Answers an infer request that asked ``Prefer: respond-async`` (``routes_v2.AsyncInfer``):
+#: (scope, headers, model, version, body reader) -> the reply, None if the client left.
+Deferred = Callable[
+    [Scope, dict[bytes, bytes], str, str | None, BodyReader], Awaitable[Reply | None]
+]
+
+
+def wants_async(prefer: bytes) -> bool:
+    """Whether a ``Prefer`` header value asks for ``respond-async`` (RFC 7240).
+
+    ``Prefer: respond-async, wait=5`` and ``Prefer: Respond-Async`` both do;
+    preference names are case-insensitive and may carry parameters.
+    """
+    for part in prefer.split(b","):
+        token = part.split(b";", 1)[0].split(b"=", 1)[0].strip().lower()
+        if token == b"respond-async":
+            return True
+    return False
+
 
 def error_reply(exc: ModelportError, path: str) -> Reply:
     """The ``{"error": ...}`` answer for a refusal, with its status and headers."""
@@ -159,6 +179,9 @@ class InferRoute:
 
     def __init__(self, ctx: TransportContext) -> None:
         self.ctx = ctx
+        self.deferred: Deferred | None = None
+        """Where ``Prefer: respond-async`` requests go; set by ``routes_v2`` when the
+        server has a job queue. The header costs other requests one lookup."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         params = scope.get("path_params", {})
@@ -198,6 +221,9 @@ class InferRoute:
         the scope (see ``disconnect.until_disconnect``).
         """
         headers: dict[bytes, bytes] = dict(scope["headers"])
+        prefer = headers.get(b"prefer")
+        if prefer is not None and self.deferred is not None and wants_async(prefer):
+            return await self.deferred(scope, headers, name, version, read_body)
         shm: Session | None = None
         try:
             ctx = self.ctx
@@ -221,7 +247,7 @@ class InferRoute:
             shm = Session(lambda: ctx.shared_memory, owner_of(identity), ctx.max_body_bytes)
             request = decode_request(
                 body,
-                _header_length(headers.get(b"inference-header-content-length")),
+                inference_header_length(headers.get(b"inference-header-content-length")),
                 name,
                 version,
                 ctx.max_elements,

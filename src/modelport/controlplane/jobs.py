@@ -1,0 +1,337 @@
+"""Asynchronous inference: jobs queued in the state store, run below synchronous traffic.
+
+A request sent with ``Prefer: respond-async`` is admitted by the transport
+and handed to :meth:`JobRunner.submit`, which stores it as a queued job.
+Every worker of a node (and every server sharing the store) runs a
+:class:`JobRunner`; each claims queued jobs through the store's conditional
+UPDATE, so a job runs on one worker at a time, and keeps a bounded number in
+flight (``JobSettings.in_flight``) so jobs never crowd out synchronous calls.
+
+A job runs through the same ``Pipeline.infer`` as a synchronous call, at the
+lowest priority level of its model, under an internal Call (``Origin.STEP``:
+it was admitted, rate limits included, when it was submitted), and its
+answer is encoded exactly as the synchronous call's would have been. A
+refusal is stored with the HTTP status the synchronous call would have had.
+
+Failure model. A claim is a lease, renewed every ``lease_s / 3`` while the
+job runs. A worker killed mid-job (SIGKILL, a crash) stops renewing; once
+the lease lapses any runner (the same server after a restart included)
+queues the job again, since inference is a pure function of its input. After
+``max_attempts`` claims that never finished, the job fails with that reason
+instead. A result is stored only by the claim's holder while the job is
+still running, so each job ends with one outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from modelport.clock import Clock, SystemClock
+from modelport.controlplane.store.jobs import QUEUED, JobStore, NewJob, StoredJob
+from modelport.dataplane.codec.json_v2 import decode_request, encode_json, encode_response
+from modelport.dataplane.pipeline import Pipeline
+from modelport.errors import ModelportError, NotFound, internal_error
+from modelport.types import Call, Identity, Origin, Role
+
+log = logging.getLogger("modelport.jobs")
+
+#: A priority past every model's levels: the scheduler clamps it to the lowest one.
+LOWEST_PRIORITY = 2**31 - 1
+#: The protocol label a job's requests are counted under (statistics, metrics).
+JOB_PROTOCOL = "http"
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    retention_s: float = 86400.0
+    """Seconds a finished job is kept before it is purged."""
+    in_flight: int = 2
+    """Jobs one runner runs at once; the rest wait queued in the store."""
+    lease_s: float = 10.0
+    """How long a claim lasts without renewal; a dead worker's jobs wait this long."""
+    poll_s: float = 0.25
+    """How often an idle runner looks for work queued by other workers."""
+    max_attempts: int = 3
+    """Claims of one job that may end without a result before it fails."""
+    purge_every_s: float = 60.0
+    """How often finished jobs past their retention are deleted."""
+
+
+@dataclass(frozen=True, slots=True)
+class JobOutcome:
+    """What running a job produced: the synchronous call's status and body."""
+
+    status: int
+    body: bytes
+    header_length: int | None = None
+    error: str | None = None
+    version: str | None = None
+
+
+class Execute(Protocol):
+    """Runs one claimed job to its outcome; never raises but for cancellation."""
+
+    async def __call__(self, job: StoredJob) -> JobOutcome: ...
+
+
+def owner_of(identity: Identity | None) -> str:
+    """The key a job is owned by: the identity's stable id, "" with authentication off."""
+    return identity.id if identity is not None else ""
+
+
+def identity_json(identity: Identity | None) -> str | None:
+    if identity is None:
+        return None
+    return json.dumps(
+        {
+            "id": identity.id,
+            "name": identity.name,
+            "role": identity.role.label,
+            "models": list(identity.models),
+            "tenant": identity.tenant,
+        }
+    )
+
+
+def identity_from(text: str | None) -> Identity | None:
+    if text is None:
+        return None
+    data = json.loads(text)
+    return Identity(
+        data["id"], data["name"], Role[data["role"].upper()], tuple(data["models"]), data["tenant"]
+    )
+
+
+def pipeline_executor(
+    pipeline: Pipeline, max_elements: int, status_of: Callable[[ModelportError], int]
+) -> Execute:
+    """Run a job as the synchronous REST call it came from would have run.
+
+    ``status_of`` is the REST transport's error table, so a failed job keeps
+    the status the caller would have seen.
+    """
+
+    async def execute(job: StoredJob) -> JobOutcome:
+        assert job.request is not None
+        try:
+            request = decode_request(
+                job.request, job.header_length, job.model, job.version, max_elements, None
+            )
+            request.priority = LOWEST_PRIORITY
+            call = Call(Origin.STEP, identity_from(job.identity), request_id=request.id)
+            response = await pipeline.infer(request, JOB_PROTOCOL, None, call)
+            body, hlen = encode_response(request, response, None)
+        except ModelportError as exc:
+            status = status_of(exc)
+            return JobOutcome(status, encode_json({"error": exc.message}), error=exc.message)
+        except Exception as exc:
+            log.exception("job failed", extra={"job": job.id, "model": job.model})
+            message = internal_error(exc)
+            return JobOutcome(500, encode_json({"error": message}), error=message)
+        return JobOutcome(200, body, hlen, version=response.model_version)
+
+    return execute
+
+
+def worker_id() -> str:
+    """This runner's claim name: host, process and a random part (pids are reused)."""
+    return f"{socket.gethostname()[:32]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class JobRunner:
+    """Submits, claims, runs, cancels and purges jobs; the transport's ``JobQueue``."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        execute: Execute,
+        settings: JobSettings | None = None,
+        *,
+        worker: str | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.store = store
+        self.execute = execute
+        self.settings = settings if settings is not None else JobSettings()
+        self.worker = worker if worker is not None else worker_id()
+        self.clock = clock if clock is not None else SystemClock()
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._wake = asyncio.Event()
+
+    async def submit(
+        self,
+        *,
+        model: str,
+        version: str | None,
+        identity: Identity | None,
+        body: bytes,
+        header_length: int | None,
+        residency: str | None,
+        idempotency_key: str | None,
+    ) -> StoredJob:
+        """Store a queued job (or find the first one with this caller's idempotency key)."""
+        job = NewJob(
+            uuid.uuid4().hex,
+            owner_of(identity),
+            identity.tenant if identity is not None else None,
+            identity_json(identity),
+            idempotency_key,
+            model,
+            version,
+            body,
+            header_length,
+            residency,
+        )
+        stored, created = await asyncio.to_thread(self.store.add, job)
+        if created:
+            log.debug("job queued", extra={"job": stored.id, "model": model})
+            self._wake.set()
+        return stored
+
+    async def get(
+        self, job_id: str, identity: Identity | None, *, result: bool = False
+    ) -> StoredJob:
+        """The caller's job; NotFound for an id that is not theirs, as for one that never was."""
+        job = await asyncio.to_thread(self.store.get, job_id, result=result)
+        if job is None or job.owner != owner_of(identity):
+            raise NotFound(f"unknown job {job_id!r}")
+        return job
+
+    async def list_for(
+        self, identity: Identity | None, *, limit: int, offset: int
+    ) -> list[StoredJob]:
+        return await asyncio.to_thread(
+            self.store.list_for, owner_of(identity), limit=limit, offset=offset
+        )
+
+    async def cancel(self, job_id: str, identity: Identity | None) -> StoredJob:
+        """Cancel the caller's job: a queued one at once; a running one here is stopped
+        now, one on another worker when its lease renewal finds it cancelled."""
+        job = await asyncio.to_thread(self.store.cancel, job_id, owner_of(identity))
+        if job is None:
+            raise NotFound(f"unknown job {job_id!r}")
+        task = self._running.get(job_id)
+        if task is not None and job.state != QUEUED:
+            task.cancel()
+        return job
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Claim and run jobs until ``stop``; then hand the unfinished ones back to the queue."""
+        settings = self.settings
+        monotonic = self.clock.monotonic_ns
+        await self._housekeep(purge=True)
+        next_recover = next_purge = monotonic()
+        handed_back: list[str] = []
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._keep_leases(stop))
+                while not stop.is_set():
+                    now = monotonic()
+                    if now >= next_recover:
+                        purge = now >= next_purge
+                        await self._housekeep(purge=purge)
+                        next_recover = now + int(settings.lease_s / 2 * 1e9)
+                        if purge:
+                            next_purge = now + int(settings.purge_every_s * 1e9)
+                    free = settings.in_flight - len(self._running)
+                    if free > 0:
+                        for job in await self._claim(free):
+                            self._running[job.id] = group.create_task(self._run_one(job))
+                    self._wake.clear()
+                    await _wait_any(stop, self._wake, settings.poll_s)
+                handed_back = list(self._running)
+                for task in self._running.values():
+                    task.cancel()
+        finally:
+            handed_back += list(self._running)
+            self._running.clear()
+            if handed_back:
+                with contextlib.suppress(ModelportError):
+                    await asyncio.to_thread(self.store.release, self.worker, handed_back)
+
+    async def _claim(self, free: int) -> list[StoredJob]:
+        try:
+            return await asyncio.to_thread(
+                self.store.claim, self.worker, free, self.settings.lease_s
+            )
+        except ModelportError as exc:  # the store is down: try again on the next turn
+            log.warning("cannot claim jobs: %s", exc.message)
+            return []
+
+    async def _housekeep(self, *, purge: bool) -> None:
+        """Queue again (or fail) jobs of stopped workers; purge those past retention."""
+        try:
+            requeued, failed = await asyncio.to_thread(
+                self.store.recover, self.settings.max_attempts
+            )
+            if requeued or failed:
+                log.info(
+                    "jobs of a stopped worker taken over",
+                    extra={"requeued": requeued, "failed": failed},
+                )
+            if purge:
+                await asyncio.to_thread(self.store.purge, self.settings.retention_s)
+        except ModelportError as exc:
+            log.warning("job housekeeping failed: %s", exc.message)
+
+    async def _run_one(self, job: StoredJob) -> None:
+        try:
+            outcome = await self.execute(job)
+            stored = await asyncio.to_thread(
+                self.store.finish,
+                job.id,
+                self.worker,
+                status=outcome.status,
+                result=outcome.body,
+                result_header_length=outcome.header_length,
+                error=outcome.error,
+                version=outcome.version,
+            )
+            if not stored:
+                log.info("job result dropped: cancelled or taken over", extra={"job": job.id})
+        except ModelportError as exc:  # the store failed: the lease lapses, the job reruns
+            log.warning("cannot store a job's result: %s", exc.message, extra={"job": job.id})
+        finally:
+            self._running.pop(job.id, None)
+            self._wake.set()
+
+    async def _keep_leases(self, stop: asyncio.Event) -> None:
+        """Renew the leases of running jobs; stop those cancelled or taken over elsewhere."""
+        every = self.settings.lease_s / 3
+        while not stop.is_set():
+            await _wait_any(stop, None, every)
+            ids = list(self._running)
+            if not ids:
+                continue
+            try:
+                held = await asyncio.to_thread(
+                    self.store.renew, self.worker, ids, self.settings.lease_s
+                )
+            except ModelportError as exc:
+                log.warning("cannot renew job leases: %s", exc.message)
+                continue
+            for job_id in ids:
+                task = self._running.get(job_id)
+                if job_id not in held and task is not None:
+                    task.cancel()
+
+
+async def _wait_any(stop: asyncio.Event, wake: asyncio.Event | None, seconds: float) -> None:
+    """Until ``stop`` or ``wake`` is set, or ``seconds`` pass."""
+    waits = [asyncio.ensure_future(stop.wait())]
+    if wake is not None:
+        waits.append(asyncio.ensure_future(wake.wait()))
+    try:
+        await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waits:
+            waiter.cancel()
