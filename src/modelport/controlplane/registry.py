@@ -541,6 +541,7 @@ class Registry:
             if cold is not None:
                 cold.cold = False  # an operator's load is no cold start: it loads now
             record = await self._sync(source, override=record.override, force=False)
+            await self._sync_ensembles()
         state = record.versions.get(version)
         self._raise_over_budget(record, [version])
         if state is None or state.state != READY:
@@ -555,6 +556,7 @@ class Registry:
             if source is None or record is None:
                 raise NotFound(f"unknown model {name!r}")
             await self._sync(source, override=record.override, force=False)
+            await self._sync_ensembles()
 
     async def unload_model_version(self, name: str, version: int) -> None:
         """Unload one version and keep it unloaded across repository polls."""
@@ -570,6 +572,7 @@ class Registry:
             if source is None:
                 raise NotFound(f"unknown model {name!r}: no directory in the repository")
             await self._sync(source, override=record.override, force=False)
+            await self._sync_ensembles()
 
     def _selected(self, record: ModelRecord, config: ModelConfig, on_disk: list[int]) -> list[int]:
         """The version policy's choice, then API choices, then pins (which always win)."""
