@@ -334,6 +334,7 @@ async def serve(config: ServerConfig, member: NodeMember | None = None) -> None:
         payloads=payloads,
         residency=residency,
     )
+    registry.steps.bind(pipeline)  # ensembles run their steps through the pipeline
     log_control = _audited_logs(logs, audit_log, link)
     ctx = TransportContext(
         pipeline=pipeline,

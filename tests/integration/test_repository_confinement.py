@@ -96,7 +96,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory, outside: Path) -> Path:
         (root / name / "labels.txt").write_text("a\nb\nc\nd\n")
         output = {"name": "OUTPUT0", "data_type": "TYPE_FP32", "dims": [4], "label_filename": label}
         (root / name / "config.yaml").write_text(json.dumps({"output": [output]}))
-    # What modelport cannot serve: ensembles, custom operation libraries.
+    # What modelport refuses: an ensemble without steps, custom operation libraries.
     (root / "ens" / "1").mkdir(parents=True)
     (root / "ens" / "config.yaml").write_text(
         json.dumps({"platform": "ensemble", "ensemble_scheduling": {"step": []}})
@@ -413,7 +413,7 @@ def test_label_file_inside_the_model_directory_serves(clients: dict[str, Any]) -
             "labeled_out",
             "output[0].label_filename must name a file inside the model directory",
         ),
-        ("ens", "ensembles are not supported yet"),
+        ("ens", "an ensemble needs at least one step"),
         ("oplib", "model_operations.op_library_filename is not supported"),
     ],
 )

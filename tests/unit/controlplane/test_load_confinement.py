@@ -555,8 +555,8 @@ def test_label_files_outside_the_model_directory_are_refused(tmp_path: Path, nam
 @pytest.mark.parametrize(
     ("config", "why"),
     [
-        ({"platform": "ensemble"}, "ensembles are not supported yet"),
-        ({"ensemble_scheduling": {"step": []}}, "ensembles are not supported yet"),
+        ({"platform": "ensemble"}, "an ensemble needs at least one step"),
+        ({"ensemble_scheduling": {"step": []}}, 'ensemble_scheduling needs platform: "ensemble"'),
         (
             {"model_operations": {"op_library_filename": ["/tmp/evil.so"]}},
             "model_operations.op_library_filename is not supported",
