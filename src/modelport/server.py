@@ -61,6 +61,7 @@ from modelport.dataplane.transport.http.uvicorn_adapter import (
     uvicorn_server,
 )
 from modelport.dataplane.transport.listen import address_of, bind_listeners, port_of
+from modelport.jobs_setup import build_jobs
 from modelport.node.forward import ProcessHost, SequenceRouter
 from modelport.node.link import NodeLink
 from modelport.node.member import NodeMember
@@ -336,6 +337,7 @@ async def serve(config: ServerConfig, member: NodeMember | None = None) -> None:
     )
     registry.steps.bind(pipeline)  # ensembles run their steps through the pipeline
     log_control = _audited_logs(logs, audit_log, link)
+    jobs = build_jobs(config, database, pipeline, http_status, clock)
     ctx = TransportContext(
         pipeline=pipeline,
         table=registry,
@@ -349,6 +351,7 @@ async def serve(config: ServerConfig, member: NodeMember | None = None) -> None:
         max_elements=config.max_elements,
         log_control=log_control,
         announce=link.announce if link is not None else None,
+        jobs=jobs,
     )
     if link is not None:
         if auth.gate is not None and isinstance(auth.gate.watch, TrafficWatch):
@@ -367,6 +370,7 @@ async def serve(config: ServerConfig, member: NodeMember | None = None) -> None:
             manager,
             canary,
             link.announce if link is not None else nobody,
+            jobs,
         ),
         http_status,
     )
@@ -461,6 +465,7 @@ async def serve(config: ServerConfig, member: NodeMember | None = None) -> None:
         tasks.create_task(shutdown())
         tasks.create_task(autoscaler.run(stop))
         tasks.create_task(idle.run(stop))
+        tasks.create_task(jobs.run(stop))
         tasks.create_task(auth.run(stop))
         if tls is not None:
             tasks.create_task(tls.run(stop))
