@@ -378,7 +378,7 @@ async def serve(config: ServerConfig, member: NodeMember | None = None) -> None:
         metrics.add_exposition(TritonMetrics(lambda: loaded_versions(registry)).render)
     autoscaler = Autoscaler(registry.ready, clock)
     metrics.add_exposition(autoscaler.render)
-    extra_routes = [*docs_routes(), *logging_routes(log_control)]
+    extra_routes = [*docs_routes(api), *logging_routes(log_control)]
     http = _uvicorn(build_app(ctx, api, extra_routes, auth.guard), config, config.http_port, tls)
     metrics_http = (
         _uvicorn(build_metrics_app(metrics, auth.metrics_guard), config, config.metrics_port, tls)
