@@ -87,6 +87,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     _copy(repo, "capped", extra=LIMIT)
     _copy(repo, "counted")
     _copy(repo, "judged", (1, 2))
+    _copy(repo, "deferred")
     (repo / "pooled" / "1").mkdir(parents=True)
     (repo / "pooled" / "1" / "model.py").write_text(POOLED_MODEL)
     (repo / "pooled" / "config.yaml").write_text(POOLED_CONFIG)
@@ -284,6 +285,26 @@ def test_a_model_with_process_instances_is_hosted_once_per_node(node: Server) ->
     assert config["modelport"]["instance_process"] is True
     stats = _fresh(node, "GET", "/v2/models/pooled/stats").json()["model_stats"]
     assert stats[0]["inference_stats"]["success"]["count"] == CONNECTIONS
+
+
+def test_jobs_submitted_to_any_worker_each_run_once(node: Server) -> None:
+    expected = _fresh(node, "POST", "/v2/models/deferred/infer", json=_body()).content
+    locations = []
+    for answer in _every(
+        node, "POST", "/v2/models/deferred/infer", json=_body(), headers={"Prefer": "respond-async"}
+    ):
+        assert answer.status_code == 202, answer.text
+        locations.append(answer.headers["location"])
+    assert len(set(locations)) == CONNECTIONS
+
+    def finished() -> bool:
+        states = [_fresh(node, "GET", where).json()["state"] for where in locations]
+        assert "failed" not in states and "cancelled" not in states, states
+        return states == ["succeeded"] * CONNECTIONS
+
+    _until(finished, "the node's jobs did not all succeed")
+    for where in locations:
+        assert _fresh(node, "GET", f"{where}/result").content == expected
 
 
 def test_log_settings_hold_on_every_worker(node: Server) -> None:
