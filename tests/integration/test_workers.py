@@ -513,6 +513,29 @@ def test_keys_and_blocking_hold_on_every_worker(tmp_path: Path) -> None:
         good = {"Authorization": f"Bearer {key}"}
         for answer in _every(srv, "GET", "/v2/models/breast_cancer/ready", headers=good):
             assert answer.status_code == 200
+        # A key created while the node runs works on every worker at once.
+        later = subprocess.run(
+            [
+                *MODELPORT,
+                "keys",
+                "create",
+                "--role",
+                "viewer",
+                "--models",
+                "*",
+                "--data-dir",
+                state,
+            ],
+            capture_output=True,
+            check=True,
+            text=True,
+            timeout=60,
+        )
+        found = re.search(r"mpk_[\w-]+", later.stdout)
+        assert found is not None, later.stdout
+        newer = {"Authorization": f"Bearer {found.group(0)}"}
+        for answer in _every(srv, "GET", "/v2/models/breast_cancer/ready", headers=newer):
+            assert answer.status_code == 200
         revoked = subprocess.run(
             [*MODELPORT, "keys", "revoke", key.split("_")[1], "--data-dir", str(state)],
             capture_output=True,
@@ -545,5 +568,26 @@ def test_keys_and_blocking_hold_on_every_worker(tmp_path: Path) -> None:
         _until(lambda: bursts() >= 1, "no burst of failures was detected", timeout=10)
         time.sleep(1)  # every worker has reported by now
         assert bursts() == 1
+    finally:
+        assert stop_server(srv) == 0
+
+
+def test_a_change_the_poller_finds_holds_on_every_worker(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _copy(repo, "first")
+    srv = start_server(repo, tmp_path / "node.log", "--workers", "2", "--poll-interval", "0.5")
+    try:
+        _until(lambda: "node serving" in srv.log(), "the node never served")
+        _copy(repo, "arrived")
+        # One worker polls; the others apply what it found as soon as it tells them.
+        _until(
+            lambda: _fresh(srv, "GET", "/v2/models/arrived/ready").status_code == 200,
+            "the poller never found the new model",
+        )
+        time.sleep(1)
+        for answer in _every(srv, "GET", "/v2/models/arrived/ready"):
+            assert answer.status_code == 200
+        assert srv.log().count("leading the node") == 1
     finally:
         assert stop_server(srv) == 0
