@@ -137,6 +137,9 @@ class Origin(Enum):
     """A copy the server sends to a shadow version; its answer goes to no one."""
     STEP = "step"
     """One step of a composite servable, run for a request already admitted."""
+    JOB = "job"
+    """An asynchronous job run by the job runner; admitted (rate limits included)
+    when it was submitted."""
 
     @property
     def internal(self) -> bool:
@@ -145,7 +148,7 @@ class Origin(Enum):
         Internal calls skip what exists to protect callers from one another,
         such as rate limits: the request they serve took its tokens once.
         """
-        return self is Origin.SHADOW or self is Origin.STEP
+        return self is Origin.SHADOW or self is Origin.STEP or self is Origin.JOB
 
 
 #: The empty, read-only mapping a Call without headers or trace context holds.

@@ -8,7 +8,7 @@ UPDATE, so a job runs on one worker at a time, and keeps a bounded number in
 flight (``JobSettings.in_flight``) so jobs never crowd out synchronous calls.
 
 A job runs through the same ``Pipeline.infer`` as a synchronous call, at the
-lowest priority level of its model, under an internal Call (``Origin.STEP``:
+lowest priority level of its model, under an internal Call (``Origin.JOB``:
 it was admitted, rate limits included, when it was submitted), and its
 answer is encoded exactly as the synchronous call's would have been. A
 refusal is stored with the HTTP status the synchronous call would have had.
@@ -127,7 +127,7 @@ def pipeline_executor(
                 job.request, job.header_length, job.model, job.version, max_elements, None
             )
             request.priority = LOWEST_PRIORITY
-            call = Call(Origin.STEP, identity_from(job.identity), request_id=request.id)
+            call = Call(Origin.JOB, identity_from(job.identity), request_id=request.id)
             response = await pipeline.infer(request, JOB_PROTOCOL, None, call)
             body, hlen = encode_response(request, response, None)
         except ModelportError as exc:
