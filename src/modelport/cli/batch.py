@@ -19,7 +19,7 @@ import typer
 from modelport.cli.client import EXIT_UNREACHABLE, Connection, Token, remember
 
 if TYPE_CHECKING:
-    from modelport.cli.batch_output import Writer
+    from modelport.batchfiles.writer import Writer
 
 EXIT_SOME_FAILED = 1
 #: Exit code of a run stopped by Ctrl-C, as a shell gives a process ended by SIGINT.
@@ -84,7 +84,7 @@ def batch(
     ] = False,
 ) -> None:
     """Run a model over every row of a file, a chunk per request, writing predictions."""
-    from modelport.cli.batch_tensors import UsageError
+    from modelport.batchfiles.tensors import UsageError
 
     if server is not None and repo is not None:
         _usage("give --server or --repo, not both")
@@ -130,10 +130,10 @@ def _run(
     resume: bool,
 ) -> int:
     """The whole run; returns the exit code."""
-    from modelport.cli.batch_io import Reader, file_format
-    from modelport.cli.batch_output import WRITERS, Progress, progress_path
+    from modelport.batchfiles.reader import Reader, file_format
+    from modelport.batchfiles.tensors import Layout, UsageError, specs
+    from modelport.batchfiles.writer import WRITERS, Progress, progress_path
     from modelport.cli.batch_run import Target, rate, run_chunks
-    from modelport.cli.batch_tensors import Layout, UsageError, specs
 
     in_kind = file_format(input, "--input")
     out_kind = file_format(output, "--output")
@@ -209,7 +209,7 @@ def _metadata(conn: Connection, model: str) -> tuple[dict[str, Any], int]:
     """The model's metadata, and its max_batch_size where the server tells it (else 0)."""
     import httpx
 
-    from modelport.cli.batch_tensors import UsageError
+    from modelport.batchfiles.tensors import UsageError
 
     headers = {"Authorization": f"Bearer {conn.token}"} if conn.token else {}
     base = f"{conn.url.rstrip('/')}/v2/models/{model}"

@@ -15,8 +15,8 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from modelport.cli.batch_output import OutRow, Writer
-from modelport.cli.batch_tensors import TensorSpec
+from modelport.batchfiles.tensors import TensorSpec
+from modelport.batchfiles.writer import OutRow, Writer
 
 #: Rows per parquet row group: each group's metadata stays in memory until the
 #: footer is written, so a group per small chunk would grow with the file.

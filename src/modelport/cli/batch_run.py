@@ -19,9 +19,8 @@ from typing import Any
 import httpx
 import numpy as np
 
-from modelport.cli.batch_io import Chunk
-from modelport.cli.batch_output import OutRow, Progress, Writer
-from modelport.cli.batch_tensors import (
+from modelport.batchfiles.reader import Chunk
+from modelport.batchfiles.tensors import (
     HEADER_LENGTH,
     Layout,
     RowError,
@@ -30,6 +29,7 @@ from modelport.cli.batch_tensors import (
     encode_request,
     row_value,
 )
+from modelport.batchfiles.writer import OutRow, Progress, Writer
 
 #: Seconds one inference request may take before it counts as refused.
 REQUEST_TIMEOUT_S = 300.0

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 
-from modelport.cli.batch_tensors import UsageError
+from modelport.batchfiles.tensors import UsageError
 
 READY_TIMEOUT_S = 120.0
 

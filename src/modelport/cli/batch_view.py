@@ -14,7 +14,7 @@ from pathlib import Path
 from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 
-from modelport.cli.batch_output import Progress as Checkpoint
+from modelport.batchfiles.writer import Progress as Checkpoint
 from modelport.cli.console import output_console
 
 
