@@ -360,6 +360,113 @@ def _check_residency(entries: list[str]) -> list[str]:
     return entries
 
 
+#: A rule's tests on a tensor, each applied to every row (the whole tensor when unbatched):
+#: its largest or smallest value against a bound, or whether all or any of its values are
+#: true (non-zero).
+TENSOR_TESTS = ("max_at_least", "max_at_most", "min_at_least", "min_at_most", "all", "any")
+
+#: A rule's tests on a request parameter (an absent parameter equals nothing).
+PARAMETER_TESTS = ("equals", "not_equals", "one_of")
+
+#: A parameter value as the protocols carry it.
+ParameterValue = bool | int | float | str
+
+
+class Rule(_Strict):
+    """One condition: on a tensor (``output``) or a request parameter (``parameter``).
+
+    Exactly one subject and exactly one test, e.g. ``{output: score,
+    max_at_least: 0.5}`` or ``{parameter: mode, equals: full}``; the rules
+    module (``dataplane/rules.py``) evaluates it.
+    """
+
+    output: str | None = None
+    """A tensor: in an ensemble, an ensemble tensor an earlier step gives (or an input);
+    in a cascade's ``accept``, an output of that stage's model."""
+    parameter: str | None = None
+    """A request parameter, by name."""
+    max_at_least: float | None = Field(default=None, allow_inf_nan=False)
+    max_at_most: float | None = Field(default=None, allow_inf_nan=False)
+    min_at_least: float | None = Field(default=None, allow_inf_nan=False)
+    min_at_most: float | None = Field(default=None, allow_inf_nan=False)
+    all: bool | None = None
+    """true: every value is non-zero; false: every value is zero."""
+    any: bool | None = None
+    """true: some value is non-zero; false: some value is zero."""
+    equals: ParameterValue | None = None
+    not_equals: ParameterValue | None = None
+    one_of: list[ParameterValue] | None = None
+
+    @model_validator(mode="after")
+    def _one_subject_one_test(self) -> Rule:
+        if (self.output is None) == (self.parameter is None):
+            raise ValueError("a rule names exactly one of output or parameter")
+        tests = [k for k in (*TENSOR_TESTS, *PARAMETER_TESTS) if getattr(self, k) is not None]
+        if len(tests) != 1:
+            names = ", ".join(TENSOR_TESTS if self.output is not None else PARAMETER_TESTS)
+            raise ValueError(f"a rule has exactly one test ({names}); got {len(tests)}")
+        allowed = TENSOR_TESTS if self.output is not None else PARAMETER_TESTS
+        if tests[0] not in allowed:
+            subject = "an output" if self.output is not None else "a parameter"
+            raise ValueError(f"{tests[0]} is not a test on {subject} ({', '.join(allowed)})")
+        return self
+
+    @property
+    def test(self) -> tuple[str, Any]:
+        """The one test: its name and operand."""
+        for key in (*TENSOR_TESTS, *PARAMETER_TESTS):
+            value = getattr(self, key)
+            if value is not None:
+                return key, value
+        raise AssertionError("validated to have one test")
+
+
+class StepControl(_Strict):
+    """How a composite calls one of its steps (an ensemble step, a cascade stage)."""
+
+    timeout_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    """Each call of the step fails with DeadlineExceeded after this many seconds."""
+    retries: int = Field(default=0, ge=0, le=10)
+    """Calls again after a transient failure (Unavailable, DeadlineExceeded), never
+    after a request the model refused; jittered exponential backoff between them."""
+    retry_backoff_s: float = Field(default=0.05, gt=0, le=10, allow_inf_nan=False)
+    """The first backoff's upper bound; it doubles with each retry."""
+    max_inflight: int | None = Field(default=None, ge=1)
+    """At most this many calls of the step at once, over all the composite's requests."""
+    optional: bool = False
+    """A failure leaves the step's outputs out (ensemble) or goes on to the next stage
+    (cascade) instead of failing the request."""
+
+
+class StepOptions(StepControl):
+    """modelport's options for one ensemble step."""
+
+    when: Rule | None = None
+    """The step runs only when this holds (for every row); otherwise it is skipped, and
+    so are the steps that need its outputs."""
+
+
+class CascadeStage(StepControl):
+    """One stage of a cascade: a model that answers when its ``accept`` rule holds."""
+
+    model: str = Field(min_length=1)
+    version: int = Field(default=-1, ge=-1)
+    """-1: the version the model's routing picks."""
+    name: str = ""
+    """The stage's name in responses and metrics; the model's name when empty."""
+    accept: Rule | None = None
+    """When this stage's answer stands; none on the last stage (it always answers)."""
+
+
+class Cascade(_Strict):
+    """Stages tried in order; the first sure of its answer answers."""
+
+    stages: list[CascadeStage] = Field(min_length=2)
+    per_row: bool = False
+    """Judge each row on its own: the rows a stage is unsure of go on to the next stage
+    as one smaller batch, and the answer is put back together in row order."""
+
+
 class ModelportOptions(_Strict):
     """modelport's own additions to a model's configuration."""
 
@@ -408,6 +515,11 @@ class ModelportOptions(_Strict):
     budget."""
     autoscaling: Autoscaling | None = None
     """Instance count that follows load; None keeps instance_group's count."""
+    steps: dict[str, StepOptions] = Field(default_factory=dict)
+    """An ensemble's per-step options, by the step's model name (or its index in
+    ``ensemble_scheduling.step`` when the model is a step twice)."""
+    cascade: Cascade | None = None
+    """Makes the model a cascade of other models (no model file of its own)."""
 
     _residency = field_validator("residency")(_check_residency)
 

@@ -21,7 +21,9 @@ from modelport.controlplane.repository.autoconfig import (
     signature_of,
 )
 from modelport.controlplane.warmup import warm_up
-from modelport.dataplane.ensemble import EnsembleServable, build_graph
+from modelport.dataplane.cascade import Answered, CascadeServable, stage_name
+from modelport.dataplane.ensemble import EnsembleServable, build_graph, shapes_compatible
+from modelport.dataplane.rules import check_datatype
 from modelport.dataplane.runtime import RuntimeLoader, runtime_loader
 from modelport.dataplane.runtime.files import check_version_dir
 from modelport.dataplane.runtime.process import load_in_processes
@@ -93,6 +95,8 @@ def refuse_unsupported(config: ModelConfig, source: str) -> None:
     """
     if is_ensemble(config):
         raise ModelLoadError(f"{source}: an ensemble has no model file to load")
+    if config.modelport.steps:
+        raise ConfigError(source, "modelport.steps", "only an ensemble has steps")
     operations = config.model_operations or {}
     if operations.get("op_library_filename"):
         raise ModelLoadError(
@@ -166,7 +170,10 @@ StepModels = Callable[[str, str | None], ModelVersion]
 
 
 def ensemble_steps(config: ModelConfig) -> tuple[str, ...]:
-    """The models an ensemble's steps name (empty for any other model)."""
+    """The models a composite names: an ensemble's steps, a cascade's stages (empty for
+    any other model); the registry loads them first and reloads it when they change."""
+    if config.modelport.cascade is not None:
+        return tuple(dict.fromkeys(s.model for s in config.modelport.cascade.stages))
     if config.ensemble_scheduling is None:
         return ()
     return tuple(dict.fromkeys(s.model_name for s in config.ensemble_scheduling.step))
@@ -253,6 +260,8 @@ def load_ensemble(
     _check_ensemble_config(name, config, source)
     scheduling = config.ensemble_scheduling
     assert scheduling is not None
+    if config.modelport.cascade is not None:
+        raise ConfigError(source, "modelport.cascade", "an ensemble cannot be a cascade too")
     signatures: list[ModelSignature | None] = []
     refused: dict[int, str] = {}
     for i, step in enumerate(scheduling.step):
@@ -279,7 +288,7 @@ def load_ensemble(
             )
         signatures.append(model.signature)
     signature = signature_of(config)
-    graph = build_graph(scheduling, signature, signatures, source)
+    graph = build_graph(scheduling, signature, signatures, source, config.modelport.steps)
     servable = EnsembleServable(name, str(version), graph, signature, runner, clock, refused)
     log.info(
         "model version ready",
@@ -294,6 +303,142 @@ def load_ensemble(
         servable=servable,
         stats=ModelStatistics(),
     )
+
+
+#: The platform a cascade reports (it has no model file, like an ensemble).
+CASCADE = "cascade"
+
+
+def is_cascade(config: ModelConfig) -> bool:
+    """Whether the config makes the model a cascade (``modelport.cascade``)."""
+    return config.modelport.cascade is not None
+
+
+def load_cascade(
+    name: str,
+    version: int,
+    config: ModelConfig,
+    source: str,
+    models: StepModels,
+    runner: StepRunner,
+    clock: Clock | None = None,
+    answered: Answered | None = None,
+) -> ModelVersion:
+    """A cascade version, each stage checked against its loaded model.
+
+    Every stage model takes the cascade's inputs and gives its outputs, with
+    the same datatypes and compatible shapes; every stage but the last has
+    an ``accept`` rule on one of its model's outputs. Each problem is a
+    ConfigError naming ``source`` and the field; a stage model that cannot
+    serve fails the load with that model's reason, as for ensembles.
+    """
+    cascade = config.modelport.cascade
+    assert cascade is not None
+    for field, present in (
+        ("backend", bool(config.backend)),
+        ("platform", config.platform not in ("", CASCADE)),
+        ("dynamic_batching", config.dynamic_batching is not None),
+        ("sequence_batching", config.sequence_batching is not None),
+        ("modelport.steps", bool(config.modelport.steps)),
+    ):
+        if present:
+            raise ConfigError(source, field, "a cascade has none: its stages compute")
+    if not config.input or not config.output:
+        raise ConfigError(
+            source, "input" if not config.input else "output", "a cascade declares its tensors"
+        )
+    if cascade.per_row and config.max_batch_size == 0:
+        raise ConfigError(
+            source, "modelport.cascade.per_row", "per_row splits batches: set max_batch_size"
+        )
+    signature = signature_of(config)
+    last = len(cascade.stages) - 1
+    seen: set[str] = set()
+    for i, stage in enumerate(cascade.stages):
+        field = f"modelport.cascade.stages[{i}]"
+        if stage_name(stage) in seen:
+            raise ConfigError(source, f"{field}.name", f"{stage_name(stage)!r} names two stages")
+        seen.add(stage_name(stage))
+        if stage.model == name:
+            raise ConfigError(source, f"{field}.model", "a cascade cannot be its own stage")
+        wanted = None if stage.version == -1 else str(stage.version)
+        try:
+            model = models(stage.model, wanted)
+        except NotFound as exc:
+            raise ConfigError(source, f"{field}.model", exc.message) from None
+        except ModelportError as exc:
+            raise ModelLoadError(
+                f"{source}: {field}.model: model {stage.model!r} cannot serve: {exc.message}"
+            ) from None
+        if model.config.sequence_batching is not None:
+            raise ConfigError(source, f"{field}.model", f"{stage.model!r} is a sequence model")
+        _check_stage(signature, model.signature, stage.model, source, f"{field}.model")
+        if i == last:
+            for key, bad in (("accept", stage.accept is not None), ("optional", stage.optional)):
+                if bad:
+                    raise ConfigError(
+                        source, f"{field}.{key}", "the last stage always answers: not allowed"
+                    )
+        elif stage.accept is None:
+            raise ConfigError(source, f"{field}.accept", "every stage but the last needs one")
+        elif stage.accept.output is not None:
+            spec = next((t for t in model.signature.outputs if t.name == stage.accept.output), None)
+            if spec is None:
+                raise ConfigError(
+                    source,
+                    f"{field}.accept.output",
+                    f"{stage.accept.output!r} is not an output of model {stage.model!r}",
+                )
+            check_datatype(stage.accept, spec.datatype, source, f"{field}.accept")
+    servable = CascadeServable(
+        name,
+        str(version),
+        cascade.stages,
+        signature,
+        runner,
+        cascade.per_row,
+        clock,
+        answered,
+    )
+    log.info("model version ready", extra={"model": name, "version": version})
+    return ModelVersion(
+        name=name,
+        version=str(version),
+        platform=CASCADE,
+        signature=signature,
+        config=config,
+        servable=servable,
+        stats=ModelStatistics(),
+    )
+
+
+def _check_stage(
+    cascade: ModelSignature, model: ModelSignature, stage: str, source: str, field: str
+) -> None:
+    """The stage's model takes exactly the cascade's inputs and gives its outputs."""
+    takes = {t.name: t for t in model.inputs}
+    gives = {t.name: t for t in model.outputs}
+    ours = {t.name for t in cascade.inputs}
+    extra = sorted(set(takes) - ours)
+    if extra:
+        raise ConfigError(
+            source, field, f"model {stage!r} input {extra[0]!r} is not an input of the cascade"
+        )
+    for kind, specs, theirs in (
+        ("input", cascade.inputs, takes),
+        ("output", cascade.outputs, gives),
+    ):
+        for spec in specs:
+            other = theirs.get(spec.name)
+            if other is None:
+                raise ConfigError(source, field, f"model {stage!r} has no {kind} {spec.name!r}")
+            if other.datatype != spec.datatype or not shapes_compatible(other.shape, spec.shape):
+                raise ConfigError(
+                    source,
+                    field,
+                    f"model {stage!r} {kind} {spec.name!r} is {other.datatype} "
+                    f"{list(other.shape)}, the cascade's is {spec.datatype} {list(spec.shape)}",
+                )
 
 
 class ProcessHost(Protocol):

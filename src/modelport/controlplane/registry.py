@@ -27,7 +27,9 @@ from modelport.controlplane.lifecycle import (
     UNAVAILABLE,
     ProcessHost,
     ensemble_steps,
+    is_cascade,
     is_ensemble,
+    load_cascade,
     load_ensemble,
     load_order,
 )
@@ -720,13 +722,30 @@ class Registry:
         origin: str,
         fingerprint: tuple[tuple[str, int, int], ...],
     ) -> None:
-        """Load an ensemble version on the loop: it only checks its graph against the
-        loaded step models. One that no longer checks stops serving (its steps would fail)."""
+        """Load an ensemble (or cascade) version on the loop: it only checks itself against
+        the loaded step models. One that no longer checks stops serving (its steps would fail)."""
         name = record.name
         try:
-            model = load_ensemble(
-                name, version, config, origin, self._step_model, self.steps, self.clock
-            )
+            if is_cascade(config):
+                answers = self.metrics.cascade_answers
+
+                def answered(stage: str, count: int) -> None:
+                    answers.labels(name, stage).inc(count)
+
+                model = load_cascade(
+                    name,
+                    version,
+                    config,
+                    origin,
+                    self._step_model,
+                    self.steps,
+                    self.clock,
+                    answered,
+                )
+            else:
+                model = load_ensemble(
+                    name, version, config, origin, self._step_model, self.steps, self.clock
+                )
         except ModelportError as exc:
             reason = self._public(exc.message)
             log.error(
@@ -776,7 +795,7 @@ class Registry:
             record.refused_here = reason
             return
         record.refused_here = ""
-        if is_ensemble(config):
+        if is_ensemble(config) or is_cascade(config):
             await self._load_ensemble(record, version, config, origin, fingerprint)
             return
         key, files = (name, str(version)), source.versions[version]

@@ -19,17 +19,29 @@ Example: ``pre`` gives ``a`` and ``b``; ``left(a)`` and ``right(b)`` do not
 depend on each other, so both start when ``pre`` ends; ``combine(l, r)``
 starts when the slower of the two ends. A request for ``l`` alone runs
 ``pre`` and ``left``.
+
+Beyond Triton, the ensemble's ``modelport.steps`` gives a step a condition
+(``when``: a rule on an earlier tensor or a request parameter, ``rules.py``)
+and per-step control (``steps.py``). A step whose condition does not hold is
+skipped, its model never called, and so is every step that needs a tensor a
+skipped (or failed optional) step would have given; the request answers with
+the outputs it has and names the skipped steps in the ``ensemble_skipped``
+response parameter.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from modelport.clock import Clock, SystemClock
-from modelport.config.model import EnsembleScheduling, EnsembleStep
+from modelport.config.model import EnsembleScheduling, EnsembleStep, Rule, StepControl, StepOptions
+from modelport.dataplane.rules import check_datatype, holds
 from modelport.dataplane.servable import Outcome, StepRunner, respond, wanted_outputs
+from modelport.dataplane.steps import ControlledStep, Sleep
 from modelport.errors import (
     ConfigError,
     InferenceFailed,
@@ -42,6 +54,16 @@ from modelport.types import Array, Call, InferenceRequest, ModelSignature, Tenso
 #: The field every step error names, with the step's index.
 _STEP = "ensemble_scheduling.step"
 
+#: The field of modelport's per-step options.
+_OPTIONS = "modelport.steps"
+
+#: A step's control when its ensemble sets none.
+_NO_CONTROL = StepControl()
+
+#: Response parameters: the steps a request skipped, and its optional steps that failed.
+SKIPPED_PARAMETER = "ensemble_skipped"
+FAILED_PARAMETER = "ensemble_failed"
+
 
 @dataclass(frozen=True, slots=True)
 class Step:
@@ -53,10 +75,23 @@ class Step:
     """None for Triton's -1: the version the model's routing picks."""
     inputs: tuple[tuple[str, str], ...]
     outputs: tuple[tuple[str, str], ...]
+    name: str = ""
+    """How ``modelport.steps`` and responses name it: the model's name, or the index
+    when the model is a step twice."""
+    when: Rule | None = None
+    control: StepControl = _NO_CONTROL
 
     @property
     def label(self) -> str:
         return f"step {self.index} ({self.model!r})"
+
+    @property
+    def waits(self) -> tuple[str, ...]:
+        """The tensors that must exist before it starts: its inputs and its condition's."""
+        taken = tuple(t for _, t in self.inputs)
+        if self.when is not None and self.when.output is not None:
+            return (*taken, self.when.output)
+        return taken
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,15 +117,17 @@ def build_graph(
     signature: ModelSignature,
     steps: Sequence[ModelSignature | None],
     source: str,
+    options: Mapping[str, StepOptions] | None = None,
 ) -> EnsembleGraph:
     """The ensemble's graph, checked; ConfigError naming ``source`` and the field.
 
     ``signature`` is the ensemble's own (its ``input`` and ``output``);
     ``steps[i]`` the signature of step i's model, or None where it is not
     known here (a model this node may not serve): that step's tensors are
-    then taken as written.
+    then taken as written. ``options``: the ensemble's ``modelport.steps``.
     """
-    built = tuple(_step(i, s) for i, s in enumerate(scheduling.step))
+    check_options(scheduling, options or {}, source)
+    built = _with_options(tuple(_step(i, s) for i, s in enumerate(scheduling.step)), options)
     if not built:
         raise ConfigError(source, _STEP, "an ensemble needs at least one step")
     ours_in = {t.name: t for t in signature.inputs}
@@ -125,10 +162,76 @@ def build_graph(
     for k, spec in enumerate(signature.inputs):
         if spec.name not in used:
             raise ConfigError(source, f"input[{k}]", f"{spec.name!r} is used by no step")
+    _check_conditions(built, ours_in, producer, source)
     order = _order(built, producer, source)
     graph = EnsembleGraph(built, order, frozenset(ours_in), producer)
     _check_edges(graph, signature, steps, ours_out, source)
     return graph
+
+
+def _with_options(
+    steps: tuple[Step, ...], options: Mapping[str, StepOptions] | None
+) -> tuple[Step, ...]:
+    """The steps named, with their ``modelport.steps`` options (keys checked first)."""
+    counts = Counter(s.model for s in steps)
+    named = [replace(s, name=s.model if counts[s.model] == 1 else str(s.index)) for s in steps]
+    for key, option in (options or {}).items():
+        index = _option_target(key, named)
+        if index is not None:
+            named[index] = replace(named[index], when=option.when, control=option)
+    return tuple(named)
+
+
+def _option_target(key: str, steps: Sequence[Step]) -> int | None:
+    """The index of the step ``key`` names (its name, or its index), or None."""
+    for step in steps:
+        if key in (step.name, str(step.index)):
+            return step.index
+    return None
+
+
+def check_options(
+    scheduling: EnsembleScheduling, options: Mapping[str, StepOptions], source: str
+) -> None:
+    """Every ``modelport.steps`` key names one step: its model, or its index when the
+    model is a step twice."""
+    models = [s.model_name for s in scheduling.step]
+    counts = Counter(models)
+    for key in options:
+        field = f"{_OPTIONS}.{key}"
+        if key.isdigit() and int(key) < len(models):
+            continue
+        if counts.get(key, 0) > 1:
+            raise ConfigError(
+                source,
+                field,
+                f"model {key!r} is a step {counts[key]} times: name the step by its index "
+                "in ensemble_scheduling.step",
+            )
+        if counts.get(key, 0) == 0:
+            raise ConfigError(
+                source, field, f"names no step (steps: {', '.join(dict.fromkeys(models))})"
+            )
+
+
+def _check_conditions(
+    steps: tuple[Step, ...],
+    ours_in: Mapping[str, TensorSpec],
+    producer: Mapping[str, int],
+    source: str,
+) -> None:
+    """A condition's tensor exists, and comes from another step (or is an input)."""
+    for step in steps:
+        if step.when is None or step.when.output is None:
+            continue
+        tensor = step.when.output
+        field = f"{_OPTIONS}.{step.name}.when.output"
+        if tensor not in ours_in and tensor not in producer:
+            raise ConfigError(
+                source, field, f"{tensor!r} is neither an ensemble input nor given by any step"
+            )
+        if producer.get(tensor) == step.index:
+            raise ConfigError(source, field, f"{tensor!r} is given by the step itself")
 
 
 def needed_steps(graph: EnsembleGraph, wanted: Iterable[str]) -> tuple[int, ...]:
@@ -140,7 +243,7 @@ def needed_steps(graph: EnsembleGraph, wanted: Iterable[str]) -> tuple[int, ...]
         if index in needed:
             continue
         needed.add(index)
-        todo += [graph.producer[t] for _, t in graph.steps[index].inputs if t in graph.producer]
+        todo += [graph.producer[t] for t in graph.steps[index].waits if t in graph.producer]
     return tuple(i for i in graph.order if i in needed)
 
 
@@ -192,7 +295,7 @@ def _order(steps: tuple[Step, ...], producer: Mapping[str, int], source: str) ->
     """A readiness order (Kahn's algorithm, ties by index); a cycle is a ConfigError."""
     after: dict[int, set[int]] = {s.index: set() for s in steps}
     for step in steps:
-        for _, tensor in step.inputs:
+        for tensor in step.waits:
             if tensor in producer:
                 after[step.index].add(producer[tensor])
     order: list[int] = []
@@ -267,6 +370,12 @@ def _check_edges(
         spec, origin = given(name)
         if spec is not None:
             _agree(spec, origin, out, f"ensemble output {name!r}", source, f"output[{k}]")
+    for step in graph.steps:
+        if step.when is not None and step.when.output is not None:
+            spec, _ = given(step.when.output)
+            if spec is not None:
+                field = f"{_OPTIONS}.{step.name}.when"
+                check_datatype(step.when, spec.datatype, source, field)
 
 
 def _spec(specs: Sequence[TensorSpec], name: str) -> TensorSpec | None:
@@ -290,28 +399,76 @@ def _agree(
         )
 
 
+@dataclass(slots=True)
+class GraphRun:
+    """What running a plan gave: the tensors, and the steps that did not give theirs."""
+
+    tensors: dict[str, Array]
+    skipped: list[str] = field(default_factory=list)
+    """Steps not run: their condition did not hold, or a tensor they wait for will
+    never exist. In readiness order."""
+    failed: list[str] = field(default_factory=list)
+    """Optional steps that failed; their outputs are left out."""
+
+
 async def run_graph(
     graph: EnsembleGraph,
     plan: Sequence[int],
     runner: StepRunner,
     call: Call | None,
     tensors: dict[str, Array],
-) -> dict[str, Array]:
+    parameters: Mapping[str, Any] | None = None,
+    controlled: Mapping[int, ControlledStep] | None = None,
+    rows: int = 1,
+    batched: bool = False,
+) -> GraphRun:
     """Run the steps of ``plan``, each as soon as its tensors exist; ``tensors`` grows.
 
-    The steps are tasks owned by this call: the first failure cancels the
-    rest and is raised, and a cancelled caller cancels them all.
+    The steps are tasks owned by this call: the first failure of a step that
+    is not optional cancels the rest and is raised, and a cancelled caller
+    cancels them all. A step whose condition does not hold (on ``tensors``
+    or the request's ``parameters``) is skipped; so is a step waiting for a
+    tensor a skipped or failed optional step would have given.
     """
-    waiting = {i: {t for _, t in graph.steps[i].inputs if t not in tensors} for i in plan}
+    params: Mapping[str, Any] = parameters if parameters is not None else {}
+    steps: Mapping[int, ControlledStep] = controlled if controlled is not None else {}
+    waiting = {i: {t for t in graph.steps[i].waits if t not in tensors} for i in plan}
+    absent: set[str] = set()
+    run = GraphRun(tensors)
     running: dict[asyncio.Task[dict[str, Array]], Step] = {}
 
+    def drop(step: Step, into: list[str]) -> None:
+        into.append(step.name)
+        absent.update(t for _, t in step.outputs)
+
     def start_ready() -> None:
-        for index in [i for i, missing in waiting.items() if not missing]:
-            del waiting[index]
-            step = graph.steps[index]
-            inputs = {name: tensors[t] for name, t in step.inputs}
-            task = asyncio.ensure_future(runner.run_step(call, step.model, step.version, inputs))
-            running[task] = step
+        # Each skip may make further steps impossible: go round until none changes.
+        changed = True
+        while changed:
+            changed = False
+            for index in list(waiting):
+                missing = waiting[index]
+                step = graph.steps[index]
+                if missing & absent:
+                    del waiting[index]
+                    drop(step, run.skipped)
+                    changed = True
+                elif not missing:
+                    del waiting[index]
+                    if step.when is not None and not holds(
+                        step.when, tensors, params, rows, batched
+                    ):
+                        drop(step, run.skipped)
+                        changed = True
+                        continue
+                    inputs = {name: tensors[t] for name, t in step.inputs}
+                    control = steps.get(index)
+                    work = (
+                        control.run(runner, call, inputs)
+                        if control is not None
+                        else runner.run_step(call, step.model, step.version, inputs)
+                    )
+                    running[asyncio.ensure_future(work)] = step
 
     try:
         start_ready()
@@ -319,6 +476,12 @@ async def run_graph(
             done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 step = running.pop(task)
+                failure = task.exception()
+                if failure is not None:
+                    if step.control.optional and isinstance(failure, ModelportError):
+                        drop(step, run.failed)
+                        continue
+                    raise failure
                 outputs = task.result()
                 for name, tensor in step.outputs:
                     if name not in outputs:
@@ -332,7 +495,7 @@ async def run_graph(
             task.cancel()
         if running:
             await asyncio.gather(*running, return_exceptions=True)
-    return tensors
+    return run
 
 
 class LateStepRunner:
@@ -385,6 +548,7 @@ class EnsembleServable:
         runner: StepRunner,
         clock: Clock | None = None,
         refused: Mapping[int, str] | None = None,
+        sleep: Sleep | None = None,
     ) -> None:
         self.name = name
         self.version = version
@@ -395,6 +559,11 @@ class EnsembleServable:
         self.output_names = tuple(self.outputs)
         self.refused = dict(refused or {})
         self._clock = (clock if clock is not None else SystemClock()).monotonic_ns
+        self._steps = {
+            s.index: ControlledStep(s.label, s.model, s.version, s.control, self._clock, sleep)
+            for s in graph.steps
+        }
+        """Each step's control, its in-flight bound shared by every request."""
         self._plans: dict[tuple[str, ...], tuple[int, ...]] = {}
         self._inflight = 0
         self._closing = False
@@ -413,17 +582,33 @@ class EnsembleServable:
                 step = self.graph.steps[index]
                 raise ResidencyRefused(f"model {self.name!r}: {step.label}: {self.refused[index]}")
         tensors = {t.name: t.data for t in request.inputs}
+        rows = request.inputs[0].shape[0] if self.batching and request.inputs else 1
         self._inflight += 1
         start = self._clock()
         try:
-            arrays = await run_graph(self.graph, plan, self.runner, call, tensors)
+            run = await run_graph(
+                self.graph,
+                plan,
+                self.runner,
+                call,
+                tensors,
+                request.parameters,
+                self._steps,
+                rows,
+                self.batching,
+            )
         finally:
             self._inflight -= 1
             if self._closing and self._inflight == 0:
                 self._idle.set()
         compute = self._clock() - start
-        response = respond(self.name, self.version, self.outputs, request, arrays, wanted)
-        rows = request.inputs[0].shape[0] if self.batching and request.inputs else 1
+        arrays = run.tensors
+        given = tuple(w for w in wanted if w in arrays)
+        response = respond(self.name, self.version, self.outputs, request, arrays, given)
+        if run.skipped:
+            response.parameters[SKIPPED_PARAMETER] = ",".join(run.skipped)
+        if run.failed:
+            response.parameters[FAILED_PARAMETER] = ",".join(run.failed)
         return Outcome(response, 0, compute, rows)
 
     def refusal(self) -> ModelportError | None:

@@ -155,6 +155,13 @@ class Metrics:
             ("model", "version", "input", "feature"),
             registry=self.registry,
         )
+        self.cascade_answers = Counter(
+            "modelport_cascade_answers",
+            "Answers a cascade's stages gave, by model and stage (requests, or rows for a "
+            "cascade with per_row).",
+            ("model", "stage"),
+            registry=self.registry,
+        )
         self.models_loaded = Gauge(
             "modelport_models_loaded",
             "Model versions loaded and ready.",
