@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import onnx
 import pytest
+import tritonclient.grpc as grpcclient
 from onnx import TensorProto, helper
 
 from tests.integration.conftest import Server, start_server, stop_server
@@ -71,6 +73,16 @@ modelport:
     large: {when: {output: WHEN, max_at_most: 0.9}}
 """
 
+#: An ensemble whose one step is the cascade ``casc``.
+WRAPPED = """platform: ensemble
+max_batch_size: 8
+input: [{name: x, data_type: TYPE_FP32, dims: [2]}]
+output: [{name: p, data_type: TYPE_FP32, dims: [2]}]
+ensemble_scheduling:
+  step:
+    - {model_name: casc, input_map: {x: x}, output_map: {probabilities: p}}
+"""
+
 SURE, UNSURE = [0.95, 0.05], [0.6, 0.4]
 
 
@@ -88,6 +100,7 @@ def build(root: Path) -> None:
         "bad_cascade": cascade("false", "large_int"),
         "early": EARLY.replace("WHEN", "s"),
         "bad_when": EARLY.replace("WHEN", "nowhere"),
+        "wrapped": WRAPPED,
     }
     for name, config in composites.items():
         (root / name / "1").mkdir(parents=True)  # no model file: its stages compute
@@ -196,3 +209,23 @@ def test_bad_composites_are_unavailable_naming_file_and_field(server: Server) ->
     assert by_name["bad_cascade"]["reason"].count("INT64") == 1
     assert by_name["casc"]["state"] == "READY"
     infer(server, "casc", [SURE])  # the others serve
+
+
+def test_grpc_callers_see_the_stage_too(server: Server) -> None:
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    x = grpcclient.InferInput("x", [1, 2], "FP32")
+    x.set_data_from_numpy(np.array([UNSURE], dtype=np.float32))
+    result = client.infer("casc", [x])
+    parameters = result.get_response().parameters
+    assert parameters["cascade_stage"].string_param == "large"
+    np.testing.assert_allclose(result.as_numpy("probabilities"), [[10.6, 10.4]], rtol=1e-6)
+
+
+def test_a_cascade_serves_as_an_ensemble_step(server: Server) -> None:
+    requests, _ = calls(server, "large")
+    sure = infer(server, "wrapped", [SURE])
+    assert output(sure, "p") == pytest.approx(SURE)
+    assert calls(server, "large")[0] == requests
+    unsure = infer(server, "wrapped", [UNSURE])
+    assert output(unsure, "p") == pytest.approx([10.6, 10.4])
+    assert calls(server, "large")[0] == requests + 1
