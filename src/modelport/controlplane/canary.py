@@ -93,6 +93,7 @@ class CanaryController:
         manager.track_canaries(self.versions_in_use, self.restore_point)
         self.announce: Announce = nobody
         """Tells the node's other workers that a model's stored canary changed."""
+        self._unannounced: set[str] = set()
         self.windows: Callable[[str, str], Awaitable[WindowSnapshot]] = self._local_window
         """A version's window as the step is judged on it: this server's, or in a node
         of several workers every worker's added up."""
@@ -188,6 +189,7 @@ class CanaryController:
                 f"version {spec.version} against stable {stable}",
             )
             self._reset_windows(model, spec, progress)
+        await self._announce()
         return saved
 
     async def pause(self, model: str, actor: str = LOCAL) -> StoredCanary:
@@ -199,7 +201,9 @@ class CanaryController:
     async def promote(self, model: str, actor: str = LOCAL) -> StoredCanary:
         async with self._lock:
             canary = self._require_active(model)
-            return await self._finish(model, canary, PROMOTED, "promoted by operator", actor)
+            saved = await self._finish(model, canary, PROMOTED, "promoted by operator", actor)
+        await self._announce()
+        return saved
 
     async def abort(
         self, model: str, actor: str = LOCAL, reason: str | None = None
@@ -207,7 +211,9 @@ class CanaryController:
         async with self._lock:
             canary = self._require_active(model)
             why = reason or "aborted by operator"
-            return await self._finish(model, canary, ABORTED, why, actor)
+            saved = await self._finish(model, canary, ABORTED, why, actor)
+        await self._announce()
+        return saved
 
     # ------------------------------------------------------------ controller
 
@@ -222,10 +228,13 @@ class CanaryController:
                 log.exception("canary tick failed")
 
     async def tick(self) -> None:
-        async with self._lock:
-            for model, canary in list(self._active.items()):
-                if canary.progress.state == RUNNING:
-                    await self._step(model, canary)
+        try:
+            async with self._lock:
+                for model, canary in list(self._active.items()):
+                    if canary.progress.state == RUNNING:
+                        await self._step(model, canary)
+        finally:
+            await self._announce()
 
     async def _step(self, model: str, canary: Canary) -> None:
         spec, progress = canary.spec, canary.progress
@@ -289,8 +298,18 @@ class CanaryController:
         )
         if progress.state in ACTIVE:
             self._active[model] = Canary(model, spec, progress, saved.revision, saved.updated_at)
-        await self.announce("canary", {"model": model})
+        self._unannounced.add(model)
         return saved
+
+    async def _announce(self) -> None:
+        """Tell the node's other workers of the canaries stored since the last call.
+
+        Called once the lock is released: a worker that is changing a canary
+        itself may be waiting for ours while we wait for it to apply this.
+        """
+        models, self._unannounced = self._unannounced, set()
+        for model in sorted(models):
+            await self.announce("canary", {"model": model})
 
     async def sync(self, model: str) -> None:
         """Take ``model``'s canary as the store holds it, after another worker of the
@@ -392,7 +411,9 @@ class CanaryController:
             if state == RUNNING:
                 # The paused time does not count towards the step's interval.
                 progress = dataclasses.replace(progress, step_started_at=self.clock())
-            return await self._save(model, canary.spec, progress, canary.revision, actor, action)
+            saved = await self._save(model, canary.spec, progress, canary.revision, actor, action)
+        await self._announce()
+        return saved
 
     def _require_active(self, model: str) -> Canary:
         canary = self._active.get(model)

@@ -204,7 +204,9 @@ class TrafficManager:
             self.traffic.set(model, policy)
             # Versions no longer named are released (unless the version policy keeps them).
             await self.registry.refresh(model)
-            await self.announce("traffic", {"model": model})
+        # Outside the lock: another worker applying its own change may be waiting
+        # for ours while we wait for it.
+        await self.announce("traffic", {"model": model})
         log.info(
             "traffic policy changed",
             extra={"model": model, "revision": saved.revision, "actor": actor},
@@ -230,7 +232,7 @@ class TrafficManager:
             self.registry.pin(model, set())
             self.traffic.set(model, None)
             await self.registry.refresh(model)
-            await self.announce("traffic", {"model": model})
+        await self.announce("traffic", {"model": model})
 
     async def sync(self, model: str) -> None:
         """Apply the stored policy of ``model`` as another worker of the node wrote it:
