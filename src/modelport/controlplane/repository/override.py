@@ -71,6 +71,8 @@ WHY: dict[str, str] = {
     "modelport.instance_process": "isolates the model's code in processes of its own",
     "modelport.instance_timeout_s": "stops a batch that runs too long",
     "modelport.method": "picks what the model answers",
+    "modelport.cascade": "changes what the model is",
+    "modelport.steps": "changes what the model is",
 }
 _GENERIC = "not a serving setting a load request may tune"
 _PLAIN_KINDS = frozenset({"KIND_AUTO", "KIND_CPU"})
