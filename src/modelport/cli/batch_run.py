@@ -14,16 +14,14 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
-import numpy as np
 
+from modelport.batchfiles.chunks import prepare, stacked
 from modelport.batchfiles.reader import Chunk
 from modelport.batchfiles.tensors import (
     HEADER_LENGTH,
     Layout,
-    RowError,
     TensorSpec,
     decode_response,
     encode_request,
@@ -68,23 +66,10 @@ def server_message(response: httpx.Response) -> str:
 
 async def infer_chunk(client: httpx.AsyncClient, target: Target, chunk: Chunk) -> list[OutRow]:
     """One chunk's output rows; bad rows fail alone, a refused request fails its rows."""
-    rows: list[OutRow] = []
-    good: list[tuple[OutRow, dict[str, np.ndarray[Any, Any]]]] = []
-    for record in chunk.records:
-        out = OutRow(record.row, record.id, None, record.error)
-        rows.append(out)
-        if record.error is None:
-            try:
-                good.append((out, target.layout.row(record.fields, record.row)))
-            except RowError as exc:
-                out.error = str(exc)
-    good = _one_shape(good)
+    rows, good = prepare(chunk, target.layout)
     if not good:
         return rows
-    arrays = {
-        spec.name: np.stack([arrays[spec.name] for _, arrays in good])
-        for spec in target.layout.inputs
-    }
+    arrays = stacked(good, target.layout)
     body, head = encode_request(arrays, target.layout.inputs)
     headers = {
         **target.headers(),
@@ -113,26 +98,6 @@ async def infer_chunk(client: httpx.AsyncClient, target: Target, chunk: Chunk) -
     for out, _ in good:
         out.error = f"row {out.row}: {error}"
     return rows
-
-
-def _one_shape(
-    good: list[tuple[OutRow, dict[str, np.ndarray[Any, Any]]]],
-) -> list[tuple[OutRow, dict[str, np.ndarray[Any, Any]]]]:
-    """The rows shaped as the chunk's first (one request is one tensor per input)."""
-    if not good:
-        return good
-    first = good[0][1]
-    kept = []
-    for out, arrays in good:
-        odd = [n for n in first if arrays[n].shape != first[n].shape]
-        if odd:
-            out.error = (
-                f"row {out.row} {odd[0]}: shape {list(arrays[odd[0]].shape)} differs from "
-                f"row {good[0][0].row}'s {list(first[odd[0]].shape)}"
-            )
-        else:
-            kept.append((out, arrays))
-    return kept
 
 
 async def run_chunks(

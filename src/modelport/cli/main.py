@@ -115,6 +115,17 @@ def serve(
         float | None,
         typer.Option(help="Seconds a finished asynchronous job's result is kept (default 86400)."),
     ] = None,
+    job_callback_hosts: Annotated[
+        str | None,
+        typer.Option(
+            help="Hosts job callbacks may go to: host or host:port, comma-separated "
+            "(the signing key: MODELPORT_JOB_CALLBACK_SECRET)."
+        ),
+    ] = None,
+    batch_dir: Annotated[
+        Path | None,
+        typer.Option(help="Directory of the files batch jobs read and write (default: off)."),
+    ] = None,
     memory_budget: Annotated[
         str | None,
         typer.Option(
@@ -230,6 +241,8 @@ def serve(
         "idle_unload": idle_unload,
         "cold_start_timeout": cold_start_timeout,
         "job_retention_s": job_retention,
+        "job_callback_hosts": job_callback_hosts,
+        "batch_dir": batch_dir,
         "workers": workers,
         "memory_budget": memory_budget,
         "log_level": log_level,

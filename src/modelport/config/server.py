@@ -37,6 +37,8 @@ few kilobytes, and these routes buffer and parse the whole body, so a body
 allowed up to ``max_body_bytes`` (an inference limit, 64 MiB by default)
 would cost many times its size in memory for no use."""
 _RESIDENCY_ENTRY = re.compile(r"[a-z]{2,}(?:-[a-z0-9]+)*")
+#: A callback host: a DNS name or IPv4 address, or a bracketed IPv6 one; then maybe a port.
+_CALLBACK_HOST = re.compile(r"(?:[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?")
 
 
 class ServerConfig(BaseModel):
@@ -92,6 +94,17 @@ class ServerConfig(BaseModel):
     job_retention_s: float = Field(default=86400.0, gt=0, allow_inf_nan=False)
     """Seconds a finished asynchronous job (``Prefer: respond-async``) and its result
     are kept before they are purged (docs/jobs.md)."""
+    job_callback_hosts: list[str] = Field(default_factory=list)
+    """Hosts a job's callback URL may name (docs/jobs.md): ``host`` or ``host:port``
+    (a string is a comma-separated list). A name resolving to a private, loopback or
+    link-local address is refused; such an address is reached only when listed as
+    an IP literal. Empty: callbacks are refused."""
+    job_callback_secret: SecretStr | None = None
+    """Key of the HMAC-SHA256 signature on job callbacks (16 characters or more),
+    normally from ``MODELPORT_JOB_CALLBACK_SECRET``. Secret: never logged or shown."""
+    batch_dir: Path | None = None
+    """Directory whose files batch jobs (``POST /api/v1/jobs/batch``) read and write;
+    nothing outside it is reachable. None turns batch jobs off."""
     memory_budget: int | None = Field(default=None, gt=0)
     """Bytes the node's loaded model versions may take, every worker's copy counted
     (``2GiB``, ``512MB``, or a percentage of the machine's memory such as ``60%``);
@@ -201,6 +214,38 @@ class ServerConfig(BaseModel):
                     )
             value[tenant] = cleaned
         return value
+
+    @field_validator("job_callback_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [h for h in (part.strip() for part in value.split(",")) if h]
+        return value
+
+    @field_validator("job_callback_hosts")
+    @classmethod
+    def _check_hosts(cls, value: list[str]) -> list[str]:
+        cleaned = [h.strip().lower() for h in value]
+        for host in cleaned:
+            if not _CALLBACK_HOST.fullmatch(host):
+                raise ValueError(f"{host!r} is not a host name or host:port")
+        return cleaned
+
+    @field_validator("batch_dir")
+    @classmethod
+    def _check_batch_dir(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_dir():
+            raise ValueError(f"{value} is not a directory")
+        return value
+
+    @model_validator(mode="after")
+    def _check_callbacks(self) -> ServerConfig:
+        secret = self.job_callback_secret
+        if self.job_callback_hosts and secret is None:
+            raise ValueError("job_callback_hosts needs job_callback_secret to sign callbacks")
+        if secret is not None and len(secret.get_secret_value()) < 16:
+            raise ValueError("job_callback_secret must be 16 characters or more")
+        return self
 
     @model_validator(mode="after")
     def _check_tls(self) -> ServerConfig:

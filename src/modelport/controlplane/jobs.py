@@ -20,12 +20,17 @@ queues the job again, since inference is a pure function of its input. After
 ``max_attempts`` claims that never finished, the job fails with that reason
 instead. A result is stored only by the claim's holder while the job is
 still running, so each job ends with one outcome.
+
+A job may name a callback URL (``callbacks.py``: checked against the allow-list
+at submission, sent when the job ends, at least once) and may be a batch over
+files under ``batch_dir`` (``batch_jobs.py``), run by the same runner.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -33,14 +38,25 @@ import socket
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from modelport.clock import Clock, SystemClock
-from modelport.controlplane.store.jobs import QUEUED, JobStore, NewJob, StoredJob
+from modelport.controlplane.store.jobs import (
+    QUEUED,
+    BatchState,
+    CallbackState,
+    JobStore,
+    NewBatch,
+    NewJob,
+    StoredJob,
+)
 from modelport.dataplane.codec.json_v2 import decode_request, encode_json, encode_response
 from modelport.dataplane.pipeline import Pipeline
-from modelport.errors import ModelportError, NotFound, internal_error
+from modelport.errors import InvalidRequest, ModelportError, NotFound, internal_error
 from modelport.types import Call, Identity, Origin, Role
+
+if TYPE_CHECKING:
+    from modelport.controlplane.callbacks import CallbackSender
 
 log = logging.getLogger("modelport.jobs")
 
@@ -75,6 +91,42 @@ class JobOutcome:
     header_length: int | None = None
     error: str | None = None
     version: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BatchOutcome:
+    """What a batch job ended with: its summary, or why it failed as a whole."""
+
+    status: int
+    body: bytes
+    error: str | None = None
+
+
+class Batches(Protocol):
+    """Batch jobs over files (``batch_jobs.BatchRunner``)."""
+
+    def check(
+        self,
+        identity: Identity | None,
+        model: str,
+        version: str | None,
+        input: str,
+        output: str,
+        id_column: str | None,
+        chunk_rows: int,
+    ) -> NewBatch: ...
+
+    async def execute(
+        self, job: StoredJob, batch: BatchState, worker: str, identity: Identity | None
+    ) -> BatchOutcome: ...
+
+
+@dataclass(frozen=True, slots=True)
+class JobDetails:
+    """What the jobs API shows beside a job's state: its callback and batch progress."""
+
+    callback: CallbackState | None
+    batch: BatchState | None
 
 
 class Execute(Protocol):
@@ -158,9 +210,13 @@ class JobRunner:
         *,
         worker: str | None = None,
         clock: Clock | None = None,
+        callbacks: CallbackSender | None = None,
+        batches: Batches | None = None,
     ) -> None:
         self.store = store
         self.execute = execute
+        self.callbacks = callbacks
+        self.batches = batches
         self.settings = settings if settings is not None else JobSettings()
         self.worker = worker if worker is not None else worker_id()
         self.clock = clock if clock is not None else SystemClock()
@@ -177,8 +233,13 @@ class JobRunner:
         header_length: int | None,
         residency: str | None,
         idempotency_key: str | None,
+        callback_url: str | None = None,
     ) -> StoredJob:
-        """Store a queued job (or find the first one with this caller's idempotency key)."""
+        """Store a queued job (or find the first one with this caller's idempotency key).
+
+        ``callback_url``: where to POST when the job ends; InvalidRequest (400)
+        for a host the server's allow-list does not name."""
+        callback = self._callback(callback_url)
         job = NewJob(
             uuid.uuid4().hex,
             owner_of(identity),
@@ -191,11 +252,62 @@ class JobRunner:
             header_length,
             residency,
         )
-        stored, created = await asyncio.to_thread(self.store.add, job)
+        stored, created = await asyncio.to_thread(self.store.add, job, callback_url=callback)
         if created:
             log.debug("job queued", extra={"job": stored.id, "model": model})
             self._wake.set()
         return stored
+
+    async def submit_batch(
+        self,
+        *,
+        identity: Identity | None,
+        model: str,
+        version: str | None,
+        input: str,
+        output: str,
+        id_column: str | None,
+        chunk_rows: int,
+        callback_url: str | None,
+    ) -> StoredJob:
+        """Store a queued batch job over files under batch_dir, once they are checked."""
+        if self.batches is None:
+            raise InvalidRequest("this server runs no batch jobs (its batch_dir is not set)")
+        callback = self._callback(callback_url)
+        batch = await asyncio.to_thread(
+            self.batches.check, identity, model, version, input, output, id_column, chunk_rows
+        )
+        job = NewJob(
+            uuid.uuid4().hex,
+            owner_of(identity),
+            identity.tenant if identity is not None else None,
+            identity_json(identity),
+            None,
+            model,
+            version,
+            json.dumps(dataclasses.asdict(batch)).encode(),  # for people reading the store
+            None,
+            None,
+        )
+        stored, _ = await asyncio.to_thread(self.store.add, job, callback_url=callback, batch=batch)
+        log.debug("batch job queued", extra={"job": stored.id, "model": model})
+        self._wake.set()
+        return stored
+
+    def _callback(self, url: str | None) -> str | None:
+        if url is None:
+            return None
+        if self.callbacks is None:
+            raise InvalidRequest(
+                "this server sends no job callbacks (its job_callback_hosts is empty)"
+            )
+        return self.callbacks.policy.check(url).url
+
+    async def details(self, job: StoredJob) -> JobDetails:
+        def read() -> JobDetails:
+            return JobDetails(self.store.callback_of(job.id), self.store.batch_of(job.id))
+
+        return await asyncio.to_thread(read)
 
     async def get(
         self, job_id: str, identity: Identity | None, *, result: bool = False
@@ -222,7 +334,13 @@ class JobRunner:
         task = self._running.get(job_id)
         if task is not None and job.state != QUEUED:
             task.cancel()
+        self._ended()
         return job
+
+    def _ended(self) -> None:
+        """A job ended here: its callback (if any) is due now, not at the next poll."""
+        if self.callbacks is not None:
+            self.callbacks.wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Claim and run jobs until ``stop``; then hand the unfinished ones back to the queue."""
@@ -234,6 +352,8 @@ class JobRunner:
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._keep_leases(stop))
+                if self.callbacks is not None:
+                    group.create_task(self.callbacks.run(stop))
                 while not stop.is_set():
                     now = monotonic()
                     if now >= next_recover:
@@ -285,7 +405,16 @@ class JobRunner:
 
     async def _run_one(self, job: StoredJob) -> None:
         try:
-            outcome = await self.execute(job)
+            batch = None
+            if self.batches is not None:
+                batch = await asyncio.to_thread(self.store.batch_of, job.id)
+            if self.batches is not None and batch is not None:
+                done = await self.batches.execute(
+                    job, batch, self.worker, identity_from(job.identity)
+                )
+                outcome = JobOutcome(done.status, done.body, error=done.error)
+            else:
+                outcome = await self.execute(job)
             stored = await asyncio.to_thread(
                 self.store.finish,
                 job.id,
@@ -298,6 +427,7 @@ class JobRunner:
             )
             if not stored:
                 log.info("job result dropped: cancelled or taken over", extra={"job": job.id})
+            self._ended()
         except ModelportError as exc:  # the store failed: the lease lapses, the job reruns
             log.warning("cannot store a job's result: %s", exc.message, extra={"job": job.id})
         finally:

@@ -13,20 +13,40 @@ servers) sharing the database never both own a job:
   stopped (killed, crashed): queued again while it has attempts left,
   failed with the reason otherwise.
 
+Two tables hang off a job (migration 0005), each deleted with it when it is
+purged: ``job_callbacks``, a callback's delivery, due once its job is
+finished and claimed by a sender with a lease like a job's; and
+``job_batches``, a batch job's files and the checkpoint written after each
+chunk, only by the worker holding the job.
+
 Times come from the database's clock (``Database.now``), so tests move them.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Row, and_, delete, select, update
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Integer,
+    Row,
+    String,
+    Table,
+    Text,
+    and_,
+    delete,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 
 from modelport.controlplane.store.database import Database
-from modelport.controlplane.store.tables import jobs
+from modelport.controlplane.store.tables import JOB_ID_MAX, UTCDateTime, jobs, metadata
 
 QUEUED = "queued"
 RUNNING = "running"
@@ -35,6 +55,86 @@ FAILED = "failed"
 CANCELLED = "cancelled"
 #: States a job never leaves.
 TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
+
+
+#: A job's callback delivery (migration 0005).
+job_callbacks = Table(
+    "job_callbacks",
+    metadata,
+    Column("job_id", String(JOB_ID_MAX), primary_key=True),
+    Column("url", Text(), nullable=False),
+    Column("attempts", Integer(), nullable=False),
+    Column("next_at", UTCDateTime(), nullable=True),
+    Column("lease_until", UTCDateTime(), nullable=True),
+    Column("delivered_at", UTCDateTime(), nullable=True),
+    Column("abandoned_at", UTCDateTime(), nullable=True),
+    Column("last_error", Text(), nullable=True),
+)
+
+#: A batch job's files and checkpoint (migration 0005).
+job_batches = Table(
+    "job_batches",
+    metadata,
+    Column("job_id", String(JOB_ID_MAX), primary_key=True),
+    Column("input", Text(), nullable=False),
+    Column("output", Text(), nullable=False),
+    Column("id_column", String(256), nullable=True),
+    Column("chunk_rows", Integer(), nullable=False),
+    Column("rows", Integer(), nullable=False),
+    Column("input_offset", BigInteger(), nullable=False),
+    Column("output_bytes", BigInteger(), nullable=False),
+    Column("succeeded", Integer(), nullable=False),
+    Column("failed", Integer(), nullable=False),
+    Column("failures", Text(), nullable=False),
+)
+
+#: Failures a batch keeps with their row numbers; the rest are counted.
+KEPT_FAILURES = 100
+
+
+@dataclass(frozen=True, slots=True)
+class NewBatch:
+    """A batch job's files, relative to the server's batch_dir."""
+
+    input: str
+    output: str
+    id_column: str | None
+    chunk_rows: int
+
+
+@dataclass(frozen=True, slots=True)
+class BatchState:
+    """A batch job's files and how far it got: the checkpoint of its last chunk."""
+
+    input: str
+    output: str
+    id_column: str | None
+    chunk_rows: int
+    rows: int = 0
+    """Input rows done (written to the output)."""
+    input_offset: int = 0
+    output_bytes: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    failures: tuple[tuple[int, str], ...] = ()
+    """The first KEPT_FAILURES failed rows: (row number, why)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackState:
+    """Where a job's callback delivery stands."""
+
+    url: str
+    attempts: int
+    delivered_at: datetime | None
+    abandoned_at: datetime | None
+    last_error: str | None
+
+    @property
+    def state(self) -> str:
+        if self.delivered_at is not None:
+            return "delivered"
+        return "abandoned" if self.abandoned_at is not None else "pending"
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,9 +195,12 @@ class JobStore:
     def now(self) -> datetime:
         return self._db.now()
 
-    def add(self, job: NewJob) -> tuple[StoredJob, bool]:
-        """Store a queued job; with an idempotency key already used by this owner, the
-        first job instead. Returns the job and whether it was created now."""
+    def add(
+        self, job: NewJob, *, callback_url: str | None = None, batch: NewBatch | None = None
+    ) -> tuple[StoredJob, bool]:
+        """Store a queued job, with its callback and batch rows; with an idempotency key
+        already used by this owner, the first job instead. Returns the job and whether
+        it was created now."""
         now = self._db.now()
         values = {
             "id": job.id,
@@ -117,6 +220,26 @@ class JobStore:
         try:
             with self._db.transaction(write=True) as conn:
                 conn.execute(jobs.insert().values(**values))
+                if callback_url is not None:
+                    conn.execute(
+                        job_callbacks.insert().values(job_id=job.id, url=callback_url, attempts=0)
+                    )
+                if batch is not None:
+                    conn.execute(
+                        job_batches.insert().values(
+                            job_id=job.id,
+                            input=batch.input,
+                            output=batch.output,
+                            id_column=batch.id_column,
+                            chunk_rows=batch.chunk_rows,
+                            rows=0,
+                            input_offset=0,
+                            output_bytes=0,
+                            succeeded=0,
+                            failed=0,
+                            failures="[]",
+                        )
+                    )
         except IntegrityError:
             if job.idempotency_key is None:
                 raise
@@ -309,13 +432,125 @@ class JobStore:
         return int(requeued), int(failed)
 
     def purge(self, older_than_s: float) -> int:
-        """Delete jobs finished more than ``older_than_s`` seconds ago; how many."""
+        """Delete jobs finished more than ``older_than_s`` seconds ago, with their
+        callback and batch rows; how many jobs."""
         cutoff = self._db.now() - timedelta(seconds=older_than_s)
+        old = and_(jobs.c.state.in_(TERMINAL), jobs.c.finished_at < cutoff)
         with self._db.transaction(write=True) as conn:
-            done = conn.execute(
-                delete(jobs).where(jobs.c.state.in_(TERMINAL), jobs.c.finished_at < cutoff)
-            )
+            for child in (job_callbacks, job_batches):
+                ids = select(jobs.c.id).where(old)
+                conn.execute(delete(child).where(child.c.job_id.in_(ids)))
+            done = conn.execute(delete(jobs).where(old))
         return int(done.rowcount)
+
+    # Callbacks
+
+    def callback_of(self, job_id: str) -> CallbackState | None:
+        with self._db.transaction() as conn:
+            row = conn.execute(
+                select(job_callbacks).where(job_callbacks.c.job_id == job_id)
+            ).first()
+        if row is None:
+            return None
+        v = row._mapping
+        return CallbackState(
+            v["url"], v["attempts"], v["delivered_at"], v["abandoned_at"], v["last_error"]
+        )
+
+    def claim_callbacks(self, limit: int, lease_s: float) -> list[tuple[StoredJob, str, int]]:
+        """Take up to ``limit`` due deliveries: the job finished, not delivered nor
+        abandoned, its next try due, no live claim. (job, url, attempts so far) each."""
+        now = self._db.now()
+        cb = job_callbacks.c
+        due = and_(
+            cb.delivered_at.is_(None),
+            cb.abandoned_at.is_(None),
+            or_(cb.next_at.is_(None), cb.next_at <= now),
+            or_(cb.lease_until.is_(None), cb.lease_until < now),
+        )
+        taken: list[tuple[StoredJob, str, int]] = []
+        with self._db.transaction(write=True) as conn:
+            rows = conn.execute(
+                select(*_SUMMARY, cb.url, cb.attempts)
+                .join(job_callbacks, cb.job_id == jobs.c.id)
+                .where(due, jobs.c.state.in_(TERMINAL))
+                .order_by(jobs.c.finished_at)
+                .limit(limit)
+            ).all()
+            until = now + timedelta(seconds=lease_s)
+            for row in rows:
+                done = conn.execute(
+                    update(job_callbacks).where(cb.job_id == row.id, due).values(lease_until=until)
+                )
+                if done.rowcount == 1:
+                    taken.append((_job(cast(Row[Any], row)), row.url, row.attempts))
+        return taken
+
+    def callback_done(self, job_id: str, *, error: str | None, retry_at: datetime | None) -> None:
+        """Record one try: delivered (``error`` None), to be tried again at ``retry_at``,
+        or abandoned (``retry_at`` None)."""
+        now = self._db.now()
+        values: dict[str, Any] = {
+            "attempts": job_callbacks.c.attempts + 1,
+            "lease_until": None,
+            "last_error": error,
+        }
+        if error is None:
+            values["delivered_at"] = now
+        elif retry_at is None:
+            values["abandoned_at"] = now
+        else:
+            values["next_at"] = retry_at
+        with self._db.transaction(write=True) as conn:
+            conn.execute(
+                update(job_callbacks).where(job_callbacks.c.job_id == job_id).values(**values)
+            )
+
+    # Batches
+
+    def batch_of(self, job_id: str) -> BatchState | None:
+        with self._db.transaction() as conn:
+            row = conn.execute(select(job_batches).where(job_batches.c.job_id == job_id)).first()
+        if row is None:
+            return None
+        v = row._mapping
+        return BatchState(
+            v["input"],
+            v["output"],
+            v["id_column"],
+            v["chunk_rows"],
+            v["rows"],
+            v["input_offset"],
+            v["output_bytes"],
+            v["succeeded"],
+            v["failed"],
+            tuple((int(r), str(m)) for r, m in json.loads(v["failures"])),
+        )
+
+    def checkpoint(self, job_id: str, worker: str, state: BatchState) -> bool:
+        """Record a batch's progress after a chunk, only while ``worker`` holds the job;
+        False when it does not (cancelled, taken over): the worker stops."""
+        with self._db.transaction(write=True) as conn:
+            held = conn.execute(
+                select(jobs.c.id).where(
+                    jobs.c.id == job_id, jobs.c.state == RUNNING, jobs.c.lease_owner == worker
+                )
+            ).first()
+            if held is None:
+                return False
+            conn.execute(
+                update(job_batches)
+                .where(job_batches.c.job_id == job_id)
+                .values(
+                    rows=state.rows,
+                    input_offset=state.input_offset,
+                    output_bytes=state.output_bytes,
+                    succeeded=state.succeeded,
+                    failed=state.failed,
+                    failures=json.dumps([list(f) for f in state.failures[:KEPT_FAILURES]]),
+                )
+            )
+        return True
 
 
 def _job(row: Row[Any]) -> StoredJob:
