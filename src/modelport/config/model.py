@@ -296,6 +296,14 @@ class ResponseCache(_Strict):
     enable: bool = False
 
 
+class TransactionPolicy(_Strict):
+    """Triton's ``model_transaction_policy``: whether a request may get many responses."""
+
+    decoupled: bool = False
+    """The model answers each request with a stream: zero, one or many responses
+    (docs/streaming.md); served over gRPC's ModelStreamInfer and REST's generate_stream."""
+
+
 class RateLimit(_Strict):
     """A token bucket for one model, shared by all its versions (and, with Redis, all nodes)."""
 
@@ -575,10 +583,16 @@ class ModelConfig(_Strict):
     parameters: dict[str, Parameter] = Field(default_factory=dict)
     model_warmup: list[dict[str, Any]] = Field(default_factory=list)
     model_operations: dict[str, Any] | None = None
-    model_transaction_policy: dict[str, Any] | None = None
+    model_transaction_policy: TransactionPolicy | None = None
     model_repository_agents: dict[str, Any] | None = None
     response_cache: ResponseCache | None = None
     modelport: ModelportOptions = Field(default_factory=ModelportOptions)
+
+    @property
+    def decoupled(self) -> bool:
+        """Whether ``model_transaction_policy.decoupled`` is set: the model streams."""
+        policy = self.model_transaction_policy
+        return policy is not None and policy.decoupled
 
     def parameter(self, key: str) -> str | None:
         """A Triton ``parameters`` string value, or None when not set."""

@@ -27,6 +27,7 @@ from modelport.dataplane.rules import check_datatype
 from modelport.dataplane.runtime import RuntimeLoader, runtime_loader
 from modelport.dataplane.runtime.files import check_version_dir
 from modelport.dataplane.runtime.process import load_in_processes
+from modelport.dataplane.runtime.python import PythonRuntime
 from modelport.dataplane.scheduled import ScheduledServable
 from modelport.dataplane.scheduling.policy import scheduling_policy, with_scheduling_shown
 from modelport.dataplane.scheduling.scheduler import Scheduler
@@ -38,6 +39,7 @@ from modelport.dataplane.scheduling.sequences import (
 )
 from modelport.dataplane.sequenced import SequencedServable
 from modelport.dataplane.servable import Servable, StepRunner
+from modelport.dataplane.streaming import StreamingServable
 from modelport.dataplane.table import ModelVersion
 from modelport.errors import (
     ConfigError,
@@ -462,6 +464,57 @@ class ProcessHost(Protocol):
         ...
 
 
+def refuse_unstreamable(config: ModelConfig, source: str) -> None:
+    """Refuse a decoupled model modelport cannot stream (docs/streaming.md).
+
+    Only a python model yields its responses; a stream holds an instance
+    thread in this process, so not in worker processes; it has no sequence
+    scheduler; and one response cached for a request would stand for a stream.
+    """
+    field = "model_transaction_policy.decoupled"
+    if config.backend != "python":
+        raise ConfigError(
+            source, field, f"only 'backend: python' models stream; this one is {config.backend!r}"
+        )
+    if config.modelport.instance_process:
+        raise ConfigError(source, field, "a decoupled model runs in-process, not instance_process")
+    if config.sequence_batching is not None:
+        raise ConfigError(source, field, "a decoupled model cannot use sequence_batching")
+    if config.response_cache is not None and config.response_cache.enable:
+        raise ConfigError(source, field, "a decoupled model's responses cannot be cached")
+
+
+def streaming_version(
+    name: str,
+    version: int,
+    config: ModelConfig,
+    runtime: object,
+    clock: Clock | None,
+    profile: InputProfile | None,
+    source: str,
+) -> ModelVersion:
+    """A decoupled python version: no warm-up (a stream may have effects), no scheduler
+    (nor a dynamic_batching section shown: streams are never batched together)."""
+    if not isinstance(runtime, PythonRuntime) or not runtime.decoupled:
+        raise ModelLoadError(f"{source}: a decoupled model needs a python model that yields")
+    signature = signature_of(config)
+    servable = StreamingServable(runtime, name, str(version), signature, clock)
+    log.info(
+        "model version ready",
+        extra={"model": name, "version": version, "instances": runtime.instances, "stream": True},
+    )
+    return ModelVersion(
+        name=name,
+        version=str(version),
+        platform=config.platform,
+        signature=signature,
+        config=config,
+        servable=servable,
+        stats=ModelStatistics(),
+        profile=profile,
+    )
+
+
 def load_version(
     name: str,
     version: int,
@@ -489,6 +542,8 @@ def load_version(
     # Before anything is allocated: a bad profile makes this version UNAVAILABLE.
     profile = load_profile(version_dir)
     config = choose_backend(config, source, version_dir)
+    if config.decoupled:
+        refuse_unstreamable(config, source)
     if host is not None and config.modelport.instance_process and not host.mine(name):
         return hosted_elsewhere(name, version, host, profile)
     count = instance_count(config)
@@ -501,6 +556,12 @@ def load_version(
     if not config.instance_group:
         group = InstanceGroup(name=name, kind="KIND_CPU", count=1)
         config = config.model_copy(update={"instance_group": [group]})
+    if config.decoupled:
+        try:
+            return streaming_version(name, version, config, runtime, clock, profile, source)
+        except Exception:
+            runtime.unload()
+            raise
     sequences: SequenceSettings | None = None
     predict: Callable[[Mapping[str, Array], Sequence[str]], dict[str, Array]]
     predict = runtime.predict

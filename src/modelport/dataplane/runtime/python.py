@@ -19,17 +19,28 @@ data or paths, so they go to the log (``modelport.runtime.python``).
 Triton's python-backend interface (``TritonPythonModel``) is a different
 contract (``triton_python_backend_utils``, per-request objects) and is
 refused with a message saying so.
+
+A decoupled model (``model_transaction_policy: {decoupled: true}``) streams:
+its ``predict`` is a plain generator yielding one dict per response, run on
+an instance's thread like any ``predict`` (a user's code may block, so it
+never runs on the event loop; an ``async def`` generator is refused for that
+reason). :meth:`PythonRuntime.stream` hands the generator to a thread of its
+own for the whole stream and steps it one response at a time, so a caller
+that goes away stops it after the response being computed.
 """
 
 from __future__ import annotations
 
 import ast
+import asyncio
 import importlib.util
+import inspect
 import logging
 import queue
 import sys
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -183,6 +194,7 @@ class PythonRuntime:
         models: list[Any],
         native: ModelSignature,
         batching: bool,
+        decoupled: bool = False,
     ) -> None:
         self._name = name
         self._module = module
@@ -193,10 +205,39 @@ class PythonRuntime:
         self._native = native
         self._batching = batching
         self._outputs = {t.name: t for t in native.outputs}
+        self.decoupled = decoupled
+        """``predict`` is a generator: served by :meth:`stream`, never by :meth:`predict`."""
+        self._threads = (
+            ThreadPoolExecutor(len(models), thread_name_prefix=f"stream-{name}")
+            if decoupled
+            else None
+        )
 
     @property
     def native(self) -> ModelSignature:
         return self._native
+
+    @property
+    def instances(self) -> int:
+        """How many streams may run at once: one per ``Model`` object."""
+        return len(self._models)
+
+    def stream(
+        self, inputs: Mapping[str, Array], outputs: Sequence[str], freed: Callable[[], None]
+    ) -> PythonStream:
+        """Start one request's stream on an idle instance, which it holds until it ends.
+
+        The caller allows at most :attr:`instances` streams at once, so an
+        instance is always idle here; ``freed`` is called (from the stream's
+        thread) once the generator is closed and the instance idle again.
+        """
+        if self._threads is None:
+            raise InferenceFailed(f"model {self._name} is not decoupled: it does not stream")
+        rows = next(iter(inputs.values())).shape[0] if self._batching and inputs else None
+        model = self._idle.get_nowait()
+        stream = PythonStream(self, model, dict(inputs), outputs, rows, freed)
+        self._threads.submit(stream.run)
+        return stream
 
     def predict(self, inputs: Mapping[str, Array], outputs: Sequence[str]) -> dict[str, Array]:
         rows = next(iter(inputs.values())).shape[0] if self._batching and inputs else None
@@ -252,10 +293,131 @@ class PythonRuntime:
         return checked
 
     def unload(self) -> None:
+        if self._threads is not None:
+            self._threads.shutdown(wait=False, cancel_futures=True)
         for model in self._models:
             _quiet_unload(model, self._name)
         self._models = []
         sys.modules.pop(self._module.__name__, None)
+
+
+#: What a stream's thread is asked: the next response, or to stop.
+_NEXT, _STOP = True, False
+#: What ``next`` gives once a generator is exhausted (a model may yield None by mistake).
+_END = object()
+
+
+class PythonStream:
+    """One request's responses from a generator ``predict``, on one instance.
+
+    The generator runs on a pool thread for the whole stream, one step per
+    :meth:`next`: nothing is computed ahead of what the caller asked for, so
+    after :meth:`close` at most the response being computed is wasted. The
+    thread closes the generator (its ``finally`` blocks run there), puts the
+    instance back, then calls ``freed``.
+    """
+
+    def __init__(
+        self,
+        runtime: PythonRuntime,
+        model: Any,
+        inputs: dict[str, Array],
+        outputs: Sequence[str],
+        rows: int | None,
+        freed: Callable[[], None],
+    ) -> None:
+        self._runtime = runtime
+        self._model = model
+        self._inputs = inputs
+        self._outputs = outputs
+        self._rows = rows
+        self._freed = freed
+        self._asks: queue.SimpleQueue[bool] = queue.SimpleQueue()
+        self._loop = asyncio.get_running_loop()
+        self._waiting: asyncio.Future[dict[str, Array] | None] | None = None
+
+    async def next(self) -> dict[str, Array] | None:
+        """The next response's checked outputs; None once the generator is done.
+
+        Raises InferenceFailed (or the model's InvalidRequest) when the
+        model raises or yields something that breaks the output rules; the
+        stream is over then.
+        """
+        waiting: asyncio.Future[dict[str, Array] | None] = self._loop.create_future()
+        self._waiting = waiting
+        self._asks.put(_NEXT)
+        return await waiting
+
+    def close(self) -> None:
+        """Stop the stream: the thread closes the generator after its current step."""
+        self._asks.put(_STOP)
+
+    def run(self) -> None:
+        """The stream's thread: step the generator on request, then clean up."""
+        runtime = self._runtime
+        items: Iterator[Any] | None = None
+        try:
+            while self._asks.get() is _NEXT:
+                try:
+                    if items is None:
+                        items = iter(self._model.predict(self._inputs))
+                    item = next(items, _END)
+                    result = (
+                        None if item is _END else runtime._check(item, self._outputs, self._rows)
+                    )
+                except InvalidRequest as exc:
+                    self._settle(None, exc)
+                    break
+                except InferenceFailed as exc:
+                    self._settle(None, exc)
+                    break
+                except (Exception, SystemExit) as exc:
+                    log.error(
+                        "model raised while streaming",
+                        exc_info=True,
+                        extra={"model": runtime._name, "exception": type(exc).__name__},
+                    )
+                    failed = InferenceFailed(f"model {runtime._name} raised {type(exc).__name__}")
+                    self._settle(None, failed)
+                    break
+                self._settle(result, None)
+                if result is None:
+                    break
+        finally:
+            self._finish(items)
+
+    def _finish(self, items: Iterator[Any] | None) -> None:
+        close = getattr(items, "close", None)
+        if callable(close):
+            try:
+                close()
+            except Exception:
+                log.error(
+                    "model raised while closing its stream",
+                    exc_info=True,
+                    extra={"model": self._runtime._name},
+                )
+        self._runtime._idle.put(self._model)
+        self._freed()
+
+    def _settle(self, result: dict[str, Array] | None, error: BaseException | None) -> None:
+        waiting = self._waiting
+        if waiting is not None:
+            self._loop.call_soon_threadsafe(_settle, waiting, result, error)
+
+
+def _settle(
+    waiting: asyncio.Future[dict[str, Array] | None],
+    result: dict[str, Array] | None,
+    error: BaseException | None,
+) -> None:
+    """Hand a step's outcome to the waiting caller, unless it stopped waiting."""
+    if waiting.done():
+        return
+    if error is not None:
+        waiting.set_exception(error)
+    else:
+        waiting.set_result(result)
 
 
 def load_python(version_dir: Path, config: ModelConfig, instances: int) -> PythonRuntime:
@@ -280,8 +442,10 @@ def _build(
         raise _triton_refusal(path)
     if not isinstance(cls, type):
         raise ModelLoadError(f"{path}: defines no class {CLASS_NAME}")
-    if not callable(getattr(cls, "predict", None)):
+    predict = getattr(cls, "predict", None)
+    if not callable(predict):
         raise ModelLoadError(f"{path}: class {CLASS_NAME} has no predict(self, inputs) method")
+    _check_streaming(path, predict, config.decoupled)
     missing = [
         kind
         for kind, tensors in (("input", config.input), ("output", config.output))
@@ -317,7 +481,29 @@ def _build(
         "python model ready",
         extra={"model": label, "path": str(path), "instances": len(models)},
     )
-    return PythonRuntime(label, module, models, native, batching)
+    return PythonRuntime(label, module, models, native, batching, config.decoupled)
+
+
+def _check_streaming(path: Path, predict: Any, decoupled: bool) -> None:
+    """A decoupled model's predict yields its responses; any other's returns one."""
+    if inspect.isasyncgenfunction(predict) or inspect.iscoroutinefunction(predict):
+        raise ModelLoadError(
+            f"{path}: {CLASS_NAME}.predict is 'async def'; it runs on an instance thread, "
+            "not the event loop, so define it with plain 'def' (and 'yield' to stream)"
+        )
+    generator = inspect.isgeneratorfunction(predict)
+    if decoupled and not generator:
+        raise ModelLoadError(
+            f"{path}: config model_transaction_policy.decoupled is true, so "
+            f"{CLASS_NAME}.predict must yield its responses (a generator: one dict of "
+            "output arrays per 'yield'); it returns instead"
+        )
+    if generator and not decoupled:
+        raise ModelLoadError(
+            f"{path}: {CLASS_NAME}.predict yields (a generator), which only a decoupled "
+            "model may do; set 'model_transaction_policy: {decoupled: true}' in config.yaml "
+            "to stream its responses, or return one dict of output arrays"
+        )
 
 
 def _quiet_unload(model: Any, label: str) -> None:
