@@ -36,6 +36,7 @@ from modelport.dataplane.codec.grpc_v2 import decode_request, encode_response, p
 from modelport.dataplane.codec.repository import load_config_parameter
 from modelport.dataplane.info import Visible
 from modelport.dataplane.sharedmemory import CUDA_UNSUPPORTED, Session, owner_of
+from modelport.dataplane.streaming import StreamTarget, streaming
 from modelport.dataplane.transport.context import TransportContext
 from modelport.dataplane.transport.grpc.errors import grpc_status, trailing_metadata
 from modelport.dataplane.transport.grpc.metadata import MetadataView
@@ -43,7 +44,7 @@ from modelport.dataplane.transport.trace import trace_context
 from modelport.errors import InvalidRequest, ModelportError, Unsupported
 from modelport.protos import grpc_service_pb2 as pb
 from modelport.protos import grpc_service_pb2_grpc as pb_grpc
-from modelport.types import Call, Identity, Origin, Role
+from modelport.types import Call, Identity, InferenceRequest, InferenceResponse, Origin, Role
 
 log = logging.getLogger("modelport.grpc")
 
@@ -60,6 +61,11 @@ _INFER = Access(Role.INVOKER, model="model_name")
 
 #: Shared-memory rpcs: registering is part of inferring (docs/shared-memory.md).
 _SHM = Access(Role.INVOKER)
+
+#: Triton's decoupled protocol: the request parameter asking for an empty last
+#: response, and the response parameter saying whether a response is the last.
+ENABLE_EMPTY_FINAL = "triton_enable_empty_final_response"
+FINAL_RESPONSE = "triton_final_response"
 
 
 def _rpc(access: Access) -> Callable[[Admitted[T]], Handler[T]]:
@@ -147,6 +153,40 @@ def _model_in(access: Access, message: Any) -> str | None:
     return (getattr(message, access.model) or None) if access.model is not None else None
 
 
+def _wants_empty_final(message: Any) -> bool:
+    """Whether a stream request set ``triton_enable_empty_final_response`` true."""
+    value = message.parameters.get(ENABLE_EMPTY_FINAL)
+    return (
+        value is not None
+        and value.WhichOneof("parameter_choice") == "bool_param"
+        and bool(value.bool_param)
+    )
+
+
+class _StreamSink:
+    """Sends a decoupled model's responses to one stream request, each as it comes."""
+
+    __slots__ = ("_request", "_shm", "_write", "target")
+
+    def __init__(self, model: str, write: Callable[[Any], Awaitable[None]]) -> None:
+        self.target = StreamTarget(model, self)
+        self._write = write
+        self._request: InferenceRequest | None = None
+        self._shm: Session | None = None
+
+    def bind(self, request: InferenceRequest, shm: Session) -> StreamTarget:
+        """The decoded request and its shared-memory session, once known."""
+        self._request = request
+        self._shm = shm
+        return self.target
+
+    async def send(self, response: InferenceResponse) -> None:
+        assert self._request is not None and self._shm is not None  # bound before the pipeline
+        encoded = encode_response(response, self._request, self._shm)
+        encoded.parameters[FINAL_RESPONSE].bool_param = False
+        await self._write(pb.ModelStreamInferResponse(infer_response=encoded))
+
+
 class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, ctx: TransportContext, gate: Gate | None = None) -> None:
         undeclared = [n for n in RPC_NAMES if declared(getattr(type(self), n)) is None]
@@ -208,12 +248,18 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         )
 
     async def _infer(
-        self, request: Any, context: grpc.aio.ServicerContext, identity: Identity | None
+        self,
+        request: Any,
+        context: grpc.aio.ServicerContext,
+        identity: Identity | None,
+        stream: _StreamSink | None = None,
     ) -> Any:
         """One infer message: its Call, then decode → pipeline → encode.
 
         The deadline is the call's ``grpc-timeout`` as the context counts it
         down, read when the message arrives (for a stream, the stream's).
+        ``stream`` (ModelStreamInfer only) takes a decoupled model's responses,
+        each encoded while the shared-memory session is still open.
         """
         pipeline = self.ctx.pipeline
         remaining = context.time_remaining()
@@ -241,7 +287,11 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
                 context.peer(),
                 trace_context(metadata.get),
             )
-            resp = await pipeline.infer(req, "grpc", metadata.get, call, admitted)
+            if stream is None:
+                resp = await pipeline.infer(req, "grpc", metadata.get, call, admitted)
+            else:
+                with streaming(stream.bind(req, shm)):
+                    resp = await pipeline.infer(req, "grpc", metadata.get, call, admitted)
             return encode_response(resp, req, shm)
         finally:
             shm.close()
@@ -255,6 +305,13 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
     ) -> None:
         """Serve each request on the stream concurrently; answer in completion order.
+
+        A decoupled model's responses to one request are sent in order, each
+        as its own message flagged ``triton_final_response: false``; when
+        the request set ``triton_enable_empty_final_response``, an empty
+        response flagged true follows the last (Triton's decoupled protocol).
+        Any other model's one response carries the flag true when asked for.
+        A cancelled stream cancels its requests, which stops their models.
 
         The caller is authenticated when the stream opens and again before each
         message, through the same short identity cache as unary calls, so a key
@@ -283,13 +340,23 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         except ModelportError as exc:
             await context.abort(grpc_status(exc), exc.message, trailing_metadata(exc))
 
+        async def write(reply: Any) -> None:
+            async with write_lock:
+                await context.write(reply)
+
         async def one(msg: Any, identity: Identity | None) -> None:
             try:
                 if gate is not None and identity is not None and _INFER.role is not None:
                     gate.check(identity, peer, _INFER.role, _model_in(_INFER, msg))
-                reply = pb.ModelStreamInferResponse(
-                    infer_response=await self._infer(msg, context, identity)
-                )
+                stream = _StreamSink(msg.model_name, write)
+                answer = await self._infer(msg, context, identity, stream)
+                target = stream.target
+                empty_final = _wants_empty_final(msg)
+                if target.claimed and not empty_final:
+                    return  # every response went out already; Triton sends nothing more
+                if empty_final:
+                    answer.parameters[FINAL_RESPONSE].bool_param = True
+                reply = pb.ModelStreamInferResponse(infer_response=answer)
             except ModelportError as exc:
                 reply = pb.ModelStreamInferResponse(
                     error_message=exc.message,
@@ -297,8 +364,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
                         model_name=msg.model_name, model_version=msg.model_version, id=msg.id
                     ),
                 )
-            async with write_lock:
-                await context.write(reply)
+            await write(reply)
 
         ended: ModelportError | None = None
         async with asyncio.TaskGroup() as tasks:
