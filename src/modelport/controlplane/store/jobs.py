@@ -471,7 +471,7 @@ class JobStore:
         taken: list[tuple[StoredJob, str, int]] = []
         with self._db.transaction(write=True) as conn:
             rows = conn.execute(
-                select(*_SUMMARY, cb.url, cb.attempts)
+                select(*_SUMMARY, cb.url, cb.attempts.label("callback_attempts"))
                 .join(job_callbacks, cb.job_id == jobs.c.id)
                 .where(due, jobs.c.state.in_(TERMINAL))
                 .order_by(jobs.c.finished_at)
@@ -483,7 +483,7 @@ class JobStore:
                     update(job_callbacks).where(cb.job_id == row.id, due).values(lease_until=until)
                 )
                 if done.rowcount == 1:
-                    taken.append((_job(cast(Row[Any], row)), row.url, row.attempts))
+                    taken.append((_job(cast(Row[Any], row)), row.url, row.callback_attempts))
         return taken
 
     def callback_done(self, job_id: str, *, error: str | None, retry_at: datetime | None) -> None:
