@@ -268,3 +268,66 @@ def test_a_failing_receiver_gets_one_accepted_delivery_after_retries(
     assert len(receiver.for_job(job_id)) == FAILS_BEFORE_SUCCESS + 1
     shown = httpx.get(f"{server.base}/api/v1/jobs/{job_id}").json()["callback"]
     assert (shown["state"], shown["attempts"]) == ("delivered", FAILS_BEFORE_SUCCESS + 1)
+
+
+def _counting_model(root: Path, counter: Path) -> None:
+    """``count``: y = 2x, a tenth of a second per call, rows computed appended to ``counter``."""
+    (root / "count" / "1").mkdir(parents=True)
+    (root / "count" / "1" / "model.py").write_text(
+        "import time\n\n"
+        "class Model:\n"
+        "    def predict(self, inputs):\n"
+        '        x = inputs["x"]\n'
+        "        if x.any():  # the load's warm-up sends zeros\n"
+        "            time.sleep(0.1)\n"
+        f"            with open({str(counter)!r}, 'a') as f:\n"
+        "                f.write(f'{len(x)}\\n')\n"
+        '        return {"y": x * 2}\n'
+    )
+    (root / "count" / "config.yaml").write_text(
+        "max_batch_size: 10\n"
+        "input:\n- {name: x, data_type: TYPE_FP32, dims: [2]}\n"
+        "output:\n- {name: y, data_type: TYPE_FP32, dims: [2]}\n"
+    )
+
+
+def test_a_batch_resumes_after_a_restart_without_redoing_written_rows(tmp_path: Path) -> None:
+    counter = tmp_path / "computed.txt"
+    _counting_model(tmp_path / "repo", counter)
+    batch_dir = tmp_path / "batches"
+    batch_dir.mkdir()
+    rows = [{"id": n, "x": [float(n + 1), 1.0]} for n in range(300)]
+    (batch_dir / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = tmp_path / "server.yaml"
+    config.write_text(json.dumps({"batch_dir": str(batch_dir)}))
+    args = ("--config", str(config), "--data-dir", str(tmp_path / "data"))
+    server = start_server(tmp_path / "repo", tmp_path / "first.log", *args)
+    try:
+        body = {"model": "count", "input": "in.jsonl", "output": "out.jsonl", "id_column": "id"}
+        submitted = _submit(server, body)
+        assert submitted.status_code == 202, submitted.text
+        job_id = submitted.json()["id"]
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{server.base}/api/v1/jobs/{job_id}").json()["batch"]["rows"] < 50:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        stop_server(server)  # SIGTERM: the running job goes back to the queue
+    done_before = _rows_computed(counter)
+    assert done_before < 300
+    server = start_server(tmp_path / "repo", tmp_path / "second.log", *args)
+    try:
+        state = _finished(server, job_id)
+    finally:
+        stop_server(server)
+    assert state["state"] == "succeeded", state
+    assert (state["batch"]["rows"], state["batch"]["succeeded"]) == (300, 300)
+    out = [json.loads(line) for line in (batch_dir / "out.jsonl").read_text().splitlines()]
+    assert [o["id"] for o in out] == list(range(300))
+    assert [o["y"] for o in out] == [[2 * (n + 1.0), 2.0] for n in range(300)]
+    assert _rows_computed(counter) <= 300 + 10  # at most one chunk computed twice
+
+
+def _rows_computed(counter: Path) -> int:
+    """Rows the model computed so far, from the counter file it appends to."""
+    return sum(int(line) for line in counter.read_text().split())
