@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from tests.integration.conftest import Server, free_port, start_server, stop_server
-from tests.integration.test_auth import _model
+from tests.integration.test_auth import _model, cli
 
 pytestmark = pytest.mark.integration
 
@@ -193,10 +193,12 @@ def test_a_bad_row_is_reported_with_its_number_and_the_rest_run(
     lines = [json.dumps(_row(n)) for n in range(5)]
     lines[2] = json.dumps({"id": "r2", "INPUT0": [1.0] * 16, "INPUT1": "not numbers"})
     (batch_dir / "bad.jsonl").write_text("\n".join(lines) + "\n")
-    body = {"model": "add_sub", "input": "bad.jsonl", "output": "bad-out.jsonl", "id_column": "id"}
-    submitted = _submit(server, body)
-    assert submitted.status_code == 202, submitted.text
-    state = _finished(server, submitted.json()["id"])
+    done = cli(
+        "jobs", "batch", "add_sub", "bad.jsonl", "bad-out.jsonl",
+        "--id-column", "id", "--json", "--url", server.base,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    state = _finished(server, json.loads(done.stdout)["id"])
     assert state["state"] == "succeeded", state
     batch = state["batch"]
     assert (batch["rows"], batch["succeeded"], batch["failed"]) == (5, 4, 1)

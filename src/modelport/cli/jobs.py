@@ -1,8 +1,10 @@
 """``modelport jobs``: the caller's asynchronous inference jobs (docs/jobs.md).
 
-Jobs are submitted with ``Prefer: respond-async`` on the infer route; these
-commands read, wait on nothing, and cancel, through /api/v1/jobs, with the
-same ``--url`` / ``--token`` handling and exit codes as ``modelport models``.
+Jobs are submitted with ``Prefer: respond-async`` on the infer route, or as a
+batch over files on the server (``modelport jobs batch``); these commands
+submit batches, read, wait on nothing, and cancel, through /api/v1/jobs,
+with the same ``--url`` / ``--token`` handling and exit codes as
+``modelport models``.
 """
 
 from __future__ import annotations
@@ -100,3 +102,43 @@ def cancel_job(
         print_json(data)
     else:
         _rows([data])
+
+
+@jobs_app.command("batch")
+def submit_batch(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Argument(help="Model to run.", show_default=False)],
+    input: Annotated[
+        str, typer.Argument(help="Input file (.jsonl, .csv), relative to the server's batch_dir.")
+    ],
+    output: Annotated[
+        str, typer.Argument(help="Output file to create, relative to the server's batch_dir.")
+    ],
+    url: Url = None,
+    token: Token = None,
+    as_json: AsJson = False,
+    version: Annotated[str | None, typer.Option(help="Model version (default: any).")] = None,
+    id_column: Annotated[
+        str | None, typer.Option(help="Input field copied to each output row.")
+    ] = None,
+    chunk_rows: Annotated[int, typer.Option(min=1, max=10_000, help="Rows per request.")] = 256,
+    callback_url: Annotated[
+        str | None, typer.Option(help="URL the server POSTs to when the job ends.")
+    ] = None,
+) -> None:
+    """Run a model over a file on the server (its batch_dir); prints the job's id."""
+    server = connection(ctx, url, token)
+    body = {
+        "model": model,
+        "version": version,
+        "input": input,
+        "output": output,
+        "id_column": id_column,
+        "chunk_rows": chunk_rows,
+        "callback_url": callback_url,
+    }
+    data = server.json(server.call("POST", "/jobs/batch", body))
+    if as_json:
+        print_json(data)
+    else:
+        say(f"{data['id']} {data['state']}: modelport jobs get {data['id']}")

@@ -279,6 +279,7 @@ class CallbackSender:
 
     async def _deliver(self, job: StoredJob, url: str, tries: int) -> None:
         error: str | None = None
+        final = False
         try:
             batch = await asyncio.to_thread(self.store.batch_of, job.id)
             body = callback_body(job, batch)
@@ -297,7 +298,9 @@ class CallbackSender:
             status = await self.post(target, address, headers, body)
             if not 200 <= status < 300:
                 error = f"the receiver answered {status}"
-        except (Refused, InvalidRequest) as exc:
+        except InvalidRequest as exc:  # the allow-list changed since submission: never allowed
+            error, final = str(exc), True
+        except Refused as exc:
             error = str(exc)
         except (OSError, httpx.HTTPError) as exc:
             error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
@@ -307,7 +310,7 @@ class CallbackSender:
             now = self.store.now()
             retry_at = now + timedelta(seconds=wait)
             ended = job.finished_at if job.finished_at is not None else now
-            if retry_at > ended + timedelta(seconds=self.settings.give_up_s):
+            if final or retry_at > ended + timedelta(seconds=self.settings.give_up_s):
                 retry_at = None
                 log.warning(
                     "job callback abandoned: %s", error, extra={"job": job.id, "tries": tries + 1}
