@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import queue
 import textwrap
 import time
@@ -236,6 +237,85 @@ def test_unary_infer_of_a_decoupled_model_is_refused(server: Server) -> None:
     assert "generate_stream" in r.json()["error"]
 
 
+def test_generate_stream_sends_events_as_they_are_computed(server: Server) -> None:
+    body = {"count": 5, "delay_ms": 300, "run": "sse-timing", "parameters": {"note": "x"}}
+    arrivals: list[float] = []
+    events: list[dict[str, Any]] = []
+    start = time.monotonic()
+    with httpx.stream(
+        "POST", f"{server.base}/v2/models/tokens/generate_stream", json=body, timeout=20
+    ) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                arrivals.append(time.monotonic() - start)
+                events.append(json.loads(line[len("data: ") :]))
+    assert [e["index"] for e in events] == [0, 1, 2, 3, 4]
+    assert events[0] == {
+        "model_name": "tokens",
+        "model_version": "1",
+        "index": 0,
+        "text_output": "tok0",
+    }
+    # The first event came long before the last one was computed.
+    assert arrivals[-1] - arrivals[0] > 0.8
+
+
+def test_generate_answers_one_json_object(server: Server) -> None:
+    r = httpx.post(
+        f"{server.base}/v2/models/echo/generate", json={"text_input": "hello"}, timeout=10
+    )
+    assert r.status_code == 200, r.text
+    assert r.json() == {"model_name": "echo", "model_version": "1", "text_output": "hello"}
+    one = {"count": 1, "delay_ms": 0, "run": "generate-one"}
+    r = httpx.post(f"{server.base}/v2/models/tokens/generate", json=one, timeout=10)
+    assert r.status_code == 200, r.text
+    assert r.json()["text_output"] == "tok0"
+    many = {"count": 3, "delay_ms": 0, "run": "generate-many"}
+    r = httpx.post(f"{server.base}/v2/models/tokens/generate", json=many, timeout=10)
+    assert r.status_code == 400
+    assert "generate_stream" in r.json()["error"]
+
+
+def test_generate_stream_of_an_ordinary_model_is_one_event(server: Server) -> None:
+    r = httpx.post(
+        f"{server.base}/v2/models/echo/generate_stream", json={"text_input": "hey"}, timeout=10
+    )
+    assert r.status_code == 200
+    events = [json.loads(x[6:]) for x in r.text.splitlines() if x.startswith("data: ")]
+    assert events == [{"model_name": "echo", "model_version": "1", "text_output": "hey"}]
+
+
+def test_generate_refusals_are_json_errors(server: Server) -> None:
+    r = httpx.post(f"{server.base}/v2/models/nope/generate_stream", json={}, timeout=10)
+    assert r.status_code == 404
+    assert set(r.json()) == {"error"}
+    r = httpx.post(
+        f"{server.base}/v2/models/echo/generate", json={"text_input": ["a", "b"]}, timeout=10
+    )
+    assert r.status_code == 400
+    assert "text_input" in r.json()["error"]
+
+
+def test_closed_sse_connection_stops_the_generator(server: Server, markers: Path) -> None:
+    body = {"count": 100, "delay_ms": 50, "run": "sse-cut"}
+    with httpx.stream(
+        "POST", f"{server.base}/v2/models/tokens/generate_stream", json=body, timeout=20
+    ) as r:
+        seen = 0
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                seen += 1
+                if seen == 2:
+                    break
+    time.sleep(0.5)
+    settled = computed(markers, "sse-cut")
+    time.sleep(1.0)
+    assert computed(markers, "sse-cut") == settled
+    assert settled < 20
+
+
 def test_streaming_mismatches_are_refused_at_load_naming_the_file(server: Server) -> None:
     entries = httpx.post(f"{server.base}/v2/repository/index", json={}, timeout=10).json()
     by_name = {e["name"]: e for e in entries}
@@ -247,6 +327,11 @@ def test_streaming_mismatches_are_refused_at_load_naming_the_file(server: Server
     assert returns["state"] == "UNAVAILABLE"
     assert "returns_decoupled/1/model.py" in returns["reason"]
     assert "model_transaction_policy.decoupled" in returns["reason"]
+
+
+def test_generate_is_an_advertised_extension(server: Server) -> None:
+    http = httpclient.InferenceServerClient(server.http_url)
+    assert "generate" in http.get_server_metadata()["extensions"]
 
 
 def test_the_config_shows_the_transaction_policy(server: Server) -> None:

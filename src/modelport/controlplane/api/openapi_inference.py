@@ -915,6 +915,7 @@ def inference_paths() -> dict[str, dict[str, Any]]:
         },
         **_shared_memory_paths(),
         **_logging_paths(),
+        **_generate_paths(),
         "/metrics": {
             "get": _operation(
                 "metrics",
@@ -1051,6 +1052,86 @@ def _logging_paths() -> dict[str, dict[str, Any]]:
             ),
         }
     }
+
+
+def _generate_paths() -> dict[str, dict[str, Any]]:
+    """Triton's generate extension (docs/streaming.md)."""
+    body = {
+        "required": True,
+        "content": {
+            JSON: {
+                "schema": {
+                    "type": "object",
+                    "description": "The model's inputs as fields by name (a scalar or a list), "
+                    "`parameters` and any other field as request parameters.",
+                    "properties": {"parameters": {"type": "object"}},
+                    "additionalProperties": True,
+                },
+                "example": {"text_input": "Hello", "parameters": {"max_tokens": 8}},
+            }
+        },
+    }
+    answer = {
+        "type": "object",
+        "description": "The outputs as fields by name (one element as a scalar, BYTES as text).",
+        "required": ["model_name", "model_version"],
+        "properties": {
+            "model_name": {"type": "string"},
+            "model_version": {"type": "string"},
+        },
+        "additionalProperties": True,
+    }
+    errors = _errors(
+        "BadRequest",
+        "NotFound",
+        "PayloadTooLarge",
+        "RateLimited",
+        "ResidencyRefused",
+        "Unavailable",
+        "DeadlineExceeded",
+        "InferenceFailed",
+    )
+    role = "Needs the `invoker` role on the model when authentication is on. "
+    generate = _operation(
+        "v2_generate",
+        TAG_V2,
+        "Generate: one JSON object in, one out",
+        {
+            "200": {
+                "description": "The one response.",
+                "content": {JSON: {"schema": answer}},
+            },
+            **errors,
+        },
+        description=role + "A decoupled model must answer with exactly one response here.",
+        parameters=[MODEL, TIMEOUT, CONTENT_ENCODING],
+        body=body,
+    )
+    stream = _operation(
+        "v2_generate_stream",
+        TAG_V2,
+        "Generate, streaming each response as a server-sent event",
+        {
+            "200": {
+                "description": "One `data: {json}` event per response; an error after the "
+                'first event is a last `data: {"error": ...}` event.',
+                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            },
+            **errors,
+        },
+        description=role + "A decoupled model's responses arrive as the model yields them.",
+        parameters=[MODEL, TIMEOUT, CONTENT_ENCODING],
+        body=body,
+    )
+    paths: dict[str, dict[str, Any]] = {}
+    for name, op in (("generate", generate), ("generate_stream", stream)):
+        for path, each in _versioned(
+            f"/v2/models/{{model}}/{name}",
+            f"/v2/models/{{model}}/versions/{{version}}/{name}",
+            op,
+        ).items():
+            paths[path] = {"post": each}
+    return paths
 
 
 def inference_schemas() -> dict[str, Any]:

@@ -27,6 +27,7 @@ EXTENSIONS = (
     "sequence",
     "sequence(string_id)",
     "logging",
+    "generate",
 )
 
 

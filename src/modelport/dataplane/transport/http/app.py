@@ -19,7 +19,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from modelport.dataplane.admission.identity import VISIBLE_SCOPE_KEY
 from modelport.dataplane.admission.needs import needs
 from modelport.dataplane.transport.context import TransportContext
-from modelport.dataplane.transport.http import routes_shm, routes_triton, routes_v1, routes_v2
+from modelport.dataplane.transport.http import (
+    routes_generate,
+    routes_shm,
+    routes_triton,
+    routes_v1,
+    routes_v2,
+)
 from modelport.dataplane.transport.http.errors import error_headers, http_status
 from modelport.dataplane.transport.http.fastpath import InferenceFastPath, InferRoute
 from modelport.dataplane.transport.http.guard import (
@@ -128,6 +134,7 @@ def build_app(
             *routes_triton.routes(ctx),
             *routes_shm.routes(ctx),
             *routes_v2.routes(ctx, infer),
+            *routes_generate.routes(ctx),
             *routes_v1.routes(ctx),
             *metrics_routes(ctx.metrics),
             *(extra_routes or []),
