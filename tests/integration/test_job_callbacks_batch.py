@@ -248,6 +248,33 @@ def test_a_callback_host_not_on_the_list_is_refused_at_submission(
     assert httpx.get(f"{server.base}/api/v1/jobs").json()["jobs"] == before
 
 
+def test_an_infer_job_calls_back_when_it_ends(
+    setup: tuple[Server, Path], receiver: Receiver
+) -> None:
+    server, _ = setup
+    row = _row(5)
+    request = {
+        "inputs": [
+            {"name": name, "shape": [1, 16], "datatype": "FP32", "data": row[name]}
+            for name in ("INPUT0", "INPUT1")
+        ]
+    }
+    headers = {"Prefer": "respond-async", "X-Callback-Url": receiver.url("/infer-done")}
+    submitted = httpx.post(f"{server.base}/v2/models/add_sub/infer", json=request, headers=headers)
+    assert submitted.status_code == 202, submitted.text
+    job_id = submitted.json()["id"]
+    got = receiver.wait_accepted(job_id)
+    assert len(got) == 1 and got[0].path == "/infer-done" and _signature_valid(got[0])
+    told = json.loads(got[0].body)
+    assert (told["id"], told["state"]) == (job_id, "succeeded")
+    refused = httpx.post(
+        f"{server.base}/v2/models/add_sub/infer",
+        json=request,
+        headers={"Prefer": "respond-async", "X-Callback-Url": "http://hooks.example.com/x"},
+    )
+    assert refused.status_code == 400 and "'hooks.example.com'" in refused.json()["error"]
+
+
 def test_a_failing_receiver_gets_one_accepted_delivery_after_retries(
     setup: tuple[Server, Path], receiver: Receiver
 ) -> None:

@@ -58,9 +58,11 @@ class JobQueue(Protocol):
         header_length: int | None,
         residency: str | None,
         idempotency_key: str | None,
+        callback_url: str | None = None,
     ) -> AcceptedJob:
         """Store a queued job; with an idempotency key this caller used already,
-        the first job instead."""
+        the first job instead. ``callback_url`` (``X-Callback-Url``) is called when
+        the job ends; a host the server does not allow is refused (InvalidRequest)."""
         ...
 
 

@@ -107,6 +107,7 @@ class AsyncInfer:
             if pipeline.limiter is not None and pipeline.admission.limits(call, request, admitted):
                 await pipeline.admission.take_tokens(call, request, admitted)
             residency = headers.get(_RESIDENCY)
+            callback = headers.get(b"x-callback-url")
             job = await self.jobs.submit(
                 model=name,
                 version=version,
@@ -115,6 +116,7 @@ class AsyncInfer:
                 header_length=hlen,
                 residency=residency.decode("latin-1") if residency is not None else None,
                 idempotency_key=key,
+                callback_url=callback.decode("latin-1") if callback is not None else None,
             )
         except ModelportError as exc:
             return error_reply(exc, scope["path"])
