@@ -21,6 +21,7 @@ import pytest
 
 from tests.integration.conftest import Server, start_server, stop_server
 from tests.integration.test_auth import _model, bearer, cli, create_key
+from tests.integration.test_traffic import postgres_url
 
 pytestmark = pytest.mark.integration
 
@@ -211,11 +212,19 @@ def test_cancel_a_queued_job(setup: tuple[Server, dict[str, str]]) -> None:
     assert httpx.get(server.base + last, headers=alice).json()["state"] == "cancelled"
 
 
-def test_jobs_survive_sigkill(tmp_path: Path) -> None:
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+def test_jobs_survive_sigkill(tmp_path: Path, store: str) -> None:
     repo = tmp_path / "repo"
     _slow_model(repo)
-    data = tmp_path / "data"
-    server = start_server(repo, tmp_path / "first.log", "--data-dir", str(data))
+    state = ["--data-dir", str(tmp_path / "data")]
+    if store == "postgresql":
+        url = postgres_url()
+        if url is None:
+            if os.environ.get("CI"):
+                pytest.fail("PostgreSQL on 127.0.0.1:5432 is not reachable")
+            pytest.skip("PostgreSQL on 127.0.0.1:5432 is not reachable")
+        state = ["--state-url", url]
+    server = start_server(repo, tmp_path / "first.log", *state)
     url = f"{server.base}/v2/models/slow/infer"
     locations = [
         httpx.post(url, json=_slow_body(n + 1), headers=ASYNC).headers["location"] for n in range(5)
@@ -228,7 +237,7 @@ def test_jobs_survive_sigkill(tmp_path: Path) -> None:
     assert states == {"running", "queued"}
     os.kill(server.process.pid, signal.SIGKILL)
     server.process.wait()
-    restarted = start_server(repo, tmp_path / "second.log", "--data-dir", str(data))
+    restarted = start_server(repo, tmp_path / "second.log", *state)
     try:
         for n, location in enumerate(locations):
             state = _wait_finished(restarted.base, location, {}, within=60)
