@@ -158,8 +158,9 @@ class Pipeline:
         Served as a request for ``model`` under the composite's ``call``:
         routed (``version`` None: the model's traffic policy or its default
         version), validated, cached and executed, and observed under the
-        "step" label; no second rate-limit token, as the composite's request
-        was admitted (the step's Call is the composite's, with origin STEP).
+        "step" label; a token from the step model's own rate limit, none from
+        the caller's, which the composite call took once (the step's Call is the
+        composite's, with origin STEP).
         A step carries no header lookup, so a sticky policy draws by weight for it.
         """
         request = InferenceRequest(

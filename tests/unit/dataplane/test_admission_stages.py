@@ -93,11 +93,17 @@ def test_rate_limits_skip_internal_origins_and_take_the_callers_bucket_first() -
     admission = _admission(Version(rate_limit=Limit()), limiter=limiter)
     who = Identity("key:1", "ci", Role.INVOKER, ("*",), rate=5.0, burst=5)
     request = InferenceRequest("m", None, [])
-    for origin in (Origin.SHADOW, Origin.STEP):
+    for origin in (Origin.SHADOW, Origin.JOB):
         asyncio.run(
             admission.take_tokens(Call(origin, who), request, admission.table.acquire("m", None))
         )  # type: ignore[arg-type]
     assert limiter.keys == []
+    # A composite's step: its model's bucket, not the caller's a second time.
+    asyncio.run(
+        admission.take_tokens(Call(Origin.STEP, who), request, admission.table.acquire("m", None))
+    )  # type: ignore[arg-type]
+    assert limiter.keys == ["model:m"]
+    limiter.keys.clear()
     asyncio.run(
         admission.take_tokens(Call(Origin.GRPC, who), request, admission.table.acquire("m", None))
     )  # type: ignore[arg-type]

@@ -32,8 +32,9 @@ returns to the pipeline as ``admitted``.
    policy's choice);
 7. rate limits: the caller's bucket, then the model's
    (:meth:`Admission.take_tokens`); they depend on the version chosen.
-   Internal calls (``Call.origin.internal``: a shadow copy, a composite's
-   step) were admitted as the request they serve and take no token;
+   Internal calls (``Call.origin.internal``: a shadow copy, a job) were
+   admitted as the request they serve and take no token; a composite's step
+   takes one from its own model's bucket only (``_spent``);
 8. validate, 9. cache, 10. execute: the pipeline's stages after admission.
 
 A caller of the pipeline that did not run the first phase (no ``admitted``
@@ -49,7 +50,7 @@ from modelport.dataplane.routing.traffic import HeaderLookup, Traffic
 from modelport.dataplane.table import ModelTable, ModelVersion
 from modelport.errors import RateLimited
 from modelport.observability.metrics import Metrics
-from modelport.types import Call, Identity, InferenceRequest
+from modelport.types import Call, Identity, InferenceRequest, Origin
 
 
 class Admission:
@@ -135,10 +136,12 @@ class Admission:
         costs no coroutine: no limiter, an internal call, or neither the
         caller nor the model has a rate.
         """
-        if self.limiter is None or (call is not None and call.origin.internal):
+        if self.limiter is None or (call is not None and _spent(call)):
             return False
         if model.rate_limit is not None:
             return True
+        if call is not None and call.origin is Origin.STEP:
+            return False  # the caller's own limit counted the composite call once
         identity = caller(call, request)
         return identity is not None and identity.rate is not None and identity.burst is not None
 
@@ -153,10 +156,16 @@ class Admission:
         happens outside what observers see and never counts against a canary.
         """
         limiter = self.limiter
-        if limiter is None or (call is not None and call.origin.internal):
+        if limiter is None or (call is not None and _spent(call)):
             return
         identity = caller(call, request)
-        if identity is not None and identity.rate is not None and identity.burst is not None:
+        step = call is not None and call.origin is Origin.STEP
+        if (
+            not step
+            and identity is not None
+            and identity.rate is not None
+            and identity.burst is not None
+        ):
             # One bucket per caller, across every model.
             await self._take(
                 limiter,
@@ -196,3 +205,14 @@ class Admission:
 def caller(call: Call | None, request: InferenceRequest) -> Identity | None:
     """The caller: the Call's, or the request's own when served without a Call."""
     return call.identity if call is not None else request.identity
+
+
+def _spent(call: Call) -> bool:
+    """Whether the request this internal call serves already took every token it owes.
+
+    A step of an ensemble or cascade still takes a token from its own model's
+    limit (the model's capacity is used whoever calls it), never a second one
+    from the caller's: the composite call took that once. Shadow copies and
+    jobs took theirs when they were admitted.
+    """
+    return call.origin.internal and call.origin is not Origin.STEP
