@@ -203,6 +203,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="run only round-robin traffic over three models in a memory budget for two, "
         "against no budget (eviction.py)",
     )
+    parser.add_argument(
+        "--pipelines-only",
+        action="store_true",
+        help="run only a three-step ensemble against one tiny model, a cascade against its "
+        "large model, and job submission beside synchronous traffic (pipelines.py)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.duration = 1
@@ -925,6 +931,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_workers(args, argv)
     if args.eviction_only:
         return run_eviction(args, argv)
+    if args.pipelines_only:
+        return run_pipelines(args, argv)
     started = time.monotonic()
     whole = servers.CpuMeter()
     res = Results(settings={k: str(v) for k, v in vars(args).items()})
@@ -1026,6 +1034,21 @@ def run_eviction(args: argparse.Namespace, argv: list[str]) -> int:
     return eviction.main(
         ["--command", exact_command(argv)]
         + (["--rounds", "1", "--duration", "3", "--output", str(args.output)] if args.quick else [])
+    )
+
+
+def run_pipelines(args: argparse.Namespace, argv: list[str]) -> int:
+    """Ensemble, cascade and job submission, each against its reference (pipelines.py)."""
+    import pipelines
+
+    log("pipelines: ensemble vs tiny model, cascade vs large model, job submission")
+    return pipelines.main(
+        ["--command", exact_command(argv)]
+        + (
+            ["--rounds", "1", "--duration", "2", "--jobs-rounds", "1", "--output", str(args.output)]
+            if args.quick
+            else []
+        )
     )
 
 
