@@ -157,13 +157,16 @@ def test_an_evicted_model_answers_the_next_request(server: Server) -> None:
 
 
 def test_a_budget_too_small_for_a_kept_model_names_the_budget(tmp_path: Path) -> None:
-    _save(tmp_path, "big", heavy_model(), "modelport: {keep_loaded: true}\n")
+    # 120 MiB of weights against 90 MiB: the kept model can never fit, while the small
+    # one fits whichever loads first (the first load also carries ONNX Runtime's
+    # one-time set-up, some 30 MiB).
+    _save(tmp_path, "big", heavy_model(3 * 655_360), "modelport: {keep_loaded: true}\n")
     _save(tmp_path, "small", add_sub_model())
-    srv = start_server(tmp_path, tmp_path / "server.log", "--memory-budget", "30MiB")
+    srv = start_server(tmp_path, tmp_path / "server.log", "--memory-budget", "90MiB")
     try:
         state, reason = _index(srv)["big"]
         assert state == "UNAVAILABLE"
-        assert "the memory budget 30 MiB" in reason and "nothing can be evicted" in reason
+        assert "the memory budget 90 MiB" in reason and "nothing can be evicted" in reason
         body = {
             "inputs": [
                 {"name": n, "shape": [1, 16], "datatype": "FP32", "data": ROW}
