@@ -62,7 +62,7 @@ import servers  # noqa: E402
 from loadgen import LoadResult  # noqa: E402
 from machine import command_output, read_text  # noqa: E402
 from payloads import Body  # noqa: E402
-from tables import fmt_ms, fmt_num, fmt_pct, log  # noqa: E402
+from tables import fmt_ms, fmt_num, fmt_pct, log, write_section  # noqa: E402
 from workdirs import LOGS, PYTHON, RAW, ROOT, WORK  # noqa: E402
 
 SECTION = "## Pipelines, cascades and asynchronous jobs"
@@ -615,18 +615,6 @@ def _shown(path: Path) -> str:
     return os.path.relpath(path, ROOT) if path.is_relative_to(ROOT) else str(path)
 
 
-def write_section(path: Path, text: str) -> None:
-    """Put ``text`` (starting with SECTION) in ``path``, replacing an earlier one."""
-    current = path.read_text() if path.exists() else ""
-    start = current.find(SECTION)
-    if start < 0:
-        path.write_text(current.rstrip("\n") + "\n\n" + text.rstrip("\n") + "\n")
-        return
-    end = current.find("\n## ", start + len(SECTION))
-    rest = current[end + 1 :] if end >= 0 else ""
-    path.write_text(current[:start] + text.rstrip("\n") + "\n" + ("\n" + rest if rest else ""))
-
-
 # --------------------------------------------------------------------- main
 
 
@@ -781,7 +769,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     if str(args.output) != "-":
-        write_section(args.output, section)
+        write_section(args.output, SECTION, section)
         log(f"wrote the section to {args.output}")
     return 0 if met and not problems else 1
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 #: A run during which unrelated processes used this share of the CPU is flagged.
 OTHER_CPU_WARN = 0.05
@@ -34,3 +35,15 @@ def fmt_ratio(a: float | None, b: float | None) -> str:
     if a is None or not b:
         return "-"
     return f"{a / b:.3g}"
+
+
+def write_section(path: Path, heading: str, text: str) -> None:
+    """Put ``text`` (starting with ``heading``) in ``path``, replacing an earlier one."""
+    current = path.read_text() if path.exists() else ""
+    start = current.find(heading)
+    if start < 0:
+        path.write_text(current.rstrip("\n") + "\n\n" + text.rstrip("\n") + "\n")
+        return
+    end = current.find("\n## ", start + len(heading))
+    rest = current[end + 1 :] if end >= 0 else ""
+    path.write_text(current[:start] + text.rstrip("\n") + "\n" + ("\n" + rest if rest else ""))

@@ -61,7 +61,7 @@ import rounds  # noqa: E402
 import servers  # noqa: E402
 from loadgen import LoadResult  # noqa: E402
 from machine import command_output, read_text  # noqa: E402
-from tables import fmt_ms, fmt_num, fmt_pct, log  # noqa: E402
+from tables import fmt_ms, fmt_num, fmt_pct, log, write_section  # noqa: E402
 from workdirs import BODIES, LOGS, PYTHON, RAW, ROOT, SERVE, WORK  # noqa: E402
 
 MODEL = "mlp"
@@ -445,18 +445,6 @@ def render(results: dict[str, list[Run]], by_key: dict[str, Server], args: argpa
     return "\n".join(out)
 
 
-def write_section(path: Path, text: str) -> None:
-    """Put ``text`` (starting with SECTION) in ``path``, replacing an earlier one."""
-    current = path.read_text() if path.exists() else ""
-    start = current.find(SECTION)
-    if start < 0:
-        path.write_text(current.rstrip("\n") + "\n\n" + text.rstrip("\n") + "\n")
-        return
-    end = current.find("\n## ", start + len(SECTION))
-    rest = current[end + 1 :] if end >= 0 else ""
-    path.write_text(current[:start] + text.rstrip("\n") + "\n" + ("\n" + rest if rest else ""))
-
-
 # ---------------------------------------------------------------- main
 
 
@@ -695,7 +683,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     if str(args.output) != "-":
-        write_section(args.output, section)
+        write_section(args.output, SECTION, section)
         log(f"wrote the section to {args.output}")
     errors = sum(r.errors for v in results.values() for r in v)
     return 1 if problems or errors else 0
