@@ -63,6 +63,7 @@ def rest_app(guard: HttpGuard | None = None) -> InferenceFastPath:
         metrics=Metrics(),
         max_body_bytes=1 << 20,
         info=InfoService(None, None, "modelport", "0", ()),  # type: ignore[arg-type]
+        jobs=None,
     )
     api = build_api(Services(), http_status)  # type: ignore[arg-type]
     logs = LogControl(ServerLogHandler(io.StringIO(), LogSettings()))

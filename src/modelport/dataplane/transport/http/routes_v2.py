@@ -153,10 +153,8 @@ def _version(request: Request) -> str | None:
 
 
 def routes(ctx: TransportContext, infer: InferRoute) -> list[Route]:
-    # getattr: stand-in contexts of route tests carry only what those tests need.
-    jobs: JobQueue | None = getattr(ctx, "jobs", None)
-    if jobs is not None:
-        infer.deferred = AsyncInfer(ctx, jobs).respond
+    if ctx.jobs is not None:
+        infer.deferred = AsyncInfer(ctx, ctx.jobs).respond
 
     @needs(Role.VIEWER)
     async def server_metadata(request: Request) -> Response:
