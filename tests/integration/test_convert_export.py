@@ -8,36 +8,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-import yaml
-from sklearn.datasets import load_breast_cancer
 
-from modelport.config.model import parse_model_config
-from modelport.dataplane.runtime.onnx import load_onnx
-from modelport.optimize.convert.command import ConvertOptions, ConvertReport, convert_version
 from modelport.types import TensorSpec
+from tests.unit.convert.test_convert_frameworks import CANCER_X, add_version, convert, served
 
 pytestmark = pytest.mark.integration
-
-CANCER_X, _ = load_breast_cancer(return_X_y=True)
-
-
-def add_version(repo: Path, name: str) -> Path:
-    path = repo / name / "1"
-    path.mkdir(parents=True)
-    return path
-
-
-def convert(path: Path, data: Path | None = None) -> ConvertReport:
-    return convert_version(ConvertOptions(path=path, data=data, seconds=0))
-
-
-def served(path: Path) -> tuple[TensorSpec, ...]:
-    """The new version's tensors as the ONNX runtime reports them."""
-    config = parse_model_config(yaml.safe_load((path / "config.yaml").read_text()), "config")
-    runtime = load_onnx(path, config, 1)
-    native = runtime.native
-    runtime.unload()
-    return (*native.inputs, *native.outputs)
 
 
 def test_pytorch_exported_program_with_a_rank_one_output(tmp_path: Path) -> None:
