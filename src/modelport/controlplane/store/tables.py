@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Dialect,
@@ -48,6 +49,9 @@ IDEMPOTENCY_KEY_MAX = 128
 VERSION_MAX = 32
 LEASE_OWNER_MAX = 64
 RESIDENCY_MAX = 256
+NODE_NAME_MAX = 64
+NODE_ADDRESS_MAX = 512
+REGION_MAX = 64
 
 
 def json_type() -> TypeEngine[Any]:
@@ -179,4 +183,21 @@ jobs = Table(
     Index("ix_jobs_state_created", "state", "created_at"),
     Index("ix_jobs_owner_created", "owner", "created_at"),
     Index("ix_jobs_finished", "finished_at"),
+)
+
+nodes = Table(
+    "nodes",
+    metadata,
+    Column("name", String(NODE_NAME_MAX), primary_key=True),
+    Column("http_url", Text(), nullable=False),
+    Column("grpc_address", String(NODE_ADDRESS_MAX), nullable=True),
+    Column("region", String(REGION_MAX), nullable=True),
+    # "group" is an SQL keyword; the record calls it group.
+    Column("node_group", String(NODE_NAME_MAX), nullable=True),
+    Column("weight", Integer(), nullable=False),
+    Column("models", json_type(), nullable=False),
+    Column("draining", Boolean(), nullable=False),
+    # Wall-clock seconds (time.time()) of the node's last heartbeat.
+    Column("heartbeat", Float(), nullable=False),
+    Index("ix_nodes_heartbeat", "heartbeat"),
 )
