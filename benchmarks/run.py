@@ -152,6 +152,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "rounds, with a bare grpc.aio floor for gRPC; writes .work/RESULTS-compare.md",
     )
     parser.add_argument(
+        "--compare-instructions",
+        nargs=2,
+        metavar=("A", "B"),
+        default=None,
+        help="instead of the usual run, count the instructions each commit's server executes "
+        "per MLP HTTP JSON request under callgrind (needs valgrind), less its idle rate; "
+        "writes .work/RESULTS-instructions.md",
+    )
+    parser.add_argument(
         "--compare-into-results",
         action="store_true",
         help="with --compare-commits, also write the comparison as a section of --output",
@@ -923,6 +932,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.compare_commits:
         return compare.run(args, argv)
+    if args.compare_instructions:
+        import instructions
+
+        return instructions.main(args.compare_instructions)
     if args.shm_only:
         return run_shm(args)
     if args.cold_start_only:
