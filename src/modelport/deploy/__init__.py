@@ -1,0 +1,1 @@
+"""Running modelport nodes: a whole fleet on this machine (``local``)."""
