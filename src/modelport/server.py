@@ -23,7 +23,7 @@ import grpc
 
 from modelport import __version__
 from modelport.auth_setup import build_auth
-from modelport.clock import SystemClock
+from modelport.clock import Clock, SystemClock
 from modelport.config.server import ServerConfig
 from modelport.controlplane.announce import nobody
 from modelport.controlplane.api import ManagementServices, build_api, docs_routes
@@ -34,7 +34,14 @@ from modelport.controlplane.crypto.providers import key_provider_for
 from modelport.controlplane.memory import node_budget
 from modelport.controlplane.ondemand import IdleUnloader, busy
 from modelport.controlplane.registry import IDLE_REASON, Registry
-from modelport.controlplane.store import AuditLog, CanaryStore, Database, KeyStore, PolicyStore
+from modelport.controlplane.store import (
+    AuditLog,
+    CanaryStore,
+    Database,
+    KeyStore,
+    NodeStore,
+    PolicyStore,
+)
 from modelport.controlplane.traffic import LOCAL, TrafficManager
 from modelport.dataplane.admission import MemoryRateLimiter, RateLimiter
 from modelport.dataplane.admission.audit import SERVER_WIDE
@@ -62,8 +69,9 @@ from modelport.dataplane.transport.http.uvicorn_adapter import (
 )
 from modelport.dataplane.transport.listen import address_of, bind_listeners, port_of
 from modelport.jobs_setup import build_jobs
+from modelport.node.advertise import Advertiser, Placement, common_ready, default_name, local_ready
 from modelport.node.forward import ProcessHost, SequenceRouter
-from modelport.node.link import NodeLink
+from modelport.node.link import WAIT_S, NodeLink
 from modelport.node.member import NodeMember
 from modelport.observability.logs import LogControl, configure_logging
 from modelport.observability.metrics import Metrics
@@ -210,6 +218,40 @@ def _audited_logs(logs: LogControl, audit_log: AuditLog, link: NodeLink | None) 
             await link.logging_changed(actor, changed)
 
     return logs.audited(record)
+
+
+def build_advertiser(
+    config: ServerConfig,
+    database: Database,
+    registry: Registry,
+    link: NodeLink | None,
+    clock: Clock,
+) -> Advertiser | None:
+    """The node's fleet registration (``--advertise``); None when it is not in a fleet."""
+    if config.advertise is None:
+        return None
+
+    async def ready() -> dict[str, list[str]]:
+        own = local_ready(registry)
+        if link is None:
+            return own
+        replies = await link.peers.broadcast("statistics", {}, WAIT_S)
+        peers = [
+            {str(entry.get("name")) for entry in r.result if isinstance(entry, dict)}
+            for r in replies
+            if r.ok and isinstance(r.result, list)
+        ]
+        return common_ready(own, peers)
+
+    placement = Placement(
+        name=config.node_name or default_name(config.advertise),
+        http_url=config.advertise,
+        grpc_address=config.advertise_grpc,
+        region=config.region,
+        group=config.group,
+        weight=config.node_weight,
+    )
+    return Advertiser(NodeStore(database), placement, ready, clock, config.drain_seconds)
 
 
 def repository_of(config: ServerConfig) -> Path:
@@ -397,6 +439,7 @@ async def serve(config: ServerConfig, member: NodeMember | None = None) -> None:
         )
 
     idle = IdleUnloader(registry, config.idle_unload, clock, record_idle_unload)
+    advertiser = build_advertiser(config, database, registry, link, clock)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -430,11 +473,20 @@ async def serve(config: ServerConfig, member: NodeMember | None = None) -> None:
             log.info("leading the node: canary controller and repository poller")
         async with asyncio.TaskGroup() as jobs:
             jobs.create_task(canary.run(stop))
+            if advertiser is not None:
+                jobs.create_task(advertiser.run(stop))
             if config.poll_interval is not None:
                 jobs.create_task(poll_repository())
 
     async def shutdown() -> None:
         await stop.wait()
+        if advertiser is not None:
+            # Serve on while the fleet's gateway sees the node draining and moves away.
+            if advertiser.running:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(advertiser.withdrawn.wait(), config.drain_seconds + 5)
+            else:
+                await asyncio.sleep(config.drain_seconds)
         log.info("shutting down: finishing requests in flight")
         registry.stop_accepting()
         await grpc_health.enter_graceful_shutdown()

@@ -224,6 +224,34 @@ def serve(
     region: Annotated[
         str | None, typer.Option(help="This node's region, e.g. ae-dxb-1 (data residency).")
     ] = None,
+    advertise: Annotated[
+        str | None,
+        typer.Option(
+            help="This node's URL as the fleet's gateway reaches it, e.g. http://10.0.0.5:8000: "
+            "register it and its ready models in --state-url."
+        ),
+    ] = None,
+    advertise_grpc: Annotated[
+        str | None, typer.Option(help="HOST:PORT of this node's gRPC port for the gateway.")
+    ] = None,
+    node_name: Annotated[
+        str | None, typer.Option(help="This node's name in the fleet (default: from --advertise).")
+    ] = None,
+    group: Annotated[str | None, typer.Option(help="This node's group in the fleet.")] = None,
+    node_weight: Annotated[
+        int | None, typer.Option(help="This node's share of its group's traffic (default 100).")
+    ] = None,
+    drain_seconds: Annotated[
+        float | None,
+        typer.Option(help="Seconds an advertised node serves, marked draining, after SIGTERM."),
+    ] = None,
+    trusted_proxy_identity: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Client-certificate identity of a proxy whose X-Forwarded-For is believed "
+            "(repeatable)."
+        ),
+    ] = None,
 ) -> None:
     """Serve a model repository over REST and gRPC."""
     from modelport.config.server import load_server_config
@@ -271,6 +299,13 @@ def serve(
         "tls_identities": tls_identities,
         "tls_reload_interval": tls_reload_interval,
         "region": region,
+        "advertise": advertise,
+        "advertise_grpc": advertise_grpc,
+        "node_name": node_name,
+        "group": group,
+        "node_weight": node_weight,
+        "drain_seconds": drain_seconds,
+        "trusted_proxy_identities": trusted_proxy_identity or None,
     }
     try:
         settings = load_server_config(config, os.environ, flags)

@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from modelport.config import fleet
 from modelport.errors import ConfigError
 
 ENV_PREFIX = "MODELPORT_"
@@ -179,6 +180,71 @@ class ServerConfig(BaseModel):
     """YAML mapping of client certificate subjects to roles, model patterns and tenants."""
     tls_reload_interval: float = Field(default=5.0, gt=0)
     """Seconds between checks of the TLS files for a rotated certificate."""
+
+    advertise: str | None = None
+    """This node's HTTP origin as the fleet's gateway reaches it (``http://10.0.0.5:8000``,
+    https with TLS): the node registers itself and its ready models in the state store
+    (state_url) and heartbeats every second; None: not part of a fleet."""
+    advertise_grpc: str | None = None
+    """``host:port`` of this node's gRPC port as the gateway reaches it."""
+    node_name: str | None = None
+    """This node's unique name in the fleet; None derives it from the advertised URL."""
+    group: str | None = None
+    """The node group the gateway may route a model's traffic to as one."""
+    node_weight: int = Field(default=100, ge=0, le=10_000)
+    """This node's share of its group's traffic, relative to the other nodes'."""
+    drain_seconds: float = Field(default=2.0, ge=0, le=3600)
+    """Seconds an advertised node keeps serving, marked draining, after SIGTERM, so the
+    gateway takes it out of rotation before it stops accepting."""
+    trusted_proxy_identities: list[str] = Field(default_factory=list)
+    """Client-certificate identities (subject CN or DNS SAN) of the proxies, such as the
+    fleet's gateway, whose X-Forwarded-For names the real caller; others' is ignored."""
+
+    @field_validator("advertise")
+    @classmethod
+    def _check_advertise(cls, value: str | None) -> str | None:
+        return None if value is None else fleet.check_http_url(value)
+
+    @field_validator("advertise_grpc")
+    @classmethod
+    def _check_advertise_grpc(cls, value: str | None) -> str | None:
+        return None if value is None else fleet.check_grpc_address(value)
+
+    @field_validator("node_name", "group")
+    @classmethod
+    def _check_fleet_name(cls, value: str | None) -> str | None:
+        return None if value is None else fleet.check_name(value, "the name")
+
+    @field_validator("trusted_proxy_identities", mode="before")
+    @classmethod
+    def _split_identities(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [i for i in (part.strip() for part in value.split(",")) if i]
+        return value
+
+    @field_validator("trusted_proxy_identities")
+    @classmethod
+    def _check_identities(cls, value: list[str]) -> list[str]:
+        for identity in value:
+            if not identity or len(identity) > 255 or not identity.isprintable():
+                raise ValueError(f"{identity!r} is not a certificate identity")
+        return value
+
+    @model_validator(mode="after")
+    def _check_fleet(self) -> ServerConfig:
+        if self.advertise is not None and self.state_url is None:
+            raise ValueError(
+                "--advertise needs --state-url: the node registers itself in the "
+                "state database the gateway reads (e.g. postgresql://host/db)"
+            )
+        if self.advertise_grpc is not None and self.advertise is None:
+            raise ValueError("--advertise-grpc needs --advertise")
+        if self.trusted_proxy_identities and self.tls_client_ca is None:
+            raise ValueError(
+                "--trusted-proxy-identity needs tls_client_ca: a proxy is known only "
+                "by its client certificate"
+            )
+        return self
 
     @field_validator("memory_budget", mode="before")
     @classmethod

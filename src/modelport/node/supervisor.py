@@ -241,7 +241,9 @@ class Supervisor:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(worker.process.pid or 0, signal.SIGTERM)
         if deadline is None:
-            deadline = time.monotonic() + self.config.shutdown_grace + STOP_MARGIN_S
+            # An advertised node's workers serve on, draining, before they stop accepting.
+            drain = self.config.drain_seconds if self.config.advertise is not None else 0.0
+            deadline = time.monotonic() + drain + self.config.shutdown_grace + STOP_MARGIN_S
         return deadline
 
     def _heard(self, conn: Connection) -> None:
