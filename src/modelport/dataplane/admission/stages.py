@@ -136,14 +136,20 @@ class Admission:
         costs no coroutine: no limiter, an internal call, or neither the
         caller nor the model has a rate.
         """
-        if self.limiter is None or (call is not None and _spent(call)):
+        if self.limiter is None:
+            return False
+        identity = call.identity if call is not None else request.identity
+        if model.rate_limit is None and (
+            identity is None or identity.rate is None or identity.burst is None
+        ):
+            return False  # no bucket at all: the common case, settled in one test
+        if call is not None and _spent(call):
             return False
         if model.rate_limit is not None:
             return True
-        if call is not None and call.origin is Origin.STEP:
-            return False  # the caller's own limit counted the composite call once
-        identity = caller(call, request)
-        return identity is not None and identity.rate is not None and identity.burst is not None
+        # Only the caller's own bucket is left, which a step's call does not take
+        # from: the caller's limit counted the composite call once.
+        return call is None or call.origin is not Origin.STEP
 
     async def take_tokens(
         self, call: Call | None, request: InferenceRequest, model: ModelVersion

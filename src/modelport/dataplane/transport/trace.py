@@ -20,18 +20,20 @@ MAX_TRACESTATE = 32 * 257
 
 #: version "00" (or a later one) - 32 hex trace id, not all zero - 16 hex parent id - 2 hex flags.
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
-_NONE: Mapping[str, str] = MappingProxyType({})
+#: What a call carrying no trace context holds; transports may hand it over without
+#: asking :func:`trace_context` when the ``traceparent`` header is absent.
+NO_TRACE: Mapping[str, str] = MappingProxyType({})
 
 
 def trace_context(lookup: Callable[[str], str | None]) -> Mapping[str, str]:
     """The call's trace context, or an empty mapping when it carries none worth keeping."""
     parent = lookup(TRACEPARENT)
     if parent is None:
-        return _NONE
+        return NO_TRACE
     parent = parent.strip()
     match = _TRACEPARENT.fullmatch(parent)
     if match is None:
-        return _NONE
+        return NO_TRACE
     version, trace_id, parent_id, _flags, rest = match.groups()
     if (
         version == "ff"
@@ -39,7 +41,7 @@ def trace_context(lookup: Callable[[str], str | None]) -> Mapping[str, str]:
         or trace_id == "0" * 32
         or parent_id == "0" * 16
     ):
-        return _NONE
+        return NO_TRACE
     state = lookup(TRACESTATE)
     if state is None or len(state) > MAX_TRACESTATE:
         return MappingProxyType({TRACEPARENT: parent})

@@ -36,7 +36,7 @@ from modelport.dataplane.transport.http.disconnect import until_disconnect
 from modelport.dataplane.transport.http.errors import error_headers, http_status
 from modelport.dataplane.transport.http.guard import DeclaredRoutes, HttpGuard
 from modelport.dataplane.transport.http.headers import TIMEOUT_HEADER, HeaderView, deadline_ns
-from modelport.dataplane.transport.trace import trace_context
+from modelport.dataplane.transport.trace import NO_TRACE, trace_context
 from modelport.errors import InvalidRequest, ModelportError, internal_error
 from modelport.types import Call, Origin, Role
 
@@ -260,7 +260,7 @@ class InferRoute:
                 view,
                 request.id,
                 scope.get("client"),
-                trace_context(view.get),
+                trace_context(view.get) if b"traceparent" in headers else NO_TRACE,
             )
             response = await until_disconnect(
                 scope, receive, pipeline.infer(request, "http", view.get, call, admitted)
