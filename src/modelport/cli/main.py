@@ -20,6 +20,7 @@ from modelport.cli.compliance import compliance_app
 from modelport.cli.convert import convert
 from modelport.cli.crypto import encrypt, keygen
 from modelport.cli.fleet import fleet_app
+from modelport.cli.gateway import gateway_app
 from modelport.cli.jobs import jobs_app
 from modelport.cli.keys import keys_app
 from modelport.cli.manage import deploy_app, models_app
@@ -36,6 +37,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(payloads_app, name="payloads")
 app.add_typer(compliance_app, name="compliance")
+app.add_typer(gateway_app, name="gateway")
 app.add_typer(fleet_app, name="fleet")
 
 

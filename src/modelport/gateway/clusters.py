@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from modelport.gateway.fleet import FleetSpec
-from modelport.gateway.topology import ClusterPlan, Topology
+from modelport.gateway.topology import FLEET_CLUSTER, ClusterPlan, Topology
 from modelport.gateway.views import NodeView, priority_of
 
 CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
@@ -118,7 +118,7 @@ def cluster_config(spec: FleetSpec, plan: ClusterPlan, xds_dir: str) -> dict[str
     return cluster
 
 
-def _endpoint(view: NodeView, protocol: str) -> dict[str, Any]:
+def _endpoint(view: NodeView, protocol: str, describe: bool) -> dict[str, Any]:
     host, port = view.grpc if protocol == "grpc" and view.grpc else view.http
     endpoint: dict[str, Any] = {
         "address": {"socket_address": {"address": host, "port_value": port}},
@@ -127,12 +127,26 @@ def _endpoint(view: NodeView, protocol: str) -> dict[str, Any]:
     if protocol == "grpc":
         # Health is the node's, checked on its HTTP port whatever the traffic.
         endpoint["health_check_config"] = {"port_value": view.http[1]}
-    return {
+    lb: dict[str, Any] = {
         "endpoint": endpoint,
         "load_balancing_weight": view.weight,
         "health_status": "HEALTHY" if view.reachable else "UNHEALTHY",
-        "metadata": {"filter_metadata": {"modelport": {"node": view.name}}},
     }
+    if describe:
+        # What `gateway status` shows of the node; Envoy only carries it.
+        # of it only in the fleet-wide cluster, so readiness changes touch one file.
+        lb["metadata"] = {
+            "filter_metadata": {
+                "modelport": {
+                    "node": view.name,
+                    "group": view.group,
+                    "region": view.region or "",
+                    "models": sorted(view.models),
+                    "reachable": view.reachable,
+                }
+            }
+        }
+    return lb
 
 
 def load_assignment(plan: ClusterPlan, topology: Topology) -> dict[str, Any]:
@@ -144,7 +158,9 @@ def load_assignment(plan: ClusterPlan, topology: Topology) -> dict[str, Any]:
     groups: dict[tuple[int, str], list[dict[str, Any]]] = {}
     for view in plan.endpoints:
         key = (rank[priority_of(view.region, allowed_order)], view.region or "")
-        groups.setdefault(key, []).append(_endpoint(view, plan.target.protocol))
+        groups.setdefault(key, []).append(
+            _endpoint(view, plan.target.protocol, plan.name == FLEET_CLUSTER)
+        )
     localities = []
     for (priority, region), endpoints in sorted(groups.items()):
         locality: dict[str, Any] = {"lb_endpoints": endpoints, "priority": priority}

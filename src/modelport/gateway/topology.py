@@ -24,6 +24,9 @@ Kind = Literal["model", "group", "fleet"]
 #: The clusters with no endpoint at all: where a residency no node satisfies is sent.
 NONE_CLUSTER = "none"
 
+#: Every node over HTTP: management paths, and where status reads node facts from.
+FLEET_CLUSTER = "fleet~all~http"
+
 
 @dataclass(frozen=True)
 class Target:

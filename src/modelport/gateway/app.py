@@ -1,0 +1,173 @@
+"""The gateway process: follow the nodes, keep Envoy's files current, keep Envoy running."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import shutil
+import signal
+import socket
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from modelport.errors import ListenFailed
+from modelport.gateway.envoy_config import Listen, XdsWriter, bootstrap, render
+from modelport.gateway.envoy_process import EnvoyProcess, find_envoy
+from modelport.gateway.fleet import FleetSpec
+from modelport.gateway.follow import POLL_INTERVAL, Follower, store_reader
+from modelport.gateway.status import residency_refusals
+from modelport.gateway.views import NodeView
+
+log = logging.getLogger("modelport.gateway")
+
+#: Most seconds Envoy may take to answer on its admin port after starting.
+START_TIMEOUT_S = 30.0
+
+
+def check_ports_free(listen: Listen) -> None:
+    """Fails at start, naming the flag, when a port is taken (Envoy would only log it)."""
+    for flag, host, port in (
+        ("--http-port", listen.host, listen.http_port),
+        ("--grpc-port", listen.host, listen.grpc_port),
+        ("--admin-port", "127.0.0.1", listen.admin_port),
+    ):
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                raise ListenFailed(
+                    f"{flag}: cannot listen on {host}:{port}: {exc.strerror or exc}"
+                ) from None
+
+
+class Gateway:
+    """One running gateway; ``run`` returns the exit status."""
+
+    def __init__(
+        self,
+        spec: FleetSpec,
+        listen: Listen,
+        token: str | None = None,
+        on_ready: Callable[[str], None] = print,
+    ) -> None:
+        self.spec = spec
+        self.listen = listen
+        self.token = token
+        self.on_ready = on_ready
+        self._stop = asyncio.Event()
+        self._views: list[NodeView] = []
+        self._refusals = 0
+
+    async def run(self) -> int:
+        binary = find_envoy()
+        check_ports_free(self.listen)
+        reader = store_reader(self.spec.state_url) if self.spec.state_url else None
+        follower = Follower(self.spec, self.token, reader)
+        workdir = Path(tempfile.mkdtemp(prefix="modelport-gateway-"))
+        xds = workdir / "xds"
+        writer = XdsWriter(xds)
+        self._views = follower.initial()
+        writer.write(render(self.spec, self._views, xds, self.listen)[1])
+        boot = workdir / "bootstrap.json"
+        boot.write_text(json.dumps(bootstrap(xds, self.listen), indent=1), encoding="utf-8")
+        envoy_log = (workdir / "envoy.log").open("ab")
+        envoy = EnvoyProcess(binary, boot, self.listen.admin_port, envoy_log)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        try:
+            envoy.start()
+            if not await self._wait_answering(envoy):
+                tail = (workdir / "envoy.log").read_text(errors="replace").strip().splitlines()
+                last = tail[-1] if tail else "no output"
+                raise ListenFailed(f"envoy did not start: {last}")
+            self.on_ready(self._ready_line())
+            await self._follow(follower, writer, xds, envoy)
+            return 0
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            envoy.stop()
+            envoy_log.close()
+            await follower.close()
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    def _ready_line(self) -> str:
+        listen = self.listen
+        return (
+            f"gateway ready: REST http://{listen.host}:{listen.http_port}, "
+            f"gRPC {listen.host}:{listen.grpc_port}, "
+            f"admin http://127.0.0.1:{listen.admin_port} "
+            f"({len(self.spec.nodes)} fleet-file nodes)"
+        )
+
+    async def _wait_answering(self, envoy: EnvoyProcess) -> bool:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline and not self._stop.is_set():
+            if not envoy.alive():
+                return False
+            if await asyncio.to_thread(envoy.answering):
+                return True
+            await asyncio.sleep(0.1)
+        return self._stop.is_set()
+
+    async def _follow(
+        self, follower: Follower, writer: XdsWriter, xds: Path, envoy: EnvoyProcess
+    ) -> None:
+        admin = httpx.AsyncClient(timeout=1.0)
+        try:
+            while not self._stop.is_set():
+                views = await follower.poll()
+                if views != self._views:
+                    self._log_changes(self._views, views)
+                    self._views = views
+                    changed = writer.write(render(self.spec, views, xds, self.listen)[1])
+                    log.info("envoy configuration updated: %d files", len(changed))
+                envoy.ensure_running()
+                await self._count_refusals(admin)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), POLL_INTERVAL)
+        finally:
+            await admin.aclose()
+
+    def _log_changes(self, old: list[NodeView], new: list[NodeView]) -> None:
+        before = {v.name: v for v in old}
+        after = {v.name: v for v in new}
+        for name in sorted(after.keys() - before.keys()):
+            log.info("node %s joined (region %s)", name, after[name].region)
+        for name in sorted(before.keys() - after.keys()):
+            log.info("node %s left", name)
+        for name in sorted(after.keys() & before.keys()):
+            was, now = before[name], after[name]
+            if was.reachable != now.reachable:
+                log.info("node %s is %s", name, "reachable" if now.reachable else "unreachable")
+            if set(was.models) != set(now.models):
+                log.info("node %s ready models: %s", name, ", ".join(sorted(now.models)) or "none")
+
+    async def _count_refusals(self, admin: httpx.AsyncClient) -> None:
+        url = f"http://127.0.0.1:{self.listen.admin_port}/stats"
+        try:
+            answer = await admin.get(
+                url, params={"format": "json", "filter": "upstream_cx_none_healthy"}
+            )
+            stats: Any = answer.json()
+        except (httpx.HTTPError, ValueError):
+            return
+        count = residency_refusals(stats)
+        if count > self._refusals:
+            log.warning(
+                "residency refusals: %d (+%d): no node in a region allowed for the data",
+                count,
+                count - self._refusals,
+            )
+        # Lower after an Envoy restart (its counters start again at zero).
+        self._refusals = count
