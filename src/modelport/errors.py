@@ -109,12 +109,18 @@ class Unavailable(ModelportError):
     """Raised when the server cannot take the request now (queue full, shutting down).
 
     ``retry_after_s``, when the server knows it (a cold model's load under way),
-    is passed on as rate-limit refusals pass theirs.
+    is passed on as rate-limit refusals pass theirs. ``retriable``: refused
+    before any of the request's work began (overload seen before the body, a
+    node leaving its fleet, a full cold-start hold queue), so a gateway may
+    send the same request to another node; transports say so to the caller.
     """
 
-    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+    def __init__(
+        self, message: str, retry_after_s: float | None = None, *, retriable: bool = False
+    ) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+        self.retriable = retriable
 
     @property
     def retry_after_header(self) -> str | None:

@@ -487,6 +487,7 @@ async def serve(config: ServerConfig, member: NodeMember | None = None) -> None:
                     await asyncio.wait_for(advertiser.withdrawn.wait(), config.drain_seconds + 5)
             else:
                 await asyncio.sleep(config.drain_seconds)
+            pipeline.admission.leaving = True
         log.info("shutting down: finishing requests in flight")
         registry.stop_accepting()
         await grpc_health.enter_graceful_shutdown()

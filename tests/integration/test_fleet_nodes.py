@@ -6,6 +6,7 @@ so nodes of one test never see another's.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import textwrap
@@ -14,13 +15,19 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import grpc
 import httpx
+import numpy as np
+import onnx
 import psycopg
 import pytest
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from modelport.controlplane.store import Database, NodeRecord, NodeStore
 from tests.integration.conftest import Server, start_server, stop_server
+from tests.integration.models import add_sub_model
 
 pytestmark = pytest.mark.integration
 
@@ -49,6 +56,16 @@ class Model:
         time.sleep(float(x.reshape(-1)[0]))
         return {"y": (x + 1).astype(np.float32)}
 """
+
+
+#: Holds requests 1 s for company: two fill its queue, a third is refused before its body.
+TINY_QUEUE = {
+    "max_batch_size": 8,
+    "dynamic_batching": {
+        "max_queue_delay_microseconds": 1000000,
+        "default_queue_policy": {"max_queue_size": 2},
+    },
+}
 
 
 def build(root: Path, name: str, residency: list[str]) -> None:
@@ -206,3 +223,106 @@ def test_one_worker_of_a_node_heartbeats_for_the_whole_node(
     finally:
         stop_server(server)
     assert "delta" not in live(nodes)
+
+
+# ---------------------------------------------------------------- the retriable marker
+
+
+@pytest.fixture(scope="module")
+def queue_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    root = tmp_path_factory.mktemp("retriable")
+    (root / "tiny_queue" / "1").mkdir(parents=True)
+    onnx.save(add_sub_model(), str(root / "tiny_queue" / "1" / "model.onnx"))
+    (root / "tiny_queue" / "config.yaml").write_text(json.dumps(TINY_QUEUE))
+    (root / "broken" / "1").mkdir(parents=True)  # no model file: fails to load
+    (root / "broken" / "config.yaml").write_text(json.dumps({"backend": "onnxruntime"}))
+    server = start_server(root, root / "server.log", "--strict-readiness", "false")
+    yield server
+    stop_server(server)
+
+
+def rest_body(rows: int = 1) -> dict[str, object]:
+    data = [0.5] * (16 * rows)
+    return {"inputs": [
+        {"name": "INPUT0", "shape": [rows, 16], "datatype": "FP32", "data": data},
+        {"name": "INPUT1", "shape": [rows, 16], "datatype": "FP32", "data": data},
+    ]}  # fmt: skip
+
+
+def fill_queue(server: Server) -> list[threading.Thread]:
+    """Two requests waiting in tiny_queue's queue (for about a second)."""
+    url = f"{server.base}/v2/models/tiny_queue/infer"
+    threads = [
+        threading.Thread(
+            target=httpx.post, args=(url,), kwargs={"json": rest_body(), "timeout": 30}
+        )
+        for _ in range(2)
+    ]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.3)
+    return threads
+
+
+def test_a_refusal_before_the_body_is_marked_retriable_over_rest(queue_server: Server) -> None:
+    threads = fill_queue(queue_server)
+    refused = httpx.post(
+        f"{queue_server.base}/v2/models/tiny_queue/infer", json=rest_body(), timeout=30
+    )
+    for thread in threads:
+        thread.join(30)
+    assert refused.status_code == 503, refused.text
+    assert "queue full" in refused.json()["error"]
+    assert refused.headers.get("modelport-retriable") == "true"
+    served = httpx.post(f"{queue_server.base}/v2/models/tiny_queue/infer", json=rest_body())
+    assert served.status_code == 200
+    assert "modelport-retriable" not in served.headers
+
+
+def grpc_request(model: str) -> Any:
+    request = service_pb2.ModelInferRequest(model_name=model)
+    raw = np.full((1, 16), 0.5, dtype=np.float32).tobytes()
+    for name in ("INPUT0", "INPUT1"):
+        request.inputs.add(name=name, datatype="FP32", shape=[1, 16])
+        request.raw_input_contents.append(raw)
+    return request
+
+
+def test_a_refusal_before_the_message_is_marked_retriable_over_grpc(queue_server: Server) -> None:
+    with grpc.insecure_channel(queue_server.grpc_url) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        answer, call = stub.ModelInfer.with_call(grpc_request("tiny_queue"), timeout=30)
+        assert answer.model_name == "tiny_queue"
+        assert "modelport-retriable" not in dict(call.trailing_metadata())
+        threads = fill_queue(queue_server)
+        try:
+            with pytest.raises(grpc.RpcError) as raised:
+                stub.ModelInfer(grpc_request("tiny_queue"), timeout=30)
+        finally:
+            for thread in threads:
+                thread.join(30)
+        error: Any = raised.value
+        assert error.code() == grpc.StatusCode.UNAVAILABLE, error.details()
+        assert dict(error.trailing_metadata()).get("modelport-retriable") == "true"
+        with pytest.raises(grpc.RpcError) as missing:
+            stub.ModelInfer(grpc_request("broken"), timeout=30)
+        error = missing.value
+        assert error.code() == grpc.StatusCode.UNAVAILABLE, error.details()
+        assert "modelport-retriable" not in dict(error.trailing_metadata())
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        ("/v2/models/broken/infer", 503),  # not ready: not a refusal of this request's load
+        ("/v2/models/missing/infer", 404),
+        ("/v2/models/tiny_queue/infer", 400),  # a bad body, read and refused
+    ],
+)
+def test_other_answers_are_not_marked_retriable(
+    queue_server: Server, path: str, status: int
+) -> None:
+    body = rest_body() if "tiny_queue" not in path else {"inputs": []}
+    answer = httpx.post(f"{queue_server.base}{path}", json=body, timeout=30)
+    assert answer.status_code == status, answer.text
+    assert "modelport-retriable" not in answer.headers

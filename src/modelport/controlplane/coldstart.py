@@ -87,6 +87,7 @@ class ColdLoads(Generic[K]):
             raise HoldQueueFull(
                 f"{label} is loading and {held} requests already wait for it; retry shortly",
                 min(self.timeout_ns / 1e9, 5.0),
+                retriable=True,
             )
         now = self.clock.monotonic_ns()
         until = now + self.timeout_ns

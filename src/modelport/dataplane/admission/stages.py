@@ -48,7 +48,7 @@ from modelport.dataplane.admission.ratelimit import RateLimiter
 from modelport.dataplane.admission.residency import ResidencyGuard
 from modelport.dataplane.routing.traffic import HeaderLookup, Traffic
 from modelport.dataplane.table import ModelTable, ModelVersion
-from modelport.errors import RateLimited
+from modelport.errors import RateLimited, Unavailable
 from modelport.observability.metrics import Metrics
 from modelport.types import Call, Identity, InferenceRequest, Origin
 
@@ -56,7 +56,7 @@ from modelport.types import Call, Identity, InferenceRequest, Origin
 class Admission:
     """The admission stages of one server, called by the transports and the pipeline."""
 
-    __slots__ = ("limiter", "metrics", "residency", "table", "traffic")
+    __slots__ = ("leaving", "limiter", "metrics", "residency", "table", "traffic")
 
     def __init__(
         self,
@@ -71,6 +71,9 @@ class Admission:
         self.traffic = traffic
         self.limiter = limiter
         self.residency = residency
+        self.leaving = False
+        """Set once an advertised node has drained: new requests are refused, retriable,
+        so the gateway sends them to a node that stays."""
 
     def before_body(
         self,
@@ -93,6 +96,8 @@ class Admission:
         under a traffic policy may go to another, so it is not refused for
         this one.
         """
+        if self.leaving:
+            raise Unavailable("this node is leaving its fleet; retry on another", retriable=True)
         residency = self.residency
         if residency is not None:
             reason = residency.refusal(None, header, identity)
@@ -104,6 +109,8 @@ class Admission:
         if refused is not None and (
             version is not None or self.traffic is None or self.traffic.get(model.name) is None
         ):
+            if isinstance(refused, Unavailable):
+                refused.retriable = True  # nothing of the request was read yet
             raise refused
         return model
 

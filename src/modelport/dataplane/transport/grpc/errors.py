@@ -52,6 +52,9 @@ def grpc_status(exc: ModelportError) -> grpc.StatusCode:
 
 def trailing_metadata(exc: ModelportError) -> tuple[tuple[str, str], ...]:
     """Trailing metadata for an error: ``retry-after`` (seconds) on a rate-limit refusal,
-    the same value HTTP sends."""
+    the same value HTTP sends; ``modelport-retriable`` as HTTP's header of that name."""
     wait = exc.retry_after_header if isinstance(exc, RateLimited | Unavailable) else None
-    return () if wait is None else (("retry-after", wait),)
+    found: tuple[tuple[str, str], ...] = () if wait is None else (("retry-after", wait),)
+    if isinstance(exc, Unavailable) and exc.retriable:
+        found += (("modelport-retriable", "true"),)
+    return found

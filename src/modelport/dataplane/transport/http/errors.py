@@ -55,9 +55,17 @@ def retry_after(exc: ModelportError) -> str | None:
     return exc.retry_after_header if isinstance(exc, RateLimited | Unavailable) else None
 
 
+#: Marks a refusal made before any of the request's work began: safe to send elsewhere.
+RETRIABLE = (b"modelport-retriable", b"true")
+
+
 def error_headers(exc: ModelportError) -> list[tuple[bytes, bytes]]:
-    """Headers an error response carries besides its type: Retry-After, WWW-Authenticate."""
+    """Headers an error response carries besides its type: Retry-After, WWW-Authenticate,
+    modelport-retriable."""
     if isinstance(exc, Unauthenticated):
         return [(b"www-authenticate", CHALLENGE)]
     wait = retry_after(exc)
-    return [] if wait is None else [(b"retry-after", wait.encode())]
+    headers = [] if wait is None else [(b"retry-after", wait.encode())]
+    if isinstance(exc, Unavailable) and exc.retriable:
+        headers.append(RETRIABLE)
+    return headers
