@@ -151,3 +151,55 @@ def test_a_bad_fleet_file_and_a_bad_port_flag_are_one_line_each(tmp_path: Path) 
     flag = modelport(tmp_path, "fleet", "up", "fleet.yaml", "--http-port", "70000")
     assert flag.returncode == 2
     assert flag.stderr.strip() == "command line: --http-port: 70000 is not a port (1 to 65535)"
+
+
+def test_up_with_the_gateway_serves_through_it_in_the_first_region(
+    two_nodes: tuple[Path, list[int]],
+) -> None:
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+
+    folder, ports = two_nodes
+    gw_http, gw_grpc, gw_admin = free_port(), free_port(), free_port()
+    up = modelport(
+        folder,
+        "fleet", "up", "fleet.yaml",
+        "--http-port", str(gw_http), "--grpc-port", str(gw_grpc), "--admin-port", str(gw_admin),
+    )  # fmt: skip
+    assert up.returncode == 0, up.stderr
+    assert "gateway ready" in up.stdout
+
+    image = np.zeros((1, 64), dtype=np.float32)
+    image[0, 20:40] = 8.0
+    http = httpclient.InferenceServerClient(f"127.0.0.1:{gw_http}")
+    rest_in = httpclient.InferInput("image", [1, 64], "FP32")
+    rest_in.set_data_from_numpy(image)
+    grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{gw_grpc}")
+    grpc_in = grpcclient.InferInput("image", [1, 64], "FP32")
+    grpc_in.set_data_from_numpy(image)
+    direct = httpclient.InferenceServerClient(f"127.0.0.1:{ports[2]}")
+    want = direct.infer("digits", [rest_in]).as_numpy("probabilities")
+    for _ in range(10):
+        got = http.infer("digits", [rest_in]).as_numpy("probabilities")
+        assert np.allclose(got, want)
+        answer = grpc.infer("digits", [grpc_in], headers={"modelport-model": "digits"})
+        assert np.allclose(answer.as_numpy("probabilities"), want)
+
+    # Both regions are up: every request stayed in the first one (ae-dxb).
+    def served(port: int) -> int:
+        stats = httpx.get(f"http://127.0.0.1:{port}/v2/models/digits/stats").json()
+        return sum(s["inference_stats"]["success"]["count"] for s in stats["model_stats"])
+
+    assert served(ports[0]) == 20
+    assert served(ports[2]) == 1  # only the direct request above
+
+    status = modelport(folder, "gateway", "status", "--admin-port", str(gw_admin))
+    assert status.returncode == 0, status.stderr
+    assert "dxb-1" in status.stdout and "euw-1" in status.stdout
+
+    down = modelport(folder, "fleet", "down")
+    assert down.returncode == 0, down.stderr
+    assert "fleet down: 3 processes stopped" in down.stdout
+    for port in (gw_http, gw_grpc, ports[0], ports[2]):
+        assert not port_open(port)

@@ -176,7 +176,9 @@ def plan(
                 kind="gateway",
                 argv=_gateway_argv(fleet_file, gateway, python),
                 log=str(state_dir / "logs" / "gateway.log"),
-                ready_url=f"http://127.0.0.1:{gateway.admin}/ready",
+                # Through the gateway to a node: Envoy is up, has the routes, and
+                # has found a node healthy.
+                ready_url=f"http://127.0.0.1:{gateway.http}/v2/health/ready",
                 http=f"127.0.0.1:{gateway.http}",
                 grpc=f"127.0.0.1:{gateway.grpc}",
             )

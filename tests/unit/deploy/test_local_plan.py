@@ -56,7 +56,7 @@ def test_the_files_store_and_redis_and_the_gateway_come_last(tmp_path: Path) -> 
         "2",
         "3",
     ]
-    assert launches[-1].ready_url == "http://127.0.0.1:3/ready"
+    assert launches[-1].ready_url == "http://127.0.0.1:1/v2/health/ready"
 
 
 def test_a_group_repository_is_served_and_a_missing_one_refused(tmp_path: Path) -> None:
