@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
 import socket
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ from modelport.controlplane.audited import AuditedRepository
 from modelport.controlplane.autoscaler import Autoscaler
 from modelport.controlplane.canary import CanaryController
 from modelport.controlplane.crypto.providers import key_provider_for
+from modelport.controlplane.fleetlease import FleetLease
+from modelport.controlplane.fleetsync import FleetSync, is_postgres
 from modelport.controlplane.memory import node_budget
 from modelport.controlplane.ondemand import IdleUnloader, busy
 from modelport.controlplane.registry import IDLE_REASON, Registry
@@ -254,6 +257,34 @@ def build_advertiser(
     return Advertiser(NodeStore(database), placement, ready, clock, config.drain_seconds)
 
 
+def build_fleet_sync(
+    config: ServerConfig,
+    database: Database,
+    canary: CanaryController,
+    traffic: Traffic,
+    member: NodeMember | None,
+) -> FleetSync | None:
+    """Fleet-wide changes over PostgreSQL's NOTIFY; None on SQLite (one machine's store)."""
+    if not is_postgres(config.state_url):
+        return None
+    assert config.state_url is not None
+    # A node's workers share the origin, so they skip what one of them sent.
+    where = member.directory if member is not None else f"pid {os.getpid()}"
+    origin = f"{socket.gethostname()}:{where}"
+
+    async def apply(op: str, model: str) -> None:
+        await canary.sync(model)  # the canary as stored, then its traffic policy
+
+    async def resync() -> None:
+        stored = await asyncio.to_thread(canary.canaries.list_all)
+        policies = await asyncio.to_thread(canary.policies.list_all)
+        models = {c.model for c in stored} | {p.model for p in policies} | set(traffic.policies())
+        for model in sorted(models):
+            await canary.sync(model)
+
+    return FleetSync(database, config.state_url, origin, apply, resync)
+
+
 def repository_of(config: ServerConfig) -> Path:
     if config.repository is not None:
         return config.repository
@@ -343,6 +374,10 @@ async def serve(config: ServerConfig, member: NodeMember | None = None) -> None:
             link.peers, member.index, member.count, config.cold_start_timeout
         )
         await link.bus.start()
+    fleet = build_fleet_sync(config, database, canary, traffic, member)
+    fleet_lease = FleetLease(fleet.dsn) if fleet is not None else None
+    if fleet is not None:
+        manager.announce = canary.announce = fleet.announce(manager.announce)
     log.info("loading models", extra={"repository": str(repository)})
     await registry.start()
     if link is not None and member is not None and member.restarted:
@@ -472,11 +507,23 @@ async def serve(config: ServerConfig, member: NodeMember | None = None) -> None:
             await asyncio.to_thread(canary.load_stored)
             log.info("leading the node: canary controller and repository poller")
         async with asyncio.TaskGroup() as jobs:
-            jobs.create_task(canary.run(stop))
+            jobs.create_task(lead_canaries())
             if advertiser is not None:
                 jobs.create_task(advertiser.run(stop))
             if config.poll_interval is not None:
                 jobs.create_task(poll_repository())
+
+    async def lead_canaries() -> None:
+        """The canary controller, on one node of a fleet (the lease holder) at a time."""
+        if fleet_lease is None:
+            await canary.run(stop)
+            return
+
+        async def run_while_held(lost: asyncio.Event) -> None:
+            await asyncio.to_thread(canary.load_stored)  # as the last leader left them
+            await canary.run(lost)
+
+        await fleet_lease.lead(stop, run_while_held)
 
     async def shutdown() -> None:
         await stop.wait()
@@ -520,6 +567,8 @@ async def serve(config: ServerConfig, member: NodeMember | None = None) -> None:
         tasks.create_task(idle.run(stop))
         tasks.create_task(jobs.run(stop))
         tasks.create_task(auth.run(stop))
+        if fleet is not None:
+            tasks.create_task(fleet.run(stop))
         if tls is not None:
             tasks.create_task(tls.run(stop))
         tasks.create_task(payloads.run_retention(lambda: retention_of(registry.ready()), stop))

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import textwrap
 import threading
 import time
@@ -326,3 +328,119 @@ def test_other_answers_are_not_marked_retriable(
     answer = httpx.post(f"{queue_server.base}{path}", json=body, timeout=30)
     assert answer.status_code == status, answer.text
     assert "modelport-retriable" not in answer.headers
+
+
+# ---------------------------------------------------------------- fleet-wide changes
+
+VERSIONED = """
+backend: python
+max_batch_size: 0
+version_policy: {all: {}}
+input:
+- {name: x, data_type: TYPE_FP32, dims: [1]}
+output:
+- {name: y, data_type: TYPE_FP32, dims: [1]}
+"""
+
+ANSWERS_ITS_VERSION = """
+import numpy as np
+
+class Model:
+    def load(self, version_dir, config):
+        self.version = float(version_dir.name)
+
+    def predict(self, inputs):
+        return {"y": (inputs["x"] * 0 + self.version).astype(np.float32)}
+"""
+
+
+@pytest.fixture(scope="module")
+def versioned_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("versioned")
+    for version in (1, 2):
+        (root / "scorer" / str(version)).mkdir(parents=True)
+        (root / "scorer" / str(version) / "model.py").write_text(ANSWERS_ITS_VERSION)
+    (root / "scorer" / "config.yaml").write_text(VERSIONED)
+    return root
+
+
+def version_answering(server: Server, headers: dict[str, str] | None = None) -> int:
+    body = {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [0.0]}]}
+    r = httpx.post(f"{server.base}/v2/models/scorer/infer", json=body, headers=headers)
+    assert r.status_code == 200, r.text
+    return int(r.json()["outputs"][0]["data"][0])
+
+
+def leaders(*servers: Server) -> list[Server]:
+    return [s for s in servers if "leading the fleet's canaries" in s.log()]
+
+
+def test_a_policy_set_on_one_node_holds_on_every_node_within_two_seconds(
+    versioned_repo: Path, tmp_path: Path, state_url: str
+) -> None:
+    a = start_server(versioned_repo, tmp_path / "a.log", "--state-url", state_url)
+    b = start_server(versioned_repo, tmp_path / "b.log", "--state-url", state_url)
+    try:
+        assert version_answering(b) == 2  # no policy: the latest version
+        policy = {"routes": [{"version": "1", "weight": 100}]}
+        r = httpx.put(
+            f"{a.base}/api/v1/models/scorer/traffic",
+            json=policy,
+            headers={"If-Match": "0"},
+            timeout=30,
+        )
+        assert r.status_code == 200, r.text
+        took = wait_for(lambda: version_answering(b) == 1, 2.0)
+        print(f"policy in effect on the other node after {took:.3f} s")
+        assert all(version_answering(b) == 1 for _ in range(10))
+        r = httpx.delete(
+            f"{b.base}/api/v1/models/scorer/traffic", headers={"If-Match": "1"}, timeout=30
+        )
+        assert r.status_code in (200, 204), r.text
+        wait_for(lambda: version_answering(a) == 2, 2.0)
+        # One canary controller for the fleet.
+        wait_for(lambda: len(leaders(a, b)) == 1, 5.0)
+        (leader,) = leaders(a, b)
+        follower = b if leader is a else a
+        leader.process.kill()
+        leader.process.wait(10)
+        took = wait_for(lambda: leaders(follower) == [follower], 5.0)
+        print(f"canary leadership moved after {took:.3f} s")
+    finally:
+        stop_server(a)
+        stop_server(b)
+
+
+def test_a_key_revoked_is_refused_by_every_node_within_two_seconds(
+    versioned_repo: Path, tmp_path: Path, state_url: str
+) -> None:
+    made = subprocess.run(
+        [sys.executable, "-m", "modelport", "keys", "create", "--state-url", state_url,
+         "--role", "invoker", "--models", "*"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    token = made.stdout.strip()
+    auth = {"Authorization": f"Bearer {token}"}
+    a = start_server(versioned_repo, tmp_path / "a.log", "--state-url", state_url, "--require-auth")
+    b = start_server(versioned_repo, tmp_path / "b.log", "--state-url", state_url, "--require-auth")
+    try:
+        assert version_answering(a, auth) == 2
+        assert version_answering(b, auth) == 2
+        revoked = subprocess.run(
+            [sys.executable, "-m", "modelport", "keys", "revoke", token.split("_")[1],
+             "--state-url", state_url],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert revoked.returncode == 0, revoked.stderr
+        body = {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [0.0]}]}
+
+        def refused() -> bool:
+            r = httpx.post(f"{b.base}/v2/models/scorer/infer", json=body, headers=auth)
+            return r.status_code == 401
+
+        took = wait_for(refused, 2.0)
+        print(f"revoked key refused on the other node after {took:.3f} s")
+    finally:
+        stop_server(a)
+        stop_server(b)
