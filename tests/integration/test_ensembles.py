@@ -312,3 +312,62 @@ def test_an_ensemble_follows_its_step_models_ready_state(server: Server, http: A
     finally:
         http.load_model("slow_b")
     assert index(server)["par"]["state"] == "READY"
+
+
+#: The statistics an ensemble's are summed from (Triton's inference_stats durations).
+DURATIONS = ("queue", "compute_input", "compute_infer", "compute_output")
+
+
+def statistics(kind: str, client: Any, model: str) -> dict[str, int]:
+    """One model's counts and durations as tritonclient reads them (gRPC's JSON leaves
+    zeros out and writes 64-bit numbers as strings)."""
+    if kind == "http":
+        raw = client.get_inference_statistics(model)
+    else:
+        raw = client.get_inference_statistics(model, as_json=True)
+    (entry,) = raw["model_stats"]
+    stats = entry.get("inference_stats", {})
+    out = {
+        "success": int(stats.get("success", {}).get("count", 0)),
+        "inference_count": int(entry.get("inference_count", 0)),
+    }
+    for name in DURATIONS:
+        out[name] = int(stats.get(name, {}).get("ns", 0))
+    return out
+
+
+def moved(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {k: after[k] - before[k] for k in before}
+
+
+@pytest.mark.parametrize("kind", CLIENTS)
+def test_ensemble_statistics_sum_its_steps(kind: str, http: Any, grpc: Any) -> None:
+    client, module = client_for(kind, http, grpc)
+    models = ("ens", "pre", "left", "right", "combine")
+    before = {m: statistics(kind, client, m) for m in models}
+    infer(client, module, "ens")
+    after = {m: statistics(kind, client, m) for m in models}
+    delta = {m: moved(before[m], after[m]) for m in models}
+    rows = X.shape[0]
+    for m in models:
+        # One request each, of two rows: the ensemble's, and the one it sent each step.
+        assert (delta[m]["success"], delta[m]["inference_count"]) == (1, rows), (m, delta[m])
+    steps = models[1:]
+    for name in ("queue", "compute_infer", "compute_output"):
+        assert delta["ens"][name] == sum(delta[m][name] for m in steps), (name, delta)
+    assert delta["ens"]["compute_infer"] > 0
+    # Its own routing and validation come before its steps', in compute_input too.
+    assert delta["ens"]["compute_input"] >= sum(delta[m]["compute_input"] for m in steps)
+
+
+def test_parallel_steps_compute_times_add_up(http: Any) -> None:
+    models = ("par", "slow_a", "slow_b")
+    before = {m: statistics("http", http, m) for m in models}
+    infer(http, httpclient, "par")
+    after = {m: statistics("http", http, m) for m in models}
+    delta = {m: moved(before[m], after[m]) for m in models}
+    computed = delta["slow_a"]["compute_infer"] + delta["slow_b"]["compute_infer"]
+    assert delta["par"]["compute_infer"] == computed
+    # Each step slept 100 ms, the two at the same time (test_parallel_branches_overlap):
+    # the ensemble's compute is their sum, not the ~100 ms it took.
+    assert computed >= 200_000_000, computed

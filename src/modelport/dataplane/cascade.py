@@ -40,6 +40,7 @@ from modelport.dataplane.rules import row_mask
 from modelport.dataplane.servable import Outcome, StepRunner, respond, wanted_outputs
 from modelport.dataplane.steps import ControlledStep, Sleep
 from modelport.errors import InferenceFailed, ModelportError, Unavailable
+from modelport.observability.statistics import SummingSteps
 from modelport.types import Array, Call, InferenceRequest, ModelSignature, TensorSpec
 
 #: The response parameter naming the stage that answered (per row: one name per row,
@@ -99,8 +100,8 @@ def reassemble(
 class CascadeServable:
     """The Servable of a cascade version: its stages tried through the ``StepRunner``.
 
-    Outcome timings as for ensembles: compute is the wall time over the
-    stages, queue 0; each stage model's statistics hold its own.
+    Outcome timings as for ensembles: the queue and compute time its stages
+    recorded in their models' statistics, summed.
     """
 
     def __init__(
@@ -152,24 +153,25 @@ class CascadeServable:
         rows = request.inputs[0].shape[0] if self.batching and request.inputs else 1
         stages = self.stages[-1:] if forced_last(request.parameters) else self.stages
         self._inflight += 1
-        start = self._clock()
         try:
-            if self.per_row:
-                arrays, answered_by = await self._per_row(call, request, inputs, rows, stages)
-            else:
-                arrays, stage = await self._per_request(call, request, inputs, rows, stages)
-                answered_by = [stage]
+            with SummingSteps() as spent:
+                if self.per_row:
+                    arrays, answered_by = await self._per_row(call, request, inputs, rows, stages)
+                else:
+                    arrays, stage = await self._per_request(call, request, inputs, rows, stages)
+                    answered_by = [stage]
         finally:
             self._inflight -= 1
             if self._closing and self._inflight == 0:
                 self._idle.set()
-        compute = self._clock() - start
         response = respond(self.name, self.version, self.outputs, request, arrays, wanted)
         response.parameters[STAGE_PARAMETER] = ",".join(answered_by)
         if self._answered is not None:
             for stage_label, count in _counts(answered_by).items():
                 self._answered(stage_label, count)
-        return Outcome(response, 0, compute, rows)
+        return Outcome(
+            response, spent.queue_ns, spent.infer_ns, rows, spent.input_ns, spent.output_ns
+        )
 
     async def _per_request(
         self,

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -41,7 +41,7 @@ from modelport.clock import Clock, SystemClock
 from modelport.config.model import EnsembleScheduling, EnsembleStep, Rule, StepControl, StepOptions
 from modelport.dataplane.rules import check_datatype, holds
 from modelport.dataplane.servable import Outcome, StepRunner, respond, wanted_outputs
-from modelport.dataplane.steps import ControlledStep, Sleep
+from modelport.dataplane.steps import ControlledStep, Sleep, controls
 from modelport.errors import (
     ConfigError,
     InferenceFailed,
@@ -49,6 +49,7 @@ from modelport.errors import (
     ResidencyRefused,
     Unavailable,
 )
+from modelport.observability.statistics import SummingSteps
 from modelport.types import Array, Call, InferenceRequest, ModelSignature, TensorSpec
 
 #: The field every step error names, with the step's index.
@@ -84,6 +85,11 @@ class Step:
     @property
     def label(self) -> str:
         return f"step {self.index} ({self.model!r})"
+
+    @property
+    def gives(self) -> tuple[str, ...]:
+        """The ensemble tensors it gives."""
+        return tuple(t for _, t in self.outputs)
 
     @property
     def waits(self) -> tuple[str, ...]:
@@ -429,19 +435,26 @@ async def run_graph(
     cancels them all. A step whose condition does not hold (on ``tensors``
     or the request's ``parameters``) is skipped; so is a step waiting for a
     tensor a skipped or failed optional step would have given.
+
+    ``controlled`` holds the steps that have a control to apply (``steps.py``);
+    any other step is the runner's call alone. A step that is the only one
+    able to run (the next link of a chain) is awaited here rather than made a
+    task: nothing could run beside it, so a task would only cost its creation
+    and a wait.
     """
     params: Mapping[str, Any] = parameters if parameters is not None else {}
     steps: Mapping[int, ControlledStep] = controlled if controlled is not None else {}
     waiting = {i: {t for t in graph.steps[i].waits if t not in tensors} for i in plan}
     absent: set[str] = set()
     run = GraphRun(tensors)
-    running: dict[asyncio.Task[dict[str, Array]], Step] = {}
+    running: dict[asyncio.Future[dict[str, Array]], Step] = {}
+    ready: list[Step] = []
 
     def drop(step: Step, into: list[str]) -> None:
         into.append(step.name)
         absent.update(t for _, t in step.outputs)
 
-    def start_ready() -> None:
+    def find_ready() -> None:
         # Each skip may make further steps impossible: go round until none changes.
         changed = True
         while changed:
@@ -461,18 +474,41 @@ async def run_graph(
                         drop(step, run.skipped)
                         changed = True
                         continue
-                    inputs = {name: tensors[t] for name, t in step.inputs}
-                    control = steps.get(index)
-                    work = (
-                        control.run(runner, call, inputs)
-                        if control is not None
-                        else runner.run_step(call, step.model, step.version, inputs)
-                    )
-                    running[asyncio.ensure_future(work)] = step
+                    ready.append(step)
+
+    def work(step: Step) -> Awaitable[dict[str, Array]]:
+        inputs = {name: tensors[t] for name, t in step.inputs}
+        control = steps.get(step.index)
+        if control is not None:
+            return control.run(runner, call, inputs)
+        return runner.run_step(call, step.model, step.version, inputs)
+
+    def gave(step: Step, outputs: Mapping[str, Array]) -> None:
+        for name, tensor in step.outputs:
+            if name not in outputs:
+                raise InferenceFailed(f"{step.label} gave no output {name!r}")
+            tensors[tensor] = outputs[name]
+            for missing in waiting.values():
+                missing.discard(tensor)
 
     try:
-        start_ready()
-        while running:
+        find_ready()
+        while ready or running:
+            if len(ready) == 1 and not running:
+                step = ready.pop()
+                try:
+                    outputs = await work(step)
+                except ModelportError:
+                    if not step.control.optional:
+                        raise
+                    drop(step, run.failed)
+                else:
+                    gave(step, outputs)
+                find_ready()
+                continue
+            for step in ready:
+                running[asyncio.ensure_future(work(step))] = step
+            ready.clear()
             done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 step = running.pop(task)
@@ -482,20 +518,69 @@ async def run_graph(
                         drop(step, run.failed)
                         continue
                     raise failure
-                outputs = task.result()
-                for name, tensor in step.outputs:
-                    if name not in outputs:
-                        raise InferenceFailed(f"{step.label} gave no output {name!r}")
-                    tensors[tensor] = outputs[name]
-                    for missing in waiting.values():
-                        missing.discard(tensor)
-            start_ready()
+                gave(step, task.result())
+            find_ready()
     finally:
         for task in running:
             task.cancel()
         if running:
             await asyncio.gather(*running, return_exceptions=True)
     return run
+
+
+def chain_of(graph: EnsembleGraph, plan: Sequence[int]) -> tuple[Step, ...] | None:
+    """The plan's steps when they can only ever run one after another, else None.
+
+    That holds when each step takes a tensor from the step just before it (so
+    it cannot start earlier) and no step has a condition or is optional (no
+    step is ever left out). Such a plan runs as a plain loop (``run_chain``):
+    no readiness bookkeeping, no task per step.
+    """
+    steps = tuple(graph.steps[i] for i in plan)
+    for k, step in enumerate(steps):
+        if step.when is not None or step.control.optional:
+            return None
+        if k and not any(t in steps[k - 1].gives for t in step.waits):
+            return None
+    return steps
+
+
+async def run_chain(
+    steps: Sequence[Step],
+    runner: StepRunner,
+    call: Call | None,
+    tensors: dict[str, Array],
+    controlled: Mapping[int, ControlledStep],
+) -> GraphRun:
+    """Run steps that ``chain_of`` found sequential, in order; ``tensors`` grows.
+
+    What ``run_graph`` does for the same plan, minus its bookkeeping: a failure
+    is raised as it comes, and a cancelled caller cancels the step running.
+    """
+    for step in steps:
+        inputs = {name: tensors[t] for name, t in step.inputs}
+        control = controlled.get(step.index)
+        if control is None:
+            outputs = await runner.run_step(call, step.model, step.version, inputs)
+        else:
+            outputs = await control.run(runner, call, inputs)
+        for name, tensor in step.outputs:
+            if name not in outputs:
+                raise InferenceFailed(f"{step.label} gave no output {name!r}")
+            tensors[tensor] = outputs[name]
+    return GraphRun(tensors)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What a request asking for some outputs runs, worked out once per output set."""
+
+    steps: tuple[int, ...]
+    """The steps needed, in readiness order."""
+    chain: tuple[Step, ...] | None
+    """The same steps when they run one after another (``chain_of``)."""
+    refused: str | None
+    """Why a needed step may not run on this node, naming it; None when all may."""
 
 
 class LateStepRunner:
@@ -514,17 +599,22 @@ class LateStepRunner:
     def bind(self, runner: StepRunner) -> None:
         self._runner = runner
 
-    async def run_step(
+    def run_step(
         self,
         call: Call | None,
         model: str,
         version: str | None,
         inputs: Mapping[str, Array],
-    ) -> dict[str, Array]:
+    ) -> Coroutine[Any, Any, dict[str, Array]]:
+        """The bound runner's own coroutine, so that the holder adds no frame per step."""
         runner = self._runner
         if runner is None:
-            raise Unavailable("the server is starting: ensemble steps cannot run yet")
-        return await runner.run_step(call, model, version, inputs)
+            return _not_started()
+        return runner.run_step(call, model, version, inputs)
+
+
+async def _not_started() -> dict[str, Array]:
+    raise Unavailable("the server is starting: ensemble steps cannot run yet")
 
 
 class EnsembleServable:
@@ -534,9 +624,10 @@ class EnsembleServable:
     this node (its residency): a request needing such a step is refused whole
     with ResidencyRefused before any step runs.
 
-    The Outcome's compute time is the ensemble's wall time over its steps,
-    queue time 0: waiting and computing are each step model's own, in its
-    statistics.
+    The Outcome's timings are its steps', summed as Triton sums them: queue
+    is the time its steps waited in their models' queues, compute (input,
+    infer, output) the time they computed, each as the step model's own
+    statistics recorded it. A step answered from its model's cache adds nothing.
     """
 
     def __init__(
@@ -562,9 +653,11 @@ class EnsembleServable:
         self._steps = {
             s.index: ControlledStep(s.label, s.model, s.version, s.control, self._clock, sleep)
             for s in graph.steps
+            if controls(s.control)
         }
-        """Each step's control, its in-flight bound shared by every request."""
-        self._plans: dict[tuple[str, ...], tuple[int, ...]] = {}
+        """The control of each step that has one, its in-flight bound shared by every
+        request; the other steps are plain calls of the runner."""
+        self._plans: dict[tuple[str, ...], Plan] = {}
         self._inflight = 0
         self._closing = False
         self._idle = asyncio.Event()
@@ -576,32 +669,32 @@ class EnsembleServable:
         wanted = wanted_outputs(request, self.output_names)
         plan = self._plans.get(wanted)
         if plan is None:
-            plan = self._plans[wanted] = needed_steps(self.graph, wanted)
-        for index in plan:
-            if index in self.refused:
-                step = self.graph.steps[index]
-                raise ResidencyRefused(f"model {self.name!r}: {step.label}: {self.refused[index]}")
+            plan = self._plans[wanted] = self._plan(wanted)
+        if plan.refused is not None:
+            raise ResidencyRefused(plan.refused)
         tensors = {t.name: t.data for t in request.inputs}
         rows = request.inputs[0].shape[0] if self.batching and request.inputs else 1
         self._inflight += 1
-        start = self._clock()
         try:
-            run = await run_graph(
-                self.graph,
-                plan,
-                self.runner,
-                call,
-                tensors,
-                request.parameters,
-                self._steps,
-                rows,
-                self.batching,
-            )
+            with SummingSteps() as spent:
+                if plan.chain is not None:
+                    run = await run_chain(plan.chain, self.runner, call, tensors, self._steps)
+                else:
+                    run = await run_graph(
+                        self.graph,
+                        plan.steps,
+                        self.runner,
+                        call,
+                        tensors,
+                        request.parameters,
+                        self._steps,
+                        rows,
+                        self.batching,
+                    )
         finally:
             self._inflight -= 1
             if self._closing and self._inflight == 0:
                 self._idle.set()
-        compute = self._clock() - start
         arrays = run.tensors
         given = tuple(w for w in wanted if w in arrays)
         response = respond(self.name, self.version, self.outputs, request, arrays, given)
@@ -609,7 +702,21 @@ class EnsembleServable:
             response.parameters[SKIPPED_PARAMETER] = ",".join(run.skipped)
         if run.failed:
             response.parameters[FAILED_PARAMETER] = ",".join(run.failed)
-        return Outcome(response, 0, compute, rows)
+        return Outcome(
+            response, spent.queue_ns, spent.infer_ns, rows, spent.input_ns, spent.output_ns
+        )
+
+    def _plan(self, wanted: tuple[str, ...]) -> Plan:
+        steps = needed_steps(self.graph, wanted)
+        refused = next(
+            (
+                f"model {self.name!r}: {self.graph.steps[i].label}: {self.refused[i]}"
+                for i in steps
+                if i in self.refused
+            ),
+            None,
+        )
+        return Plan(steps, chain_of(self.graph, steps), refused)
 
     def refusal(self) -> ModelportError | None:
         if self._closing:

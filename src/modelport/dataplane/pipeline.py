@@ -27,6 +27,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
 
 from modelport.clock import Clock, SystemClock
 from modelport.dataplane.admission.ratelimit import RateLimiter
@@ -64,6 +67,22 @@ COLD_START = "cold_start"
 #: Versions whose observer lists are kept before the list is started afresh;
 #: far above the versions a server serves at once, so only reloads fill it.
 _PLANS_KEPT = 256
+
+
+#: The datatype of each fixed-size numpy dtype a step's tensor had, named once:
+#: ``datatype_of`` compares against every datatype, and each step asks again.
+_DATATYPES: dict[np.dtype[Any], str] = {}
+
+
+def _datatype(array: Array) -> str:
+    """``datatype_of``, remembered per dtype (strings vary in size: asked each time)."""
+    dtype = array.dtype
+    name = _DATATYPES.get(dtype)
+    if name is None:
+        name = datatype_of(array)
+        if dtype.kind not in "OSU":
+            _DATATYPES[dtype] = name
+    return name
 
 
 class Pipeline:
@@ -166,10 +185,7 @@ class Pipeline:
         request = InferenceRequest(
             model,
             version,
-            [
-                Tensor(name, datatype_of(array), array.shape, array)
-                for name, array in inputs.items()
-            ],
+            [Tensor(name, _datatype(array), array.shape, array) for name, array in inputs.items()],
             id=call.request_id if call is not None else None,
         )
         step = (

@@ -45,10 +45,26 @@ def backoff_s(attempt: int, base_s: float, draw: float) -> float:
     return cap / 2 + cap / 2 * draw
 
 
+def controls(control: StepControl) -> bool:
+    """Whether ``control`` changes how the step is called (``optional`` does not: it
+    changes what its failure means, which the composite decides)."""
+    return control.timeout_s is not None or control.retries > 0 or control.max_inflight is not None
+
+
 class ControlledStep:
     """One step's calls, under its timeout, retries and in-flight bound."""
 
-    __slots__ = ("_draw", "_limit", "_now", "_sleep", "control", "label", "model", "version")
+    __slots__ = (
+        "_draw",
+        "_limit",
+        "_now",
+        "_plain",
+        "_sleep",
+        "control",
+        "label",
+        "model",
+        "version",
+    )
 
     def __init__(
         self,
@@ -70,11 +86,14 @@ class ControlledStep:
         self._limit = (
             asyncio.Semaphore(control.max_inflight) if control.max_inflight is not None else None
         )
+        self._plain = not controls(control)
 
     async def run(
         self, runner: StepRunner, call: Call | None, inputs: Mapping[str, Array]
     ) -> dict[str, Array]:
         """The step's outputs; raises the last failure once retries are spent."""
+        if self._plain:
+            return await runner.run_step(call, self.model, self.version, inputs)
         attempt = 0
         while True:
             try:

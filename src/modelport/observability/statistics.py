@@ -8,11 +8,18 @@ per sample); each failure also by its reason, as Triton's
 Per execution (one runtime call, possibly a whole batch):
 execution_count and batch_stats keyed by batch size. Only the event loop
 writes these, so plain integers need no lock.
+
+A composite model (an ensemble, a cascade) computes nothing itself; as in
+Triton, its queue and compute durations are those its steps' own
+statistics recorded for it. ``SummingSteps`` opens that sum around a
+composite request: every request recorded while it is open, in the
+composite's task or in tasks it starts, adds to it as well.
 """
 
 from __future__ import annotations
 
 import time
+from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -46,6 +53,46 @@ class BatchDurations:
     compute_input: Duration = field(default_factory=Duration)
     compute_infer: Duration = field(default_factory=Duration)
     compute_output: Duration = field(default_factory=Duration)
+
+
+@dataclass(slots=True)
+class StepTimes:
+    """The durations a composite request's steps recorded, summed (nanoseconds)."""
+
+    queue_ns: int = 0
+    input_ns: int = 0
+    infer_ns: int = 0
+    output_ns: int = 0
+
+
+#: The sum of the composite request running in this context, if any. A
+#: context variable, because steps run in tasks the composite starts (which
+#: copy the context), and a nested composite opens its own sum for its steps.
+_STEPS: ContextVar[StepTimes | None] = ContextVar("modelport_step_times", default=None)
+
+
+class SummingSteps:
+    """Sum what the requests recorded inside the block spent: a composite's steps.
+
+    Closed before the composite's own request is recorded, so that one adds
+    to the sum around it (a nested ensemble's time is its outer step's),
+    never to its own. A class rather than a generator: it runs on every
+    composite request.
+    """
+
+    __slots__ = ("_token", "times")
+
+    _token: Token[StepTimes | None]
+
+    def __init__(self) -> None:
+        self.times = StepTimes()
+
+    def __enter__(self) -> StepTimes:
+        self._token = _STEPS.set(self.times)
+        return self.times
+
+    def __exit__(self, *exc: object) -> None:
+        _STEPS.reset(self._token)
 
 
 @dataclass(slots=True)
@@ -84,6 +131,12 @@ class ModelStatistics:
         self.compute_output.add(output_ns)
         self.inference_count += samples
         self.last_inference_ms = time.time_ns() // 1_000_000
+        steps = _STEPS.get()
+        if steps is not None:
+            steps.queue_ns += queue_ns
+            steps.input_ns += input_ns
+            steps.infer_ns += infer_ns
+            steps.output_ns += output_ns
 
     def record_cache_hit(self, lookup_ns: int) -> None:
         """A request answered from the response cache (not an inference)."""
