@@ -66,8 +66,8 @@ async def poll_node(client: httpx.AsyncClient, view: NodeView) -> NodeView:
     return replace(view, reachable=True, models=models)
 
 
-def view_of_record(spec: FleetSpec, record: Any) -> NodeView | None:
-    """A self-registered node's view, or None (logged) when its record is unusable."""
+def view_of_record(spec: FleetSpec, record: Any) -> NodeView:
+    """A self-registered node's view; ValueError says why its record is unusable."""
     try:
         parts = urlsplit(record.http_url)
         if parts.scheme not in ("http", "https") or not parts.hostname or not parts.port:
@@ -80,9 +80,8 @@ def view_of_record(spec: FleetSpec, record: Any) -> NodeView | None:
         if weight <= 0:
             raise ValueError(f"weight {weight} is not positive")
         models = {str(m): tuple(str(r) for r in res) for m, res in dict(record.models).items()}
-    except (ValueError, TypeError, AttributeError) as exc:
-        log.warning("ignoring node %r: %s", getattr(record, "name", "?"), exc)
-        return None
+    except (TypeError, AttributeError) as exc:
+        raise ValueError(f"malformed record: {exc}") from None
     return NodeView(
         name=str(record.name),
         http=(parts.hostname, parts.port),
@@ -111,6 +110,7 @@ class Follower:
         self._client = httpx.AsyncClient(timeout=POLL_INTERVAL * 2, headers=headers)
         self._store_reader = store_reader
         self._registered_last: list[NodeView] = []
+        self._ignored: set[str] = set()
 
     def initial(self) -> list[NodeView]:
         return list(self._static)
@@ -133,9 +133,14 @@ class Follower:
         for record in records:
             if record.name in taken:
                 continue
-            view = view_of_record(self.spec, record)
-            if view is not None:
-                views.append(view)
+            try:
+                views.append(view_of_record(self.spec, record))
+            except ValueError as exc:
+                problem = f"{getattr(record, 'name', '?')}: {exc}"
+                if problem not in self._ignored:
+                    # Once per problem: the record is read again every poll.
+                    log.warning("ignoring node %s", problem)
+                    self._ignored.add(problem)
         self._registered_last = views
         return views
 
