@@ -101,6 +101,7 @@ def _uvicorn(
             config.header_timeout,
             config.body_timeout,
             config.max_body_bytes,
+            frozenset(config.trusted_proxy_identities),
         ),
         shutdown_grace=config.shutdown_grace,
         # The rotation's live context, shared by every listener and reloaded in place.

@@ -27,9 +27,12 @@ import psycopg
 import pytest
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from modelport.controlplane.store import Database, NodeRecord, NodeStore
+from modelport.controlplane.store import AuditLog, Database, NodeRecord, NodeStore
 from tests.integration.conftest import Server, start_server, stop_server
 from tests.integration.models import add_sub_model
+from tests.integration.test_tls import Pki
+from tests.integration.test_tls import _client_context as tls_context
+from tests.integration.test_tls import _start as start_tls
 
 pytestmark = pytest.mark.integration
 
@@ -444,3 +447,62 @@ def test_a_key_revoked_is_refused_by_every_node_within_two_seconds(
     finally:
         stop_server(a)
         stop_server(b)
+
+
+# ---------------------------------------------------------------- the trusted proxy
+
+BAD_TOKEN = {"Authorization": "Bearer mpk_nope_nope"}
+
+
+def https(server: Server, pki: Pki, cert: tuple[Path, Path]) -> httpx.Client:
+    return httpx.Client(
+        base_url=f"https://127.0.0.1:{server.http_port}",
+        verify=tls_context(pki.ca_path, cert),
+        timeout=10,
+    )
+
+
+def failed_login(client: httpx.Client, forwarded: str) -> int:
+    headers = {**BAD_TOKEN, "X-Forwarded-For": forwarded}
+    return client.get("/v2/models/scorer", headers=headers).status_code
+
+
+def test_only_the_trusted_proxy_names_the_caller(versioned_repo: Path, tmp_path: Path) -> None:
+    pki = Pki(tmp_path)
+    gateway, stranger = pki.client("gateway"), pki.client("stranger")
+    data = tmp_path / "data"
+    server = start_tls(
+        versioned_repo,
+        tmp_path / "node.log",
+        tls_context(pki.ca_path, gateway),
+        *pki.flags(),
+        "--tls-client-ca", str(pki.ca_path),
+        "--trusted-proxy-identity", "gateway",
+        "--require-auth",
+        "--auth-failure-burst", "2",
+        "--data-dir", str(data),
+    )  # fmt: skip
+    try:
+        with https(server, pki, gateway) as proxy:
+            # The rightmost address is the one the proxy appended; the rest is the caller's.
+            assert failed_login(proxy, "203.0.113.1, 198.51.100.7") == 401
+            assert failed_login(proxy, "198.51.100.7") == 401
+            assert failed_login(proxy, "198.51.100.7") == 429  # that caller is blocked
+            assert failed_login(proxy, "198.51.100.8") == 401  # another caller is not
+            assert failed_login(proxy, "not an address") == 401  # the proxy's own address
+        with https(server, pki, stranger) as direct:
+            # Anyone else's header is ignored: every failure counts against 127.0.0.1,
+            # which the proxy's unusable header above already charged once.
+            assert failed_login(direct, "192.0.2.1") == 401
+            assert failed_login(direct, "192.0.2.2") == 429
+    finally:
+        stop_server(server)
+    with Database.open(Database.sqlite_url(data)) as database:
+        peers = [
+            event.detail.get("peer")
+            for event in AuditLog(database).history("*", limit=100)
+            if event.action == "auth.failure"
+        ]
+    assert "198.51.100.7" in peers and "198.51.100.8" in peers
+    assert "203.0.113.1" not in peers and "192.0.2.1" not in peers
+    assert "127.0.0.1" in peers

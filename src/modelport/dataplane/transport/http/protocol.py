@@ -14,11 +14,21 @@ describes it (``client_cert_chain`` holds the peer's own certificate; the
 ssl module of Python 3.11 cannot give the rest of the verified chain), and
 the parsed :class:`ClientCertificate` under ``CLIENT_CERT_SCOPE_KEY`` for
 the guard. A plain connection pays one ``is None`` test per request.
+
+Behind the fleet's gateway every connection comes from the gateway, so the
+peer address that brute-force blocking, rate limits and the audit log key
+on would be the gateway's. A connection whose verified client certificate
+names one of ``trusted_proxies`` (its common name or a subject alternative
+name) is a trusted proxy's: the request's ``scope["client"]`` becomes the
+rightmost ``X-Forwarded-For`` address, the one the proxy itself appended
+(anything left of it the caller could have written). From any other
+connection the header is ignored, as is a value that is not an IP address.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 from typing import Any
@@ -41,6 +51,27 @@ log = logging.getLogger("modelport.http")
 
 #: TLS versions as the ASGI TLS extension numbers them.
 _TLS_VERSIONS = {"TLSv1.2": 0x0303, "TLSv1.3": 0x0304}
+
+
+def forwarded_for(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """The rightmost address of the request's X-Forwarded-For headers, if it is an IP address."""
+    last: bytes | None = None
+    for name, value in headers:
+        if name == b"x-forwarded-for":
+            last = value
+    if last is None:
+        return None
+    entry = last.rsplit(b",", 1)[-1].strip().decode("latin-1")
+    try:
+        return str(ipaddress.ip_address(entry))
+    except ValueError:
+        return None
+
+
+def is_trusted_proxy(cert: ClientCertificate | None, trusted: frozenset[str]) -> bool:
+    if cert is None or not trusted:
+        return False
+    return cert.common_name in trusted or any(san in trusted for san in cert.sans)
 
 
 def tls_extension(ssl_object: Any) -> tuple[dict[str, Any], ClientCertificate | None]:
@@ -111,8 +142,12 @@ class JsonErrorHttpToolsProtocol(HangupWatch, UvicornHttpProtocol):
     head_timeout_s: float = 10.0
     body_timeout_s: float = 60.0
     max_body_bytes: int = 64 * 1024 * 1024
+    trusted_proxies: frozenset[str] = frozenset()
+    """Client-certificate identities whose X-Forwarded-For names the caller."""
 
     _tls: dict[str, Any] | None = None
+    _proxied: bool = False
+    """The connection is a trusted proxy's (see the module docstring)."""
     _client_cert: ClientCertificate | None = None
     _started: float = 0.0
     """When the request being received began (or the connection, before any)."""
@@ -134,6 +169,7 @@ class JsonErrorHttpToolsProtocol(HangupWatch, UvicornHttpProtocol):
         ssl_object = transport.get_extra_info("ssl_object")
         if ssl_object is not None:
             self._tls, self._client_cert = tls_extension(ssl_object)
+            self._proxied = is_trusted_proxy(self._client_cert, self.trusted_proxies)
         self._started = self.loop.time()
         self.sweep_while_connected(SWEEP_INTERVAL_S, _check_deadlines)
 
@@ -175,6 +211,11 @@ class JsonErrorHttpToolsProtocol(HangupWatch, UvicornHttpProtocol):
             raise _HeadTooLarge
         if self._refused:
             return
+        if self._proxied:
+            caller = forwarded_for(headers)
+            scope = self.request_scope
+            if caller is not None and scope is not None:
+                scope["client"] = (caller, 0)
         length = self._declared_length(declared) if declared is not None else None
         if length == _REFUSED:
             return
@@ -437,6 +478,7 @@ def limited_protocol(
     head_timeout_s: float,
     body_timeout_s: float,
     max_body_bytes: int = JsonErrorHttpToolsProtocol.max_body_bytes,
+    trusted_proxies: frozenset[str] = frozenset(),
 ) -> type[JsonErrorHttpToolsProtocol]:
     """The protocol class with the server's limits (uvicorn builds one per connection)."""
     return type(
@@ -447,5 +489,6 @@ def limited_protocol(
             "head_timeout_s": head_timeout_s,
             "body_timeout_s": body_timeout_s,
             "max_body_bytes": max_body_bytes,
+            "trusted_proxies": trusted_proxies,
         },
     )

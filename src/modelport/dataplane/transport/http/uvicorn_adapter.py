@@ -256,7 +256,8 @@ def uvicorn_server(
             timeout_keep_alive=30,
             # The peer address is what brute-force blocking and the audit log key
             # on; X-Forwarded-For from any client, the local host included, must
-            # not be able to change it.
+            # not be able to change it. Only a trusted proxy's, known by its
+            # client certificate, does (protocol.py, trusted_proxy_identities).
             proxy_headers=False,
             ssl_context_factory=(
                 (lambda _config, _default: ssl_context()) if ssl_context is not None else None
