@@ -502,3 +502,44 @@ def test_sigterm_stops_envoy_and_exits_zero(
     assert gateway.process.wait(timeout=20) == 0
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{gateway.base}/v2/health/live", timeout=1)
+
+
+def envoy_child(gateway: Gateway) -> int:
+    """The pid of the gateway's Envoy (its only child process)."""
+    children = Path(f"/proc/{gateway.process.pid}/task/{gateway.process.pid}/children")
+    pids = [int(p) for p in children.read_text().split()]
+    assert len(pids) == 1, pids
+    return pids[0]
+
+
+def test_a_dead_envoy_is_restarted_and_requests_are_logged_as_json(
+    fleet: dict[str, Node], gateways: list[Gateway], tmp_path: Path
+) -> None:
+    gateway = start_gateway(tmp_path, gateways, fleet_yaml([fleet["a"]]), {fleet["a"].http_port})
+    first = envoy_child(gateway)
+    os.kill(first, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    with httpx.Client(timeout=5) as client:
+        while True:
+            assert time.monotonic() < deadline, gateway.log()
+            try:
+                answer = infer(client, gateway.base, {"x-request-id": "req-123"})
+            except httpx.TransportError:
+                time.sleep(0.1)
+                continue
+            if answer.status_code == 200:
+                break
+            time.sleep(0.1)
+    assert envoy_child(gateway) != first
+    assert "restarting it" in gateway.log()
+    deadline = time.monotonic() + 5
+    access = tmp_path / "access.log"
+    while "req-123" not in (access.read_text() if access.exists() else ""):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    line = next(json.loads(x) for x in access.read_text().splitlines() if "req-123" in x)
+    assert line["method"] == "POST"
+    assert line["path"] == f"/v2/models/{MODEL}/infer"
+    assert line["status"] == 200
+    assert line["upstream_host"] == f"127.0.0.1:{fleet['a'].http_port}"
+    assert isinstance(line["duration_ms"], int)
