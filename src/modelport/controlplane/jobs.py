@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -41,6 +42,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from modelport.clock import Clock, SystemClock
+from modelport.controlplane.job_writer import JobWriter
 from modelport.controlplane.store.jobs import (
     QUEUED,
     BatchState,
@@ -49,6 +51,7 @@ from modelport.controlplane.store.jobs import (
     NewBatch,
     NewJob,
     StoredJob,
+    Submission,
 )
 from modelport.dataplane.codec.json_v2 import decode_request, encode_json, encode_response
 from modelport.dataplane.pipeline import Pipeline
@@ -220,6 +223,8 @@ class JobRunner:
         self.settings = settings if settings is not None else JobSettings()
         self.worker = worker if worker is not None else worker_id()
         self.clock = clock if clock is not None else SystemClock()
+        self.writer = JobWriter(store)
+        """Every write of this runner: submissions, claims, results, leases (group commit)."""
         self._running: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
 
@@ -252,7 +257,9 @@ class JobRunner:
             header_length,
             residency,
         )
-        stored, created = await asyncio.to_thread(self.store.add, job, callback_url=callback)
+        # Answered once the job is committed (a 202 means it survives a crash), in a
+        # transaction shared with whatever else was queued meanwhile.
+        stored, created = await self.writer.add(Submission(job, callback))
         if created:
             log.debug("job queued", extra={"job": stored.id, "model": model})
             self._wake.set()
@@ -288,7 +295,7 @@ class JobRunner:
             None,
             None,
         )
-        stored, _ = await asyncio.to_thread(self.store.add, job, callback_url=callback, batch=batch)
+        stored, _ = await self.writer.add(Submission(job, callback, batch))
         log.debug("batch job queued", extra={"job": stored.id, "model": model})
         self._wake.set()
         return stored
@@ -327,7 +334,8 @@ class JobRunner:
     async def cancel(self, job_id: str, identity: Identity | None) -> StoredJob:
         """Cancel the caller's job: a queued one at once; a running one here is stopped
         now, one on another worker when its lease renewal finds it cancelled."""
-        job = await asyncio.to_thread(self.store.cancel, job_id, owner_of(identity))
+        owner = owner_of(identity)
+        job = await self.writer.write(lambda conn: self.store.cancel_in(conn, job_id, owner))
         if job is None:
             raise NotFound(f"unknown job {job_id!r}")
         task = self._running.get(job_id)
@@ -379,8 +387,9 @@ class JobRunner:
 
     async def _claim(self, free: int) -> list[StoredJob]:
         try:
-            return await asyncio.to_thread(
-                self.store.claim, self.worker, free, self.settings.lease_s
+            lease_s = self.settings.lease_s
+            return await self.writer.write(
+                lambda conn: self.store.claim_in(conn, self.worker, free, lease_s)
             )
         except ModelportError as exc:  # the store is down: try again on the next turn
             log.warning("cannot claim jobs: %s", exc.message)
@@ -389,8 +398,9 @@ class JobRunner:
     async def _housekeep(self, *, purge: bool) -> None:
         """Queue again (or fail) jobs of stopped workers; purge those past retention."""
         try:
-            requeued, failed = await asyncio.to_thread(
-                self.store.recover, self.settings.max_attempts
+            attempts = self.settings.max_attempts
+            requeued, failed = await self.writer.write(
+                lambda conn: self.store.recover_in(conn, attempts)
             )
             if requeued or failed:
                 log.info(
@@ -398,7 +408,8 @@ class JobRunner:
                     extra={"requeued": requeued, "failed": failed},
                 )
             if purge:
-                await asyncio.to_thread(self.store.purge, self.settings.retention_s)
+                retention_s = self.settings.retention_s
+                await self.writer.write(lambda conn: self.store.purge_in(conn, retention_s))
         except ModelportError as exc:
             log.warning("job housekeeping failed: %s", exc.message)
 
@@ -414,15 +425,17 @@ class JobRunner:
                 outcome = JobOutcome(done.status, done.body, error=done.error)
             else:
                 outcome = await self.execute(job)
-            stored = await asyncio.to_thread(
-                self.store.finish,
-                job.id,
-                self.worker,
-                status=outcome.status,
-                result=outcome.body,
-                result_header_length=outcome.header_length,
-                error=outcome.error,
-                version=outcome.version,
+            stored = await self.writer.write(
+                lambda conn: self.store.finish_in(
+                    conn,
+                    job.id,
+                    self.worker,
+                    status=outcome.status,
+                    result=outcome.body,
+                    result_header_length=outcome.header_length,
+                    error=outcome.error,
+                    version=outcome.version,
+                )
             )
             if not stored:
                 log.info("job result dropped: cancelled or taken over", extra={"job": job.id})
@@ -442,9 +455,13 @@ class JobRunner:
             if not ids:
                 continue
             try:
-                held = await asyncio.to_thread(
-                    self.store.renew, self.worker, ids, self.settings.lease_s
+                renew = functools.partial(
+                    self.store.renew_in,
+                    worker=self.worker,
+                    job_ids=ids,
+                    lease_s=self.settings.lease_s,
                 )
+                held = await self.writer.write(renew)
             except ModelportError as exc:
                 log.warning("cannot renew job leases: %s", exc.message)
                 continue

@@ -24,7 +24,10 @@ Times come from the database's clock (``Database.now``), so tests move them.
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -32,6 +35,7 @@ from typing import Any, cast
 from sqlalchemy import (
     BigInteger,
     Column,
+    Connection,
     Integer,
     Row,
     String,
@@ -43,10 +47,11 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.engine import Dialect
 
 from modelport.controlplane.store.database import Database
 from modelport.controlplane.store.tables import JOB_ID_MAX, UTCDateTime, jobs, metadata
+from modelport.errors import Conflict
 
 QUEUED = "queued"
 RUNNING = "running"
@@ -155,6 +160,15 @@ class NewJob:
 
 
 @dataclass(frozen=True, slots=True)
+class Submission:
+    """A job to store, with its callback URL and batch files when it has them."""
+
+    job: NewJob
+    callback_url: str | None = None
+    batch: NewBatch | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class StoredJob:
     """One job as stored; ``request`` and ``result`` only where the read asked for them."""
 
@@ -195,66 +209,86 @@ class JobStore:
     def now(self) -> datetime:
         return self._db.now()
 
+    def write_transaction(self) -> AbstractContextManager[Connection]:
+        """One write transaction, for several ``*_in`` operations committed together
+        (``job_writer.py``); each public write method is one of them alone."""
+        return self._db.transaction(write=True)
+
     def add(
         self, job: NewJob, *, callback_url: str | None = None, batch: NewBatch | None = None
+    ) -> tuple[StoredJob, bool]:
+        """Store a queued job in a transaction of its own (see :meth:`add_in`)."""
+        with self._db.transaction(write=True) as conn:
+            return self.add_in(conn, job, callback_url=callback_url, batch=batch)
+
+    def add_in(
+        self,
+        conn: Connection,
+        job: NewJob,
+        *,
+        callback_url: str | None = None,
+        batch: NewBatch | None = None,
     ) -> tuple[StoredJob, bool]:
         """Store a queued job, with its callback and batch rows; with an idempotency key
         already used by this owner, the first job instead. Returns the job and whether
         it was created now."""
-        now = self._db.now()
-        values = {
-            "id": job.id,
-            "owner": job.owner,
-            "tenant": job.tenant,
-            "identity": job.identity,
-            "idempotency_key": job.idempotency_key,
-            "model": job.model,
-            "version": job.version,
-            "state": QUEUED,
-            "request": job.request,
-            "header_length": job.header_length,
-            "residency": job.residency,
-            "attempts": 0,
-            "created_at": now,
-        }
-        try:
-            with self._db.transaction(write=True) as conn:
-                conn.execute(jobs.insert().values(**values))
-                if callback_url is not None:
-                    conn.execute(
-                        job_callbacks.insert().values(job_id=job.id, url=callback_url, attempts=0)
-                    )
-                if batch is not None:
-                    conn.execute(
-                        job_batches.insert().values(
-                            job_id=job.id,
-                            input=batch.input,
-                            output=batch.output,
-                            id_column=batch.id_column,
-                            chunk_rows=batch.chunk_rows,
-                            rows=0,
-                            input_offset=0,
-                            output_bytes=0,
-                            succeeded=0,
-                            failed=0,
-                            failures="[]",
-                        )
-                    )
-        except IntegrityError:
-            if job.idempotency_key is None:
-                raise
-            first = self._by_key(job.owner, job.idempotency_key)
-            if first is None:  # purged between the two statements: try once more
-                return self.add(job)
-            return first, False
-        stored = self.get(job.id)
-        assert stored is not None
-        return stored, True
+        return self.add_many_in(conn, [Submission(job, callback_url, batch)])[0]
 
-    def _by_key(self, owner: str, key: str) -> StoredJob | None:
+    def add_many_in(
+        self, conn: Connection, submissions: list[Submission]
+    ) -> list[tuple[StoredJob, bool]]:
+        """Store several queued jobs with one INSERT (see :meth:`add_in`), in order.
+
+        One statement for the lot: SQLite's driver lets go of the GIL for every
+        statement, and taking it back from a busy event loop costs up to the
+        interpreter's switch interval, so statements, not rows, are what a
+        batch pays for. Rows whose idempotency key is taken (by a stored job,
+        or by an earlier submission of this same list) are skipped by ``ON
+        CONFLICT DO NOTHING`` rather than failing the transaction, and answered
+        with the job that holds the key.
+        """
+        if not submissions:
+            return []
+        now = self._db.now()
+        rows = [_row(s.job, now) for s in submissions]
+        inserted = _insert_or_skip(conn, rows)
+        callbacks = [
+            {"job_id": s.job.id, "url": s.callback_url, "attempts": 0}
+            for s in submissions
+            if s.callback_url is not None and s.job.id in inserted
+        ]
+        if callbacks:
+            conn.execute(job_callbacks.insert(), callbacks)
+        batches = [
+            _batch_row(s.job.id, s.batch)
+            for s in submissions
+            if s.batch is not None and s.job.id in inserted
+        ]
+        if batches:
+            conn.execute(job_batches.insert(), batches)
+        answers: list[tuple[StoredJob, bool]] = []
+        for s in submissions:
+            if s.job.id in inserted:
+                answers.append((_queued(s.job, now), True))
+                continue
+            if s.job.idempotency_key is None:
+                raise Conflict(f"job id {s.job.id!r} is taken")
+            first = self._by_key_in(conn, s.job.owner, s.job.idempotency_key)
+            if first is None:  # the first job was purged meanwhile: this one takes the key
+                answers.append(self._add_alone(conn, s))
+            else:
+                answers.append((first, False))
+        return answers
+
+    def _add_alone(self, conn: Connection, s: Submission) -> tuple[StoredJob, bool]:
+        answer = self.add_many_in(conn, [s])[0]
+        if not answer[1]:
+            raise Conflict(f"idempotency key {s.job.idempotency_key!r} is in use; try again")
+        return answer
+
+    def _by_key_in(self, conn: Connection, owner: str, key: str) -> StoredJob | None:
         query = select(*_SUMMARY).where(jobs.c.owner == owner, jobs.c.idempotency_key == key)
-        with self._db.transaction() as conn:
-            row = conn.execute(query).first()
+        row = conn.execute(query).first()
         return None if row is None else _job(row)
 
     def get(self, job_id: str, *, result: bool = False) -> StoredJob | None:
@@ -277,58 +311,86 @@ class JobStore:
             return [_job(row) for row in conn.execute(query)]
 
     def claim(self, worker: str, limit: int, lease_s: float) -> list[StoredJob]:
+        """:meth:`claim_in` in a transaction of its own."""
+        with self._db.transaction(write=True) as conn:
+            return self.claim_in(conn, worker, limit, lease_s)
+
+    def claim_in(
+        self, conn: Connection, worker: str, limit: int, lease_s: float
+    ) -> list[StoredJob]:
         """Take up to ``limit`` queued jobs, oldest first, for ``worker``; with their requests.
 
-        Each is taken by its own conditional UPDATE: a job another worker took
-        between the SELECT and the UPDATE is simply skipped.
+        One conditional UPDATE over the oldest queued ids: a job another worker
+        took meanwhile no longer matches ``state = 'queued'`` and is skipped.
         """
         if limit <= 0:
             return []
         now = self._db.now()
-        until = now + timedelta(seconds=lease_s)
-        taken: list[str] = []
-        with self._db.transaction(write=True) as conn:
-            ids = conn.execute(
-                select(jobs.c.id)
-                .where(jobs.c.state == QUEUED)
-                .order_by(jobs.c.created_at, jobs.c.id)
-                .limit(limit)
-            ).scalars()
-            for job_id in list(ids):
-                done = conn.execute(
-                    update(jobs)
-                    .where(jobs.c.id == job_id, jobs.c.state == QUEUED)
-                    .values(
-                        state=RUNNING,
-                        lease_owner=worker,
-                        lease_until=until,
-                        started_at=now,
-                        attempts=jobs.c.attempts + 1,
-                    )
-                )
-                if done.rowcount == 1:
-                    taken.append(job_id)
-            if not taken:
-                return []
-            rows = conn.execute(
-                select(*_SUMMARY, jobs.c.request)
-                .where(jobs.c.id.in_(taken))
-                .order_by(jobs.c.created_at, jobs.c.id)
+        oldest = (
+            select(jobs.c.id)
+            .where(jobs.c.state == QUEUED)
+            .order_by(jobs.c.created_at, jobs.c.id)
+            .limit(limit)
+        )
+        taken = conn.execute(
+            update(jobs)
+            .where(jobs.c.id.in_(oldest), jobs.c.state == QUEUED)
+            .values(
+                state=RUNNING,
+                lease_owner=worker,
+                lease_until=now + timedelta(seconds=lease_s),
+                started_at=now,
+                attempts=jobs.c.attempts + 1,
             )
-            return [_job(cast(Row[Any], row)) for row in rows]
+            .returning(*_SUMMARY, jobs.c.request)
+        )
+        claimed = [_job(row) for row in taken]
+        claimed.sort(key=lambda j: (j.created_at, j.id))
+        return claimed
 
     def renew(self, worker: str, job_ids: list[str], lease_s: float) -> set[str]:
+        """:meth:`renew_in` in a transaction of its own."""
+        with self._db.transaction(write=True) as conn:
+            return self.renew_in(conn, worker, job_ids, lease_s)
+
+    def renew_in(
+        self, conn: Connection, worker: str, job_ids: list[str], lease_s: float
+    ) -> set[str]:
         """Extend ``worker``'s leases; the ids it still holds (not cancelled, not taken over)."""
         if not job_ids:
             return set()
         until = self._db.now() + timedelta(seconds=lease_s)
         held = and_(jobs.c.id.in_(job_ids), jobs.c.state == RUNNING, jobs.c.lease_owner == worker)
-        with self._db.transaction(write=True) as conn:
-            conn.execute(update(jobs).where(held).values(lease_until=until))
-            return set(conn.execute(select(jobs.c.id).where(held)).scalars())
+        conn.execute(update(jobs).where(held).values(lease_until=until))
+        return set(conn.execute(select(jobs.c.id).where(held)).scalars())
 
     def finish(
         self,
+        job_id: str,
+        worker: str,
+        *,
+        status: int,
+        result: bytes,
+        result_header_length: int | None = None,
+        error: str | None = None,
+        version: str | None = None,
+    ) -> bool:
+        """:meth:`finish_in` in a transaction of its own."""
+        with self._db.transaction(write=True) as conn:
+            return self.finish_in(
+                conn,
+                job_id,
+                worker,
+                status=status,
+                result=result,
+                result_header_length=result_header_length,
+                error=error,
+                version=version,
+            )
+
+    def finish_in(
+        self,
+        conn: Connection,
         job_id: str,
         worker: str,
         *,
@@ -355,92 +417,105 @@ class JobStore:
         }
         if version is not None:
             values["version"] = version
-        with self._db.transaction(write=True) as conn:
-            done = conn.execute(
-                update(jobs)
-                .where(jobs.c.id == job_id, jobs.c.state == RUNNING, jobs.c.lease_owner == worker)
-                .values(**values)
-            )
-            return bool(done.rowcount == 1)
+        done = conn.execute(
+            update(jobs)
+            .where(jobs.c.id == job_id, jobs.c.state == RUNNING, jobs.c.lease_owner == worker)
+            .values(**values)
+        )
+        return bool(done.rowcount == 1)
 
     def cancel(self, job_id: str, owner: str) -> StoredJob | None:
+        """:meth:`cancel_in` in a transaction of its own."""
+        with self._db.transaction(write=True) as conn:
+            return self.cancel_in(conn, job_id, owner)
+
+    def cancel_in(self, conn: Connection, job_id: str, owner: str) -> StoredJob | None:
         """Cancel an owner's queued or running job; the job as it now stands (None: not theirs).
 
         A finished job is returned unchanged.
         """
         now = self._db.now()
-        with self._db.transaction(write=True) as conn:
-            conn.execute(
-                update(jobs)
-                .where(
-                    jobs.c.id == job_id,
-                    jobs.c.owner == owner,
-                    jobs.c.state.in_([QUEUED, RUNNING]),
-                )
-                .values(state=CANCELLED, finished_at=now, lease_owner=None, lease_until=None)
+        conn.execute(
+            update(jobs)
+            .where(
+                jobs.c.id == job_id,
+                jobs.c.owner == owner,
+                jobs.c.state.in_([QUEUED, RUNNING]),
             )
-            row = conn.execute(
-                select(*_SUMMARY).where(jobs.c.id == job_id, jobs.c.owner == owner)
-            ).first()
+            .values(state=CANCELLED, finished_at=now, lease_owner=None, lease_until=None)
+        )
+        row = conn.execute(
+            select(*_SUMMARY).where(jobs.c.id == job_id, jobs.c.owner == owner)
+        ).first()
         return None if row is None else _job(row)
 
     def release(self, worker: str, job_ids: list[str]) -> int:
+        """:meth:`release_in` in a transaction of its own."""
+        with self._db.transaction(write=True) as conn:
+            return self.release_in(conn, worker, job_ids)
+
+    def release_in(self, conn: Connection, worker: str, job_ids: list[str]) -> int:
         """Queue again the jobs ``worker`` holds and stops running (a graceful stop);
         the interrupted run does not count as an attempt."""
-        with self._db.transaction(write=True) as conn:
-            done = conn.execute(
-                update(jobs)
-                .where(
-                    jobs.c.id.in_(job_ids), jobs.c.state == RUNNING, jobs.c.lease_owner == worker
-                )
-                .values(
-                    state=QUEUED,
-                    lease_owner=None,
-                    lease_until=None,
-                    started_at=None,
-                    attempts=jobs.c.attempts - 1,
-                )
+        done = conn.execute(
+            update(jobs)
+            .where(jobs.c.id.in_(job_ids), jobs.c.state == RUNNING, jobs.c.lease_owner == worker)
+            .values(
+                state=QUEUED,
+                lease_owner=None,
+                lease_until=None,
+                started_at=None,
+                attempts=jobs.c.attempts - 1,
             )
+        )
         return int(done.rowcount)
 
     def recover(self, max_attempts: int) -> tuple[int, int]:
+        """:meth:`recover_in` in a transaction of its own."""
+        with self._db.transaction(write=True) as conn:
+            return self.recover_in(conn, max_attempts)
+
+    def recover_in(self, conn: Connection, max_attempts: int) -> tuple[int, int]:
         """Jobs whose worker stopped (lease lapsed): queued again, or failed after
         ``max_attempts`` runs. Returns (requeued, failed)."""
         now = self._db.now()
         lapsed = and_(jobs.c.state == RUNNING, jobs.c.lease_until < now)
-        with self._db.transaction(write=True) as conn:
-            failed = conn.execute(
-                update(jobs)
-                .where(lapsed, jobs.c.attempts >= max_attempts)
-                .values(
-                    state=FAILED,
-                    status=500,
-                    error=(
-                        f"the worker running this job stopped {max_attempts} times "
-                        "before it finished; it is not run again"
-                    ),
-                    finished_at=now,
-                    lease_owner=None,
-                    lease_until=None,
-                )
-            ).rowcount
-            requeued = conn.execute(
-                update(jobs)
-                .where(lapsed, jobs.c.attempts < max_attempts)
-                .values(state=QUEUED, lease_owner=None, lease_until=None, started_at=None)
-            ).rowcount
+        failed = conn.execute(
+            update(jobs)
+            .where(lapsed, jobs.c.attempts >= max_attempts)
+            .values(
+                state=FAILED,
+                status=500,
+                error=(
+                    f"the worker running this job stopped {max_attempts} times "
+                    "before it finished; it is not run again"
+                ),
+                finished_at=now,
+                lease_owner=None,
+                lease_until=None,
+            )
+        ).rowcount
+        requeued = conn.execute(
+            update(jobs)
+            .where(lapsed, jobs.c.attempts < max_attempts)
+            .values(state=QUEUED, lease_owner=None, lease_until=None, started_at=None)
+        ).rowcount
         return int(requeued), int(failed)
 
     def purge(self, older_than_s: float) -> int:
+        """:meth:`purge_in` in a transaction of its own."""
+        with self._db.transaction(write=True) as conn:
+            return self.purge_in(conn, older_than_s)
+
+    def purge_in(self, conn: Connection, older_than_s: float) -> int:
         """Delete jobs finished more than ``older_than_s`` seconds ago, with their
         callback and batch rows; how many jobs."""
         cutoff = self._db.now() - timedelta(seconds=older_than_s)
         old = and_(jobs.c.state.in_(TERMINAL), jobs.c.finished_at < cutoff)
-        with self._db.transaction(write=True) as conn:
-            for child in (job_callbacks, job_batches):
-                ids = select(jobs.c.id).where(old)
-                conn.execute(delete(child).where(child.c.job_id.in_(ids)))
-            done = conn.execute(delete(jobs).where(old))
+        for child in (job_callbacks, job_batches):
+            ids = select(jobs.c.id).where(old)
+            conn.execute(delete(child).where(child.c.job_id.in_(ids)))
+        done = conn.execute(delete(jobs).where(old))
         return int(done.rowcount)
 
     # Callbacks
@@ -528,29 +603,161 @@ class JobStore:
         )
 
     def checkpoint(self, job_id: str, worker: str, state: BatchState) -> bool:
+        """:meth:`checkpoint_in` in a transaction of its own."""
+        with self._db.transaction(write=True) as conn:
+            return self.checkpoint_in(conn, job_id, worker, state)
+
+    def checkpoint_in(self, conn: Connection, job_id: str, worker: str, state: BatchState) -> bool:
         """Record a batch's progress after a chunk, only while ``worker`` holds the job;
         False when it does not (cancelled, taken over): the worker stops."""
-        with self._db.transaction(write=True) as conn:
-            held = conn.execute(
-                select(jobs.c.id).where(
-                    jobs.c.id == job_id, jobs.c.state == RUNNING, jobs.c.lease_owner == worker
-                )
-            ).first()
-            if held is None:
-                return False
-            conn.execute(
-                update(job_batches)
-                .where(job_batches.c.job_id == job_id)
-                .values(
-                    rows=state.rows,
-                    input_offset=state.input_offset,
-                    output_bytes=state.output_bytes,
-                    succeeded=state.succeeded,
-                    failed=state.failed,
-                    failures=json.dumps([list(f) for f in state.failures[:KEPT_FAILURES]]),
-                )
+        held = conn.execute(
+            select(jobs.c.id).where(
+                jobs.c.id == job_id, jobs.c.state == RUNNING, jobs.c.lease_owner == worker
             )
+        ).first()
+        if held is None:
+            return False
+        conn.execute(
+            update(job_batches)
+            .where(job_batches.c.job_id == job_id)
+            .values(
+                rows=state.rows,
+                input_offset=state.input_offset,
+                output_bytes=state.output_bytes,
+                succeeded=state.succeeded,
+                failed=state.failed,
+                failures=json.dumps([list(f) for f in state.failures[:KEPT_FAILURES]]),
+            )
+        )
         return True
+
+
+def _row(job: NewJob, now: datetime) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "owner": job.owner,
+        "tenant": job.tenant,
+        "identity": job.identity,
+        "idempotency_key": job.idempotency_key,
+        "model": job.model,
+        "version": job.version,
+        "state": QUEUED,
+        "request": job.request,
+        "header_length": job.header_length,
+        "residency": job.residency,
+        "attempts": 0,
+        "created_at": now,
+    }
+
+
+def _batch_row(job_id: str, batch: NewBatch) -> dict[str, Any]:
+    return {
+        "job_id": job_id,
+        "input": batch.input,
+        "output": batch.output,
+        "id_column": batch.id_column,
+        "chunk_rows": batch.chunk_rows,
+        "rows": 0,
+        "input_offset": 0,
+        "output_bytes": 0,
+        "succeeded": 0,
+        "failed": 0,
+        "failures": "[]",
+    }
+
+
+def _queued(job: NewJob, now: datetime) -> StoredJob:
+    """A job just inserted, as a read would return it."""
+    return StoredJob(
+        job.id,
+        job.owner,
+        job.tenant,
+        job.identity,
+        job.idempotency_key,
+        job.model,
+        job.version,
+        QUEUED,
+        0,
+        job.header_length,
+        job.residency,
+        None,
+        None,
+        None,
+        now,
+        None,
+        None,
+    )
+
+
+#: The columns a submission fills, in the order of the INSERT's values.
+_INSERTED = (
+    "id",
+    "owner",
+    "tenant",
+    "identity",
+    "idempotency_key",
+    "model",
+    "version",
+    "state",
+    "request",
+    "header_length",
+    "residency",
+    "attempts",
+    "created_at",
+)
+
+
+@functools.cache
+def _insert_sql(dialect: str, rows: int) -> str:
+    """``INSERT ... VALUES (...), (...) ON CONFLICT DO NOTHING`` for ``rows`` rows.
+
+    Written out once per row count rather than compiled by SQLAlchemy on each
+    batch: the writer thread gets the GIL in slices (the event loop holds it
+    under load), and compiling hundreds of bind parameters took most of them.
+    """
+    mark = "?" if dialect == "sqlite" else "%s"
+    row = "(" + ", ".join([mark] * len(_INSERTED)) + ")"
+    sql = (
+        f"INSERT INTO {jobs.name} ({', '.join(_INSERTED)}) VALUES "
+        + ", ".join([row] * rows)
+        + " ON CONFLICT DO NOTHING"
+    )
+    return sql + " RETURNING id" if dialect == "postgresql" else sql
+
+
+def _binders(dialect: Dialect) -> list[Callable[[Any], Any] | None]:
+    """Each inserted column's bind processor (UTC datetimes, bytes) for ``dialect``."""
+    found = _BINDERS.get(dialect.name)
+    if found is None:
+        found = [jobs.c[name].type.bind_processor(dialect) for name in _INSERTED]
+        _BINDERS[dialect.name] = found
+    return found
+
+
+_BINDERS: dict[str, list[Callable[[Any], Any] | None]] = {}
+
+
+def _insert_or_skip(conn: Connection, rows: list[dict[str, Any]]) -> set[str]:
+    """Insert job rows in one statement, skipping those whose unique key is taken;
+    the ids inserted.
+
+    PostgreSQL says which through RETURNING (psycopg's rowcount is -1 here).
+    SQLite's rowcount is exact, and RETURNING would cost a step (a GIL
+    round trip) per row, so only a short count asks which rows went in."""
+    dialect = conn.dialect
+    binders = _binders(dialect)
+    params: list[Any] = []
+    for row in rows:
+        for name, bind in zip(_INSERTED, binders, strict=True):
+            value = row[name]
+            params.append(bind(value) if bind is not None and value is not None else value)
+    result = conn.exec_driver_sql(_insert_sql(dialect.name, len(rows)), tuple(params))
+    if dialect.name == "postgresql":
+        return set(result.scalars())
+    ids = [r["id"] for r in rows]
+    if result.rowcount == len(rows):
+        return set(ids)
+    return set(conn.execute(select(jobs.c.id).where(jobs.c.id.in_(ids))).scalars())
 
 
 def _job(row: Row[Any]) -> StoredJob:
