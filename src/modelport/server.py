@@ -464,7 +464,9 @@ async def serve(config: ServerConfig, member: NodeMember | None = None) -> None:
         else None
     )
     grpc_server = listeners.grpc
-    grpc_health = add_services(grpc_server, ctx, auth.gate)
+    grpc_health = add_services(
+        grpc_server, ctx, auth.gate, frozenset(config.trusted_proxy_identities)
+    )
     await grpc_server.start()
     await mark_serving(grpc_health)
 

@@ -25,7 +25,9 @@ import numpy as np
 import onnx
 import psycopg
 import pytest
+import tritonclient.grpc as tritongrpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
+from tritonclient.utils import InferenceServerException
 
 from modelport.controlplane.store import AuditLog, Database, NodeRecord, NodeStore
 from tests.integration.conftest import Server, start_server, stop_server
@@ -467,6 +469,23 @@ def failed_login(client: httpx.Client, forwarded: str) -> int:
     return client.get("/v2/models/scorer", headers=headers).status_code
 
 
+def grpc_client(server: Server, pki: Pki, cert: tuple[Path, Path]) -> Any:
+    return tritongrpc.InferenceServerClient(
+        server.grpc_url,
+        ssl=True,
+        root_certificates=str(pki.ca_path),
+        private_key=str(cert[1]),
+        certificate_chain=str(cert[0]),
+    )
+
+
+def grpc_failed_login(client: Any, forwarded: str) -> str:
+    headers = {"authorization": BAD_TOKEN["Authorization"], "x-forwarded-for": forwarded}
+    with pytest.raises(InferenceServerException) as refused:
+        client.get_model_metadata("scorer", headers=headers)
+    return str(refused.value.status()).removeprefix("StatusCode.")
+
+
 def test_only_the_trusted_proxy_names_the_caller(versioned_repo: Path, tmp_path: Path) -> None:
     pki = Pki(tmp_path)
     gateway, stranger = pki.client("gateway"), pki.client("stranger")
@@ -490,6 +509,15 @@ def test_only_the_trusted_proxy_names_the_caller(versioned_repo: Path, tmp_path:
             assert failed_login(proxy, "198.51.100.7") == 429  # that caller is blocked
             assert failed_login(proxy, "198.51.100.8") == 401  # another caller is not
             assert failed_login(proxy, "not an address") == 401  # the proxy's own address
+        gateway_grpc = grpc_client(server, pki, gateway)
+        try:
+            # The same over gRPC: x-forwarded-for metadata from the trusted proxy.
+            assert grpc_failed_login(gateway_grpc, "198.51.100.20") == "UNAUTHENTICATED"
+            assert grpc_failed_login(gateway_grpc, "198.51.100.20") == "UNAUTHENTICATED"
+            assert grpc_failed_login(gateway_grpc, "198.51.100.20") == "RESOURCE_EXHAUSTED"
+            assert grpc_failed_login(gateway_grpc, "198.51.100.21") == "UNAUTHENTICATED"
+        finally:
+            gateway_grpc.close()
         with https(server, pki, stranger) as direct:
             # Anyone else's header is ignored: every failure counts against 127.0.0.1,
             # which the proxy's unusable header above already charged once.
@@ -503,6 +531,6 @@ def test_only_the_trusted_proxy_names_the_caller(versioned_repo: Path, tmp_path:
             for event in AuditLog(database).history("*", limit=100)
             if event.action == "auth.failure"
         ]
-    assert "198.51.100.7" in peers and "198.51.100.8" in peers
+    assert {"198.51.100.7", "198.51.100.8", "198.51.100.20", "198.51.100.21"} <= set(peers)
     assert "203.0.113.1" not in peers and "192.0.2.1" not in peers
     assert "127.0.0.1" in peers

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from modelport.dataplane.admission.certificates import ClientCertificate
-from modelport.dataplane.transport.http.protocol import forwarded_for, is_trusted_proxy
+from modelport.dataplane.admission.proxies import is_trusted_proxy
+from modelport.dataplane.transport.http.protocol import forwarded_for
 
 GATEWAY = frozenset({"gateway", "gw.internal"})
 

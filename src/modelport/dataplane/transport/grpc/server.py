@@ -174,13 +174,17 @@ def bind_grpc_server(
 
 
 def add_services(
-    server: grpc.aio.Server, ctx: TransportContext, gate: Gate | None = None
+    server: grpc.aio.Server,
+    ctx: TransportContext,
+    gate: Gate | None = None,
+    trusted_proxies: frozenset[str] = frozenset(),
 ) -> ReadinessHealth:
     """The inference service and grpc.health.v1; the health servicer, for shutdown to flip.
 
     grpc.health.v1 stays open to probes whatever ``gate`` says, and answers
     what ServerReady answers (``ReadinessHealth``)."""
-    server.add_generic_rpc_handlers((_handlers(InferenceService(ctx, gate)),))
+    service = InferenceService(ctx, gate, trusted_proxies)
+    server.add_generic_rpc_handlers((_handlers(service),))
     health_servicer = ReadinessHealth(ctx.table.is_ready, ("", SERVICE_NAME))
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     return health_servicer

@@ -32,6 +32,11 @@ from modelport.config.pbtxt import config_to_proto
 from modelport.dataplane.admission.certificates import ClientCertificate, describe_pem
 from modelport.dataplane.admission.gate import Gate
 from modelport.dataplane.admission.needs import Access, declare, declared
+from modelport.dataplane.admission.proxies import (
+    FORWARDED_FOR,
+    is_trusted_proxy,
+    rightmost_address,
+)
 from modelport.dataplane.codec.grpc_v2 import decode_request, encode_response, parameter_value
 from modelport.dataplane.codec.repository import load_config_parameter
 from modelport.dataplane.info import Visible
@@ -188,12 +193,30 @@ class _StreamSink:
 
 
 class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, ctx: TransportContext, gate: Gate | None = None) -> None:
+    def __init__(
+        self,
+        ctx: TransportContext,
+        gate: Gate | None = None,
+        trusted_proxies: frozenset[str] = frozenset(),
+    ) -> None:
         undeclared = [n for n in RPC_NAMES if declared(getattr(type(self), n)) is None]
         if undeclared:
             raise TypeError(f"rpcs without a declared role: {', '.join(undeclared)}")
         self.ctx = ctx
         self.gate = gate
+        self.trusted_proxies = trusted_proxies
+
+    def _peer(self, context: grpc.aio.ServicerContext) -> str:
+        """The caller's address: a trusted proxy's x-forwarded-for (``proxies.py``), else
+        the connection's."""
+        peer = peer_address(context.peer())
+        if not self.trusted_proxies or not is_trusted_proxy(
+            client_certificate(context), self.trusted_proxies
+        ):
+            return peer
+        metadata = context.invocation_metadata() or ()
+        values = [v for k, v in metadata if k == FORWARDED_FOR and isinstance(v, str)]
+        return rightmost_address(values) or peer
 
     async def _admit(
         self, context: grpc.aio.ServicerContext, access: Access, request: Any
@@ -203,7 +226,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             return None
         return await self.gate.admit(
             _authorization(context),
-            peer_address(context.peer()),
+            self._peer(context),
             access.role,
             _model_in(access, request),
             client_certificate(context),
@@ -322,7 +345,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         answers that message only.
         """
         write_lock = asyncio.Lock()
-        peer = peer_address(context.peer())
+        peer = self._peer(context)
         header: str | None = None
         certificate: ClientCertificate | None = None
         gate = self.gate
@@ -430,7 +453,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         if not request.settings:
             return _log_settings_response(control.triton_settings())
         if self.gate is not None and identity is not None:
-            self.gate.check(identity, peer_address(context.peer()), Role.OPERATOR, None)
+            self.gate.check(identity, self._peer(context), Role.OPERATOR, None)
         changes = {name: _setting_value(value) for name, value in request.settings.items()}
         actor = identity.actor if identity is not None else None
         return _log_settings_response(await control.change(changes, actor))

@@ -28,7 +28,6 @@ connection the header is ignored, as is a value that is not an IP address.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import logging
 from typing import Any
@@ -40,6 +39,7 @@ from modelport.dataplane.admission.certificates import (
     ClientCertificate,
     describe_der,
 )
+from modelport.dataplane.admission.proxies import is_trusted_proxy, rightmost_address
 from modelport.dataplane.transport.http.body import check_declared, too_large
 from modelport.dataplane.transport.http.direct import DirectCycle
 from modelport.dataplane.transport.http.disconnect import CONNECTION_SCOPE_KEY, HangupWatch
@@ -54,24 +54,9 @@ _TLS_VERSIONS = {"TLSv1.2": 0x0303, "TLSv1.3": 0x0304}
 
 
 def forwarded_for(headers: list[tuple[bytes, bytes]]) -> str | None:
-    """The rightmost address of the request's X-Forwarded-For headers, if it is an IP address."""
-    last: bytes | None = None
-    for name, value in headers:
-        if name == b"x-forwarded-for":
-            last = value
-    if last is None:
-        return None
-    entry = last.rsplit(b",", 1)[-1].strip().decode("latin-1")
-    try:
-        return str(ipaddress.ip_address(entry))
-    except ValueError:
-        return None
-
-
-def is_trusted_proxy(cert: ClientCertificate | None, trusted: frozenset[str]) -> bool:
-    if cert is None or not trusted:
-        return False
-    return cert.common_name in trusted or any(san in trusted for san in cert.sans)
+    """The caller a trusted proxy names (``proxies.rightmost_address``), from raw headers."""
+    values = [v.decode("latin-1") for n, v in headers if n == b"x-forwarded-for"]
+    return rightmost_address(values)
 
 
 def tls_extension(ssl_object: Any) -> tuple[dict[str, Any], ClientCertificate | None]:
