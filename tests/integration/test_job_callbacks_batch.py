@@ -210,6 +210,29 @@ def test_a_bad_row_is_reported_with_its_number_and_the_rest_run(
     assert out[3]["OUTPUT0"] == [3.0 + 3.0] * 16
 
 
+def test_idempotency_key_returns_the_first_batch_job_once_its_output_exists(
+    setup: tuple[Server, Path],
+) -> None:
+    server, batch_dir = setup
+    (batch_dir / "once.jsonl").write_text("".join(json.dumps(_row(n)) + "\n" for n in range(3)))
+    body = {"model": "add_sub", "input": "once.jsonl", "output": "once-out.jsonl"}
+    first = _submit(server, body, **{"Idempotency-Key": "nightly-1"})
+    assert first.status_code == 202, first.text
+    assert _finished(server, first.json()["id"])["state"] == "succeeded"
+    # The output exists now: without the key the same body is refused ...
+    assert _submit(server, body).status_code == 409
+    # ... with it, the first job is the answer, whatever the body says.
+    again = _submit(
+        server, {**body, "output": "elsewhere.jsonl"}, **{"Idempotency-Key": "nightly-1"}
+    )
+    assert again.status_code == 202, again.text
+    assert again.headers["location"] == first.headers["location"]
+    assert not (batch_dir / "elsewhere.jsonl").exists()
+    malformed = _submit(server, {**body, "output": "x.jsonl"}, **{"Idempotency-Key": "a b"})
+    assert malformed.status_code == 400
+    assert "Idempotency-Key" in malformed.json()["error"]
+
+
 def test_paths_outside_batch_dir_are_refused(setup: tuple[Server, Path], tmp_path: Path) -> None:
     server, batch_dir = setup
     outside = tmp_path / "secret.jsonl"

@@ -276,28 +276,39 @@ class JobRunner:
         id_column: str | None,
         chunk_rows: int,
         callback_url: str | None,
+        idempotency_key: str | None = None,
     ) -> StoredJob:
-        """Store a queued batch job over files under batch_dir, once they are checked."""
+        """Store a queued batch job over files under batch_dir, once they are checked.
+
+        With an idempotency key this caller used already, the first job, before
+        any check: a retry must not be refused because the first job has
+        started writing its output file."""
         if self.batches is None:
             raise InvalidRequest("this server runs no batch jobs (its batch_dir is not set)")
+        owner = owner_of(identity)
+        if idempotency_key is not None:
+            first = await asyncio.to_thread(self.store.by_key, owner, idempotency_key)
+            if first is not None:
+                return first
         callback = self._callback(callback_url)
         # On the loop: admission reads the model table; the file checks are a few stats.
         batch = self.batches.check(identity, model, version, input, output, id_column, chunk_rows)
         job = NewJob(
             uuid.uuid4().hex,
-            owner_of(identity),
+            owner,
             identity.tenant if identity is not None else None,
             identity_json(identity),
-            None,
+            idempotency_key,
             model,
             version,
             json.dumps(dataclasses.asdict(batch)).encode(),  # for people reading the store
             None,
             None,
         )
-        stored, _ = await self.writer.add(Submission(job, callback, batch))
-        log.debug("batch job queued", extra={"job": stored.id, "model": model})
-        self._wake.set()
+        stored, created = await self.writer.add(Submission(job, callback, batch))
+        if created:
+            log.debug("batch job queued", extra={"job": stored.id, "model": model})
+            self._wake.set()
         return stored
 
     def _callback(self, url: str | None) -> str | None:

@@ -27,6 +27,22 @@ from modelport.types import Identity, Role
 
 JobId = Annotated[str, Path(min_length=1, max_length=64, description="Job id")]
 JOBS_PATH = "/api/v1/jobs/"
+#: Longest Idempotency-Key accepted, as on the infer route; visible ASCII only.
+IDEMPOTENCY_KEY_MAX = 128
+
+
+def idempotency_key(raw: str | None) -> str | None:
+    """The ``Idempotency-Key`` header, held to the infer route's rule: 1 to 128
+    visible ASCII characters; InvalidRequest (400) otherwise, before anything is stored."""
+    if raw is None:
+        return None
+    key = raw.strip()
+    if not key or len(key) > IDEMPOTENCY_KEY_MAX or not all("!" <= c <= "~" for c in key):
+        raise InvalidRequest(
+            f"Idempotency-Key {raw[:40]!r} is malformed: it must be 1 to "
+            f"{IDEMPOTENCY_KEY_MAX} visible ASCII characters without spaces"
+        )
+    return key
 
 
 class CallbackStatus(BaseModel):
@@ -176,9 +192,11 @@ def add_job_routes(api: FastAPI, jobs: JobRunner) -> None:
         request: Request,
         body: BatchSubmission,
         callback: Annotated[str | None, Header(alias=CALLBACK_HEADER)] = None,
+        key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
     ) -> JSONResponse:
         if callback is not None and body.callback_url is not None:
             raise InvalidRequest(f"give the callback URL in {CALLBACK_HEADER} or the body")
+        once = idempotency_key(key)
         job = await jobs.submit_batch(
             identity=_caller(request),
             model=body.model,
@@ -188,6 +206,7 @@ def add_job_routes(api: FastAPI, jobs: JobRunner) -> None:
             id_column=body.id_column,
             chunk_rows=body.chunk_rows,
             callback_url=callback if callback is not None else body.callback_url,
+            idempotency_key=once,
         )
         location = JOBS_PATH + job.id
         answer = Accepted(id=job.id, state=job.state, location=location)

@@ -286,6 +286,11 @@ class JobStore:
             raise Conflict(f"idempotency key {s.job.idempotency_key!r} is in use; try again")
         return answer
 
+    def by_key(self, owner: str, key: str) -> StoredJob | None:
+        """The owner's job submitted with idempotency key ``key``, if any."""
+        with self._db.transaction() as conn:
+            return self._by_key_in(conn, owner, key)
+
     def _by_key_in(self, conn: Connection, owner: str, key: str) -> StoredJob | None:
         query = select(*_SUMMARY).where(jobs.c.owner == owner, jobs.c.idempotency_key == key)
         row = conn.execute(query).first()
