@@ -172,3 +172,21 @@ def test_a_cascade_reports_its_stages_time_the_same_way() -> None:
     ask(pipeline)
     stats = table.models["ens"].stats
     assert (stats.queue.ns, stats.compute_infer.ns, stats.compute_output.ns) == (400, 4_000, 20)
+
+
+def test_a_nested_ensemble_counts_once_in_the_outer_one() -> None:
+    pipeline, table = serve({"a": Timed(1, 100, 1_000), "b": Timed(2, 200, 2_000)})
+    # "outer" runs "ens" (a then b) and then "b" again.
+    scheduling = EnsembleScheduling.model_validate({"step": chain_steps("ens", "b")})
+    graph = build_graph(scheduling, SIGNATURE, [SIGNATURE] * 2, "outer")
+    outer = EnsembleServable("outer", "1", graph, SIGNATURE, pipeline)
+    config = parse_model_config({"max_batch_size": 4}, "t")
+    table.models["outer"] = ModelVersion(
+        "outer", "1", "ensemble", SIGNATURE, config, outer, ModelStatistics()
+    )
+    x = np.zeros((1, 2), np.float32)
+    request = InferenceRequest("outer", None, [Tensor("x", "FP32", x.shape, x)])
+    asyncio.run(pipeline.infer(request, "http"))
+    inner, whole = table.models["ens"].stats, table.models["outer"].stats
+    assert (inner.queue.ns, inner.compute_infer.ns) == (300, 3_000)
+    assert (whole.queue.ns, whole.compute_infer.ns) == (500, 5_000)
