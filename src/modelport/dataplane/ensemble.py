@@ -430,9 +430,9 @@ async def run_graph(
 ) -> GraphRun:
     """Run the steps of ``plan``, each as soon as its tensors exist; ``tensors`` grows.
 
-    The steps are tasks owned by this call: the first failure of a step that
-    is not optional cancels the rest and is raised, and a cancelled caller
-    cancels them all. A step whose condition does not hold (on ``tensors``
+    Steps that run side by side are tasks owned by this call: the first
+    failure of a step that is not optional cancels the rest and is raised,
+    and a cancelled caller cancels them all. A step whose condition does not hold (on ``tensors``
     or the request's ``parameters``) is skipped; so is a step waiting for a
     tensor a skipped or failed optional step would have given.
 
