@@ -218,6 +218,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="run only a three-step ensemble against one tiny model, a cascade against its "
         "large model, and job submission beside synchronous traffic (pipelines.py)",
     )
+    parser.add_argument(
+        "--gateway-only",
+        action="store_true",
+        help="run only the fleet gateway: its hop against a node direct, least_request "
+        "against round_robin over skewed nodes, and failover time (gateway.py)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.duration = 1
@@ -946,6 +952,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_eviction(args, argv)
     if args.pipelines_only:
         return run_pipelines(args, argv)
+    if args.gateway_only:
+        return run_gateway(args, argv)
     started = time.monotonic()
     whole = servers.CpuMeter()
     res = Results(settings={k: str(v) for k, v in vars(args).items()})
@@ -1062,6 +1070,17 @@ def run_pipelines(args: argparse.Namespace, argv: list[str]) -> int:
             if args.quick
             else []
         )
+    )
+
+
+def run_gateway(args: argparse.Namespace, argv: list[str]) -> int:
+    """The fleet gateway's hop, skewed nodes and failover (gateway.py; its section)."""
+    import gateway
+
+    log("gateway: the Envoy hop, least_request over skewed nodes, failover")
+    return gateway.main(
+        ["--command", exact_command(argv)]
+        + (["--rounds", "1", "--duration", "2", "--output", str(args.output)] if args.quick else [])
     )
 
 
