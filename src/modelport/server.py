@@ -34,6 +34,7 @@ from modelport.controlplane.canary import CanaryController
 from modelport.controlplane.crypto.providers import key_provider_for
 from modelport.controlplane.fleetlease import FleetLease
 from modelport.controlplane.fleetsync import FleetSync, is_postgres
+from modelport.controlplane.fleetwindows import FleetWindows
 from modelport.controlplane.memory import node_budget
 from modelport.controlplane.ondemand import IdleUnloader, busy
 from modelport.controlplane.registry import IDLE_REASON, Registry
@@ -45,6 +46,7 @@ from modelport.controlplane.store import (
     NodeStore,
     PolicyStore,
 )
+from modelport.controlplane.store.windows import WindowStore
 from modelport.controlplane.traffic import LOCAL, TrafficManager
 from modelport.dataplane.admission import MemoryRateLimiter, RateLimiter
 from modelport.dataplane.admission.audit import SERVER_WIDE
@@ -377,8 +379,14 @@ async def serve(config: ServerConfig, member: NodeMember | None = None) -> None:
         await link.bus.start()
     fleet = build_fleet_sync(config, database, canary, traffic, member)
     fleet_lease = FleetLease(fleet.dsn) if fleet is not None else None
+    fleet_windows: FleetWindows | None = None
     if fleet is not None:
         manager.announce = canary.announce = fleet.announce(manager.announce)
+        # The canary leader judges on every node's requests.
+        fleet_windows = FleetWindows(
+            WindowStore(database), canaries, fleet.origin, canary.windows, clock.wall
+        )
+        canary.windows = fleet_windows.window
     log.info("loading models", extra={"repository": str(repository)})
     await registry.start()
     if link is not None and member is not None and member.restarted:
@@ -513,6 +521,8 @@ async def serve(config: ServerConfig, member: NodeMember | None = None) -> None:
             jobs.create_task(lead_canaries())
             if advertiser is not None:
                 jobs.create_task(advertiser.run(stop))
+            if fleet_windows is not None:
+                jobs.create_task(fleet_windows.run(stop))
             if config.poll_interval is not None:
                 jobs.create_task(poll_repository())
 

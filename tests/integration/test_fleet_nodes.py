@@ -35,6 +35,7 @@ from tests.integration.models import add_sub_model
 from tests.integration.test_tls import Pki
 from tests.integration.test_tls import _client_context as tls_context
 from tests.integration.test_tls import _start as start_tls
+from tests.integration.test_traffic import build as build_traffic_model
 
 pytestmark = pytest.mark.integration
 
@@ -534,3 +535,54 @@ def test_only_the_trusted_proxy_names_the_caller(versioned_repo: Path, tmp_path:
     assert {"198.51.100.7", "198.51.100.8", "198.51.100.20", "198.51.100.21"} <= set(peers)
     assert "203.0.113.1" not in peers and "192.0.2.1" not in peers
     assert "127.0.0.1" in peers
+
+
+def test_the_canary_leader_judges_on_every_nodes_requests(tmp_path: Path, state_url: str) -> None:
+    repo = tmp_path / "repo"
+    build_traffic_model(repo, "scorer", {1: False, 2: False, 3: True})
+    a = start_server(repo, tmp_path / "a.log", "--state-url", state_url)
+    b = start_server(repo, tmp_path / "b.log", "--state-url", state_url)
+    try:
+        wait_for(lambda: len(leaders(a, b)) == 1, 5.0)
+        (leader,) = leaders(a, b)
+        follower = b if leader is a else a
+        r = httpx.put(
+            f"{leader.base}/api/v1/models/scorer/traffic",
+            json={"routes": [{"version": "2", "weight": 100}]},
+            headers={"If-Match": "0"},
+            timeout=30,
+        )
+        assert r.status_code == 200, r.text
+        spec = {
+            "version": "3",
+            "steps": [50, 100],
+            "interval_s": 600,  # no step ends by time: only evidence moves it
+            "min_requests": 10,
+            "slo": {"max_error_rate": 0.1},
+        }
+        started = httpx.post(f"{leader.base}/api/v1/models/scorer/canary", json=spec, timeout=60)
+        assert started.status_code == 201, started.text
+        # Only the follower sees the failing requests; the leader sees none at all.
+        body = {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [-5.0]}]}
+
+        def split_reached_follower() -> bool:
+            return (
+                httpx.post(f"{follower.base}/v2/models/scorer/infer", json=body).status_code != 200
+            )
+
+        wait_for(split_reached_follower, 5.0)
+        failures = sum(
+            httpx.post(f"{follower.base}/v2/models/scorer/infer", json=body).status_code != 200
+            for _ in range(60)
+        )
+        assert failures >= 10
+
+        def rolled_back() -> bool:
+            state = httpx.get(f"{leader.base}/api/v1/models/scorer/canary").json()
+            return bool(state["state"] == "rolled_back")
+
+        took = wait_for(rolled_back, 10.0)
+        print(f"rolled back on the follower's evidence after {took:.3f} s")
+    finally:
+        stop_server(a)
+        stop_server(b)

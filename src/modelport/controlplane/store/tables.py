@@ -201,3 +201,15 @@ nodes = Table(
     Column("heartbeat", Float(), nullable=False),
     Index("ix_nodes_heartbeat", "heartbeat"),
 )
+
+canary_windows = Table(
+    "canary_windows",
+    metadata,
+    # The writing process's fleet origin (host and node directory or pid).
+    Column("node", String(ACTOR_MAX), primary_key=True),
+    Column("model", String(MODEL_NAME_MAX), primary_key=True),
+    Column("version", String(VERSION_MAX), primary_key=True),
+    Column("body", json_type(), nullable=False),
+    # Wall-clock seconds (time.time()) of the write.
+    Column("written_at", Float(), nullable=False),
+)
