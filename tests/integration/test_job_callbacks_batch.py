@@ -233,6 +233,35 @@ def test_idempotency_key_returns_the_first_batch_job_once_its_output_exists(
     assert "Idempotency-Key" in malformed.json()["error"]
 
 
+def test_parquet_in_parquet_out(setup: tuple[Server, Path]) -> None:
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    server, batch_dir = setup
+    rows = [_row(n) for n in range(600)]
+    pq.write_table(pa.Table.from_pylist(rows), batch_dir / "in.parquet")
+    body = {
+        "model": "add_sub",
+        "input": "in.parquet",
+        "output": "scored.parquet",
+        "id_column": "id",
+        "chunk_rows": 256,
+    }
+    submitted = _submit(server, body)
+    assert submitted.status_code == 202, submitted.text
+    state = _finished(server, submitted.json()["id"])
+    assert state["state"] == "succeeded", state
+    assert (state["batch"]["rows"], state["batch"]["succeeded"]) == (600, 600)
+    out = pq.read_table(batch_dir / "scored.parquet").to_pylist()
+    assert not (batch_dir / "scored.parquet.partial").exists()
+    assert [o["id"] for o in out] == [r["id"] for r in rows]
+    for row, answer in zip(rows, out, strict=True):
+        assert answer["OUTPUT0"] == [
+            a + b for a, b in zip(row["INPUT0"], row["INPUT1"], strict=True)
+        ]
+    # The output exists now: the same output again is refused.
+    assert _submit(server, body).status_code == 409
+
+
 def test_paths_outside_batch_dir_are_refused(setup: tuple[Server, Path], tmp_path: Path) -> None:
     server, batch_dir = setup
     outside = tmp_path / "secret.jsonl"

@@ -1,4 +1,5 @@
-"""Batch jobs over files: a JSONL or CSV file under ``batch_dir`` run through the pipeline.
+"""Batch jobs over files: a JSONL, CSV or parquet file under ``batch_dir`` run through
+the pipeline (parquet when pyarrow is installed on the server).
 
 ``POST /api/v1/jobs/batch`` names a model, an input and an output, both
 relative to the server's ``batch_dir`` (docs/jobs.md). The job runner runs
@@ -31,7 +32,8 @@ from typing import Any
 import numpy as np
 
 from modelport.batchfiles.chunks import prepare, stacked
-from modelport.batchfiles.reader import Chunk, Reader, file_format
+from modelport.batchfiles.parquet import ParquetWriter
+from modelport.batchfiles.reader import PARQUET_HINT, Chunk, Reader, file_format
 from modelport.batchfiles.tensors import (
     Layout,
     TensorSpec,
@@ -40,7 +42,7 @@ from modelport.batchfiles.tensors import (
     row_value,
     specs,
 )
-from modelport.batchfiles.writer import WRITERS, OutRow
+from modelport.batchfiles.writer import WRITERS, OutRow, Writer
 from modelport.controlplane.jobs import JOB_PROTOCOL, LOWEST_PRIORITY, BatchOutcome
 from modelport.controlplane.store.jobs import (
     KEPT_FAILURES,
@@ -57,8 +59,8 @@ from modelport.types import Call, Identity, InferenceResponse, Origin, Role
 
 log = logging.getLogger("modelport.jobs.batch")
 
-#: Formats a batch job reads and writes.
-TEXT_FORMATS = ("jsonl", "csv")
+#: Formats a batch job reads and writes (parquet only with pyarrow installed).
+FORMATS = ("jsonl", "csv", "parquet")
 NAME_MAX = 1024
 CHUNK_ROWS_MAX = 10_000
 
@@ -87,11 +89,21 @@ class BatchFiles:
     def kind(self, path: Path, name: str, what: str) -> str:
         try:
             kind = file_format(path, what)
-        except UsageError:
+        except UsageError as exc:
+            if str(exc) == PARQUET_HINT:
+                raise InvalidRequest(
+                    f"{what} {name!r}: this server cannot read or write parquet "
+                    "(pyarrow is not installed on it)"
+                ) from None
             kind = ""
-        if kind not in TEXT_FORMATS:
-            raise InvalidRequest(f"{what} {name!r}: the extension must be .jsonl or .csv")
+        if kind not in FORMATS:
+            raise InvalidRequest(f"{what} {name!r}: the extension must be .jsonl, .csv or .parquet")
         return kind
+
+
+def writer_for(kind: str) -> type[Writer]:
+    """The output writer of a format :meth:`BatchFiles.kind` accepted."""
+    return WRITERS.get(kind) or ParquetWriter
 
 
 class BatchRunner:
@@ -128,12 +140,12 @@ class BatchRunner:
         source = self.files.path(input, "input")
         target = self.files.path(output, "output")
         self.files.kind(source, input, "input")
-        self.files.kind(target, output, "output")
+        out_kind = self.files.kind(target, output, "output")
         if not source.is_file():
             raise InvalidRequest(f"input {input!r}: no such file under the server's batch_dir")
         if target == source:
             raise InvalidRequest("output must not be the input file")
-        if target.exists():
+        if target.exists() or writer_for(out_kind).data_path(target).exists():
             raise Conflict(f"output {output!r} exists: name another, or delete it first")
         if not target.parent.is_dir():
             raise InvalidRequest(f"output {output!r}: its directory does not exist")
@@ -179,8 +191,10 @@ class BatchRunner:
         out_kind = self.files.kind(target, state.output, "output")
         if not source.is_file():
             raise UsageError(f"input {state.input!r}: no such file under the server's batch_dir")
+        writer_type = writer_for(out_kind)
+        written = writer_type.data_path(target)  # parquet: the spool until the end
         if state.output_bytes and (
-            not target.exists() or target.stat().st_size < state.output_bytes
+            not written.exists() or written.stat().st_size < state.output_bytes
         ):
             raise UsageError(f"output {state.output!r} is shorter than its checkpoint")
         model = self.pipeline.table.acquire(job.model, job.version)
@@ -194,7 +208,7 @@ class BatchRunner:
         await asyncio.to_thread(reader.open, state.rows, state.input_offset)
         layout = Layout.for_fields(inputs, reader.fields)
         writer = await asyncio.to_thread(
-            WRITERS[out_kind], target, outputs, state.id_column, state.output_bytes
+            writer_type, target, outputs, state.id_column, state.output_bytes
         )
         failures = list(state.failures)
         chunks = reader.chunks()

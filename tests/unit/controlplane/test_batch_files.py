@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -44,8 +45,18 @@ def test_names_leaving_the_root_are_refused(files: BatchFiles, name: str, why: s
         files.path(name, "input")
 
 
-def test_only_jsonl_and_csv(files: BatchFiles) -> None:
+def test_jsonl_csv_and_parquet_only(files: BatchFiles) -> None:
     assert files.kind(Path("a.jsonl"), "a.jsonl", "input") == "jsonl"
     assert files.kind(Path("a.CSV"), "a.CSV", "output") == "csv"
-    with pytest.raises(InvalidRequest, match=re.escape("must be .jsonl or .csv")):
+    with pytest.raises(InvalidRequest, match=re.escape("must be .jsonl, .csv or .parquet")):
         files.kind(Path("a.txt"), "a.txt", "input")
+
+
+def test_parquet_with_pyarrow_named_without(
+    files: BatchFiles, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("pyarrow")
+    assert files.kind(Path("a.parquet"), "a.parquet", "input") == "parquet"
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # as if it were not installed
+    with pytest.raises(InvalidRequest, match="cannot read or write parquet"):
+        files.kind(Path("a.parquet"), "a.parquet", "output")
