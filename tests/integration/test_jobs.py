@@ -8,6 +8,7 @@ queued and running).
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import signal
 import textwrap
@@ -188,6 +189,25 @@ def test_idempotency_key_returns_the_first_job(setup: tuple[Server, dict[str, st
     malformed = httpx.post(url, json=BODY, headers={**alice, **ASYNC, "Idempotency-Key": "a b"})
     assert malformed.status_code == 400
     assert "Idempotency-Key" in malformed.json()["error"]
+
+
+def test_concurrent_submissions_with_one_key_store_one_job(
+    setup: tuple[Server, dict[str, str]],
+) -> None:
+    server, keys = setup
+    alice = bearer(keys["alice"])
+    url = f"{server.base}/v2/models/add_sub/infer"
+    once = {**alice, **ASYNC, "Idempotency-Key": "burst-7"}
+    jobs = f"{server.base}/api/v1/jobs?limit=1000"
+    before = {j["id"] for j in httpx.get(jobs, headers=alice).json()["jobs"]}
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: httpx.post(url, json=BODY, headers=once), range(8)))
+    assert {a.status_code for a in answers} == {202}
+    assert len({a.headers["location"] for a in answers}) == 1
+    after = {j["id"] for j in httpx.get(jobs, headers=alice).json()["jobs"]}
+    assert after - before == {answers[0].json()["id"]}
+    first = answers[0].headers["location"]
+    assert _wait_finished(server.base, first, alice)["state"] == "succeeded"
 
 
 def test_cancel_a_queued_job(setup: tuple[Server, dict[str, str]]) -> None:
