@@ -8,12 +8,13 @@ for up to 100 ms between tries) and fought the event loop for the GIL.
 
 Here every write is queued in memory: a submission as the job to insert,
 anything else (claims, results, leases) as an operation on a connection. One
-flusher task hands whatever is queued to one dedicated thread, which runs it
-all in one transaction (the submissions first, as a single INSERT) and
-commits once; each caller's future resolves only after that commit, so an
-answer never runs ahead of the data. While a commit is under way new writes
-gather for the next one: at low load each write commits alone and at once,
-under load the batches grow instead of the wait.
+writer thread takes whatever is queued, runs it all in one transaction (the
+submissions first, as a single INSERT) and commits once; each caller's
+future resolves only after that commit, so an answer never runs ahead of the
+data. While a commit is under way new writes gather for the next one: at low
+load each write commits alone and at once, under load the batches grow
+instead of the wait. The thread takes its next batch as soon as it has
+committed, without waiting for the busy event loop to hand it over.
 
 Statements are what a batch pays for, more than rows: SQLite's driver lets
 go of the GIL for each one, and getting it back from a busy event loop takes
@@ -28,9 +29,11 @@ timeout) every operation would fail the same way, so all fail at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import threading
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -44,6 +47,8 @@ T = TypeVar("T")
 
 #: Operations committed together at most; more wait for the next transaction.
 MAX_BATCH = 512
+#: Seconds an idle writer thread waits for work before it ends (a new one starts).
+IDLE_S = 30.0
 
 Operation = Callable[[Connection], Any]
 
@@ -52,6 +57,7 @@ Operation = Callable[[Connection], Any]
 class _Write:
     op: Operation | Submission
     done: asyncio.Future[Any]
+    loop: asyncio.AbstractEventLoop
 
 
 @dataclass(slots=True)
@@ -68,9 +74,9 @@ class JobWriter:
             raise ValueError("max_batch must be at least 1")
         self._store = store
         self._max_batch = max_batch
-        self._queued: list[_Write] = []
-        self._flusher: asyncio.Task[None] | None = None
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="modelport-job-writer")
+        self._queued: deque[_Write] = deque()
+        self._ready = threading.Condition()
+        self._thread: threading.Thread | None = None
         self.commits = 0
         """Transactions committed so far (for tests and statistics)."""
 
@@ -88,34 +94,33 @@ class JobWriter:
     def _queue(self, item: Operation | Submission) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[Any] = loop.create_future()
-        self._queued.append(_Write(item, done))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = loop.create_task(self._flush(), name="modelport-job-writer")
+        with self._ready:
+            self._queued.append(_Write(item, done, loop))
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._serve, name="modelport-job-writer", daemon=True
+                )
+                self._thread.start()
+            self._ready.notify()
         return done
 
-    async def _flush(self) -> None:
-        loop = asyncio.get_running_loop()
-        batch: list[_Write] = []
-        try:
-            while self._queued:
-                batch = self._queued[: self._max_batch]
-                del self._queued[: self._max_batch]
-                outcomes = await loop.run_in_executor(
-                    self._thread, self._commit, [w.op for w in batch]
-                )
-                for write, outcome in zip(batch, outcomes, strict=True):
-                    if write.done.done():
-                        continue
-                    if outcome.error is not None:
-                        write.done.set_exception(outcome.error)
-                    else:
-                        write.done.set_result(outcome.value)
-                batch = []
-        finally:  # cancelled with the loop: nobody will wait for what is left
-            for write in [*batch, *self._queued]:
-                if not write.done.done():
-                    write.done.cancel()
-            self._queued.clear()
+    def _serve(self) -> None:
+        """The writer thread: batch after batch until idle for IDLE_S."""
+        while True:
+            with self._ready:
+                if not self._queued and not self._ready.wait_for(lambda: self._queued, IDLE_S):
+                    self._thread = None
+                    return
+                count = min(len(self._queued), self._max_batch)
+                batch = [self._queued.popleft() for _ in range(count)]
+            outcomes = self._commit([w.op for w in batch])
+            by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Write, _Outcome]]] = {}
+            for write, outcome in zip(batch, outcomes, strict=True):
+                by_loop.setdefault(write.loop, []).append((write, outcome))
+            for loop, settled in by_loop.items():
+                # A closed loop raises RuntimeError: nobody waits for those any more.
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(_settle, settled)
 
     def _commit(self, ops: list[Operation | Submission]) -> list[_Outcome]:
         """In the writer thread: all of ``ops`` in one transaction, or one by one."""
@@ -153,3 +158,14 @@ class JobWriter:
                     values[i] = op(conn)
         self.commits += 1
         return values
+
+
+def _settle(settled: list[tuple[_Write, _Outcome]]) -> None:
+    """On the callers' loop: each future gets its write's result (unless cancelled)."""
+    for write, outcome in settled:
+        if write.done.done():
+            continue
+        if outcome.error is not None:
+            write.done.set_exception(outcome.error)
+        else:
+            write.done.set_result(outcome.value)
