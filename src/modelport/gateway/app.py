@@ -12,12 +12,15 @@ import socket
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from modelport.errors import ListenFailed
+from modelport.gateway.authz import authz_enabled, fleet_regions
+from modelport.gateway.authz_server import AuthzServer, KeyTenants, store_keys
 from modelport.gateway.envoy_config import Listen, XdsWriter, bootstrap, render
 from modelport.gateway.envoy_process import EnvoyProcess, find_envoy
 from modelport.gateway.fleet import FleetSpec
@@ -72,6 +75,7 @@ class Gateway:
         check_ports_free(self.listen)
         reader = store_reader(self.spec.state_url) if self.spec.state_url else None
         follower = Follower(self.spec, self.token, reader)
+        authz = await self._start_authz()
         workdir = Path(tempfile.mkdtemp(prefix="modelport-gateway-"))
         xds = workdir / "xds"
         writer = XdsWriter(xds)
@@ -99,7 +103,22 @@ class Gateway:
             envoy.stop()
             envoy_log.close()
             await follower.close()
+            if authz is not None:
+                await authz.stop()
             shutil.rmtree(workdir, ignore_errors=True)
+
+    async def _start_authz(self) -> AuthzServer | None:
+        """The residency check Envoy asks, for fleets whose callers' tenants matter."""
+        if not authz_enabled(self.spec):
+            return None
+        url = self.spec.state_url
+        tenants = KeyTenants(store_keys(url)) if url is not None else None
+        server = AuthzServer(
+            lambda: fleet_regions(self.spec, self._views), self.spec.tenant_residency, tenants
+        )
+        await server.start()
+        self.listen = replace(self.listen, authz_port=server.port)
+        return server
 
     def _ready_line(self) -> str:
         listen = self.listen

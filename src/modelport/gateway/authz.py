@@ -10,7 +10,9 @@ stays in the first region: the only place every residency the fleet file
 names is assumed to accept.
 
 The decision travels to Envoy's routes as an explicit list of allowed
-regions, so routing needs no knowledge of tenants or jurisdictions.
+regions, so routing needs no knowledge of tenants or jurisdictions. The
+Envoy pieces that ask for it (the filters and the service's cluster) are
+here too, beside the headers they agree on with the service.
 """
 
 from __future__ import annotations
@@ -18,12 +20,23 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 from modelport.gateway.fleet import FleetSpec
+from modelport.gateway.views import NodeView
 from modelport.regions import region_allowed
 
 #: A residency value no region matches: routes send it to the refusal (503).
 NO_REGION = "(none)"
+
+#: The header the decision travels in (the one routes match on).
+RESIDENCY_HEADER = "x-data-residency"
+
+#: The cluster of the gateway's own check service.
+AUTHZ_CLUSTER = "modelport~authz"
+
+#: Seconds Envoy waits for the check before treating it as failed.
+AUTHZ_TIMEOUT = "0.5s"
 
 #: Set on every request before the authorization check and removed by a
 #: successful one: a request still carrying it was not checked, and its routes
@@ -108,3 +121,93 @@ def decide(
     """The header value for this request (None: no constraint, leave it unset)."""
     allowed = allowed_regions(regions, tenant_residency, client_value, lookup)
     return residency_value(regions, allowed)
+
+
+def fleet_regions(spec: FleetSpec, views: Sequence[NodeView]) -> list[str]:
+    """Every region a node may be in now: the fleet file's in order, then registered ones."""
+    extra = {v.region for v in views if v.region is not None} - set(spec.regions)
+    return [*spec.regions, *sorted(extra)]
+
+
+def unchecked_mark() -> list[dict[str, Any]]:
+    """Marks every request unchecked before any route is chosen (and so before the check).
+
+    Early: a route chosen before the mark would be kept when the check fails,
+    since only a successful check makes Envoy choose the route again.
+    """
+    return [
+        {
+            "name": "modelport.residency_unchecked",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.http.early_header_mutation."
+                "header_mutation.v3.HeaderMutation",
+                "mutations": [
+                    {
+                        "append": {
+                            "header": {"key": UNCHECKED_HEADER, "value": "1"},
+                            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+                        }
+                    }
+                ],
+            },
+        }
+    ]
+
+
+def authz_filters(port: int | None) -> list[dict[str, Any]]:
+    """The HTTP filter that asks the check; none without a check service."""
+    if port is None:
+        return []
+    check = {
+        "name": "envoy.filters.http.ext_authz",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+            "transport_api_version": "V3",
+            # A check that fails lets the request on still marked unchecked; its
+            # routes keep it in the first region. The node still authenticates it.
+            "failure_mode_allow": True,
+            # The route is chosen again once the check changed the headers.
+            "clear_route_cache": True,
+            "allowed_headers": {
+                "patterns": [{"exact": "authorization"}, {"exact": RESIDENCY_HEADER}]
+            },
+            "http_service": {
+                "server_uri": {
+                    "uri": f"http://127.0.0.1:{port}",
+                    "cluster": AUTHZ_CLUSTER,
+                    "timeout": AUTHZ_TIMEOUT,
+                },
+                "path_prefix": "/check",
+                "authorization_response": {
+                    "allowed_upstream_headers": {"patterns": [{"exact": RESIDENCY_HEADER}]}
+                },
+            },
+        },
+    }
+    return [check]
+
+
+def authz_cluster(port: int) -> dict[str, Any]:
+    """The check service: this process, on loopback."""
+    return {
+        "@type": "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+        "name": AUTHZ_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "0.25s",
+        "load_assignment": {
+            "cluster_name": AUTHZ_CLUSTER,
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {
+                            "endpoint": {
+                                "address": {
+                                    "socket_address": {"address": "127.0.0.1", "port_value": port}
+                                }
+                            }
+                        }
+                    ]
+                }
+            ],
+        },
+    }

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from modelport.gateway.authz import authz_cluster, authz_filters, unchecked_mark
 from modelport.gateway.clusters import EDS_FOLDER, cluster_config, eds_file_name, load_assignment
 from modelport.gateway.fleet import FleetSpec
 from modelport.gateway.routes import (
@@ -58,6 +59,8 @@ class Listen:
     grpc_port: int = 8081
     admin_port: int = 9901
     access_log: str = "/dev/stdout"
+    #: The gateway's residency check service (None: requests are not checked).
+    authz_port: int | None = None
 
 
 def _path_source(path: Path) -> dict[str, Any]:
@@ -173,6 +176,7 @@ def listener(name: str, port: int, xds_dir: Path, listen: Listen) -> dict[str, A
         },
         "http_filters": [
             _timeout_from_header(),
+            *authz_filters(listen.authz_port),
             {
                 "name": "envoy.filters.http.router",
                 "typed_config": {
@@ -185,6 +189,8 @@ def listener(name: str, port: int, xds_dir: Path, listen: Listen) -> dict[str, A
         # The caller's request id is kept when it sends one, so logs join up across hops.
         "preserve_external_request_id": True,
     }
+    if listen.authz_port is not None:
+        manager["early_header_mutation_extensions"] = unchecked_mark()
     return {
         "@type": LISTENER_TYPE,
         "name": name,
@@ -219,6 +225,8 @@ def render(
         files[f"{EDS_FOLDER}/{eds_file_name(plan.name)}"] = _discovery(
             [load_assignment(plan, topology)]
         )
+    if listen.authz_port is not None:
+        clusters.append(authz_cluster(listen.authz_port))
     files[CDS_FILE] = _discovery(clusters)
     return topology, files
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from modelport.gateway.authz import RESIDENCY_HEADER, UNCHECKED_HEADER, authz_enabled
 from modelport.gateway.fleet import SEQUENCE_HEADER, FleetSpec
 from modelport.gateway.topology import Target, Topology, region_subsets
 from modelport.regions import jurisdiction_of
@@ -20,7 +21,6 @@ HEADER_MUTATION_ROUTE_TYPE = (
     "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutationPerRoute"
 )
 
-RESIDENCY_HEADER = "x-data-residency"
 MODEL_HEADER = "modelport-model"
 RETRIABLE_HEADER = "modelport-retriable"
 #: Set by restricted routes only, so the local reply for "no healthy node" can tell them apart.
@@ -156,12 +156,43 @@ def _variant_routes(
     ]
 
 
+def _unchecked_routes(
+    spec: FleetSpec, topology: Topology, match: dict[str, Any], target: Target, label: str
+) -> list[dict[str, Any]]:
+    """Requests the residency check did not answer for: the first region, if the client allows."""
+    first = frozenset({spec.primary_region}) & frozenset(topology.regions)
+    unchecked: dict[str, Any] = {"name": UNCHECKED_HEADER, "present_match": True}
+    no_header: dict[str, Any] = {
+        "name": RESIDENCY_HEADER,
+        "present_match": True,
+        "invert_match": True,
+    }
+    allows_first: dict[str, Any] = {
+        "name": RESIDENCY_HEADER,
+        "string_match": {"safe_regex": {"regex": _allows(spec.primary_region)}},
+    }
+    cases: list[tuple[list[dict[str, Any]], frozenset[str]]] = [
+        ([unchecked, no_header], first),
+        ([unchecked, allows_first], first),
+        ([unchecked], frozenset()),
+    ]
+    routes: list[dict[str, Any]] = []
+    for index, (headers, allowed) in enumerate(cases):
+        in_label = f"{label}:unchecked{index}"
+        routes += _variant_routes(
+            spec, topology, _with_headers(match, headers), target, allowed, in_label
+        )
+    return routes
+
+
 def target_routes(
     spec: FleetSpec, topology: Topology, match: dict[str, Any], target: Target
 ) -> list[dict[str, Any]]:
     """Every route of one target: each residency the header can express, then none."""
     label = f"{target.kind}:{target.name}"
     routes: list[dict[str, Any]] = []
+    if authz_enabled(spec):
+        routes += _unchecked_routes(spec, topology, match, target, label)
     for allowed in [*region_subsets(topology.regions), frozenset()]:
         headers = _residency_headers(topology.regions, allowed)
         in_label = f"{label}:in:{'+'.join(sorted(allowed)) or 'none'}"
