@@ -83,17 +83,14 @@ class Gateway:
         writer.write(render(self.spec, self._views, xds, self.listen)[1])
         boot = workdir / "bootstrap.json"
         boot.write_text(json.dumps(bootstrap(xds, self.listen), indent=1), encoding="utf-8")
-        envoy_log = (workdir / "envoy.log").open("ab")
-        envoy = EnvoyProcess(binary, boot, self.listen.admin_port, envoy_log)
+        envoy = EnvoyProcess(binary, boot, self.listen.admin_port)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         try:
             envoy.start()
             if not await self._wait_answering(envoy):
-                tail = (workdir / "envoy.log").read_text(errors="replace").strip().splitlines()
-                last = tail[-1] if tail else "no output"
-                raise ListenFailed(f"envoy did not start: {last}")
+                raise ListenFailed("envoy did not start (its log is above)")
             self.on_ready(self._ready_line())
             await self._follow(follower, writer, xds, envoy)
             return 0
@@ -101,7 +98,6 @@ class Gateway:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
             envoy.stop()
-            envoy_log.close()
             await follower.close()
             if authz is not None:
                 await authz.stop()

@@ -72,7 +72,11 @@ def cluster_config(spec: FleetSpec, plan: ClusterPlan, xds_dir: str) -> dict[str
             {
                 "timeout": _seconds(max(health.interval, 0.5)),
                 "interval": _seconds(health.interval),
-                "no_traffic_interval": _seconds(max(health.interval * 5, 5.0)),
+                # Idle clusters (most residency variants) check a down node as
+                # often as busy ones, so it is back at once when it returns,
+                # and a healthy one seldom: there are many clusters per node.
+                "no_traffic_interval": _seconds(health.interval),
+                "no_traffic_healthy_interval": _seconds(max(health.interval * 5, 5.0)),
                 "unhealthy_threshold": health.unhealthy_threshold,
                 "healthy_threshold": health.healthy_threshold,
                 "reuse_connection": True,

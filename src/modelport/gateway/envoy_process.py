@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import shutil
@@ -10,7 +11,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import IO
 
 import httpx
 
@@ -35,16 +35,25 @@ def find_envoy() -> str:
     return found
 
 
+#: libc, loaded before any fork: the child only calls into it.
+_LIBC = ctypes.CDLL(None) if sys.platform == "linux" else None
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child: Linux stops Envoy when the gateway dies, even by SIGKILL."""
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 class EnvoyProcess:
     """One Envoy child; ``ensure_running`` restarts it when it has exited."""
 
-    def __init__(
-        self, binary: str, bootstrap: Path, admin_port: int, log_file: IO[bytes] | None
-    ) -> None:
+    def __init__(self, binary: str, bootstrap: Path, admin_port: int) -> None:
         self.binary = binary
         self.bootstrap = bootstrap
         self.admin_port = admin_port
-        self._log_file = log_file
         self._process: subprocess.Popen[bytes] | None = None
         self._started_at = 0.0
         self.restarts = 0
@@ -63,12 +72,14 @@ class EnvoyProcess:
             "--drain-time-s",
             "5",
         ]
-        # Envoy's own log goes to the log file; its stdout is ours, where the
-        # access log goes by default.
+        # Envoy's stdout and stderr are ours: the access log (by default) and
+        # its own warnings and crashes appear where the gateway's output goes.
         self._process = subprocess.Popen(
             args,
-            stderr=self._log_file or subprocess.DEVNULL,
             stdin=subprocess.DEVNULL,
+            # Only a prctl call, with libc already loaded: nothing that could
+            # wait on a lock another thread held at fork time.
+            preexec_fn=_die_with_parent,  # noqa: PLW1509
         )
         self._started_at = time.monotonic()
 
