@@ -73,6 +73,7 @@ from modelport.dataplane.transport.http.uvicorn_adapter import (
     uvicorn_server,
 )
 from modelport.dataplane.transport.listen import address_of, bind_listeners, port_of
+from modelport.errors import ModelportError
 from modelport.jobs_setup import build_jobs
 from modelport.node.advertise import Advertiser, Placement, common_ready, default_name, local_ready
 from modelport.node.forward import ProcessHost, SequenceRouter
@@ -533,7 +534,10 @@ async def serve(config: ServerConfig, member: NodeMember | None = None) -> None:
             return
 
         async def run_while_held(lost: asyncio.Event) -> None:
-            await asyncio.to_thread(canary.load_stored)  # as the last leader left them
+            try:
+                await asyncio.to_thread(canary.load_stored)  # as the last leader left them
+            except ModelportError as exc:
+                log.error("could not read the stored canaries", extra={"error": exc.message})
             await canary.run(lost)
 
         await fleet_lease.lead(stop, run_while_held)

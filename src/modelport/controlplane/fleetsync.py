@@ -144,7 +144,10 @@ class FleetSync:
             self.listening.set()
             if gap:
                 log.info("listening to the fleet's change channel again; reading the store")
-                await self._resync()
+                try:
+                    await self._resync()
+                except Exception:
+                    log.exception("could not read the store again after a gap in listening")
             while not stop.is_set():
                 async for note in conn.notifies(timeout=0.5):
                     await self._heard(note.payload)

@@ -128,10 +128,10 @@ class Advertiser:
         try:
             await asyncio.to_thread(self._store.remove, self._placement.name)
             log.info("left the fleet", extra={"node": self._placement.name})
-        except ModelportError as exc:
+        except Exception as exc:
             log.error(
                 "could not remove this node's fleet record; it goes stale instead",
-                extra={"node": self._placement.name, "error": exc.message},
+                extra={"node": self._placement.name, "error": str(exc)},
             )
         finally:
             self.withdrawn.set()
@@ -158,11 +158,14 @@ class Advertiser:
         )
         try:
             await asyncio.to_thread(self._store.upsert, record)
-        except ModelportError as exc:
+        except Exception as exc:
+            # A store that is down, or a row another process with this name holds:
+            # never the node's end; the next heartbeat tries again.
             if not self._failing:
+                error = exc.message if isinstance(exc, ModelportError) else repr(exc)
                 log.error(
                     "could not write this node's fleet record; retrying",
-                    extra={"node": p.name, "error": exc.message},
+                    extra={"node": p.name, "error": error},
                 )
             self._failing = True
             return False
