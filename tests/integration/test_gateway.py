@@ -500,6 +500,12 @@ def test_sigterm_stops_envoy_and_exits_zero(
     fleet: dict[str, Node], gateways: list[Gateway], tmp_path: Path
 ) -> None:
     gateway = start_gateway(tmp_path, gateways, fleet_yaml([fleet["a"]]), {fleet["a"].http_port})
+    with httpx.Client(timeout=10) as client:
+        assert infer(client, gateway.base).status_code == 200
+    prometheus = httpx.get(f"http://127.0.0.1:{gateway.admin_port}/stats/prometheus", timeout=5)
+    assert 'envoy_cluster_upstream_rq_total{envoy_cluster_name="model~work~http"}' in (
+        prometheus.text
+    )
     gateway.process.send_signal(signal.SIGTERM)
     assert gateway.process.wait(timeout=20) == 0
     with pytest.raises(httpx.TransportError):

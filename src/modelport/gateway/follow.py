@@ -103,11 +103,14 @@ class Follower:
         spec: FleetSpec,
         token: str | None = None,
         store_reader: Callable[[], list[Any]] | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.spec = spec
         self._static = [view_of_spec(spec, node) for node in spec.nodes]
         headers = {"authorization": f"Bearer {token}"} if token else {}
-        self._client = httpx.AsyncClient(timeout=POLL_INTERVAL * 2, headers=headers)
+        self._client = httpx.AsyncClient(
+            timeout=POLL_INTERVAL * 2, headers=headers, transport=transport
+        )
         self._store_reader = store_reader
         self._registered_last: list[NodeView] = []
         self._ignored: set[str] = set()

@@ -7,6 +7,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import pytest
 
 from modelport.gateway.fleet import parse_fleet
@@ -118,3 +119,43 @@ def test_refusals_count_only_restricted_clusters() -> None:
     }
     assert residency_refusals(stats) == 5
     assert residency_refusals([]) == 0
+
+
+def test_polls_carry_the_node_key_and_read_readiness() -> None:
+    fleet = parse_fleet(
+        {
+            "regions": ["eu"],
+            "nodes": [
+                {"name": "up", "http": "10.0.0.1:8000", "region": "eu"},
+                {"name": "locked", "http": "10.0.0.2:8000", "region": "eu"},
+                {"name": "down", "http": "10.0.0.3:8000", "region": "eu"},
+            ],
+        },
+        "fleet.yaml",
+        Path("/"),
+    )
+    seen: list[tuple[str, str | None]] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append((request.url.path, request.headers.get("authorization")))
+        host = request.url.host
+        if host == "10.0.0.3":
+            raise httpx.ConnectError("refused")
+        if host == "10.0.0.2":
+            return httpx.Response(401, json={"error": "unauthenticated"})
+        return httpx.Response(200, json=[{"name": "digits", "state": "READY"}])
+
+    follower = Follower(fleet, token="k-123", transport=httpx.MockTransport(answer))
+
+    async def once() -> list[tuple[str, bool, list[str]]]:
+        try:
+            return [(v.name, v.reachable, sorted(v.models)) for v in await follower.poll()]
+        finally:
+            await follower.close()
+
+    assert asyncio.run(once()) == [
+        ("up", True, ["digits"]),
+        ("locked", True, []),
+        ("down", False, []),
+    ]
+    assert set(seen) == {("/v2/repository/index", "Bearer k-123")}
