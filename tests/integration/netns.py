@@ -14,12 +14,14 @@ processes started inside, by PID), which the fixtures call on every exit.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,7 +188,7 @@ class Node:
             "--insecure",
             *extra,
         ]  # fmt: skip
-        if "--state-url" not in extra and "--data-dir" not in extra:
+        if "--data-dir" not in extra:
             argv += ["--data-dir", str(self.folder / "state")]
         env = {k: v for k, v in os.environ.items() if not k.startswith("MODELPORT_")}
         with self.log_path.open("ab") as log:
@@ -336,10 +338,21 @@ class Gateway:
     grpc_port: int
     admin_port: int
     folder: Path
+    #: Envoy's PID, so that teardown can end it even when the gateway died without doing so.
+    envoy_pid: int | None = None
 
     @property
     def base(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
+
+    def envoy_alive(self) -> bool:
+        if self.envoy_pid is None:
+            return False
+        try:
+            state = Path(f"/proc/{self.envoy_pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return False
+        return state != "Z"
 
     def log(self) -> str:
         return (self.folder / "gateway.err").read_text(errors="replace")
@@ -373,6 +386,22 @@ class Gateway:
                 raise AssertionError(f"Envoy routes to {seen}, wanted {wanted}:\n{self.log()}")
             time.sleep(0.05)
 
+    def wait_serving(self, within: float) -> float:
+        """Seconds until a request through the gateway is answered by a node.
+
+        Envoy's admin port may call a just-added node healthy a moment before
+        requests are balanced onto it, so readiness is judged as a user would.
+        """
+        start = time.monotonic()
+        with httpx.Client(timeout=10) as client:
+            while True:
+                answer = client.post(f"{self.base}/v2/models/{MODEL}/infer", json=infer_body())
+                if answer.status_code == 200:
+                    return time.monotonic() - start
+                if time.monotonic() - start > within:
+                    raise AssertionError(f"{answer.status_code} {answer.text}:\n{self.log()}")
+                time.sleep(0.05)
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -381,6 +410,23 @@ class Gateway:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=30)
+        if self.envoy_alive():
+            assert self.envoy_pid is not None
+            os.kill(self.envoy_pid, signal.SIGKILL)
+
+
+def _envoy_child(pid: int) -> int | None:
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return None
+    for child in children:
+        try:
+            if os.readlink(f"/proc/{child}/exe").endswith("/envoy"):
+                return int(child)
+        except OSError:
+            continue
+    return None
 
 
 def start_gateway(fleet_file: Path, folder: Path, ports: tuple[int, int, int]) -> Gateway:
@@ -404,4 +450,65 @@ def start_gateway(fleet_file: Path, folder: Path, ports: tuple[int, int, int]) -
             gateway.stop()
             raise AssertionError(f"gateway did not start:\n{gateway.log()}")
         time.sleep(0.05)
+    gateway.envoy_pid = _envoy_child(process.pid)
     return gateway
+
+
+class TcpBridge:
+    """Forwards ``listen`` (an address on a region's link) to ``target`` in the root namespace.
+
+    Services listening on loopback only (Redis here) are out of a namespace's
+    reach; the bridge makes one reachable at the root end of the region's
+    link, so a region cut off loses it too, as it would in production.
+    """
+
+    def __init__(self, listen: tuple[str, int], target: tuple[str, int]) -> None:
+        self.listen = listen
+        self.target = target
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> TcpBridge:
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError(f"bridge on {self.listen} did not start")
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        server = self._loop.run_until_complete(
+            asyncio.start_server(self._pair, self.listen[0], self.listen[1])
+        )
+        self._ready.set()
+        try:
+            self._loop.run_forever()
+        finally:
+            server.close()
+            for task in asyncio.all_tasks(self._loop):
+                task.cancel()
+            self._loop.run_until_complete(asyncio.sleep(0))
+            self._loop.close()
+
+    async def _pair(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.close()
+            return
+
+        async def pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            try:
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            except (OSError, asyncio.CancelledError):
+                pass
+            finally:
+                sink.close()
+
+        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
