@@ -20,8 +20,10 @@ import uuid
 from collections.abc import Iterator
 
 import httpx
+import numpy as np
 import psycopg
 import pytest
+import tritonclient.grpc as grpcclient
 
 from modelport.gateway.envoy_config import RESIDENCY_REFUSAL
 from tests.integration.test_gateway import MODEL, SIGNATURE, SOURCE, Gateway, Node, start_gateway
@@ -147,7 +149,12 @@ def gateway(
         "regions": ["eu-west", "ae-dxb", "ae-auh"],
         "groups": {"main": {"models": [MODEL]}},
         "nodes": [
-            {"name": n.name, "http": f"127.0.0.1:{n.http_port}", "region": n.region}
+            {
+                "name": n.name,
+                "http": f"127.0.0.1:{n.http_port}",
+                "grpc": f"127.0.0.1:{n.grpc_port}",
+                "region": n.region,
+            }
             for n in nodes.values()
         ],
         "health": {"interval": 0.5, "unhealthy_threshold": 2, "healthy_threshold": 1},
@@ -290,3 +297,25 @@ def test_with_the_check_unreachable_requests_stay_in_the_first_region(
     finally:
         os.kill(gateway.process.pid, signal.SIGCONT)
     assert landed(fleet, gateway, 4, acme) == {"eu": 0, "dxb": 4, "auh": 0}
+
+
+def test_grpc_calls_are_checked_the_same_way(
+    fleet: dict[str, StoreNode], gateway: Gateway, keys: dict[str, str]
+) -> None:
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{gateway.grpc_port}")
+    gateway.wait_healthy(f"model~{MODEL}~grpc", {n.grpc_port for n in fleet.values()})
+
+    def call(token: str, count: int) -> dict[str, int]:
+        before = {name: node.served() for name, node in fleet.items()}
+        for _ in range(count):
+            x = grpcclient.InferInput("x", [1, 2], "FP32")
+            x.set_data_from_numpy(np.array([[1.0, 0.0]], dtype=np.float32))
+            headers = {"modelport-model": MODEL, "authorization": f"Bearer {token}"}
+            client.infer(MODEL, [x], headers=headers)
+        return {name: node.served() - before[name] for name, node in fleet.items()}
+
+    try:
+        assert call(keys["acme"], 6) == {"eu": 0, "dxb": 6, "auh": 0}
+        assert call(keys["plain"], 6) == {"eu": 6, "dxb": 0, "auh": 0}
+    finally:
+        client.close()
