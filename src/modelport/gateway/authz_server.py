@@ -25,6 +25,7 @@ import hmac
 import logging
 import re
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
@@ -51,6 +52,10 @@ CACHE_TTL_S = 1.0
 
 #: Cached keys kept at most; the oldest go first.
 MAX_CACHED = 10_000
+
+#: Seconds the store is left alone after it failed: lookups meanwhile say it is unreachable
+#: at once instead of each waiting for the connection to fail again.
+RETRY_AFTER_S = 1.0
 
 #: Seconds between two warnings that the store is unreachable.
 WARN_INTERVAL_S = 30.0
@@ -94,6 +99,9 @@ class KeyTenants:
         self._wall = wall
         self._cache: dict[bytes, tuple[TenantLookup, float]] = {}
         self._warned_at: float | None = None
+        self._retry_at = 0.0
+        # Lookups run in worker threads at once: one store, one consistent cache.
+        self._lock = threading.Lock()
 
     def lookup(self, header: str | None) -> TenantLookup:
         """Blocking (reads the store): call it in a thread."""
@@ -106,26 +114,34 @@ class KeyTenants:
             return TenantLookup(Caller.UNKNOWN)
         digest = hashlib.sha256(token.encode("ascii")).digest()
         now = self._clock()
-        hit = self._cache.get(digest)
+        with self._lock:
+            hit = self._cache.get(digest)
         if hit is not None and hit[1] > now:
             return hit[0]
+        if now < self._retry_at:
+            return TenantLookup(Caller.UNREACHABLE)
         try:
             found = self._verify(match.group(1), match.group(2))
         except Exception as exc:  # the store's driver errors are not one type
-            self._store = None
-            self._warn(exc)
+            with self._lock:
+                self._store = None
+                self._retry_at = self._clock() + RETRY_AFTER_S
+                self._warn(exc)
             return TenantLookup(Caller.UNREACHABLE)
-        self._cache.pop(digest, None)
-        if found.caller is Caller.KEY:
-            if len(self._cache) >= MAX_CACHED:
-                del self._cache[next(iter(self._cache))]
-            self._cache[digest] = (found, now + CACHE_TTL_S)
+        with self._lock:
+            self._cache.pop(digest, None)
+            if found.caller is Caller.KEY:
+                if len(self._cache) >= MAX_CACHED:
+                    del self._cache[next(iter(self._cache))]
+                self._cache[digest] = (found, now + CACHE_TTL_S)
         return found
 
     def _verify(self, key_id: str, secret: str) -> TenantLookup:
-        if self._store is None:
-            self._store = self._open_store()
-        key = self._store.get(key_id)
+        with self._lock:
+            if self._store is None:
+                self._store = self._open_store()
+            store = self._store
+        key = store.get(key_id)
         salt = key.salt if key is not None else "00" * 32
         expected = key.secret_hash if key is not None else "0" * 64
         actual = hmac.new(bytes.fromhex(salt), secret.encode("ascii"), hashlib.sha256)

@@ -180,8 +180,14 @@ def test_an_unreachable_store_is_said_and_retried_without_logging_the_token(
             raise ConnectionRefusedError("store down")
         return key_store.store
 
-    tenants = KeyTenants(open_store, clock=Clock())
+    clock = Clock()
+    tenants = KeyTenants(open_store, clock=clock)
     assert tenants.lookup(f"Bearer {token}") == TenantLookup(Caller.UNREACHABLE)
+    # Left alone for a second, then asked again.
+    clock.now += 0.5
+    assert tenants.lookup(f"Bearer {token}") == TenantLookup(Caller.UNREACHABLE)
+    assert len(opened) == 1
+    clock.now += 0.6
     assert tenants.lookup(f"Bearer {token}") == TenantLookup(Caller.KEY, "acme")
     assert "cannot read API keys" in caplog.text
     assert token not in caplog.text and token.split("_")[2] not in caplog.text
