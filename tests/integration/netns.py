@@ -15,6 +15,7 @@ processes started inside, by PID), which the fixtures call on every exit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import signal
@@ -306,6 +307,14 @@ class Region:
             if node.process is not None and node.process.poll() is None:
                 node.process.kill()
                 node.process.wait(timeout=30)
+        # Anything else still inside (a node's model workers outliving it) was started here too.
+        deadline = time.monotonic() + 10
+        while pids := _ip("netns", "pids", self.namespace).stdout.split():
+            if time.monotonic() > deadline:
+                for pid in pids:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(int(pid), signal.SIGKILL)
+            time.sleep(0.1)
         _ip("link", "del", self.root_end)
         _ip("netns", "del", self.namespace)
         _ip("route", "del", "unreachable", self.network, "metric", "4000")

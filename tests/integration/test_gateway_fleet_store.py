@@ -323,3 +323,27 @@ def test_two_gateways_over_one_fleet_both_serve_and_one_killed_leaves_the_other_
             gateway.stop()
         if extra is not None:
             extra.stop()
+
+
+def test_a_gateway_killed_outright_leaves_no_envoy_holding_its_ports(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    ports = (free_port(), free_port(), free_port())
+    killed = start_gateway(fleet.fleet_file, tmp_path / "killed", ports)
+    restarted: Gateway | None = None
+    try:
+        killed.wait_serving(within=10)
+        assert killed.envoy_alive()
+        killed.process.kill()
+        killed.process.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while killed.envoy_alive() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not killed.envoy_alive(), "the killed gateway's Envoy still runs"
+        # What a supervisor does next: start the gateway again on the same ports.
+        restarted = start_gateway(fleet.fleet_file, tmp_path / "restarted", ports)
+        restarted.wait_serving(within=10)
+    finally:
+        killed.stop()
+        if restarted is not None:
+            restarted.stop()
