@@ -209,9 +209,9 @@ class Node:
             time.sleep(0.1)
         raise AssertionError(f"node {self.name} not ready in {within} s:\n{self.log()[-3000:]}")
 
-    def served(self) -> int:
+    def served(self, model: str = MODEL) -> int:
         """Inferences the node itself counts as succeeded (its own statistics)."""
-        stats = httpx.get(f"{self.base}/v2/models/{MODEL}/stats", timeout=5)
+        stats = httpx.get(f"{self.base}/v2/models/{model}/stats", timeout=5)
         stats.raise_for_status()
         return int(stats.json()["model_stats"][0]["inference_stats"]["success"]["count"])
 
@@ -325,11 +325,11 @@ def new_run() -> str:
     return secrets.token_hex(3)
 
 
-def write_work_model(repository: Path) -> Path:
+def write_work_model(repository: Path, name: str = MODEL, extra_config: str = "") -> Path:
     """A repository with the ``work`` model (echo after the requested sleep)."""
-    version = repository / MODEL / "1"
+    version = repository / name / "1"
     version.mkdir(parents=True, exist_ok=True)
-    (repository / MODEL / "config.yaml").write_text(WORK_SIGNATURE)
+    (repository / name / "config.yaml").write_text(WORK_SIGNATURE + extra_config)
     (version / "model.py").write_text(textwrap.dedent(WORK_SOURCE))
     return repository
 

@@ -3,8 +3,8 @@
 The nodes run in a network namespace standing for region ae-dxb
 (tests/integration/netns.py) and register themselves (``serve --advertise``)
 in a PostgreSQL database of this module's own, reached through PostgreSQL's
-Unix socket (a path works from any namespace), and use Redis through a
-bridge on the region's link. The fleet file names no node: the gateways
+Unix socket (a path works from any namespace), and share their rate-limit
+buckets in Redis through a bridge on the region's link. The fleet file names no node: the gateways
 learn every node from the store. Which node served what is read from the
 nodes' own statistics.
 """
@@ -50,6 +50,11 @@ pytestmark = [
 ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 SOCKET_DIR = "/var/run/postgresql"
 REDIS = ("127.0.0.1", 6379)
+
+#: A rate-limited model, its name this run's own: its Redis bucket is then this run's alone.
+LIMITED = f"limited_{uuid.uuid4().hex[:8]}"
+BURST = 10
+SERVED = {MODEL, LIMITED}
 
 #: Seconds each request of the steady load spends in the model: always some in flight.
 HOLD_S = 0.2
@@ -130,6 +135,9 @@ def database() -> Iterator[str]:
 def fleet(database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     root = tmp_path_factory.mktemp("fleet_store")
     repository = write_work_model(root / "repo")
+    write_work_model(
+        repository, LIMITED, f"modelport: {{rate_limit: {{rate: 0.01, burst: {BURST}}}}}\n"
+    )
     region = Region.make(new_run(), 0, "ae-dxb")
     gateway: Gateway | None = None
     try:
@@ -150,7 +158,7 @@ def fleet(database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[F
             store = NodeStore(db)
             seed = advertised_node(region, root, repository, database, redis_url, "seed")
             seed.wait_ready()
-            wait_for(lambda: models_of(store, "seed") == {MODEL}, 10, "seed registered")
+            wait_for(lambda: models_of(store, "seed") == SERVED, 10, "seed registered")
             ports = (free_port(), free_port(), free_port())
             gateway = start_gateway(fleet_file, root / "gateway", ports)
             gateway.wait_routable({seed.http}, within=20)
@@ -221,7 +229,7 @@ def test_a_node_that_registers_is_in_rotation_within_two_seconds(fleet: Fleet) -
         late = fleet.start_node("joining")
         try:
             registered = wait_for(
-                lambda: models_of(fleet.store, "joining") == {MODEL}, 60, "joining registered"
+                lambda: models_of(fleet.store, "joining") == SERVED, 60, "joining registered"
             )
             start = time.monotonic()
             while late.served() == 0:
@@ -347,3 +355,39 @@ def test_a_gateway_killed_outright_leaves_no_envoy_holding_its_ports(
         killed.stop()
         if restarted is not None:
             restarted.stop()
+
+
+def test_a_rate_limit_is_one_bucket_for_the_fleet_through_the_bridged_redis(
+    fleet: Fleet,
+) -> None:
+    peer = fleet.start_node("peer")
+    try:
+        peer.wait_ready()
+        wait_for(lambda: models_of(fleet.store, "peer") == SERVED, 10, "peer registered")
+        both = {fleet.seed.http, peer.http}
+        wait_for(lambda: fleet.gateway.routable(f"model~{LIMITED}~http") == both, 10, "both")
+        # Envoy balances onto a new node a moment after it shows it: wait for that on work.
+        with httpx.Client(timeout=30) as client:
+
+            def peer_served() -> bool:
+                answer = client.post(f"{fleet.gateway.base}/v2/models/{MODEL}/infer",
+                                     json=infer_body())  # fmt: skip
+                assert answer.status_code == 200, answer.text
+                return peer.served() > 0
+
+            wait_for(peer_served, 10, "peer served through the gateway")
+        before = {n.name: n.served(LIMITED) for n in (fleet.seed, peer)}
+        statuses: list[int] = []
+        with httpx.Client(timeout=30) as client:
+            for _ in range(3 * BURST):
+                answer = client.post(
+                    f"{fleet.gateway.base}/v2/models/{LIMITED}/infer", json=infer_body()
+                )
+                statuses.append(answer.status_code)
+        served = {n.name: n.served(LIMITED) - before[n.name] for n in (fleet.seed, peer)}
+    finally:
+        peer.stop()
+    # One bucket in Redis for both nodes: the burst once, not once per node.
+    assert statuses.count(200) == BURST, statuses
+    assert statuses.count(429) == 2 * BURST, statuses
+    assert sum(served.values()) == BURST and all(served.values()), served
