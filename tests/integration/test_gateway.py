@@ -149,7 +149,11 @@ class Gateway:
                 continue
             for host in status.get("host_statuses", []):
                 flags = host.get("health_status", {})
-                bad = flags.get("failed_active_health_check") or flags.get("failed_outlier_check")
+                bad = (
+                    flags.get("failed_active_health_check")
+                    or flags.get("failed_outlier_check")
+                    or flags.get("pending_active_hc")
+                )
                 if not bad and flags.get("eds_health_status", "HEALTHY") == "HEALTHY":
                     ports.add(host["address"]["socket_address"]["port_value"])
         return ports
@@ -333,8 +337,10 @@ def test_least_request_avoids_a_slow_node(
         client.close()
     spread = delta(before, counts(fleet))
     assert spread["a"] + spread["c"] == 240
-    # Round robin would split 120/120; least_request sends most to the fast node.
-    assert spread["a"] > 2 * spread["c"] and spread["c"] > 0, spread
+    # Round robin would split 120/120. Envoy's least_request compares two
+    # random picks (which may be the same node), so the slow node keeps
+    # about a quarter to a third; well under half is the claim.
+    assert 0 < spread["c"] < 0.42 * 240, spread
 
 
 def test_killed_node_leaves_rotation_without_failed_requests_and_comes_back(
@@ -481,17 +487,15 @@ def test_followed_registrations_propagate_within_two_seconds(
         group="main", weight=1, models={MODEL: []}, draining=False, heartbeat=time.time(),
     )  # fmt: skip
     store.upsert(record)
-    start = time.monotonic()
+    both = {fleet["a"].http_port, b.http_port}
+    added = gateway.wait_healthy(f"model~{MODEL}~http", both, within=2.0)
     with httpx.Client(timeout=10) as client:
         before = b.served()
-        while b.served() == before:
+        for _ in range(20):
             assert infer(client, gateway.base).status_code == 200
-            assert time.monotonic() - start < 2.0, gateway.log()
-        added = time.monotonic() - start
-        store.remove("b")
-        start = time.monotonic()
-        gateway.wait_healthy(f"model~{MODEL}~http", {fleet["a"].http_port}, within=2.0)
-        removed = time.monotonic() - start
+        assert b.served() > before
+    store.remove("b")
+    removed = gateway.wait_healthy(f"model~{MODEL}~http", {fleet["a"].http_port}, within=2.0)
     print(f"registration reached Envoy in {added:.2f} s, removal in {removed:.2f} s")
     assert "node b joined" in gateway.log()
 

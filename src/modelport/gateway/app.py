@@ -139,6 +139,11 @@ class Gateway:
         self, follower: Follower, writer: XdsWriter, xds: Path, envoy: EnvoyProcess
     ) -> None:
         admin = httpx.AsyncClient(timeout=1.0)
+        counter = asyncio.create_task(self._count_refusals_forever(admin))
+        loop = asyncio.get_running_loop()
+        # Polls start every POLL_INTERVAL, however long one takes: a change
+        # is seen within one interval, not one interval plus the work.
+        next_poll = loop.time()
         try:
             while not self._stop.is_set():
                 views = await follower.poll()
@@ -148,11 +153,19 @@ class Gateway:
                     changed = writer.write(render(self.spec, views, xds, self.listen)[1])
                     log.info("envoy configuration updated: %d files", len(changed))
                 envoy.ensure_running()
-                await self._count_refusals(admin)
+                next_poll = max(next_poll + POLL_INTERVAL, loop.time())
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), POLL_INTERVAL)
+                    await asyncio.wait_for(self._stop.wait(), next_poll - loop.time())
         finally:
+            counter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await counter
             await admin.aclose()
+
+    async def _count_refusals_forever(self, admin: httpx.AsyncClient) -> None:
+        while True:
+            await self._count_refusals(admin)
+            await asyncio.sleep(1.0)
 
     def _log_changes(self, old: list[NodeView], new: list[NodeView]) -> None:
         before = {v.name: v for v in old}

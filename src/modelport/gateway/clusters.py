@@ -67,7 +67,11 @@ def cluster_config(spec: FleetSpec, plan: ClusterPlan, xds_dir: str) -> dict[str
         "lb_policy": LB_POLICIES[plan.policy],
         # Below 50% healthy Envoy would otherwise spread load over unhealthy
         # nodes too ("panic"); a dead node must never get traffic.
-        "common_lb_config": {"healthy_panic_threshold": {"value": 0.0}},
+        # Health changes reach the load balancer at once, not batched for 1 s.
+        "common_lb_config": {
+            "healthy_panic_threshold": {"value": 0.0},
+            "update_merge_window": "0s",
+        },
         "health_checks": [
             {
                 "timeout": _seconds(max(health.interval, 0.5)),

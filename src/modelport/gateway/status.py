@@ -59,6 +59,8 @@ def _health(host: dict[str, Any]) -> str:
         return "unhealthy (health check)"
     if flags.get("failed_outlier_check"):
         return "ejected (errors)"
+    if flags.get("pending_active_hc"):
+        return "new (first health check)"
     eds = flags.get("eds_health_status", "HEALTHY")
     return "healthy" if eds == "HEALTHY" else f"unhealthy ({eds.lower()})"
 

@@ -154,7 +154,8 @@ def test_priority_is_the_region_rank_and_weights_apply() -> None:
     eds = next(f for k, f in files.items() if "model~digits~http.json" in k)
     assert eds["resources"][0]["policy"]["overprovisioning_factor"] >= 10000
     assert cluster(files, "model~digits~http")["common_lb_config"] == {
-        "healthy_panic_threshold": {"value": 0.0}
+        "healthy_panic_threshold": {"value": 0.0},
+        "update_merge_window": "0s",
     }
 
 
