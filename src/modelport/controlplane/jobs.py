@@ -78,7 +78,11 @@ class JobSettings:
     lease_s: float = 10.0
     """How long a claim lasts without renewal; a dead worker's jobs wait this long."""
     poll_s: float = 0.25
-    """How often an idle runner looks for work queued by other workers."""
+    """How soon a runner looks again for work queued by other workers after finding some."""
+    idle_poll_s: float = 2.0
+    """The longest it waits between looks once the queue has stayed empty: each empty
+    claim doubles the wait from ``poll_s`` up to this, so an idle server does not query
+    the store four times a second. Work submitted through this process wakes it at once."""
     max_attempts: int = 3
     """Claims of one job that may end without a result before it fails."""
     purge_every_s: float = 60.0
@@ -366,6 +370,7 @@ class JobRunner:
         monotonic = self.clock.monotonic_ns
         await self._housekeep(purge=True)
         next_recover = next_purge = monotonic()
+        wait_s = settings.poll_s
         handed_back: list[str] = []
         try:
             async with asyncio.TaskGroup() as group:
@@ -382,10 +387,20 @@ class JobRunner:
                             next_purge = now + int(settings.purge_every_s * 1e9)
                     free = settings.in_flight - len(self._running)
                     if free > 0:
-                        for job in await self._claim(free):
+                        claimed = await self._claim(free)
+                        for job in claimed:
                             self._running[job.id] = group.create_task(self._run_one(job))
+                        wait_s = (
+                            settings.poll_s
+                            if claimed
+                            else min(settings.idle_poll_s, max(wait_s, settings.poll_s / 2) * 2)
+                        )
+                    else:
+                        wait_s = settings.poll_s
                     self._wake.clear()
-                    await _wait_any(stop, self._wake, settings.poll_s)
+                    await _wait_any(stop, self._wake, wait_s)
+                    if self._wake.is_set():  # work arrived here: look again soon after
+                        wait_s = settings.poll_s
                 handed_back = list(self._running)
                 for task in self._running.values():
                     task.cancel()

@@ -19,7 +19,7 @@ from modelport.controlplane.store import Database, JobStore, StoredJob
 from modelport.types import Identity, Role
 
 ALICE = Identity("key:a", "alice", Role.INVOKER, ("*",), "acme")
-FAST = JobSettings(in_flight=2, lease_s=0.3, poll_s=0.01)
+FAST = JobSettings(in_flight=2, lease_s=0.3, poll_s=0.01, idle_poll_s=0.02)
 
 
 @pytest.fixture
@@ -161,3 +161,40 @@ def test_stop_hands_running_jobs_back(store: JobStore) -> None:
 
 def test_another_identity_gets_not_found(store: JobStore) -> None:
     asyncio.run(_another_identity_gets_not_found(store))
+
+
+class CountingStore(JobStore):
+    """The real store, counting the runner's looks for work."""
+
+    claims = 0
+
+    def claim_in(self, *args: object, **kwargs: object) -> list[StoredJob]:
+        CountingStore.claims += 1
+        return super().claim_in(*args, **kwargs)  # type: ignore[arg-type]
+
+
+async def _an_idle_runner_looks_less_often_and_a_submission_wakes_it(tmp_path: Path) -> None:
+    settings = JobSettings(in_flight=2, lease_s=5.0, poll_s=0.01, idle_poll_s=0.5)
+    with Database.open(Database.sqlite_url(tmp_path)) as database:
+        store = CountingStore(database)
+        fake = Fake()
+        fake.release.set()
+        runner = JobRunner(store, fake, settings)
+        stop = asyncio.Event()
+        task = asyncio.create_task(runner.run(stop))
+        CountingStore.claims = 0
+        await asyncio.sleep(1.0)
+        idle_claims = CountingStore.claims
+        # Every 0.01 s would be about 100 looks; doubling up to 0.5 s is about 8.
+        assert 3 <= idle_claims <= 12, idle_claims
+        started = asyncio.get_running_loop().time()
+        job_id = await _submit(runner, b"x")
+        await _until(lambda: store.get(job_id).state == "succeeded", within=1.0)  # type: ignore[union-attr]
+        # Woken at once, not at the next look (up to 0.5 s away by now).
+        assert asyncio.get_running_loop().time() - started < 0.3
+        stop.set()
+        await task
+
+
+def test_an_idle_runner_looks_less_often_and_a_submission_wakes_it(tmp_path: Path) -> None:
+    asyncio.run(_an_idle_runner_looks_less_often_and_a_submission_wakes_it(tmp_path))
