@@ -16,11 +16,11 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
 
-from modelport.gateway.envoy_config import RESIDENCY_REFUSAL
 from tests.integration.conftest import free_port
 from tests.integration.netns import (
     MODEL,
@@ -28,6 +28,7 @@ from tests.integration.netns import (
     Node,
     Region,
     infer_body,
+    inotify_in_use,
     netns_unavailable,
     new_run,
     start_gateway,
@@ -36,13 +37,16 @@ from tests.integration.netns import (
 
 WHY_NOT = netns_unavailable()
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(WHY_NOT is not None, reason=f"regions as namespaces: {WHY_NOT}"),
-]
+pytestmark = pytest.mark.integration
 
 #: Seconds after which a request through the gateway counts as left hanging.
 HANG_S = 8.0
+
+#: Linux's default fs.inotify.max_user_instances: what one user's processes may open together.
+DEFAULT_INOTIFY_INSTANCES = 128
+
+#: What the issue promises a request whose residency no available node satisfies.
+REFUSAL = {"error": "no node in a region allowed for this data is available"}
 
 #: What a request restricted to the Gulf carries.
 GULF_ONLY = {"X-Data-Residency": "ae"}
@@ -61,6 +65,8 @@ class Site:
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    if WHY_NOT is not None:
+        pytest.skip(f"regions as namespaces: {WHY_NOT}")
     root = tmp_path_factory.mktemp("netns")
     repository = write_work_model(root / "repo")
     run = new_run()
@@ -123,6 +129,14 @@ def post(
     )
 
 
+def is_refusal(status: int, text: str) -> bool:
+    """Whether an answer is the residency refusal users are promised."""
+    try:
+        return status == 503 and json.loads(text) == REFUSAL
+    except ValueError:
+        return False
+
+
 def status_text(gateway: Gateway) -> str:
     shown = subprocess.run(
         [sys.executable, "-m", "modelport", "gateway", "status",
@@ -173,7 +187,7 @@ def test_primary_region_link_down_fails_over_but_gulf_data_stays_in_the_gulf(
             gateway.wait_routable({euw.http}, within=10)
             detected = time.monotonic() - cut
             deadline = time.monotonic() + 10
-            while (503, RESIDENCY_REFUSAL) not in outcomes[-3:]:
+            while not any(is_refusal(status, text) for status, text in outcomes[-3:]):
                 assert time.monotonic() < deadline, outcomes[-5:]
                 time.sleep(0.05)
         finally:
@@ -186,7 +200,7 @@ def test_primary_region_link_down_fails_over_but_gulf_data_stays_in_the_gulf(
         for _ in range(5):
             refused = post(client, gateway, GULF_ONLY)
             assert refused.status_code == 503
-            assert refused.json() == json.loads(RESIDENCY_REFUSAL)
+            assert refused.json() == REFUSAL
             assert refused.headers["content-type"] == "application/json"
 
         # Unrestricted requests are served by the next region.
@@ -263,3 +277,35 @@ def test_requests_in_flight_as_the_primary_link_goes_down_are_answered_not_left_
     failed = [o for o in outcomes if o[1] not in (0, 200)]
     print(f"{len(outcomes)} requests: {len(hung)} hung, {len(failed)} failed: {failed}")
     assert hung == [], f"{len(hung)} of {len(outcomes)} requests got no answer in {HANG_S} s"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "gateway core: Envoy opens one inotify instance per cluster (every EDS file has its "
+        "own watched_directory) and clusters grow as 2^regions per model, so a fleet of four "
+        "regions and two models needs 230, past Linux's default per-user limit of 128: on a "
+        "default machine its Envoy aborts at start ('assert failure: inotify_fd_ >= 0')"
+    ),
+)
+def test_a_gateway_over_four_regions_fits_the_default_inotify_limit(tmp_path: Path) -> None:
+    regions = ["ae-dxb", "eu-west", "us-east", "ap-south"]
+    fleet = {
+        "regions": regions,
+        "groups": {"main": {"models": [MODEL, "other"]}},
+        "nodes": [
+            {"name": f"n{i}", "http": f"127.0.0.1:{free_port()}", "region": region}
+            for i, region in enumerate(regions)
+        ],
+    }
+    fleet_file = tmp_path / "fleet.yaml"
+    fleet_file.write_text(json.dumps(fleet))
+    ports = (free_port(), free_port(), free_port())
+    # Room for it to start here at all, so that what it takes can be counted.
+    gateway = start_gateway(fleet_file, tmp_path / "gateway", ports, inotify=300)
+    try:
+        assert gateway.envoy_pid is not None
+        taken = inotify_in_use(gateway.envoy_pid)
+    finally:
+        gateway.stop()
+    assert taken < DEFAULT_INOTIFY_INSTANCES, taken
