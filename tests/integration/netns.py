@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import secrets
 import signal
@@ -67,6 +68,7 @@ def _must(*args: str) -> None:
         raise RuntimeError(f"ip {' '.join(args)}: {done.stderr.strip()}")
 
 
+@functools.cache
 def netns_unavailable() -> str | None:
     """Why these tests cannot run here (None: they can): they need root and ``ip netns``."""
     if sys.platform != "linux":

@@ -40,12 +40,7 @@ from tests.integration.netns import (
     write_work_model,
 )
 
-WHY_NOT = netns_unavailable()
-
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(WHY_NOT is not None, reason=f"regions as namespaces: {WHY_NOT}"),
-]
+pytestmark = pytest.mark.integration
 
 ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 SOCKET_DIR = "/var/run/postgresql"
@@ -114,6 +109,8 @@ def wait_for(check: Callable[[], bool], within: float, what: str) -> float:
 @pytest.fixture(scope="module")
 def database() -> Iterator[str]:
     """A database of this module's own, as every namespace reaches it: the Unix socket."""
+    if (why := netns_unavailable()) is not None:
+        pytest.skip(f"regions as namespaces: {why}")
     if not Path(SOCKET_DIR, ".s.PGSQL.5432").exists():
         pytest.skip(f"no PostgreSQL socket in {SOCKET_DIR}")
     name = f"modelport_gw_{uuid.uuid4().hex[:10]}"
