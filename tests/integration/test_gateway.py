@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -423,6 +424,15 @@ def test_primary_region_down_fails_over_but_residency_never_leaves_its_region(
     )  # fmt: skip
     assert status.returncode == 0, status.stderr
     assert "residency refusals: 3" in status.stdout
+    rows = {
+        line.split()[0]: line
+        for line in status.stdout.splitlines()
+        if line.split()[:1] in (["a"], ["b"], ["c"])
+    }
+    assert "group main: a, b, c" in status.stdout
+    assert re.search(r"eu-west\s+main\s+1\s+healthy\s+work$", rows["c"]), rows["c"]
+    for name in ("a", "b"):
+        assert re.search(r"ae-dxb\s+main\s+1\s+(unhealthy|unreachable|ejected)", rows[name])
     deadline = time.monotonic() + 3
     while "residency refusals: 3" not in gateway.log():
         assert time.monotonic() < deadline, gateway.log()

@@ -62,7 +62,9 @@ def _health(host: dict[str, Any]) -> str:
     if flags.get("pending_active_hc"):
         return "new (first health check)"
     eds = flags.get("eds_health_status", "HEALTHY")
-    return "healthy" if eds == "HEALTHY" else f"unhealthy ({eds.lower()})"
+    if eds == "UNHEALTHY":
+        return "unreachable (gateway poll)"
+    return "healthy" if eds == "HEALTHY" else eds.lower()
 
 
 def _nodes_from_config(dump: dict[str, Any]) -> list[NodeStatus]:
