@@ -382,7 +382,11 @@ class Gateway:
                 continue
             for host in status.get("host_statuses", []):
                 flags = host.get("health_status", {})
-                bad = flags.get("failed_active_health_check") or flags.get("failed_outlier_check")
+                bad = (
+                    flags.get("failed_active_health_check")
+                    or flags.get("failed_outlier_check")
+                    or flags.get("pending_active_hc")
+                )
                 if not bad and flags.get("eds_health_status", "HEALTHY") == "HEALTHY":
                     address = host["address"]["socket_address"]
                     found.add(f"{address['address']}:{address['port_value']}")

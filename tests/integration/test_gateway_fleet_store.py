@@ -206,21 +206,6 @@ class Load:
                 self.sent += 1
 
 
-def merge_window_s(gateway: Gateway) -> float:
-    """Envoy's update merge window on the model's cluster (Envoy's default: 1 s)."""
-    dump = httpx.get(
-        f"http://127.0.0.1:{gateway.admin_port}/config_dump",
-        params={"resource": "dynamic_active_clusters"},
-        timeout=5,
-    ).json()
-    for entry in dump.get("configs", []):
-        cluster = entry.get("cluster", {})
-        if cluster.get("name") == f"model~{MODEL}~http":
-            window = cluster.get("common_lb_config", {}).get("update_merge_window", "1s")
-            return float(str(window).removesuffix("s"))
-    raise AssertionError(f"no cluster model~{MODEL}~http in Envoy's configuration")
-
-
 def test_a_node_that_registers_is_in_rotation_within_two_seconds(fleet: Fleet) -> None:
     with Load(fleet.gateway.base) as load:
         late = fleet.start_node("joining")
@@ -237,13 +222,6 @@ def test_a_node_that_registers_is_in_rotation_within_two_seconds(fleet: Fleet) -
             late.stop()
     assert load.failures == [], f"{len(load.failures)} of {load.sent}: {load.failures[:3]}"
     print(f"in rotation {joined:.2f} s after it registered ({registered:.1f} s after its start)")
-    if joined >= 2.0 and merge_window_s(fleet.gateway) >= 1.0:
-        pytest.xfail(
-            f"gateway core: in rotation {joined:.2f} s after registering. Envoy's clusters keep "
-            "the default common_lb_config.update_merge_window (1 s): a host that has passed its "
-            "first health check takes no request for up to 1 s more; with 0s it takes "
-            "requests 0.3-0.5 s after the gateway writes it"
-        )
     assert joined < 2.0
 
 
