@@ -105,7 +105,7 @@ def cluster_config(spec: FleetSpec, plan: ClusterPlan, xds_dir: str) -> dict[str
                     "max_requests": 100000,
                     "retry_budget": {
                         "budget_percent": {"value": spec.retries.budget_percent},
-                        "min_retry_concurrency": 3,
+                        "min_retry_concurrency": spec.retries.min_concurrent,
                     },
                 }
             ]

@@ -93,6 +93,10 @@ class HealthSpec(_Strict):
 class RetrySpec(_Strict):
     attempts: int = Field(default=2, ge=0, le=10)
     budget_percent: float = Field(default=20.0, ge=0, le=100)
+    min_concurrent: int = Field(default=10, ge=0, le=10000)
+    """Retries always allowed at once, whatever the budget: when a node dies, every
+    request in flight to it is reset at the same moment, and a budget taken only as a
+    share of the few requests in flight would fail most of those retries."""
 
 
 class TlsSpec(_Strict):

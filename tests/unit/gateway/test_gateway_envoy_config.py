@@ -243,6 +243,7 @@ def test_retry_policies() -> None:
         assert route["route"]["retry_policy"]["retry_on"] == "connect-failure"
     budget = cluster(files, "model~digits~http")["circuit_breakers"]["thresholds"][0]
     assert budget["retry_budget"]["budget_percent"] == {"value": 15.0}
+    assert budget["retry_budget"]["min_retry_concurrency"] == 10
 
 
 def test_sequences_route_to_the_hashing_variant() -> None:
