@@ -234,19 +234,11 @@ def test_primary_region_link_down_fails_over_but_gulf_data_stays_in_the_gulf(
     print(f"ae-dxb out of rotation {detected:.2f} s after its link went down, back {back:.2f} s")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "gateway core: a request Envoy has written on a pooled connection to a node whose "
-        "link then goes down is never answered (routes have timeout 0s and nothing bounds "
-        "unacknowledged upstream data), so it hangs until the caller gives up; with "
-        "TCP_USER_TIMEOUT (e.g. 2000 ms) in the clusters' upstream_bind_config.socket_options "
-        "the connection is reset, the request retried (retry_on reset) in eu-west, none hang"
-    ),
-)
 def test_requests_in_flight_as_the_primary_link_goes_down_are_answered_not_left_hanging(
     linked: Site,
 ) -> None:
+    """A request written to a node whose link then dies is retried elsewhere, not left
+    waiting: the gateway's upstream connections give up unacknowledged data after 2 s."""
     site = linked
     gateway, euw = site.gateway, site.nodes["euw-1"]
     outcomes: list[tuple[float, int]] = []

@@ -47,6 +47,12 @@ def _seconds(value: float) -> str:
     return f"{value:.3f}s"
 
 
+def _any_address(plan: ClusterPlan) -> str:
+    """The wildcard source address of the nodes' family (binding sets the socket option)."""
+    hosts = [e.http[0] for e in plan.endpoints] + [e.grpc[0] for e in plan.endpoints if e.grpc]
+    return "::" if any(":" in host for host in hosts) else "0.0.0.0"
+
+
 def cluster_config(spec: FleetSpec, plan: ClusterPlan, xds_dir: str) -> dict[str, Any]:
     """One cluster: load balancing, health checks, outlier detection, retry budget."""
     health = spec.health
@@ -64,6 +70,29 @@ def cluster_config(spec: FleetSpec, plan: ClusterPlan, xds_dir: str) -> dict[str
             }
         },
         "connect_timeout": "1s",
+        # A node whose link goes down answers nothing and sends no reset: without
+        # these a request already written to it would wait forever. Unacknowledged
+        # data gives up after 2 s (TCP_USER_TIMEOUT), an idle pooled connection after
+        # three missed keepalives, and the request is then retried elsewhere.
+        "upstream_connection_options": {
+            "tcp_keepalive": {
+                "keepalive_probes": 2,
+                "keepalive_time": 1,
+                "keepalive_interval": 1,
+            }
+        },
+        "upstream_bind_config": {
+            "source_address": {"address": _any_address(plan), "port_value": 0},
+            "socket_options": [
+                {
+                    "description": "TCP_USER_TIMEOUT",
+                    "level": 6,  # IPPROTO_TCP
+                    "name": 18,  # TCP_USER_TIMEOUT
+                    "int_value": 2000,
+                    "state": "STATE_PREBIND",
+                }
+            ],
+        },
         "lb_policy": LB_POLICIES[plan.policy],
         # Below 50% healthy Envoy would otherwise spread load over unhealthy
         # nodes too ("panic"); a dead node must never get traffic.
