@@ -18,7 +18,8 @@ from typing import Any
 
 import httpx
 
-from modelport.errors import ListenFailed
+from modelport.errors import ConfigError, ListenFailed
+from modelport.gateway import inotify
 from modelport.gateway.authz import authz_enabled, fleet_regions
 from modelport.gateway.authz_server import AuthzServer, KeyTenants, store_keys
 from modelport.gateway.envoy_config import Listen, XdsWriter, bootstrap, render
@@ -69,6 +70,8 @@ class Gateway:
         self._stop = asyncio.Event()
         self._views: list[NodeView] = []
         self._refusals = 0
+        self._unfit = 0
+        """The file count of the last change refused for want of inotify instances."""
 
     async def run(self) -> int:
         binary = find_envoy()
@@ -80,7 +83,11 @@ class Gateway:
         xds = workdir / "xds"
         writer = XdsWriter(xds)
         self._views = follower.initial()
-        writer.write(render(self.spec, self._views, xds, self.listen)[1])
+        files = render(self.spec, self._views, xds, self.listen)[1]
+        problem = await asyncio.to_thread(inotify.shortfall, len(files))
+        if problem is not None:
+            raise ConfigError("this machine", "fs.inotify.max_user_instances", problem)
+        writer.write(files)
         boot = workdir / "bootstrap.json"
         boot.write_text(json.dumps(bootstrap(xds, self.listen), indent=1), encoding="utf-8")
         envoy = EnvoyProcess(binary, boot, self.listen.admin_port)
@@ -149,9 +156,24 @@ class Gateway:
                 views = await follower.poll()
                 if views != self._views:
                     self._log_changes(self._views, views)
-                    self._views = views
-                    changed = writer.write(render(self.spec, views, xds, self.listen)[1])
-                    log.info("envoy configuration updated: %d files", len(changed))
+                    files = render(self.spec, views, xds, self.listen)[1]
+                    held = len(writer.written) + inotify.ENVOY_OWN
+                    problem = (
+                        await asyncio.to_thread(inotify.shortfall, len(files), held)
+                        if len(files) > len(writer.written)
+                        else None
+                    )
+                    if problem is not None:
+                        # Envoy would abort on the new files: it keeps what it has,
+                        # and the change is tried again (and logged once) each poll.
+                        if self._unfit != len(files):
+                            log.error("envoy configuration not updated: %s", problem)
+                            self._unfit = len(files)
+                    else:
+                        self._unfit = 0
+                        self._views = views
+                        changed = writer.write(files)
+                        log.info("envoy configuration updated: %d files", len(changed))
                 envoy.ensure_running()
                 next_poll = max(next_poll + POLL_INTERVAL, loop.time())
                 with contextlib.suppress(TimeoutError):

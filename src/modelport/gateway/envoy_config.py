@@ -250,6 +250,11 @@ class XdsWriter:
         self._written: dict[str, str] = {}
         (folder / EDS_FOLDER).mkdir(parents=True, exist_ok=True)
 
+    @property
+    def written(self) -> list[str]:
+        """The files Envoy is watching now (relative paths)."""
+        return list(self._written)
+
     def write(self, files: dict[str, dict[str, Any]]) -> list[str]:
         """Writes what changed; returns the relative paths written."""
         changed: list[str] = []
