@@ -169,6 +169,7 @@ def test_up_with_the_gateway_serves_through_it_in_the_first_region(
     )  # fmt: skip
     assert up.returncode == 0, up.stderr
     assert "gateway ready" in up.stdout
+    assert "gateway routes 2 models" in up.stdout
 
     image = np.zeros((1, 64), dtype=np.float32)
     image[0, 20:40] = 8.0

@@ -222,6 +222,55 @@ def _ready(url: str) -> bool:
         return False
 
 
+def _base(url: str) -> str:
+    return url.split("/v2/", 1)[0]
+
+
+def _ready_models(nodes: Sequence[Launch]) -> list[str]:
+    """The models READY on any node, from each node's repository index."""
+    names: set[str] = set()
+    for node in nodes:
+        request = urllib.request.Request(
+            f"{_base(node.ready_url)}/v2/repository/index",
+            data=b"{}",
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=5) as reply:
+                entries = json.load(reply)
+        except (urllib.error.URLError, OSError, ValueError):
+            continue  # a node that needs a key: its models are not waited for
+        names.update(
+            str(e["name"]) for e in entries if isinstance(e, dict) and e.get("state") == "READY"
+        )
+    return sorted(names)
+
+
+def _wait_routed(gateway: Running, models: Sequence[str], deadline: float, limit: float) -> None:
+    """Until the gateway routes every ready model to a ready node.
+
+    Envoy answers as soon as it has a healthy node for the fleet's own paths,
+    a moment before the per-model clusters the gateway adds on its first look
+    at the nodes are warm; ``up`` returns only once requests for every model
+    would be served.
+    """
+    base = _base(gateway.launch.ready_url)
+    for model in models:
+        while not _ready(f"{base}/v2/models/{model}/ready"):
+            if not is_alive(gateway):
+                raise FleetError(
+                    f"gateway stopped while starting; see {gateway.launch.log}: "
+                    f"{_last_line(gateway.launch.log)}"
+                )
+            if time.monotonic() > deadline:
+                raise FleetError(
+                    f"the gateway did not route model {model!r} within {limit:g} s; "
+                    f"see {gateway.launch.log}"
+                )
+            time.sleep(0.1)
+
+
 def read_state(state_dir: Path) -> list[Running]:
     """What a running fleet's ``up`` recorded; empty when nothing is recorded."""
     path = state_dir / STATE_FILE
@@ -298,6 +347,11 @@ def up(
                     )
                 time.sleep(0.2)
             progress(f"{entry.launch.name} ready")
+        gateways = [r for r in running if r.launch.kind == "gateway"]
+        if gateways:
+            models = _ready_models([r.launch for r in running if r.launch.kind == "node"])
+            _wait_routed(gateways[0], models, deadline, timeout_s)
+            progress(f"gateway routes {len(models)} models")
     except BaseException:
         stop(running)
         (state_dir / STATE_FILE).unlink(missing_ok=True)
