@@ -22,7 +22,8 @@ from modelport.errors import ConfigError, ListenFailed
 from modelport.gateway import inotify
 from modelport.gateway.authz import authz_enabled, fleet_regions
 from modelport.gateway.authz_server import AuthzServer, KeyTenants, store_keys
-from modelport.gateway.envoy_config import Listen, XdsWriter, bootstrap, render
+from modelport.gateway.clusters import EDS_FOLDER
+from modelport.gateway.envoy_config import CDS_FILE, Listen, XdsWriter, bootstrap, render
 from modelport.gateway.envoy_process import EnvoyProcess, find_envoy
 from modelport.gateway.fleet import FleetSpec
 from modelport.gateway.follow import POLL_INTERVAL, Follower, store_reader
@@ -30,6 +31,18 @@ from modelport.gateway.status import residency_refusals
 from modelport.gateway.views import NodeView
 
 log = logging.getLogger("modelport.gateway")
+
+#: Most seconds routes wait for Envoy to warm the clusters they name.
+WARM_LIMIT_S = 5.0
+#: Seconds given to Envoy to apply new routes before the clusters they left are removed.
+ROUTES_SETTLE_S = 1.0
+
+
+def _cluster_names(cds: dict[str, Any] | None) -> set[str]:
+    if cds is None:
+        return set()
+    return {str(r.get("name")) for r in cds.get("resources", [])}
+
 
 #: Most seconds Envoy may take to answer on its admin port after starting.
 START_TIMEOUT_S = 30.0
@@ -172,7 +185,7 @@ class Gateway:
                     else:
                         self._unfit = 0
                         self._views = views
-                        changed = writer.write(files)
+                        changed = await self._apply(writer, files, admin)
                         log.info("envoy configuration updated: %d files", len(changed))
                 envoy.ensure_running()
                 next_poll = max(next_poll + POLL_INTERVAL, loop.time())
@@ -183,6 +196,58 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError):
                 await counter
             await admin.aclose()
+
+    async def _apply(
+        self, writer: XdsWriter, files: dict[str, dict[str, Any]], admin: httpx.AsyncClient
+    ) -> list[str]:
+        """Write a new configuration so that no route ever names a cluster Envoy lacks.
+
+        Envoy applies each watched file on its own, and a new cluster is
+        usable only once warm (its endpoints read, one round of health
+        checks): routes written with it would answer 503 ("no cluster") for
+        that moment. So clusters come first, old ones kept; the routes follow
+        once Envoy lists every new cluster as active; clusters no route names
+        any more go last.
+        """
+        old = writer.current(CDS_FILE)
+        new = files[CDS_FILE]
+        old_names = _cluster_names(old)
+        added = _cluster_names(new) - old_names
+        removed = old_names - _cluster_names(new)
+        if old is None or not (added or removed):
+            return writer.write(files)
+        union = dict(new)
+        union["resources"] = list(new["resources"]) + [
+            r for r in old["resources"] if r.get("name") in removed
+        ]
+        clusters_first = {
+            name: body
+            for name, body in files.items()
+            if name == CDS_FILE or name.startswith(EDS_FOLDER + "/")
+        }
+        changed = writer.write({**clusters_first, CDS_FILE: union}, prune=False)
+        if added:
+            await self._until_active(admin, added)
+        changed += writer.write({**files, CDS_FILE: union}, prune=False)
+        if removed:
+            await asyncio.sleep(ROUTES_SETTLE_S)  # the routes away from them applied
+        changed += writer.write(files)
+        return sorted(set(changed))
+
+    async def _until_active(self, admin: httpx.AsyncClient, names: set[str]) -> None:
+        """Until Envoy's admin lists every cluster in ``names`` (warm), or a few seconds."""
+        url = f"http://127.0.0.1:{self.listen.admin_port}/clusters?format=json"
+        deadline = time.monotonic() + WARM_LIMIT_S
+        while time.monotonic() < deadline and not self._stop.is_set():
+            try:
+                data = (await admin.get(url)).json()
+                active = {c.get("name") for c in data.get("cluster_statuses", [])}
+                if names <= active:
+                    return
+            except (httpx.HTTPError, ValueError):
+                pass
+            await asyncio.sleep(0.05)
+        log.warning("envoy did not list %d new clusters as warm in time", len(names))
 
     async def _count_refusals_forever(self, admin: httpx.AsyncClient) -> None:
         while True:

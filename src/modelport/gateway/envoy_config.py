@@ -255,8 +255,16 @@ class XdsWriter:
         """The files Envoy is watching now (relative paths)."""
         return list(self._written)
 
-    def write(self, files: dict[str, dict[str, Any]]) -> list[str]:
-        """Writes what changed; returns the relative paths written."""
+    def current(self, name: str) -> dict[str, Any] | None:
+        """What was last written to ``name`` (None: nothing)."""
+        text = self._written.get(name)
+        return None if text is None else dict(json.loads(text))
+
+    def write(self, files: dict[str, dict[str, Any]], *, prune: bool = True) -> list[str]:
+        """Writes what changed; returns the relative paths written.
+
+        ``prune``: also delete the files written before that ``files`` lacks.
+        """
         changed: list[str] = []
         for name in sorted(files, key=lambda n: (_rank(n), n)):
             text = json.dumps(files[name], indent=1, sort_keys=True)
@@ -270,7 +278,7 @@ class XdsWriter:
             temp.replace(target)
             self._written[name] = text
             changed.append(name)
-        for name in [n for n in self._written if n not in files]:
+        for name in [n for n in self._written if prune and n not in files]:
             (self.folder / name).unlink(missing_ok=True)
             del self._written[name]
         return changed
