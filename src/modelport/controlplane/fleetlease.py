@@ -17,9 +17,10 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import psycopg
+if TYPE_CHECKING:  # psycopg comes with the postgres extra; only a PostgreSQL store needs it
+    import psycopg
 
 log = logging.getLogger("modelport.fleet")
 
@@ -63,6 +64,8 @@ class FleetLease:
                 await self.release()
 
     async def _take(self, stop: asyncio.Event) -> bool:
+        import psycopg
+
         while not stop.is_set():
             try:
                 conn = await psycopg.AsyncConnection.connect(
@@ -86,6 +89,8 @@ class FleetLease:
 
     async def _watch(self, stop: asyncio.Event, lost: asyncio.Event) -> None:
         """Set ``lost`` at ``stop`` or when the connection holding the lock fails."""
+        import psycopg
+
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.check_s)
@@ -101,6 +106,8 @@ class FleetLease:
 
     async def release(self) -> None:
         """Give the lease up (closing its connection releases the lock)."""
+        import psycopg
+
         conn, self._conn = self._conn, None
         if conn is not None:
             with contextlib.suppress(psycopg.Error, OSError):

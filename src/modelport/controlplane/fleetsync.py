@@ -24,7 +24,6 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import psycopg
 from sqlalchemy import text
 
 from modelport.controlplane.announce import Announce
@@ -122,6 +121,8 @@ class FleetSync:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Listen until ``stop``, reconnecting after a lost connection."""
+        import psycopg  # the postgres extra: only a PostgreSQL store runs this
+
         gap = False
         while not stop.is_set():
             try:
@@ -137,6 +138,8 @@ class FleetSync:
                     await asyncio.wait_for(stop.wait(), RECONNECT_S)
 
     async def _listen(self, stop: asyncio.Event, gap: bool) -> None:
+        import psycopg
+
         async with await psycopg.AsyncConnection.connect(
             self.dsn, autocommit=True, connect_timeout=10
         ) as conn:
