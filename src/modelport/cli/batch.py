@@ -200,7 +200,7 @@ def _run(
 
 
 def _parquet_writer() -> type[Writer]:
-    from modelport.cli.batch_parquet import ParquetWriter
+    from modelport.batchfiles.parquet import ParquetWriter
 
     return ParquetWriter
 

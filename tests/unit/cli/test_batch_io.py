@@ -176,7 +176,7 @@ def test_checkpoint_round_trips_and_keeps_a_bounded_failure_list(tmp_path: Path)
 
 def test_parquet_output_resumes_from_its_spool(tmp_path: Path) -> None:
     pq = pytest.importorskip("pyarrow.parquet")
-    from modelport.cli.batch_parquet import ParquetWriter
+    from modelport.batchfiles.parquet import ParquetWriter
 
     path = tmp_path / "out.parquet"
     writer = ParquetWriter(path, OUTPUTS, "id", 0)
@@ -197,7 +197,7 @@ def test_parquet_output_resumes_from_its_spool(tmp_path: Path) -> None:
 
 def test_parquet_output_of_one_uninterrupted_run(tmp_path: Path) -> None:
     pq = pytest.importorskip("pyarrow.parquet")
-    from modelport.cli.batch_parquet import ParquetWriter
+    from modelport.batchfiles.parquet import ParquetWriter
 
     path = tmp_path / "out.parquet"
     writer = ParquetWriter(path, OUTPUTS, None, 0)
