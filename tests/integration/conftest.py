@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -20,12 +21,32 @@ import tritonclient.http as httpclient
 
 from tests.integration.models import build_repository
 
+#: Ports handed out below the kernel's ephemeral range (32768 and up on Linux).
+#: A port the kernel picked with bind(0) is free only until the server binds
+#: it; meanwhile any outgoing connection on the machine (a client, Envoy, a
+#: database driver) may take it as its source port, and the server then exits
+#: with "address already in use". Outgoing connections never use ports below
+#: the ephemeral range, so only a listener could take one of these.
+_PORT_RANGE = (20000, 32000)
+_handed_out: set[int] = set()
+_ports = random.Random(os.getpid() ^ time.time_ns())
+
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
+    """A loopback port nothing listens on, never handed out before in this run."""
+    low, high = _PORT_RANGE
+    for _ in range(1000):
+        port = _ports.randrange(low, high)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
         return port
+    raise RuntimeError(f"no free port in {low}-{high}")
 
 
 @dataclass
