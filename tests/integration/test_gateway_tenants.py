@@ -9,15 +9,18 @@ or the access log's upstream for requests the node refused.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import textwrap
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -319,3 +322,48 @@ def test_grpc_calls_are_checked_the_same_way(
         assert call(keys["plain"], 6) == {"eu": 6, "dxb": 0, "auh": 0}
     finally:
         client.close()
+
+
+def listening_tcp_ports(pid: int) -> set[int]:
+    """TCP ports a process listens on, from /proc: its socket inodes in LISTEN state."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                ports.add(int(fields[1].rpartition(":")[2], 16))
+    return ports
+
+
+def test_only_envoy_gets_an_answer_from_the_residency_check(
+    fleet: dict[str, StoreNode], gateway: Gateway, keys: dict[str, str]
+) -> None:
+    # Envoy still asks it: acme's data goes to the Gulf, as the tests above show in full.
+    assert landed(fleet, gateway, 2, keys["acme"]) == {"eu": 0, "dxb": 2, "auh": 0}
+    # The gateway's own process offers no TCP port a local program could ask instead.
+    assert listening_tcp_ports(gateway.process.pid) == set()
+    dump = httpx.get(
+        f"http://127.0.0.1:{gateway.admin_port}/config_dump",
+        params={"resource": "dynamic_active_clusters"},
+        timeout=5,
+    ).json()
+    (authz,) = [c["cluster"] for c in dump["configs"] if c["cluster"]["name"] == "modelport~authz"]
+    path = authz["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"][
+        "pipe"
+    ]["path"]
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o700
+    # Another local program, even one of the same user, is cut off before any answer.
+    client = httpx.Client(transport=httpx.HTTPTransport(uds=path), timeout=5)
+    with client, pytest.raises(httpx.TransportError):
+        client.get(
+            "http://authz/check/v2/models/work/infer",
+            headers={"authorization": f"Bearer {keys['acme']}"},
+        )
+    assert "dropped a connection from process" in gateway.log()

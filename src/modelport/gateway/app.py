@@ -32,6 +32,9 @@ from modelport.gateway.views import NodeView
 
 log = logging.getLogger("modelport.gateway")
 
+#: The residency check's socket, in the gateway's private folder.
+AUTHZ_SOCKET = "authz.sock"
+
 #: Most seconds routes wait for Envoy to warm the clusters they name.
 WARM_LIMIT_S = 5.0
 #: Seconds given to Envoy to apply new routes before the clusters they left are removed.
@@ -91,23 +94,26 @@ class Gateway:
         check_ports_free(self.listen)
         reader = store_reader(self.spec.state_url) if self.spec.state_url else None
         follower = Follower(self.spec, self.token, reader)
-        authz = await self._start_authz()
+        # Private to this user (mkdtemp makes it 0700): Envoy's files and the
+        # check's socket live here.
         workdir = Path(tempfile.mkdtemp(prefix="modelport-gateway-"))
-        xds = workdir / "xds"
-        writer = XdsWriter(xds)
-        self._views = follower.initial()
-        files = render(self.spec, self._views, xds, self.listen)[1]
-        problem = await asyncio.to_thread(inotify.shortfall, len(files))
-        if problem is not None:
-            raise ConfigError("this machine", "fs.inotify.max_user_instances", problem)
-        writer.write(files)
         boot = workdir / "bootstrap.json"
-        boot.write_text(json.dumps(bootstrap(xds, self.listen), indent=1), encoding="utf-8")
         envoy = EnvoyProcess(binary, boot, self.listen.admin_port)
+        authz: AuthzServer | None = None
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stop.set)
         try:
+            authz = await self._start_authz(workdir, envoy)
+            xds = workdir / "xds"
+            writer = XdsWriter(xds)
+            self._views = follower.initial()
+            files = render(self.spec, self._views, xds, self.listen)[1]
+            problem = await asyncio.to_thread(inotify.shortfall, len(files))
+            if problem is not None:
+                raise ConfigError("this machine", "fs.inotify.max_user_instances", problem)
+            writer.write(files)
+            boot.write_text(json.dumps(bootstrap(xds, self.listen), indent=1), encoding="utf-8")
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self._stop.set)
             envoy.start()
             if not await self._wait_answering(envoy):
                 raise ListenFailed("envoy did not start (its log is above)")
@@ -123,17 +129,24 @@ class Gateway:
                 await authz.stop()
             shutil.rmtree(workdir, ignore_errors=True)
 
-    async def _start_authz(self) -> AuthzServer | None:
-        """The residency check Envoy asks, for fleets whose callers' tenants matter."""
+    async def _start_authz(self, workdir: Path, envoy: EnvoyProcess) -> AuthzServer | None:
+        """The residency check Envoy asks, for fleets whose callers' tenants matter.
+
+        It answers Envoy's process only: what it tells (a token's tenant) is no
+        business of any other program on the machine.
+        """
         if not authz_enabled(self.spec):
             return None
         url = self.spec.state_url
         tenants = KeyTenants(store_keys(url)) if url is not None else None
         server = AuthzServer(
-            lambda: fleet_regions(self.spec, self._views), self.spec.tenant_residency, tenants
+            lambda: fleet_regions(self.spec, self._views),
+            self.spec.tenant_residency,
+            tenants,
+            allowed_peer=lambda pid: pid == envoy.pid and envoy.alive(),
         )
-        await server.start()
-        self.listen = replace(self.listen, authz_port=server.port)
+        await server.start(workdir / AUTHZ_SOCKET)
+        self.listen = replace(self.listen, authz_socket=str(server.path))
         return server
 
     def _ready_line(self) -> str:

@@ -154,9 +154,9 @@ def unchecked_mark() -> list[dict[str, Any]]:
     ]
 
 
-def authz_filters(port: int | None) -> list[dict[str, Any]]:
+def authz_filters(socket_path: str | None) -> list[dict[str, Any]]:
     """The HTTP filter that asks the check; none without a check service."""
-    if port is None:
+    if socket_path is None:
         return []
     check = {
         "name": "envoy.filters.http.ext_authz",
@@ -173,7 +173,8 @@ def authz_filters(port: int | None) -> list[dict[str, Any]]:
             },
             "http_service": {
                 "server_uri": {
-                    "uri": f"http://127.0.0.1:{port}",
+                    # Only the Host header: the cluster's address is the socket.
+                    "uri": "http://modelport-authz",
                     "cluster": AUTHZ_CLUSTER,
                     "timeout": AUTHZ_TIMEOUT,
                 },
@@ -187,8 +188,8 @@ def authz_filters(port: int | None) -> list[dict[str, Any]]:
     return [check]
 
 
-def authz_cluster(port: int) -> dict[str, Any]:
-    """The check service: this process, on loopback."""
+def authz_cluster(socket_path: str) -> dict[str, Any]:
+    """The check service: this process, on its private Unix socket."""
     return {
         "@type": "type.googleapis.com/envoy.config.cluster.v3.Cluster",
         "name": AUTHZ_CLUSTER,
@@ -197,17 +198,7 @@ def authz_cluster(port: int) -> dict[str, Any]:
         "load_assignment": {
             "cluster_name": AUTHZ_CLUSTER,
             "endpoints": [
-                {
-                    "lb_endpoints": [
-                        {
-                            "endpoint": {
-                                "address": {
-                                    "socket_address": {"address": "127.0.0.1", "port_value": port}
-                                }
-                            }
-                        }
-                    ]
-                }
+                {"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": socket_path}}}}]}
             ],
         },
     }

@@ -14,6 +14,10 @@ node's admission code, which the gateway must not import. A verified key's
 tenant is cached for one second, like the nodes' identity cache, so a
 revoked key's residency goes away as quickly as its access. Tokens are never
 logged; only their SHA-256 is kept, as a cache key.
+
+Only Envoy may ask: the service listens on a private Unix socket and drops
+any connection from another process (``private_socket``), so no local
+program can use it to learn which tenant a token belongs to.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -36,6 +41,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from modelport.gateway.authz import (
     RESIDENCY_HEADER,
@@ -44,6 +50,7 @@ from modelport.gateway.authz import (
     TenantLookup,
     decide,
 )
+from modelport.gateway.private_socket import bind_private, peer_pid
 
 log = logging.getLogger("modelport.gateway")
 
@@ -184,28 +191,72 @@ class _Server(uvicorn.Server):
         yield
 
 
+class _RefusalLog:
+    """Says when connections from other processes are dropped, at most every 30 s."""
+
+    def __init__(self) -> None:
+        self._warned_at: float | None = None
+        self.count = 0
+
+    def refused(self, pid: int | None) -> None:
+        self.count += 1
+        now = time.monotonic()
+        if self._warned_at is None or now - self._warned_at >= WARN_INTERVAL_S:
+            self._warned_at = now
+            log.warning(
+                "residency check: dropped a connection from process %s, which is not "
+                "the gateway's Envoy (%d so far)",
+                pid if pid is not None else "(unknown)",
+                self.count,
+            )
+
+
+def _only_from(allowed: Callable[[int], bool], refusals: _RefusalLog) -> type[H11Protocol]:
+    """uvicorn's HTTP/1.1 protocol, closing connections whose peer ``allowed`` rejects."""
+
+    class PeerChecked(H11Protocol):
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            sock = transport.get_extra_info("socket")
+            pid = peer_pid(sock) if sock is not None else None
+            if pid is None or not allowed(pid):
+                refusals.refused(pid)
+                # Before a byte is read: the caller learns nothing, not even an error page.
+                transport.abort()
+
+    return PeerChecked
+
+
 class AuthzServer:
-    """The check as an HTTP service on a loopback port the OS picks."""
+    """The check as an HTTP service on a private Unix socket that only Envoy may use."""
 
     def __init__(
         self,
         regions: Callable[[], Sequence[str]],
         tenant_residency: dict[str, list[str]],
         tenants: KeyTenants | None,
+        allowed_peer: Callable[[int], bool] = lambda pid: False,
     ) -> None:
-        """``regions``: the fleet's regions now, the first region first."""
+        """``regions``: the fleet's regions now, the first region first.
+
+        ``allowed_peer``: whether a process id may ask (the gateway's Envoy, whose
+        id changes when it is restarted).
+        """
         self._regions = regions
         self._tenant_residency = tenant_residency
         self._tenants = tenants
+        self._allowed_peer = allowed_peer
+        self.refusals = _RefusalLog()
         self._socket: socket.socket | None = None
+        self._path: Path | None = None
         self._server: _Server | None = None
         self._task: asyncio.Task[None] | None = None
 
     @property
-    def port(self) -> int:
-        assert self._socket is not None, "start() first"
-        port: int = self._socket.getsockname()[1]
-        return port
+    def path(self) -> Path:
+        """The socket's path, for Envoy's cluster."""
+        assert self._path is not None, "start() first"
+        return self._path
 
     async def check(self, request: Request) -> Response:
         try:
@@ -234,12 +285,17 @@ class AuthzServer:
     def app(self) -> Starlette:
         return Starlette(routes=[Route("/{path:path}", self.check, methods=METHODS)])
 
-    async def start(self) -> None:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
-        self._socket = sock
+    async def start(self, path: Path) -> None:
+        """Listens at ``path``, whose folder must be private to this user."""
+        sock = bind_private(path)
+        self._socket, self._path = sock, path
         config = uvicorn.Config(
-            self.app(), log_config=None, log_level="warning", access_log=False, lifespan="off"
+            self.app(),
+            http=_only_from(self._allowed_peer, self.refusals),
+            log_config=None,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
         )
         self._server = _Server(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
@@ -255,3 +311,5 @@ class AuthzServer:
                 await self._task
         if self._socket is not None:
             self._socket.close()
+        if self._path is not None:
+            self._path.unlink(missing_ok=True)

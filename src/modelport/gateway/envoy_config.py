@@ -59,8 +59,8 @@ class Listen:
     grpc_port: int = 8081
     admin_port: int = 9901
     access_log: str = "/dev/stdout"
-    #: The gateway's residency check service (None: requests are not checked).
-    authz_port: int | None = None
+    #: The gateway's residency check service's Unix socket (None: requests are not checked).
+    authz_socket: str | None = None
 
 
 def _path_source(path: Path) -> dict[str, Any]:
@@ -176,7 +176,7 @@ def listener(name: str, port: int, xds_dir: Path, listen: Listen) -> dict[str, A
         },
         "http_filters": [
             _timeout_from_header(),
-            *authz_filters(listen.authz_port),
+            *authz_filters(listen.authz_socket),
             {
                 "name": "envoy.filters.http.router",
                 "typed_config": {
@@ -189,7 +189,7 @@ def listener(name: str, port: int, xds_dir: Path, listen: Listen) -> dict[str, A
         # The caller's request id is kept when it sends one, so logs join up across hops.
         "preserve_external_request_id": True,
     }
-    if listen.authz_port is not None:
+    if listen.authz_socket is not None:
         manager["early_header_mutation_extensions"] = unchecked_mark()
     return {
         "@type": LISTENER_TYPE,
@@ -225,8 +225,8 @@ def render(
         files[f"{EDS_FOLDER}/{eds_file_name(plan.name)}"] = _discovery(
             [load_assignment(plan, topology)]
         )
-    if listen.authz_port is not None:
-        clusters.append(authz_cluster(listen.authz_port))
+    if listen.authz_socket is not None:
+        clusters.append(authz_cluster(listen.authz_socket))
     files[CDS_FILE] = _discovery(clusters)
     return topology, files
 

@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
+import shutil
+import socket
+import stat
+import sys
+import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,6 +21,7 @@ import pytest
 from modelport.controlplane.keys import KeyService
 from modelport.controlplane.store.database import Database
 from modelport.controlplane.store.keys import KeyStore
+from modelport.errors import ConfigError
 from modelport.gateway.authz import (
     NO_REGION,
     UNCHECKED_HEADER,
@@ -26,6 +34,7 @@ from modelport.gateway.authz import (
 from modelport.gateway.authz_server import AuthzServer, KeyTenants
 from modelport.gateway.envoy_config import CDS_FILE, LDS_FILE, Listen, render
 from modelport.gateway.fleet import parse_fleet
+from modelport.gateway.private_socket import bind_private
 from tests.unit.gateway.test_gateway_envoy_config import XDS, route_for, spec, views
 
 REGIONS = ("ae-dxb", "ae-auh", "eu-west", "us-east")
@@ -246,22 +255,105 @@ def test_a_failing_lookup_leaves_the_request_unchecked() -> None:
     assert "x-data-residency" not in answer.headers
 
 
-def test_the_service_listens_on_loopback_until_stopped() -> None:
+ASK = """
+import sys, httpx
+client = httpx.Client(transport=httpx.HTTPTransport(uds=sys.argv[1]), timeout=5)
+try:
+    answer = client.get("http://authz/check/x", headers={"x-data-residency": "us"})
+except httpx.TransportError as exc:
+    print("no answer:", type(exc).__name__)
+    sys.exit(3)
+print(answer.status_code, answer.headers.get("x-data-residency"))
+"""
+
+
+async def ask_from_another_process(path: Path, user: int | None = None) -> tuple[int, str]:
+    """What a separate local program gets from the socket: (exit status, its output)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", ASK, str(path),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, user=user,
+    )  # fmt: skip
+    out, _ = await proc.communicate()
+    return int(proc.returncode or 0), out.decode()
+
+
+def private_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "run"
+    folder.mkdir(mode=0o700)
+    return folder
+
+
+def test_only_the_named_process_gets_an_answer(tmp_path: Path) -> None:
     async def scenario() -> None:
-        server = AuthzServer(lambda: list(REGIONS), TENANTS, None)
-        await server.start()
-        url = f"http://127.0.0.1:{server.port}/check/x"
+        envoy = os.getpid()  # this test process stands in for Envoy
+        server = AuthzServer(lambda: list(REGIONS), TENANTS, None, lambda pid: pid == envoy)
+        path = private_folder(tmp_path) / "authz.sock"
+        await server.start(path)
         try:
-            async with httpx.AsyncClient() as client:
-                answer = await client.get(url, headers={"x-data-residency": "us"})
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600
+            transport = httpx.AsyncHTTPTransport(uds=str(path))
+            async with httpx.AsyncClient(transport=transport) as client:
+                answer = await client.get(
+                    "http://authz/check/x", headers={"x-data-residency": "us"}
+                )
             assert answer.headers["x-data-residency"] == "us-east"
+            # Any other program of the same user (root here, perhaps) is cut off unanswered.
+            status, output = await ask_from_another_process(path)
+            assert status == 3 and output.startswith("no answer"), output
+            assert server.refusals.count == 1
         finally:
             await server.stop()
-        with pytest.raises(httpx.TransportError):
-            async with httpx.AsyncClient() as client:
-                await client.get(url)
+        assert not path.exists()
 
     asyncio.run(scenario())
+
+
+def connect_as(user: int, path: Path) -> int:
+    """In a child running as ``user``: 0 if it could connect to ``path``, else the errno."""
+    pid = os.fork()
+    if pid == 0:  # the child only makes system calls, then leaves
+        code = 0
+        try:
+            os.setgid(user)
+            os.setuid(user)
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.connect(str(path))
+        except OSError as exc:
+            code = exc.errno or 1
+        os._exit(code)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a client as another user")
+def test_another_user_cannot_even_open_the_socket(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        server = AuthzServer(lambda: list(REGIONS), TENANTS, None, lambda pid: True)
+        path = private_folder(open_root) / "authz.sock"
+        await server.start(path)
+        try:
+            assert await asyncio.to_thread(connect_as, 65534, path) == errno.EACCES
+            # Even with its folder opened up afterwards, the socket's own mode refuses.
+            path.parent.chmod(0o711)
+            assert await asyncio.to_thread(connect_as, 65534, path) == errno.EACCES
+        finally:
+            await server.stop()
+        assert server.refusals.count == 0  # the kernel refused: it never connected
+
+    # A root other users can pass through, so only the gateway's own guards stand.
+    open_root = Path(tempfile.mkdtemp())
+    try:
+        open_root.chmod(0o711)
+        asyncio.run(scenario())
+    finally:
+        shutil.rmtree(open_root)
+
+
+def test_a_socket_folder_others_can_enter_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "open"
+    folder.mkdir()
+    folder.chmod(0o755)
+    with pytest.raises(ConfigError, match="must be 0700"):
+        bind_private(folder / "authz.sock")
 
 
 # The Envoy side: every request is marked unchecked before routing, and the check unmarks it.
@@ -269,9 +361,12 @@ def test_the_service_listens_on_loopback_until_stopped() -> None:
 PATH = "/v2/models/digits/infer"
 
 
-def checked_files(port: int | None = 7000) -> dict[str, Any]:
+SOCKET = "/run/gw/authz.sock"
+
+
+def checked_files() -> dict[str, Any]:
     fleet = spec().model_copy(update={"tenant_residency": {"acme": ["ae"]}})
-    return render(fleet, views(fleet), XDS, Listen(authz_port=port))[1]
+    return render(fleet, views(fleet), XDS, Listen(authz_socket=SOCKET))[1]
 
 
 @pytest.mark.parametrize(
@@ -307,10 +402,8 @@ def test_the_listener_marks_early_then_checks_then_routes() -> None:
         assert authz["http_service"]["server_uri"]["cluster"] == "modelport~authz"
     clusters = {c["name"]: c for c in files[CDS_FILE]["resources"]}
     address = clusters["modelport~authz"]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
-    assert address["endpoint"]["address"]["socket_address"] == {
-        "address": "127.0.0.1",
-        "port_value": 7000,
-    }
+    # Envoy reaches the check over its Unix socket: no TCP port for others to ask.
+    assert address["endpoint"]["address"] == {"pipe": {"path": SOCKET}}
 
 
 def test_no_check_no_filter() -> None:
