@@ -151,9 +151,10 @@ class Gateway:
 
     def _ready_line(self) -> str:
         listen = self.listen
+        tls = self.spec.tls is not None and self.spec.tls.server_cert is not None
         return (
-            f"gateway ready: REST http://{listen.host}:{listen.http_port}, "
-            f"gRPC {listen.host}:{listen.grpc_port}, "
+            f"gateway ready: REST {'https' if tls else 'http'}://{listen.host}:{listen.http_port}, "
+            f"gRPC{' (TLS)' if tls else ''} {listen.host}:{listen.grpc_port}, "
             f"admin http://127.0.0.1:{listen.admin_port} "
             f"({len(self.spec.nodes)} fleet-file nodes)"
         )

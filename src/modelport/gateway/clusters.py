@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from modelport.gateway.fleet import FleetSpec
+from modelport.gateway.fleet_tls import to_nodes
 from modelport.gateway.topology import FLEET_CLUSTER, ClusterPlan, Topology
 from modelport.gateway.views import NodeView, priority_of
 
@@ -145,6 +146,10 @@ def cluster_config(spec: FleetSpec, plan: ClusterPlan, xds_dir: str) -> dict[str
         cluster["least_request_lb_config"] = {"choice_count": 2}
     if plan.policy == "ring_hash":
         cluster["ring_hash_lb_config"] = {"minimum_ring_size": 1024}
+    # Requests and health checks alike: the node sees only the gateway's certificate.
+    tls = to_nodes(spec.tls, "h2" if plan.target.protocol == "grpc" else "http/1.1")
+    if tls is not None:
+        cluster["transport_socket"] = tls
     if plan.target.protocol == "grpc":
         cluster["typed_extension_protocol_options"] = {
             PROTOCOL_OPTIONS: {

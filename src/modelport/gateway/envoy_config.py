@@ -18,6 +18,7 @@ from typing import Any
 from modelport.gateway.authz import authz_cluster, authz_filters, unchecked_mark
 from modelport.gateway.clusters import EDS_FOLDER, cluster_config, eds_file_name, load_assignment
 from modelport.gateway.fleet import FleetSpec
+from modelport.gateway.fleet_tls import TlsSpec, to_clients
 from modelport.gateway.routes import (
     HEADER_MUTATION,
     RESTRICTED_MARK,
@@ -165,7 +166,9 @@ def _residency_reply() -> dict[str, Any]:
     }
 
 
-def listener(name: str, port: int, xds_dir: Path, listen: Listen) -> dict[str, Any]:
+def listener(
+    name: str, port: int, xds_dir: Path, listen: Listen, tls: TlsSpec | None = None
+) -> dict[str, Any]:
     manager: dict[str, Any] = {
         "@type": HCM_TYPE,
         "stat_prefix": name,
@@ -188,14 +191,22 @@ def listener(name: str, port: int, xds_dir: Path, listen: Listen) -> dict[str, A
         "local_reply_config": _residency_reply(),
         # The caller's request id is kept when it sends one, so logs join up across hops.
         "preserve_external_request_id": True,
+        # The caller's own address is appended to X-Forwarded-For: nodes that trust the
+        # gateway's certificate take it from there (the rightmost entry), so their
+        # brute-force blocking, rate limits and audit log see the caller, not the gateway.
+        "use_remote_address": True,
     }
     if listen.authz_socket is not None:
         manager["early_header_mutation_extensions"] = unchecked_mark()
+    chain: dict[str, Any] = {"filters": [{"name": HCM, "typed_config": manager}]}
+    transport = to_clients(tls)
+    if transport is not None:
+        chain["transport_socket"] = transport
     return {
         "@type": LISTENER_TYPE,
         "name": name,
         "address": {"socket_address": {"address": listen.host, "port_value": port}},
-        "filter_chains": [{"filters": [{"name": HCM, "typed_config": manager}]}],
+        "filter_chains": [chain],
     }
 
 
@@ -212,8 +223,8 @@ def render(
     files: dict[str, dict[str, Any]] = {
         LDS_FILE: _discovery(
             [
-                listener("http", listen.http_port, xds_dir, listen),
-                listener("grpc", listen.grpc_port, xds_dir, listen),
+                listener("http", listen.http_port, xds_dir, listen, spec.tls),
+                listener("grpc", listen.grpc_port, xds_dir, listen, spec.tls),
             ]
         ),
         RDS_FILES["http"]: _discovery([http_routes(spec, topology)]),

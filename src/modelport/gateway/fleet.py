@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from modelport.errors import ConfigError
+from modelport.gateway.fleet_tls import TlsSpec, check_tls
 
 POLICIES = ("round_robin", "least_request", "weighted", "ring_hash", "random")
 Policy = Literal["round_robin", "least_request", "weighted", "ring_hash", "random"]
@@ -97,16 +98,6 @@ class RetrySpec(_Strict):
     """Retries always allowed at once, whatever the budget: when a node dies, every
     request in flight to it is reset at the same moment, and a budget taken only as a
     share of the few requests in flight would fail most of those retries."""
-
-
-class TlsSpec(_Strict):
-    """Paths for mutual TLS between hops (a seam: the gateway does not use it yet)."""
-
-    ca: Path | None = None
-    cert: Path | None = None
-    key: Path | None = None
-    server_cert: Path | None = None
-    server_key: Path | None = None
 
 
 class FleetSpec(_Strict):
@@ -226,6 +217,8 @@ def parse_fleet(data: Any, source: str, folder: Path) -> FleetSpec:
         loc = tuple(p for p in first["loc"] if not str(p).startswith("function-"))
         raise ConfigError(source, _field_path(loc), _problem(first)) from None
     _check_references(spec, source)
+    if spec.tls is not None:
+        check_tls(spec.tls, source)
     return spec
 
 

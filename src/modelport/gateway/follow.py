@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from modelport.gateway.fleet import FleetSpec, parse_address
+from modelport.gateway.fleet_tls import poll_context
 from modelport.gateway.views import NodeView, view_of_spec
 
 log = logging.getLogger("modelport.gateway")
@@ -45,12 +46,12 @@ def ready_models(index: Any) -> dict[str, tuple[str, ...]]:
     return ready
 
 
-async def poll_node(client: httpx.AsyncClient, view: NodeView) -> NodeView:
+async def poll_node(client: httpx.AsyncClient, view: NodeView, scheme: str = "http") -> NodeView:
     """The view after asking the node; unreachable when it does not answer in time."""
     host, port = view.http
     shown = f"[{host}]" if ":" in host else host
     try:
-        answer = await client.post(f"http://{shown}:{port}/v2/repository/index", json={})
+        answer = await client.post(f"{scheme}://{shown}:{port}/v2/repository/index", json={})
     except httpx.HTTPError:
         return replace(view, reachable=False, models={})
     if answer.status_code != 200:
@@ -108,8 +109,15 @@ class Follower:
         self.spec = spec
         self._static = [view_of_spec(spec, node) for node in spec.nodes]
         headers = {"authorization": f"Bearer {token}"} if token else {}
+        # Over the same TLS as Envoy's: a node that requires the gateway's certificate
+        # would otherwise look unreachable to the poller alone.
+        tls = poll_context(spec.tls)
+        self._scheme = "http" if tls is None else "https"
         self._client = httpx.AsyncClient(
-            timeout=POLL_INTERVAL * 2, headers=headers, transport=transport
+            timeout=POLL_INTERVAL * 2,
+            headers=headers,
+            transport=transport,
+            verify=tls if tls is not None else True,
         )
         self._store_reader = store_reader
         self._registered_last: list[NodeView] = []
@@ -119,7 +127,8 @@ class Follower:
         return list(self._static)
 
     async def poll(self) -> list[NodeView]:
-        views = list(await asyncio.gather(*(poll_node(self._client, v) for v in self._static)))
+        polls = (poll_node(self._client, v, self._scheme) for v in self._static)
+        views = list(await asyncio.gather(*polls))
         if self._store_reader is not None:
             views += await asyncio.to_thread(self._registered, {v.name for v in views})
         return views
