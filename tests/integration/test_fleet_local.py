@@ -204,3 +204,51 @@ def test_up_with_the_gateway_serves_through_it_in_the_first_region(
     assert "fleet down: 3 processes stopped" in down.stdout
     for port in (gw_http, gw_grpc, ports[0], ports[2]):
         assert not port_open(port)
+
+
+def test_up_with_fleet_certificates_serves_tls_through_a_gateway_the_nodes_alone_accept(
+    tmp_path: Path,
+) -> None:
+    import ssl
+
+    from tests.tls_certs import issue, make_ca
+
+    ca = make_ca()
+    (tmp_path / "ca.pem").write_bytes(ca.cert_pem)
+    issue(ca, "gateway.fleet.internal").write(tmp_path / "gw.pem", tmp_path / "gw.key")
+    issue(ca, "localhost", server=True).write(tmp_path / "srv.pem", tmp_path / "srv.key")
+    issue(ca, "node", server=True).write(tmp_path / "node.pem", tmp_path / "node.key")
+    node_http, node_grpc = free_port(), free_port()
+    gw_http, gw_grpc, gw_admin = free_port(), free_port(), free_port()
+    fleet = {
+        "regions": ["ae-dxb"],
+        "groups": {"main": {}},
+        "nodes": [{"name": "dxb-1", "http": f"127.0.0.1:{node_http}",
+                   "grpc": f"127.0.0.1:{node_grpc}", "region": "ae-dxb"}],
+        "tls": {"ca": "ca.pem", "cert": "gw.pem", "key": "gw.key", "server_cert": "srv.pem",
+                "server_key": "srv.key", "node_cert": "node.pem", "node_key": "node.key"},
+    }  # fmt: skip
+    (tmp_path / "fleet.yaml").write_text(json.dumps(fleet))
+    try:
+        up = modelport(
+            tmp_path,
+            "fleet", "up", "fleet.yaml",
+            "--http-port", str(gw_http), "--grpc-port", str(gw_grpc), "--admin-port", str(gw_admin),
+        )  # fmt: skip
+        assert up.returncode == 0, up.stderr
+        assert "gateway routes" in up.stdout
+
+        trust = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+        body = {"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 64],
+                            "data": [0.0] * 64}]}  # fmt: skip
+        answer = httpx.post(
+            f"https://127.0.0.1:{gw_http}/v2/models/digits/infer", json=body, verify=trust
+        )
+        assert answer.status_code == 200, answer.text
+        # The node is TLS only, and only for clients the fleet CA signed (the gateway).
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"https://127.0.0.1:{node_http}/v2/health/live", verify=trust, timeout=5)
+    finally:
+        down = modelport(tmp_path, "fleet", "down")
+    assert down.returncode == 0, down.stderr
+    assert not port_open(gw_http) and not port_open(node_http)

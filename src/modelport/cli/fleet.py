@@ -51,7 +51,7 @@ def fleet_up(
     ] = 120.0,
 ) -> None:
     """Start every node of FLEET_FILE on loopback, then the gateway; return once all answer."""
-    from modelport.deploy.local import FleetError, GatewayPorts, plan, up
+    from modelport.deploy.local import FleetError, GatewayPorts, Probes, plan, up
     from modelport.gateway.fleet import load_fleet
 
     ports = (
@@ -69,7 +69,9 @@ def fleet_up(
     except ConfigError as exc:
         fail(f"error: {exc.message}", 2)
     try:
-        running = up(launches, state_dir.resolve(), timeout, progress=say)
+        running = up(
+            launches, state_dir.resolve(), timeout, progress=say, probes=Probes.of(spec.tls)
+        )
     except FleetError as exc:
         fail(f"error: {exc.message}", 1)
     grid = table("NAME", "KIND", "REGION", "GROUP", "HTTP", "GRPC", "PID", "LOG")

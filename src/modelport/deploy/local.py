@@ -12,6 +12,12 @@ that has since taken over one of their pids.
 The nodes share the fleet file's ``state_url`` (PostgreSQL, or a SQLite file
 in the state directory when the file names none: SQLite serves several
 processes on one machine) and its ``redis_url`` when it has one.
+
+With fleet certificates (the fleet file's ``tls``) every node serves
+``tls.node_cert``, and, when the gateway has a client certificate, accepts
+only clients the fleet CA signed and trusts the gateway's X-Forwarded-For:
+the nodes ``up`` starts take the gateway as real ones would. ``up`` itself
+probes them with the gateway's certificate.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import ipaddress
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -32,6 +39,7 @@ from pathlib import Path
 
 from modelport.errors import ConfigError, ModelportError
 from modelport.gateway.fleet import FleetSpec, NodeSpec, parse_address
+from modelport.gateway.fleet_tls import TlsSpec, gateway_probe_context, identity, poll_context
 
 #: The record of a running fleet, inside the state directory.
 STATE_FILE = "fleet.json"
@@ -110,8 +118,31 @@ def _check_local(spec: FleetSpec, source: str) -> None:
             )
 
 
+def _node_tls(tls: TlsSpec | None, source: str) -> list[str]:
+    """The TLS flags of every node: what the gateway's ``tls`` expects of the nodes."""
+    if tls is None or tls.ca is None:
+        return []
+    if tls.node_cert is None or tls.node_key is None:
+        raise ConfigError(
+            source,
+            "tls.node_cert",
+            "fleet up needs the nodes' certificate (and tls.node_key) with tls.ca: "
+            "the gateway reaches every node over TLS",
+        )
+    flags = ["--tls-cert", str(tls.node_cert), "--tls-key", str(tls.node_key)]
+    if tls.cert is not None:
+        flags += ["--tls-client-ca", str(tls.ca)]
+        flags += ["--trusted-proxy-identity", identity(tls.cert)]
+    return flags
+
+
 def _node_argv(
-    spec: FleetSpec, node: NodeSpec, state_url: str, data_dir: Path, python: str
+    spec: FleetSpec,
+    node: NodeSpec,
+    state_url: str,
+    data_dir: Path,
+    python: str,
+    tls_flags: Sequence[str] = (),
 ) -> list[str]:
     host, http_port = parse_address(node.http)
     group = spec.group_of_node(node)
@@ -128,7 +159,7 @@ def _node_argv(
     argv += ["--data-dir", str(data_dir)]
     if spec.redis_url is not None:
         argv += ["--redis-url", spec.redis_url]
-    return argv
+    return argv + list(tls_flags)
 
 
 def _gateway_argv(fleet_file: Path, ports: GatewayPorts, python: str) -> list[str]:
@@ -152,17 +183,20 @@ def plan(
     source = str(fleet_file)
     _check_local(spec, source)
     state_url = spec.state_url or f"sqlite:///{(state_dir / 'state.db').resolve()}"
+    tls_flags = _node_tls(spec.tls, source)
+    scheme = "https" if tls_flags else "http"
     launches: list[Launch] = []
     for node in spec.nodes:
         host, http_port = parse_address(node.http)
         url_host = f"[{host}]" if ":" in host else host
+        data_dir = state_dir / "nodes" / node.name
         launches.append(
             Launch(
                 name=node.name,
                 kind="node",
-                argv=_node_argv(spec, node, state_url, state_dir / "nodes" / node.name, python),
+                argv=_node_argv(spec, node, state_url, data_dir, python, tls_flags),
                 log=str(state_dir / "logs" / f"{node.name}.log"),
-                ready_url=f"http://{url_host}:{http_port}/v2/health/ready",
+                ready_url=f"{scheme}://{url_host}:{http_port}/v2/health/ready",
                 region=node.region,
                 group=spec.group_of_node(node),
                 http=node.http,
@@ -170,6 +204,8 @@ def plan(
             )
         )
     if gateway is not None:
+        to_clients = spec.tls is not None and spec.tls.server_cert is not None
+        scheme = "https" if to_clients else "http"
         launches.append(
             Launch(
                 name="gateway",
@@ -178,7 +214,7 @@ def plan(
                 log=str(state_dir / "logs" / "gateway.log"),
                 # Through the gateway to a node: Envoy is up, has the routes, and
                 # has found a node healthy.
-                ready_url=f"http://127.0.0.1:{gateway.http}/v2/health/ready",
+                ready_url=f"{scheme}://127.0.0.1:{gateway.http}/v2/health/ready",
                 http=f"127.0.0.1:{gateway.http}",
                 grpc=f"127.0.0.1:{gateway.grpc}",
             )
@@ -214,9 +250,24 @@ def _last_line(log: str) -> str:
     return lines[-1] if lines else ""
 
 
-def _ready(url: str) -> bool:
+@dataclass(frozen=True)
+class Probes:
+    """How ``up`` reaches what it started: TLS contexts for the nodes and the gateway."""
+
+    nodes: ssl.SSLContext | None = None
+    gateway: ssl.SSLContext | None = None
+
+    @classmethod
+    def of(cls, tls: TlsSpec | None) -> Probes:
+        return cls(poll_context(tls), gateway_probe_context(tls))
+
+    def context(self, launch: Launch) -> ssl.SSLContext | None:
+        return self.gateway if launch.kind == "gateway" else self.nodes
+
+
+def _ready(url: str, context: ssl.SSLContext | None = None) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=2) as reply:
+        with urllib.request.urlopen(url, timeout=2, context=context) as reply:
             return bool(reply.status == 200)
     except (urllib.error.URLError, OSError, ValueError):
         return False
@@ -226,7 +277,7 @@ def _base(url: str) -> str:
     return url.split("/v2/", 1)[0]
 
 
-def _ready_models(nodes: Sequence[Launch]) -> list[str]:
+def _ready_models(nodes: Sequence[Launch], context: ssl.SSLContext | None = None) -> list[str]:
     """The models READY on any node, from each node's repository index."""
     names: set[str] = set()
     for node in nodes:
@@ -237,7 +288,7 @@ def _ready_models(nodes: Sequence[Launch]) -> list[str]:
             method="POST",
         )
         try:
-            with urllib.request.urlopen(request, timeout=5) as reply:
+            with urllib.request.urlopen(request, timeout=5, context=context) as reply:
                 entries = json.load(reply)
         except (urllib.error.URLError, OSError, ValueError):
             continue  # a node that needs a key: its models are not waited for
@@ -247,7 +298,13 @@ def _ready_models(nodes: Sequence[Launch]) -> list[str]:
     return sorted(names)
 
 
-def _wait_routed(gateway: Running, models: Sequence[str], deadline: float, limit: float) -> None:
+def _wait_routed(
+    gateway: Running,
+    models: Sequence[str],
+    deadline: float,
+    limit: float,
+    context: ssl.SSLContext | None = None,
+) -> None:
     """Until the gateway routes every ready model to a ready node.
 
     Envoy answers as soon as it has a healthy node for the fleet's own paths,
@@ -257,7 +314,7 @@ def _wait_routed(gateway: Running, models: Sequence[str], deadline: float, limit
     """
     base = _base(gateway.launch.ready_url)
     for model in models:
-        while not _ready(f"{base}/v2/models/{model}/ready"):
+        while not _ready(f"{base}/v2/models/{model}/ready", context):
             if not is_alive(gateway):
                 raise FleetError(
                     f"gateway stopped while starting; see {gateway.launch.log}: "
@@ -320,8 +377,13 @@ def up(
     state_dir: Path,
     timeout_s: float,
     progress: Callable[[str], None] = lambda _: None,
+    probes: Probes | None = None,
 ) -> list[Running]:
-    """Start every process and wait for each to answer; on a failure stop them all."""
+    """Start every process and wait for each to answer; on a failure stop them all.
+
+    ``probes``: how to reach them over TLS (``Probes.of(spec.tls)``); None: plain HTTP.
+    """
+    probes = probes or Probes()
     if any(is_alive(r) for r in read_state(state_dir)):
         raise FleetError(
             f"a fleet started from {state_dir} is still running (modelport fleet down first)"
@@ -334,7 +396,7 @@ def up(
             _write_state(state_dir, running)
         deadline = time.monotonic() + timeout_s
         for entry in running:
-            while not _ready(entry.launch.ready_url):
+            while not _ready(entry.launch.ready_url, probes.context(entry.launch)):
                 if not is_alive(entry):
                     raise FleetError(
                         f"{entry.launch.name} stopped while starting; see {entry.launch.log}: "
@@ -349,8 +411,9 @@ def up(
             progress(f"{entry.launch.name} ready")
         gateways = [r for r in running if r.launch.kind == "gateway"]
         if gateways:
-            models = _ready_models([r.launch for r in running if r.launch.kind == "node"])
-            _wait_routed(gateways[0], models, deadline, timeout_s)
+            nodes = [r.launch for r in running if r.launch.kind == "node"]
+            models = _ready_models(nodes, probes.nodes)
+            _wait_routed(gateways[0], models, deadline, timeout_s, probes.gateway)
             progress(f"gateway routes {len(models)} models")
     except BaseException:
         stop(running)

@@ -15,6 +15,7 @@ the fleet's boundary. Keep a CA for the fleet that signs nothing else.
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,11 @@ class TlsSpec(BaseModel):
     to clients."""
     server_key: Path | None = None
     """The unencrypted private key of ``server_cert``."""
+    node_cert: Path | None = None
+    """The certificate ``modelport fleet up`` gives every node it starts (all on loopback,
+    so one certificate serves them all); the gateway itself does not read it."""
+    node_key: Path | None = None
+    """The unencrypted private key of ``node_cert``."""
 
 
 def _pair(tls: TlsSpec, source: str, cert: str, key: str) -> None:
@@ -94,14 +100,38 @@ def check_tls(tls: TlsSpec, source: str) -> None:
             "name ca (with cert and key) for TLS to the nodes, "
             "server_cert and server_key for TLS to clients, or both",
         )
-    if tls.ca is None and (tls.cert is not None or tls.key is not None):
-        raise ConfigError(
-            source, "tls.ca", "needed with tls.cert: the gateway verifies the nodes against it"
-        )
+    for cert, key in (("cert", "key"), ("node_cert", "node_key")):
+        if tls.ca is None and (getattr(tls, cert) is not None or getattr(tls, key) is not None):
+            raise ConfigError(
+                source,
+                "tls.ca",
+                f"needed with tls.{cert}: the gateway verifies the nodes against it",
+            )
     if tls.ca is not None:
         _ca(tls.ca, source)
     _pair(tls, source, "cert", "key")
     _pair(tls, source, "server_cert", "server_key")
+    _pair(tls, source, "node_cert", "node_key")
+
+
+def identity(cert: Path) -> str:
+    """The name nodes know a certificate by: its common name, else its first DNS name.
+
+    Read the way nodes read ``--trusted-proxy-identity`` (subject CN or DNS SAN);
+    ``cert`` has been checked at load.
+    """
+    leaf = x509.load_pem_x509_certificates(cert.read_bytes())[0]
+    names = leaf.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    if names:
+        return str(names[0].value)
+    try:
+        sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        sans = None
+    dns = sans.get_values_for_type(x509.DNSName) if sans is not None else []
+    if not dns:
+        raise ConfigError(str(cert), "", "the certificate names no common name or DNS name")
+    return str(dns[0])
 
 
 def _certificate(cert: Path, key: Path) -> dict[str, Any]:
@@ -140,6 +170,25 @@ def to_clients(tls: TlsSpec | None) -> dict[str, Any] | None:
         "name": TLS_SOCKET,
         "typed_config": {"@type": DOWNSTREAM_TLS, "common_tls_context": common},
     }
+
+
+def gateway_probe_context(tls: TlsSpec | None) -> ssl.SSLContext | None:
+    """A context that trusts the gateway's own server certificate, for probing it locally.
+
+    The system's CAs, the fleet CA and the certificate itself (a self-signed one is its
+    own anchor): whichever signed it, a process that just started the gateway can tell
+    it is answering.
+    """
+    if tls is None or tls.server_cert is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    if tls.ca is not None:
+        context.load_verify_locations(str(tls.ca))
+    with contextlib.suppress(ssl.SSLError):
+        context.load_verify_locations(str(tls.server_cert))
+    # The probe goes to 127.0.0.1, a name the certificate need not carry.
+    context.check_hostname = False
+    return context
 
 
 def poll_context(tls: TlsSpec | None) -> ssl.SSLContext | None:

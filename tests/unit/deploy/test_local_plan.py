@@ -9,6 +9,7 @@ import pytest
 from modelport.deploy.local import GatewayPorts, plan, start_time
 from modelport.errors import ConfigError
 from modelport.gateway.fleet import parse_fleet
+from tests.tls_certs import issue, make_ca
 
 
 def spec(tmp_path: Path, **extra: object):  # type: ignore[no-untyped-def]
@@ -85,3 +86,54 @@ def test_start_time_tells_a_live_process_from_none() -> None:
 
     assert start_time(os.getpid()) is not None
     assert start_time(2**22 + 12345) is None
+
+
+def certificates(folder: Path) -> dict[str, str]:
+    """A fleet CA, and the gateway's client, server and the nodes' pairs it signed."""
+    ca = make_ca()
+    (folder / "ca.pem").write_bytes(ca.cert_pem)
+    issue(ca, "gateway.fleet.internal").write(folder / "gw.pem", folder / "gw.key")
+    issue(ca, "localhost", server=True).write(folder / "srv.pem", folder / "srv.key")
+    issue(ca, "node", server=True).write(folder / "node.pem", folder / "node.key")
+    return {
+        "ca": "ca.pem",
+        "cert": "gw.pem",
+        "key": "gw.key",
+        "server_cert": "srv.pem",
+        "server_key": "srv.key",
+        "node_cert": "node.pem",
+        "node_key": "node.key",
+    }
+
+
+def test_with_fleet_certificates_nodes_take_only_the_fleet_and_trust_the_gateway(
+    tmp_path: Path,
+) -> None:
+    fleet = spec(tmp_path, tls=certificates(tmp_path))
+    launches = plan(fleet, tmp_path / "fleet.yaml", tmp_path, GatewayPorts(1, 2, 3), python="py")
+    for node in launches[:-1]:
+        assert flag(node.argv, "--tls-cert") == str(tmp_path / "node.pem")
+        assert flag(node.argv, "--tls-key") == str(tmp_path / "node.key")
+        assert flag(node.argv, "--tls-client-ca") == str(tmp_path / "ca.pem")
+        # The name nodes know the gateway's client certificate by: its common name.
+        assert flag(node.argv, "--trusted-proxy-identity") == "gateway.fleet.internal"
+        assert node.ready_url.startswith("https://")
+    assert launches[-1].ready_url == "https://127.0.0.1:1/v2/health/ready"
+
+
+def test_without_a_gateway_certificate_nodes_serve_tls_but_ask_for_none(tmp_path: Path) -> None:
+    tls = {k: v for k, v in certificates(tmp_path).items() if k not in ("cert", "key")}
+    launches = plan(spec(tmp_path, tls=tls), tmp_path / "fleet.yaml", tmp_path, None)
+    assert "--tls-cert" in launches[0].argv
+    assert "--tls-client-ca" not in launches[0].argv
+    assert "--trusted-proxy-identity" not in launches[0].argv
+
+
+def test_fleet_certificates_without_the_nodes_pair_are_refused(tmp_path: Path) -> None:
+    tls = {k: v for k, v in certificates(tmp_path).items() if not k.startswith("node_")}
+    with pytest.raises(ConfigError, match=r"fleet.yaml: tls\.node_cert: fleet up needs"):
+        plan(spec(tmp_path, tls=tls), tmp_path / "fleet.yaml", tmp_path, None)
+    # TLS to clients alone asks nothing of the nodes.
+    to_clients = {k: v for k, v in tls.items() if k.startswith("server_")}
+    launches = plan(spec(tmp_path, tls=to_clients), tmp_path / "fleet.yaml", tmp_path, None)
+    assert "--tls-cert" not in launches[0].argv

@@ -244,8 +244,9 @@ def test_polls_use_the_gateways_certificate(
     path = fleet_file(tmp_path, TLS)
     path.write_text(path.read_text().replace("10.0.0.1:8000", f"127.0.0.1:{mtls_node}"))
     spec = load_fleet(path)
-    view = poll_once(spec)
-    assert view.reachable and set(view.models) == {"digits"}
+    # A poll is given one second; on a loaded test machine a handshake may miss it once.
+    view = next((v for v in (poll_once(spec) for _ in range(3)) if v.reachable), None)
+    assert view is not None and set(view.models) == {"digits"}
     # Without the client certificate the same node will not talk to the poller.
     assert spec.tls is not None
     anonymous = spec.model_copy(update={"tls": spec.tls.model_copy(update={"cert": None})})
