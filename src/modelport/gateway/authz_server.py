@@ -41,7 +41,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from modelport.gateway.authz import (
     RESIDENCY_HEADER,
@@ -211,10 +211,11 @@ class _RefusalLog:
             )
 
 
-def _only_from(allowed: Callable[[int], bool], refusals: _RefusalLog) -> type[H11Protocol]:
-    """uvicorn's HTTP/1.1 protocol, closing connections whose peer ``allowed`` rejects."""
+def _only_from(allowed: Callable[[int], bool], refusals: _RefusalLog) -> type[HttpToolsProtocol]:
+    """uvicorn's HTTP/1.1 protocol (httptools, as uvicorn would pick), closing connections
+    whose peer ``allowed`` rejects."""
 
-    class PeerChecked(H11Protocol):
+    class PeerChecked(HttpToolsProtocol):
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             sock = transport.get_extra_info("socket")
