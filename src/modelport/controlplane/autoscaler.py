@@ -78,21 +78,24 @@ class Autoscaler:
     async def run(self, stop: asyncio.Event) -> None:
         """Tick every period until ``stop`` is set; a failing tick is logged, never fatal."""
         loop = asyncio.get_running_loop()
-        while not stop.is_set():
-            due: asyncio.Future[None] = loop.create_future()
-            timer = self._clock.call_later(self._period_ns, _settle, due)
-            stopped = asyncio.ensure_future(stop.wait())
-            try:
-                await asyncio.wait((due, stopped), return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                timer.cancel()
-                stopped.cancel()
-            if stop.is_set():
-                return
-            try:
-                self.tick()
-            except Exception:
-                log.exception("autoscaling tick failed")
+        # One waiter on ``stop`` for the whole run, not one per period.
+        stopped = asyncio.ensure_future(stop.wait())
+        try:
+            while not stop.is_set():
+                due: asyncio.Future[None] = loop.create_future()
+                timer = self._clock.call_later(self._period_ns, _settle, due)
+                try:
+                    await asyncio.wait((due, stopped), return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    timer.cancel()
+                if stop.is_set():
+                    return
+                try:
+                    self.tick()
+                except Exception:
+                    log.exception("autoscaling tick failed")
+        finally:
+            stopped.cancel()
 
     def tick(self) -> None:
         """Sample every autoscaled version once and apply what the decision says."""

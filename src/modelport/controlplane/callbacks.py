@@ -52,6 +52,7 @@ import httpx
 
 from modelport.clock import Clock, SystemClock
 from modelport.controlplane.store.jobs import BatchState, JobStore, StoredJob
+from modelport.controlplane.waiting import wait_any
 from modelport.errors import InvalidRequest, ModelportError
 
 log = logging.getLogger("modelport.jobs.callbacks")
@@ -266,7 +267,7 @@ class CallbackSender:
                 log.warning("cannot read job callbacks: %s", exc.message)
                 sent = 0
             if sent < self.settings.batch:
-                await _wait_any(stop, self.wake, self.settings.poll_s)
+                await wait_any(stop, self.wake, self.settings.poll_s)
 
     async def deliver_due(self) -> int:
         """Send every delivery due now (one claim's worth); how many were tried."""
@@ -323,12 +324,3 @@ class CallbackSender:
             )
         except ModelportError as exc:  # the claim lapses; the delivery is tried again
             log.warning("cannot record a job callback: %s", exc.message, extra={"job": job.id})
-
-
-async def _wait_any(stop: asyncio.Event, wake: asyncio.Event, seconds: float) -> None:
-    waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
-    try:
-        await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waits:
-            waiter.cancel()

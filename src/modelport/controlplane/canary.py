@@ -52,6 +52,7 @@ from modelport.controlplane.traffic import (
     TrafficManager,
     stable_version,
 )
+from modelport.controlplane.waiting import wait_any
 from modelport.dataplane.routing import Route, TrafficPolicy
 from modelport.dataplane.routing.traffic import Traffic
 from modelport.dataplane.routing.window import WindowSnapshot
@@ -94,6 +95,9 @@ class CanaryController:
         self.announce: Announce = nobody
         """Tells the node's other workers that a model's stored canary changed."""
         self._unannounced: set[str] = set()
+        # Set when a canary may need ticks (one became active or changed): while
+        # none runs, the controller sleeps until this instead of every tick_s.
+        self._wake = asyncio.Event()
         self.windows: Callable[[str, str], Awaitable[WindowSnapshot]] = self._local_window
         """A version's window as the step is judged on it: this server's, or in a node
         of several workers every worker's added up."""
@@ -127,6 +131,7 @@ class CanaryController:
             canary = Canary.from_stored(stored)
             progress = dataclasses.replace(canary.progress, step_started_at=self.clock())
             self._active[canary.model] = dataclasses.replace(canary, progress=progress)
+            self._wake.set()
             log.info(
                 "canary resumed",
                 extra={"model": canary.model, "step": progress.step, "state": progress.state},
@@ -218,10 +223,20 @@ class CanaryController:
     # ------------------------------------------------------------ controller
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Tick until ``stop`` is set; a failing tick is logged, never fatal."""
+        """Tick until ``stop`` is set; a failing tick is logged, never fatal.
+
+        Ticks come every ``tick_s`` while a canary runs (or a change waits to be
+        announced); otherwise the controller waits for one to start, so a
+        server without canaries spends nothing on them.
+        """
         while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.tick_s)
+            busy = bool(self._unannounced) or any(
+                c.progress.state == RUNNING for c in self._active.values()
+            )
+            self._wake.clear()
+            await wait_any(stop, self._wake, self.tick_s if busy else None)
+            if stop.is_set():
+                return
             try:
                 await self.tick()
             except Exception:
@@ -299,6 +314,7 @@ class CanaryController:
         if progress.state in ACTIVE:
             self._active[model] = Canary(model, spec, progress, saved.revision, saved.updated_at)
         self._unannounced.add(model)
+        self._wake.set()
         return saved
 
     async def _announce(self) -> None:
@@ -322,6 +338,7 @@ class CanaryController:
             else:
                 canary = Canary.from_stored(stored)
                 self._active[model] = canary
+                self._wake.set()
                 if before is None or before.progress.step != canary.progress.step:
                     self._reset_windows(model, canary.spec, canary.progress)
         await self.manager.sync(model)
@@ -377,6 +394,7 @@ class CanaryController:
             )
         except Exception:
             self._active[model] = canary
+            self._wake.set()
             raise
         progress = dataclasses.replace(
             canary.progress,

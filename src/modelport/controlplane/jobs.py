@@ -53,6 +53,7 @@ from modelport.controlplane.store.jobs import (
     StoredJob,
     Submission,
 )
+from modelport.controlplane.waiting import wait_any
 from modelport.dataplane.codec.json_v2 import decode_request, encode_json, encode_response
 from modelport.dataplane.pipeline import Pipeline
 from modelport.errors import InvalidRequest, ModelportError, NotFound, internal_error
@@ -377,17 +378,24 @@ class JobRunner:
                 group.create_task(self._keep_leases(stop))
                 if self.callbacks is not None:
                     group.create_task(self.callbacks.run(stop))
+                idle = False
                 while not stop.is_set():
                     now = monotonic()
-                    if now >= next_recover:
-                        purge = now >= next_purge
-                        await self._housekeep(purge=purge)
+                    free = settings.in_flight - len(self._running)
+                    recover = now >= next_recover
+                    purge = now >= next_purge
+                    # An idle runner reads first and writes only when the read found
+                    # work: an idle server's polls take no write lock and commit nothing.
+                    queued, lapsed = await self._pending() if idle else (True, True)
+                    if recover:
+                        if lapsed or purge:
+                            await self._housekeep(purge=purge)
+                            queued = queued or lapsed
                         next_recover = now + int(settings.lease_s / 2 * 1e9)
                         if purge:
                             next_purge = now + int(settings.purge_every_s * 1e9)
-                    free = settings.in_flight - len(self._running)
                     if free > 0:
-                        claimed = await self._claim(free)
+                        claimed = await self._claim(free) if queued else []
                         for job in claimed:
                             self._running[job.id] = group.create_task(self._run_one(job))
                         wait_s = (
@@ -397,10 +405,12 @@ class JobRunner:
                         )
                     else:
                         wait_s = settings.poll_s
+                    idle = not self._running and wait_s > settings.poll_s
                     self._wake.clear()
-                    await _wait_any(stop, self._wake, wait_s)
+                    await wait_any(stop, self._wake, wait_s)
                     if self._wake.is_set():  # work arrived here: look again soon after
                         wait_s = settings.poll_s
+                        idle = False
                 handed_back = list(self._running)
                 for task in self._running.values():
                     task.cancel()
@@ -420,6 +430,14 @@ class JobRunner:
         except ModelportError as exc:  # the store is down: try again on the next turn
             log.warning("cannot claim jobs: %s", exc.message)
             return []
+
+    async def _pending(self) -> tuple[bool, bool]:
+        """The store's :meth:`JobStore.pending`; both True when it cannot be read, so the
+        writes that follow report the failure as they always have."""
+        try:
+            return await asyncio.to_thread(self.store.pending)
+        except ModelportError:
+            return True, True
 
     async def _housekeep(self, *, purge: bool) -> None:
         """Queue again (or fail) jobs of stopped workers; purge those past retention."""
@@ -476,7 +494,7 @@ class JobRunner:
         """Renew the leases of running jobs; stop those cancelled or taken over elsewhere."""
         every = self.settings.lease_s / 3
         while not stop.is_set():
-            await _wait_any(stop, None, every)
+            await wait_any(stop, None, every)
             ids = list(self._running)
             if not ids:
                 continue
@@ -495,15 +513,3 @@ class JobRunner:
                 task = self._running.get(job_id)
                 if job_id not in held and task is not None:
                     task.cancel()
-
-
-async def _wait_any(stop: asyncio.Event, wake: asyncio.Event | None, seconds: float) -> None:
-    """Until ``stop`` or ``wake`` is set, or ``seconds`` pass."""
-    waits = [asyncio.ensure_future(stop.wait())]
-    if wake is not None:
-        waits.append(asyncio.ensure_future(wake.wait()))
-    try:
-        await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waits:
-            waiter.cancel()

@@ -164,13 +164,18 @@ def test_another_identity_gets_not_found(store: JobStore) -> None:
 
 
 class CountingStore(JobStore):
-    """The real store, counting the runner's looks for work."""
+    """The real store, counting the runner's looks for work: reads and claims (writes)."""
 
     claims = 0
+    reads = 0
 
     def claim_in(self, *args: object, **kwargs: object) -> list[StoredJob]:
         CountingStore.claims += 1
         return super().claim_in(*args, **kwargs)  # type: ignore[arg-type]
+
+    def pending(self) -> tuple[bool, bool]:
+        CountingStore.reads += 1
+        return super().pending()
 
 
 async def _an_idle_runner_looks_less_often_and_a_submission_wakes_it(tmp_path: Path) -> None:
@@ -182,11 +187,15 @@ async def _an_idle_runner_looks_less_often_and_a_submission_wakes_it(tmp_path: P
         runner = JobRunner(store, fake, settings)
         stop = asyncio.Event()
         task = asyncio.create_task(runner.run(stop))
-        CountingStore.claims = 0
+        CountingStore.claims = CountingStore.reads = 0
         await asyncio.sleep(1.0)
-        idle_claims = CountingStore.claims
+        looks = CountingStore.claims + CountingStore.reads
         # Every 0.01 s would be about 100 looks; doubling up to 0.5 s is about 8.
-        assert 3 <= idle_claims <= 12, idle_claims
+        assert 3 <= looks <= 12, looks
+        # Once a look found nothing, the next ones only read: an idle runner
+        # takes no write lock and commits nothing.
+        assert CountingStore.claims <= 1, CountingStore.claims
+        assert CountingStore.reads >= 2, CountingStore.reads
         started = asyncio.get_running_loop().time()
         job_id = await _submit(runner, b"x")
         await _until(lambda: store.get(job_id).state == "succeeded", within=1.0)  # type: ignore[union-attr]

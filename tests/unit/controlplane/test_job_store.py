@@ -92,6 +92,20 @@ def test_lapsed_lease_requeued_then_failed_after_max_attempts(jobs: JobStore, cl
     assert "stopped 2 times" in (failed.error or "")
 
 
+def test_pending_says_whether_a_claim_or_a_recovery_would_find_work(
+    jobs: JobStore, clock: Clock
+) -> None:
+    assert jobs.pending() == (False, False)
+    jobs.add(_new("j"))
+    assert jobs.pending() == (True, False)
+    jobs.claim("w1", 1, 10)
+    assert jobs.pending() == (False, False)
+    clock.advance(11)
+    assert jobs.pending() == (False, True)
+    assert jobs.recover(3) == (1, 0)
+    assert jobs.pending() == (True, False)
+
+
 def test_renew_keeps_a_live_claim(jobs: JobStore, clock: Clock) -> None:
     jobs.add(_new("j"))
     jobs.claim("w1", 1, 10)

@@ -42,7 +42,9 @@ from sqlalchemy import (
     Table,
     Text,
     and_,
+    bindparam,
     delete,
+    exists,
     or_,
     select,
     update,
@@ -198,6 +200,14 @@ class StoredJob:
 
 
 _SUMMARY = [c for c in jobs.c if c.name not in ("request", "result")]
+
+
+#: What :meth:`JobStore.pending` asks, built once: SQLAlchemy keeps a statement's
+#: cache key with it, so polling with the same statement skips rebuilding that key.
+_PENDING = select(
+    exists().where(jobs.c.state == QUEUED),
+    exists().where(jobs.c.state == RUNNING, jobs.c.lease_until < bindparam("now")),
+)
 
 
 class JobStore:
@@ -479,6 +489,17 @@ class JobStore:
         """:meth:`recover_in` in a transaction of its own."""
         with self._db.transaction(write=True) as conn:
             return self.recover_in(conn, max_attempts)
+
+    def pending(self) -> tuple[bool, bool]:
+        """Whether a job waits to be claimed, and whether a running job's lease lapsed.
+
+        One read, without the write lock: an idle runner looks here and takes
+        the write lock (a claim or a recovery, a commit each) only when this
+        says there is something to take.
+        """
+        with self._db.transaction() as conn:
+            row = conn.execute(_PENDING, {"now": self._db.now()}).one()
+        return bool(row[0]), bool(row[1])
 
     def recover_in(self, conn: Connection, max_attempts: int) -> tuple[int, int]:
         """Jobs whose worker stopped (lease lapsed): queued again, or failed after
