@@ -116,6 +116,7 @@ def count_once(sha: str, tag: str, model: str, body: bytes, warmup: int, request
     out_dir = WORK / "callgrind"
     out_dir.mkdir(parents=True, exist_ok=True)
     out_file = out_dir / f"{tag}-{sha[:12]}.%p"
+    LOGS.mkdir(parents=True, exist_ok=True)
     log_path = LOGS / f"instructions-{tag}-{sha[:12]}.log"
     argv = [
         "valgrind", "--tool=callgrind", "--instr-atstart=no", "--collect-atstart=yes",
