@@ -51,6 +51,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from modelport.clock import Clock, SystemClock
+from modelport.controlplane.job_writer import JobWriter
 from modelport.controlplane.store.jobs import BatchState, JobStore, StoredJob
 from modelport.controlplane.waiting import wait_any
 from modelport.errors import InvalidRequest, ModelportError
@@ -257,6 +258,10 @@ class CallbackSender:
         self.post: Post = post if post is not None else http_post(self.settings.timeout_s)
         self.clock = clock if clock is not None else SystemClock()
         self.wake = asyncio.Event()
+        self.writer = JobWriter(store)
+        """Where claims and outcomes are written. The job runner hands its own here, so
+        every job write of the process shares one writer thread and one write lock
+        instead of competing for SQLite's lock (whose busy wait sleeps up to 100 ms)."""
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -271,8 +276,9 @@ class CallbackSender:
 
     async def deliver_due(self) -> int:
         """Send every delivery due now (one claim's worth); how many were tried."""
-        due = await asyncio.to_thread(
-            self.store.claim_callbacks, self.settings.batch, self.settings.lease_s
+        limit, lease_s = self.settings.batch, self.settings.lease_s
+        due = await self.writer.write(
+            lambda conn: self.store.claim_callbacks_in(conn, limit, lease_s)
         )
         if due:
             await asyncio.gather(*(self._deliver(job, url, tries) for job, url, tries in due))
@@ -319,8 +325,10 @@ class CallbackSender:
             else:
                 log.info("job callback failed: %s", error, extra={"job": job.id})
         try:
-            await asyncio.to_thread(
-                self.store.callback_done, job.id, error=error, retry_at=retry_at
+            await self.writer.write(
+                lambda conn: self.store.callback_done_in(
+                    conn, job.id, error=error, retry_at=retry_at
+                )
             )
         except ModelportError as exc:  # the claim lapses; the delivery is tried again
             log.warning("cannot record a job callback: %s", exc.message, extra={"job": job.id})

@@ -229,7 +229,10 @@ class JobRunner:
         self.worker = worker if worker is not None else worker_id()
         self.clock = clock if clock is not None else SystemClock()
         self.writer = JobWriter(store)
-        """Every write of this runner: submissions, claims, results, leases (group commit)."""
+        """Every write of this runner: submissions, claims, results, leases (group commit),
+        and its callbacks' claims and outcomes."""
+        if callbacks is not None:
+            callbacks.writer = self.writer
         self._running: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
 

@@ -559,6 +559,13 @@ class JobStore:
         )
 
     def claim_callbacks(self, limit: int, lease_s: float) -> list[tuple[StoredJob, str, int]]:
+        """:meth:`claim_callbacks_in` in a transaction of its own."""
+        with self._db.transaction(write=True) as conn:
+            return self.claim_callbacks_in(conn, limit, lease_s)
+
+    def claim_callbacks_in(
+        self, conn: Connection, limit: int, lease_s: float
+    ) -> list[tuple[StoredJob, str, int]]:
         """Take up to ``limit`` due deliveries: the job finished, not delivered nor
         abandoned, its next try due, no live claim. (job, url, attempts so far) each."""
         now = self._db.now()
@@ -570,24 +577,30 @@ class JobStore:
             or_(cb.lease_until.is_(None), cb.lease_until < now),
         )
         taken: list[tuple[StoredJob, str, int]] = []
-        with self._db.transaction(write=True) as conn:
-            rows = conn.execute(
-                select(*_SUMMARY, cb.url, cb.attempts.label("callback_attempts"))
-                .join(job_callbacks, cb.job_id == jobs.c.id)
-                .where(due, jobs.c.state.in_(TERMINAL))
-                .order_by(jobs.c.finished_at)
-                .limit(limit)
-            ).all()
-            until = now + timedelta(seconds=lease_s)
-            for row in rows:
-                done = conn.execute(
-                    update(job_callbacks).where(cb.job_id == row.id, due).values(lease_until=until)
-                )
-                if done.rowcount == 1:
-                    taken.append((_job(cast(Row[Any], row)), row.url, row.callback_attempts))
+        rows = conn.execute(
+            select(*_SUMMARY, cb.url, cb.attempts.label("callback_attempts"))
+            .join(job_callbacks, cb.job_id == jobs.c.id)
+            .where(due, jobs.c.state.in_(TERMINAL))
+            .order_by(jobs.c.finished_at)
+            .limit(limit)
+        ).all()
+        until = now + timedelta(seconds=lease_s)
+        for row in rows:
+            done = conn.execute(
+                update(job_callbacks).where(cb.job_id == row.id, due).values(lease_until=until)
+            )
+            if done.rowcount == 1:
+                taken.append((_job(cast(Row[Any], row)), row.url, row.callback_attempts))
         return taken
 
     def callback_done(self, job_id: str, *, error: str | None, retry_at: datetime | None) -> None:
+        """:meth:`callback_done_in` in a transaction of its own."""
+        with self._db.transaction(write=True) as conn:
+            self.callback_done_in(conn, job_id, error=error, retry_at=retry_at)
+
+    def callback_done_in(
+        self, conn: Connection, job_id: str, *, error: str | None, retry_at: datetime | None
+    ) -> None:
         """Record one try: delivered (``error`` None), to be tried again at ``retry_at``,
         or abandoned (``retry_at`` None)."""
         now = self._db.now()
@@ -602,10 +615,7 @@ class JobStore:
             values["abandoned_at"] = now
         else:
             values["next_at"] = retry_at
-        with self._db.transaction(write=True) as conn:
-            conn.execute(
-                update(job_callbacks).where(job_callbacks.c.job_id == job_id).values(**values)
-            )
+        conn.execute(update(job_callbacks).where(job_callbacks.c.job_id == job_id).values(**values))
 
     # Batches
 
