@@ -126,7 +126,8 @@ class Advertiser:
 
     async def _withdraw(self) -> None:
         try:
-            await asyncio.to_thread(self._store.remove, self._placement.name)
+            p = self._placement
+            await asyncio.to_thread(self._store.remove, p.name, p.http_url)
             log.info("left the fleet", extra={"node": self._placement.name})
         except Exception as exc:
             log.error(

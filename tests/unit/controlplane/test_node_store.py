@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from modelport.controlplane.store import Database, NodeRecord, NodeStore
-from modelport.errors import InvalidRequest
+from modelport.errors import Conflict, InvalidRequest
 
 NOW = 1_800_000_000.0
 
@@ -71,6 +71,27 @@ def test_a_removed_node_is_gone_and_removing_twice_is_harmless(nodes: NodeStore)
     nodes.remove("a")
     nodes.remove("a")
     assert [record.name for record in nodes.live(NOW, 5.0)] == ["b"]
+
+
+def test_a_live_nodes_name_is_refused_to_a_node_at_another_address(nodes: NodeStore) -> None:
+    first = _record("n1")
+    nodes.upsert(first)
+    twin = _record("n1", http_url="http://10.0.0.9:8100", heartbeat=NOW + 3)
+    with pytest.raises(Conflict, match="'n1' is taken by the live node at http://10.0.0.5:8100"):
+        nodes.upsert(twin)
+    assert nodes.live(NOW + 3, 5.0) == [first]
+    # Once the first node's record went stale, the name is free again.
+    late = dataclasses.replace(twin, heartbeat=NOW + 11)
+    nodes.upsert(late)
+    assert nodes.live(NOW + 11, 5.0) == [late]
+
+
+def test_a_stopping_node_removes_only_its_own_record(nodes: NodeStore) -> None:
+    nodes.upsert(_record("n1", http_url="http://10.0.0.9:8100"))
+    nodes.remove("n1", "http://10.0.0.5:8100")  # the name's previous holder, stopping late
+    assert [r.http_url for r in nodes.live(NOW, 5.0)] == ["http://10.0.0.9:8100"]
+    nodes.remove("n1", "http://10.0.0.9:8100")
+    assert nodes.live(NOW, 5.0) == []
 
 
 def test_optional_fields_may_be_absent(nodes: NodeStore) -> None:

@@ -20,13 +20,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Row, delete, insert, select, update
+from sqlalchemy import Connection, Row, and_, delete, insert, select, update
 
 from modelport.config import fleet
 from modelport.controlplane.store import checks
 from modelport.controlplane.store.database import Database
 from modelport.controlplane.store.tables import nodes
-from modelport.errors import InvalidRequest
+from modelport.errors import Conflict, InvalidRequest
 
 log = logging.getLogger("modelport.fleet")
 
@@ -35,6 +35,10 @@ MAX_WEIGHT = 10_000
 
 #: Most ready models one record may list.
 MAX_MODELS = 10_000
+
+#: Seconds a record stays its node's after its last heartbeat; the gateway
+#: stops routing to it after the same time (``gateway/follow.py``).
+LIVE_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -64,19 +68,40 @@ class NodeStore:
         self._db = database
 
     def upsert(self, record: NodeRecord) -> None:
-        """Write the node's record, creating it the first time."""
+        """Write the node's record, creating it the first time.
+
+        A name is one node's while its record is live: a second node started
+        with the same name at another address is refused (Conflict) instead of
+        overwriting the first one's record at every heartbeat, which would make
+        the gateway route the first node's traffic to whichever wrote last. It
+        may take the name once the other record has gone stale.
+        """
         values = _values(check_record(record))
         name = values.pop("name")
         with self._db.transaction(write=True) as conn:
-            updated = conn.execute(update(nodes).where(nodes.c.name == name).values(**values))
-            if updated.rowcount == 0:
+            held = _row(conn, name)
+            if held is None:
                 conn.execute(insert(nodes).values(name=name, **values))
+                return
+            if held.http_url != record.http_url and held.heartbeat >= record.heartbeat - LIVE_S:
+                raise Conflict(
+                    f"node name {name!r} is taken by the live node at {held.http_url}; "
+                    "give this node another --node-name"
+                )
+            conn.execute(update(nodes).where(nodes.c.name == name).values(**values))
 
-    def remove(self, name: str) -> None:
-        """Forget the node; nothing happens when it is not registered."""
+    def remove(self, name: str, http_url: str | None = None) -> None:
+        """Forget the node; nothing happens when it is not registered.
+
+        With ``http_url``, only a record of the node at that address goes: a node
+        stopping never removes another node's record that took its name since.
+        """
         name = _invalid_as_request(fleet.check_name, name, "node name")
+        which = nodes.c.name == name
+        if http_url is not None:
+            which = and_(which, nodes.c.http_url == http_url)
         with self._db.transaction(write=True) as conn:
-            conn.execute(delete(nodes).where(nodes.c.name == name))
+            conn.execute(delete(nodes).where(which))
 
     def live(self, now: float, stale_after: float) -> list[NodeRecord]:
         """Records whose heartbeat is within ``stale_after`` seconds of ``now``, by name.
