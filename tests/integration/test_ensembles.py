@@ -4,6 +4,9 @@
 parallel → ``combine`` (L + R). ``par``: two python models that each sleep
 100 ms on the same input. The ``bad_*`` ensembles are each wrong in one way
 and must be UNAVAILABLE with the reason while everything else serves.
+``running``: ``accumulator`` (a sequence model keeping a running sum in its
+implicit state) → ``double`` (stateless, 2x): the ensemble request's sequence
+parameters reach the accumulator step.
 """
 
 from __future__ import annotations
@@ -21,8 +24,10 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from onnx import TensorProto, helper
+from tritonclient.utils import InferenceServerException
 
 from tests.integration.conftest import CLIENTS, Server, client_for, start_server, stop_server
+from tests.integration.test_sequences import ACCUMULATOR, accumulator_model
 
 pytestmark = pytest.mark.integration
 
@@ -30,13 +35,18 @@ FP32 = TensorProto.FLOAT
 
 
 def _onnx(
-    nodes: list[Any], inputs: list[str], outputs: list[str], consts: list[Any], kind: int = FP32
+    nodes: list[Any],
+    inputs: list[str],
+    outputs: list[str],
+    consts: list[Any],
+    kind: int = FP32,
+    width: int = 4,
 ) -> Any:
     graph = helper.make_graph(
         nodes,
         "g",
-        [helper.make_tensor_value_info(n, kind, ["batch", 4]) for n in inputs],
-        [helper.make_tensor_value_info(n, kind, ["batch", 4]) for n in outputs],
+        [helper.make_tensor_value_info(n, kind, ["batch", width]) for n in inputs],
+        [helper.make_tensor_value_info(n, kind, ["batch", width]) for n in outputs],
         initializer=consts,
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
@@ -151,6 +161,25 @@ ensemble_scheduling {
 }
 """
 
+RUNNING = """
+name: "running"
+platform: "ensemble"
+max_batch_size: 4
+input [ { name: "x" data_type: TYPE_FP32 dims: [ 1 ] } ]
+output [
+  { name: "total" data_type: TYPE_FP32 dims: [ 1 ] },
+  { name: "doubled" data_type: TYPE_FP32 dims: [ 1 ] }
+]
+ensemble_scheduling {
+  step [
+    { model_name: "accumulator" model_version: -1
+      input_map { key: "INPUT" value: "x" } output_map { key: "OUTPUT" value: "total" } },
+    { model_name: "double" model_version: -1
+      input_map { key: "IN" value: "total" } output_map { key: "OUT" value: "doubled" } }
+  ]
+}
+"""
+
 TRITON_STEP = """
 import triton_python_backend_utils as pb_utils
 
@@ -183,6 +212,18 @@ def build(root: Path) -> None:
     (root / "triton_step" / "1").mkdir(parents=True)
     (root / "triton_step" / "1" / "model.py").write_text(textwrap.dedent(TRITON_STEP))
     (root / "triton_step" / "config.yaml").write_text("backend: python\n" + SLEEPER_CONFIG)
+    (root / "accumulator" / "1").mkdir(parents=True)
+    onnx.save(accumulator_model(), str(root / "accumulator" / "1" / "model.onnx"))
+    (root / "accumulator" / "config.pbtxt").write_text(ACCUMULATOR)
+    (root / "double" / "1").mkdir(parents=True)
+    two = [helper.make_node("Mul", ["IN", "two"], ["OUT"])]
+    double = _onnx(two, ["IN"], ["OUT"], [_const("two", 2.0)], width=1)
+    onnx.save(double, str(root / "double" / "1" / "model.onnx"))
+    (root / "running" / "1").mkdir(parents=True)
+    (root / "running" / "config.pbtxt").write_text(RUNNING)
+    (root / "running_cached" / "1").mkdir(parents=True)
+    cached = RUNNING.replace('"running"', '"running_cached"') + "response_cache { enable: true }\n"
+    (root / "running_cached" / "config.pbtxt").write_text(cached)
 
 
 @pytest.fixture(scope="module")
@@ -330,9 +371,14 @@ def statistics(kind: str, client: Any, model: str) -> dict[str, int]:
     out = {
         "success": int(stats.get("success", {}).get("count", 0)),
         "inference_count": int(entry.get("inference_count", 0)),
+        "execution_count": int(entry.get("execution_count", 0)),
     }
     for name in DURATIONS:
         out[name] = int(stats.get(name, {}).get("ns", 0))
+    # Executions of X's two rows: how many, and their compute_infer.
+    batch = next((b for b in entry.get("batch_stats", []) if int(b["batch_size"]) == 2), {})
+    infer = batch.get("compute_infer", {})
+    out["batch_2"], out["batch_2_infer"] = int(infer.get("count", 0)), int(infer.get("ns", 0))
     return out
 
 
@@ -358,6 +404,13 @@ def test_ensemble_statistics_sum_its_steps(kind: str, http: Any, grpc: Any) -> N
     assert delta["ens"]["compute_infer"] > 0
     # Its own routing and validation come before its steps', in compute_input too.
     assert delta["ens"]["compute_input"] >= sum(delta[m]["compute_input"] for m in steps)
+    # As Triton reports an ensemble: one execution per ensemble request, in batch_stats
+    # under the request's batch size (its rows), with its steps' compute summed.
+    assert (delta["ens"]["execution_count"], delta["ens"]["batch_2"]) == (1, 1)
+    assert delta["ens"]["batch_2_infer"] == delta["ens"]["compute_infer"]
+    for m in steps:
+        # Each step ran its one request alone: one execution of two rows.
+        assert (delta[m]["execution_count"], delta[m]["batch_2"]) == (1, 1), (m, delta[m])
 
 
 def test_parallel_steps_compute_times_add_up(http: Any) -> None:
@@ -371,3 +424,72 @@ def test_parallel_steps_compute_times_add_up(http: Any) -> None:
     # Each step slept 100 ms, the two at the same time (test_parallel_branches_overlap):
     # the ensemble's compute is their sum, not the ~100 ms it took.
     assert computed >= 200_000_000, computed
+
+
+def _running(client: Any, module: Any, sid: int, value: float, **flags: Any) -> tuple[float, float]:
+    """One request of sequence ``sid`` through ``running``: (total, doubled)."""
+    tensor = module.InferInput("x", [1, 1], "FP32")
+    tensor.set_data_from_numpy(np.array([[value]], dtype=np.float32))
+    result = client.infer("running", [tensor], sequence_id=sid, **flags)
+    return float(result.as_numpy("total")[0, 0]), float(result.as_numpy("doubled")[0, 0])
+
+
+@pytest.mark.parametrize("kind", CLIENTS)
+def test_a_sequence_step_keeps_each_sequence_state(kind: str, http: Any, grpc: Any) -> None:
+    client, module = client_for(kind, http, grpc)
+    a, b = (11, 12) if kind == "http" else (21, 22)
+    assert _running(client, module, a, 1.0, sequence_start=True) == (1.0, 2.0)
+    assert _running(client, module, b, 10.0, sequence_start=True) == (10.0, 20.0)
+    assert _running(client, module, a, 2.0) == (3.0, 6.0)
+    assert _running(client, module, b, 20.0) == (30.0, 60.0)
+    assert _running(client, module, a, 3.0, sequence_end=True) == (6.0, 12.0)
+    assert _running(client, module, b, 30.0, sequence_end=True) == (60.0, 120.0)
+    # Ended: the accumulator's own check refuses the next request, through the ensemble.
+    with pytest.raises(InferenceServerException) as info:
+        _running(client, module, a, 1.0)
+    assert info.value.status() in ("400", "StatusCode.INVALID_ARGUMENT")
+    assert f"sequence {a} is not active" in str(info.value)
+
+
+def _raw(server: Server, parameters: dict[str, Any], value: float) -> httpx.Response:
+    body = {
+        "inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP32", "data": [value]}],
+        "parameters": parameters,
+    }
+    return httpx.post(f"{server.base}/v2/models/running/infer", json=body, timeout=10)
+
+
+def test_a_sequence_step_over_raw_http(server: Server) -> None:
+    def total(r: httpx.Response) -> float:
+        assert r.status_code == 200, r.text
+        (out,) = [o for o in r.json()["outputs"] if o["name"] == "total"]
+        return float(out["data"][0])
+
+    assert total(_raw(server, {"sequence_id": 31, "sequence_start": True}, 5.0)) == 5.0
+    assert total(_raw(server, {"sequence_id": 32, "sequence_start": True}, 7.0)) == 7.0
+    assert total(_raw(server, {"sequence_id": 31, "sequence_end": True}, 1.0)) == 6.0
+    assert total(_raw(server, {"sequence_id": 32, "sequence_end": True}, 1.0)) == 8.0
+
+
+def test_a_sequence_step_needs_a_sequence_id(server: Server, http: Any) -> None:
+    before = successes(server, "accumulator")
+    r = _raw(server, {}, 1.0)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert "model 'running': step 0 ('accumulator') is a sequence model" in error
+    assert "'sequence_id'" in error
+    tensor = httpclient.InferInput("x", [1, 1], "FP32")
+    tensor.set_data_from_numpy(np.array([[1.0]], dtype=np.float32))
+    with pytest.raises(InferenceServerException) as info:
+        http.infer("running", [tensor])
+    assert info.value.status() == "400"
+    assert "step 0 ('accumulator') is a sequence model" in str(info.value)
+    assert successes(server, "accumulator") == before
+
+
+def test_an_ensemble_with_a_sequence_step_is_not_cached(server: Server) -> None:
+    entry = index(server)["running_cached"]
+    assert entry["state"] == "UNAVAILABLE"
+    assert "running_cached/config.pbtxt" in entry["reason"]
+    assert "response_cache.enable" in entry["reason"]
+    assert "sequence model 'accumulator'" in entry["reason"]

@@ -258,6 +258,7 @@ def load_ensemble(
     ``source`` and the field; a model that cannot serve makes the ensemble
     fail its load with that model's reason. A model this node may not serve
     (its residency) does not: requests needing its step are refused with 451.
+    A sequence model may be a step: it gets the request's sequence parameters.
     """
     _check_ensemble_config(name, config, source)
     scheduling = config.ensemble_scheduling
@@ -266,6 +267,7 @@ def load_ensemble(
         raise ConfigError(source, "modelport.cascade", "an ensemble cannot be a cascade too")
     signatures: list[ModelSignature | None] = []
     refused: dict[int, str] = {}
+    sequenced: set[int] = set()
     for i, step in enumerate(scheduling.step):
         field = f"ensemble_scheduling.step[{i}]"
         wanted = None if step.model_version == -1 else str(step.model_version)
@@ -283,15 +285,29 @@ def load_ensemble(
                 f"{exc.message}"
             ) from None
         if model.config.sequence_batching is not None:
-            raise ConfigError(
-                source,
-                f"{field}.model_name",
-                f"model {step.model_name!r} is a sequence model: not supported as a step yet",
-            )
+            if config.response_cache is not None and config.response_cache.enable:
+                raise ConfigError(
+                    source,
+                    "response_cache.enable",
+                    f"{field} is sequence model {step.model_name!r}: the ensemble's answers "
+                    "depend on the sequence, so they cannot be cached",
+                )
+            sequenced.add(i)
         signatures.append(model.signature)
     signature = signature_of(config)
     graph = build_graph(scheduling, signature, signatures, source, config.modelport.steps)
-    servable = EnsembleServable(name, str(version), graph, signature, runner, clock, refused)
+    stats = ModelStatistics()
+    servable = EnsembleServable(
+        name,
+        str(version),
+        graph,
+        signature,
+        runner,
+        clock,
+        refused,
+        sequenced=sequenced,
+        on_execution=stats.record_execution,
+    )
     log.info(
         "model version ready",
         extra={"model": name, "version": version, "steps": len(graph.steps)},
@@ -303,7 +319,7 @@ def load_ensemble(
         signature=signature,
         config=config,
         servable=servable,
-        stats=ModelStatistics(),
+        stats=stats,
     )
 
 

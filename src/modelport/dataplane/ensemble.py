@@ -27,24 +27,33 @@ skipped, its model never called, and so is every step that needs a tensor a
 skipped (or failed optional) step would have given; the request answers with
 the outputs it has and names the skipped steps in the ``ensemble_skipped``
 response parameter.
+
+A step whose model is a sequence model (``sequence_batching``) is called with
+the ensemble request's ``sequence_id``, ``sequence_start`` and
+``sequence_end``, as Triton passes an ensemble request's correlation id and
+flags to its composing models: the step rides that model's sequence (its
+slot and state) like a direct request would. Other steps get no parameters,
+since a stateless model refuses a ``sequence_id``.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Awaitable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from modelport.clock import Clock, SystemClock
 from modelport.config.model import EnsembleScheduling, EnsembleStep, Rule, StepControl, StepOptions
+from modelport.dataplane.codec.parameters import SEQUENCE_END, SEQUENCE_ID, SEQUENCE_START
 from modelport.dataplane.rules import check_datatype, holds
 from modelport.dataplane.servable import Outcome, StepRunner, respond, wanted_outputs
 from modelport.dataplane.steps import ControlledStep, Sleep, controls
 from modelport.errors import (
     ConfigError,
     InferenceFailed,
+    InvalidRequest,
     ModelportError,
     ResidencyRefused,
     Unavailable,
@@ -81,6 +90,8 @@ class Step:
     when the model is a step twice."""
     when: Rule | None = None
     control: StepControl = _NO_CONTROL
+    sequenced: bool = False
+    """Its model is a sequence model: it is called with the request's sequence."""
 
     @property
     def label(self) -> str:
@@ -427,6 +438,7 @@ async def run_graph(
     controlled: Mapping[int, ControlledStep] | None = None,
     rows: int = 1,
     batched: bool = False,
+    sequence: Mapping[str, Any] | None = None,
 ) -> GraphRun:
     """Run the steps of ``plan``, each as soon as its tensors exist; ``tensors`` grows.
 
@@ -440,7 +452,8 @@ async def run_graph(
     any other step is the runner's call alone. A step that is the only one
     able to run (the next link of a chain) is awaited here rather than made a
     task: nothing could run beside it, so a task would only cost its creation
-    and a wait.
+    and a wait. ``sequence`` holds the request's sequence parameters, given to
+    the ``sequenced`` steps only.
     """
     params: Mapping[str, Any] = parameters if parameters is not None else {}
     steps: Mapping[int, ControlledStep] = controlled if controlled is not None else {}
@@ -479,9 +492,10 @@ async def run_graph(
     def work(step: Step) -> Awaitable[dict[str, Array]]:
         inputs = {name: tensors[t] for name, t in step.inputs}
         control = steps.get(step.index)
+        given = sequence if step.sequenced else None
         if control is not None:
-            return control.run(runner, call, inputs)
-        return runner.run_step(call, step.model, step.version, inputs)
+            return control.run(runner, call, inputs, given)
+        return runner.run_step(call, step.model, step.version, inputs, given)
 
     def gave(step: Step, outputs: Mapping[str, Array]) -> None:
         for name, tensor in step.outputs:
@@ -551,6 +565,7 @@ async def run_chain(
     call: Call | None,
     tensors: dict[str, Array],
     controlled: Mapping[int, ControlledStep],
+    sequence: Mapping[str, Any] | None = None,
 ) -> GraphRun:
     """Run steps that ``chain_of`` found sequential, in order; ``tensors`` grows.
 
@@ -560,10 +575,11 @@ async def run_chain(
     for step in steps:
         inputs = {name: tensors[t] for name, t in step.inputs}
         control = controlled.get(step.index)
+        given = sequence if step.sequenced else None
         if control is None:
-            outputs = await runner.run_step(call, step.model, step.version, inputs)
+            outputs = await runner.run_step(call, step.model, step.version, inputs, given)
         else:
-            outputs = await control.run(runner, call, inputs)
+            outputs = await control.run(runner, call, inputs, given)
         for name, tensor in step.outputs:
             if name not in outputs:
                 raise InferenceFailed(f"{step.label} gave no output {name!r}")
@@ -581,6 +597,9 @@ class Plan:
     """The same steps when they run one after another (``chain_of``)."""
     refused: str | None
     """Why a needed step may not run on this node, naming it; None when all may."""
+    sequenced: str | None = None
+    """The label of the first needed step whose model is a sequence model, if any:
+    such a request must name its sequence."""
 
 
 class LateStepRunner:
@@ -605,12 +624,13 @@ class LateStepRunner:
         model: str,
         version: str | None,
         inputs: Mapping[str, Array],
+        parameters: Mapping[str, Any] | None = None,
     ) -> Coroutine[Any, Any, dict[str, Array]]:
         """The bound runner's own coroutine, so that the holder adds no frame per step."""
         runner = self._runner
         if runner is None:
             return _not_started()
-        return runner.run_step(call, model, version, inputs)
+        return runner.run_step(call, model, version, inputs, parameters)
 
 
 async def _not_started() -> dict[str, Array]:
@@ -628,6 +648,18 @@ class EnsembleServable:
     is the time its steps waited in their models' queues, compute (input,
     infer, output) the time they computed, each as the step model's own
     statistics recorded it. A step answered from its model's cache adds nothing.
+
+    ``on_execution`` (the ensemble's ``ModelStatistics.record_execution``) is
+    called once per request the ensemble answered, as Triton's ensemble
+    scheduler reports one batch execution per successful ensemble request:
+    ``execution_count`` counts ensemble requests (an ensemble never batches
+    requests together), and ``batch_stats`` holds them by the request's own
+    batch size (its rows; 1 when the ensemble does not batch), with the
+    compute durations its steps recorded. A failed request is no execution.
+
+    ``sequenced`` holds the indices of steps whose model is a sequence model:
+    a request that needs one must name its sequence, and only those steps
+    get its sequence parameters.
     """
 
     def __init__(
@@ -640,10 +672,16 @@ class EnsembleServable:
         clock: Clock | None = None,
         refused: Mapping[int, str] | None = None,
         sleep: Sleep | None = None,
+        sequenced: Collection[int] = (),
+        on_execution: Callable[[int, int, int, int], None] | None = None,
     ) -> None:
         self.name = name
         self.version = version
+        if sequenced:
+            steps = tuple(replace(s, sequenced=s.index in sequenced) for s in graph.steps)
+            graph = replace(graph, steps=steps)
         self.graph = graph
+        self._on_execution = on_execution
         self.runner = runner
         self.batching = signature.max_batch_size > 0
         self.outputs = {t.name: t for t in signature.outputs}
@@ -672,13 +710,16 @@ class EnsembleServable:
             plan = self._plans[wanted] = self._plan(wanted)
         if plan.refused is not None:
             raise ResidencyRefused(plan.refused)
+        sequence = None if plan.sequenced is None else self._sequence(request, plan.sequenced)
         tensors = {t.name: t.data for t in request.inputs}
         rows = request.inputs[0].shape[0] if self.batching and request.inputs else 1
         self._inflight += 1
         try:
             with SummingSteps() as spent:
                 if plan.chain is not None:
-                    run = await run_chain(plan.chain, self.runner, call, tensors, self._steps)
+                    run = await run_chain(
+                        plan.chain, self.runner, call, tensors, self._steps, sequence
+                    )
                 else:
                     run = await run_graph(
                         self.graph,
@@ -690,11 +731,14 @@ class EnsembleServable:
                         self._steps,
                         rows,
                         self.batching,
+                        sequence,
                     )
         finally:
             self._inflight -= 1
             if self._closing and self._inflight == 0:
                 self._idle.set()
+        if self._on_execution is not None:
+            self._on_execution(rows, spent.input_ns, spent.infer_ns, spent.output_ns)
         arrays = run.tensors
         given = tuple(w for w in wanted if w in arrays)
         response = respond(self.name, self.version, self.outputs, request, arrays, given)
@@ -716,7 +760,23 @@ class EnsembleServable:
             ),
             None,
         )
-        return Plan(steps, chain_of(self.graph, steps), refused)
+        sequenced = next(
+            (self.graph.steps[i].label for i in steps if self.graph.steps[i].sequenced), None
+        )
+        return Plan(steps, chain_of(self.graph, steps), refused, sequenced)
+
+    def _sequence(self, request: InferenceRequest, label: str) -> dict[str, Any]:
+        """The request's sequence parameters, for its sequence steps; refused when
+        it names no sequence, before any step runs (the step would refuse it anyway,
+        after the steps before it had run for nothing)."""
+        params = request.parameters
+        if SEQUENCE_ID not in params:
+            raise InvalidRequest(
+                f"model {self.name!r}: {label} is a sequence model: each request needs a "
+                "'sequence_id' parameter (with 'sequence_start' on a sequence's first "
+                "request and 'sequence_end' on its last)"
+            )
+        return {k: params[k] for k in (SEQUENCE_ID, SEQUENCE_START, SEQUENCE_END) if k in params}
 
     def refusal(self) -> ModelportError | None:
         if self._closing:

@@ -171,6 +171,7 @@ class Pipeline:
         model: str,
         version: str | None,
         inputs: Mapping[str, Array],
+        parameters: Mapping[str, Any] | None = None,
     ) -> dict[str, Array]:
         """One step of a composite servable (``servable.StepRunner``).
 
@@ -181,6 +182,8 @@ class Pipeline:
         the caller's, which the composite call took once (the step's Call is the
         composite's, with origin STEP).
         A step carries no header lookup, so a sticky policy draws by weight for it.
+        ``parameters`` (a sequence step's ``sequence_id`` and flags) are the step
+        request's, copied: its servable may normalize them in place.
         """
         request = InferenceRequest(
             model,
@@ -188,6 +191,8 @@ class Pipeline:
             [Tensor(name, _datatype(array), array.shape, array) for name, array in inputs.items()],
             id=call.request_id if call is not None else None,
         )
+        if parameters is not None:
+            request.parameters = dict(parameters)
         step = (
             Call(Origin.STEP)
             if call is None

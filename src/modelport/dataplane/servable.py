@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from modelport.errors import ModelportError
 from modelport.types import (
@@ -94,6 +94,11 @@ class StepRunner(Protocol):
     executed, and observed, under the composite's ``call``. The pipeline
     implements it, and hands itself to servables that need it, so a step
     cannot skip the stages a direct request goes through.
+
+    ``parameters`` are the step request's parameters: a composite passes them
+    only to a step that needs the caller's (a sequence model's step gets the
+    request's ``sequence_id`` and flags) and calls without them otherwise, so
+    a plain step costs nothing more.
     """
 
     async def run_step(
@@ -102,6 +107,7 @@ class StepRunner(Protocol):
         model: str,
         version: str | None,
         inputs: Mapping[str, Array],
+        parameters: Mapping[str, Any] | None = None,
     ) -> dict[str, Array]:
         """The step's outputs by name; raises what serving ``model`` would raise."""
         ...

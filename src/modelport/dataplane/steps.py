@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 from modelport.config.model import StepControl
 from modelport.dataplane.servable import StepRunner
@@ -89,15 +90,21 @@ class ControlledStep:
         self._plain = not controls(control)
 
     async def run(
-        self, runner: StepRunner, call: Call | None, inputs: Mapping[str, Array]
+        self,
+        runner: StepRunner,
+        call: Call | None,
+        inputs: Mapping[str, Array],
+        parameters: Mapping[str, Any] | None = None,
     ) -> dict[str, Array]:
-        """The step's outputs; raises the last failure once retries are spent."""
+        """The step's outputs; raises the last failure once retries are spent.
+
+        ``parameters``: the step request's (a sequence step's), or None."""
         if self._plain:
-            return await runner.run_step(call, self.model, self.version, inputs)
+            return await runner.run_step(call, self.model, self.version, inputs, parameters)
         attempt = 0
         while True:
             try:
-                return await self._bounded(runner, call, inputs)
+                return await self._bounded(runner, call, inputs, parameters)
             except TRANSIENT:
                 if attempt >= self.control.retries:
                     raise
@@ -109,22 +116,30 @@ class ControlledStep:
                 await self._sleep(wait)
 
     async def _bounded(
-        self, runner: StepRunner, call: Call | None, inputs: Mapping[str, Array]
+        self,
+        runner: StepRunner,
+        call: Call | None,
+        inputs: Mapping[str, Array],
+        parameters: Mapping[str, Any] | None,
     ) -> dict[str, Array]:
         if self._limit is None:
-            return await self._timed(runner, call, inputs)
+            return await self._timed(runner, call, inputs, parameters)
         async with self._limit:
-            return await self._timed(runner, call, inputs)
+            return await self._timed(runner, call, inputs, parameters)
 
     async def _timed(
-        self, runner: StepRunner, call: Call | None, inputs: Mapping[str, Array]
+        self,
+        runner: StepRunner,
+        call: Call | None,
+        inputs: Mapping[str, Array],
+        parameters: Mapping[str, Any] | None,
     ) -> dict[str, Array]:
         timeout = self.control.timeout_s
         if timeout is None:
-            return await runner.run_step(call, self.model, self.version, inputs)
+            return await runner.run_step(call, self.model, self.version, inputs, parameters)
         try:
             async with asyncio.timeout(timeout):
-                return await runner.run_step(call, self.model, self.version, inputs)
+                return await runner.run_step(call, self.model, self.version, inputs, parameters)
         except TimeoutError:
             raise DeadlineExceeded(
                 f"{self.label} took longer than its timeout_s ({timeout:g} s)"

@@ -14,6 +14,16 @@ Triton, its queue and compute durations are those its steps' own
 statistics recorded for it. ``SummingSteps`` opens that sum around a
 composite request: every request recorded while it is open, in the
 composite's task or in tasks it starts, adds to it as well.
+
+An ensemble's executions follow Triton's ensemble scheduler, which reports
+one batch execution per ensemble request that succeeded (its
+``RequestTracker`` calls ``UpdateInferBatchStatsWithDuration`` with the
+request's batch size, at least 1, and the compute durations its steps
+summed): ``execution_count`` is the number of ensemble requests answered,
+and ``batch_stats`` holds them by their own batch size with those sums. The
+ensemble calls ``record_execution`` itself (``EnsembleServable``'s
+``on_execution``), so the single-model path records nothing more. A
+cascade records no execution of its own.
 """
 
 from __future__ import annotations

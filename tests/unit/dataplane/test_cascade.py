@@ -28,7 +28,12 @@ class Models:
         self.fail: dict[str, Exception] = {}
 
     async def run_step(
-        self, call: Call | None, model: str, version: str | None, inputs: Mapping[str, Array]
+        self,
+        call: Call | None,
+        model: str,
+        version: str | None,
+        inputs: Mapping[str, Array],
+        parameters: Any = None,
     ) -> dict[str, Array]:
         x = np.asarray(inputs["x"])
         self.calls.append((model, x[:, 0].tolist()))

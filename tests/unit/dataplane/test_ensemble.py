@@ -200,7 +200,12 @@ class FakeSteps:
         self.cancelled: list[str] = []
 
     async def run_step(
-        self, call: Call | None, model: str, version: str | None, inputs: Mapping[str, Array]
+        self,
+        call: Call | None,
+        model: str,
+        version: str | None,
+        inputs: Mapping[str, Array],
+        parameters: Any = None,
     ) -> dict[str, Array]:
         self.started.append(model)
         try:
@@ -266,7 +271,12 @@ class _OnlyBranchesSlow:
     """left and right take 100 ms each; pre and combine are instant."""
 
     async def run_step(
-        self, call: Call | None, model: str, version: str | None, inputs: Mapping[str, Array]
+        self,
+        call: Call | None,
+        model: str,
+        version: str | None,
+        inputs: Mapping[str, Array],
+        parameters: Any = None,
     ) -> dict[str, Array]:
         if model in ("left", "right"):
             await asyncio.sleep(0.1)
@@ -294,7 +304,9 @@ def test_a_failing_step_cancels_its_sibling_and_fails_the_request() -> None:
         steps = FakeSteps()
         gate = asyncio.Event()
 
-        async def run_step(call: Any, model: str, version: Any, inputs: Any) -> Any:
+        async def run_step(
+            call: Any, model: str, version: Any, inputs: Any, parameters: Any = None
+        ) -> Any:
             if model == "right":
                 raise InferenceFailed("right failed")
             if model == "left":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import pytest
@@ -81,7 +82,12 @@ class FlakyOnce(FakeSteps):
     """``left`` is unavailable the first time it is called."""
 
     async def run_step(
-        self, call: Call | None, model: str, version: str | None, inputs: Mapping[str, Array]
+        self,
+        call: Call | None,
+        model: str,
+        version: str | None,
+        inputs: Mapping[str, Array],
+        parameters: Any = None,
     ) -> dict[str, Array]:
         if model == "left" and "left" not in self.started:
             self.started.append(model)

@@ -53,7 +53,12 @@ class Steps:
         self.fail: dict[str, Exception] = {}
 
     async def run_step(
-        self, call: Call | None, model: str, version: str | None, inputs: Mapping[str, Array]
+        self,
+        call: Call | None,
+        model: str,
+        version: str | None,
+        inputs: Mapping[str, Array],
+        parameters: Any = None,
     ) -> dict[str, Array]:
         self.called.append(model)
         if model in self.fail:

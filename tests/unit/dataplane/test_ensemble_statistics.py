@@ -86,17 +86,18 @@ def chain_steps(*models: str) -> list[dict[str, Any]]:
 def serve(steps: dict[str, Timed], composite: str = "ensemble") -> tuple[Pipeline, Table]:
     table = Table(dict(steps))
     pipeline = Pipeline(table, Metrics(), clock=FakeClock())  # type: ignore[arg-type]
+    stats = ModelStatistics()
     if composite == "ensemble":
         scheduling = EnsembleScheduling.model_validate({"step": chain_steps(*steps)})
         graph = build_graph(scheduling, SIGNATURE, [SIGNATURE] * len(steps), "ens")
-        servable: Any = EnsembleServable("ens", "1", graph, SIGNATURE, pipeline)
+        servable: Any = EnsembleServable(
+            "ens", "1", graph, SIGNATURE, pipeline, on_execution=stats.record_execution
+        )
     else:
         stages = [CascadeStage(model=m, accept=None) for m in steps]
         servable = CascadeServable("ens", "1", stages[-1:], SIGNATURE, pipeline)
     config = parse_model_config({"max_batch_size": 4}, "t")
-    table.models["ens"] = ModelVersion(
-        "ens", "1", "ensemble", SIGNATURE, config, servable, ModelStatistics()
-    )
+    table.models["ens"] = ModelVersion("ens", "1", "ensemble", SIGNATURE, config, servable, stats)
     return pipeline, table
 
 
@@ -190,3 +191,30 @@ def test_a_nested_ensemble_counts_once_in_the_outer_one() -> None:
     inner, whole = table.models["ens"].stats, table.models["outer"].stats
     assert (inner.queue.ns, inner.compute_infer.ns) == (300, 3_000)
     assert (whole.queue.ns, whole.compute_infer.ns) == (500, 5_000)
+
+
+def test_each_ensemble_request_is_one_execution_of_its_own_batch_size() -> None:
+    pipeline, table = serve({"a": Timed(1, 100, 1_000), "b": Timed(2, 200, 2_000)})
+    ask(pipeline, rows=2)
+    ask(pipeline, rows=2)
+    ask(pipeline, rows=3)
+    ens = table.models["ens"].stats
+    # As Triton: one execution per ensemble request, never batched with another.
+    assert (ens.execution_count, ens.inference_count) == (3, 7)
+    entries = {b["batch_size"]: b for b in ens.to_json("ens", "1")["batch_stats"]}
+    assert sorted(entries) == [2, 3]
+    two = entries[2]
+    # Its steps' compute, summed: 10 + 10 input, 1 000 + 2 000 infer, 20 + 20 output.
+    assert two["compute_input"] == {"count": 2, "ns": 40}
+    assert two["compute_infer"] == {"count": 2, "ns": 6_000}
+    assert two["compute_output"] == {"count": 2, "ns": 80}
+    assert entries[3]["compute_infer"] == {"count": 1, "ns": 3_000}
+
+
+def test_a_failed_ensemble_request_is_no_execution() -> None:
+    pipeline, table = serve({"a": Timed(1, 100, 1_000), "b": Timed(2, 0, 0, fail=True)})
+    with pytest.raises(InferenceFailed):
+        ask(pipeline)
+    ens = table.models["ens"].stats
+    assert (ens.execution_count, ens.batches) == (0, {})
+    assert table.models["a"].stats.success.count == 1

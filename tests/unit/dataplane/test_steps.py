@@ -25,7 +25,12 @@ class Flaky:
         self.hold = hold
 
     async def run_step(
-        self, call: Call | None, model: str, version: str | None, inputs: Mapping[str, Array]
+        self,
+        call: Call | None,
+        model: str,
+        version: str | None,
+        inputs: Mapping[str, Array],
+        parameters: Any = None,
     ) -> dict[str, Array]:
         self.calls += 1
         self.running += 1
