@@ -11,6 +11,7 @@ parameters reach the accumulator step.
 
 from __future__ import annotations
 
+import queue
 import textwrap
 import time
 from collections.abc import Iterator
@@ -493,3 +494,36 @@ def test_an_ensemble_with_a_sequence_step_is_not_cached(server: Server) -> None:
     assert "running_cached/config.pbtxt" in entry["reason"]
     assert "response_cache.enable" in entry["reason"]
     assert "sequence model 'accumulator'" in entry["reason"]
+
+
+def test_a_sequence_step_over_a_grpc_stream(server: Server) -> None:
+    results: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    client.start_stream(callback=lambda result, error: results.put((result, error)))
+    try:
+        plan = [
+            (41, 1, True, False),
+            (42, 5, True, False),
+            (41, 2, False, True),
+            (42, 6, False, True),
+        ]
+        for sid, value, start, end in plan:
+            tensor = grpcclient.InferInput("x", [1, 1], "FP32")
+            tensor.set_data_from_numpy(np.array([[value]], dtype=np.float32))
+            client.async_stream_infer(
+                "running",
+                [tensor],
+                request_id=f"{sid}-{value}",
+                sequence_id=sid,
+                sequence_start=start,
+                sequence_end=end,
+            )
+        answers = {}
+        for _ in plan:
+            result, error = results.get(timeout=30)
+            assert error is None, error
+            answers[result.get_response().id] = float(result.as_numpy("total")[0, 0])
+        assert answers == {"41-1": 1.0, "42-5": 5.0, "41-2": 3.0, "42-6": 11.0}
+    finally:
+        client.stop_stream()
+        client.close()
