@@ -8,9 +8,12 @@ a fleet file (nodes on loopback, the gateway in front), and stopped with
 ``fleet down``; all of it shares this machine's cores with the load
 generators, Envoy included (the table says how many cores there are).
 
-1. **Hop**: one node serving the MLP, wrk at c=32 against the node directly
-   and through the gateway, in alternating rounds. Reported: req/s through
-   the gateway over direct, and the p50 and p99 the hop adds.
+1. **Hop**: one node serving the MLP, wrk at c=32 against the node directly,
+   through the gateway, and through a second gateway over the same node with
+   the residency check on (``tenant_residency``: Envoy's external
+   authorization asks the gateway about every request), in alternating
+   rounds. Reported: req/s through the gateway over direct, the p50 and p99
+   the hop adds, and what the check adds on top.
 2. **Skewed nodes**: two nodes in cgroup v1 CPU quotas, the slow one with
    half the fast one's (``FAST_CORES``), serving 64-row MLP requests. Two gateways over the same
    two nodes, one ``round_robin`` and one ``least_request`` (a second
@@ -272,17 +275,51 @@ def cgroups_usable() -> str | None:
 # ---------------------------------------------------------------- rows
 
 
+def second_gateway(fleet: Fleet, name: str, fleet_text: str) -> tuple[subprocess.Popen[bytes], int]:
+    """Another ``modelport gateway`` over ``fleet``'s nodes, from ``fleet_text``; its REST port."""
+    path = fleet.folder / f"fleet-{name}.yaml"
+    path.write_text(fleet_text)
+    http, grpc, admin = (servers.free_port() for _ in range(3))
+    with (fleet.folder / f"gateway-{name}.log").open("wb") as log_file:
+        process = subprocess.Popen(
+            [
+                PYTHON, "-m", "modelport", "gateway", "--fleet", str(path),
+                "--http-port", str(http), "--grpc-port", str(grpc), "--admin-port", str(admin),
+            ],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    return process, http
+
+
+def stop_process(process: subprocess.Popen[bytes] | None) -> None:
+    if process is None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
 def hop(repo: Path, body: payloads.Body, raw: bytes, args: argparse.Namespace) -> dict[str, Any]:
     fleet = fleet_up("hop", repo, ["n1"], "round_robin")
+    checked: subprocess.Popen[bytes] | None = None
     try:
         direct, through = fleet.nodes["n1"], fleet.gateway_http
+        # The same node behind a second gateway whose fleet file maps a tenant to
+        # regions: Envoy then asks the gateway's residency check about every request.
+        text = (fleet.folder / "fleet.yaml").read_text() + "tenant_residency: {acme: [ae-dxb]}\n"
+        checked, checked_port = second_gateway(fleet, "residency-check", text)
+        ports = {"direct": direct, "gateway": through, "gateway+check": checked_port}
         wait_routed(f"http://127.0.0.1:{through}", raw)
+        wait_routed(f"http://127.0.0.1:{checked_port}", raw)
         log("hop: warm-up")
-        wrk(direct, body, 32, 2)
-        wrk(through, body, 32, 2)
-        runs: dict[str, list[loadgen.LoadResult]] = {"direct": [], "gateway": []}
-        for round_no, side in rounds.round_order(["direct", "gateway"], args.rounds):
-            port = direct if side == "direct" else through
+        for port in ports.values():
+            wrk(port, body, 32, 2)
+        runs: dict[str, list[loadgen.LoadResult]] = {side: [] for side in ports}
+        for round_no, side in rounds.round_order(list(ports), args.rounds):
+            port = ports[side]
             run = wrk(port, body, 32, args.duration)
             runs[side].append(run)
             log(
@@ -290,6 +327,7 @@ def hop(repo: Path, body: payloads.Body, raw: bytes, args: argparse.Namespace) -
                 f"p50 {run.p50_ms} ms, p99 {run.p99_ms} ms, errors {run.errors}"
             )
     finally:
+        stop_process(checked)
         fleet_down(fleet)
 
     def med(side: str, key: str) -> float:
@@ -330,20 +368,12 @@ def skew(repo: Path, args: argparse.Namespace) -> dict[str, Any]:
     try:
         quotas[0].add(fleet.pids["fast"])
         quotas[1].add(fleet.pids["slow"])
-        lr_http, lr_grpc, lr_admin = (servers.free_port() for _ in range(3))
         fleet_text = (fleet.folder / "fleet.yaml").read_text()
-        lr_file = fleet.folder / "fleet-least-request.yaml"
-        lr_file.write_text(fleet_text.replace("policy: round_robin", "policy: least_request"))
-        with (fleet.folder / "gateway-least-request.log").open("wb") as log_file:
-            second = subprocess.Popen(
-                [
-                    PYTHON, "-m", "modelport", "gateway", "--fleet", str(lr_file),
-                    "--http-port", str(lr_http), "--grpc-port", str(lr_grpc),
-                    "--admin-port", str(lr_admin),
-                ],
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-            )  # fmt: skip
+        second, lr_http = second_gateway(
+            fleet,
+            "least-request",
+            fleet_text.replace("policy: round_robin", "policy: least_request"),
+        )
         gateways = {"round_robin": fleet.gateway_http, "least_request": lr_http}
         for port in gateways.values():
             wait_routed(f"http://127.0.0.1:{port}", raw)
@@ -364,12 +394,7 @@ def skew(repo: Path, args: argparse.Namespace) -> dict[str, Any]:
                 f"p99 {run.percentile(0.99):.1f} ms, {run.ok}/{run.sent} ok"
             )
     finally:
-        if second is not None:
-            second.send_signal(signal.SIGTERM)
-            try:
-                second.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                second.kill()
+        stop_process(second)
         fleet_down(fleet)
         for quota in quotas:
             quota.remove()
@@ -496,10 +521,14 @@ def render(out: dict[str, Any], args: argparse.Namespace) -> str:
             f"+{h['p50']['gateway'] - h['p50']['direct']:.2f} ms |",
             f"| p99 ms | {h['p99']['direct']:.2f} | {h['p99']['gateway']:.2f} | "
             f"+{h['p99']['gateway'] - h['p99']['direct']:.2f} ms |",
+            *_check_rows(h),
             "",
-            f"Spread of req/s between rounds: direct {h['spread']['direct'] or 0:.0%}, gateway "
-            f"{h['spread']['gateway'] or 0:.0%}; failed requests: {h['errors']}. Envoy, the node "
-            "and wrk share the machine's cores.",
+            "Spread of req/s between rounds: "
+            + ", ".join(f"{side} {h['spread'][side] or 0:.0%}" for side in h["spread"])
+            + f"; failed requests: {h['errors']}. Envoy, the node and wrk share the machine's "
+            "cores. *gateway+check*: a second gateway over the same node whose fleet file sets "
+            "`tenant_residency`, so Envoy asks the gateway's residency check (its Unix socket) "
+            "about every request; the ratio and added times there are against the plain gateway.",
             "",
         ]
     )
@@ -544,6 +573,21 @@ def render(out: dict[str, Any], args: argparse.Namespace) -> str:
         ]
     )
     return "\n".join(lines)
+
+
+def _check_rows(h: dict[str, Any]) -> list[str]:
+    """The residency check's rows: through the gateway with the check against without it."""
+    side = "gateway+check"
+    if side not in h["rps"]:
+        return []
+    return [
+        f"| with the residency check: req/s | {fmt_num(h['rps']['gateway'])} | "
+        f"{fmt_num(h['rps'][side])} | {h['rps'][side] / h['rps']['gateway']:.2f}x |",
+        f"| with the residency check: p50 ms | {h['p50']['gateway']:.2f} | "
+        f"{h['p50'][side]:.2f} | +{h['p50'][side] - h['p50']['gateway']:.2f} ms |",
+        f"| with the residency check: p99 ms | {h['p99']['gateway']:.2f} | "
+        f"{h['p99'][side]:.2f} | +{h['p99'][side] - h['p99']['gateway']:.2f} ms |",
+    ]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
