@@ -355,7 +355,9 @@ class ModelStatistics(BaseModel):
     version: str
     last_inference: int = Field(description="Milliseconds since the epoch; 0 before any.")
     inference_count: int = Field(description="Samples inferred (a batch of n counts n).")
-    execution_count: int = Field(description="Runtime executions (a batch counts once).")
+    execution_count: int = Field(
+        description="Runtime executions (a batch counts once; an ensemble: each answered request)."
+    )
     inference_stats: InferStatistics
     batch_stats: list[BatchStatistics]
     memory_usage: list[dict[str, Any]]
