@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -77,7 +78,9 @@ def test_a_live_nodes_name_is_refused_to_a_node_at_another_address(nodes: NodeSt
     first = _record("n1")
     nodes.upsert(first)
     twin = _record("n1", http_url="http://10.0.0.9:8100", heartbeat=NOW + 3)
-    with pytest.raises(Conflict, match="'n1' is taken by the live node at http://10.0.0.5:8100"):
+    with pytest.raises(
+        Conflict, match=re.escape("'n1' is taken by the live node at http://10.0.0.5:8100")
+    ):
         nodes.upsert(twin)
     assert nodes.live(NOW + 3, 5.0) == [first]
     # Once the first node's record went stale, the name is free again.
