@@ -314,18 +314,41 @@ def _wait_routed(
     """
     base = _base(gateway.launch.ready_url)
     for model in models:
-        while not _ready(f"{base}/v2/models/{model}/ready", context):
-            if not is_alive(gateway):
-                raise FleetError(
-                    f"gateway stopped while starting; see {gateway.launch.log}: "
-                    f"{_last_line(gateway.launch.log)}"
-                )
-            if time.monotonic() > deadline:
-                raise FleetError(
-                    f"the gateway did not route model {model!r} within {limit:g} s; "
-                    f"see {gateway.launch.log}"
-                )
-            time.sleep(0.1)
+        _wait_ready(
+            gateway,
+            f"{base}/v2/models/{model}/ready",
+            context,
+            deadline,
+            stopped="gateway",
+            late=f"the gateway did not route model {model!r} within {limit:g} s",
+            every_s=0.1,
+        )
+
+
+def _wait_ready(
+    entry: Running,
+    url: str,
+    context: ssl.SSLContext | None,
+    deadline: float,
+    *,
+    stopped: str,
+    late: str,
+    every_s: float,
+) -> None:
+    """Until ``url`` answers ready; FleetError once ``entry`` died or ``deadline`` passed.
+
+    ``stopped`` names the process in the message for its death (with its log's
+    last line); ``late`` is the message for the deadline.
+    """
+    log_file = entry.launch.log
+    while not _ready(url, context):
+        if not is_alive(entry):
+            raise FleetError(
+                f"{stopped} stopped while starting; see {log_file}: {_last_line(log_file)}"
+            )
+        if time.monotonic() > deadline:
+            raise FleetError(f"{late}; see {log_file}")
+        time.sleep(every_s)
 
 
 def read_state(state_dir: Path) -> list[Running]:
@@ -396,19 +419,17 @@ def up(
             _write_state(state_dir, running)
         deadline = time.monotonic() + timeout_s
         for entry in running:
-            while not _ready(entry.launch.ready_url, probes.context(entry.launch)):
-                if not is_alive(entry):
-                    raise FleetError(
-                        f"{entry.launch.name} stopped while starting; see {entry.launch.log}: "
-                        f"{_last_line(entry.launch.log)}"
-                    )
-                if time.monotonic() > deadline:
-                    raise FleetError(
-                        f"{entry.launch.name} was not ready within {timeout_s:g} s; "
-                        f"see {entry.launch.log}"
-                    )
-                time.sleep(0.2)
-            progress(f"{entry.launch.name} ready")
+            name = entry.launch.name
+            _wait_ready(
+                entry,
+                entry.launch.ready_url,
+                probes.context(entry.launch),
+                deadline,
+                stopped=name,
+                late=f"{name} was not ready within {timeout_s:g} s",
+                every_s=0.2,
+            )
+            progress(f"{name} ready")
         gateways = [r for r in running if r.launch.kind == "gateway"]
         if gateways:
             nodes = [r.launch for r in running if r.launch.kind == "node"]
