@@ -143,3 +143,34 @@ def test_a_first_release_canary_resumes_with_its_step_clock_restarted(
     aborted = world.controller.get("m")
     assert aborted.state == "aborted"
     assert "policy_before" not in aborted.body and "evidence_timeout_s" not in aborted.body
+
+
+async def _ticks_only_while_a_canary_runs(world: World) -> tuple[int, int]:
+    controller = world.controller
+    controller.tick_s = 0.01
+    ticks = 0
+    tick = controller.tick
+
+    async def counted() -> None:
+        nonlocal ticks
+        ticks += 1
+        await tick()
+
+    controller.tick = counted  # type: ignore[method-assign]
+    stop = asyncio.Event()
+    loop = asyncio.create_task(controller.run(stop))
+    await asyncio.sleep(0.2)
+    idle = ticks
+    await controller.begin("m", SPEC)
+    await asyncio.sleep(0.2)
+    running = ticks - idle
+    stop.set()
+    await loop
+    return idle, running
+
+
+def test_the_controller_ticks_only_while_a_canary_runs(world: World) -> None:
+    idle, running = world.run(_ticks_only_while_a_canary_runs(world))
+    # Every 0.01 s would be about 20 ticks in 0.2 s; with no canary there are none.
+    assert idle == 0
+    assert running >= 5
